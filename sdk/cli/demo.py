@@ -1,0 +1,1 @@
+"""``edgerec demo``: the whole loop on a small CTR model, end to end."""

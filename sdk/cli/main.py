@@ -1,0 +1,57 @@
+"""Root command and the SDK's own commands: keys, package, predict, bench, demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from rich.table import Table
+
+from .. import __version__
+from ..errors import EdgeRecError
+from ._lazy import LazyGroup
+from ._output import console, fail, print_json
+
+LAZY = {
+    "convert": ("edgerec.converter.cli:convert", "converter", "Convert a Keras/SavedModel/ONNX model to a package."),
+    "serve": ("edgerec.edge_server.cli:serve", "edge", "Run the edge inference server."),
+    "sync": ("edgerec.sync.cli:sync_group", "sync", "Run the sync service."),
+    "admin": ("edgerec.sync.admin_cli:admin", "sync", "Administer the sync service (publish, rollout, nodes)."),
+    "node": ("edgerec.sync.node_cli:node", "sync", "Run the edge node daemon (enroll, poll, install)."),
+}
+
+
+class _Root(LazyGroup):
+    """Turns every EdgeRecError into one line on stderr and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgeRecError as exc:
+            fail(str(exc))
+        except OSError as exc:
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            fail(f"{where}{exc.strerror or exc}")
+
+
+@click.group(cls=_Root, lazy=LAZY)
+@click.version_option(__version__, prog_name="edgerec")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+def cli(verbose: bool) -> None:
+    """edgerec: recommender models on edge nodes and devices."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    cli(prog_name="edgerec")
+
+
+# the SDK's subcommands register themselves on ``cli``
+from . import bench, keys, package, predict  # noqa: E402,F401
+from . import demo as _demo  # noqa: E402,F401
+
+__all__ = ["cli", "console", "fail", "json", "main", "np", "print_json", "Path", "Table"]

@@ -1,0 +1,149 @@
+"""Turning request data into model inputs: validation, vocabularies, casts.
+
+Everything here raises :class:`InvalidInput` naming the field, because this is
+where untrusted request data meets the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import InvalidInput
+from .manifest import FeatureSpec, ModelSignature, TensorSpec
+from .vocab import Vocabulary
+
+Arrays = dict[str, npt.NDArray[Any]]
+_FLOAT_EXACT_INT = {"float16": 2**11, "float32": 2**24, "float64": 2**53}
+
+
+@dataclass(frozen=True)
+class InputEncoder:
+    """Validates and encodes raw inputs against a signature and feature spec."""
+
+    signature: ModelSignature
+    features: Mapping[str, FeatureSpec]
+    vocabularies: Mapping[str, Vocabulary]
+    strict_vocab: bool = False
+
+    def encode(self, inputs: Mapping[str, Any]) -> Arrays:
+        """Model-ready arrays for ``inputs`` keyed by model input name."""
+        if not isinstance(inputs, Mapping):
+            raise InvalidInput("inputs", "expected a mapping of input name to values")
+        expected = {t.name for t in self.signature.inputs}
+        for name in inputs:
+            if name not in expected:
+                raise InvalidInput(str(name), f"unknown input; expected {', '.join(sorted(expected))}")
+        out: Arrays = {}
+        batch: int | None = None
+        for spec in self.signature.inputs:
+            if spec.name not in inputs:
+                raise InvalidInput(spec.name, "missing")
+            arr = self._encode_one(spec, inputs[spec.name])
+            if spec.shape and spec.shape[0] is None:
+                if batch is None:
+                    batch = arr.shape[0]
+                elif arr.shape[0] != batch:
+                    raise InvalidInput(spec.name, f"batch size {arr.shape[0]} differs from {batch}")
+            out[spec.name] = arr
+        if batch == 0:
+            raise InvalidInput(self.signature.inputs[0].name, "empty batch")
+        return out
+
+    def _encode_one(self, spec: TensorSpec, value: Any) -> npt.NDArray[Any]:
+        name = spec.name
+        try:
+            arr = np.asarray(value)
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(name, f"not a rectangular array ({exc})") from exc
+        if arr.dtype == object:
+            raise InvalidInput(name, "not a rectangular array of one type")
+        feature = self.features.get(name)
+        if feature is not None and feature.vocabulary is not None:
+            arr = self._apply_vocab(name, arr, self.vocabularies[name])
+        check_shape(spec, arr)
+        arr = cast_exact(name, arr, spec.dtype)
+        if feature is not None and feature.id_range is not None and arr.size:
+            low, high = feature.id_range
+            bad = (arr < low) | (arr > high)
+            if bad.any():
+                raise InvalidInput(name, f"id {arr[bad].flat[0]} is outside the valid range [{low}, {high}]")
+        return arr
+
+    def _apply_vocab(self, name: str, arr: npt.NDArray[Any], vocab: Vocabulary) -> npt.NDArray[Any]:
+        if vocab.is_int and arr.dtype.kind not in "iu":
+            if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+                arr = arr.astype(np.int64)
+            else:
+                raise InvalidInput(name, "expected integer ids for this vocabulary")
+        if not vocab.is_int and arr.dtype.kind not in "USiu":
+            raise InvalidInput(name, "expected string ids for this vocabulary")
+        rows, miss = vocab.lookup(arr)
+        if self.strict_vocab and miss.any():
+            raise InvalidInput(name, f"id {arr[miss].flat[0]!r} is not in the vocabulary")
+        return rows
+
+
+def check_shape(spec: TensorSpec, arr: npt.NDArray[Any]) -> None:
+    """Rank and fixed dimensions must match; ``None`` dimensions are free."""
+    if arr.ndim != len(spec.shape):
+        raise InvalidInput(
+            spec.name, f"expected rank {len(spec.shape)} shape {_fmt(spec.shape)}, got shape {list(arr.shape)}"
+        )
+    for i, (want, got) in enumerate(zip(spec.shape, arr.shape, strict=True)):
+        if want is not None and want != got and not (i == 0 and want >= got):
+            raise InvalidInput(spec.name, f"expected shape {_fmt(spec.shape)}, got {list(arr.shape)}")
+
+
+def _fmt(shape: tuple[int | None, ...]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def cast_exact(name: str, arr: npt.NDArray[Any], dtype: str) -> npt.NDArray[Any]:
+    """Cast to ``dtype`` only where no value changes; NaN and Inf are refused."""
+    target = np.dtype(dtype)
+    src = arr.dtype
+    if src == target:
+        if src.kind == "f" and not np.all(np.isfinite(arr)):
+            raise InvalidInput(name, "contains NaN or Inf")
+        return arr
+    if src.kind in "USO" or target.kind in "USO":
+        raise InvalidInput(name, f"expected {dtype} values, got {_kind(src)}")
+    if src.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise InvalidInput(name, "contains NaN or Inf")
+        if target.kind in "iu":
+            if not np.all(arr == np.round(arr)):
+                raise InvalidInput(name, f"expected {dtype}; non-integer values would be truncated")
+            _check_int_range(name, arr, target)
+        elif target.kind == "f" and arr.size and np.abs(arr).max() > np.finfo(target).max:
+            raise InvalidInput(name, f"values overflow {dtype}")
+        elif target.kind == "b":
+            raise InvalidInput(name, f"expected {dtype} values, got numbers")
+    elif src.kind in "iu":
+        if target.kind in "iu":
+            _check_int_range(name, arr, target)
+        elif target.kind == "f":
+            limit = _FLOAT_EXACT_INT[target.name]
+            if arr.size and np.abs(arr.astype(np.float64)).max() > limit:
+                raise InvalidInput(name, f"integers above {limit} lose precision as {dtype}")
+        elif target.kind == "b" and not np.isin(arr, (0, 1)).all():
+            raise InvalidInput(name, f"expected {dtype} values (0 or 1)")
+    return arr.astype(target)
+
+
+def _check_int_range(name: str, arr: npt.NDArray[Any], target: np.dtype[Any]) -> None:
+    if not arr.size:
+        return
+    info = np.iinfo(target)
+    lo, hi = arr.min(), arr.max()
+    if lo < info.min or hi > info.max:
+        raise InvalidInput(name, f"values outside the {target.name} range [{info.min}, {info.max}]")
+
+
+def _kind(dtype: np.dtype[Any]) -> str:
+    return {"U": "strings", "S": "bytes", "O": "objects", "b": "booleans"}.get(dtype.kind, dtype.name)

@@ -1,0 +1,324 @@
+"""``EdgeModel``: a verified package loaded on the best runtime and accelerator here."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from .encryption import Envelope, Recipient, decrypt_artifact
+from .errors import AcceleratorUnavailable, DecryptionError, EdgeRecError, InvalidInput, ModelClosedError
+from .inputs import Arrays, InputEncoder
+from .keys import load_verify_key
+from .manifest import Artifact, Manifest
+from .package import Package, PackageLimits
+from .ranking import RankedItem, build_rank_batch
+from .runtime import BACKENDS, Backend, Session, SessionInfo, backend_for_format
+
+log = logging.getLogger("edgerec.sdk")
+
+Accelerator = Literal["auto", "cpu", "gpu", "npu"]
+ACCELERATOR_CHOICES = ("auto", "cpu", "gpu", "npu")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What was loaded and where it runs."""
+
+    name: str
+    version: int
+    backend: str
+    format: str
+    precision: str
+    requested_accelerator: str
+    accelerator: str
+    fully_delegated: bool | None
+    artifacts: tuple[str, ...]
+    batch_buckets: tuple[int, ...]
+    fallback_reason: str | None = None
+    detail: str = ""
+
+
+def _trusted(keys: Sequence[Ed25519PublicKey | str | os.PathLike[str]] | Ed25519PublicKey) -> list[Ed25519PublicKey]:
+    items = [keys] if isinstance(keys, Ed25519PublicKey) else list(keys)
+    return [k if isinstance(k, Ed25519PublicKey) else load_verify_key(k) for k in items]
+
+
+class EdgeModel:
+    """A model package ready to score: ``predict`` for tensors, ``rank`` for candidates.
+
+    Safe to share between threads. ``close`` waits for running calls, then
+    releases the runtime's memory.
+    """
+
+    def __init__(self, package: Package, sessions: list[Session], info: ModelInfo, encoder: InputEncoder) -> None:
+        self.package = package
+        self.manifest: Manifest = package.manifest
+        self.info = info
+        self.encoder = encoder
+        self._dynamic = next((s for s in sessions if s.batch is None), None)
+        self._buckets = sorted((s for s in sessions if s.batch is not None), key=lambda s: s.batch or 0)
+        self._sessions = sessions
+        self._items: dict[str, npt.NDArray[Any]] | None = package.item_table()
+        self._item_index: dict[Any, int] | None = None
+        self._cond = threading.Condition()
+        self._active = 0
+        self._closed = False
+
+    # -- loading -------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        source: str | os.PathLike[str] | bytes | Package,
+        trusted_keys: Sequence[Ed25519PublicKey | str | os.PathLike[str]] | Ed25519PublicKey = (),
+        *,
+        recipient_key: X25519PrivateKey | Recipient | None = None,
+        recipient_id: str | None = None,
+        envelopes: Iterable[Envelope] = (),
+        accelerator: Accelerator = "auto",
+        threads: int | None = None,
+        backend: str = "auto",
+        precision: str | None = None,
+        strict_vocab: bool = False,
+        limits: PackageLimits | None = None,
+    ) -> EdgeModel:
+        """Verify a package and load its model.
+
+        ``accelerator`` "gpu" or "npu" falls back to the CPU with one warning
+        when it cannot run the model; ``info`` tells what is actually used.
+        Raises PackageError subclasses for untrusted packages, DecryptionError
+        for keys that do not open an encrypted one.
+        """
+        if accelerator not in ACCELERATOR_CHOICES:
+            raise EdgeRecError(f"accelerator: {accelerator!r} is not one of {', '.join(ACCELERATOR_CHOICES)}")
+        package = source if isinstance(source, Package) else Package.open(source, _trusted(trusted_keys), limits)
+        recipient = _recipient(recipient_key, recipient_id)
+        m = package.manifest
+        group = _choose_artifacts(m, backend, precision)
+        engine = backend_for_format(group[0].format)()
+        envs = list(envelopes)
+
+        def model_bytes(art: Artifact) -> bytes:
+            if art.path in package.encryption:
+                if recipient is None:
+                    raise DecryptionError(f"{art.path}: the package is encrypted; a recipient key is needed")
+                return decrypt_artifact(package, art.path, recipient, envs)
+            return package.stored_bytes(art.path)
+
+        sessions, used, reason = _load_sessions(engine, group, accelerator, threads, model_bytes)
+        first = sessions[0].info
+        info = ModelInfo(
+            name=m.name,
+            version=m.version,
+            backend=engine.name,
+            format=group[0].format,
+            precision=group[0].precision,
+            requested_accelerator=accelerator,
+            accelerator=used,
+            fully_delegated=first.fully_delegated,
+            artifacts=tuple(a.path for a in group),
+            batch_buckets=tuple(sorted(s.batch for s in sessions if s.batch is not None)),
+            fallback_reason=reason,
+            detail=first.detail,
+        )
+        features = {f.input: f for f in m.features}
+        vocabs = {f.input: package.vocabulary(f.vocabulary) for f in m.features if f.vocabulary}
+        encoder = InputEncoder(m.signature, features, vocabs, strict_vocab)
+        return cls(package, sessions, info, encoder)
+
+    # -- scoring -------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    def predict(self, inputs: Mapping[str, Any]) -> Arrays:
+        """Validate, encode and score a batch; outputs keyed by model output name."""
+        return self.run(self.encoder.encode(inputs))
+
+    def encode(self, inputs: Mapping[str, Any]) -> Arrays:
+        """Validated, model-ready arrays (for callers that batch requests themselves)."""
+        return self.encoder.encode(inputs)
+
+    def run(self, encoded: Arrays) -> Arrays:
+        """Score arrays already returned by :meth:`encode`."""
+        with self._using():
+            n = _batch_size(encoded)
+            if self._dynamic is not None:
+                return self._dynamic.run(encoded)
+            return self._run_buckets(encoded, n)
+
+    def _run_buckets(self, encoded: Arrays, n: int) -> Arrays:
+        largest = self._buckets[-1]
+        assert largest.batch is not None
+        if n > largest.batch:
+            parts = [
+                self._run_buckets({k: v[i : i + largest.batch] for k, v in encoded.items()}, min(largest.batch, n - i))
+                for i in range(0, n, largest.batch)
+            ]
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        session = next(s for s in self._buckets if (s.batch or 0) >= n)
+        size = session.batch or n
+        padded = {k: _pad(v, size) for k, v in encoded.items()}
+        return {k: v[:n] for k, v in session.run(padded).items()}
+
+    def rank(
+        self,
+        user: Mapping[str, Any] | None,
+        candidates: Sequence[Any] | Mapping[str, Sequence[Any]],
+        context: Mapping[str, Any] | None = None,
+        top_k: int | None = None,
+    ) -> list[RankedItem]:
+        """Score candidates for one user in one batch; best first."""
+        batch, ids = build_rank_batch(self.manifest, user, candidates, context, self._item_lookup)
+        scores = self.scores(self.predict(batch))
+        order = np.argsort(-scores, kind="stable")
+        if top_k is not None:
+            if top_k < 1:
+                raise InvalidInput("top_k", "must be >= 1")
+            order = order[:top_k]
+        return [RankedItem(_plain(ids[i]), float(scores[i]), r + 1) for r, i in enumerate(order)]
+
+    def scores(self, outputs: Arrays) -> npt.NDArray[np.float64]:
+        """One score per row from the score output."""
+        out = outputs[self.manifest.output_name]
+        return np.asarray(out, dtype=np.float64).reshape(out.shape[0], -1)[:, 0]
+
+    def _item_lookup(self) -> tuple[dict[str, npt.NDArray[Any]], dict[Any, int]] | None:
+        if self._items is None:
+            return None
+        if self._item_index is None:
+            ids = self._items[self.manifest.item_id_field].tolist()
+            self._item_index = {v: i for i, v in enumerate(ids)}
+        return self._items, self._item_index
+
+    def warmup(self) -> int:
+        """Run the package's warm-up samples; returns how many rows ran."""
+        samples = self.package.warmup()
+        if not samples:
+            return 0
+        return int(self.scores(self.predict(samples)).shape[0])
+
+    # -- lifetime ------------------------------------------------------------
+
+    @contextmanager
+    def _using(self) -> Iterator[None]:
+        with self._cond:
+            if self._closed:
+                raise ModelClosedError(f"{self.name} v{self.version} is closed")
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Wait for running calls, then release the runtime sessions."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.wait_for(lambda: self._active == 0)
+        for s in self._sessions:
+            s.close()
+        self._sessions, self._dynamic, self._buckets = [], None, []
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> EdgeModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _recipient(key: X25519PrivateKey | Recipient | None, rid: str | None) -> Recipient | None:
+    if key is None or isinstance(key, Recipient):
+        return key
+    if not rid:
+        raise DecryptionError("recipient_id: needed with recipient_key")
+    return Recipient(rid, key)
+
+
+def _choose_artifacts(m: Manifest, backend: str, precision: str | None) -> list[Artifact]:
+    """Artifacts of the first (format, precision) this machine can run, in manifest order."""
+    if backend != "auto" and backend not in BACKENDS:
+        raise EdgeRecError(f"backend: {backend!r} is not one of auto, {', '.join(BACKENDS)}")
+    usable = []
+    for art in m.artifacts:
+        cls = backend_for_format(art.format)
+        if backend not in ("auto", cls.name) or not cls.available():
+            continue
+        if precision is not None and art.precision != precision:
+            continue
+        usable.append(art)
+    if not usable:
+        what = f"backend {backend}" + (f", precision {precision}" if precision else "")
+        have = ", ".join(f"{a.path} ({a.format}, {a.precision})" for a in m.artifacts)
+        raise EdgeRecError(f"{m.name}: no artifact for {what}; the package has {have}")
+    first = usable[0]
+    return [a for a in usable if (a.format, a.precision) == (first.format, first.precision)]
+
+
+def _load_sessions(
+    engine: Backend, group: list[Artifact], accelerator: str, threads: int | None, model_bytes: Any
+) -> tuple[list[Session], str, str | None]:
+    fixed = [a for a in group if isinstance(a.batch, int)]
+    dynamic = [a for a in group if a.batch == "dynamic"][:1]
+    if accelerator == "auto":
+        tries = [acc for acc in ("gpu", "npu") if any(acc in a.accelerators for a in group)]
+    elif accelerator == "cpu":
+        tries = []
+    else:
+        tries = [accelerator]
+    reasons = []
+    for acc in tries:
+        # Accelerators want fixed shapes (DESIGN.md): buckets first, else the dynamic artifact.
+        chosen = fixed or dynamic
+        try:
+            return [engine.load(model_bytes(a), a, acc, threads) for a in chosen], acc, None
+        except AcceleratorUnavailable as exc:
+            reasons.append(str(exc))
+    reason = "; ".join(reasons) or None
+    if accelerator in ("gpu", "npu"):
+        log.warning("%s unavailable, running on the CPU: %s", accelerator, reason)
+    chosen = dynamic or fixed
+    return [engine.load(model_bytes(a), a, "cpu", threads) for a in chosen], "cpu", reason
+
+
+def _batch_size(encoded: Arrays) -> int:
+    first = next(iter(encoded.values()))
+    return int(first.shape[0]) if first.ndim else 1
+
+
+def _pad(arr: npt.NDArray[Any], size: int) -> npt.NDArray[Any]:
+    if arr.shape[0] == size:
+        return arr
+    # Repeat the last row: always a valid id, unlike zeros for a range that starts above 0.
+    fill = np.repeat(arr[-1:], size - arr.shape[0], axis=0)
+    return np.concatenate([arr, fill])
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+__all__ = ["ACCELERATOR_CHOICES", "EdgeModel", "ModelInfo", "SessionInfo"]

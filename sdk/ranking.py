@@ -1,0 +1,119 @@
+"""Building one scoring batch from a user, candidates and context."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import InvalidInput
+from .manifest import FeatureSpec, Manifest
+
+ItemLookup = Callable[[], tuple[dict[str, npt.NDArray[Any]], dict[Any, int]] | None]
+
+
+@dataclass(frozen=True)
+class RankedItem:
+    """One ranked candidate: its id (or index), score and 1-based rank."""
+
+    item: Any
+    score: float
+    rank: int
+
+
+def build_rank_batch(
+    manifest: Manifest,
+    user: Mapping[str, Any] | None,
+    candidates: Sequence[Any] | Mapping[str, Sequence[Any]],
+    context: Mapping[str, Any] | None,
+    item_lookup: ItemLookup,
+) -> tuple[dict[str, Any], list[Any]]:
+    """Model inputs keyed by input name (raw ids, before vocabularies) and the candidate ids.
+
+    User and context features repeat for every candidate. Candidates are item
+    ids (features come from the package's item table), feature rows, or
+    columns keyed by request field.
+    """
+    if not manifest.features:
+        raise InvalidInput("model", "the package declares no feature spec, so it cannot rank")
+    columns, ids = _candidate_columns(manifest, candidates, item_lookup)
+    n = len(ids)
+    sources = {"user": user or {}, "context": context or {}}
+    batch: dict[str, Any] = {}
+    for feat in manifest.features:
+        spec = manifest.signature.input(feat.input)
+        tail = tuple(d or 1 for d in spec.shape[1:])
+        if feat.role == "item":
+            value = columns.get(feat.field)
+            if value is None:
+                value = _default(feat, "candidates")
+                batch[feat.input] = np.broadcast_to(np.asarray(value), (n, *tail))
+            else:
+                arr = np.asarray(value)
+                batch[feat.input] = arr.reshape((n, *tail)) if arr.size == n * int(np.prod(tail)) else arr
+        else:
+            src = sources[feat.role]
+            if not isinstance(src, Mapping):
+                raise InvalidInput(feat.role, "expected an object of features")
+            value = src[feat.field] if feat.field in src else _default(feat, f"{feat.role}.")
+            arr = np.asarray(value)
+            try:
+                batch[feat.input] = np.broadcast_to(arr, (n, *tail)) if arr.ndim <= len(tail) else arr
+            except ValueError as exc:
+                raise InvalidInput(f"{feat.role}.{feat.field}", f"expected shape {list(tail)}") from exc
+    return batch, ids
+
+
+def _default(feat: FeatureSpec, where: str) -> Any:
+    if feat.default is None:
+        name = f"{where}{feat.field}" if where.endswith(".") else f"{where}.{feat.field}"
+        raise InvalidInput(name, "missing, and the feature has no default")
+    return feat.default
+
+
+def _candidate_columns(
+    manifest: Manifest, candidates: Any, item_lookup: ItemLookup
+) -> tuple[dict[str, Any], list[Any]]:
+    id_field = manifest.item_id_field
+    if isinstance(candidates, Mapping):
+        cols = {str(k): list(v) if not isinstance(v, np.ndarray) else v for k, v in candidates.items()}
+        lengths = {len(v) for v in cols.values()}
+        if len(lengths) != 1:
+            raise InvalidInput("candidates", "columns differ in length")
+        n = lengths.pop()
+        return cols, list(cols.get(id_field, range(n)))
+    if isinstance(candidates, str | bytes) or not isinstance(candidates, Sequence | np.ndarray):
+        raise InvalidInput("candidates", "expected a list of item ids or feature rows")
+    if len(candidates) == 0:
+        raise InvalidInput("candidates", "empty")
+    if all(isinstance(c, Mapping) for c in candidates):
+        fields = {f.field for f in manifest.features if f.role == "item"} | {id_field}
+        cols = {f: [c.get(f) for c in candidates] for f in fields}
+        for f, vals in list(cols.items()):
+            if any(v is None for v in vals):
+                if f != id_field and any(v is not None for v in vals):
+                    raise InvalidInput(f"candidates.{f}", "missing in some rows")
+                del cols[f]
+        return cols, list(cols.get(id_field, range(len(candidates))))
+    ids = list(candidates)
+    if any(isinstance(c, Mapping | list | dict) for c in ids):
+        raise InvalidInput("candidates", "mix ids and feature rows in separate requests")
+    looked = item_lookup()
+    cols: dict[str, Any] = {id_field: ids}
+    if looked is not None:
+        table, index = looked
+        try:
+            rows = np.fromiter((index[_key(c)] for c in ids), dtype=np.int64, count=len(ids))
+        except KeyError as exc:
+            raise InvalidInput("candidates", f"unknown item id {exc.args[0]!r}") from exc
+        for col, values in table.items():
+            if col != id_field:
+                cols[col] = values[rows]
+    return cols, ids
+
+
+def _key(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v

@@ -1,0 +1,135 @@
+"""LiteRT (``ai_edge_litert``) backend.
+
+Measured on these machines (DESIGN.md): the ``Interpreter`` with XNNPACK is the
+path that handles dynamic batch sizes on the CPU; ``CompiledModel`` is faster
+for fixed-shape artifacts and is the only way onto GPU/NPU. Asking
+``CompiledModel`` for GPU|CPU raises on a machine without a GPU instead of
+falling back, and NPU|CPU silently stays on the CPU when no vendor library is
+present; both are turned into :class:`AcceleratorUnavailable` here.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import threading
+import numpy as np
+
+from ..errors import AcceleratorUnavailable, RuntimeBackendError
+from ..manifest import Artifact
+from .base import Arrays, Backend, Session, SessionInfo, as_contiguous
+
+
+class _InterpreterSession(Session):
+    def __init__(self, model: bytes, threads: int | None) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            self._interp = Interpreter(model_content=model, num_threads=threads or 1)
+            self._runner = self._interp.get_signature_runner()
+        except (ValueError, RuntimeError) as exc:
+            raise RuntimeBackendError(f"LiteRT could not load the model: {exc}") from exc
+        # The interpreter holds mutable tensors; one call at a time.
+        self._lock = threading.Lock()
+        self.batch = None
+        self.info = SessionInfo("litert", "cpu", True, "Interpreter/XNNPACK")
+
+    def run(self, inputs: Arrays) -> Arrays:
+        with self._lock:
+            try:
+                out = self._runner(**as_contiguous(inputs))
+            except (ValueError, RuntimeError) as exc:
+                raise RuntimeBackendError(f"LiteRT run failed: {exc}") from exc
+            return {k: np.array(v, copy=True) for k, v in out.items()}
+
+    def close(self) -> None:
+        self._runner = None
+        self._interp = None
+
+
+class _CompiledSession(Session):
+    def __init__(self, model: bytes, artifact: Artifact, accelerator: str) -> None:
+        from ai_edge_litert.compiled_model import CompiledModel
+        from ai_edge_litert.hardware_accelerator import HardwareAccelerator as HA
+
+        flags = {"cpu": HA.CPU, "gpu": HA.GPU | HA.CPU, "npu": HA.NPU | HA.CPU}[accelerator]
+        try:
+            self._model = CompiledModel.from_buffer(model, hardware_accel=flags)
+        except (RuntimeError, ValueError) as exc:
+            if accelerator == "cpu":
+                raise RuntimeBackendError(f"LiteRT could not compile the model: {exc}") from exc
+            raise AcceleratorUnavailable(f"LiteRT {accelerator}: {_first_line(exc)}") from exc
+        full = self._model.is_fully_accelerated()
+        if accelerator != "cpu" and not full:
+            # NPU|CPU (and GPU|CPU on partial support) may compile with nothing
+            # delegated; LiteRT cannot say how much ran on the accelerator.
+            self._model.close()
+            raise AcceleratorUnavailable(
+                f"LiteRT {accelerator}: the model is not delegated to the {accelerator}"
+            )
+        self._sig = next(iter(self._model.get_signature_list()))
+        self._in = self._model.get_input_tensor_details(self._sig)
+        self._out = self._model.get_output_tensor_details(self._sig)
+        self._inputs = self._model.create_input_buffers(0)
+        self._outputs = self._model.create_output_buffers(0)
+        self._in_order = list(self._model.get_signature_list()[self._sig]["inputs"])
+        self._out_order = list(self._model.get_signature_list()[self._sig]["outputs"])
+        self._lock = threading.Lock()
+        self.batch = artifact.batch if isinstance(artifact.batch, int) else None
+        self.info = SessionInfo("litert", accelerator, full if accelerator != "cpu" else True, "CompiledModel")
+
+    def run(self, inputs: Arrays) -> Arrays:
+        with self._lock:
+            try:
+                for name, buf in zip(self._in_order, self._inputs, strict=True):
+                    want = np.dtype(self._in[name]["dtype"])
+                    buf.write(np.ascontiguousarray(inputs[name], dtype=want))
+                self._model.run_by_index(0, self._inputs, self._outputs)
+                out: Arrays = {}
+                for name, buf in zip(self._out_order, self._outputs, strict=True):
+                    d = self._out[name]
+                    shape = tuple(d["shape"])
+                    out[name] = buf.read(int(np.prod(shape)), np.dtype(d["dtype"])).reshape(shape)
+                return out
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise RuntimeBackendError(f"LiteRT run failed: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            for b in [*self._inputs, *self._outputs]:
+                b.destroy()
+            self._inputs, self._outputs = [], []
+            self._model.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1].strip(" └") if text else type(exc).__name__
+
+
+class LiteRTBackend(Backend):
+    """Runs ``.tflite`` artifacts with ai-edge-litert."""
+
+    name = "litert"
+    formats = ("tflite",)
+
+    @classmethod
+    def available(cls) -> bool:
+        try:
+            import ai_edge_litert.interpreter  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def version(self) -> str:
+        return importlib.metadata.version("ai-edge-litert")
+
+    def load(self, model: bytes, artifact: Artifact, accelerator: str, threads: int | None) -> Session:
+        if accelerator != "cpu":
+            return _CompiledSession(model, artifact, accelerator)
+        if isinstance(artifact.batch, int):
+            try:
+                return _CompiledSession(model, artifact, "cpu")
+            except RuntimeBackendError:
+                pass  # the Interpreter below handles what CompiledModel cannot
+        return _InterpreterSession(model, threads)
+
