@@ -190,3 +190,20 @@ def decrypt_artifact(
     if sha256_hex(plain) != art.sha256 or len(plain) != art.size:
         raise DecryptionError(f"{path}: decrypted bytes do not match the signed hash")
     return plain
+
+
+def add_envelopes(package_bytes: bytes, envelopes: Iterable[Envelope]) -> bytes:
+    """The same package with key envelopes added (or replaced) under ``envelopes/``.
+
+    Envelopes are not covered by the publisher's signature and need not be:
+    a wrong one fails to open, and a key that opens the ciphertext still has to
+    produce the plaintext hash the manifest signs. A node uses this to keep its
+    envelope next to the fleet-wide ciphertext it downloaded.
+    """
+    import io
+    import zipfile
+
+    new = {e.entry_name: e.to_bytes() for e in envelopes}
+    with zipfile.ZipFile(io.BytesIO(package_bytes)) as zf:
+        kept = [(i.filename, zf.read(i)) for i in zf.infolist() if i.filename not in new]
+    return _zip_bytes(kept + sorted(new.items()))
