@@ -84,7 +84,7 @@ class InputEncoder:
             raise InvalidInput(name, "expected string ids for this vocabulary")
         rows, miss = vocab.lookup(arr)
         if self.strict_vocab and miss.any():
-            raise InvalidInput(name, f"id {arr[miss].flat[0]!r} is not in the vocabulary")
+            raise InvalidInput(name, f"id {arr[miss].flat[0].item()!r} is not in the vocabulary")
         return rows
 
 

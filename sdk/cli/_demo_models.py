@@ -7,6 +7,8 @@ reference, not only that something ran.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 N_USERS, N_ITEMS, DIM, N_CTX = 50, 80, 8, 4
@@ -89,5 +91,85 @@ def keras_ctr_tflite(w: dict[str, np.ndarray], tmp_path, batch: int | None = Non
     model.get_layer("item_emb").set_weights([w["item_emb"]])
     model.get_layer("dense").set_weights([w["w"]])
     path = tmp_path / f"sm{batch or 'dyn'}"
-    model.export(str(path), verbose=False)
+    # Keras drops Input(batch_size=...) on export; a fixed signature keeps it.
+    spec = [{
+        "user_id": tf.TensorSpec((batch,), tf.int32, name="user_id"),
+        "item_id": tf.TensorSpec((batch,), tf.int32, name="item_id"),
+        "ctx": tf.TensorSpec((batch, N_CTX), tf.float32, name="ctx"),
+    }]
+    model.export(str(path), verbose=False, input_signature=spec)
     return tf.lite.TFLiteConverter.from_saved_model(str(path)).convert()
+
+
+def ctr_signature() -> Any:
+    """The model signature shared by every artifact of the demo CTR model."""
+    from ..manifest import ModelSignature, TensorSpec
+
+    return ModelSignature(
+        inputs=(
+            TensorSpec("user_id", "int64", (None,)),
+            TensorSpec("item_id", "int64", (None,)),
+            TensorSpec("ctx", "float32", (None, N_CTX)),
+        ),
+        outputs=(TensorSpec("score", "float32", (None, 1)),),
+    )
+
+
+USER_KEYS = tuple(f"u{i}" for i in range(1, N_USERS))
+
+
+def ctr_builder(
+    w: dict[str, np.ndarray],
+    name: str = "ctr",
+    version: int = 1,
+    *,
+    onnx: bool = True,
+    tflite_dir: Any = None,
+    buckets: tuple[int, ...] = (),
+) -> Any:
+    """A PackageBuilder for the demo CTR model: user ids "u1".."u49" through a
+    vocabulary (row 0 is OOV), item ids 0..79 by range, ``ctx`` as context.
+
+    ``tflite_dir`` (a scratch folder) adds LiteRT artifacts, needing TensorFlow;
+    ``buckets`` adds fixed-batch LiteRT artifacts for accelerators.
+    """
+    from ..manifest import FeatureSpec
+    from ..package import PackageBuilder
+    from ..vocab import Vocabulary
+
+    b = PackageBuilder(name, version, ctr_signature())
+    if tflite_dir is not None:
+        from pathlib import Path
+
+        scratch = Path(tflite_dir)
+        b.add_artifact("model.tflite", keras_ctr_tflite(w, scratch), "tflite")
+        for n in buckets:
+            b.add_artifact(f"model.b{n}.tflite", keras_ctr_tflite(w, scratch, n), "tflite",
+                           batch=n, accelerators=("gpu", "npu", "cpu"))
+    if onnx:
+        b.add_artifact("model.onnx", onnx_ctr(w), "onnx")
+    b.add_feature(FeatureSpec("user_id", "user", "user"), Vocabulary(USER_KEYS, oov_row=0, first_row=1))
+    b.add_feature(FeatureSpec("item_id", "item", "item_id", id_range=(0, N_ITEMS - 1)))
+    b.add_feature(FeatureSpec("ctx", "context", "ctx", default=0.0))
+    b.set_item_table({"item_id": np.arange(N_ITEMS, dtype=np.int64)})
+    rng = np.random.default_rng(1)
+    b.set_warmup({
+        "user_id": np.asarray(USER_KEYS[:8]),
+        "item_id": np.arange(8, dtype=np.int64),
+        "ctx": rng.random((8, N_CTX)).astype(np.float32),
+    })
+    users = rng.integers(0, N_USERS, 512)
+    items = rng.integers(0, N_ITEMS, 512)
+    b.set_score_distribution(ctr_reference(w, users, items, rng.random((512, N_CTX)).astype(np.float32)))
+    return b
+
+
+def sample_inputs(n: int, seed: int = 0, weights_seed: int = 0) -> tuple[dict[str, Any], np.ndarray]:
+    """Raw inputs for ``n`` rows (some user ids out of vocabulary) and their reference scores."""
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, N_USERS, n)  # row 0 is the OOV row
+    users = np.array(["nobody" if r == 0 else f"u{r}" for r in rows])
+    items = rng.integers(0, N_ITEMS, n).astype(np.int64)
+    ctx = rng.random((n, N_CTX)).astype(np.float32)
+    ref = ctr_reference(ctr_weights(weights_seed), rows, items, ctx).ravel()
+    return {"user_id": users, "item_id": items, "ctx": ctx}, ref

@@ -11,7 +11,6 @@ import abc
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 import numpy.typing as npt
 
 from ..manifest import Artifact
@@ -62,6 +61,3 @@ class Backend(abc.ABC):
     def version(self) -> str:
         return ""
 
-
-def as_contiguous(inputs: Arrays) -> Arrays:
-    return {k: np.ascontiguousarray(v) for k, v in inputs.items()}

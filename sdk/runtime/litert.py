@@ -16,27 +16,30 @@ import numpy as np
 
 from ..errors import AcceleratorUnavailable, RuntimeBackendError
 from ..manifest import Artifact
-from .base import Arrays, Backend, Session, SessionInfo, as_contiguous
+from .base import Arrays, Backend, Session, SessionInfo
 
 
 class _InterpreterSession(Session):
-    def __init__(self, model: bytes, threads: int | None) -> None:
+    def __init__(self, model: bytes, artifact: Artifact, threads: int | None) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         try:
-            self._interp = Interpreter(model_content=model, num_threads=threads or 1)
+            self._interp = Interpreter(model_content=model, num_threads=threads)
             self._runner = self._interp.get_signature_runner()
         except (ValueError, RuntimeError) as exc:
             raise RuntimeBackendError(f"LiteRT could not load the model: {exc}") from exc
+        # A package has one signature for all artifacts; the TFLite graph may
+        # want narrower types (int32 ids), already range-checked by the encoder.
+        self._dtypes = {k: np.dtype(v["dtype"]) for k, v in self._runner.get_input_details().items()}
         # The interpreter holds mutable tensors; one call at a time.
         self._lock = threading.Lock()
-        self.batch = None
+        self.batch = artifact.batch if isinstance(artifact.batch, int) else None
         self.info = SessionInfo("litert", "cpu", True, "Interpreter/XNNPACK")
 
     def run(self, inputs: Arrays) -> Arrays:
         with self._lock:
             try:
-                out = self._runner(**as_contiguous(inputs))
+                out = self._runner(**{k: np.ascontiguousarray(v, self._dtypes.get(k)) for k, v in inputs.items()})
             except (ValueError, RuntimeError) as exc:
                 raise RuntimeBackendError(f"LiteRT run failed: {exc}") from exc
             return {k: np.array(v, copy=True) for k, v in out.items()}
@@ -57,7 +60,9 @@ class _CompiledSession(Session):
         except (RuntimeError, ValueError) as exc:
             if accelerator == "cpu":
                 raise RuntimeBackendError(f"LiteRT could not compile the model: {exc}") from exc
-            raise AcceleratorUnavailable(f"LiteRT {accelerator}: {_first_line(exc)}") from exc
+            raise AcceleratorUnavailable(
+                f"LiteRT {accelerator}: no usable {accelerator} for this model ({_first_line(exc)})"
+            ) from exc
         full = self._model.is_fully_accelerated()
         if accelerator != "cpu" and not full:
             # NPU|CPU (and GPU|CPU on partial support) may compile with nothing
@@ -75,6 +80,13 @@ class _CompiledSession(Session):
         self._out_order = list(self._model.get_signature_list()[self._sig]["outputs"])
         self._lock = threading.Lock()
         self.batch = artifact.batch if isinstance(artifact.batch, int) else None
+        if self.batch is not None:
+            dims = {int(d["shape"][0]) for d in self._in.values() if d["shape"]}
+            if dims != {self.batch}:
+                self._model.close()
+                raise RuntimeBackendError(
+                    f"{artifact.path}: the manifest says batch {self.batch}, the model has {sorted(dims)}"
+                )
         self.info = SessionInfo("litert", accelerator, full if accelerator != "cpu" else True, "CompiledModel")
 
     def run(self, inputs: Arrays) -> Arrays:
@@ -102,8 +114,9 @@ class _CompiledSession(Session):
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1].strip(" └") if text else type(exc).__name__
+    # LiteRT's messages are multi-line source traces; one line is enough to report.
+    text = " ".join(str(exc).replace("└", " ").split())
+    return text[:200] or type(exc).__name__
 
 
 class LiteRTBackend(Backend):
@@ -131,5 +144,5 @@ class LiteRTBackend(Backend):
                 return _CompiledSession(model, artifact, "cpu")
             except RuntimeBackendError:
                 pass  # the Interpreter below handles what CompiledModel cannot
-        return _InterpreterSession(model, threads)
+        return _InterpreterSession(model, artifact, threads)
 
