@@ -184,35 +184,35 @@ class Manifest:
     @classmethod
     def from_dict(cls, doc: Any) -> Manifest:
         r = _Reader(doc, "manifest")
-        schema = r.int("schema")
+        schema = r.integer("schema")
         if schema != SCHEMA_VERSION:
             raise PackageError(f"manifest.schema: version {schema} is not supported")
         sig = r.sub("signature")
         signature = ModelSignature(
-            inputs=tuple(_tensor(t) for t in sig.list("inputs")),
-            outputs=tuple(_tensor(t) for t in sig.list("outputs")),
+            inputs=tuple(_tensor(t) for t in sig.items("inputs")),
+            outputs=tuple(_tensor(t) for t in sig.items("outputs")),
         )
         if not signature.inputs or not signature.outputs:
             raise PackageError("manifest.signature: needs at least one input and one output")
-        artifacts = tuple(_artifact(a) for a in r.list("artifacts"))
+        artifacts = tuple(_artifact(a) for a in r.items("artifacts"))
         if not artifacts:
             raise PackageError("manifest.artifacts: the package holds no model")
         manifest = cls(
-            name=check_name(r.str("name"), "manifest.name"),
-            version=r.int("version", minimum=0),
-            created=r.str("created"),
+            name=check_name(r.text("name"), "manifest.name"),
+            version=r.integer("version", minimum=0),
+            created=r.text("created"),
             signature=signature,
             artifacts=artifacts,
-            features=tuple(_feature(f) for f in r.list("features", default=[])),
-            files=tuple(_file(f) for f in r.list("files", default=[])),
-            producer={str(k): str(v) for k, v in r.dict("producer", default={}).items()},
+            features=tuple(_feature(f) for f in r.items("features", default=[])),
+            files=tuple(_file(f) for f in r.items("files", default=[])),
+            producer={str(k): str(v) for k, v in r.mapping("producer", default={}).items()},
             score_output=r.opt_str("score_output"),
             item_table=r.opt_str("item_table"),
             item_id_field=r.opt_str("item_id_field") or "item_id",
             warmup=r.opt_str("warmup"),
             eval_report=r.opt_dict("eval_report"),
             score_distribution=r.opt_dict("score_distribution"),
-            metadata=r.dict("metadata", default={}),
+            metadata=r.mapping("metadata", default={}),
             schema=schema,
         )
         _check_references(manifest)
@@ -279,7 +279,7 @@ class _Reader:
     def _fail(self, key: str, what: str) -> PackageError:
         return PackageError(f"{self.where}.{key}: expected {what}")
 
-    def str(self, key: str) -> str:
+    def text(self, key: str) -> str:
         v = self._get(key)
         if not isinstance(v, str) or not v:
             raise self._fail(key, "a non-empty string")
@@ -291,20 +291,20 @@ class _Reader:
             raise self._fail(key, "a string")
         return v
 
-    def int(self, key: str, minimum: int | None = None, default: Any = ...) -> int:
+    def integer(self, key: str, minimum: int | None = None, default: Any = ...) -> int:
         v = self._get(key, default)
         if isinstance(v, bool) or not isinstance(v, int) or (minimum is not None and v < minimum):
             bound = f" >= {minimum}" if minimum is not None else ""
             raise self._fail(key, f"an integer{bound}")
         return v
 
-    def list(self, key: str, default: Any = ...) -> list[Any]:
+    def items(self, key: str, default: Any = ...) -> list[Any]:
         v = self._get(key, default)
         if not isinstance(v, list):
             raise self._fail(key, "a list")
         return v
 
-    def dict(self, key: str, default: Any = ...) -> dict[str, Any]:
+    def mapping(self, key: str, default: Any = ...) -> dict[str, Any]:
         v = self._get(key, default)
         if not isinstance(v, dict):
             raise self._fail(key, "an object")
@@ -325,12 +325,12 @@ class _Reader:
 
 def _tensor(doc: Any) -> TensorSpec:
     r = _Reader(doc, "manifest.signature")
-    name = r.str("name")
+    name = r.text("name")
     r.where = f"manifest.signature[{name}]"
-    dtype = r.str("dtype")
+    dtype = r.text("dtype")
     if dtype not in DTYPES:
         raise PackageError(f"{r.where}.dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
-    shape = r.list("shape")
+    shape = r.items("shape")
     if not all(d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0) for d in shape):
         raise PackageError(f"{r.where}.shape: dimensions must be integers >= 0 or null")
     return TensorSpec(name, dtype, tuple(shape))
@@ -338,32 +338,32 @@ def _tensor(doc: Any) -> TensorSpec:
 
 def _artifact(doc: Any) -> Artifact:
     r = _Reader(doc, "manifest.artifacts")
-    path = r.str("path")
+    path = r.text("path")
     r.where = f"manifest.artifacts[{path}]"
-    fmt = r.str("format")
+    fmt = r.text("format")
     if fmt not in FORMATS:
         raise PackageError(f"{r.where}.format: {fmt!r} is not one of {', '.join(FORMATS)}")
     batch = r.raw("batch", "dynamic")
     if batch != "dynamic" and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise PackageError(f"{r.where}.batch: expected 'dynamic' or an integer >= 1")
-    accels = r.list("accelerators", default=["cpu"])
+    accels = r.items("accelerators", default=["cpu"])
     if not accels or any(a not in ACCELERATORS for a in accels):
         raise PackageError(f"{r.where}.accelerators: expected some of {', '.join(ACCELERATORS)}")
     return Artifact(
         path=path,
         format=fmt,  # type: ignore[arg-type]
         sha256=_sha(r, "sha256"),
-        size=r.int("size", minimum=0),
-        precision=r.str("precision"),
+        size=r.integer("size", minimum=0),
+        precision=r.text("precision"),
         batch=batch,
         accelerators=tuple(accels),
-        runtime={str(k): str(v) for k, v in r.dict("runtime", default={}).items()},
-        extra=r.dict("extra", default={}),
+        runtime={str(k): str(v) for k, v in r.mapping("runtime", default={}).items()},
+        extra=r.mapping("extra", default={}),
     )
 
 
 def _sha(r: _Reader, key: str) -> str:
-    v = r.str(key)
+    v = r.text(key)
     if not _HEX64.match(v):
         raise PackageError(f"{r.where}.{key}: expected 64 lower-case hex digits")
     return v
@@ -371,16 +371,16 @@ def _sha(r: _Reader, key: str) -> str:
 
 def _file(doc: Any) -> FileEntry:
     r = _Reader(doc, "manifest.files")
-    path = r.str("path")
+    path = r.text("path")
     r.where = f"manifest.files[{path}]"
-    return FileEntry(path, _sha(r, "sha256"), r.int("size", minimum=0), r.opt_str("kind") or "aux")
+    return FileEntry(path, _sha(r, "sha256"), r.integer("size", minimum=0), r.opt_str("kind") or "aux")
 
 
 def _feature(doc: Any) -> FeatureSpec:
     r = _Reader(doc, "manifest.features")
-    name = r.str("input")
+    name = r.text("input")
     r.where = f"manifest.features[{name}]"
-    role = r.str("role")
+    role = r.text("role")
     if role not in ROLES:
         raise PackageError(f"{r.where}.role: {role!r} is not one of {', '.join(ROLES)}")
     id_range = r.raw("id_range", None)

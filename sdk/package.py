@@ -139,7 +139,7 @@ class PackageBuilder:
         self,
         path: str,
         data: bytes,
-        format: Format,  # noqa: A002 - the manifest's word
+        format: Format,
         *,
         precision: str = "fp32",
         batch: Batch = "dynamic",
@@ -424,7 +424,8 @@ def verify_signature(
     by_id = {key_id(k): k for k in trusted}
     known = [(kid, sig) for kid, sig in sigs if kid in by_id]
     if not known:
-        raise UntrustedSignerError(f"{label}: signed by no trusted key ({', '.join(k[:12] for k, _ in sigs) or 'none'})")
+        signers = ", ".join(k[:12] for k, _ in sigs) or "none"
+        raise UntrustedSignerError(f"{label}: signed by no trusted key ({signers})")
     for kid, sig in known:
         try:
             by_id[kid].verify(sig, manifest_bytes)
@@ -463,9 +464,10 @@ def _check_files(
     for name in entries:
         if name not in listed and name not in _META and not name.startswith(ENVELOPE_DIR):
             raise UnsafeEntryError(f"{label}: entry {name!r} is not listed in the manifest")
-    for path, (digest, size) in listed.items():
+    for path, (signed_digest, signed_size) in listed.items():
         if path not in entries:
             raise IntegrityError(f"{label}: {path} is missing")
+        digest, size = signed_digest, signed_size
         if path in encryption:
             # Ciphertext is checked here; the plaintext hash when it is decrypted.
             digest, size = encryption[path].sha256, encryption[path].size

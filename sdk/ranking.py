@@ -102,7 +102,7 @@ def _candidate_columns(
     if any(isinstance(c, Mapping | list | dict) for c in ids):
         raise InvalidInput("candidates", "mix ids and feature rows in separate requests")
     looked = item_lookup()
-    cols: dict[str, Any] = {id_field: ids}
+    by_id: dict[str, Any] = {id_field: ids}
     if looked is not None:
         table, index = looked
         try:
@@ -111,8 +111,8 @@ def _candidate_columns(
             raise InvalidInput("candidates", f"unknown item id {exc.args[0]!r}") from exc
         for col, values in table.items():
             if col != id_field:
-                cols[col] = values[rows]
-    return cols, ids
+                by_id[col] = values[rows]
+    return by_id, ids
 
 
 def _key(v: Any) -> Any:

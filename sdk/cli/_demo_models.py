@@ -7,9 +7,14 @@ reference, not only that something ran.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..manifest import FeatureSpec, ModelSignature, TensorSpec
+from ..package import PackageBuilder
+from ..vocab import Vocabulary
 
 N_USERS, N_ITEMS, DIM, N_CTX = 50, 80, 8, 4
 
@@ -23,9 +28,11 @@ def ctr_weights(seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def ctr_reference(w: dict[str, np.ndarray], user_id, item_id, ctx) -> np.ndarray:
+def ctr_reference(w: dict[str, np.ndarray], user_id: Any, item_id: Any, ctx: Any) -> np.ndarray:
+    """The CTR function in NumPy: sigmoid([user_emb, item_emb, ctx] @ w)."""
     x = np.concatenate([w["user_emb"][user_id], w["item_emb"][item_id], ctx], axis=1)
-    return 1.0 / (1.0 + np.exp(-(x @ w["w"])))
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-(x @ w["w"])))
+    return out
 
 
 def onnx_ctr(w: dict[str, np.ndarray], batch: int | None = None) -> bytes:
@@ -54,10 +61,10 @@ def onnx_ctr(w: dict[str, np.ndarray], batch: int | None = None) -> bytes:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
-    return model.SerializeToString()
+    return bytes(model.SerializeToString())
 
 
-def ort_format(onnx_bytes: bytes, tmp_path) -> tuple[bytes, bytes]:
+def ort_format(onnx_bytes: bytes, tmp_path: Path) -> tuple[bytes, bytes]:
     """Convert ONNX bytes to ORT format with onnxruntime's tool; also returns the operator config."""
     import subprocess
     import sys
@@ -74,7 +81,7 @@ def ort_format(onnx_bytes: bytes, tmp_path) -> tuple[bytes, bytes]:
     return (out / "m.ort").read_bytes(), (out / "required_operators.config").read_bytes()
 
 
-def keras_ctr_tflite(w: dict[str, np.ndarray], tmp_path, batch: int | None = None) -> bytes:
+def keras_ctr_tflite(w: dict[str, np.ndarray], tmp_path: Path, batch: int | None = None) -> bytes:
     """The same CTR function as a Keras model converted to LiteRT (via SavedModel)."""
     import keras
     import tensorflow as tf
@@ -98,13 +105,11 @@ def keras_ctr_tflite(w: dict[str, np.ndarray], tmp_path, batch: int | None = Non
         "ctx": tf.TensorSpec((batch, N_CTX), tf.float32, name="ctx"),
     }]
     model.export(str(path), verbose=False, input_signature=spec)
-    return tf.lite.TFLiteConverter.from_saved_model(str(path)).convert()
+    return bytes(tf.lite.TFLiteConverter.from_saved_model(str(path)).convert())
 
 
-def ctr_signature() -> Any:
+def ctr_signature() -> ModelSignature:
     """The model signature shared by every artifact of the demo CTR model."""
-    from ..manifest import ModelSignature, TensorSpec
-
     return ModelSignature(
         inputs=(
             TensorSpec("user_id", "int64", (None,)),
@@ -124,23 +129,17 @@ def ctr_builder(
     version: int = 1,
     *,
     onnx: bool = True,
-    tflite_dir: Any = None,
+    tflite_dir: Path | None = None,
     buckets: tuple[int, ...] = (),
-) -> Any:
+) -> PackageBuilder:
     """A PackageBuilder for the demo CTR model: user ids "u1".."u49" through a
     vocabulary (row 0 is OOV), item ids 0..79 by range, ``ctx`` as context.
 
     ``tflite_dir`` (a scratch folder) adds LiteRT artifacts, needing TensorFlow;
     ``buckets`` adds fixed-batch LiteRT artifacts for accelerators.
     """
-    from ..manifest import FeatureSpec
-    from ..package import PackageBuilder
-    from ..vocab import Vocabulary
-
     b = PackageBuilder(name, version, ctr_signature())
     if tflite_dir is not None:
-        from pathlib import Path
-
         scratch = Path(tflite_dir)
         b.add_artifact("model.tflite", keras_ctr_tflite(w, scratch), "tflite")
         for n in buckets:

@@ -23,7 +23,7 @@ from rich.table import Table
 from .._atomic import write_atomic
 from ..encryption import encrypt_package
 from ..keys import generate_keypair, load_recipient_key, load_signing_key, load_verify_key
-from ..model import EdgeModel
+from ..model import Accelerator, EdgeModel
 from ..package import Package
 from . import _demo_models as demo
 from ._output import console, print_json
@@ -50,7 +50,8 @@ def build_demo_package(work: Path, with_tflite: bool) -> Path:
     b.add_artifact("model.ort", ort_bytes, "ort", extra={"required_operators": "required_operators.config"})
     b.add_file("required_operators.config", ops, kind="ort_operators")
     b.eval_report = {"note": "synthetic demo model; outputs checked against a NumPy reference"}
-    return b.write(work / "ctr-1.edgepkg", load_signing_key(work / "publisher.key"))
+    path: Path = b.write(work / "ctr-1.edgepkg", load_signing_key(work / "publisher.key"))
+    return path
 
 
 @cli.command("demo")
@@ -69,7 +70,10 @@ def demo_cmd(workdir: Path | None, repeats: int, as_json: bool) -> None:
 
 
 def run_demo(work: Path, repeats: int, quiet: bool = False) -> dict[str, Any]:
-    say = (lambda *_: None) if quiet else console.print
+    def say(text: str) -> None:
+        if not quiet:
+            console.print(text)
+
     pub = generate_keypair(work, "publisher", "ed25519", overwrite=True)
     node = generate_keypair(work, "node-1", "x25519", overwrite=True)
     say(f"1. keys: publisher {pub.key_id[:12]} (ed25519), node-1 {node.key_id[:12]} (x25519)")
@@ -85,15 +89,16 @@ def run_demo(work: Path, repeats: int, quiet: bool = False) -> dict[str, Any]:
     enc_path = write_atomic(work / "ctr-1.enc.edgepkg", enc.data)
     say(f"3. encrypted for node-1: {enc_path.name}, AES-256-GCM artifacts, HPKE-sealed keys")
     node_key = load_recipient_key(node.private_path)
-    rows = []
+    rows: list[dict[str, Any]] = []
     inputs, ref = demo.sample_inputs(1, seed=3)
     user, context = {"user": "u7"}, {"ctx": [0.3, 0.1, 0.8, 0.5]}
     candidates = list(range(demo.N_ITEMS))[:100]
     for backend in ("litert", "onnxruntime"):
-        for accel in ("auto", "gpu"):
+        accels: tuple[Accelerator, ...] = ("auto", "gpu")
+        for accel in accels:
             try:
                 model = EdgeModel.load(Package.open(enc_path, trusted), recipient_key=node_key,
-                                       recipient_id="node-1", backend=backend, accelerator=accel)  # type: ignore[arg-type]
+                                       recipient_id="node-1", backend=backend, accelerator=accel)
             except Exception as exc:  # shown in the table, the demo goes on
                 rows.append({"backend": backend, "requested": accel, "error": str(exc)})
                 continue

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
-from rich.table import Table
 
 from .. import __version__
 from ..errors import EdgeRecError
 from ._lazy import LazyGroup
-from ._output import console, fail, print_json
+from ._output import fail
 
 LAZY = {
     "convert": ("edgerec.converter.cli:convert", "converter", "Convert a Keras/SavedModel/ONNX model to a package."),
@@ -43,7 +39,8 @@ class _Root(LazyGroup):
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
 def cli(verbose: bool) -> None:
     """edgerec: recommender models on edge nodes and devices."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.DEBUG if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 def main() -> None:
@@ -54,4 +51,4 @@ def main() -> None:
 from . import bench, keys, package, predict  # noqa: E402,F401
 from . import demo as _demo  # noqa: E402,F401
 
-__all__ = ["cli", "console", "fail", "json", "main", "np", "print_json", "Path", "Table"]
+__all__ = ["cli", "main"]

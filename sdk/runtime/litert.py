@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import threading
+
 import numpy as np
 
 from ..errors import AcceleratorUnavailable, RuntimeBackendError
@@ -52,9 +53,9 @@ class _InterpreterSession(Session):
 class _CompiledSession(Session):
     def __init__(self, model: bytes, artifact: Artifact, accelerator: str) -> None:
         from ai_edge_litert.compiled_model import CompiledModel
-        from ai_edge_litert.hardware_accelerator import HardwareAccelerator as HA
+        from ai_edge_litert.hardware_accelerator import HardwareAccelerator as Accel
 
-        flags = {"cpu": HA.CPU, "gpu": HA.GPU | HA.CPU, "npu": HA.NPU | HA.CPU}[accelerator]
+        flags = {"cpu": Accel.CPU, "gpu": Accel.GPU | Accel.CPU, "npu": Accel.NPU | Accel.CPU}[accelerator]
         try:
             self._model = CompiledModel.from_buffer(model, hardware_accel=flags)
         except (RuntimeError, ValueError) as exc:

@@ -8,7 +8,6 @@ import zipfile
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
 from edgerec.sdk import (
     DecryptionError,
     EdgeModel,
@@ -20,9 +19,8 @@ from edgerec.sdk import (
     encrypt_package,
     seal_data_key,
 )
-from edgerec.sdk.encryption import decrypt_artifact, open_envelope
-
 from edgerec.sdk.cli._demo_models import sample_inputs as ctr_inputs
+from edgerec.sdk.encryption import decrypt_artifact, open_envelope
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import zipfile
 
 import pytest
-
 from edgerec.sdk import (
     DuplicateEntryError,
     IntegrityError,

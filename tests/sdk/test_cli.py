@@ -1,0 +1,152 @@
+"""The SDK's commands through the installed ``edgerec`` script: output, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from edgerec.sdk.cli._demo_models import sample_inputs
+
+EDGEREC = shutil.which("edgerec", path=str(Path(sys.executable).parent)) or "edgerec"
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([EDGEREC, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode != 0
+    err = proc.stderr.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ")
+    for n in needles:
+        assert n in err, err
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("keys")
+    assert run("keys", "generate", "--out", str(d), "--name", "pub").returncode == 0
+    assert run("keys", "generate", "--out", str(d), "--name", "node", "--kind", "x25519").returncode == 0
+    return d
+
+
+@pytest.fixture(scope="module")
+def pkg(keys, ctr_weights, tmp_path_factory) -> Path:
+    from edgerec.sdk import load_signing_key
+    from edgerec.sdk.cli._demo_models import ctr_builder
+
+    return ctr_builder(ctr_weights).write(tmp_path_factory.mktemp("pkg") / "ctr.edgepkg",
+                                           load_signing_key(keys / "pub.key"))
+
+
+def test_keys_generate_modes_and_ids(keys):
+    assert stat.S_IMODE((keys / "pub.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((keys / "node.key").stat().st_mode) == 0o600
+    assert b"PUBLIC KEY" in (keys / "pub.pub").read_bytes()
+    proc = run("keys", "generate", "--out", str(keys), "--name", "pub")
+    one_line_error(proc, "already exists")
+    proc = run("keys", "generate", "--out", str(keys), "--name", "x", "--json")
+    doc = json.loads(proc.stdout)
+    from edgerec.sdk import key_id, load_verify_key
+
+    assert doc["key_id"] == key_id(load_verify_key(keys / "x.pub"))
+
+
+def test_inspect_and_verify(pkg, keys):
+    proc = run("package", "verify", str(pkg), "-k", str(keys / "pub.pub"))
+    assert proc.returncode == 0 and "ok: ctr v1" in proc.stdout
+    proc = run("package", "inspect", str(pkg), "-k", str(keys / "pub.pub"), "--json")
+    doc = json.loads(proc.stdout)
+    assert doc["name"] == "ctr" and doc["encrypted"] is False
+    assert [a["format"] for a in doc["artifacts"]] == ["onnx"]
+    proc = run("package", "inspect", str(pkg), "-k", str(keys / "pub.pub"))
+    assert "user_id" in proc.stdout and "vocab/user_id.json" in proc.stdout
+
+
+def test_verify_refuses_untrusted_and_tampered(pkg, keys, tmp_path):
+    assert run("keys", "generate", "--out", str(tmp_path), "--name", "stranger").returncode == 0
+    one_line_error(run("package", "verify", str(pkg), "-k", str(tmp_path / "stranger.pub")), "no trusted key")
+    one_line_error(run("package", "verify", str(pkg), "-k", str(keys / "node.pub")), "expected an Ed25519 key")
+    bad = tmp_path / "bad.edgepkg"
+    bad.write_bytes(pkg.read_bytes()[:-40])
+    one_line_error(run("package", "verify", str(bad), "-k", str(keys / "pub.pub")), str(bad))
+    missing = tmp_path / "none.edgepkg"
+    one_line_error(run("package", "verify", str(missing), "-k", str(keys / "pub.pub")), "none.edgepkg")
+    one_line_error(run("package", "verify", str(pkg), "-k", str(tmp_path / "missing.pub")), "missing.pub")
+
+
+def test_encrypt_then_predict_with_node_key(pkg, keys, tmp_path):
+    out = tmp_path / "enc.edgepkg"
+    proc = run("package", "encrypt", str(pkg), "-k", str(keys / "pub.pub"), "--recipient",
+               f"node-1={keys / 'node.pub'}", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    inputs, ref = sample_inputs(4)
+    np.savez(tmp_path / "in.npz", **inputs)
+    proc = run("predict", str(out), "--input", str(tmp_path / "in.npz"), "-k", str(keys / "pub.pub"),
+               "--recipient-key", str(keys / "node.key"), "--recipient-id", "node-1")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    np.testing.assert_allclose(np.ravel(doc["outputs"]["score"]), ref, atol=1e-5)
+    one_line_error(run("predict", str(out), "--input", str(tmp_path / "in.npz"), "-k", str(keys / "pub.pub")),
+                   "encrypted")
+
+
+def test_predict_json_input_and_invalid_input(pkg, keys, tmp_path):
+    inputs, ref = sample_inputs(2)
+    (tmp_path / "in.json").write_text(json.dumps({k: v.tolist() for k, v in inputs.items()}))
+    proc = run("predict", str(pkg), "--input", str(tmp_path / "in.json"), "-k", str(keys / "pub.pub"),
+               "--accelerator", "gpu")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["accelerator"] == "cpu"
+    np.testing.assert_allclose(np.ravel(doc["outputs"]["score"]), ref, atol=1e-5)
+    bad = {k: v.tolist() for k, v in inputs.items()}
+    bad["item_id"] = [1, 500]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    one_line_error(run("predict", str(pkg), "--input", str(tmp_path / "bad.json"), "-k", str(keys / "pub.pub")),
+                   "item_id", "outside the valid range")
+    (tmp_path / "broken.json").write_text("{")
+    one_line_error(run("predict", str(pkg), "--input", str(tmp_path / "broken.json"), "-k", str(keys / "pub.pub")),
+                   "broken.json")
+
+
+def test_bench_json(pkg, keys):
+    proc = run("bench", str(pkg), "-k", str(keys / "pub.pub"), "--batch-sizes", "1,8", "--repeats", "5",
+               "--accelerators", "cpu,gpu", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert {(r["requested"], r["batch"]) for r in rows} == {("cpu", 1), ("cpu", 8), ("gpu", 1), ("gpu", 8)}
+    assert all(r["accelerator"] == "cpu" and r["p50_ms"] > 0 for r in rows)
+    one_line_error(run("bench", str(pkg), "-k", str(keys / "pub.pub"), "--batch-sizes", "x"), "--batch-sizes")
+
+
+def test_missing_extra_is_one_line(monkeypatch):
+    # Every lazily loaded group names the extra it needs when its import fails.
+    from edgerec.sdk.cli.main import LAZY
+
+    assert set(LAZY) == {"convert", "serve", "sync", "admin", "node"}
+    assert {v[1] for v in LAZY.values()} == {"converter", "edge", "sync"}
+
+
+@pytest.mark.slow
+def test_demo_json(tmp_path):
+    proc = run("demo", "--workdir", str(tmp_path), "--repeats", "5", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    rows = doc["results"]
+    assert {r["backend"] for r in rows} == {"litert", "onnxruntime"}
+    assert all("error" not in r for r in rows)
+    assert all(r["max_abs_err"] < 1e-5 for r in rows)
+    assert all(r["accelerator"] == "cpu" for r in rows)
+    assert len({tuple(i for i, _ in r["top3"]) for r in rows}) == 1  # every backend ranks the same
+    assert stat.S_IMODE((tmp_path / "publisher.key").stat().st_mode) == 0o600
