@@ -1,0 +1,341 @@
+"""``convert``: source model in, signed package out, under an accuracy budget.
+
+Steps: load the source; lift lookups and prune (``prepare``); read the
+evaluation and calibration rows; build every candidate variant; score each
+on the held-out rows with the SDK runtimes; keep the requested (or, with
+``auto``, the smallest in-budget) variant per format; add fixed-batch
+buckets; write the package. All intermediate files live in a temporary
+folder and the package is written atomically, so a failure leaves nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from edgerec.sdk.errors import InvalidInput
+from edgerec.sdk.inputs import InputEncoder
+from edgerec.sdk.manifest import Manifest, ModelSignature, TensorSpec
+from edgerec.sdk.package import Package
+
+from . import data as tables
+from .build import Built, OrtBuilder, TfBuilder
+from .calibration import ort_samples
+from .errors import AccuracyBudgetError, ConversionError, DataError
+from .evaluate import VariantResult, auc, compressed_size, log_loss, measure, score_column
+from .features import feature_specs, read_feature_file
+from .ort import StaticOptions
+from .packaging import PackageParts, assemble
+from .prepare import Prepared, prepare
+from .sources import Source, load_source
+
+Arrays = dict[str, npt.NDArray[Any]]
+QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8", "auto")
+FORMATS = ("tflite", "ort")
+_MODE_PRECISION = {"none": "fp32", "fp16": "fp16", "dynamic": "int8-dynamic", "int8": "int8"}
+_AUTO = {"tflite": ("fp32", "fp16", "int8-dynamic", "int8"), "ort": ("fp32", "int8-dynamic", "int8")}
+
+
+@dataclass
+class ConvertOptions:
+    """Everything ``edgerec convert`` can be told; defaults are the CLI's."""
+
+    name: str | None = None
+    version: int = 1
+    formats: Sequence[str] | None = None  # None: tflite,ort for TensorFlow sources, ort otherwise
+    quantize: str = "dynamic"
+    calibration: Path | None = None
+    calibration_rows: int = 256
+    calibration_method: str = "minmax"
+    per_channel: bool = False
+    prune: float = 0.0
+    min_id_count: int = 0
+    id_counts: Path | None = None
+    batch_buckets: Sequence[int] = ()
+    eval: Path | None = None
+    label: str = "label"
+    eval_rows: int | None = 20000
+    max_auc_drop: float = 0.002
+    features: Path | None = None
+    score_output: str | None = None
+    progress: bool = False
+
+
+@dataclass
+class ConvertResult:
+    """What was written and the measurements behind it."""
+
+    path: Path
+    manifest: Manifest
+    source: dict[str, Any]
+    variants: list[VariantResult]
+    kept: list[Built] = field(default_factory=list)
+
+
+ProgressFactory = Callable[[], AbstractContextManager[Any]]
+
+
+def convert(
+    source: Any,
+    out: str | os.PathLike[str],
+    signing_key: Ed25519PrivateKey,
+    options: ConvertOptions | None = None,
+    *,
+    example_inputs: Sequence[Any] | None = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+) -> ConvertResult:
+    """Convert ``source`` (path, ``keras.Model`` or ``torch.nn.Module``) into a signed package at ``out``."""
+    opts = options or ConvertOptions()
+    src = load_source(source, example_inputs, input_names, output_names)
+    formats = _formats(src, opts)
+    plan = _plan(formats, opts)
+    overrides = read_feature_file(opts.features)
+    eval_raw, labels = _read_eval(src, opts)
+    calib_raw = _read_calibration(src, opts, plan)
+    prepared = prepare(src, opts.prune, opts.min_id_count, opts.id_counts)
+    score_output = _score_output(prepared.outputs, opts.score_output)
+    signature = ModelSignature(
+        tuple(TensorSpec(s.name, s.dtype, (None, *s.shape[1:])) for s in prepared.inputs),
+        tuple(TensorSpec(s.name, s.dtype, (None, *s.shape[1:])) for s in prepared.outputs),
+    )
+    features = feature_specs(prepared.inputs, prepared.vocabularies, prepared.id_ranges, overrides)
+    encoder = InputEncoder(signature, {f.input: f for f, _ in features}, prepared.vocabularies)
+    eval_enc = _encode(encoder, eval_raw, "--eval")
+    calib_enc = _encode(encoder, calib_raw, "--calibration")
+
+    with tempfile.TemporaryDirectory(prefix="edgerec-convert-") as tmp, _progress(opts) as progress:
+        work = Work(src, prepared, Path(tmp), opts, progress)
+        reference = score_column(src.predict(eval_raw), score_output) if eval_raw is not None else None
+        source_row = _source_row(src, labels, reference)
+        results, built = work.candidates(plan, calib_enc, eval_enc, labels, reference, score_output)
+        kept = _select(results, built, opts, source_row, labels is not None)
+        buckets = work.buckets(kept, calib_enc, eval_enc, score_output)
+        parts = PackageParts(
+            name=opts.name or _default_name(src), version=opts.version, signature=signature,
+            score_output=score_output, features=features, artifacts=[*kept, *buckets],
+            source=src, prepared=prepared, warmup=_warmup(eval_raw, calib_raw),
+            scores=reference, results=results, source_row=source_row, options=opts,
+        )
+        path = assemble(parts).write(out, signing_key)
+    # Read back through the verifying reader: what devices will see.
+    manifest = Package.open(path, signing_key.public_key()).manifest
+    return ConvertResult(Path(path), manifest, source_row, results, kept)
+
+
+class Work:
+    """Builds and measures variants inside one temporary folder."""
+
+    def __init__(self, src: Source, prepared: Prepared, tmp: Path, opts: ConvertOptions, progress: Any) -> None:
+        self.opts = opts
+        self.progress = progress
+        self.tf: TfBuilder | None = None
+        self._ort: OrtBuilder | None = None
+        self._prepared = prepared
+        self._src = src
+        if src.is_tensorflow:
+            self.tf = TfBuilder(tmp, prepared.inputs, prepared.keras_model, prepared.saved_model, prepared.kernels)
+
+    def ort(self) -> OrtBuilder:
+        if self._ort is None:
+            data = self._prepared.onnx_bytes if self.tf is None else self.tf.onnx()
+            assert data is not None
+            options = StaticOptions(self.opts.calibration_method, self.opts.per_channel)
+            self._ort = OrtBuilder(data, options)
+        return self._ort
+
+    def build(self, fmt: str, precision: str, calib: Arrays | None, batch: int | None = None) -> Built:
+        if fmt == "tflite":
+            assert self.tf is not None
+            task = self._task(f"calibrating tflite {precision}", calib if precision == "int8" else None, batch)
+            return self.tf.tflite(precision, calib, batch, task)
+        samples = ort_samples(calib) if calib is not None and precision == "int8" else None
+        return self.ort().build(precision, samples, batch)
+
+    def _task(self, label: str, calib: Arrays | None, batch: int | None) -> Callable[[int], None] | None:
+        if self.progress is None or calib is None:
+            return None
+        total = tables.rows(calib)
+        task = self.progress.add_task(label, total=total)
+        return lambda n: self.progress.advance(task, n)
+
+    def candidates(
+        self, plan: dict[str, tuple[str, ...]], calib: Arrays | None, eval_enc: Arrays | None,
+        labels: npt.NDArray[np.float64] | None, reference: npt.NDArray[np.float64] | None, output: str,
+    ) -> tuple[list[VariantResult], dict[str, Built]]:
+        results, built = [], {}
+        for fmt, precisions in plan.items():
+            for precision in precisions:
+                b = self.build(fmt, precision, calib)
+                r = VariantResult(f"{fmt} {precision}", fmt, precision, len(b.data), compressed_size(b.data))
+                if eval_enc is not None:
+                    advance = self._task(f"evaluating {fmt} {precision}", eval_enc, None)
+                    measure(r, b.data, eval_enc, output, labels, reference, advance)
+                results.append(r)
+                built[b.key] = b
+        return results, built
+
+    def buckets(self, kept: list[Built], calib: Arrays | None, eval_enc: Arrays | None, output: str) -> list[Built]:
+        """Fixed-batch copies of every kept variant, checked against the dynamic one."""
+        out = []
+        for base in kept:
+            for n in self.opts.batch_buckets:
+                b = self.build(base.format, base.precision, calib, n)
+                b.extra["accelerators"] = ["gpu", "npu", "cpu"]
+                if eval_enc is not None:
+                    b.extra["max_abs_diff_vs_dynamic"] = _bucket_diff(base, b, eval_enc, output, n)
+                out.append(b)
+        return out
+
+
+def _bucket_diff(base: Built, bucket: Built, encoded: Arrays, output: str, n: int) -> float:
+    from .evaluate import open_session
+
+    idx = np.arange(n) % tables.rows(encoded)
+    rows = {k: v[idx] for k, v in encoded.items()}
+    a_s = open_session(base.data, base.format, base.precision)
+    b_s = open_session(bucket.data, bucket.format, bucket.precision, n)
+    try:
+        a = score_column(a_s.run(rows), output)
+        b = score_column(b_s.run(rows), output)
+    finally:
+        a_s.close()
+        b_s.close()
+    return round(float(np.max(np.abs(a - b))), 6)
+
+
+def _formats(src: Source, opts: ConvertOptions) -> tuple[str, ...]:
+    formats = tuple(opts.formats or (("tflite", "ort") if src.is_tensorflow else ("ort",)))
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ConversionError(f"--format {','.join(formats)}: use tflite and/or ort")
+    if "tflite" in formats and not src.is_tensorflow:
+        raise ConversionError(
+            f"--format tflite: {src.label} is {src.kind}; LiteRT artifacts come from Keras or SavedModel sources"
+        )
+    return formats
+
+
+def _plan(formats: tuple[str, ...], opts: ConvertOptions) -> dict[str, tuple[str, ...]]:
+    mode = opts.quantize
+    if mode not in QUANTIZE_MODES:
+        raise ConversionError(f"--quantize {mode!r}: use one of {', '.join(QUANTIZE_MODES)}")
+    if mode == "int8" and opts.calibration is None:
+        raise ConversionError("--quantize int8 needs --calibration FILE (representative rows)")
+    if mode == "auto":
+        if opts.eval is None:
+            raise ConversionError("--quantize auto needs --eval FILE to measure each variant")
+        return {
+            f: tuple(p for p in _AUTO[f] if p != "int8" or opts.calibration is not None) for f in formats
+        }
+    precision = _MODE_PRECISION[mode]
+    if precision == "fp16" and "ort" in formats:
+        raise ConversionError("--quantize fp16: ORT artifacts have no fp16 variant here; use --format tflite")
+    for n in opts.batch_buckets:
+        if n < 1:
+            raise ConversionError(f"--batch-buckets: {n} is not a batch size")
+    return {f: (precision,) for f in formats}
+
+
+def _read_eval(src: Source, opts: ConvertOptions) -> tuple[Arrays | None, npt.NDArray[np.float64] | None]:
+    if opts.eval is None:
+        return None, None
+    table = tables.read_table(opts.eval)
+    if opts.eval_rows:
+        table = tables.take(table, opts.eval_rows)
+    labels = tables.label_column(table, opts.label, str(opts.eval))
+    return tables.select_inputs(table, src.inputs, str(opts.eval)), labels
+
+
+def _read_calibration(src: Source, opts: ConvertOptions, plan: dict[str, tuple[str, ...]]) -> Arrays | None:
+    if opts.calibration is None:
+        return None
+    table = tables.take(tables.read_table(opts.calibration), opts.calibration_rows)
+    return tables.select_inputs(table, src.inputs, str(opts.calibration))
+
+
+def _encode(encoder: InputEncoder, raw: Arrays | None, where: str) -> Arrays | None:
+    if raw is None:
+        return None
+    try:
+        return encoder.encode(raw)
+    except InvalidInput as exc:
+        raise DataError(f"{where}: {exc}") from exc
+
+
+def _score_output(outputs: tuple[TensorSpec, ...], wanted: str | None) -> str:
+    names = [o.name for o in outputs]
+    if wanted is None:
+        return names[0]
+    if wanted not in names:
+        raise ConversionError(f"--score-output {wanted!r}: the model outputs {', '.join(names)}")
+    return wanted
+
+
+def _source_row(
+    src: Source, labels: npt.NDArray[np.float64] | None, reference: npt.NDArray[np.float64] | None
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": f"source ({src.kind})"}
+    if labels is not None and reference is not None:
+        row.update(auc=round(auc(labels, reference), 6), log_loss=round(log_loss(labels, reference), 6),
+                   rows=len(labels))
+    return row
+
+
+def _select(
+    results: list[VariantResult], built: dict[str, Built], opts: ConvertOptions,
+    source_row: dict[str, Any], evaluated: bool,
+) -> list[Built]:
+    """Mark each variant kept, dropped or rejected; the kept artifacts, one per format."""
+    base = source_row.get("auc")
+    for r in results:
+        if evaluated and base is not None and r.auc is not None:
+            r.auc_drop = base - r.auc
+            if r.auc_drop > opts.max_auc_drop:
+                r.status = "rejected"
+                r.note = f"AUC drop {r.auc_drop:.4f} > {opts.max_auc_drop}"
+    kept = []
+    for fmt in dict.fromkeys(r.format for r in results):
+        mine = [r for r in results if r.format == fmt]
+        ok = [r for r in mine if r.status != "rejected"]
+        if not ok:
+            best = min(mine, key=lambda r: r.auc_drop or 0.0)
+            raise AccuracyBudgetError(
+                f"{fmt}: no variant within --max-auc-drop {opts.max_auc_drop} "
+                f"(best: {best.precision}, AUC drop {best.auc_drop or 0.0:.4f})"
+            )
+        best = min(ok, key=lambda r: r.size)
+        for r in ok:
+            if r is not best:
+                r.status, r.note = "dropped", f"larger than {best.precision}"
+        kept.append(built[f"{fmt}:{best.precision}"])
+    return kept
+
+
+def _warmup(eval_raw: Arrays | None, calib_raw: Arrays | None) -> Arrays | None:
+    raw = eval_raw if eval_raw is not None else calib_raw
+    return None if raw is None else tables.take(raw, 8)
+
+
+def _default_name(src: Source) -> str:
+    stem = Path(src.label).stem.lower()
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem).strip("-._")
+    return cleaned[:64] or "model"
+
+
+def _progress(opts: ConvertOptions) -> AbstractContextManager[Any]:
+    if not opts.progress:
+        return nullcontext(None)
+    from edgerec.sdk.cli._output import err_console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    console=err_console, transient=True)

@@ -1,0 +1,265 @@
+"""Loading a source model: Keras 3 ``.keras``, TensorFlow SavedModel, ONNX, PyTorch.
+
+Each source knows its inputs and outputs as the user feeds it (raw strings
+and ids included) and can score rows: that is the reference every produced
+variant is compared with.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from edgerec.sdk.manifest import TensorSpec
+
+from .errors import UnsupportedModelError
+
+Arrays = dict[str, npt.NDArray[Any]]
+ONNX_OPSET = 17
+
+_ONNX_DTYPES = {
+    1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 8: "string", 9: "bool",
+    10: "float16", 11: "float64",
+}
+
+
+@dataclass
+class Source:
+    """A loaded source model. Exactly one of the model fields is set, by ``kind``."""
+
+    kind: str  # "keras" | "savedmodel" | "onnx" | "torch"
+    label: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    keras_model: Any = None
+    saved_model_dir: Path | None = None
+    onnx_bytes: bytes | None = None
+    torch_module: Any = None
+    _runner: Any = field(default=None, repr=False)
+
+    @property
+    def is_tensorflow(self) -> bool:
+        return self.kind in ("keras", "savedmodel")
+
+    def predict(self, arrays: Mapping[str, npt.NDArray[Any]]) -> Arrays:
+        """Score raw rows with the source model itself (the accuracy reference)."""
+        if self.kind == "keras":
+            from .keras_graph import call_model
+
+            return call_model(self.keras_model, arrays)
+        if self.kind == "savedmodel":
+            return _call_saved_model(self._loaded(), arrays)
+        if self.kind == "torch":
+            return _call_torch(self.torch_module, self.inputs, self.outputs, arrays)
+        return _call_onnx(self._loaded(), arrays)
+
+    def _loaded(self) -> Any:
+        if self._runner is None:
+            if self.kind == "savedmodel":
+                import tensorflow as tf
+
+                self._runner = tf.saved_model.load(str(self.saved_model_dir))
+            else:
+                import onnxruntime as ort
+
+                opts = ort.SessionOptions()
+                opts.log_severity_level = 3
+                self._runner = ort.InferenceSession(self.onnx_bytes, opts, providers=["CPUExecutionProvider"])
+        return self._runner
+
+
+def load_source(
+    source: Any,
+    example_inputs: Sequence[Any] | None = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+) -> Source:
+    """Load ``source``: a path, a ``keras.Model`` or a ``torch.nn.Module`` (with example inputs).
+
+    Raises UnsupportedModelError for anything else, or a corrupt file.
+    """
+    if isinstance(source, str | os.PathLike):
+        return _load_path(Path(source))
+    kind = type(source).__module__.split(".")[0]
+    if kind == "torch" or _is_torch_module(source):
+        return _load_torch(source, example_inputs, input_names, output_names)
+    if kind in ("keras", "tf_keras") or hasattr(source, "_inputs_struct"):
+        return _keras_source(source, getattr(source, "name", "keras model"))
+    raise UnsupportedModelError(f"{type(source).__name__}: not a Keras model, torch module or model path")
+
+
+def _load_path(path: Path) -> Source:
+    if not path.exists():
+        raise UnsupportedModelError(f"{path}: no such file or folder")
+    if path.is_dir():
+        if not (path / "saved_model.pb").exists():
+            raise UnsupportedModelError(f"{path}: a folder, but not a SavedModel (no saved_model.pb)")
+        return _load_saved_model(path)
+    if path.suffix == ".keras":
+        return _load_keras(path)
+    if path.suffix == ".onnx":
+        return _load_onnx(path.read_bytes(), str(path))
+    raise UnsupportedModelError(
+        f"{path}: unsupported model type {path.suffix or '(no suffix)'!r} "
+        "(use a .keras file, a SavedModel folder or an .onnx file)"
+    )
+
+
+def _load_keras(path: Path) -> Source:
+    import keras
+
+    _quiet_tensorflow()
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # keras raises ValueError, OSError, zipfile errors, ...
+        raise UnsupportedModelError(f"{path}: not a readable Keras model ({_one_line(exc)})") from exc
+    return _keras_source(model, str(path))
+
+
+def _keras_source(model: Any, label: str) -> Source:
+    from .keras_graph import check_functional, input_specs, output_specs
+
+    check_functional(model)
+    return Source("keras", label, input_specs(model), output_specs(model), keras_model=model)
+
+
+def _load_saved_model(path: Path) -> Source:
+    import tensorflow as tf
+
+    _quiet_tensorflow()
+    try:
+        loaded = tf.saved_model.load(str(path))
+        fn = loaded.signatures["serving_default"]
+    except KeyError as exc:
+        raise UnsupportedModelError(f"{path}: the SavedModel has no 'serving_default' signature") from exc
+    except Exception as exc:  # TF raises many kinds for a damaged SavedModel
+        raise UnsupportedModelError(f"{path}: not a readable SavedModel ({_one_line(exc)})") from exc
+    specs = fn.structured_input_signature[1]
+    inputs = tuple(_tf_spec(name, s) for name, s in sorted(specs.items()))
+    outs = fn.structured_outputs
+    outputs = tuple(_tf_spec(name, s) for name, s in outs.items())
+    src = Source("savedmodel", str(path), inputs, outputs, saved_model_dir=path)
+    src._runner = loaded
+    return src
+
+
+def _tf_spec(name: str, spec: Any) -> TensorSpec:
+    dtype = "string" if spec.dtype.name == "string" else spec.dtype.name
+    return TensorSpec(name, dtype, tuple(spec.shape.as_list()))
+
+
+def _load_onnx(data: bytes, label: str) -> Source:
+    import onnx
+
+    try:
+        model = onnx.load_from_string(data)
+        onnx.checker.check_model(model)
+    except Exception as exc:  # protobuf DecodeError, onnx ValidationError
+        raise UnsupportedModelError(f"{label}: not a valid ONNX model ({_one_line(exc)})") from exc
+    inputs, outputs = onnx_signature(model)
+    return Source("onnx", label, inputs, outputs, onnx_bytes=data)
+
+
+def onnx_signature(model: Any) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Inputs (initializers excluded) and outputs of an ONNX model; symbolic dims are None."""
+    inits = {i.name for i in model.graph.initializer}
+
+    def spec(v: Any) -> TensorSpec:
+        t = v.type.tensor_type
+        if t.elem_type not in _ONNX_DTYPES:
+            raise UnsupportedModelError(f"ONNX value {v.name!r}: unsupported element type {t.elem_type}")
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+        return TensorSpec(v.name, _ONNX_DTYPES[t.elem_type], dims)
+
+    return (
+        tuple(spec(v) for v in model.graph.input if v.name not in inits),
+        tuple(spec(v) for v in model.graph.output),
+    )
+
+
+def _is_torch_module(obj: Any) -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return isinstance(obj, torch.nn.Module)
+
+
+def _load_torch(
+    module: Any,
+    example_inputs: Sequence[Any] | None,
+    input_names: Sequence[str] | None,
+    output_names: Sequence[str] | None,
+) -> Source:
+    import torch
+
+    if not example_inputs:
+        raise UnsupportedModelError("torch module: example_inputs are needed to export it")
+    examples = tuple(torch.as_tensor(x) for x in example_inputs)
+    names = list(input_names or [f"input_{i}" for i in range(len(examples))])
+    module.eval()
+    with torch.no_grad():
+        probe = module(*examples)
+    n_out = len(probe) if isinstance(probe, tuple | list) else 1
+    outs = list(output_names or (["score"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]))
+    if len(names) != len(examples) or len(outs) != n_out:
+        raise UnsupportedModelError("torch module: input_names/output_names do not match the model")
+    axes = {n: {0: "batch"} for n in [*names, *outs]}
+    buf = io.BytesIO()
+    try:
+        # The TorchScript exporter needs no onnxscript and keeps the names and dynamic batch given.
+        torch.onnx.export(
+            module, examples, buf, input_names=names, output_names=outs,
+            dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False,
+        )
+    except Exception as exc:  # torch raises many kinds while tracing
+        raise UnsupportedModelError(f"torch module: ONNX export failed ({_one_line(exc)})") from exc
+    src = _load_onnx(buf.getvalue(), type(module).__name__)
+    return Source("torch", src.label, src.inputs, src.outputs, onnx_bytes=src.onnx_bytes, torch_module=module)
+
+
+def _call_saved_model(loaded: Any, arrays: Mapping[str, npt.NDArray[Any]], batch: int = 4096) -> Arrays:
+    import tensorflow as tf
+
+    fn = loaded.signatures["serving_default"]
+    n = next(iter(arrays.values())).shape[0]
+    parts: dict[str, list[npt.NDArray[Any]]] = {}
+    for start in range(0, n, batch):
+        out = fn(**{k: tf.constant(v[start : start + batch]) for k, v in arrays.items()})
+        for k, v in out.items():
+            parts.setdefault(k, []).append(v.numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _call_onnx(session: Any, arrays: Mapping[str, npt.NDArray[Any]]) -> Arrays:
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, dict(arrays)), strict=True))
+
+
+def _call_torch(
+    module: Any, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+    arrays: Mapping[str, npt.NDArray[Any]],
+) -> Arrays:
+    import torch
+
+    with torch.no_grad():
+        out = module(*[torch.as_tensor(arrays[s.name]) for s in inputs])
+    values = out if isinstance(out, tuple | list) else (out,)
+    return {s.name: v.numpy() for s, v in zip(outputs, values, strict=True)}
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
