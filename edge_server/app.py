@@ -1,0 +1,249 @@
+"""The Flask app factory and the server object the blueprints share.
+
+``create_app(config)`` builds one :class:`EdgeServer` (repository, data plane,
+metrics, cache, experiments), registers one blueprint per API and the single
+error handler that turns every error into ``{"error", "detail", "field"}``.
+Serving it is :mod:`.server`'s job (waitress, never Flask's dev server).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+from edgerec.sdk._atomic import write_atomic
+from edgerec.sdk.errors import EdgeRecError
+from edgerec.sdk.keys import load_recipient_key, load_verify_key
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from . import api_rank, api_tfserving, api_v2, control, metrics_api, openapi
+from .cache import open_cache
+from .config import ServerConfig, read_token
+from .context import RequestState
+from .dataplane import DataPlane
+from .errors import UnauthorizedError, classify
+from .features import FeatureStore, open_source
+from .metrics import Metrics
+from .repository import LoadSettings, Repository
+from .response_ids import ResponseIds
+from .tracing import new_trace, open_telemetry
+from .wire import json_response
+
+log = logging.getLogger("edgerec.edge_server")
+access_log = logging.getLogger("edgerec.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+STATE_FILE = "state.json"
+PEERS_DIR = "peers"
+
+
+class EdgeServer:
+    """Everything one server process holds, shared by its blueprints."""
+
+    def __init__(self, config: ServerConfig, tracer_provider: Any = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        settings = LoadSettings(
+            trusted_keys=tuple(load_verify_key(k) for k in config.trusted_keys),
+            recipient_key=load_recipient_key(config.recipient_key) if config.recipient_key else None,
+            recipient_id=config.recipient_id,
+            accelerator=config.accelerator,
+            threads=config.threads,
+            backend=config.backend,
+            max_batch=config.max_batch if config.batching else 1,
+            max_delay_s=config.max_delay_ms / 1000,
+            timeout_s=config.request_timeout_s,
+        )
+        pinned = {(e.model, v.version) for e in config.experiments for v in e.variants}
+        self.repo = Repository(settings, self.metrics, pinned=lambda: pinned)
+        source = open_source(config.feature_source)
+        self.features = None
+        if source is not None:
+            cache = open_cache(config.cache_url, config.cache_max_entries)
+            self.features = FeatureStore(source, cache, self.metrics, config.cache_ttl_s,
+                                         config.cache_negative_ttl_s)
+        elif config.cache_url:
+            log.warning("--cache-url is set but no feature source is configured; the cache is unused")
+        self.ids = ResponseIds(config.response_key or os.urandom(32), config.attribution_window_s)
+        self.dataplane = DataPlane(self.repo, {e.name: e for e in config.experiments}, self.features,
+                                   self.metrics, self.ids, max_rows=config.max_rows,
+                                   user_id_field=config.user_id_field)
+        self.control_token = config.control_token or read_token(config.control_token_file)
+        self.control_lock = threading.Lock()
+        self.pending: dict[str, tuple[float, Any]] = {}
+        self.ready = threading.Event()
+        self.load_failures: list[str] = []
+        self.otel = open_telemetry(tracer_provider)
+        self.max_elements = 1 << 24
+        self.openapi_cache: tuple[int, dict[str, Any]] | None = None
+        self._loader: threading.Thread | None = None
+
+    # -- start-up -----------------------------------------------------------------
+
+    def start(self, background: bool = False) -> None:
+        """Load the model directory (or a restarted worker's last state), then become ready."""
+        if background:
+            self._loader = threading.Thread(target=self._initial_load, name="initial-load", daemon=True)
+            self._loader.start()
+        else:
+            self._initial_load()
+
+    def _initial_load(self) -> None:
+        try:
+            state = self._state_file()
+            if state is not None and state.is_file():
+                self._load_state(state)
+            elif self.config.model_dir is not None:
+                wanted = {(e.model, v.version) for e in self.config.experiments for v in e.variants}
+                self.load_failures = self.repo.load_directory(self.config.model_dir, wanted)
+            for e in self.config.experiments:
+                for v in e.variants:
+                    try:
+                        self.repo.get(e.model, v.version)
+                    except EdgeRecError:
+                        log.warning("experiment %s: variant %s needs %s v%s, which is not loaded",
+                                    e.name, v.name, e.model, v.version)
+        finally:
+            self.ready.set()
+
+    def _state_file(self) -> Path | None:
+        return self.config.run_dir / STATE_FILE if self.config.run_dir else None
+
+    def _load_state(self, path: Path) -> None:
+        for entry in json.loads(path.read_text())["versions"]:
+            try:
+                self.repo.load(entry["path"], serve=entry["serving"])
+            except EdgeRecError as exc:
+                self.load_failures.append(f"{entry['path']}: {exc}")
+
+    def save_state(self) -> None:
+        """Record what is loaded, so a worker restarted by the supervisor loads the same."""
+        path = self._state_file()
+        if path is None:
+            return
+        versions = sorted(self.repo.versions(), key=lambda mv: mv.serving)  # serving ones last
+        doc = {"versions": [{"path": mv.source, "serving": mv.serving} for mv in versions]}
+        write_atomic(path, json.dumps(doc).encode())
+
+    def peers(self) -> list[str]:
+        """Control URLs of the sibling worker processes (none in single-process mode)."""
+        run_dir, me = self.config.run_dir, self.config.worker_index
+        if run_dir is None:
+            return []
+        out = []
+        for p in sorted((run_dir / PEERS_DIR).glob("*.port")):
+            if p.stem != str(me):
+                out.append(f"http://127.0.0.1:{int(p.read_text())}")
+        return out
+
+    def close(self) -> None:
+        if self._loader is not None:
+            self._loader.join()
+        self.repo.close()
+        if self.features is not None:
+            self.features.close()
+
+
+def create_app(config: ServerConfig | None = None, *, tracer_provider: Any = None, start: bool = True,
+               background: bool = False) -> Flask:
+    """The edge server's WSGI app; ``start`` loads the models (in a thread with ``background``)."""
+    config = config or ServerConfig()
+    # Explicit paths: Flask cannot find them itself under the ``edgerec`` namespace package.
+    here = str(Path(__file__).resolve().parent)
+    app = Flask(__name__, root_path=here, instance_path=here + "/instance")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    srv = EdgeServer(config, tracer_provider)
+    app.extensions["edgerec"] = srv
+    for bp in (api_v2.bp, api_tfserving.bp, api_rank.bp, control.bp, metrics_api.bp, openapi.bp):
+        app.register_blueprint(bp)
+    _install_hooks(app, srv)
+    _install_errors(app, srv)
+    if start:
+        srv.start(background)
+    return app
+
+
+def _install_hooks(app: Flask, srv: EdgeServer) -> None:
+    otel, metrics = srv.otel, srv.metrics
+    log_access = srv.config.access_log
+
+    @app.before_request
+    def begin() -> None:
+        rid = request.headers.get("X-Request-ID")
+        if rid is None or not _REQUEST_ID.match(rid):
+            rid = os.urandom(8).hex()
+        header = request.headers.get("traceparent")
+        st = RequestState(rid, new_trace(header), perf_counter())
+        if otel is not None:
+            span, token, trace = otel.start(request.endpoint or "unmatched", request.headers)
+            st.otel = (span, token)
+            if trace is not None:
+                st.trace = trace
+        g.edgerec = st
+
+    @app.after_request
+    def end(resp: Response) -> Response:
+        st: RequestState | None = g.get("edgerec")
+        if st is None:
+            return resp
+        resp.headers["X-Request-ID"] = st.request_id
+        resp.headers["traceparent"] = st.trace.traceparent
+        endpoint = request.endpoint or "unmatched"
+        seconds = perf_counter() - st.started
+        metrics.request(endpoint, st.model, st.version, st.variant, resp.status_code, seconds)
+        if log_access and access_log.isEnabledFor(logging.INFO):
+            access_log.info("%s %s %d", request.method, request.path, resp.status_code, extra={
+                "endpoint": endpoint, "status": resp.status_code, "duration_ms": round(seconds * 1e3, 3),
+                "model": st.model or None, "version": st.version or None, "variant": st.variant or None,
+            })
+        if st.otel is not None and otel is not None:
+            otel.end(*st.otel, resp.status_code, {"edgerec.model": st.model, "edgerec.version": st.version,
+                                                  "edgerec.variant": st.variant})
+            st.otel = None
+        return resp
+
+
+def _install_errors(app: Flask, srv: EdgeServer) -> None:
+    metrics = srv.metrics
+
+    def answer(status: int, kind: str, detail: str, field: str | None,
+               headers: dict[str, str] | None = None) -> Response:
+        metrics.error(request.endpoint or "unmatched", kind)
+        doc: dict[str, Any] = {"error": kind, "detail": detail}
+        if field:
+            doc["field"] = field
+        return json_response(doc, status, headers)
+
+    @app.errorhandler(EdgeRecError)
+    def edgerec_error(exc: EdgeRecError) -> Response:
+        status, kind, detail, field = classify(exc)
+        if status >= 500:
+            log.error("%s: %s", kind, detail)
+        else:
+            log.info("refused (%s): %s", kind, detail)
+        unauthorized = isinstance(exc, UnauthorizedError)
+        headers = {"WWW-Authenticate": 'Bearer realm="edgerec-control"'} if unauthorized else None
+        return answer(status, kind, detail, field, headers)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 400
+        kind = re.sub(r"[^a-z]+", "_", (exc.name or "error").lower()).strip("_")
+        kind = "payload_too_large" if status == 413 else kind
+        headers = {k: v for k, v in exc.get_headers() if k.lower() not in ("content-type", "content-length")}
+        field = "body" if status == 413 else None
+        return answer(status, kind, exc.description or exc.name, field, headers)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error")
+        return answer(500, "internal", f"unexpected {type(exc).__name__}; see the server log", None)
+
+
+__all__ = ["EdgeServer", "create_app"]

@@ -1,0 +1,267 @@
+"""Adaptive micro-batching: concurrent requests for one model version run as one call.
+
+Modelled on MLServer's adaptive batcher, with these rules:
+
+- one waiter per request; the batch flushes when it holds ``max_batch`` rows,
+  when its oldest request has waited ``max_delay`` (monotonic clock), or as
+  soon as no other request is on its way to this model (``arriving == 0``), so
+  a lone client never waits for a deadline;
+- a request that fills a batch alone, or arrives while the model is idle and
+  nobody else is coming, runs at once in its own thread (no hand-off);
+- only requests whose arrays agree in dtype and trailing shape are merged;
+- a failed merged batch is retried request by request, so every waiter gets
+  its own result or its own error and one bad request does not fail its
+  neighbours; a batch that fails as a whole fails every waiter in it;
+- if the batcher itself crashes, everything pending fails and it carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from time import monotonic
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .errors import UnavailableError
+
+Arrays = dict[str, npt.NDArray[Any]]
+RunFn = Callable[[Arrays], Arrays]
+# rows in the runtime call, requests merged, seconds each request queued
+Observer = Callable[[int, int, Sequence[float]], None]
+
+log = logging.getLogger("edgerec.edge_server.batching")
+
+
+class BatcherCrashedError(UnavailableError):
+    """The batcher failed outside the model call; the request may be retried."""
+
+
+class _Waiter:
+    """One request's place in the queue; a held lock is the cheapest one-shot event."""
+
+    __slots__ = ("_done", "arrays", "enqueued", "error", "key", "result", "rows")
+
+    def __init__(self, arrays: Arrays, rows: int, key: tuple[Any, ...], now: float) -> None:
+        self.arrays, self.rows, self.key, self.enqueued = arrays, rows, key, now
+        self.result: Arrays | None = None
+        self.error: BaseException | None = None
+        self._done = threading.Lock()
+        self._done.acquire()
+
+    def resolve(self, result: Arrays) -> None:
+        self.result = result
+        self._done.release()
+
+    def reject(self, error: BaseException) -> None:
+        self.error = error
+        self._done.release()
+
+    def wait(self, timeout: float) -> Arrays:
+        if not self._done.acquire(timeout=timeout):
+            raise UnavailableError(f"no result within {timeout:g} s (server overloaded)")
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+def _key(arrays: Arrays) -> tuple[Any, ...]:
+    return tuple((k, v.dtype.str, v.shape[1:]) for k, v in arrays.items())
+
+
+class Batcher:
+    """Merges concurrent ``submit`` calls for one model into fewer runtime calls.
+
+    Callers announce themselves with :meth:`arrive` as soon as they know the
+    model (before parsing their body) and then either :meth:`submit` once or
+    :meth:`depart`; that count is what lets a batch flush early.
+    """
+
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        max_batch: int,
+        max_delay_s: float,
+        timeout_s: float = 30.0,
+        observe: Observer | None = None,
+        name: str = "model",
+    ) -> None:
+        self._run = run
+        self._max_batch = max(1, max_batch)
+        self._max_delay = max(0.0, max_delay_s)
+        self._enabled = self._max_batch > 1 and self._max_delay > 0
+        self._timeout = timeout_s
+        self._observe = observe
+        self._name = name
+        self._cond = threading.Condition()
+        self._queue: deque[_Waiter] = deque()
+        self._queued_rows = 0
+        self._arriving = 0
+        self._busy = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def max_batch(self) -> int:
+        return self._max_batch
+
+    # -- request side ----------------------------------------------------------
+
+    def arrive(self) -> None:
+        with self._cond:
+            self._arriving += 1
+
+    def depart(self) -> None:
+        """For a request that arrived but will not submit (bad input, an error)."""
+        with self._cond:
+            self._arriving -= 1
+            if self._arriving == 0 and self._queue:
+                self._cond.notify()
+
+    def submit(self, arrays: Arrays, rows: int) -> Arrays:
+        """Score ``rows`` rows (after :meth:`arrive`); returns this request's slice."""
+        with self._cond:
+            self._arriving -= 1
+            if self._closed:
+                raise UnavailableError(f"{self._name} is being unloaded; retry")
+            inline = (
+                not self._enabled
+                or rows >= self._max_batch
+                or (not self._queue and self._arriving == 0 and self._busy == 0)
+            )
+            if inline:
+                self._busy += 1
+            else:
+                waiter = _Waiter(arrays, rows, _key(arrays), monotonic())
+                self._queue.append(waiter)
+                self._queued_rows += rows
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._loop, name=f"batcher-{self._name}",
+                                                    daemon=True)
+                    self._thread.start()
+                if len(self._queue) == 1 or self._arriving == 0 or self._queued_rows >= self._max_batch:
+                    self._cond.notify()
+        if not inline:
+            return waiter.wait(self._timeout)
+        try:
+            out = self._run(arrays)
+        finally:
+            with self._cond:
+                self._busy -= 1
+        if self._observe is not None:
+            self._observe(rows, 1, (0.0,))
+        return out
+
+    # -- batcher thread --------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            batch: list[_Waiter] = []
+            try:
+                taken = self._next_batch()
+                if taken is None:
+                    return
+                batch = taken
+                self._run_batch(batch)
+            except Exception as exc:  # a bug here must not strand any waiter
+                log.exception("batcher %s crashed; failing every pending request", self._name)
+                self._fail_pending(batch, BatcherCrashedError(f"batcher crashed: {exc}"))
+            finally:
+                if batch:
+                    with self._cond:
+                        self._busy -= 1
+
+    def _next_batch(self) -> list[_Waiter] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            deadline = self._queue[0].enqueued + self._max_delay
+            while self._queued_rows < self._max_batch and self._arriving > 0 and not self._closed:
+                left = deadline - monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch = self._take()
+            self._busy += 1
+            return batch
+
+    def _take(self) -> list[_Waiter]:
+        """The oldest request and every later compatible one that fits; others keep their place."""
+        first = self._queue.popleft()
+        batch, rows, kept = [first], first.rows, deque[_Waiter]()
+        while self._queue:
+            w = self._queue.popleft()
+            if w.key == first.key and rows + w.rows <= self._max_batch:
+                batch.append(w)
+                rows += w.rows
+            else:
+                kept.append(w)
+        self._queue = kept
+        self._queued_rows -= rows
+        return batch
+
+    def _run_batch(self, batch: list[_Waiter]) -> None:
+        started = monotonic()
+        waits = [started - w.enqueued for w in batch]
+        rows = sum(w.rows for w in batch)
+        if len(batch) == 1:
+            self._run_one(batch[0])
+        else:
+            try:
+                merged = {k: np.concatenate([w.arrays[k] for w in batch]) for k in batch[0].arrays}
+                out = self._run(merged)
+                if any(v.ndim == 0 or v.shape[0] != rows for v in out.values()):
+                    raise ValueError("an output is not batch-major; cannot split it")
+            except Exception:
+                # Isolate: each request runs alone so only a bad one gets an error.
+                log.debug("batch of %d failed; running its requests one by one", len(batch))
+                for w in batch:
+                    self._run_one(w)
+            else:
+                start = 0
+                for w in batch:
+                    end = start + w.rows
+                    w.resolve({k: v[start:end] for k, v in out.items()})
+                    start = end
+        if self._observe is not None:
+            self._observe(rows, len(batch), waits)
+
+    def _run_one(self, w: _Waiter) -> None:
+        try:
+            out = self._run(w.arrays)
+        except Exception as exc:
+            w.reject(exc)
+        else:
+            w.resolve(out)
+
+    def _fail_pending(self, batch: list[_Waiter], error: BaseException) -> None:
+        with self._cond:
+            pending = [*batch, *self._queue]
+            self._queue.clear()
+            self._queued_rows = 0
+        for w in pending:
+            if w._done.locked() and w.result is None and w.error is None:
+                w.reject(error)
+
+    # -- lifetime --------------------------------------------------------------
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the thread once the queue is empty; anything left fails as unavailable."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        self._fail_pending([], UnavailableError(f"{self._name} was unloaded; retry"))
+
+
+__all__ = ["Arrays", "Batcher", "BatcherCrashedError", "Observer"]

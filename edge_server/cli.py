@@ -1,0 +1,86 @@
+"""``edgerec serve``: run the edge inference server on waitress."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+from edgerec.sdk.model import ACCELERATOR_CHOICES
+
+from .config import ServerConfig
+from .logging import configure_logging
+from .server import serve as run_server
+
+# CLI option -> ServerConfig field, where the names differ.
+_FIELDS = {"config_file": None, "trusted_key": "trusted_keys"}
+
+
+@click.command()
+@click.option("--model-dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              envvar="EDGEREC_MODEL_DIR", help="Folder of .edgepkg packages to serve. Env: EDGEREC_MODEL_DIR.")
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="EDGEREC_HOST")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, envvar="EDGEREC_PORT")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes sharing the port.")
+@click.option("--http-threads", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Request threads per worker.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads of the runtime per model (default: the runtime's choice).")
+@click.option("--accelerator", type=click.Choice(ACCELERATOR_CHOICES), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "litert", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Rows per merged runtime call; 1 turns batching off.")
+@click.option("--max-delay-ms", type=click.FloatRange(0, 1000), default=2.0, show_default=True,
+              help="Longest a request waits for others to join its batch.")
+@click.option("--max-body-bytes", type=click.IntRange(min=1024), default=8 * 1024 * 1024, show_default=True)
+@click.option("--cache-url", envvar="EDGEREC_CACHE_URL",
+              help="redis://… for a shared feature cache (default: in-process LRU).")
+@click.option("--feature-source", envvar="EDGEREC_FEATURE_SOURCE",
+              help="sqlite:///abs/path.db with user_features and item_features tables.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="TOML or JSON settings (experiments, limits, ...); options given here win.")
+@click.option("--trusted-key", "-k", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              envvar="EDGEREC_TRUSTED_KEYS",
+              help="Trusted publisher public key; repeatable. Env: EDGEREC_TRUSTED_KEYS.")
+@click.option("--recipient-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="This node's X25519 private key, for encrypted packages.")
+@click.option("--recipient-id", help="This node's recipient id (with --recipient-key).")
+@click.option("--control-token-file", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="EDGEREC_CONTROL_TOKEN_FILE",
+              help="Bearer token of the control API (or env EDGEREC_CONTROL_TOKEN); none: control off.")
+@click.option("--control-allow-remote", is_flag=True, help="Let non-loopback callers reach the control API.")
+@click.option("--access-log/--no-access-log", default=True, show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+def serve(**options: Any) -> None:
+    """Serve verified model packages: Open Inference Protocol v2, TF-Serving predict, /v1/rank."""
+    config = build_config(click.get_current_context(), options)
+    configure_logging(config.log_level)
+    run_server(config)
+
+
+def build_config(ctx: click.Context, options: dict[str, Any]) -> ServerConfig:
+    """Settings file values, overridden by options the user actually gave."""
+    values: dict[str, Any] = {}
+    if options["config_file"] is not None:
+        values.update(ServerConfig.file_values(options["config_file"]))
+    for name, value in options.items():
+        field = _FIELDS.get(name, name)
+        if field is None:
+            continue
+        given = ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
+        if given or field not in values:
+            values[field] = tuple(value) if name == "trusted_key" else value
+    if not values.get("trusted_keys"):
+        raise click.UsageError("at least one --trusted-key (or EDGEREC_TRUSTED_KEYS) is needed")
+    token = os.environ.get("EDGEREC_CONTROL_TOKEN")
+    if token and not values.get("control_token_file"):
+        if len(token) < 16:
+            raise click.UsageError("EDGEREC_CONTROL_TOKEN must be at least 16 characters")
+        values["control_token"] = token
+    return ServerConfig(**values)
+
+
+__all__ = ["build_config", "serve"]

@@ -1,0 +1,223 @@
+"""Server settings: one typed dataclass with safe defaults, checked once.
+
+Settings come from a TOML or JSON file (``--config``) and from command-line
+options, which win. The file groups settings in sections::
+
+    [server]    host, port, workers, http_threads, access_log, log_level
+    [model]     model_dir, accelerator, threads, backend, trusted_keys, recipient_key, recipient_id
+    [batching]  max_batch, max_delay_ms
+    [limits]    max_body_bytes, max_rows, max_candidates, max_events, request_timeout_s
+    [cache]     url, ttl_s, negative_ttl_s, max_entries
+    [features]  source, user_id_field
+    [control]   token_file, allow_remote
+    [events]    attribution_window_s
+    [[experiments]]  name, model, salt, [[experiments.variants]] name, version, weight
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgerec.sdk.model import ACCELERATOR_CHOICES
+
+from .errors import ConfigError
+from .experiments import Experiment, parse_experiments
+
+_SECTIONS: dict[str, dict[str, str]] = {
+    "server": {k: k for k in ("host", "port", "workers", "http_threads", "access_log", "log_level")},
+    "model": {k: k for k in ("model_dir", "accelerator", "threads", "backend", "trusted_keys",
+                             "recipient_key", "recipient_id")},
+    "batching": {"max_batch": "max_batch", "max_delay_ms": "max_delay_ms"},
+    "limits": {k: k for k in ("max_body_bytes", "max_rows", "max_candidates", "max_events",
+                              "request_timeout_s")},
+    "cache": {"url": "cache_url", "ttl_s": "cache_ttl_s", "negative_ttl_s": "cache_negative_ttl_s",
+              "max_entries": "cache_max_entries"},
+    "features": {"source": "feature_source", "user_id_field": "user_id_field"},
+    "control": {"token_file": "control_token_file", "allow_remote": "control_allow_remote"},
+    "events": {"attribution_window_s": "attribution_window_s"},
+}
+_PATHS = ("model_dir", "recipient_key", "control_token_file")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the edge server needs; defaults are safe for a single node."""
+
+    model_dir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    http_threads: int = 16
+    accelerator: str = "auto"
+    threads: int | None = None
+    backend: str = "auto"
+    trusted_keys: tuple[Path, ...] = ()
+    recipient_key: Path | None = None
+    recipient_id: str | None = None
+    max_batch: int = 32
+    max_delay_ms: float = 2.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_rows: int = 4096
+    max_candidates: int = 2048
+    max_events: int = 1000
+    request_timeout_s: float = 30.0
+    cache_url: str | None = None
+    cache_ttl_s: float = 300.0
+    cache_negative_ttl_s: float = 30.0
+    cache_max_entries: int = 100_000
+    feature_source: str | None = None
+    user_id_field: str = "user_id"
+    experiments: tuple[Experiment, ...] = ()
+    control_token_file: Path | None = None
+    control_token: str | None = field(default=None, repr=False)
+    control_allow_remote: bool = False
+    attribution_window_s: float = 86400.0
+    response_key: bytes | None = field(default=None, repr=False)
+    access_log: bool = True
+    log_level: str = "info"
+    # Set by the supervisor for worker processes (multi-worker mode only).
+    run_dir: Path | None = None
+    worker_index: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (1 <= self.port <= 65535 or self.port == 0, "port", "must be 0..65535"),
+            (self.workers >= 1, "workers", "must be >= 1"),
+            (self.http_threads >= 1, "http_threads", "must be >= 1"),
+            (self.accelerator in ACCELERATOR_CHOICES, "accelerator", f"one of {ACCELERATOR_CHOICES}"),
+            (self.threads is None or self.threads >= 1, "threads", "must be >= 1"),
+            (self.max_batch >= 1, "max_batch", "must be >= 1"),
+            (0 <= self.max_delay_ms <= 1000, "max_delay_ms", "must be 0..1000"),
+            (self.max_body_bytes >= 1024, "max_body_bytes", "must be >= 1024"),
+            (self.max_rows >= 1 and self.max_candidates >= 1 and self.max_events >= 1,
+             "limits", "max_rows, max_candidates and max_events must be >= 1"),
+            (self.request_timeout_s > 0, "request_timeout_s", "must be > 0"),
+            (self.cache_ttl_s > 0 and self.cache_negative_ttl_s >= 0, "cache", "TTLs must be > 0"),
+            (self.cache_max_entries >= 1, "cache_max_entries", "must be >= 1"),
+            (self.attribution_window_s > 0, "attribution_window_s", "must be > 0"),
+            (bool(self.recipient_key) == bool(self.recipient_id), "recipient_id",
+             "--recipient-key and --recipient-id go together"),
+            (self.log_level.lower() in ("debug", "info", "warning", "error"), "log_level",
+             "one of debug, info, warning, error"),
+        ]
+        for ok, name, problem in checks:
+            if not ok:
+                raise ConfigError(problem, field=name)
+        names = [e.name for e in self.experiments]
+        if len(set(names)) != len(names):
+            raise ConfigError("experiment names must be unique", field="experiments")
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch > 1 and self.max_delay_ms > 0
+
+    def replace(self, **changes: Any) -> ServerConfig:
+        return dataclasses.replace(self, **changes)
+
+    # -- files ---------------------------------------------------------------
+
+    @classmethod
+    def file_values(cls, path: str | Path) -> dict[str, Any]:
+        """Field values from a TOML or JSON settings file (relative paths: from its folder)."""
+        p = Path(path)
+        try:
+            text = p.read_text()
+            doc = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+        except OSError as exc:
+            raise ConfigError(f"cannot read ({exc.strerror})", field=str(p)) from exc
+        except (ValueError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"not valid {'JSON' if p.suffix == '.json' else 'TOML'} ({exc})",
+                              field=str(p)) from exc
+        if not isinstance(doc, dict):
+            raise ConfigError("expected a table of sections", field=str(p))
+        values: dict[str, Any] = {}
+        for section, body in doc.items():
+            if section == "experiments":
+                values["experiments"] = parse_experiments(body)
+                continue
+            keys = _SECTIONS.get(section)
+            if keys is None or not isinstance(body, dict):
+                raise ConfigError(f"unknown section (expected {', '.join([*_SECTIONS, 'experiments'])})",
+                                  field=section)
+            for key, value in body.items():
+                if key not in keys:
+                    raise ConfigError(f"unknown setting (expected {', '.join(keys)})",
+                                      field=f"{section}.{key}")
+                values[keys[key]] = _resolve(keys[key], value, p.parent)
+        return values
+
+    # -- hand-over to worker processes ----------------------------------------
+
+    def to_json(self) -> str:
+        doc: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "experiments":
+                v = [e.to_dict() for e in v]
+            elif f.name == "response_key":
+                v = v.hex() if v else None
+            elif isinstance(v, Path):
+                v = str(v)
+            elif f.name == "trusted_keys":
+                v = [str(k) for k in v]
+            doc[f.name] = v
+        return json.dumps(doc)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServerConfig:
+        doc = json.loads(text)
+        doc["experiments"] = parse_experiments(doc["experiments"])
+        doc["trusted_keys"] = tuple(Path(k) for k in doc["trusted_keys"])
+        doc["response_key"] = bytes.fromhex(doc["response_key"]) if doc["response_key"] else None
+        for name in (*_PATHS, "run_dir"):
+            if doc.get(name):
+                doc[name] = Path(doc[name])
+        return cls(**doc)
+
+
+_INTS = ("port", "workers", "http_threads", "threads", "max_batch", "max_body_bytes", "max_rows",
+         "max_candidates", "max_events", "cache_max_entries")
+_FLOATS = ("max_delay_ms", "request_timeout_s", "cache_ttl_s", "cache_negative_ttl_s",
+           "attribution_window_s")
+_BOOLS = ("access_log", "control_allow_remote")
+
+
+def _resolve(name: str, value: Any, base: Path) -> Any:
+    if name in _INTS and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError("expected an integer", field=name)
+    if name in _FLOATS and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ConfigError("expected a number", field=name)
+    if name in _BOOLS and not isinstance(value, bool):
+        raise ConfigError("expected true or false", field=name)
+    if name not in (*_INTS, *_FLOATS, *_BOOLS, "trusted_keys") and not isinstance(value, str):
+        raise ConfigError("expected a string", field=name)
+    if name in _FLOATS:
+        return float(value)
+    if name in _PATHS and isinstance(value, str):
+        return base / value
+    if name == "trusted_keys":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError("expected a list of key file paths", field="model.trusted_keys")
+        return tuple(base / v for v in value)
+    return value
+
+
+def read_token(path: Path | None) -> str | None:
+    """The control token from a file (first line, stripped); empty files are refused."""
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read ({exc.strerror})", field="control_token_file") from exc
+    if len(token) < 16:
+        raise ConfigError("the control token must be at least 16 characters", field="control_token_file")
+    return token
+
+
+__all__ = ["ServerConfig", "read_token"]

@@ -1,0 +1,213 @@
+"""The protocol-independent data plane: infer, rank and events.
+
+Views (Open Inference Protocol, TF-Serving, rank) decode their wire format and
+call in here, as MLServer's REST endpoints hand over to its ``DataPlane``.
+Every scoring call leases a model version first (so a swap cannot pull it
+away), reads the request body only then (so the batcher knows a request is on
+its way while it is being parsed), encodes with the SDK and runs through the
+version's batcher.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from edgerec.sdk.ranking import build_rank_batch
+
+from .batching import Arrays
+from .context import RequestState
+from .errors import (
+    BadRequestError,
+    InferenceFailedError,
+    ModelNotFoundError,
+    NotFoundError,
+    UnavailableError,
+    VersionNotFoundError,
+)
+from .experiments import Experiment
+from .features import FeatureStore
+from .metrics import EVENT_TYPES, Metrics
+from .repository import Lease, ModelVersion, Repository
+from .response_ids import ResponseIds
+
+Reader = Callable[[ModelVersion], Mapping[str, Any]]
+Id = str | int
+
+
+@dataclass(frozen=True)
+class RankRequest:
+    """A validated ``/v1/rank`` body."""
+
+    candidates: Sequence[Any]
+    model: str | None = None
+    version: int | None = None
+    experiment: str | None = None
+    user_id: Id | None = None
+    user_features: Mapping[str, Any] = field(default_factory=dict)
+    context: Mapping[str, Any] = field(default_factory=dict)
+    top_k: int | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """A validated business event."""
+
+    type: str
+    response_id: str
+    item: Id | None = None
+
+
+class DataPlane:
+    """Scoring and event recording, shared by every API."""
+
+    def __init__(self, repo: Repository, experiments: Mapping[str, Experiment], features: FeatureStore | None,
+                 metrics: Metrics, ids: ResponseIds, *, max_rows: int, user_id_field: str = "user_id") -> None:
+        self.repo, self.experiments, self.features = repo, experiments, features
+        self.metrics, self.ids = metrics, ids
+        self.max_rows = max_rows
+        self.user_id_field = user_id_field
+        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._seen_max = 100_000
+        self._seen_lock = threading.Lock()
+
+    # -- tensors -------------------------------------------------------------------
+
+    def infer(self, st: RequestState, name: str, version: str | None, read: Reader) -> tuple[ModelVersion, Arrays]:
+        """Score what ``read`` decodes from the body for the leased version."""
+        with self.repo.lease(name, version) as lease:
+            mv = lease.mv
+            st.serve(mv.name, mv.label)
+            raw = read(mv)
+            out = self._run(lease, raw)
+        return mv, out
+
+    def _run(self, lease: Lease, raw: Mapping[str, Any]) -> Arrays:
+        arrays = lease.mv.model.encode(raw)
+        first = next(iter(arrays.values()))
+        rows = int(first.shape[0]) if first.ndim else 1
+        if rows > self.max_rows:
+            raise BadRequestError(f"{rows} rows is over the limit of {self.max_rows}", field="inputs")
+        return lease.run(arrays, rows)
+
+    # -- ranking ----------------------------------------------------------------
+
+    def rank(self, st: RequestState, req: RankRequest) -> dict[str, Any]:
+        """Score candidates for one user; best first, with a response id for events."""
+        name, version, experiment, variant = self._route(req)
+        try:
+            lease = self.repo.lease(name, version)
+        except VersionNotFoundError as exc:
+            if experiment is None:
+                raise
+            raise UnavailableError(f"experiment {experiment.name}: variant {variant} needs {name} v{version}, "
+                                   "which is not loaded") from exc
+        with lease:
+            mv = lease.mv
+            st.serve(mv.name, mv.label, variant)
+            user = self._user(mv, req)
+            candidates = self._candidates(mv, req.candidates)
+            batch, ids = build_rank_batch(mv.manifest, user, candidates, req.context, mv.item_lookup)
+            out = self._run(lease, batch)
+        scores = mv.model.scores(out)
+        if not np.isfinite(scores).all():
+            raise InferenceFailedError("the model produced NaN or Inf scores")
+        order = np.argsort(-scores, kind="stable")
+        if req.top_k is not None:
+            order = order[: req.top_k]
+        exp_name = experiment.name if experiment else ""
+        return {
+            "response_id": self.ids.issue(mv.name, mv.version, exp_name, variant),
+            "model": mv.name,
+            "version": str(mv.version),
+            "variant": variant,
+            "experiment": exp_name or None,
+            "items": [{"item": _plain(ids[i]), "score": float(scores[i]), "rank": r + 1}
+                      for r, i in enumerate(order.tolist())],
+        }
+
+    def _route(self, req: RankRequest) -> tuple[str, int | None, Experiment | None, str]:
+        if req.experiment is None:
+            return req.model or self._only_model(), req.version, None, "default"
+        exp = self.experiments.get(req.experiment)
+        if exp is None:
+            raise NotFoundError(f"no experiment {req.experiment!r} is configured", field="experiment")
+        if req.model is not None and req.model != exp.model:
+            raise BadRequestError(f"experiment {exp.name} runs model {exp.model}", field="model")
+        if req.version is not None:
+            raise BadRequestError("an experiment chooses the version; leave it out", field="version")
+        chosen = exp.assign(None if req.user_id is None else str(req.user_id))
+        return exp.model, chosen.version, exp, chosen.name
+
+    def _only_model(self) -> str:
+        names = self.repo.names()
+        if len(names) == 1:
+            return names[0]
+        if not names:
+            raise ModelNotFoundError("no model is loaded", field="model")
+        raise BadRequestError(f"required: this server serves {', '.join(names)}", field="model")
+
+    def _user(self, mv: ModelVersion, req: RankRequest) -> dict[str, Any]:
+        features: dict[str, Any] = {}
+        if req.user_id is not None and self.features is not None:
+            profile = self.features.lookup("user", [str(req.user_id)])[0]
+            if profile:
+                features.update(profile)
+        features.update(req.user_features)
+        if req.user_id is not None:
+            for name in self._id_fields(mv):
+                features.setdefault(name, req.user_id)
+        return features
+
+    def _id_fields(self, mv: ModelVersion) -> list[str]:
+        """User features that take the user id: ``user_id_field``, else the first id-like one."""
+        users = [f for f in mv.manifest.features if f.role == "user"]
+        named = [f.field for f in users if f.field == self.user_id_field]
+        return named or [f.field for f in users if f.vocabulary or f.id_range][:1]
+
+    def _candidates(self, mv: ModelVersion, candidates: Sequence[Any]) -> Sequence[Any]:
+        """Candidate ids become feature rows from the store when the package has no item table."""
+        if self.features is None or mv.manifest.item_table is not None:
+            return candidates
+        if any(isinstance(c, dict) for c in candidates):
+            return candidates
+        found = self.features.lookup("item", [str(c) for c in candidates])
+        id_field = mv.manifest.item_id_field
+        rows = []
+        for i, (c, feats) in enumerate(zip(candidates, found, strict=True)):
+            if feats is None:
+                raise BadRequestError(f"unknown item id {c!r}", field=f"candidates[{i}]")
+            rows.append({**feats, id_field: c})
+        return rows
+
+    # -- events -----------------------------------------------------------------
+
+    def record_events(self, events: Sequence[Event]) -> dict[str, int]:
+        """Count events for the variant that served them; all or nothing, duplicates once."""
+        served = [self.ids.parse(e.response_id, f"events[{i}].response_id") for i, e in enumerate(events)]
+        accepted = duplicates = 0
+        for e, s in zip(events, served, strict=True):
+            key = (e.response_id, e.type, "" if e.item is None else str(e.item))
+            with self._seen_lock:
+                fresh = key not in self._seen
+                if fresh:
+                    self._seen[key] = None
+                    if len(self._seen) > self._seen_max:
+                        self._seen.popitem(last=False)
+            if not fresh:
+                duplicates += 1
+                continue
+            self.metrics.event(s.model, str(s.version), s.experiment, s.variant, e.type)
+            accepted += 1
+        return {"accepted": accepted, "duplicates": duplicates}
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+__all__ = ["EVENT_TYPES", "DataPlane", "Event", "RankRequest"]

@@ -1,0 +1,209 @@
+"""Running the app on waitress: one process, a thread (tests), or several workers.
+
+Several workers share one listening socket that the supervisor binds and
+hands down; each loads the models itself, and the supervisor restarts a
+worker that dies. Metrics are summed across workers through prometheus
+client's multiprocess directory; workers reach each other for control
+operations on private loopback ports (see :mod:`.control`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edgerec.sdk._atomic import write_atomic
+from flask import Flask
+from waitress import create_server
+from waitress.wasyncore import close_all
+
+from .app import PEERS_DIR, EdgeServer, create_app
+from .config import ServerConfig, read_token
+
+log = logging.getLogger("edgerec.edge_server.server")
+RESTARTS_PER_MINUTE = 5
+
+
+def make_server(app: Flask, config: ServerConfig, sockets: list[socket.socket] | None = None) -> Any:
+    """A waitress server for ``app`` (on ``sockets`` when given, else host:port)."""
+    adj: dict[str, Any] = {
+        "threads": config.http_threads,
+        "ident": "edgerec",
+        # Flask answers bodies over max_body_bytes with a JSON 413; waitress's own cap (a plain
+        # text 413 before the app sees the request) is a backstop for absurd sizes only.
+        "max_request_body_size": max(4 * config.max_body_bytes, 64 * 1024 * 1024),
+        "connection_limit": 1000,
+        "backlog": 1024,
+        "channel_timeout": 120,
+        "expose_tracebacks": False,
+        "clear_untrusted_proxy_headers": True,
+    }
+    if sockets is not None:
+        return create_server(app, sockets=sockets, **adj)
+    return create_server(app, host=config.host, port=config.port, **adj)
+
+
+def _edge(app: Flask) -> EdgeServer:
+    srv: EdgeServer = app.extensions["edgerec"]
+    return srv
+
+
+class RunningServer:
+    """A waitress server on a background thread: for tests and benchmarks."""
+
+    def __init__(self, app: Flask, config: ServerConfig) -> None:
+        self.app = app
+        self.server = make_server(app, config)
+        self.port: int = self.server.effective_port
+        self.url = f"http://{config.host}:{self.port}"
+        self._thread = threading.Thread(target=self.server.run, name="waitress", daemon=True)
+        self._thread.start()
+
+    @property
+    def edge(self) -> EdgeServer:
+        return _edge(self.app)
+
+    def close(self) -> None:
+        self.server.task_dispatcher.shutdown(timeout=5)
+        close_all(self.server._map)
+        self._thread.join(5)
+        self.edge.close()
+
+
+def serve(config: ServerConfig) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    if config.workers > 1:
+        Supervisor(config).run()
+        return
+    app = create_app(config, background=True)
+    server = make_server(app, config)
+    signal.signal(signal.SIGTERM, _raise_exit)
+    log.info("edge server listening on http://%s:%s", config.host, server.effective_port,
+             extra={"port": server.effective_port, "workers": 1})
+    try:
+        server.run()
+    finally:
+        _edge(app).close()
+
+
+def _raise_exit(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+class Supervisor:
+    """Starts ``config.workers`` worker processes on one socket and keeps them running."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self.stopping = False
+        self.restarts: list[float] = []
+
+    def run(self) -> None:
+        run_dir = Path(tempfile.mkdtemp(prefix="edgerec-serve-"))
+        try:
+            self._run(run_dir)
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    def _run(self, run_dir: Path) -> None:
+        (run_dir / PEERS_DIR).mkdir()
+        prom = run_dir / "prometheus"
+        prom.mkdir()
+        c = self.config
+        config = c.replace(
+            run_dir=run_dir,
+            response_key=c.response_key or os.urandom(32),
+            control_token=c.control_token or read_token(c.control_token_file),
+        )
+        write_atomic(run_dir / "config.json", config.to_json().encode(), mode=0o600)
+        sock = socket.create_server((c.host, c.port), backlog=1024, reuse_port=False)
+        sock.set_inheritable(True)
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(prom), "EDGEREC_RUN_DIR": str(run_dir),
+               "EDGEREC_LISTEN_FD": str(sock.fileno())}
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        log.info("edge server listening on http://%s:%s", c.host, sock.getsockname()[1],
+                 extra={"port": sock.getsockname()[1], "workers": c.workers})
+        for i in range(c.workers):
+            self._spawn(i, env, sock)
+        try:
+            while not self.stopping:
+                time.sleep(0.5)
+                for i, proc in list(self.children.items()):
+                    if proc.poll() is not None and not self.stopping:
+                        self._died(i, proc, env, sock, prom)
+        finally:
+            self._shutdown()
+            sock.close()
+
+    def _spawn(self, index: int, env: dict[str, str], sock: socket.socket) -> None:
+        self.children[index] = subprocess.Popen(
+            [sys.executable, "-m", "edgerec.edge_server.worker"],
+            env={**env, "EDGEREC_WORKER_INDEX": str(index)}, pass_fds=[sock.fileno()],
+        )
+
+    def _died(self, index: int, proc: subprocess.Popen[bytes], env: dict[str, str], sock: socket.socket,
+              prom: Path) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(proc.pid, str(prom))
+        with contextlib.suppress(FileNotFoundError):
+            (Path(env["EDGEREC_RUN_DIR"]) / PEERS_DIR / f"{index}.port").unlink()
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < 60] + [now]
+        if len(self.restarts) > RESTARTS_PER_MINUTE:
+            log.error("workers keep dying (%d restarts in a minute); stopping", len(self.restarts))
+            self.stopping = True
+            return
+        log.warning("worker %d exited with %s; restarting it", index, proc.returncode)
+        self._spawn(index, env, sock)
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+
+    def _shutdown(self) -> None:
+        for proc in self.children.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 15
+        for proc in self.children.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def run_worker() -> None:
+    """Entry point of one worker process (started by :class:`Supervisor`)."""
+    from .logging import configure_logging
+
+    run_dir = Path(os.environ["EDGEREC_RUN_DIR"])
+    index = int(os.environ["EDGEREC_WORKER_INDEX"])
+    config = ServerConfig.from_json((run_dir / "config.json").read_text()).replace(worker_index=index)
+    configure_logging(config.log_level)
+    shared = socket.socket(fileno=int(os.environ["EDGEREC_LISTEN_FD"]))
+    internal = socket.create_server(("127.0.0.1", 0))
+    app = create_app(config, background=True)
+    server = make_server(app, config, sockets=[shared, internal])
+    write_atomic(run_dir / PEERS_DIR / f"{index}.port", str(internal.getsockname()[1]).encode())
+    signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        server.run()
+    finally:
+        _edge(app).close()
+
+
+__all__ = ["RunningServer", "Supervisor", "make_server", "run_worker", "serve"]
