@@ -1,0 +1,148 @@
+"""Signed assignments: which version of a model a node should run.
+
+An assignment is canonical JSON, signed with the service's online assignment
+key (whose public half the offline root lists, see :mod:`.trust`)::
+
+    {"signed": {"type": "edgerec/assignment/v1", "node", "model", "version",
+                "channel", "target", "serial", "rollback", "issued", "expires"},
+     "signatures": [{"keyid", "sig"}]}
+
+``serial`` grows with every change of any node's desired state, so a node
+refuses an assignment older than one it accepted (a replay). A lower version
+than installed is accepted only with ``rollback: true``. Verification here
+does no IO (as python-tuf's ``TrustedMetadataSet``); the daemon does the IO.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from edgerec.sdk.keys import key_id
+from edgerec.sdk.manifest import canonical_json
+
+from .errors import (
+    AssignmentError,
+    AssignmentExpiredError,
+    AssignmentReplayError,
+    AssignmentSignatureError,
+    DowngradeError,
+)
+
+TYPE = "edgerec/assignment/v1"
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The signed part of an assignment."""
+
+    node: str
+    model: str
+    version: int
+    channel: str
+    target: str
+    serial: int
+    rollback: bool
+    issued: int
+    expires: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": TYPE, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> Assignment:
+        if not isinstance(doc, dict) or doc.get("type") != TYPE:
+            raise AssignmentError(f"assignment: not an {TYPE} document")
+        try:
+            out = cls(
+                node=_typed(doc, "node", str), model=_typed(doc, "model", str),
+                version=_typed(doc, "version", int), channel=_typed(doc, "channel", str),
+                target=_typed(doc, "target", str), serial=_typed(doc, "serial", int),
+                rollback=_typed(doc, "rollback", bool), issued=_typed(doc, "issued", int),
+                expires=_typed(doc, "expires", int),
+            )
+        except KeyError as exc:
+            raise AssignmentError(f"assignment: missing field {exc}") from exc
+        if set(doc) != {"type", *asdict(out)}:
+            raise AssignmentError("assignment: unexpected fields")
+        return out
+
+
+def _typed(doc: dict[str, Any], key: str, kind: type) -> Any:
+    value = doc[key]
+    # bool is an int in Python; keep the two apart.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise AssignmentError(f"assignment.{key}: expected {kind.__name__}")
+    return value
+
+
+def sign_assignment(assignment: Assignment, key: Ed25519PrivateKey) -> bytes:
+    """The signed assignment document, as bytes."""
+    signed = canonical_json(assignment.to_dict())
+    sig = {"keyid": key_id(key.public_key()), "sig": base64.b64encode(key.sign(signed)).decode()}
+    return canonical_json({"signed": assignment.to_dict(), "signatures": [sig]})
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What a node remembers of the last assignment it accepted for a model."""
+
+    serial: int
+    version: int
+
+
+def verify_assignment(
+    data: bytes,
+    trusted: Mapping[str, Ed25519PublicKey],
+    node_id: str,
+    accepted: Accepted | None,
+    installed: int | None,
+    now: float,
+) -> Assignment:
+    """Check an assignment for this node; raise an AssignmentError subclass to refuse it.
+
+    Order: signature by a trusted key, addressed to this node, not expired,
+    not older than the accepted one, no downgrade without ``rollback``.
+    """
+    try:
+        doc = json.loads(data)
+        signed, sigs = doc["signed"], doc["signatures"]
+        pairs = [(str(s["keyid"]), base64.b64decode(s["sig"], validate=True)) for s in sigs]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AssignmentError(f"assignment: malformed ({exc})") from exc
+    payload = canonical_json(signed)
+    if not any(_verifies(trusted.get(kid), sig, payload) for kid, sig in pairs):
+        raise AssignmentSignatureError("assignment: not signed by a trusted assignment key")
+    a = Assignment.from_dict(signed)
+    if a.node != node_id:
+        raise AssignmentSignatureError(f"assignment: addressed to node {a.node!r}, not {node_id!r}")
+    if a.expires <= now:
+        raise AssignmentExpiredError(f"assignment {a.model} serial {a.serial}: expired")
+    if accepted is not None:
+        if a.serial < accepted.serial:
+            raise AssignmentReplayError(
+                f"assignment {a.model} serial {a.serial}: older than accepted serial {accepted.serial}"
+            )
+        if a.serial == accepted.serial and a.version != accepted.version:
+            raise AssignmentReplayError(f"assignment {a.model} serial {a.serial}: conflicts with the accepted one")
+    if installed is not None and a.version < installed and not a.rollback:
+        raise DowngradeError(
+            f"assignment {a.model}: version {a.version} is lower than installed {installed} "
+            "and is not a signed rollback"
+        )
+    return a
+
+
+def _verifies(key: Ed25519PublicKey | None, sig: bytes, payload: bytes) -> bool:
+    if key is None:
+        return False
+    try:
+        key.verify(sig, payload)
+        return True
+    except InvalidSignature:
+        return False

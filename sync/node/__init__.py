@@ -1,0 +1,1 @@
+"""The edge node daemon: enroll once, then poll, verify, decrypt-check, install and report."""

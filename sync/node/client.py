@@ -1,0 +1,78 @@
+"""The node's HTTP client: signed requests to the sync service's node API."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ..errors import ApiError, ServerUnreachableError
+from ..httpsig import RequestSigner
+
+USER_AGENT = "edgerec-node/0.1"
+
+
+def error_of(resp: httpx.Response) -> ApiError:
+    """An ApiError from a service error answer (``{"error", "detail"}``)."""
+    try:
+        doc = resp.json()
+        return ApiError(resp.status_code, str(doc["error"]), str(doc["detail"]))
+    except (ValueError, KeyError, TypeError):
+        return ApiError(resp.status_code, "http_error", resp.text[:200] or resp.reason_phrase)
+
+
+def http_client(base_url: str, verify: bool | str = True, timeout: float = 30.0) -> httpx.Client:
+    return httpx.Client(base_url=base_url, verify=verify, timeout=timeout, headers={"User-Agent": USER_AGENT})
+
+
+class NodeClient:
+    """Calls the node API as one enrolled node."""
+
+    def __init__(self, client: httpx.Client, node_id: str, signing_key: Ed25519PrivateKey) -> None:
+        self.client = client
+        self.node_id = node_id
+        self.signer = RequestSigner(node_id, signing_key)
+
+    def _call(self, method: str, path: str, doc: dict[str, Any] | None = None) -> Any:
+        body = json.dumps(doc).encode() if doc is not None else b""
+        url = str(self.client.base_url.join(path))
+        headers = {"Content-Type": "application/json"} if doc is not None else {}
+        headers = self.signer.sign(method, url, body, headers)
+        try:
+            resp = self.client.request(method, url, content=body or None, headers=headers)
+        except httpx.HTTPError as exc:
+            raise ServerUnreachableError(f"{self.client.base_url}: {exc or type(exc).__name__}") from exc
+        if resp.status_code >= 400:
+            raise error_of(resp)
+        return resp.json()
+
+    def assignments(self) -> list[bytes]:
+        return [a.encode() for a in self._call("GET", "/api/v1/node/assignments")["assignments"]]
+
+    def envelopes(self, model: str, version: int) -> list[bytes]:
+        doc = self._call("GET", f"/api/v1/node/envelopes/{model}/{int(version)}")
+        return [e.encode() for e in doc["envelopes"]]
+
+    def report(self, doc: dict[str, Any]) -> dict[str, Any]:
+        out = self._call("POST", "/api/v1/node/reports", doc)
+        assert isinstance(out, dict)
+        return out
+
+
+def enroll_request(
+    client: httpx.Client, token: str, signing_pem: bytes, recipient_pem: bytes, name: str | None
+) -> dict[str, Any]:
+    """POST the one-time token and the node's public keys; the answer holds id and root."""
+    doc = {"token": token, "signing_key": signing_pem.decode(), "recipient_key": recipient_pem.decode(),
+           "name": name}
+    try:
+        resp = client.post("/api/v1/enroll", json=doc)
+    except httpx.HTTPError as exc:
+        raise ServerUnreachableError(f"{client.base_url}: {exc or type(exc).__name__}") from exc
+    if resp.status_code >= 400:
+        raise error_of(resp)
+    out = resp.json()
+    assert isinstance(out, dict)
+    return out

@@ -1,0 +1,39 @@
+"""Enroll a node: make its keys locally, trade a one-time token for an id and a root to pin."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from tuf.api.metadata import Metadata, Root
+
+from ..errors import ConfigError
+from .client import enroll_request, http_client
+from .state import NodeIdentity, NodeState
+
+
+def enroll_node(
+    state_dir: Path, server: str, token: str, name: str | None = None, ca_cert: str | None = None
+) -> NodeIdentity:
+    """Enroll with the service at ``server``; the private keys never leave ``state_dir``."""
+    state = NodeState(state_dir)
+    if state.enrolled:
+        raise ConfigError(f"{state_dir}: already enrolled as {state.identity().node_id}")
+    signing_pem, recipient_pem = state.ensure_keys()
+    server = server.rstrip("/")
+    with http_client(server, ca_cert or True) as client:
+        doc = enroll_request(client, token, signing_pem, recipient_pem, name)
+    try:
+        root = base64.b64decode(doc["root"], validate=True)
+        md = Metadata[Root].from_bytes(root)
+        # A root must be signed by a threshold of its own root keys to be pinned.
+        md.signed.verify_delegate(Root.type, md.signed_bytes, md.signatures)
+        ident = NodeIdentity(
+            node_id=str(doc["node_id"]), server=server,
+            metadata_url=server + str(doc["metadata_path"]), targets_url=server + str(doc["targets_path"]),
+            tags=list(doc.get("tags", [])), ca_cert=ca_cert,
+        )
+    except Exception as exc:
+        raise ConfigError(f"enrollment answer is not usable: {exc}") from exc
+    state.save_identity(ident, root)
+    return ident

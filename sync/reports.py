@@ -1,0 +1,113 @@
+"""Node reports: status (installed versions, health, failures) and metrics.
+
+Reports are stored as sent, keyed by the node's report id, so a retried
+report is accepted once and a duplicate answers "already have it". A status
+report also updates the per-node, per-model view the admin commands show.
+The metrics service reads the stored ``metrics`` reports.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from edgerec.sdk.errors import PackageError
+from edgerec.sdk.manifest import check_name
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .errors import BadRequestError
+from .store.models import Node, NodeModel, Report
+
+KINDS = ("status", "metrics")
+_MAX_MODELS = 256
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    report_id: str
+    duplicate: bool
+
+
+def _short(value: Any, limit: int, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequestError(f"{what}: expected a string")
+    return value[:limit]
+
+
+def _version(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequestError(f"{what}: expected an integer >= 0")
+    return value
+
+
+def check_report(doc: Any) -> tuple[str, str]:
+    """Validate the envelope of a report; returns (report id, kind)."""
+    if not isinstance(doc, dict):
+        raise BadRequestError("report: expected a JSON object")
+    rid, kind = doc.get("report_id"), doc.get("kind")
+    if not isinstance(rid, str) or not 8 <= len(rid) <= 64 or not rid.replace("-", "").isalnum():
+        raise BadRequestError("report_id: expected 8 to 64 letters, digits or '-'")
+    if kind not in KINDS:
+        raise BadRequestError(f"kind: expected one of {', '.join(KINDS)}")
+    models = doc.get("models", [])
+    if not isinstance(models, list) or len(models) > _MAX_MODELS:
+        raise BadRequestError(f"models: expected a list of at most {_MAX_MODELS}")
+    return rid, kind
+
+
+def store_report(session: Session, node: Node, doc: dict[str, Any]) -> ReportResult:
+    """Store a report once; apply a status report to the node's model view."""
+    rid, kind = check_report(doc)
+    now = time.time()
+    dup = session.execute(
+        select(Report.id).where(Report.node_id == node.id, Report.report_id == rid)
+    ).first()
+    if dup is not None:
+        return ReportResult(rid, True)
+    try:
+        with session.begin_nested():
+            session.add(Report(node_id=node.id, report_id=rid, kind=kind, body=doc, received=now))
+    except IntegrityError:
+        # The same report raced in through another process.
+        return ReportResult(rid, True)
+    if kind == "status":
+        _apply_status(session, node, doc, now)
+    return ReportResult(rid, False)
+
+
+def _apply_status(session: Session, node: Node, doc: dict[str, Any], now: float) -> None:
+    node.accelerator = _short(doc.get("accelerator"), 32, "accelerator") or node.accelerator
+    node.health = _short(doc.get("health"), 32, "health") or node.health
+    node.agent = _short(doc.get("agent"), 64, "agent") or node.agent
+    for i, m in enumerate(doc.get("models", [])):
+        if not isinstance(m, dict):
+            raise BadRequestError(f"models[{i}]: expected an object")
+        try:
+            name = check_name(m.get("name"), f"models[{i}].name")
+        except PackageError as exc:
+            raise BadRequestError(str(exc)) from exc
+        row = session.get(NodeModel, (node.id, name))
+        if row is None:
+            row = NodeModel(node_id=node.id, model=name, updated=now)
+            session.add(row)
+        row.installed_version = _version(m.get("installed_version"), f"models[{i}].installed_version")
+        row.state = _short(m.get("state"), 32, f"models[{i}].state")
+        row.accelerator = _short(m.get("accelerator"), 32, f"models[{i}].accelerator")
+        row.health = _short(m.get("health"), 32, f"models[{i}].health")
+        failure = m.get("failure")
+        if isinstance(failure, dict):
+            row.failure_version = _version(failure.get("version"), f"models[{i}].failure.version")
+            row.failure_reason = _short(failure.get("reason"), 2000, f"models[{i}].failure.reason")
+            at = failure.get("at")
+            row.failure_at = float(at) if isinstance(at, int | float) and not isinstance(at, bool) else now
+        elif failure is not None:
+            raise BadRequestError(f"models[{i}].failure: expected an object or null")
+        row.updated = now
+    session.flush()

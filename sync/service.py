@@ -1,0 +1,321 @@
+"""The sync service's data plane: every operation the HTTP views hand over to.
+
+Views (``api_*.py``) parse HTTP and call one method here; this module knows
+nothing of Flask, so the same operations run from tests, the CLI or another
+transport.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from edgerec.sdk.errors import PackageError
+from edgerec.sdk.keys import public_key_from_pem
+from edgerec.sdk.manifest import check_name
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .assignments import Assignment as SignedAssignment
+from .assignments import sign_assignment
+from .blobs import BlobStore
+from .config import ServiceConfig
+from .datadir import DataDir
+from .enrollment import create_token, enroll
+from .envelopes import envelopes_for, seal_all_packages
+from .errors import BadRequestError, ForbiddenError, NotFoundError, ReplayError
+from .httpsig import RequestVerifier
+from .online_keys import OnlineKeys
+from .publish import Publisher, PublishResult
+from .reports import ReportResult, store_report
+from .rollout import Rollouts, RolloutSummary
+from .store import Database, migrate
+from .store.models import (
+    Assignment,
+    ChannelTarget,
+    Node,
+    NodeModel,
+    Nonce,
+    PackageVersion,
+    Report,
+    Rollout,
+)
+from .tokens import check_admin_token
+from .tuf_repo import TufRepository
+
+log = logging.getLogger("edgerec.sync")
+
+
+def name_arg(value: object, what: str) -> str:
+    """A model, channel or tag name from a request; 400 for anything else (path separators)."""
+    try:
+        return check_name(value, what)
+    except PackageError as exc:
+        raise BadRequestError(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    node_id: str
+    tags: list[str]
+    root: bytes
+
+
+class SyncService:
+    """Everything one service process needs, built from a data directory."""
+
+    def __init__(self, datadir: DataDir, db: Database, config: ServiceConfig) -> None:
+        self.datadir = datadir
+        self.db = db
+        self.config = config
+        self.keys = OnlineKeys(datadir.keys)
+        self.repo = TufRepository(db, datadir, self.keys, config)
+        self.blobs = BlobStore(datadir.blobs, datadir.tmp)
+        self.publisher = Publisher(db, self.repo, self.blobs, self.keys)
+        self.rollouts = Rollouts(db)
+        self.verifier = RequestVerifier(config.signature_max_age_s, config.clock_skew_s)
+
+    @classmethod
+    def open(cls, data_dir: Path, db_url: str | None = None, config: ServiceConfig | None = None) -> SyncService:
+        """Open a data directory made by ``edgerec admin init``; migrate its database."""
+        datadir = DataDir(Path(data_dir))
+        db = Database(datadir.db_url(db_url), pool_size=(config or ServiceConfig()).threads)
+        migrate(db)
+        service = cls(datadir, db, config or ServiceConfig())
+        service.keys.private("timestamp")  # fail at start, not at the first request
+        service.repo.materialize_all()
+        return service
+
+    def close(self) -> None:
+        self.db.dispose()
+
+    # -- maintenance ----------------------------------------------------------------
+
+    def maintain(self, now: float | None = None) -> int:
+        """Re-sign expiring metadata and forget nonces past the replay window."""
+        now = time.time() if now is None else now
+        written: list[Any] = []
+        if self.repo.needs_refresh(now):
+            with self.db.write() as session:
+                written = self.repo.refresh(session, now)
+            self.repo.materialize(written)
+        horizon = now - self.config.signature_max_age_s - 2 * self.config.clock_skew_s
+        with self.db.write() as session:
+            session.execute(delete(Nonce).where(Nonce.created < horizon))
+        return len(written)
+
+    # -- admin -------------------------------------------------------------------------
+
+    def check_admin(self, token: str | None) -> None:
+        with self.db.read() as session:
+            check_admin_token(session, token)
+
+    def create_enroll_token(self, tags: list[str], expires_s: float | None) -> dict[str, Any]:
+        with self.db.write() as session:
+            t = create_token(session, tags, expires_s or self.config.enroll_token_expiry_s)
+        return {"token": t.token, "tags": t.tags, "expires": t.expires}
+
+    def publish(self, chunks: Iterable[bytes], channel: str) -> PublishResult:
+        upload, _sha, _size = self.blobs.receive(chunks, self.config.max_upload_bytes)
+        try:
+            return self.publisher.publish(upload, channel)
+        finally:
+            upload.unlink(missing_ok=True)
+
+    def rollout(self, model: str, version: int, channel: str, percent: float, tags: list[str]) -> RolloutSummary:
+        with self.db.write() as session:
+            return self.rollouts.start(session, model, version, channel, percent, tags)
+
+    def pause(self, model: str) -> RolloutSummary:
+        with self.db.write() as session:
+            return self.rollouts.pause(session, model)
+
+    def resume(self, model: str) -> RolloutSummary:
+        with self.db.write() as session:
+            return self.rollouts.resume(session, model)
+
+    def rollback(self, model: str, version: int, channel: str | None) -> RolloutSummary:
+        with self.db.write() as session:
+            return self.rollouts.rollback(session, model, version, channel)
+
+    def revoke(self, node_id: str) -> dict[str, Any]:
+        with self.db.write() as session:
+            node = session.get(Node, node_id)
+            if node is None:
+                raise NotFoundError(f"unknown node {node_id!r}")
+            if node.revoked_at is None:
+                node.revoked_at = time.time()
+            return {"node_id": node.id, "revoked_at": node.revoked_at}
+
+    def packages(self) -> list[dict[str, Any]]:
+        with self.db.read() as session:
+            rows = session.execute(
+                select(PackageVersion, ChannelTarget)
+                .join(ChannelTarget, ChannelTarget.package_id == PackageVersion.id)
+                .order_by(PackageVersion.name, PackageVersion.version, ChannelTarget.channel)
+            ).all()
+            return [
+                {"name": p.name, "version": p.version, "channel": c.channel, "target": c.target_path,
+                 "sha256": p.blob_sha256, "size": p.size, "signer": p.signer, "published": c.created}
+                for p, c in rows
+            ]
+
+    def nodes(self) -> list[dict[str, Any]]:
+        with self.db.read() as session:
+            nodes = session.execute(select(Node).order_by(Node.enrolled)).scalars().all()
+            desired = _by_node(session.execute(select(Assignment)).scalars())
+            installed = _by_node(session.execute(select(NodeModel)).scalars())
+            return [_node_doc(n, desired.get(n.id, {}), installed.get(n.id, {})) for n in nodes]
+
+    def model_status(self, model: str) -> dict[str, Any]:
+        model = name_arg(model, "model")
+        with self.db.read() as session:
+            known = session.execute(select(PackageVersion.id).where(PackageVersion.name == model)).first()
+            if known is None:
+                raise NotFoundError(f"unknown model {model!r}")
+            cur = self.rollouts.current(session, model)
+            rollouts = session.execute(
+                select(Rollout).where(Rollout.model == model).order_by(Rollout.id)
+            ).scalars().all()
+            desired = {a.node_id: a for a in session.execute(
+                select(Assignment).where(Assignment.model == model)).scalars()}
+            installed = {r.node_id: r for r in session.execute(
+                select(NodeModel).where(NodeModel.model == model)).scalars()}
+            nodes = session.execute(select(Node).order_by(Node.enrolled)).scalars().all()
+            rows = [
+                _model_row(n, desired.get(n.id), installed.get(n.id))
+                for n in nodes if n.id in desired or n.id in installed
+            ]
+        return {
+            "model": model,
+            "rollout": None if cur is None else _rollout_doc(cur),
+            "rollouts": [_rollout_doc(r) for r in rollouts],
+            "nodes": rows,
+        }
+
+    def reports(self, kind: str | None, since: float, limit: int) -> list[dict[str, Any]]:
+        with self.db.read() as session:
+            q = select(Report).where(Report.received > since)
+            if kind:
+                q = q.where(Report.kind == kind)
+            rows = session.execute(q.order_by(Report.received).limit(min(limit, 10_000))).scalars()
+            return [{"node_id": r.node_id, "report_id": r.report_id, "kind": r.kind, "received": r.received,
+                     "body": r.body} for r in rows]
+
+    # -- nodes -------------------------------------------------------------------------
+
+    def enroll(self, token: object, signing_key: object, recipient_key: object, name: object) -> Enrolled:
+        with self.db.write() as session:
+            node = enroll(session, token, signing_key, recipient_key, name)
+            seal_all_packages(session, self.keys.kek, node)
+            self.rollouts.place_new_node(session, node)
+            root = self.repo.root_bytes(session)
+            return Enrolled(node.id, list(node.tags), root)
+
+    def authenticate(
+        self, session: Session, method: str, url: str, headers: Any, body: bytes
+    ) -> Node:
+        """The node that signed this request; refuses bad signatures, replays and revoked nodes."""
+        found: dict[str, Node] = {}
+
+        def lookup(kid: str) -> Ed25519PublicKey | None:
+            node = session.get(Node, kid)
+            if node is None:
+                return None
+            found[kid] = node
+            key = public_key_from_pem(node.signing_key, "ed25519")
+            assert isinstance(key, Ed25519PublicKey)
+            return key
+
+        verified = self.verifier.verify(method, url, headers, body, lookup)
+        node = found[verified.key_id]
+        if node.revoked_at is not None:
+            raise ForbiddenError(f"node {node.id} is revoked")
+        now = time.time()
+        try:
+            with session.begin_nested():
+                session.add(Nonce(node_id=node.id, nonce=verified.nonce, created=now))
+        except IntegrityError as exc:
+            raise ReplayError("replayed request: this signature's nonce was already used") from exc
+        node.last_seen = now
+        return node
+
+    def signed_assignments(self, session: Session, node: Node) -> list[str]:
+        """The node's assignments, freshly signed (expiry from now)."""
+        now = int(time.time())
+        rows = session.execute(
+            select(Assignment, ChannelTarget.target_path)
+            .join(PackageVersion, (PackageVersion.name == Assignment.model)
+                  & (PackageVersion.version == Assignment.version))
+            .join(ChannelTarget, (ChannelTarget.package_id == PackageVersion.id)
+                  & (ChannelTarget.channel == Assignment.channel))
+            .where(Assignment.node_id == node.id)
+            .order_by(Assignment.model)
+        ).all()
+        key = self.keys.assignment
+        return [
+            sign_assignment(
+                SignedAssignment(node.id, a.model, a.version, a.channel, path, a.serial, a.rollback, now,
+                                 now + self.config.assignment_expiry_s),
+                key,
+            ).decode()
+            for a, path in rows
+        ]
+
+    def node_envelopes(self, session: Session, node: Node, model: str, version: int) -> list[str]:
+        model = name_arg(model, "model")
+        package = session.execute(
+            select(PackageVersion).where(PackageVersion.name == model, PackageVersion.version == version)
+        ).scalar_one_or_none()
+        if package is None:
+            raise NotFoundError(f"unknown model version {model} {version}")
+        return [e.decode() for e in envelopes_for(session, self.keys.kek, node, package)]
+
+    def report(self, session: Session, node: Node, doc: dict[str, Any]) -> ReportResult:
+        return store_report(session, node, doc)
+
+
+def _by_node(rows: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        out.setdefault(r.node_id, {})[r.model] = r
+    return out
+
+
+def _node_doc(n: Node, desired: dict[str, Assignment], installed: dict[str, NodeModel]) -> dict[str, Any]:
+    models = sorted(set(desired) | set(installed))
+    return {
+        "node_id": n.id, "name": n.name, "tags": n.tags, "enrolled": n.enrolled, "last_seen": n.last_seen,
+        "revoked": n.revoked_at is not None, "accelerator": n.accelerator, "health": n.health,
+        "models": [_model_row(n, desired.get(m), installed.get(m), m) for m in models],
+    }
+
+
+def _model_row(n: Node, a: Assignment | None, r: NodeModel | None, model: str | None = None) -> dict[str, Any]:
+    failure = None
+    if r is not None and r.failure_reason:
+        failure = {"version": r.failure_version, "reason": r.failure_reason, "at": r.failure_at}
+    return {
+        "node_id": n.id, "name": n.name, "model": model or (a.model if a else r.model if r else None),
+        "desired_version": a.version if a else None, "rollback": bool(a and a.rollback),
+        "installed_version": r.installed_version if r else None, "state": r.state if r else None,
+        "last_seen": n.last_seen, "accelerator": (r.accelerator if r and r.accelerator else n.accelerator),
+        "health": (r.health if r and r.health else n.health), "last_failure": failure,
+        "revoked": n.revoked_at is not None,
+    }
+
+
+def _rollout_doc(r: Rollout) -> dict[str, Any]:
+    return {"id": r.id, "version": r.version, "channel": r.channel, "percent": r.percent, "tags": r.tags,
+            "state": r.state, "rollback": r.rollback, "created": r.created, "updated": r.updated}
+
+
+def summary_doc(s: RolloutSummary) -> dict[str, Any]:
+    return asdict(s)
+

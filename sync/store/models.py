@@ -1,0 +1,211 @@
+"""SQLAlchemy 2 models of the sync service's state.
+
+Times are UNIX seconds (floats): the same on SQLite and PostgreSQL, with no
+time zone to get wrong. Secrets (admin and enrollment tokens) are stored as
+SHA-256 hashes; data keys only wrapped with the key-encryption key of the
+data directory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class SchemaInfo(Base):
+    """One row: the schema version the migrations brought the database to."""
+
+    __tablename__ = "schema_info"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class Counter(Base):
+    """Named counters; their rows double as cross-process locks (``SELECT ... FOR UPDATE``)."""
+
+    __tablename__ = "counters"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class AdminToken(Base):
+    __tablename__ = "admin_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(64))
+    created: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class EnrollToken(Base):
+    __tablename__ = "enroll_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    created: Mapped[float] = mapped_column(Float)
+    expires: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    node_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    signing_key: Mapped[str] = mapped_column(Text)
+    recipient_key: Mapped[str] = mapped_column(Text)
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    enrolled: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
+    accelerator: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    health: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    agent: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Nonce(Base):
+    """Nonces of signed node requests seen within the replay window."""
+
+    __tablename__ = "nonces"
+    node_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created: Mapped[float] = mapped_column(Float, index=True)
+
+
+class PackageVersion(Base):
+    """A published package version: one encrypted blob for the whole fleet."""
+
+    __tablename__ = "packages"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    blob_sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    signer: Mapped[str] = mapped_column(String(64))
+    artifacts: Mapped[list[str]] = mapped_column(JSON)
+    created: Mapped[float] = mapped_column(Float)
+
+
+class ChannelTarget(Base):
+    """A package version published on a channel, as a TUF target path."""
+
+    __tablename__ = "channel_targets"
+    __table_args__ = (UniqueConstraint("package_id", "channel"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    package_id: Mapped[int] = mapped_column(ForeignKey("packages.id"))
+    channel: Mapped[str] = mapped_column(String(64))
+    target_path: Mapped[str] = mapped_column(String(256), unique=True)
+    created: Mapped[float] = mapped_column(Float)
+
+
+class DataKey(Base):
+    """An artifact's AES data key, wrapped with the data directory's key-encryption key."""
+
+    __tablename__ = "data_keys"
+    package_id: Mapped[int] = mapped_column(ForeignKey("packages.id"), primary_key=True)
+    artifact: Mapped[str] = mapped_column(String(256), primary_key=True)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class EnvelopeRow(Base):
+    """A data key sealed (HPKE) to one node for one artifact."""
+
+    __tablename__ = "envelopes"
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
+    package_id: Mapped[int] = mapped_column(ForeignKey("packages.id"), primary_key=True)
+    artifact: Mapped[str] = mapped_column(String(256), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Rollout(Base):
+    """An admin's rollout (or rollback) of one model version."""
+
+    __tablename__ = "rollouts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    channel: Mapped[str] = mapped_column(String(64))
+    percent: Mapped[float] = mapped_column(Float)
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))
+    rollback: Mapped[bool] = mapped_column(Boolean, default=False)
+    created: Mapped[float] = mapped_column(Float)
+    updated: Mapped[float] = mapped_column(Float)
+
+
+class Assignment(Base):
+    """What one node should run of one model; signed when the node asks."""
+
+    __tablename__ = "assignments"
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    channel: Mapped[str] = mapped_column(String(64))
+    serial: Mapped[int] = mapped_column(BigInteger)
+    rollback: Mapped[bool] = mapped_column(Boolean, default=False)
+    rollout_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    previous_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    updated: Mapped[float] = mapped_column(Float)
+
+
+class NodeModel(Base):
+    """What one node reports of one model: installed version, health, last failure."""
+
+    __tablename__ = "node_models"
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64), primary_key=True)
+    installed_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    state: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    accelerator: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    health: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    failure_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    failure_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    updated: Mapped[float] = mapped_column(Float)
+
+
+class Report(Base):
+    """A node's signed status or metrics report, kept as sent (for the metrics service)."""
+
+    __tablename__ = "reports"
+    __table_args__ = (
+        UniqueConstraint("node_id", "report_id"),
+        Index("ix_reports_kind_received", "kind", "received"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    report_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    received: Mapped[float] = mapped_column(Float)
+
+
+class TufMetadata(Base):
+    """Every signed version of every TUF role; the files on disk are rendered from here."""
+
+    __tablename__ = "tuf_metadata"
+    role: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    expires: Mapped[float] = mapped_column(Float)
+    created: Mapped[float] = mapped_column(Float)
