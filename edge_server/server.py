@@ -75,9 +75,12 @@ class RunningServer:
         return _edge(self.app)
 
     def close(self) -> None:
-        self.server.task_dispatcher.shutdown(timeout=5)
-        close_all(self.server._map)
+        # Close the sockets from inside the loop thread (closing them under a running
+        # select() from here fails with EBADF); the loop ends once its map is empty.
+        server = self.server
+        server.trigger.pull_trigger(lambda: close_all(server._map))
         self._thread.join(5)
+        server.task_dispatcher.shutdown(timeout=5)
         self.edge.close()
 
 

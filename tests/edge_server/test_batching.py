@@ -1,0 +1,169 @@
+"""The adaptive batcher, on a real model: merging, no delay when alone, deadlines, isolation, crashes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from edgerec.edge_server.batching import Batcher, BatcherCrashedError
+from edgerec.sdk.cli import _demo_models as demo
+from edgerec.sdk.errors import RuntimeBackendError
+from edgerec.sdk.model import EdgeModel
+
+
+@pytest.fixture(scope="module")
+def model(packages, trusted_key):
+    with EdgeModel.load(packages["v1"], [trusted_key], threads=1) as m:
+        yield m
+
+
+def _rows(model, n, seed):
+    inputs, _ = demo.sample_inputs(n, seed=seed)
+    return model.encode(inputs)
+
+
+class Recorder:
+    def __init__(self):
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, rows, requests, waits):
+        self.calls.append((rows, requests))
+
+
+def test_concurrent_requests_merge_into_one_call(model):
+    rec = Recorder()
+    b = Batcher(model.run, max_batch=8, max_delay_s=1.0, observe=rec)
+    parts = [_rows(model, 1, seed) for seed in range(8)]
+    for _ in parts:
+        b.arrive()  # all eight are on their way before any submits
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda p: b.submit(p, 1), parts))
+    assert rec.calls == [(8, 8)]
+    for p, out in zip(parts, results, strict=True):
+        np.testing.assert_array_equal(out["score"], model.run(p)["score"])
+    b.close()
+
+
+def test_a_lone_request_is_not_delayed(model):
+    rec = Recorder()
+    b = Batcher(model.run, max_batch=64, max_delay_s=0.5, observe=rec)
+    b.arrive()
+    t0 = time.monotonic()
+    b.submit(_rows(model, 1, 0), 1)
+    assert time.monotonic() - t0 < 0.1 and rec.calls == [(1, 1)]
+    b.close()
+
+
+def test_a_request_that_fills_a_batch_runs_at_once(model):
+    b = Batcher(model.run, max_batch=8, max_delay_s=0.5)
+    b.arrive()
+    b.arrive()  # someone else is on the way: a small request would wait for it
+    t0 = time.monotonic()
+    out = b.submit(_rows(model, 8, 1), 8)
+    assert time.monotonic() - t0 < 0.1 and out["score"].shape == (8, 1)
+    b.depart()
+    b.close()
+
+
+def test_deadline_flushes_when_others_never_come(model):
+    rec = Recorder()
+    b = Batcher(model.run, max_batch=64, max_delay_s=0.1, observe=rec)
+    b.arrive()  # a request that never submits
+    b.arrive()
+    t0 = time.monotonic()
+    b.submit(_rows(model, 2, 2), 2)
+    elapsed = time.monotonic() - t0
+    assert 0.09 <= elapsed < 0.5 and rec.calls == [(2, 1)]
+    b.depart()
+    b.close()
+
+
+def test_a_bad_request_does_not_fail_its_neighbours(model):
+    rec = Recorder()
+    b = Batcher(model.run, max_batch=4, max_delay_s=1.0, observe=rec)
+    parts = [_rows(model, 1, s) for s in range(4)]
+    bad = dict(parts[2])
+    bad["item_id"] = np.array([999], np.int64)  # past the embedding table: ONNX Runtime fails
+    parts[2] = bad
+    for _ in parts:
+        b.arrive()
+
+    def call(p):
+        try:
+            return b.submit(p, 1)
+        except RuntimeBackendError as exc:
+            return exc
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(call, parts))
+    assert isinstance(results[2], RuntimeBackendError)
+    for i in (0, 1, 3):
+        np.testing.assert_array_equal(results[i]["score"], model.run(parts[i])["score"])
+    assert rec.calls == [(4, 4)]
+    b.close()
+
+
+def test_a_crashed_batcher_fails_everything_pending_and_carries_on(model):
+    entered, release = threading.Event(), threading.Event()
+    boom = [True]
+
+    def run(arrays):
+        entered.set()
+        release.wait(5)
+        return model.run(arrays)
+
+    def observe(rows, requests, waits):
+        if boom and boom.pop():
+            raise RuntimeError("observer bug")
+
+    b = Batcher(run, max_batch=100, max_delay_s=0.01, observe=observe)
+    b.arrive()  # a phantom keeps the first request queued until its deadline
+    outcomes: dict[str, object] = {}
+
+    def submit(key, seed):
+        b.arrive()
+        try:
+            outcomes[key] = b.submit(_rows(model, 1, seed), 1)
+        except BatcherCrashedError as exc:
+            outcomes[key] = exc
+
+    first = threading.Thread(target=submit, args=("a", 0))
+    first.start()
+    assert entered.wait(5)
+    others = [threading.Thread(target=submit, args=(k, i)) for i, k in enumerate("bc", 1)]
+    for t in others:
+        t.start()
+    deadline = time.monotonic() + 5
+    while len(b._queue) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    release.set()
+    for t in (first, *others):
+        t.join(5)
+    assert "score" in outcomes["a"]
+    assert isinstance(outcomes["b"], BatcherCrashedError) and isinstance(outcomes["c"], BatcherCrashedError)
+    b.depart()
+    submit("d", 4)
+    assert "score" in outcomes["d"]
+    b.close()
+
+
+def test_server_merges_concurrent_requests(serve, infer_body):
+    live = serve(max_batch=32, max_delay_ms=20, http_threads=16)
+    n = 16
+    bodies = [demo.sample_inputs(1, seed=s) for s in range(n)]
+    start = threading.Barrier(n)
+
+    def call(i):
+        start.wait()
+        return live.http.post("/v2/models/ctr/infer", json=infer_body(bodies[i][0])).json()
+
+    with ThreadPoolExecutor(n) as pool:
+        docs = list(pool.map(call, range(n)))
+    for (_, ref), doc in zip(bodies, docs, strict=True):
+        np.testing.assert_allclose(doc["outputs"][0]["data"], ref, atol=1e-5)
+    requests = live.metric("edgerec_batch_size_requests_sum", model="ctr", version="1")
+    batches = live.metric("edgerec_batch_size_requests_count", model="ctr", version="1")
+    assert requests >= n and batches < requests  # some calls carried several requests
