@@ -46,6 +46,12 @@ def tflite_dataset(
 
 
 def ort_samples(encoded: Arrays, chunk: int = 64) -> list[Arrays]:
-    """Calibration batches for ``quantize_static``."""
+    """Calibration batches for ``quantize_static``, all of one size.
+
+    Histogram calibration (Entropy, Percentile) stacks the batches, so a short
+    last batch would break it; the remainder is dropped when there are full ones.
+    """
     n = _rows(encoded)
-    return [{k: np.ascontiguousarray(v[s : s + chunk]) for k, v in encoded.items()} for s in range(0, n, chunk)]
+    size = min(chunk, n)
+    starts = range(0, n - size + 1, size)
+    return [{k: np.ascontiguousarray(v[s : s + size]) for k, v in encoded.items()} for s in starts]

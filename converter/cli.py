@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from edgerec.sdk.cli._output import console, print_json
+from edgerec.sdk.cli._output import console, err_console, print_json
 from edgerec.sdk.keys import load_signing_key
 from rich.table import Table
 
@@ -71,7 +71,7 @@ def convert(
         min_id_count=min_id_count, id_counts=id_counts,
         batch_buckets=_ints(batch_buckets, "--batch-buckets"), eval=eval_path, label=label,
         eval_rows=eval_rows, max_auc_drop=max_auc_drop, features=features_path,
-        score_output=score_output, progress=not as_json,
+        score_output=score_output, progress=not as_json and err_console.is_terminal,
     )
     result = run_convert(source, out, key, opts)
     if as_json:

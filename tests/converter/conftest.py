@@ -99,8 +99,7 @@ def keras_models(ctr_data, tmp_path_factory) -> KerasModels:
     return KerasModels(d / "lookup.keras", plain, d / "saved_model")
 
 
-def rows_of(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Raw rows -> the row indices StringLookup/IntegerLookup would give (OOV row 0)."""
+def _rows_of(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     u = {k: i + 1 for i, k in enumerate(USERS)}
     it = {int(k): i + 1 for i, k in enumerate(ITEMS)}
     return {
@@ -109,3 +108,9 @@ def rows_of(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "ctx": data["ctx"],
         "label": data["label"],
     }
+
+
+@pytest.fixture(scope="session")
+def rows_of():
+    """Raw rows -> the row indices StringLookup/IntegerLookup would give (OOV row 0)."""
+    return _rows_of
