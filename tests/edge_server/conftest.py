@@ -82,6 +82,12 @@ def _infer_body(inputs: dict[str, np.ndarray]) -> dict[str, Any]:
                         "data": v.ravel().tolist()} for k, v in inputs.items()]}
 
 
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port nothing listens on (at the time of asking)."""
+    return free_port()
+
+
 @pytest.fixture(scope="session")
 def infer_body():
     """Builds an Open Inference Protocol JSON request from raw input arrays."""
