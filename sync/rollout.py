@@ -182,16 +182,23 @@ class Rollouts:
         return RolloutSummary.of(rollout, changed)
 
     def place_new_node(self, session: Session, node: Node) -> int:
-        """Give a freshly enrolled node its share of every running rollout."""
+        """Give a freshly enrolled node its share of every model's rollout (or the base version)."""
         self._lock(session)
         models = session.execute(
-            select(Rollout.model).where(Rollout.state == ACTIVE).distinct()
+            select(Rollout.model).where(Rollout.state.in_((ACTIVE, PAUSED))).distinct()
         ).scalars()
         changed = 0
-        for model in list(models):
+        for model in sorted(models):
             cur = self.current(session, model)
-            if cur is not None and cur.state == ACTIVE and matches(node.tags, cur.tags):
+            if cur is None:
+                continue
+            if cur.state == ACTIVE and matches(node.tags, cur.tags):
                 changed += self._apply(session, cur)
+            elif session.get(Assignment, (node.id, model)) is None:
+                base = self._base(session, cur, node.tags)
+                if base is not None:
+                    self._set(session, node.id, model, base.version, base.channel, False, base.id)
+                    changed += 1
         return changed
 
     # -- helpers ---------------------------------------------------------------------
@@ -215,23 +222,25 @@ class Rollouts:
             if a is None or a.version != r.version:
                 self._set(session, node_id, r.model, r.version, r.channel, False, r.id)
                 changed += 1
-        base = self._base(session, r)
-        if base is not None:
-            for node_id in eligible:
-                if node_id not in chosen and node_id not in desired:
-                    self._set(session, node_id, r.model, base.version, base.channel, False, base.id)
-                    changed += 1
+        by_id = {n.id: n for n in nodes}
+        for node_id in eligible:
+            if node_id in chosen or node_id in desired:
+                continue
+            base = self._base(session, r, by_id[node_id].tags)
+            if base is not None:
+                self._set(session, node_id, r.model, base.version, base.channel, False, base.id)
+                changed += 1
         return changed
 
-    def _base(self, session: Session, r: Rollout) -> Rollout | None:
-        """The last completed full rollout before ``r``: what the nodes it skips should run."""
-        return session.execute(
+    def _base(self, session: Session, r: Rollout, node_tags: list[str]) -> Rollout | None:
+        """The last full rollout before ``r`` that covers the node: what it runs if ``r`` skips it."""
+        rows = session.execute(
             select(Rollout)
             .where(Rollout.model == r.model, Rollout.id < r.id, Rollout.percent >= 100,
                    Rollout.state != ROLLED_BACK, Rollout.version < r.version)
             .order_by(Rollout.id.desc())
-            .limit(1)
-        ).scalar_one_or_none()
+        ).scalars()
+        return next((b for b in rows if matches(node_tags, b.tags)), None)
 
     def _set(
         self, session: Session, node_id: str, model: str, version: int, channel: str, rollback: bool,

@@ -1,0 +1,132 @@
+"""The admin CLI and the node CLI, run through the root ``edgerec`` command against a real service."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+from edgerec.sdk.cli.main import cli
+from edgerec.sync.admin_client import Credentials, save_credentials
+from edgerec.sync.testing import free_port
+from tuf.api.metadata import Metadata, Root
+
+
+@pytest.fixture
+def run(monkeypatch, tmp_path):
+    """Run ``edgerec ARGS`` in-process; the credentials file lives in tmp_path."""
+    monkeypatch.setenv("EDGEREC_ADMIN_CONFIG", str(tmp_path / "admin.json"))
+    for var in ("EDGEREC_SERVER", "EDGEREC_ADMIN_TOKEN", "EDGEREC_CA_CERT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("COLUMNS", "250")  # wide tables: rows stay on one line
+    runner = CliRunner()
+
+    def invoke(*args: str, code: int = 0):
+        result = runner.invoke(cli, list(args), catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result
+
+    return invoke
+
+
+def _login(env, tmp_path) -> None:
+    save_credentials(Credentials(env.url, env.init.admin_token), tmp_path / "admin.json")
+
+
+def test_admin_init_makes_keys_root_and_private_credentials(run, tmp_path, publisher, db_url):
+    out = run("admin", "init", "--data-dir", str(tmp_path / "data"), "--keys-dir", str(tmp_path / "rootkeys"),
+              "--publisher-key", str(publisher.public_path), "--db", db_url, "--root-keys", "3",
+              "--threshold", "2", "--json")
+    doc = json.loads(out.stdout)
+    assert doc["threshold"] == 2 and len(doc["root_keys"]) == 3
+    assert (os.stat(tmp_path / "admin.json").st_mode & 0o777) == 0o600
+    assert json.loads((tmp_path / "admin.json").read_text())["token"].startswith("era_")
+    for key in doc["root_keys"]:
+        assert (os.stat(key).st_mode & 0o777) == 0o600
+    assert not list((tmp_path / "data").rglob("root-*.key"))  # the service does not hold root keys
+    root = Metadata[Root].from_file(str(tmp_path / "data" / "repository" / "metadata" / "1.root.json")).signed
+    assert root.roles["root"].threshold == 2 and len(root.roles["root"].keyids) == 3
+    assert root.consistent_snapshot is True
+    assert len(root.unrecognized_fields["x-edgerec"]["publisher_keys"]) == 1
+    assert (tmp_path / "data" / "repository" / "metadata" / "timestamp.json").exists()
+
+
+def test_publish_rollout_and_fleet_views(run, sync_env, tmp_path):
+    env = sync_env
+    _login(env, tmp_path)
+    token = json.loads(run("admin", "enroll-token", "create", "--tags", "eu,store-7", "--expires", "1h",
+                           "--json").stdout)
+    assert token["tags"] == ["eu", "store-7"]
+    state = tmp_path / "node"
+    enrolled = json.loads(run("node", "enroll", "--server", env.url, "--token", token["token"], "--state-dir",
+                              str(state), "--name", "edge-7", "--json").stdout)
+    pkg = tmp_path / "ctr-1.edgepkg"
+    pkg.write_bytes(env.packages[1])
+    out = run("admin", "publish", str(pkg), "--channel", "stable")
+    assert "published ctr v1 on stable" in out.stdout and "1 node envelopes" in out.stdout
+    roll = json.loads(run("admin", "rollout", "ctr", "1", "--channel", "stable", "--percent", "100",
+                          "--json").stdout)
+    assert (roll["version"], roll["percent"], roll["changed"]) == (1, 100.0, 1)
+
+    out = run("node", "run", "--state-dir", str(state), "--model-dir", str(tmp_path / "models"), "--once")
+    assert "installed ctr v1" in out.stdout
+    nodes = json.loads(run("admin", "nodes", "--json").stdout)
+    assert [(n["node_id"], n["name"], n["tags"]) for n in nodes] == [(enrolled["node_id"], "edge-7",
+                                                                       ["eu", "store-7"])]
+    m = nodes[0]["models"][0]
+    assert (m["model"], m["desired_version"], m["installed_version"], m["state"]) == ("ctr", 1, 1, "serving")
+    status = json.loads(run("admin", "status", "ctr", "--json").stdout)
+    assert status["rollout"]["version"] == 1 and status["nodes"][0]["accelerator"] == "cpu"
+    table = run("admin", "status", "ctr").stdout
+    assert enrolled["node_id"] in table and "1 of 1 node(s) run their desired version" in table
+    assert enrolled["node_id"] in run("admin", "nodes").stdout
+    assert json.loads(run("admin", "packages", "--json").stdout)[0]["target"] == "stable/ctr/1.edgepkg"
+    local = json.loads(run("node", "status", "--state-dir", str(state), "--json").stdout)
+    assert local["installed"]["ctr"]["version"] == 1
+
+
+def _one_line_error(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_errors_are_one_line(run, sync_env, tmp_path, monkeypatch):
+    env = sync_env
+    _login(env, tmp_path)
+    pkg = tmp_path / "ctr-1.edgepkg"
+    pkg.write_bytes(env.packages[1])
+    run("admin", "publish", str(pkg), "--channel", "stable", "--json")
+    line = _one_line_error(run("admin", "publish", str(pkg), "--channel", "stable", code=1))
+    assert "already published" in line and "409" in line
+    line = _one_line_error(run("admin", "status", "nope", code=1))
+    assert "unknown model 'nope'" in line
+    line = _one_line_error(run("admin", "rollout", "ctr", "1", "--channel", "a/b", code=1))
+    assert "not a valid name" in line
+    monkeypatch.setenv("EDGEREC_ADMIN_TOKEN", "era_wrong")
+    line = _one_line_error(run("admin", "nodes", code=1))
+    assert "admin token is not valid" in line
+    monkeypatch.delenv("EDGEREC_ADMIN_TOKEN")
+    monkeypatch.setenv("EDGEREC_SERVER", f"http://127.0.0.1:{free_port()}")
+    line = _one_line_error(run("admin", "nodes", code=1))
+    assert "cannot reach the sync service" in line
+
+
+def test_credentials_come_from_env_first_and_the_file_must_be_private(run, sync_env, tmp_path, monkeypatch):
+    env = sync_env
+    save_credentials(Credentials(env.url, "era_stale"), tmp_path / "admin.json")
+    monkeypatch.setenv("EDGEREC_ADMIN_TOKEN", env.init.admin_token)
+    assert json.loads(run("admin", "nodes", "--json").stdout) == []
+    os.chmod(tmp_path / "admin.json", 0o644)
+    line = _one_line_error(run("admin", "nodes", code=1))
+    assert "readable by others" in line
+
+
+def test_admin_login_checks_and_saves(run, sync_env, tmp_path):
+    env = sync_env
+    out = run("admin", "--server", env.url, "login", "--token", env.init.admin_token)
+    assert "logged in" in out.stdout
+    assert json.loads((tmp_path / "admin.json").read_text())["server"] == env.url
+    _one_line_error(run("admin", "--server", env.url, "login", "--token", "era_nope", code=1))

@@ -1,0 +1,66 @@
+"""Assignment checks without IO: signature, addressee, expiry, replay, downgrade (table-driven)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from edgerec.sdk.keys import key_id
+from edgerec.sync.assignments import Accepted, Assignment, sign_assignment, verify_assignment
+from edgerec.sync.errors import (
+    AssignmentError,
+    AssignmentExpiredError,
+    AssignmentReplayError,
+    AssignmentSignatureError,
+    DowngradeError,
+)
+
+KEY = Ed25519PrivateKey.generate()
+TRUSTED = {key_id(KEY.public_key()): KEY.public_key()}
+NOW = int(time.time())
+
+
+def make(**changes) -> Assignment:
+    base = dict(node="n1", model="ctr", version=3, channel="stable", target="stable/ctr/3.edgepkg", serial=10,
+                rollback=False, issued=NOW, expires=NOW + 600)
+    return Assignment(**{**base, **changes})
+
+
+def test_a_good_assignment_is_accepted():
+    a = make()
+    assert verify_assignment(sign_assignment(a, KEY), TRUSTED, "n1", Accepted(9, 2), 2, NOW) == a
+    # The same assignment again (a re-signed refresh) is fine.
+    assert verify_assignment(sign_assignment(a, KEY), TRUSTED, "n1", Accepted(10, 3), 3, NOW) == a
+
+
+@pytest.mark.parametrize(
+    ("doc", "node", "accepted", "installed", "error"),
+    [
+        (sign_assignment(make(), Ed25519PrivateKey.generate()), "n1", None, None, AssignmentSignatureError),
+        (sign_assignment(make(), KEY), "n2", None, None, AssignmentSignatureError),
+        (sign_assignment(make(expires=NOW - 1), KEY), "n1", None, None, AssignmentExpiredError),
+        (sign_assignment(make(serial=5), KEY), "n1", Accepted(9, 2), None, AssignmentReplayError),
+        (sign_assignment(make(version=4), KEY), "n1", Accepted(10, 3), None, AssignmentReplayError),
+        (sign_assignment(make(version=2), KEY), "n1", None, 3, DowngradeError),
+        (b"{not json", "n1", None, None, AssignmentError),
+    ],
+    ids=["untrusted-key", "other-node", "expired", "older-serial", "same-serial-other-version", "downgrade",
+         "malformed"],
+)
+def test_bad_assignments_are_refused(doc, node, accepted, installed, error):
+    with pytest.raises(error):
+        verify_assignment(doc, TRUSTED, node, accepted, installed, NOW)
+
+
+def test_a_signed_rollback_may_go_down():
+    a = make(version=1, rollback=True, serial=11)
+    assert verify_assignment(sign_assignment(a, KEY), TRUSTED, "n1", Accepted(10, 3), 3, NOW).version == 1
+
+
+def test_a_changed_field_breaks_the_signature():
+    doc = json.loads(sign_assignment(make(version=2), KEY))
+    doc["signed"]["rollback"] = True  # turn a downgrade into a "rollback"
+    with pytest.raises(AssignmentSignatureError):
+        verify_assignment(json.dumps(doc).encode(), TRUSTED, "n1", None, 3, NOW)
