@@ -12,8 +12,10 @@ from typing import Any
 from edgerec.sdk import __version__
 from flask import Blueprint, Response
 
+from .api_v2 import metadata
 from .context import server
 from .metrics import EVENT_TYPES
+from .repository import ModelVersion
 from .tensors import DATATYPES
 from .wire import json_response
 
@@ -34,14 +36,17 @@ def _ref(name: str) -> dict[str, Any]:
 
 def _op(summary: str, tag: str, ok: dict[str, Any], *, body: dict[str, Any] | None = None,
         params: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None,
-        secure: bool = False) -> dict[str, Any]:
+        secure: bool = False, example: Any = None) -> dict[str, Any]:
     responses: dict[str, Any] = {"200": ok, "4XX": _json(ERROR, "Refused: the error names the field")}
     responses.update(extra or {})
     op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
     if params:
         op["parameters"] = params
     if body is not None:
-        op["requestBody"] = {"required": True, "content": {JSON: {"schema": body}}}
+        media: dict[str, Any] = {"schema": body}
+        if example is not None:
+            media["example"] = example
+        op["requestBody"] = {"required": True, "content": {JSON: media}}
     if secure:
         op["security"] = [{"bearer": []}]
     return op
@@ -58,7 +63,7 @@ def _path_params(models: list[str], versioned: bool) -> list[dict[str, Any]]:
     return params
 
 
-def _model_paths(models: list[str], versions: list[str]) -> dict[str, Any]:
+def _model_paths(models: list[str], examples: dict[str, Any]) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     unavailable = {"503": _json(ERROR, "A variant's version is not loaded, or the server is overloaded")}
     infer_ok = {"description": "Outputs (JSON, or the JSON header then binary tensors)",
@@ -74,26 +79,27 @@ def _model_paths(models: list[str], versions: list[str]) -> dict[str, Any]:
         paths[base + "/ready"] = {"get": _op("Model readiness", "v2", _json(_ref("ModelReady")), params=params)}
         paths[base + "/infer"] = {"post": _op(
             "Inference (Open Inference Protocol v2)", "v2", infer_ok, body=_ref("InferenceRequest"),
-            params=params + header, extra=unavailable)}
+            params=params + header, extra=unavailable, example=examples.get("infer"))}
         tf = "/v1/models/{model_name}" + ("/versions/{model_version}" if versioned else "")
         paths[tf + ":predict"] = {"post": _op(
             "TF-Serving predict (row or columnar form)", "tfserving", _json(_ref("PredictResponse")),
-            body=_ref("PredictRequest"), params=params, extra=unavailable)}
+            body=_ref("PredictRequest"), params=params, extra=unavailable, example=examples.get("predict"))}
         paths[tf] = {"get": _op("TF-Serving model status", "tfserving", _json(_ref("ModelStatus")), params=params)}
     return paths
 
 
-def build(models: list[str], versions: list[str]) -> dict[str, Any]:
-    """The whole document for the models loaded now."""
+def build(models: list[str], examples: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole document for the models loaded now; ``examples`` are request bodies that work."""
+    examples = examples or {}
     control_params = _path_params(models, True)
     paths: dict[str, Any] = {
         "/v2/health/live": {"get": _op("Server liveness", "v2", _json({"type": "object", "required": ["live"],
                                                                       "properties": {"live": {"type": "boolean"}}}))},
         "/v2/health/ready": {"get": _op("Server readiness (200 ready, 400 not yet)", "v2", _json(_ref("Ready")))},
         "/v2": {"get": _op("Server metadata", "v2", _json(_ref("ServerMetadata")))},
-        **_model_paths(models, versions),
+        **_model_paths(models, examples),
         "/v1/rank": {"post": _op("Rank candidates for a user", "recommend", _json(_ref("RankResponse")),
-                                 body=_ref("RankRequest"),
+                                 body=_ref("RankRequest"), example=examples.get("rank"),
                                  extra={"503": _json(ERROR, "The experiment's variant is not loaded")})},
         "/v1/events": {"post": _op("Record impressions, clicks and conversions", "recommend",
                                    _json(_ref("EventsResponse")), body=_ref("EventsRequest"))},
@@ -216,6 +222,29 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+def examples(mv: ModelVersion) -> dict[str, Any]:
+    """Working request bodies for ``mv`` from its package's warm-up samples (first rows)."""
+    samples = mv.model.package.warmup()
+    if not samples:
+        return {}
+    row = {k: v[:1] for k, v in samples.items()}
+    inputs = metadata(mv, [])["inputs"]
+    out: dict[str, Any] = {
+        "infer": {"inputs": [{"name": t["name"], "shape": list(row[t["name"]].shape), "datatype": t["datatype"],
+                              "data": row[t["name"]].ravel().tolist()} for t in inputs if t["name"] in row]},
+        "predict": {"instances": [{k: v[0].tolist() for k, v in row.items()}]},
+    }
+    feats = mv.manifest.features
+    if feats and all(f.input in samples for f in feats):
+        def pick(role: str, i: int) -> dict[str, Any]:
+            return {f.field: samples[f.input][i].tolist() for f in feats if f.role == role}
+
+        n = min(2, len(next(iter(samples.values()))))
+        out["rank"] = {"model": mv.name, "user": {"features": pick("user", 0)}, "context": pick("context", 0),
+                       "candidates": [pick("item", i) for i in range(n)], "top_k": 1}
+    return out
+
+
 @bp.get("/openapi.json")
 def openapi_json() -> Response:
     srv = server()
@@ -224,7 +253,8 @@ def openapi_json() -> Response:
         generation = srv.repo.generation
         versions = srv.repo.versions()
         names = sorted({mv.name for mv in versions})
-        cached = (generation, build(names, sorted({mv.label for mv in versions})))
+        serving = [mv for mv in versions if mv.serving]
+        cached = (generation, build(names, examples(serving[0]) if serving else None))
         srv.openapi_cache = cached  # a race only builds the same document twice
     return json_response(cached[1])
 
