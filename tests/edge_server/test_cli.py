@@ -1,0 +1,111 @@
+"""``edgerec serve`` as a user runs it: waitress, JSON logs, SIGTERM, several workers with one control API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+TOKEN = "cli-control-token-0123456789"
+ROW = {"inputs": [
+    {"name": "user_id", "shape": [1], "datatype": "BYTES", "data": ["u3"]},
+    {"name": "item_id", "shape": [1], "datatype": "INT64", "data": [5]},
+    {"name": "ctx", "shape": [1, 4], "datatype": "FP32", "data": [0.5, 0.5, 0.5, 0.5]},
+]}
+EDGEREC = [sys.executable, "-c", "from edgerec.sdk.cli import main; main()"]
+
+
+def _start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    log = tmp_path / f"serve-{len(list(tmp_path.iterdir()))}.log"
+    env = {**os.environ, "EDGEREC_CONTROL_TOKEN": TOKEN}
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([*EDGEREC, "serve", *args], stdout=fh, stderr=subprocess.STDOUT, env=env)
+    return proc, log
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"server not ready in {seconds} s:\n{log.read_text()}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail("server did not stop on SIGTERM")
+
+
+@pytest.mark.slow
+def test_serve_runs_on_waitress_with_json_logs(packages, trusted_key, tmp_path, unused_port):
+    url = f"http://127.0.0.1:{unused_port}"
+    proc, log = _start(["--model-dir", str(packages["dir"]), "--port", str(unused_port), "-k", str(trusted_key),
+                        "--threads", "1"], tmp_path)
+    try:
+        _wait_ready(url, proc, log)
+        r = httpx.post(f"{url}/v2/models/ctr/infer", json=ROW, headers={"X-Request-ID": "cli-1"})
+        assert r.status_code == 200 and r.headers["Server"] == "edgerec"  # waitress's ident, not Werkzeug
+    finally:
+        assert _stop(proc) == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert any(line["msg"].startswith("edge server listening") for line in lines)
+    assert any(line.get("request_id") == "cli-1" and line["logger"] == "edgerec.access" for line in lines)
+
+
+@pytest.mark.slow
+def test_workers_share_the_port_metrics_and_control(packages, trusted_key, tmp_path, unused_port):
+    url = f"http://127.0.0.1:{unused_port}"
+    proc, log = _start(["--model-dir", str(packages["dir"]), "--port", str(unused_port), "-k", str(trusted_key),
+                        "--workers", "2", "--threads", "1", "--no-access-log"], tmp_path)
+    try:
+        _wait_ready(url, proc, log)
+        time.sleep(1.0)  # both workers ready, not only the first to answer
+        for _ in range(10):
+            assert httpx.post(f"{url}/v2/models/ctr/infer", json=ROW).json()["model_version"] == "1"
+        r = httpx.post(f"{url}/control/v1/models/load", json={"path": str(packages["v2"])},
+                       headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["version"] == 2 and r.json()["state"] == "serving"
+        versions = {httpx.post(f"{url}/v2/models/ctr/infer", json=ROW).json()["model_version"] for _ in range(20)}
+        assert versions == {"2"}  # every worker swapped, whichever one answered the control call
+        from prometheus_client.parser import text_string_to_metric_families
+
+        samples = [s for fam in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+                   for s in fam.samples]
+        total = sum(s.value for s in samples
+                    if s.name == "edgerec_requests_total" and s.labels.get("endpoint") == "v2.infer")
+        assert total == 30  # summed over both worker processes
+        serving = {s.labels["pid"] for s in samples if s.name == "edgerec_model_info"
+                   and s.labels["version"] == "2" and s.value == 1}
+        assert len(serving) == 2  # each worker process reports v2 loaded
+    finally:
+        assert _stop(proc) == 0
+
+
+def test_usage_errors(tmp_path, packages):
+    r = subprocess.run([*EDGEREC, "serve", "--model-dir", str(packages["dir"])], capture_output=True, text=True,
+                       env={k: v for k, v in os.environ.items() if k != "EDGEREC_TRUSTED_KEYS"}, timeout=60)
+    assert r.returncode == 2 and "--trusted-key" in r.stderr
+    bad = tmp_path / "edge.toml"
+    bad.write_text("[batching]\nmax_batch = 0\n")
+    r = subprocess.run([*EDGEREC, "serve", "--config", str(bad), "-k", str(bad)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and "max_batch" in r.stderr
