@@ -12,7 +12,7 @@ MAPPED = {"sdk": "edgerec.sdk", "converter": "edgerec.converter", "edge_server":
 
 def test_every_package_folder_is_listed():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert config["package-dir"] == MAPPED
+    assert config["package-dir"] == {v: k for k, v in MAPPED.items()}
     found = set()
     for folder, name in MAPPED.items():
         for init in (ROOT / folder).rglob("__init__.py"):
