@@ -23,6 +23,7 @@ from edgerec.sdk._atomic import write_atomic
 
 from .errors import ConfigError, ServerUnreachableError
 from .node.client import error_of
+from .tls import client_verify
 
 CONFIG_ENV, SERVER_ENV, TOKEN_ENV, CA_ENV = (
     "EDGEREC_ADMIN_CONFIG", "EDGEREC_SERVER", "EDGEREC_ADMIN_TOKEN", "EDGEREC_CA_CERT",
@@ -90,7 +91,7 @@ class AdminClient:
     def __init__(self, creds: Credentials, timeout: float = 120.0) -> None:
         self.creds = creds
         self.client = httpx.Client(
-            base_url=creds.server, timeout=timeout, verify=creds.ca_cert or True,
+            base_url=creds.server, timeout=timeout, verify=client_verify(creds.ca_cert),
             headers={"Authorization": f"Bearer {creds.token}", "User-Agent": "edgerec-admin/0.1"},
         )
 

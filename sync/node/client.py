@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..errors import ApiError, ServerUnreachableError
 from ..httpsig import RequestSigner
+from ..tls import client_verify
 
 USER_AGENT = "edgerec-node/0.1"
 
@@ -23,8 +24,9 @@ def error_of(resp: httpx.Response) -> ApiError:
         return ApiError(resp.status_code, "http_error", resp.text[:200] or resp.reason_phrase)
 
 
-def http_client(base_url: str, verify: bool | str = True, timeout: float = 30.0) -> httpx.Client:
-    return httpx.Client(base_url=base_url, verify=verify, timeout=timeout, headers={"User-Agent": USER_AGENT})
+def http_client(base_url: str, ca_cert: str | None = None, timeout: float = 30.0) -> httpx.Client:
+    return httpx.Client(base_url=base_url, verify=client_verify(ca_cert), timeout=timeout,
+                        headers={"User-Agent": USER_AGENT})
 
 
 class NodeClient:

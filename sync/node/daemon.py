@@ -77,7 +77,7 @@ class NodeDaemon:
         self.state = state
         self.config = config or DaemonConfig()
         self.ident = state.identity()
-        self.http = http_client(self.ident.server, self.ident.ca_cert or True, self.config.timeout_s)
+        self.http = http_client(self.ident.server, self.ident.ca_cert, self.config.timeout_s)
         self.client = client or NodeClient(self.http, self.ident.node_id, state.signing_key())
         self.recipient = Recipient(self.ident.node_id, state.recipient_key())
         self.installer = Installer(model_dir, self.config.keep_versions)

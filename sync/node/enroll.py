@@ -21,7 +21,7 @@ def enroll_node(
         raise ConfigError(f"{state_dir}: already enrolled as {state.identity().node_id}")
     signing_pem, recipient_pem = state.ensure_keys()
     server = server.rstrip("/")
-    with http_client(server, ca_cert or True) as client:
+    with http_client(server, ca_cert) as client:
         doc = enroll_request(client, token, signing_pem, recipient_pem, name)
     try:
         root = base64.b64decode(doc["root"], validate=True)

@@ -1,0 +1,201 @@
+"""The node daemon: resumable downloads, the edge server step, keeping the old version, TLS."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import os
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
+from cryptography.x509.oid import NameOID
+from edgerec.sync.node.daemon import NodeDaemon
+from edgerec.sync.node.edge_control import EdgeControl
+from edgerec.sync.node.enroll import enroll_node
+from edgerec.sync.node.fetcher import HttpxFetcher
+from edgerec.sync.node.state import NodeState
+from edgerec.sync.server import RunningServer
+from edgerec.sync.tls import client_verify
+from flask import Flask, jsonify, request
+from tuf.ngclient import Updater
+from waitress import create_server, wasyncore
+
+
+def _target_url(env, pub) -> str:
+    return f"{env.url}/repository/targets/stable/ctr/{pub['sha256']}.1.edgepkg"
+
+
+def test_interrupted_download_resumes_with_a_range_request(sync_env, tmp_path):
+    env = sync_env
+    pub = env.publish(1)
+    url = _target_url(env, pub)
+    whole = httpx.get(url).content
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / hashlib.sha256(url.encode()).hexdigest()).write_bytes(whole[: len(whole) // 2])
+    seen: list[tuple[int, str | None]] = []
+    client = httpx.Client(event_hooks={"response": [lambda r: seen.append(
+        (r.status_code, r.request.headers.get("Range")))]})
+    fetcher = HttpxFetcher(client, partial)
+    root = (env.data_dir / "repository" / "metadata" / "1.root.json").read_bytes()
+    (tmp_path / "meta").mkdir()
+    up = Updater(str(tmp_path / "meta"), f"{env.url}/repository/metadata/", str(tmp_path / "t"),
+                 f"{env.url}/repository/targets/", fetcher=fetcher, bootstrap=root)
+    path = up.download_target(up.get_targetinfo("stable/ctr/1.edgepkg"))
+    assert Path(path).read_bytes() == whole
+    assert (206, f"bytes={len(whole) // 2}-") in seen and fetcher.resumed_bytes == len(whole) // 2
+    assert not any(partial.iterdir())
+
+
+def test_a_corrupt_partial_download_is_discarded_and_retried(sync_env):
+    env = sync_env
+    state = env.enroll("edge-1")
+    pub = env.publish(1)
+    env.admin().rollout("ctr", 1, "stable", 100, [])
+    state.partial_dir.mkdir(parents=True)
+    url = _target_url(env, pub)
+    (state.partial_dir / hashlib.sha256(url.encode()).hexdigest()).write_bytes(b"garbage" * 100)
+    daemon = env.daemon(state)
+    first = daemon.run_once()
+    assert first.installed == [] and "LengthOrHashMismatchError" in first.failures["ctr"]
+    assert daemon.run_once().installed == [("ctr", 1)]
+
+
+def test_keeps_the_previous_version_and_prunes_older(sync_env):
+    env = sync_env
+    state = env.enroll("edge-1")
+    daemon = env.daemon(state)
+    admin = env.admin()
+    folder = state.dir / "models" / "ctr"
+    for v in (1, 2, 3):
+        env.publish(v)
+        admin.rollout("ctr", v, "stable", 100, [])
+        assert daemon.run_once().installed == [("ctr", v)]
+    assert sorted(p.name for p in folder.glob("*.edgepkg")) == ["2.edgepkg", "3.edgepkg", "current.edgepkg"]
+    assert os.readlink(folder / "current.edgepkg") == "3.edgepkg"
+    # Nothing new to do: no download, no install.
+    again = daemon.run_once()
+    assert again.installed == [] and again.failures == {} and again.reported
+
+
+def test_state_files_are_private(sync_env):
+    state = sync_env.enroll("edge-1")
+    for f in ("keys/signing.key", "keys/recipient.key", "node.json", "root.json"):
+        assert (os.stat(state.dir / f).st_mode & 0o777) == 0o600, f
+    assert (os.stat(state.dir).st_mode & 0o777) == 0o700
+
+
+class FakeEdgeServer:
+    """A real HTTP server speaking the edge server's control API contract (load and list)."""
+
+    def __init__(self, token: str) -> None:
+        self.loaded: list[str] = []
+        self.refuse: set[int] = set()
+        app = Flask(__name__)
+
+        @app.post("/control/v1/models/load")
+        def load():
+            if request.headers.get("Authorization") != f"Bearer {token}":
+                return jsonify(error="unauthorized", detail="bad control token"), 401
+            path = request.get_json()["path"]
+            version = int(Path(path).stem)
+            if version in self.refuse:
+                return jsonify(error="warmup_failed", detail=f"v{version} failed warm-up"), 422
+            self.loaded.append(path)
+            return jsonify(name="ctr", version=version, accelerator="cpu", state="serving")
+
+        self.server = create_server(app, host="127.0.0.1", port=0, threads=2)
+        self.url = f"http://127.0.0.1:{self.server.effective_port}"
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.trigger.pull_trigger(lambda: wasyncore.close_all(self.server._map))
+        self.thread.join(5)
+        self.server.task_dispatcher.shutdown()
+
+
+def test_edge_server_loads_new_versions_and_a_refusal_keeps_the_old(sync_env):
+    env = sync_env
+    edge = FakeEdgeServer("ctl-secret")
+    try:
+        state = env.enroll("edge-1")
+        daemon = env.daemon(state, edge=EdgeControl(edge.url, "ctl-secret"))
+        admin = env.admin()
+        env.publish(1)
+        env.publish(2)
+        admin.rollout("ctr", 1, "stable", 100, [])
+        assert daemon.run_once().installed == [("ctr", 1)]
+        folder = (state.dir / "models" / "ctr").resolve()
+        assert edge.loaded == [str(folder / "1.edgepkg")]
+        edge.refuse.add(2)
+        admin.rollout("ctr", 2, "stable", 100, [])
+        result = daemon.run_once()
+        assert result.installed == [] and "warmup_failed" in result.failures["ctr"]
+        assert os.readlink(folder / "current.edgepkg") == "1.edgepkg"
+        row = admin.status("ctr")["nodes"][0]
+        assert (row["desired_version"], row["installed_version"]) == (2, 1)
+        assert "v2 failed warm-up" in row["last_failure"]["reason"] and row["last_failure"]["version"] == 2
+        edge.refuse.clear()
+        assert daemon.run_once().installed == [("ctr", 2)]
+        assert edge.loaded[-1] == str(folder / "2.edgepkg")
+    finally:
+        edge.stop()
+
+
+def test_unreachable_service_is_survived(sync_env):
+    env = sync_env
+    state = env.enroll("edge-1")
+    daemon = env.daemon(state)
+    env.server.stop()
+    result = daemon.run_once()
+    assert result.reachable is False and result.installed == []
+    env.server = RunningServer(env.service, maintenance=False).start()  # for the fixture's teardown
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    key = generate_private_key(SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgerec test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_end_to_end(sync_env, tmp_path):
+    env = sync_env
+    cert, key = _self_signed(tmp_path)
+    tls = RunningServer(env.service, tls=(cert, key), maintenance=False).start()
+    try:
+        assert tls.url.startswith("https://")
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(tls.url + "/api/v1/health")  # not trusted without the CA
+        assert httpx.get(tls.url + "/api/v1/health", verify=client_verify(str(cert))).json() == {"status": "ok"}
+        ident = enroll_node(tmp_path / "node", tls.url, env.token(), "tls-node", ca_cert=str(cert))
+        env.publish(1)
+        env.admin().rollout("ctr", 1, "stable", 100, [])
+        daemon = NodeDaemon(NodeState(tmp_path / "node"), tmp_path / "models")
+        try:
+            assert daemon.run_once().installed == [("ctr", 1)]
+        finally:
+            daemon.close()
+        assert ident.metadata_url.startswith("https://")
+    finally:
+        tls.stop()

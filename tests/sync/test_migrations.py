@@ -1,0 +1,81 @@
+"""Schema migrations: create and stamp, step up, refuse a newer schema, run safely in parallel."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from edgerec.sync.errors import ConfigError
+from edgerec.sync.store import SCHEMA_VERSION, Database, migrate
+from edgerec.sync.store.migrations import current_version
+from edgerec.sync.store.models import Counter, SchemaInfo
+from sqlalchemy import Connection, inspect, select, text, update
+
+
+@pytest.fixture
+def db(db_url):
+    d = Database(db_url)
+    yield d
+    d.dispose()
+
+
+def _version(db: Database) -> int | None:
+    with db.engine.connect() as conn:
+        return current_version(conn)
+
+
+def test_fresh_database_is_created_and_stamped(db):
+    assert migrate(db) == 0
+    assert _version(db) == SCHEMA_VERSION
+    with db.read() as s:
+        assert set(s.execute(select(Counter.name)).scalars()) == {"repository", "serial"}
+    assert migrate(db) == SCHEMA_VERSION  # nothing to do the second time
+
+
+def test_steps_bring_an_older_schema_up(db):
+    migrate(db)
+    calls: list[int] = []
+
+    def add_notes(conn: Connection) -> None:
+        calls.append(2)
+        conn.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"))
+
+    assert migrate(db, head=2, steps={2: add_notes}) == 1
+    assert calls == [2] and _version(db) == 2
+    with db.engine.connect() as conn:
+        assert inspect(conn).has_table("notes")
+    migrate(db, head=2, steps={2: add_notes})
+    assert calls == [2]
+    with pytest.raises(ConfigError, match="no migration to version 3"):
+        migrate(db, head=3, steps={})
+
+
+def test_a_newer_schema_is_refused(db):
+    migrate(db)
+    with db.write() as s:
+        s.execute(update(SchemaInfo).values(version=99))
+    with pytest.raises(ConfigError, match="newer than this service"):
+        migrate(db)
+
+
+def test_processes_starting_together_migrate_once(db_url):
+    dbs = [Database(db_url) for _ in range(4)]
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def run(d: Database) -> None:
+        try:
+            results.append(migrate(d))
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(d,)) for d in dbs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == [] and sorted(results) == [0, 1, 1, 1]
+    with dbs[0].read() as s:
+        assert s.execute(select(SchemaInfo.version)).scalars().all() == [SCHEMA_VERSION]
+    for d in dbs:
+        d.dispose()
