@@ -93,6 +93,7 @@ class OrtBuilder:
     """ORT-format artifacts from an ONNX model."""
 
     def __init__(self, onnx_bytes: bytes, options: ort.StaticOptions) -> None:
+        onnx_bytes = ort.shorten_names(onnx_bytes)
         ort.check_runs(onnx_bytes, "fp32")
         self.onnx_bytes = onnx_bytes
         self.options = options

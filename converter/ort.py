@@ -23,6 +23,10 @@ from .errors import ConversionError, UnsupportedOpError
 
 PRECISIONS = ("fp32", "int8-dynamic", "int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# Static QDQ only around ops that hold weights: in a recommender the tables and
+# kernels are the size, and leaving the activations of element-wise ops (FM
+# squares, sums) in float avoids most of the accuracy loss and most Q/DQ nodes.
+STATIC_OPS = ("Gather", "MatMul", "Gemm")
 Sample = dict[str, npt.NDArray[Any]]
 
 
@@ -106,9 +110,43 @@ def _quantize_static(src: Path, out: Path, samples: list[Sample], opts: StaticOp
     extra = {"CalibPercentile": opts.percentile} if opts.method == "percentile" else {}
     quantize_static(
         src, out, reader, quant_format=QuantFormat.QDQ, per_channel=opts.per_channel,
+        op_types_to_quantize=list(STATIC_OPS),
         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
         calibrate_method=method, extra_options=extra,
     )
+
+
+def shorten_names(onnx_bytes: bytes) -> bytes:
+    """Rename internal tensors and nodes to short ids.
+
+    tf2onnx names every tensor after its TensorFlow scope (80+ characters);
+    in a small quantized model those names are a tenth of the file, and an
+    edge device gains nothing from them. Graph inputs and outputs keep their
+    names: they are the model's signature.
+    """
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    graph = model.graph
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names)}")
+
+    for init in graph.initializer:
+        init.name = short(init.name)
+    for i, node in enumerate(graph.node):
+        node.name = f"n{i}"
+        node.input[:] = [short(x) for x in node.input]
+        node.output[:] = [short(x) for x in node.output]
+    for value in graph.value_info:
+        value.name = short(value.name)
+    if any(n.op_type in ("If", "Loop", "Scan") for n in graph.node):
+        return onnx_bytes  # subgraphs refer to outer names; leave such models as they are
+    return bytes(model.SerializeToString())
 
 
 def fix_batch(onnx_bytes: bytes, batch: int) -> bytes:
