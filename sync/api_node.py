@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 
 from .app import service
 from .errors import BadRequestError, PayloadTooLargeError
-from .store.models import Node
 
 bp = Blueprint("node", __name__, url_prefix="/api/v1")
 
@@ -47,7 +46,7 @@ def signed_url() -> str:
     return "http://edgerec" + quote(request.path) + (f"?{query}" if query else "")
 
 
-def authenticated(session: Session, body: bytes) -> Node:
+def authenticated(session: Session, body: bytes) -> str:
     return service().authenticate(session, request.method, signed_url(), request.headers, body)
 
 
@@ -69,17 +68,17 @@ def enroll() -> Any:
 def assignments() -> Any:
     svc = service()
     with svc.db.write() as session:
-        node = authenticated(session, read_body(svc.config.max_json_bytes))
-        docs = svc.signed_assignments(session, node)
-        return jsonify(node_id=node.id, assignments=docs)
+        node_id = authenticated(session, read_body(svc.config.max_json_bytes))
+        docs = svc.signed_assignments(session, node_id)
+        return jsonify(node_id=node_id, assignments=docs)
 
 
 @bp.get("/node/envelopes/<model>/<int:version>")
 def envelopes(model: str, version: int) -> Any:
     svc = service()
     with svc.db.write() as session:
-        node = authenticated(session, read_body(svc.config.max_json_bytes))
-        return jsonify(model=model, version=version, envelopes=svc.node_envelopes(session, node, model, version))
+        node_id = authenticated(session, read_body(svc.config.max_json_bytes))
+        return jsonify(model=model, version=version, envelopes=svc.node_envelopes(session, node_id, model, version))
 
 
 @bp.post("/node/reports")
@@ -87,6 +86,6 @@ def reports() -> Any:
     svc = service()
     body = read_body(svc.config.max_report_bytes)
     with svc.db.write() as session:
-        node = authenticated(session, body)
-        result = svc.report(session, node, json_body(body))
+        node_id = authenticated(session, body)
+        result = svc.report(session, node_id, json_body(body))
     return jsonify(report_id=result.report_id, duplicate=result.duplicate), 200 if result.duplicate else 201

@@ -74,8 +74,9 @@ def enroll(session: Session, token: object, signing_pem: object, recipient_pem: 
         update(EnrollToken)
         .where(EnrollToken.token_hash == h, EnrollToken.used_at.is_(None), EnrollToken.expires > now)
         .values(used_at=now)
-    )
-    if consumed.rowcount != 1:  # type: ignore[attr-defined]
+        .returning(EnrollToken.id)
+    ).first()
+    if consumed is None:
         row = session.execute(select(EnrollToken).where(EnrollToken.token_hash == h)).scalar_one_or_none()
         if row is None:
             raise AuthenticationError("the enrollment token is not valid")

@@ -14,11 +14,11 @@ from typing import Any
 
 from edgerec.sdk.errors import PackageError
 from edgerec.sdk.manifest import check_name
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from .errors import BadRequestError
+from .store import Database
 from .store.models import Node, NodeModel, Report
 
 KINDS = ("status", "metrics")
@@ -62,30 +62,34 @@ def check_report(doc: Any) -> tuple[str, str]:
     return rid, kind
 
 
-def store_report(session: Session, node: Node, doc: dict[str, Any]) -> ReportResult:
+def store_report(db: Database, session: Session, node_id: str, doc: dict[str, Any]) -> ReportResult:
     """Store a report once; apply a status report to the node's model view."""
     rid, kind = check_report(doc)
+    rows = _status_rows(doc) if kind == "status" else []
     now = time.time()
-    dup = session.execute(
-        select(Report.id).where(Report.node_id == node.id, Report.report_id == rid)
-    ).first()
-    if dup is not None:
-        return ReportResult(rid, True)
-    try:
-        with session.begin_nested():
-            session.add(Report(node_id=node.id, report_id=rid, kind=kind, body=doc, received=now))
-    except IntegrityError:
-        # The same report raced in through another process.
+    conn = session.connection()
+    added = conn.execute(db.insert(Report).on_conflict_do_nothing().returning(Report.id),
+                         {"node_id": node_id, "report_id": rid, "kind": kind, "body": doc, "received": now})
+    if added.first() is None:
         return ReportResult(rid, True)
     if kind == "status":
-        _apply_status(session, node, doc, now)
+        node = {k: v for k, v in (("accelerator", _short(doc.get("accelerator"), 32, "accelerator")),
+                                  ("health", _short(doc.get("health"), 32, "health")),
+                                  ("agent", _short(doc.get("agent"), 64, "agent"))) if v is not None}
+        if node:
+            conn.execute(update(Node).where(Node.id == node_id).values(**node))
+        for name, values in rows:
+            values["updated"] = now
+            conn.execute(
+                db.insert(NodeModel).values(node_id=node_id, model=name, **values)
+                .on_conflict_do_update(index_elements=["node_id", "model"], set_=values)
+            )
     return ReportResult(rid, False)
 
 
-def _apply_status(session: Session, node: Node, doc: dict[str, Any], now: float) -> None:
-    node.accelerator = _short(doc.get("accelerator"), 32, "accelerator") or node.accelerator
-    node.health = _short(doc.get("health"), 32, "health") or node.health
-    node.agent = _short(doc.get("agent"), 64, "agent") or node.agent
+def _status_rows(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Checked per-model columns of a status report (the last failure only when one is given)."""
+    out = []
     for i, m in enumerate(doc.get("models", [])):
         if not isinstance(m, dict):
             raise BadRequestError(f"models[{i}]: expected an object")
@@ -93,21 +97,21 @@ def _apply_status(session: Session, node: Node, doc: dict[str, Any], now: float)
             name = check_name(m.get("name"), f"models[{i}].name")
         except PackageError as exc:
             raise BadRequestError(str(exc)) from exc
-        row = session.get(NodeModel, (node.id, name))
-        if row is None:
-            row = NodeModel(node_id=node.id, model=name, updated=now)
-            session.add(row)
-        row.installed_version = _version(m.get("installed_version"), f"models[{i}].installed_version")
-        row.state = _short(m.get("state"), 32, f"models[{i}].state")
-        row.accelerator = _short(m.get("accelerator"), 32, f"models[{i}].accelerator")
-        row.health = _short(m.get("health"), 32, f"models[{i}].health")
+        values: dict[str, Any] = {
+            "installed_version": _version(m.get("installed_version"), f"models[{i}].installed_version"),
+            "state": _short(m.get("state"), 32, f"models[{i}].state"),
+            "accelerator": _short(m.get("accelerator"), 32, f"models[{i}].accelerator"),
+            "health": _short(m.get("health"), 32, f"models[{i}].health"),
+        }
         failure = m.get("failure")
         if isinstance(failure, dict):
-            row.failure_version = _version(failure.get("version"), f"models[{i}].failure.version")
-            row.failure_reason = _short(failure.get("reason"), 2000, f"models[{i}].failure.reason")
             at = failure.get("at")
-            row.failure_at = float(at) if isinstance(at, int | float) and not isinstance(at, bool) else now
+            values.update(
+                failure_version=_version(failure.get("version"), f"models[{i}].failure.version"),
+                failure_reason=_short(failure.get("reason"), 2000, f"models[{i}].failure.reason"),
+                failure_at=float(at) if isinstance(at, int | float) and not isinstance(at, bool) else time.time(),
+            )
         elif failure is not None:
             raise BadRequestError(f"models[{i}].failure: expected an object or null")
-        row.updated = now
-    session.flush()
+        out.append((name, values))
+    return out

@@ -64,6 +64,8 @@ class RunningServer:
             app, host=listen_host, port=listen_port, threads=cfg.threads, ident="edgerec-sync",
             max_request_body_size=cfg.max_upload_bytes + 1024 * 1024, url_scheme="https" if tls else "http",
             channel_timeout=60, connection_limit=4096, clear_untrusted_proxy_headers=True,
+            # poll(), not select(): more than 1024 open connections must not break the loop.
+            asyncore_use_poll=True,
         )
         inner_port = int(self._server.effective_port)  # type: ignore[union-attr]
         self._tls = TlsFront(host, port, server_context(*tls), ("127.0.0.1", inner_port)) if tls else None

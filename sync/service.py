@@ -18,8 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edgerec.sdk.errors import PackageError
 from edgerec.sdk.keys import public_key_from_pem
 from edgerec.sdk.manifest import check_name
-from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from .assignments import Assignment as SignedAssignment
@@ -80,6 +79,8 @@ class SyncService:
         self.publisher = Publisher(db, self.repo, self.blobs, self.keys)
         self.rollouts = Rollouts(db)
         self.verifier = RequestVerifier(config.signature_max_age_s, config.clock_skew_s)
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._nonce_insert = db.insert(Nonce).on_conflict_do_nothing().returning(Nonce.nonce)
 
     @classmethod
     def open(cls, data_dir: Path, db_url: str | None = None, config: ServiceConfig | None = None) -> SyncService:
@@ -218,58 +219,60 @@ class SyncService:
             root = self.repo.root_bytes(session)
             return Enrolled(node.id, list(node.tags), root)
 
-    def authenticate(
-        self, session: Session, method: str, url: str, headers: Any, body: bytes
-    ) -> Node:
-        """The node that signed this request; refuses bad signatures, replays and revoked nodes."""
-        found: dict[str, Node] = {}
+    def _public_key(self, pem: str) -> Ed25519PublicKey:
+        # Parsing a PEM costs more than the signature check; keys are immutable, so cache by PEM.
+        key = self._keys.get(pem)
+        if key is None:
+            parsed = public_key_from_pem(pem, "ed25519")
+            assert isinstance(parsed, Ed25519PublicKey)
+            key = self._keys[pem] = parsed
+        return key
+
+    def authenticate(self, session: Session, method: str, url: str, headers: Any, body: bytes) -> str:
+        """The id of the node that signed this request; refuses bad signatures, replays and revoked nodes."""
+        # Every node request passes here: prepared Core statements on the session's
+        # connection, no ORM objects.
+        conn = session.connection()
+        found: dict[str, Any] = {}
 
         def lookup(kid: str) -> Ed25519PublicKey | None:
-            node = session.get(Node, kid)
-            if node is None:
+            row = conn.execute(_NODE_KEY, {"id": kid}).first()
+            if row is None:
                 return None
-            found[kid] = node
-            key = public_key_from_pem(node.signing_key, "ed25519")
-            assert isinstance(key, Ed25519PublicKey)
-            return key
+            found[kid] = row
+            return self._public_key(row.signing_key)
 
         verified = self.verifier.verify(method, url, headers, body, lookup)
-        node = found[verified.key_id]
-        if node.revoked_at is not None:
-            raise ForbiddenError(f"node {node.id} is revoked")
+        node_id = verified.key_id
+        if found[node_id].revoked_at is not None:
+            raise ForbiddenError(f"node {node_id} is revoked")
         now = time.time()
-        try:
-            with session.begin_nested():
-                session.add(Nonce(node_id=node.id, nonce=verified.nonce, created=now))
-        except IntegrityError as exc:
-            raise ReplayError("replayed request: this signature's nonce was already used") from exc
-        node.last_seen = now
-        return node
+        # RETURNING rather than rowcount: psycopg reports -1 for ON CONFLICT DO NOTHING.
+        fresh = conn.execute(self._nonce_insert, {"node_id": node_id, "nonce": verified.nonce, "created": now})
+        if fresh.first() is None:
+            raise ReplayError("replayed request: this signature's nonce was already used")
+        conn.execute(_TOUCH, {"nid": node_id, "now": now})
+        return node_id
 
-    def signed_assignments(self, session: Session, node: Node) -> list[str]:
+    def signed_assignments(self, session: Session, node_id: str) -> list[str]:
         """The node's assignments, freshly signed (expiry from now)."""
         now = int(time.time())
-        rows = session.execute(
-            select(Assignment, ChannelTarget.target_path)
-            .join(PackageVersion, (PackageVersion.name == Assignment.model)
-                  & (PackageVersion.version == Assignment.version))
-            .join(ChannelTarget, (ChannelTarget.package_id == PackageVersion.id)
-                  & (ChannelTarget.channel == Assignment.channel))
-            .where(Assignment.node_id == node.id)
-            .order_by(Assignment.model)
-        ).all()
+        rows = session.connection().execute(_ASSIGNMENTS, {"nid": node_id}).all()
         key = self.keys.assignment
         return [
             sign_assignment(
-                SignedAssignment(node.id, a.model, a.version, a.channel, path, a.serial, a.rollback, now,
+                SignedAssignment(node_id, a.model, a.version, a.channel, path, a.serial, a.rollback, now,
                                  now + self.config.assignment_expiry_s),
                 key,
             ).decode()
-            for a, path in rows
+            for a in rows
+            for path in [a.target_path]
         ]
 
-    def node_envelopes(self, session: Session, node: Node, model: str, version: int) -> list[str]:
+    def node_envelopes(self, session: Session, node_id: str, model: str, version: int) -> list[str]:
         model = name_arg(model, "model")
+        node = session.get(Node, node_id)
+        assert node is not None
         package = session.execute(
             select(PackageVersion).where(PackageVersion.name == model, PackageVersion.version == version)
         ).scalar_one_or_none()
@@ -277,8 +280,21 @@ class SyncService:
             raise NotFoundError(f"unknown model version {model} {version}")
         return [e.decode() for e in envelopes_for(session, self.keys.kek, node, package)]
 
-    def report(self, session: Session, node: Node, doc: dict[str, Any]) -> ReportResult:
-        return store_report(session, node, doc)
+    def report(self, session: Session, node_id: str, doc: dict[str, Any]) -> ReportResult:
+        return store_report(self.db, session, node_id, doc)
+
+
+_NODE_KEY = select(Node.signing_key, Node.revoked_at).where(Node.id == bindparam("id"))
+_TOUCH = update(Node).where(Node.id == bindparam("nid")).values(last_seen=bindparam("now"))
+_ASSIGNMENTS = (
+    select(Assignment.model, Assignment.version, Assignment.channel, Assignment.serial, Assignment.rollback,
+           ChannelTarget.target_path)
+    .join(PackageVersion, (PackageVersion.name == Assignment.model) & (PackageVersion.version == Assignment.version))
+    .join(ChannelTarget,
+          (ChannelTarget.package_id == PackageVersion.id) & (ChannelTarget.channel == Assignment.channel))
+    .where(Assignment.node_id == bindparam("nid"))
+    .order_by(Assignment.model)
+)
 
 
 def _by_node(rows: Iterable[Any]) -> dict[str, dict[str, Any]]:

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import create_engine, event, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
@@ -112,6 +114,12 @@ class Database:
         value = self.lock(session, name) + 1
         session.execute(Counter.__table__.update().where(Counter.name == name).values(value=value))
         return value
+
+    def insert(self, model: type[Any]) -> Any:
+        """An INSERT with this dialect's ``on_conflict_do_nothing`` / ``on_conflict_do_update``."""
+        if self.dialect == "postgresql":
+            return pg_insert(model)
+        return sqlite_insert(model)
 
     def dispose(self) -> None:
         self.engine.dispose()
