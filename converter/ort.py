@@ -134,12 +134,12 @@ def shorten_names(onnx_bytes: bytes) -> bytes:
     def short(name: str) -> str:
         if not name or name in keep:
             return name
-        return names.setdefault(name, f"t{len(names)}")
+        return names.setdefault(name, f"t{len(names)}_")  # "_": quantizer suffixes cannot collide
 
     for init in graph.initializer:
         init.name = short(init.name)
     for i, node in enumerate(graph.node):
-        node.name = f"n{i}"
+        node.name = f"n{i}_"
         node.input[:] = [short(x) for x in node.input]
         node.output[:] = [short(x) for x in node.output]
     for value in graph.value_info:

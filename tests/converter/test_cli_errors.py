@@ -36,13 +36,19 @@ def _run(args):
 def test_convert_prints_the_report_and_writes_a_signed_package(files):
     d, key = files
     out = d / "ok.edgepkg"
+    features = d / "features.json"
+    features.write_text('{"ctx": {"role": "user", "field": "device", "default": 0.5}}')
     res = _run([d / "ctr.onnx", "--out", out, "--sign-key", key.private_path, "--eval", d / "eval.npz",
-                "--quantize", "none", "--name", "ctr", "--version", "3"])
+                "--quantize", "none", "--name", "ctr", "--version", "3", "--features", features])
     assert res.exit_code == 0, res.output
     assert "conversion report" in res.output and "fp32" in res.output and "kept" in res.output
     m = Package.open(out, load_verify_key(key.public_path)).manifest
     assert (m.name, m.version, m.artifacts[0].precision) == ("ctr", 3, "fp32")
     assert m.eval_report["variants"][0]["max_abs_diff"] < 1e-6
+    feats = {f.input: (f.role, f.field, f.default) for f in m.features}
+    # --features wins; the other inputs get roles from their names.
+    assert feats == {"ctx": ("user", "device", 0.5), "user_id": ("user", "user_id", None),
+                     "item_id": ("item", "item_id", None)}
 
 
 def _hashing_model(path):
@@ -75,6 +81,7 @@ def _custom_op_model(path):
         ("custom_op", "Frobnicate"),
         ("tflite_from_onnx", "LiteRT artifacts come from Keras or SavedModel sources"),
         ("auto_without_eval", "--quantize auto needs --eval"),
+        ("bad_feature_role", "ctx.role 'device' is not one of user, item, context"),
     ],
 )
 def test_bad_input_fails_in_one_line_and_leaves_nothing(files, tmp_path, case, expected):
@@ -105,6 +112,9 @@ def test_bad_input_fails_in_one_line_and_leaves_nothing(files, tmp_path, case, e
         extra = ["--format", "tflite"]
     elif case == "auto_without_eval":
         extra = ["--quantize", "auto"]
+    elif case == "bad_feature_role":
+        (tmp_path / "f.json").write_text('{"ctx": {"role": "device"}}')
+        extra = ["--features", tmp_path / "f.json"]
     out = tmp_path / "out" / "x.edgepkg"
     res = _run([src, "--out", out, "--sign-key", key.private_path, *extra])
     assert res.exit_code == 1, res.output

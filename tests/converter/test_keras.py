@@ -16,7 +16,8 @@ RAW = ("user", "item", "ctx")
 def auto(keras_models, ctr_data, signing_key, tmp_path_factory):
     out = tmp_path_factory.mktemp("auto") / "auto.edgepkg"
     opts = ConvertOptions(quantize="auto", eval=ctr_data.eval_path, calibration=ctr_data.calib_path,
-                          batch_buckets=(1, 16), max_auc_drop=0.01)
+                          batch_buckets=(1, 16), max_auc_drop=0.01, calibration_method="percentile",
+                          per_channel=True)
     return convert(keras_models.lookup_path, out, signing_key, opts)
 
 
