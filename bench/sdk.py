@@ -17,11 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _report import header, write_section  # noqa: E402
-
-from edgerec.sdk import Package  # noqa: E402
-from edgerec.sdk.cli import _demo_models as demo  # noqa: E402
-from edgerec.sdk.cli.bench import run_bench  # noqa: E402
+from _report import header, write_section
+from edgerec.sdk import Package
+from edgerec.sdk.cli import _demo_models as demo
+from edgerec.sdk.cli.bench import run_bench
 
 
 def table(rows: list[dict]) -> str:
@@ -37,9 +36,8 @@ def main() -> None:
     ap.add_argument("--gpu-json", type=Path, help="output of `bench/sdk_gpu.py check` on a GPU machine")
     ap.add_argument("--repeats", type=int, default=300)
     args = ap.parse_args()
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     import sdk_gpu
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     key = Ed25519PrivateKey.generate()
     rows = []
