@@ -9,6 +9,8 @@ need order take a row lock with :meth:`Database.lock`.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -47,6 +49,12 @@ class Database:
         else:
             raise ConfigError(f"database {self.dialect!r} is not supported (use sqlite or postgresql)")
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time. Threads of this process queue on a mutex
+        # (handed over at once) instead of SQLite's busy handler, which sleeps and
+        # retries in steps of up to 100 ms; other processes still meet the busy handler.
+        self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
+        )
 
     @staticmethod
     def _sqlite_engine(url: str, pool_size: int) -> Engine:
@@ -86,7 +94,7 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A write transaction: committed on success, rolled back on any error."""
-        with self._sessions() as session:
+        with self._write_lock, self._sessions() as session:
             # Procuring the connection begins the transaction (BEGIN IMMEDIATE on SQLite).
             session.connection(execution_options={"edgerec_write": True})
             try:
