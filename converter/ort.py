@@ -9,6 +9,7 @@ per channel). ``convert_onnx_models_to_ort`` writes the ``.ort`` file and the
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import tempfile
@@ -50,24 +51,33 @@ def quantize(
         raise ConversionError(f"ort: {precision!r} is not supported (use {', '.join(PRECISIONS)})")
     if precision == "fp32":
         return onnx_bytes
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     with tempfile.TemporaryDirectory(prefix="edgerec-ort-") as tmp:
         src, pre, out = Path(tmp, "in.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "out.onnx")
         src.write_bytes(onnx_bytes)
-        _pre_process(src, pre)
-        try:
-            if precision == "int8-dynamic":
-                quantize_dynamic(pre, out, weight_type=QuantType.QInt8)
-            else:
-                if not samples:
-                    raise ConversionError("ort int8: calibration data is needed for static quantization")
-                _quantize_static(pre, out, samples, options or StaticOptions())
-        except ConversionError:
-            raise
-        except Exception as exc:  # the quantizer raises bare Exceptions and asserts
-            raise ConversionError(f"ONNX Runtime quantization ({precision}) failed: {_line(exc)}") from exc
+        # ONNX Runtime's shape inference and calibrator leave temporary files in
+        # the working directory; keep them in ours.
+        with contextlib.chdir(tmp):
+            _quantize_in(src, pre, out, precision, samples, options)
         return out.read_bytes()
+
+
+def _quantize_in(
+    src: Path, pre: Path, out: Path, precision: str, samples: list[Sample] | None, options: StaticOptions | None
+) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    _pre_process(src, pre)
+    try:
+        if precision == "int8-dynamic":
+            quantize_dynamic(pre, out, weight_type=QuantType.QInt8)
+        else:
+            if not samples:
+                raise ConversionError("ort int8: calibration data is needed for static quantization")
+            _quantize_static(pre, out, samples, options or StaticOptions())
+    except ConversionError:
+        raise
+    except Exception as exc:  # the quantizer raises bare Exceptions and asserts
+        raise ConversionError(f"ONNX Runtime quantization ({precision}) failed: {_line(exc)}") from exc
 
 
 def _pre_process(src: Path, out: Path) -> None:
