@@ -71,9 +71,10 @@ def parse_rank(doc: dict[str, Any], max_candidates: int) -> RankRequest:
         raise BadRequestError("expected a non-empty list of item ids or feature objects", field="candidates")
     if len(candidates) > max_candidates:
         raise BadRequestError(f"more than {max_candidates} candidates", field="candidates")
-    for i, c in enumerate(candidates):
-        if not (_id(c) or isinstance(c, dict)):
-            raise BadRequestError("expected an item id or an object of features", field=f"candidates[{i}]")
+    if not set(map(type, candidates)) <= {str, int, dict}:  # one C-level pass; the loop only names the culprit
+        for i, c in enumerate(candidates):
+            if not (_id(c) or isinstance(c, dict)):
+                raise BadRequestError("expected an item id or an object of features", field=f"candidates[{i}]")
     context = doc.get("context") or {}
     if not isinstance(context, dict):
         raise BadRequestError("expected an object", field="context")

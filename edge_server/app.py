@@ -14,31 +14,29 @@ import os
 import re
 import threading
 from pathlib import Path
-from time import perf_counter
 from typing import Any
 
 from edgerec.sdk._atomic import write_atomic
 from edgerec.sdk.errors import EdgeRecError
 from edgerec.sdk.keys import load_recipient_key, load_verify_key
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from . import api_rank, api_tfserving, api_v2, control, metrics_api, openapi
 from .cache import open_cache
 from .config import ServerConfig, read_token
-from .context import RequestState
+from .context import STATE_KEY
 from .dataplane import DataPlane
 from .errors import UnauthorizedError, classify
 from .features import FeatureStore, open_source
 from .metrics import Metrics
+from .middleware import RequestMiddleware
 from .repository import LoadSettings, Repository
 from .response_ids import ResponseIds
-from .tracing import new_trace, open_telemetry
+from .tracing import open_telemetry
 from .wire import json_response
 
 log = logging.getLogger("edgerec.edge_server")
-access_log = logging.getLogger("edgerec.access")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 STATE_FILE = "state.json"
 PEERS_DIR = "peers"
 
@@ -170,43 +168,12 @@ def create_app(config: ServerConfig | None = None, *, tracer_provider: Any = Non
 
 
 def _install_hooks(app: Flask, srv: EdgeServer) -> None:
-    otel, metrics = srv.otel, srv.metrics
-    log_access = srv.config.access_log
+    # The request's endpoint, for the middleware's metrics (url preprocessors are cheaper than hooks).
+    @app.url_value_preprocessor
+    def label(endpoint: str | None, values: dict[str, Any] | None) -> None:
+        request.environ[STATE_KEY].endpoint = endpoint or "unmatched"
 
-    @app.before_request
-    def begin() -> None:
-        rid = request.headers.get("X-Request-ID")
-        if rid is None or not _REQUEST_ID.match(rid):
-            rid = os.urandom(8).hex()
-        header = request.headers.get("traceparent")
-        st = RequestState(rid, new_trace(header), perf_counter())
-        if otel is not None:
-            span, token, trace = otel.start(request.endpoint or "unmatched", request.headers)
-            st.otel = (span, token)
-            if trace is not None:
-                st.trace = trace
-        g.edgerec = st
-
-    @app.after_request
-    def end(resp: Response) -> Response:
-        st: RequestState | None = g.get("edgerec")
-        if st is None:
-            return resp
-        resp.headers["X-Request-ID"] = st.request_id
-        resp.headers["traceparent"] = st.trace.traceparent
-        endpoint = request.endpoint or "unmatched"
-        seconds = perf_counter() - st.started
-        metrics.request(endpoint, st.model, st.version, st.variant, resp.status_code, seconds)
-        if log_access and access_log.isEnabledFor(logging.INFO):
-            access_log.info("%s %s %d", request.method, request.path, resp.status_code, extra={
-                "endpoint": endpoint, "status": resp.status_code, "duration_ms": round(seconds * 1e3, 3),
-                "model": st.model or None, "version": st.version or None, "variant": st.variant or None,
-            })
-        if st.otel is not None and otel is not None:
-            otel.end(*st.otel, resp.status_code, {"edgerec.model": st.model, "edgerec.version": st.version,
-                                                  "edgerec.variant": st.variant})
-            st.otel = None
-        return resp
+    app.wsgi_app = RequestMiddleware(app.wsgi_app, srv.metrics, srv.otel, srv.config.access_log)  # type: ignore[method-assign]
 
 
 def _install_errors(app: Flask, srv: EdgeServer) -> None:

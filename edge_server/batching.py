@@ -71,7 +71,8 @@ class _Waiter:
 
 
 def _key(arrays: Arrays) -> tuple[Any, ...]:
-    return tuple((k, v.dtype.str, v.shape[1:]) for k, v in arrays.items())
+    # Strings of different widths stack fine; numbers only with the same dtype.
+    return tuple((k, v.dtype.kind if v.dtype.kind in "US" else v.dtype.str, v.shape[1:]) for k, v in arrays.items())
 
 
 class Batcher:
@@ -99,7 +100,7 @@ class Batcher:
         self._timeout = timeout_s
         self._observe = observe
         self._name = name
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._queue: deque[_Waiter] = deque()
         self._queued_rows = 0
         self._arriving = 0

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from flask import current_app, g
+from flask import current_app, request
 
 from .tracing import Trace
 
 if TYPE_CHECKING:
     from .app import EdgeServer
+
+
+STATE_KEY = "edgerec.request"
 
 
 @dataclass
@@ -23,14 +26,14 @@ class RequestState:
     model: str = ""
     version: str = ""
     variant: str = ""
-    otel: tuple[Any, Any] | None = field(default=None, repr=False)
+    endpoint: str = "unmatched"
 
     def serve(self, model: str, version: str, variant: str = "default") -> None:
         self.model, self.version, self.variant = model, version, variant
 
 
 def state() -> RequestState:
-    st: RequestState = g.edgerec
+    st: RequestState = request.environ[STATE_KEY]
     return st
 
 
@@ -39,4 +42,4 @@ def server() -> EdgeServer:
     return srv
 
 
-__all__ = ["RequestState", "server", "state"]
+__all__ = ["STATE_KEY", "RequestState", "server", "state"]

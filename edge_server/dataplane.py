@@ -4,8 +4,8 @@ Views (Open Inference Protocol, TF-Serving, rank) decode their wire format and
 call in here, as MLServer's REST endpoints hand over to its ``DataPlane``.
 Every scoring call leases a model version first (so a swap cannot pull it
 away), reads the request body only then (so the batcher knows a request is on
-its way while it is being parsed), encodes with the SDK and runs through the
-version's batcher.
+its way while it is being parsed) and submits the raw arrays to the version's
+batcher, which validates and encodes them with the SDK once per merged batch.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from edgerec.sdk.errors import InvalidInput
 from edgerec.sdk.ranking import build_rank_batch
 
 from .batching import Arrays
@@ -87,9 +88,17 @@ class DataPlane:
         return mv, out
 
     def _run(self, lease: Lease, raw: Mapping[str, Any]) -> Arrays:
-        arrays = lease.mv.model.encode(raw)
-        first = next(iter(arrays.values()))
-        rows = int(first.shape[0]) if first.ndim else 1
+        """Check the batch size of raw inputs and score them (encoding happens per merged batch)."""
+        arrays = as_arrays(raw)
+        first, rows = "", -1
+        for name, a in arrays.items():
+            n = a.shape[0] if a.ndim else 1
+            if rows < 0:
+                first, rows = name, n
+            elif n != rows:
+                raise InvalidInput(name, f"batch size {n} differs from {rows} ({first})")
+        if rows == 0:
+            raise InvalidInput(next(iter(arrays)), "empty batch")
         if rows > self.max_rows:
             raise BadRequestError(f"{rows} rows is over the limit of {self.max_rows}", field="inputs")
         return lease.run(arrays, rows)
@@ -204,6 +213,19 @@ class DataPlane:
             self.metrics.event(s.model, str(s.version), s.experiment, s.variant, e.type)
             accepted += 1
         return {"accepted": accepted, "duplicates": duplicates}
+
+
+def as_arrays(raw: Mapping[str, Any]) -> Arrays:
+    """Raw request values as arrays; a ragged list is refused by name."""
+    if not isinstance(raw, Mapping) or not raw:
+        raise InvalidInput("inputs", "expected a non-empty mapping of input name to values")
+    out: Arrays = {}
+    for name, value in raw.items():
+        try:
+            out[str(name)] = np.asarray(value)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise InvalidInput(str(name), "not a rectangular array") from exc
+    return out
 
 
 def _plain(v: Any) -> Any:

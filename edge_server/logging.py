@@ -13,7 +13,9 @@ import sys
 import time
 from typing import Any, TextIO
 
-from flask import g, has_request_context
+from flask import has_request_context, request
+
+from .context import STATE_KEY
 
 # Attributes every LogRecord has; anything else was passed with ``extra=``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
@@ -42,8 +44,8 @@ class RequestFilter(logging.Filter):
     """Adds request_id, trace_id and span_id to records logged inside a request."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if has_request_context():
-            ctx = getattr(g, "edgerec", None)
+        if has_request_context() and not hasattr(record, "request_id"):
+            ctx = request.environ.get(STATE_KEY)
             if ctx is not None:
                 record.request_id = ctx.request_id
                 record.trace_id = ctx.trace.trace_id

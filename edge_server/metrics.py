@@ -14,7 +14,7 @@ mode).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -64,6 +64,7 @@ class Metrics:
         self.errors = Counter("edgerec_errors", "Error responses by kind.", ("endpoint", "kind"), registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
         self._info: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._requests: dict[tuple[Any, ...], tuple[Any, Any]] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -75,15 +76,28 @@ class Metrics:
     # -- recording ---------------------------------------------------------------
 
     def request(self, endpoint: str, model: str, version: str, variant: str, code: int, seconds: float) -> None:
-        self._child(self.requests, endpoint, model, version, variant, str(code)).inc()
-        self._child(self.latency, endpoint, model, version, variant).observe(seconds)
+        key = (endpoint, model, version, variant, code)
+        pair = self._requests.get(key)
+        if pair is None:
+            pair = self._requests.setdefault(key, (
+                self.requests.labels(endpoint, model, version, variant, str(code)),
+                self.latency.labels(endpoint, model, version, variant)))
+        pair[0].inc()
+        pair[1].observe(seconds)
 
-    def batch(self, model: str, version: str, rows: int, requests: int, waits: Sequence[float]) -> None:
-        self._child(self.batch_rows, model, version).observe(rows)
-        self._child(self.batch_requests, model, version).observe(requests)
-        wait = self._child(self.queue_wait, model, version)
-        for w in waits:
-            wait.observe(w)
+    def batch_observer(self, model: str, version: str) -> Callable[[int, int, Sequence[float]], None]:
+        """A recorder of one version's runtime calls (label children resolved once, not per call)."""
+        rows_h = self.batch_rows.labels(model, version)
+        requests_h = self.batch_requests.labels(model, version)
+        wait_h = self.queue_wait.labels(model, version)
+
+        def observe(rows: int, requests: int, waits: Sequence[float]) -> None:
+            rows_h.observe(rows)
+            requests_h.observe(requests)
+            for w in waits:
+                wait_h.observe(w)
+
+        return observe
 
     def model_up(self, model: str, version: str, backend: str, accelerator: str,
                  fully_delegated: bool | None, serving: bool) -> None:

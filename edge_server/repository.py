@@ -141,7 +141,7 @@ class Repository:
         self.settings = settings
         self.metrics = metrics
         self._pinned: Pinned = pinned or set
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._versions: dict[str, dict[int, ModelVersion]] = {}
         self._serving: dict[str, int] = {}
         self._retiring: list[threading.Thread] = []
@@ -292,13 +292,16 @@ class Repository:
         buckets = model.info.batch_buckets
         # A batch never needs more rows than the largest fixed-shape bucket.
         max_batch = min(s.max_batch, buckets[-1]) if buckets else s.max_batch
+        if any(not t.shape or t.shape[0] is not None for t in model.manifest.signature.inputs):
+            max_batch = 1  # an input without a batch dimension: requests cannot be stacked
         name, label = model.name, str(model.version)
-        metrics = self.metrics
+        observe = self.metrics.batch_observer(name, label)
 
-        def observe(rows: int, requests: int, waits: Any) -> None:
-            metrics.batch(name, label, rows, requests, waits)
+        def run(raw: Arrays) -> Arrays:
+            # Validation and vocabulary lookups run once per merged batch, vectorized.
+            return model.run(model.encode(raw))
 
-        batcher = Batcher(model.run, max_batch=max_batch, max_delay_s=s.max_delay_s, timeout_s=s.timeout_s,
+        batcher = Batcher(run, max_batch=max_batch, max_delay_s=s.max_delay_s, timeout_s=s.timeout_s,
                           observe=observe, name=f"{name}-v{label}")
         return ModelVersion(model, prepared.source, prepared.digest, batcher)
 

@@ -49,12 +49,12 @@ def parse_traceparent(header: str | None) -> tuple[str, str, str] | None:
 
 def new_trace(header: str | None) -> Trace:
     """Continue the caller's trace (or start one) with a new span id."""
-    parsed = parse_traceparent(header)
-    span_id = os.urandom(8).hex()
+    parsed = parse_traceparent(header) if header else None
+    ids = os.urandom(24).hex()  # one system call for both ids
     if parsed is None:
-        return Trace(os.urandom(16).hex(), span_id, None)
+        return Trace(ids[:32], ids[32:], None)
     trace_id, parent_id, flags = parsed
-    return Trace(trace_id, span_id, parent_id, flags)
+    return Trace(trace_id, ids[32:], parent_id, flags)
 
 
 class OpenTelemetry:
@@ -80,7 +80,8 @@ class OpenTelemetry:
             f"{parent_sc.span_id:016x}" if parent_sc.is_valid else None, f"{int(sc.trace_flags):02x}",
         )
 
-    def end(self, span: Any, token: Any, status: int, attributes: dict[str, Any]) -> None:
+    def end(self, span: Any, token: Any, name: str, status: int, attributes: dict[str, Any]) -> None:
+        span.update_name(name)
         span.set_attribute("http.response.status_code", status)
         for key, value in attributes.items():
             if value:

@@ -27,7 +27,7 @@ _encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 def loads(body: bytes | memoryview, what: str = "body") -> Any:
     """Parse a JSON body; MalformedBodyError names what was being read."""
     try:
-        text = bytes(body).decode("utf-8")
+        text = (body if isinstance(body, bytes) else bytes(body)).decode("utf-8")
         return _decoder.decode(text)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise MalformedBodyError(f"not valid JSON ({str(exc)[:200]})", field=what) from exc
