@@ -309,6 +309,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="Length of each measured wrk run.")
     ap.add_argument("--quick", action="store_true", help="Shorter runs, fewer points (a smoke test).")
     ap.add_argument("--no-doc", action="store_true", help="Do not write docs/benchmarks.md.")
+    ap.add_argument("--only-swap", action="store_true", help="Run only the hot-swap part (no report).")
     args = ap.parse_args()
     secs = 2.0 if args.quick else args.seconds
     work = Path(tempfile.mkdtemp(prefix="edgerec-bench-"))
@@ -316,6 +317,9 @@ def main() -> None:
     pub = work / "publisher.pub"
     pub.write_bytes(public_pem(key.public_key()))
     results: dict[str, Any] = {"seconds": secs}
+    if args.only_swap:
+        hot_swap(work, key, pub, secs, args.quick)
+        return
 
     light_onnx = work / "light.onnx"
     light_onnx.write_bytes(ctr_onnx(**LIGHT))

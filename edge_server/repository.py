@@ -438,13 +438,26 @@ def peek_manifest(path: Path, limit: int = 4 * 1024 * 1024) -> Manifest:
     return Manifest.from_bytes(data)
 
 
-def _malloc_trim() -> Any:
+def _libc() -> Any:
     name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    return getattr(libc, "malloc_trim", None)
+    return ctypes.CDLL(name) if name else None
 
 
-_MALLOC_TRIM = _malloc_trim()
+_LIBC = _libc()
+_MALLOC_TRIM = getattr(_LIBC, "malloc_trim", None)
+_M_MMAP_THRESHOLD = -3
+
+
+def pin_mmap_threshold(size: int = 1 << 20) -> None:
+    """Serve buffers over ``size`` with mmap, always.
+
+    glibc raises its mmap threshold (up to 32 MB) after large frees, after
+    which model-sized buffers land in the heap and a released version leaves
+    fragments behind; a fixed threshold returns them to the OS on free.
+    """
+    mallopt = getattr(_LIBC, "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, size)
 
 
 def release_memory() -> None:
@@ -455,4 +468,4 @@ def release_memory() -> None:
 
 
 __all__ = ["Lease", "LoadSettings", "ModelVersion", "Prepared", "Repository", "peek_manifest",
-           "release_memory"]
+           "pin_mmap_threshold", "release_memory"]

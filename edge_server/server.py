@@ -30,6 +30,7 @@ from waitress.wasyncore import close_all
 
 from .app import PEERS_DIR, EdgeServer, create_app
 from .config import ServerConfig, read_token
+from .repository import pin_mmap_threshold
 
 log = logging.getLogger("edgerec.edge_server.server")
 RESTARTS_PER_MINUTE = 5
@@ -89,6 +90,7 @@ def serve(config: ServerConfig) -> None:
     if config.workers > 1:
         Supervisor(config).run()
         return
+    pin_mmap_threshold()
     app = create_app(config, background=True)
     server = make_server(app, config)
     signal.signal(signal.SIGTERM, _raise_exit)
@@ -199,6 +201,7 @@ def run_worker() -> None:
     configure_logging(config.log_level)
     shared = socket.socket(fileno=int(os.environ["EDGEREC_LISTEN_FD"]))
     internal = socket.create_server(("127.0.0.1", 0))
+    pin_mmap_threshold()
     app = create_app(config, background=True)
     server = make_server(app, config, sockets=[shared, internal])
     write_atomic(run_dir / PEERS_DIR / f"{index}.port", str(internal.getsockname()[1]).encode())
