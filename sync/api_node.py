@@ -1,4 +1,4 @@
-"""Node API: enrollment, signed assignment polls, envelopes and reports.
+"""Node API: enrollment, check-ins, signed assignment polls, envelopes and reports.
 
 Every call but enrollment is an RFC 9421 signed request (:mod:`.httpsig`),
 checked inside the same database transaction that records its nonce.
@@ -71,6 +71,22 @@ def assignments() -> Any:
         node_id = authenticated(session, read_body(svc.config.max_json_bytes))
         docs = svc.signed_assignments(session, node_id)
         return jsonify(node_id=node_id, assignments=docs)
+
+
+@bp.post("/node/checkin")
+def checkin() -> Any:
+    """One signed round trip per poll: the node's status report in, its signed assignments out."""
+    svc = service()
+    body = read_body(svc.config.max_report_bytes)
+    with svc.db.write() as session:
+        node_id = authenticated(session, body)
+        doc = json_body(body)
+        if doc.get("kind") != "status":
+            raise BadRequestError("checkin: the body must be a status report (kind 'status')")
+        result = svc.report(session, node_id, doc)
+        docs = svc.signed_assignments(session, node_id)
+    return jsonify(node_id=node_id, assignments=docs,
+                   report={"report_id": result.report_id, "duplicate": result.duplicate})
 
 
 @bp.get("/node/envelopes/<model>/<int:version>")

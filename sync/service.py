@@ -49,6 +49,7 @@ from .tokens import check_admin_token
 from .tuf_repo import TufRepository
 
 log = logging.getLogger("edgerec.sync")
+_PRUNE_BATCH = 1000
 
 
 def name_arg(value: object, what: str) -> str:
@@ -107,8 +108,17 @@ class SyncService:
                 written = self.repo.refresh(session, now)
             self.repo.materialize(written)
         horizon = now - self.config.signature_max_age_s - 2 * self.config.clock_skew_s
-        with self.db.write() as session:
-            session.execute(delete(Nonce).where(Nonce.created < horizon))
+        # Small batches: each delete holds the write lock only briefly.
+        while True:
+            with self.db.write() as session:
+                edge = session.execute(
+                    select(Nonce.created).where(Nonce.created < horizon).order_by(Nonce.created)
+                    .offset(_PRUNE_BATCH - 1).limit(1)
+                ).scalar_one_or_none()
+                session.execute(delete(Nonce).where(Nonce.created <= (horizon if edge is None else edge)))
+            if edge is None:
+                break
+        self.db.checkpoint()
         return len(written)
 
     # -- admin -------------------------------------------------------------------------

@@ -53,6 +53,10 @@ class NodeClient:
     def assignments(self) -> list[bytes]:
         return [a.encode() for a in self._call("GET", "/api/v1/node/assignments")["assignments"]]
 
+    def checkin(self, report: dict[str, Any]) -> list[bytes]:
+        """Send a status report and get the signed assignments back (one signed request)."""
+        return [a.encode() for a in self._call("POST", "/api/v1/node/checkin", report)["assignments"]]
+
     def envelopes(self, model: str, version: int) -> list[bytes]:
         doc = self._call("GET", f"/api/v1/node/envelopes/{model}/{int(version)}")
         return [e.encode() for e in doc["envelopes"]]

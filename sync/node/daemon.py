@@ -2,7 +2,8 @@
 
 Each cycle:
 
-1. fetch the node's signed assignments (an RFC 9421 signed request);
+1. check in: send the current status report and get the node's signed
+   assignments back (one RFC 9421 signed request);
 2. refresh TUF metadata with ``tuf.ngclient.Updater(bootstrap=<pinned root>)``;
    the trusted root also carries the publisher and assignment keys;
 3. check each assignment (signature, addressed here, expiry, serial never
@@ -13,7 +14,8 @@ Each cycle:
    publisher signature, check the model opens with the node's X25519 key,
    write it into the model directory, have the edge server load it (when
    one is configured) and only then point ``current`` at it;
-5. report installed versions and failures with their reasons.
+5. report installed versions and failures with their reasons at once when
+   anything changed (otherwise the next check-in carries the status).
 
 A failure leaves the previous version in place and is reported.
 """
@@ -103,17 +105,24 @@ class NodeDaemon:
     def run_once(self) -> CycleResult:
         status = self.state.load_status()
         result = CycleResult()
+        before = self.status_report(status)
         try:
-            docs = self.client.assignments()
+            # The check-in carries the status as it is and brings the assignments back.
+            docs = self.client.checkin(before)
         except (ServerUnreachableError, ApiError) as exc:
-            log.warning("cannot fetch assignments: %s", exc)
+            log.warning("cannot check in: %s", exc)
             result.reachable = False
             return result
         updater, trust, refresh_error = self._refresh()
         for doc in docs:
             self._handle(doc, updater, trust, refresh_error, status, result)
         self.state.save_status(status)
-        result.reported = self._report(status)
+        after = self.status_report(status)
+        if after["models"] != before["models"] or status.pending_reports:
+            # Something changed this cycle: tell the service now, not at the next check-in.
+            result.reported = self._report(status, after)
+        else:
+            result.reported = True
         self.state.save_status(status)
         return result
 
@@ -222,8 +231,8 @@ class NodeDaemon:
             "accelerator": ",".join(sorted(accels)) if accels else None, "models": rows,
         }
 
-    def _report(self, status: NodeStatus) -> bool:
-        status.pending_reports.append(self.status_report(status))
+    def _report(self, status: NodeStatus, report: dict[str, Any]) -> bool:
+        status.pending_reports.append(report)
         while status.pending_reports:
             try:
                 self.client.report(status.pending_reports[0])

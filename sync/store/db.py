@@ -76,6 +76,9 @@ class Database:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
+            # Checkpoints (and their fsync) run from the maintenance loop, not inside a
+            # request's commit; this only bounds the WAL if maintenance is not running.
+            cur.execute("PRAGMA wal_autocheckpoint=20000")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -128,6 +131,12 @@ class Database:
         if self.dialect == "postgresql":
             return pg_insert(model)
         return sqlite_insert(model)
+
+    def checkpoint(self) -> None:
+        """Copy the SQLite WAL into the database file without blocking writers (PASSIVE)."""
+        if self.dialect == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 from edgerec.sdk.encryption import Envelope
@@ -51,9 +52,9 @@ class Replaying(NodeClient):
         self.seen: list[list[bytes]] = []
         self.replay: list[bytes] | None = None
 
-    def assignments(self) -> list[bytes]:
+    def checkin(self, report: dict[str, Any]) -> list[bytes]:
         if self.replay is not None:
             return self.replay
-        docs = super().assignments()
+        docs = super().checkin(report)
         self.seen.append(docs)
         return docs

@@ -258,3 +258,23 @@ def test_unknown_model_and_bad_rollout_input(sync_env):
     with pytest.raises(ApiError) as exc:
         admin.status("nope")
     assert exc.value.status == 404
+
+
+def test_checkin_stores_the_report_and_returns_signed_assignments(sync_env):
+    env = sync_env
+    state = env.enroll("edge-1")
+    env.publish(1)
+    env.admin().rollout("ctr", 1, "stable", 100, [])
+    from .helpers import node_client
+
+    client = node_client(state)
+    report = {"report_id": "checkin-0001", "kind": "status", "health": "ok",
+              "models": [{"name": "ctr", "installed_version": None, "state": "pending"}]}
+    first = [json.loads(d)["signed"] for d in client.checkin(report)]
+    assert [(a["model"], a["version"], a["rollback"]) for a in first] == [("ctr", 1, False)]
+    again = [json.loads(d)["signed"] for d in client.checkin(report)]  # a retry: the report is kept once
+    assert [a["serial"] for a in again] == [a["serial"] for a in first]
+    assert len(env.admin().reports("status")) == 1
+    with pytest.raises(ApiError) as exc:
+        client.checkin({"report_id": "checkin-0002", "kind": "metrics"})
+    assert exc.value.status == 400 and _count(env, Report) == 1
