@@ -224,7 +224,7 @@ SCHEMAS: dict[str, Any] = {
 
 def examples(mv: ModelVersion) -> dict[str, Any]:
     """Working request bodies for ``mv`` from its package's warm-up samples (first rows)."""
-    samples = mv.model.package.warmup()
+    samples = mv.model.warmup_samples()
     if not samples:
         return {}
     row = {k: v[:1] for k, v in samples.items()}

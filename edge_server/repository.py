@@ -78,7 +78,7 @@ class ModelVersion:
         self.leases = 0
         self.retiring = False
         # The SDK has no public accessor for its item index yet (see report).
-        self.item_lookup = model._item_lookup
+        self.item_lookup = model.item_lookup
 
     @property
     def manifest(self) -> Manifest:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -61,16 +60,24 @@ class EdgeModel:
     """
 
     def __init__(self, package: Package, sessions: list[Session], info: ModelInfo, encoder: InputEncoder) -> None:
-        self.package = package
+        # Keep what scoring needs, not the package: its model bytes are as large
+        # as the model and would outlive the runtime's own copy.
         self.manifest: Manifest = package.manifest
+        self.signer = package.signer
         self.info = info
         self.encoder = encoder
         self._dynamic = next((s for s in sessions if s.batch is None), None)
         self._buckets = sorted((s for s in sessions if s.batch is not None), key=lambda s: s.batch or 0)
         self._sessions = sessions
+        self._warmup = package.warmup()
         self._items: dict[str, npt.NDArray[Any]] | None = package.item_table()
         self._item_index: dict[Any, int] | None = None
-        self._cond = threading.Condition()
+        if self._items is not None:
+            ids = self._items[self.manifest.item_id_field].tolist()
+            self._item_index = {v: i for i, v in enumerate(ids)}
+        self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
         self._active = 0
         self._closed = False
 
@@ -156,11 +163,13 @@ class EdgeModel:
 
     def run(self, encoded: Arrays) -> Arrays:
         """Score arrays already returned by :meth:`encode`."""
-        with self._using():
-            n = _batch_size(encoded)
+        self._enter()
+        try:
             if self._dynamic is not None:
                 return self._dynamic.run(encoded)
-            return self._run_buckets(encoded, n)
+            return self._run_buckets(encoded, _batch_size(encoded))
+        finally:
+            self._leave()
 
     def _run_buckets(self, encoded: Arrays, n: int) -> Arrays:
         largest = self._buckets[-1]
@@ -184,57 +193,58 @@ class EdgeModel:
         top_k: int | None = None,
     ) -> list[RankedItem]:
         """Score candidates for one user in one batch; best first."""
-        batch, ids = build_rank_batch(self.manifest, user, candidates, context, self._item_lookup)
+        if top_k is not None and top_k < 1:
+            raise InvalidInput("top_k", "must be >= 1")
+        batch, ids = build_rank_batch(self.manifest, user, candidates, context, self.item_lookup)
         scores = self.scores(self.predict(batch))
-        order = np.argsort(-scores, kind="stable")
-        if top_k is not None:
-            if top_k < 1:
-                raise InvalidInput("top_k", "must be >= 1")
-            order = order[:top_k]
-        return [RankedItem(_plain(ids[i]), float(scores[i]), r + 1) for r, i in enumerate(order)]
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        top_ids = [ids[i] for i in order.tolist()]
+        return list(map(RankedItem, top_ids, scores[order].tolist(), range(1, len(top_ids) + 1)))
 
     def scores(self, outputs: Arrays) -> npt.NDArray[np.float64]:
         """One score per row from the score output."""
         out = outputs[self.manifest.output_name]
         return np.asarray(out, dtype=np.float64).reshape(out.shape[0], -1)[:, 0]
 
-    def _item_lookup(self) -> tuple[dict[str, npt.NDArray[Any]], dict[Any, int]] | None:
-        if self._items is None:
+    def item_lookup(self) -> tuple[dict[str, npt.NDArray[Any]], dict[Any, int]] | None:
+        """The package's item table (columns) and its id -> row index, if it has one."""
+        if self._items is None or self._item_index is None:
             return None
-        if self._item_index is None:
-            ids = self._items[self.manifest.item_id_field].tolist()
-            self._item_index = {v: i for i, v in enumerate(ids)}
         return self._items, self._item_index
+
+    def warmup_samples(self) -> dict[str, npt.NDArray[Any]] | None:
+        """The package's warm-up inputs (raw, as a request would send them)."""
+        return self._warmup
 
     def warmup(self) -> int:
         """Run the package's warm-up samples; returns how many rows ran."""
-        samples = self.package.warmup()
-        if not samples:
+        if not self._warmup:
             return 0
-        return int(self.scores(self.predict(samples)).shape[0])
+        return int(self.scores(self.predict(self._warmup)).shape[0])
 
     # -- lifetime ------------------------------------------------------------
 
-    @contextmanager
-    def _using(self) -> Iterator[None]:
-        with self._cond:
+    # A plain lock and an event: this runs twice per call on the hot path.
+    def _enter(self) -> None:
+        with self._lock:
             if self._closed:
                 raise ModelClosedError(f"{self.name} v{self.version} is closed")
             self._active += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._active -= 1
-                self._cond.notify_all()
+            self._idle.clear()
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
 
     def close(self) -> None:
         """Wait for running calls, then release the runtime sessions."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._cond.wait_for(lambda: self._active == 0)
+        self._idle.wait()
         for s in self._sessions:
             s.close()
         self._sessions, self._dynamic, self._buckets = [], None, []
@@ -316,9 +326,6 @@ def _pad(arr: npt.NDArray[Any], size: int) -> npt.NDArray[Any]:
     fill = np.repeat(arr[-1:], size - arr.shape[0], axis=0)
     return np.concatenate([arr, fill])
 
-
-def _plain(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
 
 
 __all__ = ["ACCELERATOR_CHOICES", "EdgeModel", "ModelInfo", "SessionInfo"]

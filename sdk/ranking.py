@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -15,8 +14,7 @@ from .manifest import FeatureSpec, Manifest
 ItemLookup = Callable[[], tuple[dict[str, npt.NDArray[Any]], dict[Any, int]] | None]
 
 
-@dataclass(frozen=True)
-class RankedItem:
+class RankedItem(NamedTuple):
     """One ranked candidate: its id (or index), score and 1-based rank."""
 
     item: Any
@@ -84,11 +82,14 @@ def _candidate_columns(
         if len(lengths) != 1:
             raise InvalidInput("candidates", "columns differ in length")
         n = lengths.pop()
-        return cols, list(cols.get(id_field, range(n)))
+        return cols, _plain_list(cols.get(id_field, range(n)))
     if isinstance(candidates, str | bytes) or not isinstance(candidates, Sequence | np.ndarray):
         raise InvalidInput("candidates", "expected a list of item ids or feature rows")
     if len(candidates) == 0:
         raise InvalidInput("candidates", "empty")
+    ids_fast = _plain_ids(candidates)
+    if ids_fast is not None:
+        return _id_columns(ids_fast, id_field, item_lookup)
     if all(isinstance(c, Mapping) for c in candidates):
         fields = {f.field for f in manifest.features if f.role == "item"} | {id_field}
         cols = {f: [c.get(f) for c in candidates] for f in fields}
@@ -97,23 +98,41 @@ def _candidate_columns(
                 if f != id_field and any(v is not None for v in vals):
                     raise InvalidInput(f"candidates.{f}", "missing in some rows")
                 del cols[f]
-        return cols, list(cols.get(id_field, range(len(candidates))))
-    ids = list(candidates)
-    if any(isinstance(c, Mapping | list | dict) for c in ids):
-        raise InvalidInput("candidates", "mix ids and feature rows in separate requests")
-    looked = item_lookup()
+        return cols, _plain_list(cols.get(id_field, range(len(candidates))))
+    raise InvalidInput("candidates", "expected item ids (all numbers or all strings) or feature rows, not a mix")
+
+
+def _plain_list(values: Any) -> list[Any]:
+    """Plain Python values (ids go into JSON responses)."""
+    return [v.item() if isinstance(v, np.generic) else v for v in values]
+
+
+def _plain_ids(candidates: Sequence[Any] | npt.NDArray[Any]) -> list[Any] | None:
+    """Candidates as plain Python ids when they are all ints or all strings, else None.
+
+    The common case (a list of ids) is checked with one NumPy conversion rather
+    than an isinstance call per candidate.
+    """
+    try:
+        arr = np.asarray(candidates)
+    except (ValueError, TypeError):
+        return None
+    if arr.ndim != 1 or arr.dtype.kind not in "iuU":
+        return None
+    ids: list[Any] = arr.tolist()
+    return ids
+
+
+def _id_columns(ids: list[Any], id_field: str, item_lookup: ItemLookup) -> tuple[dict[str, Any], list[Any]]:
     by_id: dict[str, Any] = {id_field: ids}
+    looked = item_lookup()
     if looked is not None:
         table, index = looked
         try:
-            rows = np.fromiter((index[_key(c)] for c in ids), dtype=np.int64, count=len(ids))
+            rows = np.fromiter((index[c] for c in ids), dtype=np.int64, count=len(ids))
         except KeyError as exc:
             raise InvalidInput("candidates", f"unknown item id {exc.args[0]!r}") from exc
         for col, values in table.items():
             if col != id_field:
                 by_id[col] = values[rows]
     return by_id, ids
-
-
-def _key(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
