@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "examples" / "movielens"))
 
 import movielens  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+
 from edgerec.converter.pipeline import ConvertOptions, ConvertResult, convert  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"

@@ -39,6 +39,7 @@ import httpx
 import numpy as np
 from _report import header, write_section
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from edgerec.sdk.keys import public_pem
 from edgerec.sdk.manifest import FeatureSpec, ModelSignature, TensorSpec
 from edgerec.sdk.package import PackageBuilder

@@ -50,6 +50,7 @@ def build_heavy_tflite(scratch: Path, batch: int | None, seed: int = 0) -> bytes
 
 def build(out: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from edgerec.sdk import FeatureSpec, ModelSignature, PackageBuilder, TensorSpec
     from edgerec.sdk.keys import public_pem
 

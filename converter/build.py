@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy.typing as npt
+
 from edgerec.sdk.manifest import TensorSpec
 
 from . import ort, tflite

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.table import Table
+
 from edgerec.sdk.cli._output import console, err_console, print_json
 from edgerec.sdk.keys import load_signing_key
-from rich.table import Table
 
 from .errors import ConversionError
 from .evaluate import VariantResult

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from edgerec.sdk.manifest import TensorSpec
 
 from .errors import DataError

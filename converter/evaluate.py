@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from edgerec.sdk.manifest import Artifact
 from edgerec.sdk.runtime import Session, backend_for_format
 

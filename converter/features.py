@@ -58,6 +58,7 @@ def feature_specs(
     vocabularies: Mapping[str, Vocabulary],
     id_ranges: Mapping[str, tuple[int, int]],
     overrides: Mapping[str, Mapping[str, Any]],
+    hash_bins: Mapping[str, int] | None = None,
 ) -> list[tuple[FeatureSpec, Vocabulary | None]]:
     """One spec per model input, with the vocabulary to store beside it."""
     unknown = set(overrides) - {s.name for s in inputs}
@@ -67,14 +68,16 @@ def feature_specs(
     for spec in inputs:
         extra = overrides.get(spec.name, {})
         vocab = vocabularies.get(spec.name)
+        bins = (hash_bins or {}).get(spec.name)
         feature = FeatureSpec(
             input=spec.name,
             role=cast(Role, extra.get("role", guess_role(spec.name))),
             field=str(extra.get("field", spec.name)),
             # The path PackageBuilder.add_feature stores the vocabulary under.
             vocabulary=f"vocab/{spec.name}.json" if vocab is not None else None,
-            id_range=None if vocab is not None else id_ranges.get(spec.name),
+            id_range=None if vocab is not None or bins is not None else id_ranges.get(spec.name),
             default=extra.get("default"),
+            hash_bins=bins,
         )
         out.append((feature, vocab))
     return out

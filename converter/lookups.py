@@ -7,8 +7,9 @@ rows (int32: LiteRT's CompiledModel has no int64 tensor buffers) and the
 lookup's vocabulary goes into the package, where the SDK applies it before
 the model runs.
 
-``Hashing`` is refused with a clear error: lifting it needs the SDK to apply
-Keras's hash (FarmHash64 fingerprint modulo ``num_bins``), which it does not.
+``Hashing`` (without salt or mask) is lifted the same way: the package's
+feature spec records ``hash_bins`` and the SDK applies the same hash (FarmHash
+Fingerprint64 of the id's text modulo ``num_bins``) before the model runs.
 """
 
 from __future__ import annotations
@@ -32,7 +33,15 @@ class LiftedLookup:
     input: str
     layer: str
     kind: str
-    vocabulary: Vocabulary
+    vocabulary: Vocabulary | None = None
+    hash_bins: int | None = None
+
+    @property
+    def size(self) -> int:
+        """Rows the lifted layer maps ids to."""
+        if self.vocabulary is not None:
+            return len(self.vocabulary.keys)
+        return self.hash_bins or 0
 
 
 def find_lookups(model: Any) -> list[tuple[Any, Any]]:
@@ -43,12 +52,6 @@ def find_lookups(model: Any) -> list[tuple[Any, Any]]:
         if kind not in (*LOOKUPS, HASHING):
             continue
         source = producer_input(model, layer)
-        if kind == HASHING:
-            raise UnsupportedOpError(
-                f"layer {layer.name!r} (Hashing): hashing cannot be lifted into a vocabulary and "
-                "LiteRT/ONNX cannot run it in the graph; use StringLookup/IntegerLookup, or hash "
-                "ids before they reach the model"
-            )
         if source is None:
             raise UnsupportedOpError(
                 f"layer {layer.name!r} ({kind}): only lookups applied directly to a model input "
@@ -62,6 +65,18 @@ def find_lookups(model: Any) -> list[tuple[Any, Any]]:
             )
         found.append((layer, source))
     return found
+
+
+def hash_bins_of(layer: Any) -> int:
+    """``num_bins`` of a Hashing layer the SDK can reproduce exactly."""
+    if getattr(layer, "salt", None) is not None:
+        # A salt switches Keras to SipHash (to_hash_bucket_strong), which the SDK does not apply.
+        raise UnsupportedOpError(f"layer {layer.name!r} (Hashing): salted hashing cannot be lifted")
+    if getattr(layer, "mask_value", None) is not None or getattr(layer, "output_mode", "int") != "int":
+        raise UnsupportedOpError(
+            f"layer {layer.name!r} (Hashing): only output_mode='int' without mask_value can be lifted"
+        )
+    return int(layer.num_bins)
 
 
 def vocabulary_of(layer: Any) -> Vocabulary:
@@ -94,7 +109,9 @@ def lift_lookups(model: Any) -> tuple[Any, list[LiftedLookup]]:
     if not found:
         return model, []
     lifted = [
-        LiftedLookup(source.name, layer.name, type(layer).__name__, vocabulary_of(layer))
+        LiftedLookup(source.name, layer.name, HASHING, hash_bins=hash_bins_of(layer))
+        if type(layer).__name__ == HASHING
+        else LiftedLookup(source.name, layer.name, type(layer).__name__, vocabulary_of(layer))
         for layer, source in found
     ]
     rewrite = Rewrite(

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
 from edgerec.sdk import __version__
 from edgerec.sdk.manifest import FeatureSpec, ModelSignature
 from edgerec.sdk.package import PackageBuilder
@@ -92,7 +93,7 @@ def assemble(p: PackageParts) -> PackageBuilder:
         "formats": sorted({b.format for b in p.artifacts}),
         "batch_buckets": list(p.options.batch_buckets),
         "lifted_lookups": [
-            {"input": lk.input, "layer": lk.layer, "kind": lk.kind, "size": len(lk.vocabulary.keys)}
+            {"input": lk.input, "layer": lk.layer, "kind": lk.kind, "size": lk.size}
             for lk in p.prepared.lifted
         ],
     }

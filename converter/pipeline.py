@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from edgerec.sdk.errors import InvalidInput
 from edgerec.sdk.inputs import InputEncoder
 from edgerec.sdk.manifest import Manifest, ModelSignature, TensorSpec
@@ -107,7 +108,8 @@ def convert(
         tuple(TensorSpec(s.name, s.dtype, (None, *s.shape[1:])) for s in prepared.inputs),
         tuple(TensorSpec(s.name, s.dtype, (None, *s.shape[1:])) for s in prepared.outputs),
     )
-    features = feature_specs(prepared.inputs, prepared.vocabularies, prepared.id_ranges, overrides)
+    features = feature_specs(prepared.inputs, prepared.vocabularies, prepared.id_ranges, overrides,
+                             prepared.hash_bins)
     encoder = InputEncoder(signature, {f.input: f for f, _ in features}, prepared.vocabularies)
     eval_enc = _encode(encoder, eval_raw, "--eval")
     calib_enc = _encode(encoder, calib_raw, "--calibration")
@@ -334,8 +336,9 @@ def _default_name(src: Source) -> str:
 def _progress(opts: ConvertOptions) -> AbstractContextManager[Any]:
     if not opts.progress:
         return nullcontext(None)
-    from edgerec.sdk.cli._output import err_console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from edgerec.sdk.cli._output import err_console
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     console=err_console, transient=True)

@@ -38,6 +38,7 @@ class Prepared:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     vocabularies: dict[str, Vocabulary] = field(default_factory=dict)
+    hash_bins: dict[str, int] = field(default_factory=dict)
     id_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
     keras_model: Any = None
     saved_model: Path | None = None
@@ -81,7 +82,7 @@ def _prepare_keras(
     if not lifted:
         model = rebuild(model, Rewrite())  # a private copy, whatever happens next
     model = as_dict_model(model)
-    vocabs = {lk.input: lk.vocabulary for lk in lifted}
+    vocabs = {lk.input: lk.vocabulary for lk in lifted if lk.vocabulary is not None}
     id_pruning: list[IdPruneReport] = []
     if counts is not None:
         model, new_vocabs, id_pruning = prune_ids(model, vocabs, counts, min_id_count)
@@ -98,6 +99,7 @@ def _prepare_keras(
         outputs=output_specs(model),
         vocabularies=vocabs,
         id_ranges=keras_id_ranges(model),
+        hash_bins={lk.input: lk.hash_bins for lk in lifted if lk.hash_bins is not None},
         keras_model=model,
         lifted=lifted,
         sparsity=sparsity,

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from edgerec.sdk.vocab import Vocabulary
 
 from .data import read_table

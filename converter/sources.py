@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from edgerec.sdk.manifest import TensorSpec
 
 from .errors import UnsupportedModelError

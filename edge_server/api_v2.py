@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgerec.sdk import __version__
 from flask import Blueprint, Response, request
+
+from edgerec.sdk import __version__
 
 from .context import server, state
 from .repository import ModelVersion

@@ -16,11 +16,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
 from edgerec.sdk._atomic import write_atomic
 from edgerec.sdk.errors import EdgeRecError
 from edgerec.sdk.keys import load_recipient_key, load_verify_key
-from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
 
 from . import api_rank, api_tfserving, api_v2, control, metrics_api, openapi
 from .cache import open_cache

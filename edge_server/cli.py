@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from edgerec.sdk.model import ACCELERATOR_CHOICES
 
 from .config import ServerConfig

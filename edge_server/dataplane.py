@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from edgerec.sdk.errors import InvalidInput
 from edgerec.sdk.ranking import build_rank_batch
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgerec.sdk import __version__
 from flask import Blueprint, Response
+
+from edgerec.sdk import __version__
 
 from .api_v2 import metadata
 from .context import server

@@ -28,6 +28,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from edgerec.sdk.errors import EdgeRecError, PackageError
 from edgerec.sdk.manifest import Manifest
 from edgerec.sdk.model import EdgeModel

@@ -23,10 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgerec.sdk._atomic import write_atomic
 from flask import Flask
 from waitress import create_server
 from waitress.wasyncore import close_all
+
+from edgerec.sdk._atomic import write_atomic
 
 from .app import PEERS_DIR, EdgeServer, create_app
 from .config import ServerConfig, read_token

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import InvalidInput
+from .errors import InvalidInput, RuntimeBackendError
 from .manifest import FeatureSpec, ModelSignature, TensorSpec
 from .vocab import Vocabulary
 
@@ -65,6 +65,8 @@ class InputEncoder:
         feature = self.features.get(name)
         if feature is not None and feature.vocabulary is not None:
             arr = self._apply_vocab(name, arr, self.vocabularies[name])
+        elif feature is not None and feature.hash_bins is not None:
+            arr = hash_ids(name, arr, feature.hash_bins)
         check_shape(spec, arr)
         arr = cast_exact(name, arr, spec.dtype)
         if feature is not None and feature.id_range is not None and arr.size:
@@ -86,6 +88,24 @@ class InputEncoder:
         if self.strict_vocab and miss.any():
             raise InvalidInput(name, f"id {arr[miss].flat[0].item()!r} is not in the vocabulary")
         return rows
+
+
+def hash_ids(name: str, arr: npt.NDArray[Any], bins: int) -> npt.NDArray[np.int64]:
+    """Rows for raw ids by FarmHash Fingerprint64 of their text, modulo ``bins``.
+
+    The same as Keras ``Hashing(num_bins)`` without salt (integers hash as their
+    decimal text, as Keras does), so a lifted Hashing layer scores identically.
+    """
+    if arr.dtype.kind not in "USiu":
+        raise InvalidInput(name, "expected string or integer ids to hash")
+    try:
+        from farmhash import Fingerprint64
+    except ImportError as exc:  # cityhash is a base dependency; a broken install says so here
+        raise RuntimeBackendError(f"{name}: hashed ids need the cityhash package (pip install cityhash)") from exc
+    flat = arr.ravel().tolist()
+    hashed = np.fromiter((Fingerprint64(v if isinstance(v, str) else str(v)) for v in flat),
+                         dtype=np.uint64, count=len(flat))
+    return (hashed % np.uint64(bins)).astype(np.int64).reshape(arr.shape)
 
 
 def check_shape(spec: TensorSpec, arr: npt.NDArray[Any]) -> None:

@@ -97,8 +97,11 @@ class FeatureSpec:
     """How one model input is filled from a request.
 
     ``vocabulary`` names a vocabulary file in the package that maps raw ids
-    (strings or sparse integers) to embedding rows; ``id_range`` bounds ids
-    that reach the model as they are (inclusive ``[low, high]``).
+    (strings or sparse integers) to embedding rows; ``hash_bins`` hashes raw
+    ids into that many rows instead (FarmHash Fingerprint64 of the id's text
+    modulo ``hash_bins``: what Keras ``Hashing`` and TensorFlow's
+    ``to_hash_bucket_fast`` compute); ``id_range`` bounds ids that reach the
+    model as they are (inclusive ``[low, high]``).
     """
 
     input: str
@@ -107,6 +110,7 @@ class FeatureSpec:
     vocabulary: str | None = None
     id_range: tuple[int, int] | None = None
     default: Scalar | None = None
+    hash_bins: int | None = None
 
 
 @dataclass(frozen=True)
@@ -397,6 +401,12 @@ def _feature(doc: Any) -> FeatureSpec:
     default = r.raw("default", None)
     if default is not None and not isinstance(default, int | float | str | bool):
         raise PackageError(f"{r.where}.default: expected a scalar")
+    hash_bins = r.raw("hash_bins", None)
+    if hash_bins is not None:
+        if isinstance(hash_bins, bool) or not isinstance(hash_bins, int) or hash_bins < 1:
+            raise PackageError(f"{r.where}.hash_bins: expected an integer >= 1")
+        if r.raw("vocabulary", None) is not None:
+            raise PackageError(f"{r.where}: a feature has a vocabulary or hash_bins, not both")
     return FeatureSpec(
         input=name,
         role=role,  # type: ignore[arg-type]
@@ -404,4 +414,5 @@ def _feature(doc: Any) -> FeatureSpec:
         vocabulary=r.opt_str("vocabulary"),
         id_range=id_range,
         default=default,
+        hash_bins=hash_bins,
     )

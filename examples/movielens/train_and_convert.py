@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import movielens
+
 from edgerec.converter.cli import report_table
 from edgerec.converter.pipeline import ConvertOptions, convert
 from edgerec.sdk.cli._output import console

@@ -6,11 +6,12 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto, helper
+
 from edgerec.sdk.cli import _demo_models as demo
 from edgerec.sdk.cli.main import cli
 from edgerec.sdk.keys import generate_keypair, load_verify_key
 from edgerec.sdk.package import Package
-from onnx import TensorProto, helper
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def _hashing_model(path):
     import keras
 
     x = keras.Input((), dtype="string", name="user")
-    h = keras.layers.Hashing(num_bins=16, name="user_hash")(x)
+    h = keras.layers.Hashing(num_bins=16, salt=1, name="user_hash")(x)  # salted: SipHash, not liftable
     e = keras.layers.Embedding(16, 4)(h)
     keras.Model({"user": x}, {"score": keras.layers.Dense(1, activation="sigmoid")(e)}).save(path)
 
@@ -77,7 +78,7 @@ def _custom_op_model(path):
         ("int8_without_calibration", "--quantize int8 needs --calibration"),
         ("missing_calibration_file", "missing.npz: no such file"),
         ("names_do_not_match", "no column or array for model input(s) user_id, ctx"),
-        ("hashing_layer", "layer 'user_hash' (Hashing)"),
+        ("salted_hashing_layer", "layer 'user_hash' (Hashing): salted hashing cannot be lifted"),
         ("custom_op", "Frobnicate"),
         ("tflite_from_onnx", "LiteRT artifacts come from Keras or SavedModel sources"),
         ("auto_without_eval", "--quantize auto needs --eval"),
@@ -102,7 +103,7 @@ def test_bad_input_fails_in_one_line_and_leaves_nothing(files, tmp_path, case, e
         extra = ["--quantize", "int8", "--calibration", tmp_path / "missing.npz"]
     elif case == "names_do_not_match":
         extra = ["--eval", d / "wrong.npz"]
-    elif case == "hashing_layer":
+    elif case == "salted_hashing_layer":
         src = tmp_path / "h.keras"
         _hashing_model(src)
     elif case == "custom_op":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from edgerec.converter.data import label_column, read_table, select_inputs
 from edgerec.converter.errors import DataError
 from edgerec.converter.evaluate import auc, log_loss

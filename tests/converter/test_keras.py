@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from edgerec.converter.errors import AccuracyBudgetError
 from edgerec.converter.pipeline import ConvertOptions, convert
 from edgerec.sdk.model import EdgeModel

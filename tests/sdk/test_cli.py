@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from edgerec.sdk.cli._demo_models import sample_inputs
 
 EDGEREC = shutil.which("edgerec", path=str(Path(sys.executable).parent)) or "edgerec"

@@ -8,6 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from edgerec.sdk import (
     DecryptionError,
     EdgeModel,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from edgerec.sdk import EdgeModel, InvalidInput
 from edgerec.sdk.cli._demo_models import sample_inputs as ctr_inputs
 

@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+
 from edgerec.sdk import EdgeModel, EdgeRecError, ModelClosedError
 from edgerec.sdk.cli._demo_models import sample_inputs as ctr_inputs
 

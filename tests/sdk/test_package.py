@@ -7,6 +7,7 @@ import json
 import zipfile
 
 import pytest
+
 from edgerec.sdk import (
     DuplicateEntryError,
     IntegrityError,
