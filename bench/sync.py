@@ -6,7 +6,7 @@
 For each store, on loopback:
 
 1. ``edgerec admin init`` a data directory and start ``edgerec sync serve`` (its own
-   process(es), 16 waitress threads each); enroll ``--nodes`` nodes through the API
+   process(es), 4 waitress threads each, the default); enroll ``--nodes`` nodes through the API
    (each with its own Ed25519 and X25519 keys); publish v1 and roll it out to 100 %.
 2. Steady state: every node, at its own phase, every ``--interval`` seconds, for
    ``--duration`` seconds: fetches its signed assignments (RFC 9421 signed GET),
@@ -55,6 +55,9 @@ import httpx
 from _report import header, write_section
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from tuf.api.metadata import Metadata, Root
+from tuf.ngclient import Updater
+
 from edgerec.sdk.keys import generate_keypair, load_signing_key, load_verify_key, public_pem
 from edgerec.sync.admin_client import AdminClient, Credentials
 from edgerec.sync.admin_init import init_service
@@ -63,8 +66,6 @@ from edgerec.sync.httpsig import RequestSigner
 from edgerec.sync.node.fetcher import HttpxFetcher
 from edgerec.sync.testing import LocalPostgres, build_demo_package, free_port, wait_for
 from edgerec.sync.trust import TrustInfo
-from tuf.api.metadata import Metadata, Root
-from tuf.ngclient import Updater
 
 EDGEREC = str(Path(sys.executable).parent / "edgerec")
 POOL = 64
@@ -182,8 +183,8 @@ class SimNode:
         stats.sign_s.append(time.perf_counter() - t0)
         return headers
 
-    def presign(self, stats: Stats, cycles: int) -> None:
-        """Sign this node's next ``cycles`` poll and report requests ahead of the run.
+    def presign(self, stats: Stats, cycles: int, protocol: str) -> None:
+        """Sign this node's next ``cycles`` requests ahead of the run.
 
         Each has its own nonce and creation time (inside the service's 300 s
         window), so the service verifies every one for real; the load generator
@@ -192,9 +193,12 @@ class SimNode:
         """
         self.signed = []
         for _ in range(cycles):
-            poll = self.sign(stats, "GET", "/api/v1/node/assignments")
             body = json.dumps(self.report_doc()).encode()
-            self.signed.append((poll, body, self.sign(stats, "POST", "/api/v1/node/reports", body)))
+            if protocol == "checkin":
+                self.signed.append(({}, body, self.sign(stats, "POST", "/api/v1/node/checkin", body)))
+            else:
+                poll = self.sign(stats, "GET", "/api/v1/node/assignments")
+                self.signed.append((poll, body, self.sign(stats, "POST", "/api/v1/node/reports", body)))
 
     def report_doc(self) -> dict[str, Any]:
         return {"report_id": os.urandom(12).hex(), "kind": "status", "time": time.time(), "agent": "bench",
@@ -202,21 +206,23 @@ class SimNode:
                 "models": [{"name": "ctr", "installed_version": self.held or 1, "state": "serving",
                             "accelerator": "cpu"}]}
 
-    async def poll(self, pool: Pool, stats: Stats) -> bytes | None:
-        path = "/api/v1/node/assignments"
-        headers = self.signed[0][0] if self.signed else self.sign(stats, "GET", path)
-        data = await stats.call(pool, "assignments", "GET", path, headers)
-        await stats.call(pool, "timestamp.json", "GET", "/repository/metadata/timestamp.json", {})
-        return data
-
-    async def report(self, pool: Pool, stats: Stats) -> None:
-        path = "/api/v1/node/reports"
+    async def cycle(self, pool: Pool, stats: Stats, protocol: str) -> bytes | None:
+        """One poll: a check-in (report in, assignments out), or a poll and a report apart; and TUF."""
         if self.signed:
-            _, body, headers = self.signed.pop(0)
+            poll, body, report = self.signed.pop(0)
         else:
             body = json.dumps(self.report_doc()).encode()
-            headers = self.sign(stats, "POST", path, body)
-        await stats.call(pool, "reports", "POST", path, headers, body)
+            poll = {} if protocol == "checkin" else self.sign(stats, "GET", "/api/v1/node/assignments")
+            path = "/api/v1/node/checkin" if protocol == "checkin" else "/api/v1/node/reports"
+            report = self.sign(stats, "POST", path, body)
+        if protocol == "checkin":
+            data = await stats.call(pool, "checkin", "POST", "/api/v1/node/checkin", report, body)
+        else:
+            data = await stats.call(pool, "assignments", "GET", "/api/v1/node/assignments", poll)
+        await stats.call(pool, "timestamp.json", "GET", "/repository/metadata/timestamp.json", {})
+        if protocol != "checkin":
+            await stats.call(pool, "reports", "POST", "/api/v1/node/reports", report, body)
+        return data
 
 
 # -- phases ---------------------------------------------------------------------------------
@@ -246,12 +252,12 @@ async def enroll_all(urls: list[str], admin_token: str, n: int) -> list[SimNode]
     return list(nodes)
 
 
-async def steady(urls: list[str], nodes: list[SimNode], duration: float, interval: float) -> Stats:
+async def steady(urls: list[str], nodes: list[SimNode], duration: float, interval: float, protocol: str) -> Stats:
     pool = Pool(urls, POOL)
     stats = Stats()
     cycles = int(duration // interval) + 1
     for n in nodes:
-        n.presign(stats, cycles)
+        n.presign(stats, cycles, protocol)
     start = time.monotonic() + 1.0
     end = start + duration
 
@@ -262,8 +268,7 @@ async def steady(urls: list[str], nodes: list[SimNode], duration: float, interva
             if at >= end:
                 return
             await asyncio.sleep(max(0.0, at - time.monotonic()))
-            await node.poll(pool, stats)
-            await node.report(pool, stats)
+            await node.cycle(pool, stats, protocol)
             k += 1
 
     rnd = random.Random(7)
@@ -307,7 +312,7 @@ async def converge(urls: list[str], nodes: list[SimNode], work: Path, admin: Adm
         await asyncio.sleep(phase)
         while not stop.is_set():
             tick = time.monotonic()
-            data = await node.poll(pool, stats)
+            data = await node.cycle(pool, stats, "checkin")
             if data:
                 for doc in json.loads(data)["assignments"]:
                     a = verify_assignment(doc.encode(), trust.assignment_keys, node.id, node.accepted, node.held,
@@ -406,7 +411,7 @@ def run_store(store: str, args: argparse.Namespace) -> dict[str, Any]:
               flush=True)
         cpu0 = sum(cpu_seconds(p.pid) for p in procs)
         t0 = time.perf_counter()
-        stats = asyncio.run(steady(urls, nodes, args.duration, args.interval))
+        stats = asyncio.run(steady(urls, nodes, args.duration, args.interval, args.protocol))
         wall = time.perf_counter() - t0
         cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
         all_lat = [x for v in stats.latency.values() for x in v]
@@ -423,6 +428,7 @@ def run_store(store: str, args: argparse.Namespace) -> dict[str, Any]:
         admin.close()
         return {
             "store": store,
+            "protocol": args.protocol,
             "processes": args.processes,
             "nodes": args.nodes,
             "interval_s": args.interval,
@@ -466,7 +472,8 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
            f"{args.duration:g} s fetching its signed assignments (RFC 9421 signed GET), polling TUF "
            "`timestamp.json` and posting a signed status report (requests signed ahead of the run, each with "
            "its own nonce and time, all verified by the service); one `edgerec sync serve` process "
-           f"(x{args.processes}, {args.threads} waitress threads), client and server on the same 2 cores, which 3 other "
+           f"(x{args.processes}, {args.threads} waitress threads), client and server on the same 2 cores, which "
+           "3 other "
            "agents were using at the time (noisy). Latency: first byte sent to last byte read; signing happens "
            "before and is listed apart. Targets: p99 <= 100 ms, no errors.\n",
            "| store | requests | req/s | errors | p50 ms | p95 ms | p99 ms | max ms | server CPU | "
@@ -507,7 +514,10 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=10.0)
     ap.add_argument("--converge-nodes", type=int, default=200)
     ap.add_argument("--processes", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=16, help="waitress threads per service process")
+    ap.add_argument("--threads", type=int, default=4, help="waitress threads per service process (service default)")
+    ap.add_argument("--protocol", choices=["checkin", "separate"], default="checkin",
+                    help="checkin: one signed check-in (report in, assignments out) per poll, as the daemon does; "
+                         "separate: a signed assignments GET and a signed report POST")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]

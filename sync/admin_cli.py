@@ -13,12 +13,13 @@ from typing import Any
 
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
 from edgerec.sdk.cli._output import console, print_json
 from edgerec.sdk.errors import PackageError
 from edgerec.sdk.keys import load_verify_key
 from edgerec.sdk.manifest import check_name
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-from rich.table import Table
 
 from .admin_client import (
     DEFAULT_SERVER,

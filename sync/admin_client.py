@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from edgerec.sdk._atomic import write_atomic
 
 from .errors import ConfigError, ServerUnreachableError

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from edgerec.sdk.keys import generate_keypair, load_signing_key
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Root
+
+from edgerec.sdk.keys import generate_keypair, load_signing_key
 
 from .config import ServiceConfig
 from .datadir import DataDir

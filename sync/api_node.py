@@ -46,8 +46,8 @@ def signed_url() -> str:
     return "http://edgerec" + quote(request.path) + (f"?{query}" if query else "")
 
 
-def authenticated(session: Session, body: bytes) -> str:
-    return service().authenticate(session, request.method, signed_url(), request.headers, body)
+def authenticated(session: Session, body: bytes, touch: bool = True) -> str:
+    return service().authenticate(session, request.method, signed_url(), request.headers, body, touch)
 
 
 @bp.post("/enroll")
@@ -79,7 +79,8 @@ def checkin() -> Any:
     svc = service()
     body = read_body(svc.config.max_report_bytes)
     with svc.db.write() as session:
-        node_id = authenticated(session, body)
+        # The report's node update also sets last-seen: one statement fewer per check-in.
+        node_id = authenticated(session, body, touch=False)
         doc = json_body(body)
         if doc.get("kind") != "status":
             raise BadRequestError("checkin: the body must be a status report (kind 'status')")
@@ -102,6 +103,6 @@ def reports() -> Any:
     svc = service()
     body = read_body(svc.config.max_report_bytes)
     with svc.db.write() as session:
-        node_id = authenticated(session, body)
+        node_id = authenticated(session, body, touch=False)
         result = svc.report(session, node_id, json_body(body))
     return jsonify(report_id=result.report_id, duplicate=result.duplicate), 200 if result.duplicate else 201

@@ -23,6 +23,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from edgerec.sdk.keys import key_id
 from edgerec.sdk.manifest import canonical_json
 

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import click
+
 from edgerec.sdk.cli._output import console
 
 from .config import ServiceConfig
@@ -25,7 +26,7 @@ def sync_group() -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=8470, show_default=True)
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Worker threads (default 16).")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Worker threads (default 4).")
 def serve(data_dir: Path, db_url: str | None, host: str, port: int, tls_cert: Path | None,
           tls_key: Path | None, threads: int | None) -> None:
     """Serve the node and admin APIs and the TUF repository on waitress."""

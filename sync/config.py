@@ -37,8 +37,9 @@ class ServiceConfig:
     enroll_token_expiry_s: int = 86400
     # background work: refresh expiring metadata, forget old nonces
     maintenance_interval_s: float = 30.0
-    # waitress worker threads
-    threads: int = 16
+    # waitress worker threads: few, as the GIL serialises Python work anyway (measured in
+    # bench/sync.py: 4 beat 16 on tail latency); raise it for a remote, slow database
+    threads: int = 4
 
     def __post_init__(self) -> None:
         for f in fields(self):

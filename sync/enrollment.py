@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
 from edgerec.sdk.errors import KeyFileError, PackageError
 from edgerec.sdk.keys import public_key_from_pem, public_pem
 from edgerec.sdk.manifest import check_name
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
 
 from .errors import AuthenticationError, BadRequestError
 from .store.models import EnrollToken, Node

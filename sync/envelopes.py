@@ -15,11 +15,12 @@ from collections.abc import Iterable, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from edgerec.sdk.encryption import seal_data_key
 from edgerec.sdk.keys import public_key_from_pem
 from edgerec.sdk.manifest import canonical_json
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from .store.models import DataKey, EnvelopeRow, Node, PackageVersion
 

@@ -6,8 +6,9 @@ import logging
 from pathlib import Path
 
 import click
-from edgerec.sdk.cli._output import console, print_json
 from rich.table import Table
+
+from edgerec.sdk.cli._output import console, print_json
 
 from .errors import ConfigError
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from securesystemslib.signer import CryptoSigner, SSlibKey
+
 from edgerec.sdk._atomic import write_atomic
 from edgerec.sdk.errors import KeyFileError
 from edgerec.sdk.keys import generate_keypair, load_signing_key
-from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from .errors import ConfigError
 

@@ -16,14 +16,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgerec.sdk.encryption import encrypt_package
-from edgerec.sdk.errors import PackageError, SignatureError
-from edgerec.sdk.manifest import check_name
-from edgerec.sdk.package import MANIFEST, Package
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from tuf.api.metadata import Metadata, Root
+
+from edgerec.sdk.encryption import encrypt_package
+from edgerec.sdk.errors import PackageError, SignatureError
+from edgerec.sdk.manifest import check_name
+from edgerec.sdk.package import MANIFEST, Package
 
 from .blobs import BlobStore
 from .envelopes import active_nodes, seal, wrap_data_key

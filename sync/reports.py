@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from edgerec.sdk.errors import PackageError
-from edgerec.sdk.manifest import check_name
 from sqlalchemy import update
 from sqlalchemy.orm import Session
+
+from edgerec.sdk.errors import PackageError
+from edgerec.sdk.manifest import check_name
 
 from .errors import BadRequestError
 from .store import Database
@@ -63,21 +64,23 @@ def check_report(doc: Any) -> tuple[str, str]:
 
 
 def store_report(db: Database, session: Session, node_id: str, doc: dict[str, Any]) -> ReportResult:
-    """Store a report once; apply a status report to the node's model view."""
+    """Store a report once; apply a status report to the node's model view; mark the node seen."""
     rid, kind = check_report(doc)
     rows = _status_rows(doc) if kind == "status" else []
     now = time.time()
     conn = session.connection()
     added = conn.execute(db.insert(Report).on_conflict_do_nothing().returning(Report.id),
                          {"node_id": node_id, "report_id": rid, "kind": kind, "body": doc, "received": now})
+    node: dict[str, Any] = {"last_seen": now}
     if added.first() is None:
+        conn.execute(update(Node).where(Node.id == node_id).values(**node))
         return ReportResult(rid, True)
     if kind == "status":
-        node = {k: v for k, v in (("accelerator", _short(doc.get("accelerator"), 32, "accelerator")),
-                                  ("health", _short(doc.get("health"), 32, "health")),
-                                  ("agent", _short(doc.get("agent"), 64, "agent"))) if v is not None}
-        if node:
-            conn.execute(update(Node).where(Node.id == node_id).values(**node))
+        node.update({k: v for k, v in (("accelerator", _short(doc.get("accelerator"), 32, "accelerator")),
+                                       ("health", _short(doc.get("health"), 32, "health")),
+                                       ("agent", _short(doc.get("agent"), 64, "agent"))) if v is not None})
+    conn.execute(update(Node).where(Node.id == node_id).values(**node))
+    if kind == "status":
         for name, values in rows:
             values["updated"] = now
             conn.execute(

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.orm import Session
+
 from edgerec.sdk.errors import PackageError
 from edgerec.sdk.keys import public_key_from_pem
 from edgerec.sdk.manifest import check_name
-from sqlalchemy import bindparam, delete, select, update
-from sqlalchemy.orm import Session
 
 from .assignments import Assignment as SignedAssignment
 from .assignments import sign_assignment
@@ -238,8 +239,13 @@ class SyncService:
             key = self._keys[pem] = parsed
         return key
 
-    def authenticate(self, session: Session, method: str, url: str, headers: Any, body: bytes) -> str:
-        """The id of the node that signed this request; refuses bad signatures, replays and revoked nodes."""
+    def authenticate(
+        self, session: Session, method: str, url: str, headers: Any, body: bytes, touch: bool = True
+    ) -> str:
+        """The id of the node that signed this request; refuses bad signatures, replays and revoked nodes.
+
+        ``touch`` records the node's last-seen time (a report does that itself).
+        """
         # Every node request passes here: prepared Core statements on the session's
         # connection, no ORM objects.
         conn = session.connection()
@@ -261,7 +267,8 @@ class SyncService:
         fresh = conn.execute(self._nonce_insert, {"node_id": node_id, "nonce": verified.nonce, "created": now})
         if fresh.first() is None:
             raise ReplayError("replayed request: this signature's nonce was already used")
-        conn.execute(_TOUCH, {"nid": node_id, "now": now})
+        if touch:
+            conn.execute(_TOUCH, {"nid": node_id, "now": now})
         return node_id
 
     def signed_assignments(self, session: Session, node_id: str) -> list[str]:

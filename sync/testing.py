@@ -104,6 +104,7 @@ def wait_for(predicate: object, timeout: float = 10.0, interval: float = 0.05) -
 def build_demo_package(name: str, version: int, signing_key: object, seed: int = 0) -> bytes:
     """The SDK's demo CTR package (ONNX, vocabulary, warm-up), signed, for tests and benchmarks."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from edgerec.sdk.cli import _demo_models as demo
 
     assert isinstance(signing_key, Ed25519PrivateKey)

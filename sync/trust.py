@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from tuf.api.metadata import Root
+
 from edgerec.sdk.errors import KeyFileError
 from edgerec.sdk.keys import key_id, public_key_from_pem, public_pem
-from tuf.api.metadata import Root
 
 from .errors import ConfigError
 

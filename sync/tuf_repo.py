@@ -26,8 +26,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from edgerec.sdk._atomic import write_atomic
-from edgerec.sdk.manifest import check_name
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from tuf.api.metadata import (
@@ -42,6 +40,9 @@ from tuf.api.metadata import (
     Timestamp,
 )
 from tuf.repository import Repository
+
+from edgerec.sdk._atomic import write_atomic
+from edgerec.sdk.manifest import check_name
 
 from .config import ServiceConfig
 from .datadir import DataDir

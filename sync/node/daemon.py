@@ -31,14 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuf.api.exceptions import DownloadError, RepositoryError
+from tuf.api.metadata import Metadata, Root
+from tuf.ngclient import Updater
+
 from edgerec.sdk import __version__
 from edgerec.sdk.encryption import Envelope, Recipient, add_envelopes
 from edgerec.sdk.errors import EdgeRecError
 from edgerec.sdk.model import EdgeModel
 from edgerec.sdk.package import Package
-from tuf.api.exceptions import DownloadError, RepositoryError
-from tuf.api.metadata import Metadata, Root
-from tuf.ngclient import Updater
 
 from ..assignments import Accepted, Assignment, verify_assignment
 from ..errors import ApiError, AssignmentError, InstallError, ServerUnreachableError

@@ -22,6 +22,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from edgerec.sdk._atomic import write_atomic
 from edgerec.sdk.keys import generate_keypair, load_recipient_key, load_signing_key, public_pem
 

@@ -19,6 +19,8 @@ from typing import Any
 import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.engine import make_url
+
 from edgerec.sdk.keys import generate_keypair, load_signing_key
 from edgerec.sync.admin_client import AdminClient, Credentials
 from edgerec.sync.admin_init import InitResult, init_service
@@ -29,7 +31,6 @@ from edgerec.sync.node.state import NodeState
 from edgerec.sync.server import RunningServer
 from edgerec.sync.service import SyncService
 from edgerec.sync.testing import LocalPostgres, build_demo_package, find_pg_bin
-from sqlalchemy.engine import make_url
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ENV = "EDGEREC_TEST_POSTGRES_URL"

@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from tuf.ngclient import Updater
+
 from edgerec.sdk.encryption import Envelope
 from edgerec.sync.node.client import NodeClient, http_client
 from edgerec.sync.node.fetcher import HttpxFetcher
 from edgerec.sync.node.state import NodeState
-from tuf.ngclient import Updater
 
 
 def tuf_updater(server: str, root: bytes, folder: Path) -> Updater:

@@ -7,10 +7,11 @@ import os
 
 import pytest
 from click.testing import CliRunner
+from tuf.api.metadata import Metadata, Root
+
 from edgerec.sdk.cli.main import cli
 from edgerec.sync.admin_client import Credentials, save_credentials
 from edgerec.sync.testing import free_port
-from tuf.api.metadata import Metadata, Root
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from edgerec.sdk.keys import key_id
 from edgerec.sync.assignments import Accepted, Assignment, sign_assignment, verify_assignment
 from edgerec.sync.errors import (

@@ -15,6 +15,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
 from cryptography.x509.oid import NameOID
+from flask import Flask, jsonify, request
+from tuf.ngclient import Updater
+from waitress import create_server, wasyncore
+
 from edgerec.sync.node.daemon import NodeDaemon
 from edgerec.sync.node.edge_control import EdgeControl
 from edgerec.sync.node.enroll import enroll_node
@@ -22,9 +26,6 @@ from edgerec.sync.node.fetcher import HttpxFetcher
 from edgerec.sync.node.state import NodeState
 from edgerec.sync.server import RunningServer
 from edgerec.sync.tls import client_verify
-from flask import Flask, jsonify, request
-from tuf.ngclient import Updater
-from waitress import create_server, wasyncore
 
 
 def _target_url(env, pub) -> str:

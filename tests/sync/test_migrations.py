@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 
 import pytest
+from sqlalchemy import Connection, inspect, select, text, update
+
 from edgerec.sync.errors import ConfigError
 from edgerec.sync.store import SCHEMA_VERSION, Database, migrate
 from edgerec.sync.store.migrations import current_version
 from edgerec.sync.store.models import Counter, SchemaInfo
-from sqlalchemy import Connection, inspect, select, text, update
 
 
 @pytest.fixture

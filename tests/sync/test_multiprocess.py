@@ -14,6 +14,8 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from sqlalchemy import select
+
 from edgerec.sdk.keys import load_verify_key, public_pem
 from edgerec.sync.admin_client import AdminClient, Credentials
 from edgerec.sync.admin_init import init_service
@@ -25,7 +27,6 @@ from edgerec.sync.node.state import NodeState
 from edgerec.sync.store import Database
 from edgerec.sync.store.models import TufMetadata
 from edgerec.sync.testing import free_port, wait_for
-from sqlalchemy import select
 
 from .helpers import tuf_updater
 

@@ -11,13 +11,14 @@ import zipfile
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import func, select
+
 from edgerec.sdk.keys import public_pem
 from edgerec.sync.errors import ApiError
 from edgerec.sync.httpsig import RequestSigner
 from edgerec.sync.node.enroll import enroll_node
 from edgerec.sync.store.models import EnvelopeRow, Node, PackageVersion, Report
 from edgerec.sync.testing import build_demo_package
-from sqlalchemy import func, select
 
 
 def _count(env, model) -> int:

@@ -8,11 +8,12 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from sqlalchemy import select
+
 from edgerec.sdk.keys import public_pem
 from edgerec.sync.errors import ApiError
 from edgerec.sync.rollout import choose, wanted
 from edgerec.sync.store.models import Assignment, Rollout
-from sqlalchemy import select
 
 NODES = [f"n{i:016x}" for i in range(100)]
 

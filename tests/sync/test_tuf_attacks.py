@@ -11,10 +11,11 @@ import time
 
 import numpy as np
 import pytest
+from tuf.api.exceptions import BadVersionNumberError, ExpiredMetadataError, LengthOrHashMismatchError
+
 from edgerec.sdk.keys import load_verify_key
 from edgerec.sdk.model import EdgeModel
 from edgerec.sdk.package import Package
-from tuf.api.exceptions import BadVersionNumberError, ExpiredMetadataError, LengthOrHashMismatchError
 
 from .helpers import OtherEnvelopes, Replaying, node_client, tuf_updater
 
@@ -56,7 +57,7 @@ def test_happy_path_install_through_tuf(sync_env, publisher, tmp_path):
                         recipient_id=node_id) as got, EdgeModel.load(
         env.packages[1], [load_verify_key(publisher.public_path)]
     ) as want:
-        batch = want.package.warmup()
+        batch = want.warmup_samples()
         np.testing.assert_allclose(got.scores(got.predict(batch)), want.scores(want.predict(batch)), rtol=1e-6)
 
     row = env.admin().status("ctr")["nodes"][0]

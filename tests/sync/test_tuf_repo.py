@@ -7,12 +7,13 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from tuf.api.exceptions import UnsignedMetadataError
+from tuf.api.metadata import Metadata, Root, Targets
+
 from edgerec.sdk.keys import generate_keypair, load_signing_key, load_verify_key
 from edgerec.sync.admin_init import _sign_root, root_signing_keys, update_root
 from edgerec.sync.errors import ApiError
 from edgerec.sync.testing import build_demo_package, wait_for
-from tuf.api.exceptions import UnsignedMetadataError
-from tuf.api.metadata import Metadata, Root, Targets
 
 from .helpers import tuf_updater
 
