@@ -99,3 +99,25 @@ def status_cmd(state_dir: Path, as_json: bool) -> None:
         a, i, f = status.accepted.get(m), status.installed.get(m), status.failures.get(m)
         t.add_row(m, str(a.version) if a else "-", str(i.version) if i else "-", f.reason[:100] if f else "")
     console.print(t)
+
+
+@node.command("edge-config")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--json", "as_json", is_flag=True)
+def edge_config(state_dir: Path, as_json: bool) -> None:
+    """The edge server flags that let it open what this node installs (keys stay in place)."""
+    from .node.state import NodeState
+
+    st = NodeState(state_dir)
+    ident = st.identity()
+    keys = sorted(str(p.resolve()) for p in st.trust_dir.glob("*.pub"))
+    if not keys:
+        raise ConfigError(f"{state_dir}: no publisher keys exported yet; run 'edgerec node run --once' first")
+    doc = {"trusted_keys": keys, "recipient_key": str((st.keys / "recipient.key").resolve()),
+           "recipient_id": ident.node_id}
+    if as_json:
+        print_json(doc)
+        return
+    flags = [*(f"--trusted-key {k}" for k in keys), f"--recipient-key {doc['recipient_key']}",
+             f"--recipient-id {ident.node_id}"]
+    click.echo(" ".join(flags))

@@ -38,6 +38,7 @@ from tuf.ngclient import Updater
 from edgerec.sdk import __version__
 from edgerec.sdk.encryption import Envelope, Recipient, add_envelopes
 from edgerec.sdk.errors import EdgeRecError
+from edgerec.sdk.keys import public_pem
 from edgerec.sdk.model import EdgeModel
 from edgerec.sdk.package import Package
 
@@ -142,7 +143,9 @@ class NodeDaemon:
         # The newest root the Updater verified (or the pinned one) holds the trusted keys.
         root_file = self.state.tuf_dir / "root.json"
         data = root_file.read_bytes() if root_file.exists() else self.state.pinned_root()
-        return updater, TrustInfo.from_root(Metadata[Root].from_bytes(data).signed), error
+        trust = TrustInfo.from_root(Metadata[Root].from_bytes(data).signed)
+        self.state.export_publisher_keys({kid: public_pem(k) for kid, k in trust.publisher_keys.items()})
+        return updater, trust, error
 
     def _handle(
         self, doc: bytes, updater: Updater, trust: TrustInfo, refresh_error: str | None,

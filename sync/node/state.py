@@ -10,6 +10,8 @@
     DIR/targets/              verified target files (ciphertext packages)
     DIR/partial/              interrupted downloads, resumed with HTTP ranges
     DIR/status.json           accepted assignments, installed versions, failures
+    DIR/trust/<keyid>.pub     the publisher keys the verified TUF root trusts, for the edge
+                              server's ``--trusted-key`` (rewritten when the root rotates them)
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class NodeState:
     tuf_dir = property(lambda self: self.dir / "tuf")
     targets_dir = property(lambda self: self.dir / "targets")
     partial_dir = property(lambda self: self.dir / "partial")
+    trust_dir = property(lambda self: self.dir / "trust")
 
     @property
     def enrolled(self) -> bool:
@@ -135,6 +138,17 @@ class NodeState:
             return self.root_file.read_bytes()
         except OSError as exc:
             raise ConfigError(f"{self.root_file}: cannot read the pinned root ({exc.strerror})") from exc
+
+    def export_publisher_keys(self, keys: dict[str, bytes]) -> list[Path]:
+        """Keep ``trust/<keyid>.pub`` equal to ``keys`` (key id -> PEM); returns the files."""
+        self.trust_dir.mkdir(parents=True, exist_ok=True)
+        wanted = {self.trust_dir / f"{kid}.pub": pem for kid, pem in keys.items()}
+        for path, pem in wanted.items():
+            if not path.exists() or path.read_bytes() != pem:
+                write_atomic(path, pem, mode=0o644)
+        for stale in set(self.trust_dir.glob("*.pub")) - set(wanted):
+            stale.unlink(missing_ok=True)
+        return sorted(wanted)
 
     def load_status(self) -> NodeStatus:
         try:

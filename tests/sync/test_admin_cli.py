@@ -85,6 +85,9 @@ def test_publish_rollout_and_fleet_views(run, sync_env, tmp_path):
     assert json.loads(run("admin", "packages", "--json").stdout)[0]["target"] == "stable/ctr/1.edgepkg"
     local = json.loads(run("node", "status", "--state-dir", str(state), "--json").stdout)
     assert local["installed"]["ctr"]["version"] == 1
+    edge = json.loads(run("node", "edge-config", "--state-dir", str(state), "--json").stdout)
+    assert edge["recipient_id"] == enrolled["node_id"] and len(edge["trusted_keys"]) == 1
+    assert "--recipient-key" in run("node", "edge-config", "--state-dir", str(state)).stdout
 
 
 def _one_line_error(result) -> str:

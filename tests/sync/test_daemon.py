@@ -200,3 +200,40 @@ def test_tls_end_to_end(sync_env, tmp_path):
         assert ident.metadata_url.startswith("https://")
     finally:
         tls.stop()
+
+
+def test_with_the_real_edge_server(sync_env, tmp_path):
+    """The daemon drives the project's edge server: it opens and serves what the node installed."""
+    from edgerec.edge_server.app import create_app
+    from edgerec.edge_server.config import ServerConfig
+
+    env = sync_env
+    state = env.enroll("edge-1")
+    env.publish(1)
+    env.publish(2)
+    admin = env.admin()
+    admin.rollout("ctr", 1, "stable", 100, [])
+    env.daemon(state).run_once()  # exports the trusted publisher keys from the verified root
+    trusted = tuple(sorted(state.trust_dir.glob("*.pub")))
+    assert len(trusted) == 1
+    token = "t" * 32
+    config = ServerConfig(port=0, trusted_keys=trusted, recipient_key=state.keys / "recipient.key",
+                          recipient_id=state.identity().node_id, control_token=token, access_log=False)
+    app = create_app(config)
+    server = create_server(app, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.effective_port}"
+    try:
+        daemon = env.daemon(state, model_dir=tmp_path / "models", edge=EdgeControl(url, token))
+        admin.rollout("ctr", 2, "stable", 100, [])
+        result = daemon.run_once()
+        assert result.installed == [("ctr", 2)] and result.failures == {}
+        listed = httpx.get(url + "/control/v1/models", headers={"Authorization": f"Bearer {token}"}).json()
+        serving = [(m["name"], int(m["version"])) for m in listed["models"] if m["state"] == "serving"]
+        assert ("ctr", 2) in serving
+    finally:
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+        thread.join(5)
+        server.task_dispatcher.shutdown()
+        app.extensions["edgerec"].close()
