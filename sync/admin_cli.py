@@ -122,7 +122,7 @@ def init_cmd(ctx: click.Context, data_dir: Path, keys_dir: Path, publisher_keys:
         return
     console.print(f"initialised {result.data_dir} (database {result.db_url})")
     console.print(f"root keys ({result.threshold} of {len(result.root_key_files)} sign): "
-                  f"{', '.join(doc['root_keys'])} -- keep them offline")
+                  f"{', '.join(str(p) for p in result.root_key_files)} -- keep them offline")
     console.print(f"admin token saved to {path} (mode 0600)")
 
 

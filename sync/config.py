@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from .errors import ConfigError
 
@@ -53,7 +54,7 @@ class ServiceConfig:
     def from_env(cls, base: ServiceConfig | None = None) -> ServiceConfig:
         """``base`` (or the defaults) with ``EDGEREC_SYNC_*`` variables applied."""
         base = base or cls()
-        changes: dict[str, int | float] = {}
+        changes: dict[str, Any] = {}
         for f in fields(cls):
             raw = os.environ.get(ENV_PREFIX + f.name.upper())
             if raw is None:

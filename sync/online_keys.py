@@ -68,7 +68,7 @@ class OnlineKeys:
         return self._signers["channels" if role.startswith("channel-") else role]
 
     def public(self, role: str) -> SSlibKey:
-        return self.signer(role).public_key  # type: ignore[return-value]
+        return self.signer(role).public_key
 
     @cached_property
     def assignment(self) -> Ed25519PrivateKey:

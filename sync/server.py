@@ -67,7 +67,7 @@ class RunningServer:
             # poll(), not select(): more than 1024 open connections must not break the loop.
             asyncore_use_poll=True,
         )
-        inner_port = int(self._server.effective_port)  # type: ignore[union-attr]
+        inner_port = int(self._server.effective_port)
         self._tls = TlsFront(host, port, server_context(*tls), ("127.0.0.1", inner_port)) if tls else None
         self._maint = Maintenance(service, cfg.maintenance_interval_s) if maintenance else None
         self._thread = threading.Thread(target=self._server.run, name="edgerec-waitress", daemon=True)
@@ -95,7 +95,7 @@ class RunningServer:
             self._tls.stop()
         server = self._server
         # Close the sockets from the server's own loop thread, then stop the workers.
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))  # type: ignore[union-attr]
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
         self._thread.join(timeout=10)
         server.task_dispatcher.shutdown()
 

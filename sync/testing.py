@@ -57,6 +57,7 @@ class LocalPostgres:
         self.url = f"postgresql+psycopg://edgerec@127.0.0.1:{self.port}/edgerec"
 
     def _run(self, *args: str) -> None:
+        assert self.bin is not None
         cmd = [str(self.bin / args[0]), *args[1:]]
         if self._user:
             cmd = ["runuser", "-u", self._user, "--", *cmd]

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -97,7 +98,7 @@ class _DbRepository(Repository):
         row = self._latest(role)
         return 0 if row is None else row.version
 
-    def open(self, role: str) -> Metadata:
+    def open(self, role: str) -> Metadata[Any]:
         row = self._latest(role)
         if row is not None:
             return Metadata.from_bytes(row.data)
@@ -116,7 +117,7 @@ class _DbRepository(Repository):
             return self.config.timestamp_expiry_s
         return self.config.targets_expiry_s
 
-    def close(self, role: str, md: Metadata) -> None:
+    def close(self, role: str, md: Metadata[Any]) -> None:
         if role == Root.type:
             raise ConfigError("root metadata is signed offline by the admin keys")
         md.signed.version = self.latest_version(role) + 1

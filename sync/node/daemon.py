@@ -227,7 +227,7 @@ class NodeDaemon:
                 "accelerator": inst.accelerator if inst else None,
                 "failure": None if fail is None else {"version": fail.version, "reason": fail.reason, "at": fail.at},
             })
-        accels = {r["accelerator"] for r in rows if r["accelerator"]}
+        accels = {str(r["accelerator"]) for r in rows if r["accelerator"]}
         healthy = all(r["state"] != "failed" for r in rows)
         return {
             "report_id": uuid.uuid4().hex, "kind": "status", "time": time.time(), "agent": AGENT,

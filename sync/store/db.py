@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -123,7 +123,7 @@ class Database:
     def next_value(self, session: Session, name: str) -> int:
         """Increment a counter under its lock and return the new value."""
         value = self.lock(session, name) + 1
-        session.execute(Counter.__table__.update().where(Counter.name == name).values(value=value))
+        session.execute(update(Counter).where(Counter.name == name).values(value=value))
         return value
 
     def insert(self, model: type[Any]) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
-from sqlalchemy import Connection, inspect, select, text
+from sqlalchemy import Connection, insert, inspect, select, text, update
 
 from ..errors import ConfigError
 from .db import Database
@@ -54,8 +54,8 @@ def _migrate_locked(conn: Connection, head: int, steps: Mapping[int, Callable[[C
     version = current_version(conn)
     if version is None:
         Base.metadata.create_all(conn)
-        conn.execute(SchemaInfo.__table__.insert().values(id=1, version=head))
-        conn.execute(Counter.__table__.insert(), [{"name": n, "value": 0} for n in COUNTERS])
+        conn.execute(insert(SchemaInfo).values(id=1, version=head))
+        conn.execute(insert(Counter), [{"name": n, "value": 0} for n in COUNTERS])
         log.info("database schema created at version %d", head)
         return 0
     if version > head:
@@ -69,5 +69,5 @@ def _migrate_locked(conn: Connection, head: int, steps: Mapping[int, Callable[[C
             raise ConfigError(f"database schema: no migration to version {target}")
         log.info("migrating database schema to version %d", target)
         step(conn)
-        conn.execute(SchemaInfo.__table__.update().where(SchemaInfo.id == 1).values(version=target))
+        conn.execute(update(SchemaInfo).where(SchemaInfo.id == 1).values(version=target))
     return version
