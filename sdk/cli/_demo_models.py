@@ -172,3 +172,31 @@ def sample_inputs(n: int, seed: int = 0, weights_seed: int = 0) -> tuple[dict[st
     ctx = rng.random((n, N_CTX)).astype(np.float32)
     ref = ctr_reference(ctr_weights(weights_seed), rows, items, ctx).ravel()
     return {"user_id": users, "item_id": items, "ctx": ctx}, ref
+
+
+def keras_ctr_source(w: dict[str, np.ndarray], path: Path) -> Path:
+    """The CTR function as a trainer would hand it over: a ``.keras`` file whose user
+    ids go through a ``StringLookup`` (which the converter lifts into a vocabulary)."""
+    import keras
+
+    u = keras.Input((), dtype="string", name="user_id")
+    i = keras.Input((), dtype="int32", name="item_id")
+    c = keras.Input((N_CTX,), dtype="float32", name="ctx")
+    rows = keras.layers.StringLookup(vocabulary=list(USER_KEYS), num_oov_indices=1, name="user_lookup")(u)
+    ue = keras.layers.Embedding(N_USERS, DIM, name="user_emb")(rows)
+    ie = keras.layers.Embedding(N_ITEMS, DIM, name="item_emb")(i)
+    x = keras.layers.Concatenate()([ue, ie, c])
+    out = keras.layers.Dense(1, activation="sigmoid", use_bias=False, name="dense")(x)
+    model = keras.Model({"user_id": u, "item_id": i, "ctx": c}, {"score": out})
+    model.get_layer("user_emb").set_weights([w["user_emb"]])
+    model.get_layer("item_emb").set_weights([w["item_emb"]])
+    model.get_layer("dense").set_weights([w["w"]])
+    model.save(path)
+    return path
+
+
+def labelled_rows(n: int, seed: int = 0, weights_seed: int = 0) -> dict[str, np.ndarray]:
+    """Rows with clicks drawn from the reference CTR: held-out data for the converter's eval."""
+    inputs, ref = sample_inputs(n, seed, weights_seed)
+    rng = np.random.default_rng(seed + 1)
+    return {**inputs, "label": (rng.random(n) < ref).astype(np.int64)}

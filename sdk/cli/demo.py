@@ -26,6 +26,7 @@ from ..keys import generate_keypair, load_recipient_key, load_signing_key, load_
 from ..model import Accelerator, EdgeModel
 from ..package import Package
 from . import _demo_models as demo
+from ._fleet import run_fleet
 from ._output import console, print_json
 from .main import cli
 
@@ -56,20 +57,41 @@ def build_demo_package(work: Path, with_tflite: bool) -> Path:
 
 @cli.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Keep keys and packages here (default: a temporary folder).")
+              help="Keep keys, packages, logs and state here (default: a temporary folder).")
+@click.option("--device", "device_only", is_flag=True,
+              help="Only the device part: package, sign, encrypt, load and rank in this process.")
 @click.option("--repeats", type=click.IntRange(min=5), default=200, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def demo_cmd(workdir: Path | None, repeats: int, as_json: bool) -> None:
-    """Build, sign, encrypt, verify, load and rank with a small CTR model."""
+def demo_cmd(workdir: Path | None, device_only: bool, repeats: int, as_json: bool) -> None:
+    """The whole loop on this machine: convert, publish, install on a node, serve, rank.
+
+    Needs the converter, edge and sync extras (pip install 'edgerec[all]'); with
+    the SDK alone, or with --device, it runs the device part only.
+    """
     with tempfile.TemporaryDirectory(prefix="edgerec-demo-") as tmp:
-        work = workdir or Path(tmp)
+        work = (workdir or Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        results = run_demo(work, repeats, quiet=as_json)
+        missing = [m for m in ("tensorflow", "flask", "sqlalchemy", "tuf") if importlib.util.find_spec(m) is None]
+
+        def say(text: str) -> None:
+            if not as_json:
+                console.print(text)
+
+        results: dict[str, Any] = {}
+        if not device_only and not missing:
+            say("[bold]The fleet loop[/] (each step is an edgerec command or HTTP call on loopback)")
+            results["fleet"] = run_fleet(work / "fleet", say)
+            say("")
+        elif not device_only:
+            say(f"(the fleet loop needs {', '.join(missing)}: pip install 'edgerec[all]'; running the device part)")
+        say("[bold]On a device[/] (the SDK alone, in this process)")
+        results["device"] = run_demo(work / "device", repeats, quiet=as_json)
     if as_json:
         print_json(results)
 
 
 def run_demo(work: Path, repeats: int, quiet: bool = False) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
     def say(text: str) -> None:
         if not quiet:
             console.print(text)

@@ -139,15 +139,31 @@ def test_missing_extra_is_one_line(monkeypatch):
     assert {v[1] for v in LAZY.values()} == {"converter", "edge", "sync"}
 
 
-@pytest.mark.slow
-def test_demo_json(tmp_path):
-    proc = run("demo", "--workdir", str(tmp_path), "--repeats", "5", "--json")
+def test_demo_device_json(tmp_path):
+    proc = run("demo", "--device", "--workdir", str(tmp_path), "--repeats", "5", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(proc.stdout)
-    rows = doc["results"]
+    assert "fleet" not in doc
+    rows = doc["device"]["results"]
     assert {r["backend"] for r in rows} == {"litert", "onnxruntime"}
     assert all("error" not in r for r in rows)
     assert all(r["max_abs_err"] < 1e-5 for r in rows)
     assert all(r["accelerator"] == "cpu" for r in rows)
     assert len({tuple(i for i, _ in r["top3"]) for r in rows}) == 1  # every backend ranks the same
-    assert stat.S_IMODE((tmp_path / "publisher.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "device" / "publisher.key").stat().st_mode) == 0o600
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_fleet_loop(tmp_path):
+    """convert -> sync service -> enrolled node -> edge server -> rank, then a hot swap to v2."""
+    proc = run("demo", "--workdir", str(tmp_path), "--repeats", "5", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fleet = json.loads(proc.stdout)["fleet"]
+    assert str(fleet["rank"]["1"]["version"]) == "1" and str(fleet["rank"]["2"]["version"]) == "2"
+    assert len(fleet["rank"]["2"]["items"]) == 5
+    assert fleet["rank"]["1"]["items"] != fleet["rank"]["2"]["items"]  # v2 really serves
+    assert (fleet["status"]["desired_version"], fleet["status"]["installed_version"]) == (2, 2)
+    assert {a["format"] for a in fleet["artifacts"]} == {"tflite", "ort"}
+    assert {a["batch"] for a in fleet["artifacts"]} == {"dynamic", 16, 64}
+    # the node's private keys stayed private, and nothing was left running
+    assert stat.S_IMODE((tmp_path / "fleet" / "node" / "keys" / "recipient.key").stat().st_mode) == 0o600

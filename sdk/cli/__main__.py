@@ -1,0 +1,5 @@
+"""``python -m edgerec.sdk.cli``: the ``edgerec`` command."""
+
+from .main import main
+
+main()
