@@ -39,13 +39,26 @@ class Split:
 
 
 def locate(path: str | Path | None) -> Path:
-    """A MovieLens folder: the one given, the shared copy, or a download (where online)."""
-    folder = Path(path) if path else DEFAULT_DATA
+    """A MovieLens folder: the one given, the shared copy, or a download (where online).
+
+    Downloads go to ``build/movielens-data`` (never into the read-only shared folder).
+    """
+    if path is not None:
+        folder = Path(path)
+        if not (folder / "ratings.csv").exists():
+            raise SystemExit(f"error: {folder}: no ratings.csv (give a MovieLens folder)")
+        return folder
+    if (DEFAULT_DATA / "ratings.csv").exists():
+        return DEFAULT_DATA
+    folder = Path(__file__).resolve().parents[2] / "build" / "movielens-data"
     if (folder / "ratings.csv").exists():
         return folder
+    try:
+        with urllib.request.urlopen(URL, timeout=60) as resp:
+            archive = zipfile.ZipFile(io.BytesIO(resp.read()))
+    except OSError as exc:
+        raise SystemExit(f"error: no MovieLens data at {DEFAULT_DATA} and the download failed ({exc})") from exc
     folder.mkdir(parents=True, exist_ok=True)
-    with urllib.request.urlopen(URL, timeout=60) as resp:
-        archive = zipfile.ZipFile(io.BytesIO(resp.read()))
     for name in archive.namelist():
         if name.endswith((".csv", "README.txt")):
             (folder / Path(name).name).write_bytes(archive.read(name))
