@@ -7,11 +7,13 @@ fixture.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from waitress import create_server, wasyncore
 
@@ -20,6 +22,16 @@ from .service import SyncService
 from .tls import TlsFront, server_context
 
 log = logging.getLogger("edgerec.sync")
+
+
+def stop_waitress(server: Any, thread: threading.Thread) -> None:
+    """Close a waitress server's sockets from its own loop thread, then stop its workers."""
+    if thread.is_alive():
+        # OSError: the loop closed its trigger already and is ending by itself.
+        with contextlib.suppress(OSError):
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+        thread.join(timeout=10)
+    server.task_dispatcher.shutdown()
 
 
 class Maintenance(threading.Thread):
@@ -93,11 +105,7 @@ class RunningServer:
             self._maint.stop()
         if self._tls is not None:
             self._tls.stop()
-        server = self._server
-        # Close the sockets from the server's own loop thread, then stop the workers.
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
-        self._thread.join(timeout=10)
-        server.task_dispatcher.shutdown()
+        stop_waitress(self._server, self._thread)
 
     def wait(self) -> None:
         """Block until SIGINT or SIGTERM, then stop."""

@@ -17,14 +17,14 @@ from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_pri
 from cryptography.x509.oid import NameOID
 from flask import Flask, jsonify, request
 from tuf.ngclient import Updater
-from waitress import create_server, wasyncore
+from waitress import create_server
 
 from edgerec.sync.node.daemon import NodeDaemon
 from edgerec.sync.node.edge_control import EdgeControl
 from edgerec.sync.node.enroll import enroll_node
 from edgerec.sync.node.fetcher import HttpxFetcher
 from edgerec.sync.node.state import NodeState
-from edgerec.sync.server import RunningServer
+from edgerec.sync.server import RunningServer, stop_waitress
 from edgerec.sync.tls import client_verify
 
 
@@ -117,9 +117,7 @@ class FakeEdgeServer:
         self.thread.start()
 
     def stop(self) -> None:
-        self.server.trigger.pull_trigger(lambda: wasyncore.close_all(self.server._map))
-        self.thread.join(5)
-        self.server.task_dispatcher.shutdown()
+        stop_waitress(self.server, self.thread)
 
 
 def test_edge_server_loads_new_versions_and_a_refusal_keeps_the_old(sync_env):
@@ -233,7 +231,5 @@ def test_with_the_real_edge_server(sync_env, tmp_path):
         serving = [(m["name"], int(m["version"])) for m in listed["models"] if m["state"] == "serving"]
         assert ("ctr", 2) in serving
     finally:
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
-        thread.join(5)
-        server.task_dispatcher.shutdown()
+        stop_waitress(server, thread)
         app.extensions["edgerec"].close()
