@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from .app import service
 from .errors import BadRequestError, PayloadTooLargeError
+from .service import AuthedNode
 
 bp = Blueprint("node", __name__, url_prefix="/api/v1")
 
@@ -46,8 +47,8 @@ def signed_url() -> str:
     return "http://edgerec" + quote(request.path) + (f"?{query}" if query else "")
 
 
-def authenticated(session: Session, body: bytes, touch: bool = True) -> str:
-    return service().authenticate(session, request.method, signed_url(), request.headers, body, touch)
+def authenticated(session: Session, body: bytes, touch: bool = True) -> AuthedNode:
+    return service().authenticate_node(session, request.method, signed_url(), request.headers, body, touch)
 
 
 @bp.post("/enroll")
@@ -68,7 +69,7 @@ def enroll() -> Any:
 def assignments() -> Any:
     svc = service()
     with svc.db.write() as session:
-        node_id = authenticated(session, read_body(svc.config.max_json_bytes))
+        node_id = authenticated(session, read_body(svc.config.max_json_bytes)).id
         docs = svc.signed_assignments(session, node_id)
         return jsonify(node_id=node_id, assignments=docs)
 
@@ -80,13 +81,13 @@ def checkin() -> Any:
     body = read_body(svc.config.max_report_bytes)
     with svc.db.write() as session:
         # The report's node update also sets last-seen: one statement fewer per check-in.
-        node_id = authenticated(session, body, touch=False)
+        node = authenticated(session, body, touch=False)
         doc = json_body(body)
         if doc.get("kind") != "status":
             raise BadRequestError("checkin: the body must be a status report (kind 'status')")
-        result = svc.report(session, node_id, doc)
-        docs = svc.signed_assignments(session, node_id)
-    return jsonify(node_id=node_id, assignments=docs,
+        result = svc.report(session, node, doc)
+        docs = svc.signed_assignments(session, node.id)
+    return jsonify(node_id=node.id, assignments=docs,
                    report={"report_id": result.report_id, "duplicate": result.duplicate})
 
 
@@ -94,7 +95,7 @@ def checkin() -> Any:
 def envelopes(model: str, version: int) -> Any:
     svc = service()
     with svc.db.write() as session:
-        node_id = authenticated(session, read_body(svc.config.max_json_bytes))
+        node_id = authenticated(session, read_body(svc.config.max_json_bytes)).id
         return jsonify(model=model, version=version, envelopes=svc.node_envelopes(session, node_id, model, version))
 
 
@@ -103,6 +104,6 @@ def reports() -> Any:
     svc = service()
     body = read_body(svc.config.max_report_bytes)
     with svc.db.write() as session:
-        node_id = authenticated(session, body, touch=False)
-        result = svc.report(session, node_id, json_body(body))
+        node = authenticated(session, body, touch=False)
+        result = svc.report(session, node, json_body(body))
     return jsonify(report_id=result.report_id, duplicate=result.duplicate), 200 if result.duplicate else 201

@@ -2,12 +2,14 @@
 
 Reports are stored as sent, keyed by the node's report id, so a retried
 report is accepted once and a duplicate answers "already have it". A status
-report also updates the per-node, per-model view the admin commands show.
-The metrics service reads the stored ``metrics`` reports.
+report also updates the per-node, per-model view the admin commands show;
+a status that repeats the last stored one (a heartbeat) only marks the node
+seen. The metrics service reads the stored ``metrics`` reports.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +18,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from edgerec.sdk.errors import PackageError
-from edgerec.sdk.manifest import check_name
+from edgerec.sdk.manifest import canonical_json, check_name
 
 from .errors import BadRequestError
 from .store import Database
@@ -30,6 +32,7 @@ _MAX_MODELS = 256
 class ReportResult:
     report_id: str
     duplicate: bool
+    stored: bool = True
 
 
 def _short(value: Any, limit: int, what: str) -> str | None:
@@ -63,31 +66,49 @@ def check_report(doc: Any) -> tuple[str, str]:
     return rid, kind
 
 
-def store_report(db: Database, session: Session, node_id: str, doc: dict[str, Any]) -> ReportResult:
-    """Store a report once; apply a status report to the node's model view; mark the node seen."""
+def status_digest(doc: dict[str, Any]) -> str:
+    """What a status report says (not its id or time), hashed."""
+    said = {k: doc.get(k) for k in ("health", "accelerator", "agent", "models")}
+    return hashlib.sha256(canonical_json(said)).hexdigest()
+
+
+def store_report(
+    db: Database, session: Session, node_id: str, last_digest: str | None, doc: dict[str, Any]
+) -> ReportResult:
+    """Store a report once and mark the node seen.
+
+    A status report updates the per-model view; one that says the same as the
+    last stored status (a heartbeat) is accepted but not stored again, so a
+    fleet polling every few seconds does not grow the table with copies.
+    Metrics reports are always stored (once per report id).
+    """
     rid, kind = check_report(doc)
     rows = _status_rows(doc) if kind == "status" else []
     now = time.time()
     conn = session.connection()
+    node: dict[str, Any] = {"last_seen": now}
+    digest = status_digest(doc) if kind == "status" else None
+    if digest is not None and digest == last_digest:
+        conn.execute(update(Node).where(Node.id == node_id).values(**node))
+        return ReportResult(rid, False, stored=False)
     added = conn.execute(db.insert(Report).on_conflict_do_nothing().returning(Report.id),
                          {"node_id": node_id, "report_id": rid, "kind": kind, "body": doc, "received": now})
-    node: dict[str, Any] = {"last_seen": now}
     if added.first() is None:
         conn.execute(update(Node).where(Node.id == node_id).values(**node))
-        return ReportResult(rid, True)
+        return ReportResult(rid, True, stored=False)
     if kind == "status":
         node.update({k: v for k, v in (("accelerator", _short(doc.get("accelerator"), 32, "accelerator")),
                                        ("health", _short(doc.get("health"), 32, "health")),
                                        ("agent", _short(doc.get("agent"), 64, "agent"))) if v is not None})
+        node["status_digest"] = digest
     conn.execute(update(Node).where(Node.id == node_id).values(**node))
-    if kind == "status":
-        for name, values in rows:
-            values["updated"] = now
-            conn.execute(
-                db.insert(NodeModel).values(node_id=node_id, model=name, **values)
-                .on_conflict_do_update(index_elements=["node_id", "model"], set_=values)
-            )
-    return ReportResult(rid, False)
+    for name, values in rows:
+        values["updated"] = now
+        conn.execute(
+            db.insert(NodeModel).values(node_id=node_id, model=name, **values)
+            .on_conflict_do_update(index_elements=["node_id", "model"], set_=values)
+        )
+    return ReportResult(rid, False, stored=True)
 
 
 def _status_rows(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

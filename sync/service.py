@@ -62,6 +62,12 @@ def name_arg(value: object, what: str) -> str:
 
 
 @dataclass(frozen=True)
+class AuthedNode:
+    id: str
+    status_digest: str | None
+
+
+@dataclass(frozen=True)
 class Enrolled:
     node_id: str
     tags: list[str]
@@ -248,6 +254,12 @@ class SyncService:
         """
         # Every node request passes here: prepared Core statements on the session's
         # connection, no ORM objects.
+        return self.authenticate_node(session, method, url, headers, body, touch).id
+
+    def authenticate_node(
+        self, session: Session, method: str, url: str, headers: Any, body: bytes, touch: bool = True
+    ) -> AuthedNode:
+        """:meth:`authenticate`, with the node's last stored status digest."""
         conn = session.connection()
         found: dict[str, Any] = {}
 
@@ -269,7 +281,7 @@ class SyncService:
             raise ReplayError("replayed request: this signature's nonce was already used")
         if touch:
             conn.execute(_TOUCH, {"nid": node_id, "now": now})
-        return node_id
+        return AuthedNode(node_id, found[node_id].status_digest)
 
     def signed_assignments(self, session: Session, node_id: str) -> list[str]:
         """The node's assignments, freshly signed (expiry from now)."""
@@ -297,11 +309,14 @@ class SyncService:
             raise NotFoundError(f"unknown model version {model} {version}")
         return [e.decode() for e in envelopes_for(session, self.keys.kek, node, package)]
 
-    def report(self, session: Session, node_id: str, doc: dict[str, Any]) -> ReportResult:
-        return store_report(self.db, session, node_id, doc)
+    def report(self, session: Session, node: str | AuthedNode, doc: dict[str, Any]) -> ReportResult:
+        if isinstance(node, str):
+            digest = session.execute(select(Node.status_digest).where(Node.id == node)).scalar_one()
+            node = AuthedNode(node, digest)
+        return store_report(self.db, session, node.id, node.status_digest, doc)
 
 
-_NODE_KEY = select(Node.signing_key, Node.revoked_at).where(Node.id == bindparam("id"))
+_NODE_KEY = select(Node.signing_key, Node.revoked_at, Node.status_digest).where(Node.id == bindparam("id"))
 _TOUCH = update(Node).where(Node.id == bindparam("nid")).values(last_seen=bindparam("now"))
 _ASSIGNMENTS = (
     select(Assignment.model, Assignment.version, Assignment.channel, Assignment.serial, Assignment.rollback,

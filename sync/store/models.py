@@ -79,6 +79,8 @@ class Node(Base):
     accelerator: Mapped[str | None] = mapped_column(String(32), nullable=True)
     health: Mapped[str | None] = mapped_column(String(32), nullable=True)
     agent: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # SHA-256 of the last status stored, so unchanged heartbeats are not stored again.
+    status_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Nonce(Base):

@@ -276,6 +276,14 @@ def test_checkin_stores_the_report_and_returns_signed_assignments(sync_env):
     again = [json.loads(d)["signed"] for d in client.checkin(report)]  # a retry: the report is kept once
     assert [a["serial"] for a in again] == [a["serial"] for a in first]
     assert len(env.admin().reports("status")) == 1
+    # A heartbeat that says the same under a new id marks the node seen, and is not stored again.
+    client.checkin({**report, "report_id": "checkin-0003"})
+    assert _count(env, Report) == 1
+    changed = {**report, "report_id": "checkin-0004",
+               "models": [{"name": "ctr", "installed_version": 1, "state": "serving"}]}
+    client.checkin(changed)
+    assert _count(env, Report) == 2
+    assert env.admin().status("ctr")["nodes"][0]["installed_version"] == 1
     with pytest.raises(ApiError) as exc:
         client.checkin({"report_id": "checkin-0002", "kind": "metrics"})
-    assert exc.value.status == 400 and _count(env, Report) == 1
+    assert exc.value.status == 400 and _count(env, Report) == 2
