@@ -6,15 +6,19 @@ Bodies are checked strictly (unknown fields are refused, so a typo such as
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, request
 
-from .context import server, state
+from .context import RequestState, server, state
 from .dataplane import Event, RankRequest
 from .errors import BadRequestError
 from .metrics import EVENT_TYPES
-from .wire import json_response, loads_object
+from .wire import JSON, dumps_bytes, json_response, loads_object
+
+if TYPE_CHECKING:
+    from .app import EdgeServer
 
 bp = Blueprint("rank", __name__)
 RANK_FIELDS = {"model", "version", "experiment", "user", "candidates", "context", "top_k"}
@@ -23,9 +27,14 @@ EVENT_FIELDS = {"type", "response_id", "item", "timestamp"}
 
 @bp.post("/v1/rank")
 def rank() -> Response:
-    srv = server()
-    req = parse_rank(loads_object(request.get_data(cache=False)), srv.config.max_candidates)
-    return json_response(srv.dataplane.rank(state(), req))
+    body, content_type, _ = rank_answer(server(), state(), lambda: request.get_data(cache=False))
+    return Response(body, mimetype=content_type)
+
+
+def rank_answer(srv: EdgeServer, st: RequestState, body: Callable[[], bytes]) -> tuple[bytes, str, None]:
+    """(body, content type, no extra headers) of a rank answer; also the fast route's view."""
+    req = parse_rank(loads_object(body()), srv.config.max_candidates)
+    return dumps_bytes(srv.dataplane.rank(st, req)), JSON, None
 
 
 @bp.post("/v1/events")
@@ -117,4 +126,4 @@ def parse_events(doc: dict[str, Any], max_events: int) -> list[Event]:
     return out
 
 
-__all__ = ["bp", "parse_events", "parse_rank"]
+__all__ = ["bp", "parse_events", "parse_rank", "rank_answer"]

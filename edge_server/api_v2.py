@@ -7,19 +7,24 @@ protocol says (200 true, 4xx false).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, request
 
 from edgerec.sdk import __version__
 
-from .context import server, state
+from .context import RequestState, server, state
 from .repository import ModelVersion
 from .tensors import MANIFEST_DTYPES, InferRequest, encode_outputs, parse_request
-from .wire import dumps, json_response
+from .wire import JSON, dumps_bytes, json_response
+
+if TYPE_CHECKING:
+    from .app import EdgeServer
 
 bp = Blueprint("v2", __name__)
 EXTENSIONS = ["binary_tensor_data"]
+BINARY = "application/octet-stream"
 
 
 @bp.get("/v2/health/live")
@@ -85,26 +90,36 @@ def model_ready(name: str, version: str | None = None) -> Response:
 @bp.post("/v2/models/<name>/infer")
 @bp.post("/v2/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None) -> Response:
-    srv = server()
+    body, content_type, headers = infer_answer(server(), state(), name, version,
+                                               lambda: request.get_data(cache=False),
+                                               request.headers.get("Inference-Header-Content-Length"))
+    return Response(body, mimetype=content_type, headers=headers)
+
+
+def infer_answer(srv: EdgeServer, st: RequestState, name: str, version: str | None, body: Callable[[], bytes],
+                 header_length: str | None) -> tuple[bytes, str, dict[str, str] | None]:
+    """(body, content type, extra headers) of an infer answer; also the fast route's view.
+
+    ``body`` is called once the version is leased (so the batcher knows the
+    request is coming while it is parsed).
+    """
     parsed: list[InferRequest] = []
 
     def read(mv: ModelVersion) -> dict[str, Any]:
-        req = parse_request(request.get_data(cache=False),
-                            request.headers.get("Inference-Header-Content-Length"), srv.max_elements)
+        req = parse_request(body(), header_length, srv.max_elements)
         parsed.append(req)
         return req.inputs
 
-    mv, outputs = srv.dataplane.infer(state(), name, version, read)
+    mv, outputs = srv.dataplane.infer(st, name, version, read)
     req = parsed[0]
     docs, chunks = encode_outputs(outputs, req.outputs, req.binary_output)
     doc: dict[str, Any] = {"model_name": mv.name, "model_version": mv.label, "outputs": docs}
     if req.id is not None:
         doc["id"] = req.id
     if not chunks:
-        return json_response(doc)
-    header = dumps(doc).encode()
-    return Response(header + b"".join(chunks), mimetype="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(header))})
+        return dumps_bytes(doc), JSON, None
+    header = dumps_bytes(doc)
+    return header + b"".join(chunks), BINARY, {"Inference-Header-Content-Length": str(len(header))}
 
 
-__all__ = ["bp", "metadata"]
+__all__ = ["bp", "infer_answer", "metadata"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from .cache import open_cache
 from .config import ServerConfig, read_token
 from .context import STATE_KEY
 from .dataplane import DataPlane
-from .errors import UnauthorizedError, classify
+from .fastpath import FastRoutes, error_parts
 from .features import FeatureStore, open_source
 from .metrics import Metrics
 from .middleware import RequestMiddleware
@@ -174,44 +173,21 @@ def _install_hooks(app: Flask, srv: EdgeServer) -> None:
     def label(endpoint: str | None, values: dict[str, Any] | None) -> None:
         request.environ[STATE_KEY].endpoint = endpoint or "unmatched"
 
-    app.wsgi_app = RequestMiddleware(app.wsgi_app, srv.metrics, srv.otel, srv.config.access_log)  # type: ignore[method-assign]
+    app.wsgi_app = RequestMiddleware(app.wsgi_app, srv.metrics, srv.otel, srv.config.access_log,  # type: ignore[method-assign]
+                                     FastRoutes(srv))
 
 
 def _install_errors(app: Flask, srv: EdgeServer) -> None:
     metrics = srv.metrics
 
-    def answer(status: int, kind: str, detail: str, field: str | None,
-               headers: dict[str, str] | None = None) -> Response:
-        metrics.error(request.endpoint or "unmatched", kind)
-        doc: dict[str, Any] = {"error": kind, "detail": detail}
-        if field:
-            doc["field"] = field
+    def answer(exc: BaseException) -> Response:
+        status, doc, headers = error_parts(exc)
+        metrics.error(request.endpoint or "unmatched", doc["error"])
         return json_response(doc, status, headers)
 
-    @app.errorhandler(EdgeRecError)
-    def edgerec_error(exc: EdgeRecError) -> Response:
-        status, kind, detail, field = classify(exc)
-        if status >= 500:
-            log.error("%s: %s", kind, detail)
-        else:
-            log.info("refused (%s): %s", kind, detail)
-        unauthorized = isinstance(exc, UnauthorizedError)
-        headers = {"WWW-Authenticate": 'Bearer realm="edgerec-control"'} if unauthorized else None
-        return answer(status, kind, detail, field, headers)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Response:
-        status = exc.code or 400
-        kind = re.sub(r"[^a-z]+", "_", (exc.name or "error").lower()).strip("_")
-        kind = "payload_too_large" if status == 413 else kind
-        headers = {k: v for k, v in exc.get_headers() if k.lower() not in ("content-type", "content-length")}
-        field = "body" if status == 413 else None
-        return answer(status, kind, exc.description or exc.name, field, headers)
-
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> Response:
-        log.exception("unexpected error")
-        return answer(500, "internal", f"unexpected {type(exc).__name__}; see the server log", None)
+    app.register_error_handler(EdgeRecError, answer)
+    app.register_error_handler(HTTPException, answer)
+    app.register_error_handler(Exception, answer)
 
 
 __all__ = ["EdgeServer", "create_app"]

@@ -7,7 +7,8 @@ Modelled on MLServer's adaptive batcher, with these rules:
   soon as no other request is on its way to this model (``arriving == 0``), so
   a lone client never waits for a deadline;
 - a request that fills a batch alone, or arrives while the model is idle and
-  nobody else is coming, runs at once in its own thread (no hand-off);
+  nobody else is coming, runs at once in its own thread (no hand-off); with
+  batching off every request is a direct call, without the batcher's lock;
 - only requests whose arrays agree in dtype and trailing shape are merged;
 - a failed merged batch is retried request by request, so every waiter gets
   its own result or its own error and one bad request does not fail its
@@ -35,6 +36,7 @@ RunFn = Callable[[Arrays], Arrays]
 Observer = Callable[[int, int, Sequence[float]], None]
 
 log = logging.getLogger("edgerec.edge_server.batching")
+_NO_WAIT = (0.0,)
 
 
 class BatcherCrashedError(UnavailableError):
@@ -115,18 +117,27 @@ class Batcher:
     # -- request side ----------------------------------------------------------
 
     def arrive(self) -> None:
-        with self._cond:
-            self._arriving += 1
+        if self._enabled:  # only batching needs the count
+            with self._cond:
+                self._arriving += 1
 
     def depart(self) -> None:
         """For a request that arrived but will not submit (bad input, an error)."""
-        with self._cond:
-            self._arriving -= 1
-            if self._arriving == 0 and self._queue:
-                self._cond.notify()
+        if self._enabled:
+            with self._cond:
+                self._arriving -= 1
+                if self._arriving == 0 and self._queue:
+                    self._cond.notify()
 
     def submit(self, arrays: Arrays, rows: int) -> Arrays:
         """Score ``rows`` rows (after :meth:`arrive`); returns this request's slice."""
+        if not self._enabled:  # a direct call
+            if self._closed:
+                raise UnavailableError(f"{self._name} is being unloaded; retry")
+            out = self._run(arrays)
+            if self._observe is not None:
+                self._observe(rows, 1, _NO_WAIT)
+            return out
         with self._cond:
             self._arriving -= 1
             if self._closed:
@@ -156,7 +167,7 @@ class Batcher:
             with self._cond:
                 self._busy -= 1
         if self._observe is not None:
-            self._observe(rows, 1, (0.0,))
+            self._observe(rows, 1, _NO_WAIT)
         return out
 
     # -- batcher thread --------------------------------------------------------

@@ -126,18 +126,18 @@ class DataPlane:
         scores = mv.model.scores(out)
         if not np.isfinite(scores).all():
             raise InferenceFailedError("the model produced NaN or Inf scores")
-        order = np.argsort(-scores, kind="stable")
+        order = (-scores).argsort(kind="stable")
         if req.top_k is not None:
             order = order[: req.top_k]
         exp_name = experiment.name if experiment else ""
+        top = zip(order.tolist(), scores[order].tolist(), strict=True)
         return {
             "response_id": self.ids.issue(mv.name, mv.version, exp_name, variant),
             "model": mv.name,
-            "version": str(mv.version),
+            "version": mv.label,
             "variant": variant,
             "experiment": exp_name or None,
-            "items": [{"item": _plain(ids[i]), "score": float(scores[i]), "rank": r + 1}
-                      for r, i in enumerate(order.tolist())],
+            "items": [{"item": _plain(ids[i]), "score": score, "rank": r} for r, (i, score) in enumerate(top, 1)],
         }
 
     def _route(self, req: RankRequest) -> tuple[str, int | None, Experiment | None, str]:
@@ -169,7 +169,10 @@ class DataPlane:
                 features.update(profile)
         features.update(req.user_features)
         if req.user_id is not None:
-            for name in self._id_fields(mv):
+            fields = mv.derived.get("user_id_fields")
+            if fields is None:
+                fields = mv.derived["user_id_fields"] = self._id_fields(mv)
+            for name in fields:
                 features.setdefault(name, req.user_id)
         return features
 

@@ -78,8 +78,8 @@ class ModelVersion:
         self.serving = False
         self.leases = 0
         self.retiring = False
-        # The SDK has no public accessor for its item index yet (see report).
         self.item_lookup = model.item_lookup
+        self.derived: dict[str, Any] = {}  # what the data plane works out once per version
 
     @property
     def manifest(self) -> Manifest:

@@ -13,7 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
-import secrets
+import os
 import time
 from dataclasses import dataclass
 
@@ -45,14 +45,26 @@ class ResponseIds:
     """Issues and checks signed response ids."""
 
     def __init__(self, key: bytes, window_s: float) -> None:
-        self._key = key
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)  # keyed once; copied per id
         self._window = window_s
+        self._prefixes: dict[tuple[str, int, str, str], str] = {}
 
     def issue(self, model: str, version: int, experiment: str, variant: str) -> str:
-        payload = json.dumps([model, version, experiment, variant, int(time.time()), secrets.token_hex(6)],
-                             separators=(",", ":")).encode()
-        tag = hmac.new(self._key, payload, hashlib.sha256).digest()[:_TAG]
-        return f"r1.{_b64(payload)}.{_b64(tag)}"
+        # The payload is the JSON array [model, version, experiment, variant, issued, nonce]; its
+        # first four members repeat, so their JSON is made once.
+        key = (model, version, experiment, variant)
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            prefix = json.dumps(list(key), separators=(",", ":"))[:-1] + ","
+            if len(self._prefixes) < 10_000:  # label values come from loaded models and the settings
+                self._prefixes[key] = prefix
+        payload = f'{prefix}{int(time.time())},"{os.urandom(6).hex()}"]'.encode()
+        return f"r1.{_b64(payload)}.{_b64(self._tag(payload))}"
+
+    def _tag(self, payload: bytes) -> bytes:
+        mac = self._mac.copy()
+        mac.update(payload)
+        return mac.digest()[:_TAG]
 
     def parse(self, rid: object, field: str = "response_id") -> Served:
         """The serving facts of a genuine, recent response id (BadRequestError otherwise)."""
@@ -65,7 +77,7 @@ class ResponseIds:
             payload, tag = _unb64(parts[1]), _unb64(parts[2])
         except ValueError as exc:
             raise BadRequestError("not a response id issued by this server", field=field) from exc
-        good = hmac.new(self._key, payload, hashlib.sha256).digest()[:_TAG]
+        good = self._tag(payload)
         if not hmac.compare_digest(tag, good):
             raise BadRequestError("not a response id issued by this server", field=field)
         model, version, experiment, variant, issued, _ = json.loads(payload)

@@ -47,14 +47,18 @@ def parse_traceparent(header: str | None) -> tuple[str, str, str] | None:
     return trace_id, parent_id, flags
 
 
-def new_trace(header: str | None) -> Trace:
-    """Continue the caller's trace (or start one) with a new span id."""
+def new_trace(header: str | None, ids: str | None = None) -> Trace:
+    """Continue the caller's trace (or start one) with a new span id.
+
+    ``ids``: at least 48 random hex digits to take the ids from (else drawn here).
+    """
     parsed = parse_traceparent(header) if header else None
-    ids = os.urandom(24).hex()  # one system call for both ids
+    if ids is None:
+        ids = os.urandom(24).hex()  # one system call for both ids
     if parsed is None:
-        return Trace(ids[:32], ids[32:], None)
+        return Trace(ids[:32], ids[32:48], None)
     trace_id, parent_id, flags = parsed
-    return Trace(trace_id, ids[32:], parent_id, flags)
+    return Trace(trace_id, ids[32:48], parent_id, flags)
 
 
 class OpenTelemetry:

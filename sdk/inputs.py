@@ -6,8 +6,9 @@ where untrusted request data meets the model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,9 @@ from .vocab import Vocabulary
 
 Arrays = dict[str, npt.NDArray[Any]]
 _FLOAT_EXACT_INT = {"float16": 2**11, "float32": 2**24, "float64": 2**53}
+# The ufuncs' own reductions: no Python wrapper per call (these run several times per request).
+_MIN, _MAX = np.minimum.reduce, np.maximum.reduce
+_ALL = np.logical_and.reduce
 
 
 @dataclass(frozen=True)
@@ -29,12 +33,16 @@ class InputEncoder:
     features: Mapping[str, FeatureSpec]
     vocabularies: Mapping[str, Vocabulary]
     strict_vocab: bool = False
+    _expected: frozenset[str] = field(init=False, repr=False, compare=False, default=frozenset())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_expected", frozenset(t.name for t in self.signature.inputs))
 
     def encode(self, inputs: Mapping[str, Any]) -> Arrays:
         """Model-ready arrays for ``inputs`` keyed by model input name."""
         if not isinstance(inputs, Mapping):
             raise InvalidInput("inputs", "expected a mapping of input name to values")
-        expected = {t.name for t in self.signature.inputs}
+        expected = self._expected
         for name in inputs:
             if name not in expected:
                 raise InvalidInput(str(name), f"unknown input; expected {', '.join(sorted(expected))}")
@@ -60,7 +68,7 @@ class InputEncoder:
             arr = np.asarray(value)
         except (ValueError, TypeError) as exc:
             raise InvalidInput(name, f"not a rectangular array ({exc})") from exc
-        if arr.dtype == object:
+        if arr.dtype.kind == "O":
             raise InvalidInput(name, "not a rectangular array of one type")
         feature = self.features.get(name)
         if feature is not None and feature.vocabulary is not None:
@@ -71,8 +79,8 @@ class InputEncoder:
         arr = cast_exact(name, arr, spec.dtype)
         if feature is not None and feature.id_range is not None and arr.size:
             low, high = feature.id_range
-            bad = (arr < low) | (arr > high)
-            if bad.any():
+            if _MIN(arr, axis=None) < low or _MAX(arr, axis=None) > high:
+                bad = (arr < low) | (arr > high)
                 raise InvalidInput(name, f"id {arr[bad].flat[0]} is outside the valid range [{low}, {high}]")
         return arr
 
@@ -128,19 +136,21 @@ def cast_exact(name: str, arr: npt.NDArray[Any], dtype: str) -> npt.NDArray[Any]
     target = np.dtype(dtype)
     src = arr.dtype
     if src == target:
-        if src.kind == "f" and not np.all(np.isfinite(arr)):
+        if src.kind == "f" and arr.size and not _ALL(np.isfinite(arr), axis=None):
             raise InvalidInput(name, "contains NaN or Inf")
         return arr
     if src.kind in "USO" or target.kind in "USO":
         raise InvalidInput(name, f"expected {dtype} values, got {_kind(src)}")
     if src.kind == "f":
-        if not np.all(np.isfinite(arr)):
+        # min and max propagate NaN and hold any Inf: two reductions check finiteness and range.
+        lo, hi = (_MIN(arr, axis=None), _MAX(arr, axis=None)) if arr.size else (0.0, 0.0)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise InvalidInput(name, "contains NaN or Inf")
         if target.kind in "iu":
-            if not np.all(arr == np.round(arr)):
+            if not _ALL(arr == np.round(arr), axis=None):
                 raise InvalidInput(name, f"expected {dtype}; non-integer values would be truncated")
             _check_int_range(name, arr, target)
-        elif target.kind == "f" and arr.size and np.abs(arr).max() > np.finfo(target).max:
+        elif target.kind == "f" and arr.size and max(-lo, hi) > np.finfo(target).max:
             raise InvalidInput(name, f"values overflow {dtype}")
         elif target.kind == "b":
             raise InvalidInput(name, f"expected {dtype} values, got numbers")
@@ -149,7 +159,8 @@ def cast_exact(name: str, arr: npt.NDArray[Any], dtype: str) -> npt.NDArray[Any]
             _check_int_range(name, arr, target)
         elif target.kind == "f":
             limit = _FLOAT_EXACT_INT[target.name]
-            if arr.size and np.abs(arr.astype(np.float64)).max() > limit:
+            # float() rounds as the old float64 cast of each value did (rounding keeps the order).
+            if arr.size and float(max(-int(_MIN(arr, axis=None)), int(_MAX(arr, axis=None)))) > limit:
                 raise InvalidInput(name, f"integers above {limit} lose precision as {dtype}")
         elif target.kind == "b" and not np.isin(arr, (0, 1)).all():
             raise InvalidInput(name, f"expected {dtype} values (0 or 1)")
@@ -160,7 +171,7 @@ def _check_int_range(name: str, arr: npt.NDArray[Any], target: np.dtype[Any]) ->
     if not arr.size:
         return
     info = np.iinfo(target)
-    lo, hi = arr.min(), arr.max()
+    lo, hi = _MIN(arr, axis=None), _MAX(arr, axis=None)
     if lo < info.min or hi > info.max:
         raise InvalidInput(name, f"values outside the {target.name} range [{info.min}, {info.max}]")
 

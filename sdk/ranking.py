@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -41,17 +43,15 @@ def build_rank_batch(
     n = len(ids)
     sources = {"user": user or {}, "context": context or {}}
     batch: dict[str, Any] = {}
-    for feat in manifest.features:
-        spec = manifest.signature.input(feat.input)
-        tail = tuple(d or 1 for d in spec.shape[1:])
+    for feat, tail in _plan(manifest):
         if feat.role == "item":
             value = columns.get(feat.field)
             if value is None:
                 value = _default(feat, "candidates")
-                batch[feat.input] = np.broadcast_to(np.asarray(value), (n, *tail))
+                batch[feat.input] = _repeat(np.asarray(value), (n, *tail))
             else:
                 arr = np.asarray(value)
-                batch[feat.input] = arr.reshape((n, *tail)) if arr.size == n * int(np.prod(tail)) else arr
+                batch[feat.input] = arr.reshape((n, *tail)) if arr.size == n * math.prod(tail) else arr
         else:
             src = sources[feat.role]
             if not isinstance(src, Mapping):
@@ -59,10 +59,37 @@ def build_rank_batch(
             value = src[feat.field] if feat.field in src else _default(feat, f"{feat.role}.")
             arr = np.asarray(value)
             try:
-                batch[feat.input] = np.broadcast_to(arr, (n, *tail)) if arr.ndim <= len(tail) else arr
+                batch[feat.input] = _repeat(arr, (n, *tail)) if arr.ndim <= len(tail) else arr
             except ValueError as exc:
                 raise InvalidInput(f"{feat.role}.{feat.field}", f"expected shape {list(tail)}") from exc
     return batch, ids
+
+
+# Per manifest: each feature with the trailing shape of its input (computed once, not per call).
+_PLANS: dict[int, tuple[weakref.ref[Manifest], list[tuple[FeatureSpec, tuple[int, ...]]]]] = {}
+
+
+def _plan(manifest: Manifest) -> list[tuple[FeatureSpec, tuple[int, ...]]]:
+    cached = _PLANS.get(id(manifest))
+    if cached is not None and cached[0]() is manifest:
+        return cached[1]
+    plan = [(f, tuple(d or 1 for d in manifest.signature.input(f.input).shape[1:])) for f in manifest.features]
+    if len(_PLANS) > 256:  # manifests of unloaded models
+        for key in [k for k, (ref, _) in _PLANS.items() if ref() is None]:
+            del _PLANS[key]
+    _PLANS[id(manifest)] = (weakref.ref(manifest), plan)
+    return plan
+
+
+def _repeat(arr: npt.NDArray[Any], shape: tuple[int, ...]) -> npt.NDArray[Any]:
+    """``arr`` repeated to ``shape`` (broadcasting rules; ValueError if it does not fit).
+
+    A filled array, not ``np.broadcast_to``'s view: that is several times slower
+    to make for request-sized arrays, and the runtime needs contiguous data anyway.
+    """
+    out = np.empty(shape, dtype=arr.dtype)
+    out[...] = arr
+    return out
 
 
 def _default(feat: FeatureSpec, where: str) -> Any:
@@ -76,20 +103,21 @@ def _candidate_columns(
     manifest: Manifest, candidates: Any, item_lookup: ItemLookup
 ) -> tuple[dict[str, Any], list[Any]]:
     id_field = manifest.item_id_field
-    if isinstance(candidates, Mapping):
-        cols = {str(k): list(v) if not isinstance(v, np.ndarray) else v for k, v in candidates.items()}
-        lengths = {len(v) for v in cols.values()}
-        if len(lengths) != 1:
-            raise InvalidInput("candidates", "columns differ in length")
-        n = lengths.pop()
-        return cols, _plain_list(cols.get(id_field, range(n)))
-    if isinstance(candidates, str | bytes) or not isinstance(candidates, Sequence | np.ndarray):
-        raise InvalidInput("candidates", "expected a list of item ids or feature rows")
+    if type(candidates) is not list:  # a list (the common case) needs none of these slow abstract type checks
+        if isinstance(candidates, Mapping):
+            cols = {str(k): list(v) if not isinstance(v, np.ndarray) else v for k, v in candidates.items()}
+            lengths = {len(v) for v in cols.values()}
+            if len(lengths) != 1:
+                raise InvalidInput("candidates", "columns differ in length")
+            n = lengths.pop()
+            return cols, _plain_list(cols.get(id_field, range(n)))
+        if isinstance(candidates, str | bytes) or not isinstance(candidates, Sequence | np.ndarray):
+            raise InvalidInput("candidates", "expected a list of item ids or feature rows")
     if len(candidates) == 0:
         raise InvalidInput("candidates", "empty")
     ids_fast = _plain_ids(candidates)
     if ids_fast is not None:
-        return _id_columns(ids_fast, id_field, item_lookup)
+        return _id_columns(*ids_fast, id_field, item_lookup)
     if all(isinstance(c, Mapping) for c in candidates):
         fields = {f.field for f in manifest.features if f.role == "item"} | {id_field}
         cols = {f: [c.get(f) for c in candidates] for f in fields}
@@ -107,8 +135,8 @@ def _plain_list(values: Any) -> list[Any]:
     return [v.item() if isinstance(v, np.generic) else v for v in values]
 
 
-def _plain_ids(candidates: Sequence[Any] | npt.NDArray[Any]) -> list[Any] | None:
-    """Candidates as plain Python ids when they are all ints or all strings, else None.
+def _plain_ids(candidates: Sequence[Any] | npt.NDArray[Any]) -> tuple[npt.NDArray[Any], list[Any]] | None:
+    """Candidates as an array and as plain Python ids when they are all ints or all strings, else None.
 
     The common case (a list of ids) is checked with one NumPy conversion rather
     than an isinstance call per candidate.
@@ -120,16 +148,17 @@ def _plain_ids(candidates: Sequence[Any] | npt.NDArray[Any]) -> list[Any] | None
     if arr.ndim != 1 or arr.dtype.kind not in "iuU":
         return None
     ids: list[Any] = arr.tolist()
-    return ids
+    return arr, ids
 
 
-def _id_columns(ids: list[Any], id_field: str, item_lookup: ItemLookup) -> tuple[dict[str, Any], list[Any]]:
-    by_id: dict[str, Any] = {id_field: ids}
+def _id_columns(arr: npt.NDArray[Any], ids: list[Any], id_field: str,
+                item_lookup: ItemLookup) -> tuple[dict[str, Any], list[Any]]:
+    by_id: dict[str, Any] = {id_field: arr}
     looked = item_lookup()
     if looked is not None:
         table, index = looked
         try:
-            rows = np.fromiter((index[c] for c in ids), dtype=np.int64, count=len(ids))
+            rows = np.fromiter(map(index.__getitem__, ids), dtype=np.int64, count=len(ids))
         except KeyError as exc:
             raise InvalidInput("candidates", f"unknown item id {exc.args[0]!r}") from exc
         for col, values in table.items():

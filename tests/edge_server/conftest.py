@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+
 from edgerec.edge_server import RunningServer, ServerConfig, create_app
 from edgerec.sdk.cli import _demo_models as demo
 from edgerec.sdk.keys import public_pem

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+
 from edgerec.edge_server.batching import Batcher, BatcherCrashedError
 from edgerec.sdk.cli import _demo_models as demo
 from edgerec.sdk.errors import RuntimeBackendError

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import redis
+
 from edgerec.edge_server.cache import MISSING, LocalCache, RedisCache
 from edgerec.sdk.cli import _demo_models as demo
 

@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
+
 from edgerec.edge_server import create_app
 from edgerec.sdk.cli import _demo_models as demo
 from edgerec.sdk.encryption import encrypt_package

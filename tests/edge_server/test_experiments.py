@@ -6,6 +6,7 @@ import shutil
 from collections import Counter
 
 import pytest
+
 from edgerec.edge_server.config import ServerConfig
 from edgerec.edge_server.errors import ConfigError
 from edgerec.edge_server.experiments import Experiment, ExperimentConfigError, Variant, parse_experiments

@@ -7,6 +7,7 @@ import json
 import logging
 
 import pytest
+
 from edgerec.edge_server.logging import configure_logging
 from edgerec.edge_server.tracing import parse_traceparent
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from edgerec.sdk.cli import _demo_models as demo
 
 PYTHON = Path(os.environ.get("EDGEREC_TRITONCLIENT_PYTHON", "/tmp/tritonclient-venv/bin/python"))

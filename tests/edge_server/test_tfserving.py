@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from edgerec.sdk.cli import _demo_models as demo
 
 
