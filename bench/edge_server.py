@@ -13,7 +13,8 @@ All in one run, one after another, on this machine and the same ONNX model:
 
 edgerec runs in its measured configuration, every feature on: metrics,
 request ids and trace context (wrk sends a ``traceparent``), the JSON access
-log (one line per request, to a file), validation, an A/B experiment
+log (one line per request, to a file, written in batches at most 200 ms apart:
+``--log-flush-ms``; env EDGEREC_BENCH_LOG_FLUSH_MS), validation, an A/B experiment
 (``/v1/rank`` names it; two versions are loaded) and the feature cache (user
 profiles from SQLite behind the in-process LRU). ``--before DIR`` adds the
 same server built from an older source tree (``DIR/edgerec/{sdk,edge_server}``,
@@ -24,7 +25,7 @@ time is reported next to the server's. Every server gets 1 ONNX Runtime
 thread and 16 HTTP threads. Writes the ``edge_server`` section of
 docs/benchmarks.md; raw numbers go to build/bench/edge_server.json.
 
-    python bench/edge_server.py [--seconds 8] [--quick] [--before DIR] [--only-compare]
+    python bench/edge_server.py [--seconds 5] [--rounds 3] [--quick] [--before DIR] [--only-compare]
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ LIGHT = {"users": 2000, "items": 1000, "dim": 16, "hidden": [32]}
 HEAVY = {"users": 2000, "items": 1000, "dim": 16, "hidden": [1536, 1536, 1536]}
 BIG = {"users": 210_000, "items": 1000, "dim": 64, "hidden": []}  # 54 MB of embeddings
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+LOG_FLUSH_MS = float(os.environ.get("EDGEREC_BENCH_LOG_FLUSH_MS", "200"))  # access log lines batched this long
 EDGEREC_SYSTEMS = ("before", "edgerec-off", "edgerec-on")
 
 
@@ -330,6 +332,8 @@ def start(system: str, onnx: Path, model_dir: Path, pub: Path, *, workers: int =
             raise ValueError("the before system needs --before")
         env["PYTHONPATH"] = os.pathsep.join([str(before), os.environ.get("PYTHONPATH", "")])
     config = ["--config", str(settings)] if settings is not None else []
+    if system != "before":  # an option the older tree may not have
+        config += ["--log-flush-ms", str(LOG_FLUSH_MS)]
     # The access log is on (the default): one JSON line per request into the server's log file.
     return Server([*EDGEREC, "--model-dir", str(model_dir), "--port", str(port), "-k", str(pub), "--threads", "1",
                    "--http-threads", str(HTTP_THREADS), "--log-level", "info", *config,
@@ -361,18 +365,20 @@ def raw_call(onnx: Path, rows: int, repeats: int = 3000) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=8.0, help="Length of each measured wrk run.")
+    ap.add_argument("--seconds", type=float, default=5.0, help="Length of each measured wrk run.")
     ap.add_argument("--quick", action="store_true", help="Shorter runs, fewer points (a smoke test).")
     ap.add_argument("--no-doc", action="store_true", help="Do not write docs/benchmarks.md.")
     ap.add_argument("--only-swap", action="store_true", help="Run only the hot-swap part (no report).")
     ap.add_argument("--only-compare", action="store_true",
                     help="Run only the raw call and the system comparison (no report).")
     ap.add_argument("--systems", help="Comma-separated systems to compare (default: all).")
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="Comparison rounds (all systems each round); the report gives each point's median.")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="Comparison rounds (every system at every point each round); the report gives medians.")
     ap.add_argument("--before", type=Path, help="Source tree of an older edgerec (DIR/edgerec/...): system 'before'.")
     args = ap.parse_args()
     secs = 2.0 if args.quick else args.seconds
+    if args.quick:
+        args.rounds = 1
     work = Path(tempfile.mkdtemp(prefix="edgerec-bench-"))
     key = Ed25519PrivateKey.generate()
     pub = work / "publisher.pub"
@@ -409,18 +415,27 @@ def main() -> None:
         systems.remove("bentoml")
     if args.systems:
         systems = [s for s in systems if s in args.systems.split(",")]
+    # All systems are up at once and take turns (in a rotating order) point by point, round after round,
+    # so a change in the machine's other load hits every system alike; each point's figure is its median.
+    servers: dict[str, Server] = {}
     rounds: dict[str, list[dict[str, float]]] = {}
-    for i in range(args.rounds):
+    try:
         for system in systems:
-            srv = start(system, light_onnx, dirs["light"], pub, settings=settings, before=args.before)
-            try:
-                for case, body in bodies("edgerec" if system in EDGEREC_SYSTEMS else system).items():
-                    for conns in (1, 32):
-                        r = measure(srv, body, conns, secs)
+            servers[system] = start(system, light_onnx, dirs["light"], pub, settings=settings, before=args.before)
+        for i in range(args.rounds):
+            for case in ("infer", "rank"):
+                for conns in (1, 32):
+                    order = systems[i % len(systems):] + systems[:i % len(systems)]
+                    for system in order:
+                        body = bodies("edgerec" if system in EDGEREC_SYSTEMS else system)[case]
+                        r = measure(servers[system], body, conns, secs)
                         rounds.setdefault(f"{system}/{case}/{conns}", []).append(r)
                         print(f"round {i + 1}", system, case, conns, _fmt(r), flush=True)
-            finally:
-                srv.stop()
+    finally:
+        for srv in servers.values():
+            srv.stop()
+    rounds = {f"{sy}/{case}/{conns}": rounds[f"{sy}/{case}/{conns}"]
+              for sy in systems for case in ("infer", "rank") for conns in (1, 32)}
     results["compare_rounds"] = rounds
     results["compare"] = {k: median_point(v) for k, v in rounds.items()}
     if args.only_compare:
@@ -544,7 +559,12 @@ def report(res: dict[str, Any]) -> str:
         f"the same-sized synthetic model keeps all five systems on one identical ONNX file). Every server: 1 ONNX "
         f"Runtime thread, {HTTP_THREADS} HTTP threads, one worker process unless said. Load: wrk "
         f"({res['seconds']:.0f} s per point after 1 s of warm-up). The machine's 2 cores were shared with other "
-        "jobs during the run, so absolute numbers are noisy; the systems ran one after another in the same run.\n")
+        f"jobs during the run, so absolute numbers are noisy: in the comparison all systems were up at once and took "
+        f"turns at each point, {res.get('rounds', 1)} rounds in a rotating order, and each figure is the median of "
+        "its rounds. edgerec runs with every feature on: metrics, request ids and W3C trace context (wrk sends a "
+        "`traceparent`), the JSON access log (a line per request into the server's log file, written in batches "
+        f"at most {LOG_FLUSH_MS:.0f} ms apart, `--log-flush-ms`), validation, an A/B experiment over two loaded "
+        "versions (`/v1/rank` names it) and user profiles from SQLite behind the feature cache.\n")
     lines.append(f"Raw ONNX Runtime call in process: 1 row p50 {raw['1']['p50'] * 1e3:.0f} us "
                  f"(p99 {raw['1']['p99'] * 1e3:.0f} us), 100 rows p50 {raw['100']['p50'] * 1e3:.0f} us; heavy model "
                  f"1 row p50 {raw['heavy1']['p50']:.2f} ms.\n")

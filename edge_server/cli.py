@@ -55,10 +55,13 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys"}
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
+@click.option("--log-flush-ms", type=click.FloatRange(0, 10_000), default=0.0, show_default=True,
+              help="Write log lines (the access log's too) in batches at most this many ms apart; "
+                   "0 writes each line at once. Warnings and errors are always written at once.")
 def serve(**options: Any) -> None:
     """Serve verified model packages: Open Inference Protocol v2, TF-Serving predict, /v1/rank."""
     config = build_config(click.get_current_context(), options)
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, flush_ms=config.log_flush_ms)
     run_server(config)
 
 

@@ -3,7 +3,7 @@
 Settings come from a TOML or JSON file (``--config``) and from command-line
 options, which win. The file groups settings in sections::
 
-    [server]    host, port, workers, http_threads, access_log, log_level
+    [server]    host, port, workers, http_threads, access_log, log_level, log_flush_ms
     [model]     model_dir, accelerator, threads, backend, trusted_keys, recipient_key, recipient_id
     [batching]  max_batch, max_delay_ms
     [limits]    max_body_bytes, max_rows, max_candidates, max_events, request_timeout_s
@@ -29,7 +29,8 @@ from .errors import ConfigError
 from .experiments import Experiment, parse_experiments
 
 _SECTIONS: dict[str, dict[str, str]] = {
-    "server": {k: k for k in ("host", "port", "workers", "http_threads", "access_log", "log_level")},
+    "server": {k: k for k in ("host", "port", "workers", "http_threads", "access_log", "log_level",
+                              "log_flush_ms")},
     "model": {k: k for k in ("model_dir", "accelerator", "threads", "backend", "trusted_keys",
                              "recipient_key", "recipient_id")},
     "batching": {"max_batch": "max_batch", "max_delay_ms": "max_delay_ms"},
@@ -80,6 +81,8 @@ class ServerConfig:
     response_key: bytes | None = field(default=None, repr=False)
     access_log: bool = True
     log_level: str = "info"
+    # > 0: log lines are written in batches at most this many ms apart (warnings and errors at once).
+    log_flush_ms: float = 0.0
     # Set by the supervisor for worker processes (multi-worker mode only).
     run_dir: Path | None = None
     worker_index: int | None = None
@@ -102,6 +105,7 @@ class ServerConfig:
             (self.attribution_window_s > 0, "attribution_window_s", "must be > 0"),
             (bool(self.recipient_key) == bool(self.recipient_id), "recipient_id",
              "--recipient-key and --recipient-id go together"),
+            (0 <= self.log_flush_ms <= 10_000, "log_flush_ms", "must be 0..10000"),
             (self.log_level.lower() in ("debug", "info", "warning", "error"), "log_level",
              "one of debug, info, warning, error"),
         ]
@@ -183,7 +187,7 @@ class ServerConfig:
 _INTS = ("port", "workers", "http_threads", "threads", "max_batch", "max_body_bytes", "max_rows",
          "max_candidates", "max_events", "cache_max_entries")
 _FLOATS = ("max_delay_ms", "request_timeout_s", "cache_ttl_s", "cache_negative_ttl_s",
-           "attribution_window_s")
+           "attribution_window_s", "log_flush_ms")
 _BOOLS = ("access_log", "control_allow_remote")
 
 

@@ -18,7 +18,7 @@ STATE_KEY = "edgerec.request"
 _current = threading.local()
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestState:
     """What the hooks and views learn about one request; it labels logs and metrics."""
 

@@ -41,7 +41,7 @@ Reader = Callable[[ModelVersion], Mapping[str, Any]]
 Id = str | int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RankRequest:
     """A validated ``/v1/rank`` body."""
 

@@ -18,6 +18,7 @@ from edgerec.sdk.errors import EdgeRecError
 from edgerec.sdk.manifest import NAME_RE
 
 _SPAN = 1 << 64
+_CACHED_USERS = 65_536
 
 
 class ExperimentConfigError(EdgeRecError):
@@ -42,6 +43,8 @@ class Experiment:
     variants: tuple[Variant, ...]
     salt: str = ""
     _cuts: tuple[int, ...] = field(default=(), init=False, repr=False, compare=False)
+    # user id -> variant: assignment is a pure function of (salt, user id), so a cache is exact
+    _assigned: dict[str, Variant] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         total = sum(v.weight for v in self.variants)
@@ -54,7 +57,17 @@ class Experiment:
 
     def assign(self, user_id: str | None) -> Variant:
         """The user's variant; anonymous requests draw one at random."""
-        key = user_id if user_id is not None else secrets.token_hex(8)
+        if user_id is not None:
+            variant = self._assigned.get(user_id)
+            if variant is None:
+                variant = self._assign(user_id)
+                if len(self._assigned) >= _CACHED_USERS:
+                    self._assigned.clear()
+                self._assigned[user_id] = variant
+            return variant
+        return self._assign(secrets.token_hex(8))
+
+    def _assign(self, key: str) -> Variant:
         digest = hashlib.sha256(f"{self.salt or self.name}\x00{key}".encode()).digest()
         point = int.from_bytes(digest[:8], "big")
         for variant, cut in zip(self.variants, self._cuts, strict=True):

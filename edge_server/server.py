@@ -199,7 +199,7 @@ def run_worker() -> None:
     run_dir = Path(os.environ["EDGEREC_RUN_DIR"])
     index = int(os.environ["EDGEREC_WORKER_INDEX"])
     config = ServerConfig.from_json((run_dir / "config.json").read_text()).replace(worker_index=index)
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, flush_ms=config.log_flush_ms)
     shared = socket.socket(fileno=int(os.environ["EDGEREC_LISTEN_FD"]))
     internal = socket.create_server(("127.0.0.1", 0))
     pin_mmap_threshold()

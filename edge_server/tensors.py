@@ -33,6 +33,7 @@ _BY_DTYPE = {v: k for k, v in _NUMERIC.items()}
 MANIFEST_DTYPES = {"float16": "FP16", "float32": "FP32", "float64": "FP64", "int8": "INT8", "uint8": "UINT8",
                    "int32": "INT32", "int64": "INT64", "bool": "BOOL", "string": "BYTES"}
 MAX_RANK = 8
+_ALLOWED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}  # JSON values each numeric datatype takes
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class RequestedOutput:
     binary: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class InferRequest:
     """A decoded inference request: inputs as arrays, what to send back and how."""
 
@@ -83,11 +84,10 @@ def parse_request(body: bytes, header_length: str | None, max_elements: int) -> 
         where = f"inputs[{i}]"
         if not isinstance(t, dict):
             raise BadRequestError("expected a tensor object", field=where)
-        name, datatype, shape = _header(t, where, max_elements)
+        name, datatype, shape, count = _header(t, where, max_elements)
         if name in inputs:
             raise BadRequestError(f"input {name!r} appears twice", field=f"{where}.name")
-        count = math.prod(shape)
-        size = _params(t, where + ".parameters").get("binary_data_size")
+        size = _params(t, where + ".parameters").get("binary_data_size") if "parameters" in t else None
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= len(binary) - offset:
                 raise BadRequestError("exceeds the binary data in the body",
@@ -115,21 +115,20 @@ def _params(doc: dict[str, Any], where: str) -> dict[str, Any]:
     return params
 
 
-def _header(t: dict[str, Any], where: str, max_elements: int) -> tuple[str, str, list[int]]:
+def _header(t: dict[str, Any], where: str, max_elements: int) -> tuple[str, str, list[int], int]:
+    """(name, datatype, shape, element count) of a tensor object."""
     name, datatype, shape = t.get("name"), t.get("datatype"), t.get("shape")
     if not isinstance(name, str) or not name:
         raise BadRequestError("expected a tensor name", field=f"{where}.name")
     if datatype not in DATATYPES:
         raise BadRequestError(f"expected one of {', '.join(DATATYPES)}", field=f"{where}.datatype")
-    if (
-        not isinstance(shape, list)
-        or len(shape) > MAX_RANK
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
+    # ``type(d) is int`` refuses bools (JSON numbers parse to exact ints, never another subclass)
+    if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(type(d) is int and d >= 0 for d in shape):
         raise BadRequestError(f"expected a list of at most {MAX_RANK} dimensions >= 0", field=f"{where}.shape")
-    if math.prod(shape) > max_elements:
+    count = math.prod(shape)
+    if count > max_elements:
         raise BadRequestError(f"more than {max_elements} elements", field=f"{where}.shape")
-    return name, datatype, shape
+    return name, datatype, shape, count
 
 
 def _from_json(data: Any, datatype: str, count: int, where: str) -> npt.NDArray[Any]:
@@ -156,8 +155,7 @@ def _from_json(data: Any, datatype: str, count: int, where: str) -> npt.NDArray[
             raise BadRequestError("expected strings for BYTES", field=field)
         return arr.ravel()
     target = _NUMERIC[datatype]
-    allowed = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[target.kind]
-    if kind not in allowed:
+    if kind not in _ALLOWED_KINDS[target.kind]:
         raise BadRequestError(f"expected {datatype} values, got {_kind(arr)}", field=field)
     if target.kind in "iu" and arr.dtype != target:
         info = np.iinfo(target)

@@ -18,7 +18,7 @@ _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Trace:
     """This request's place in a trace."""
 
