@@ -47,8 +47,8 @@ def signed_url() -> str:
     return "http://edgerec" + quote(request.path) + (f"?{query}" if query else "")
 
 
-def authenticated(session: Session, body: bytes, touch: bool = True) -> AuthedNode:
-    return service().authenticate_node(session, request.method, signed_url(), request.headers, body, touch)
+def authenticated(session: Session, body: bytes) -> AuthedNode:
+    return service().authenticate_node(session, request.method, signed_url(), request.headers, body)
 
 
 @bp.post("/enroll")
@@ -80,8 +80,7 @@ def checkin() -> Any:
     svc = service()
     body = read_body(svc.config.max_report_bytes)
     with svc.db.write() as session:
-        # The report's node update also sets last-seen: one statement fewer per check-in.
-        node = authenticated(session, body, touch=False)
+        node = authenticated(session, body)
         doc = json_body(body)
         if doc.get("kind") != "status":
             raise BadRequestError("checkin: the body must be a status report (kind 'status')")
@@ -104,6 +103,6 @@ def reports() -> Any:
     svc = service()
     body = read_body(svc.config.max_report_bytes)
     with svc.db.write() as session:
-        node = authenticated(session, body, touch=False)
+        node = authenticated(session, body)
         result = svc.report(session, node, json_body(body))
     return jsonify(report_id=result.report_id, duplicate=result.duplicate), 200 if result.duplicate else 201

@@ -75,7 +75,7 @@ def status_digest(doc: dict[str, Any]) -> str:
 def store_report(
     db: Database, session: Session, node_id: str, last_digest: str | None, doc: dict[str, Any]
 ) -> ReportResult:
-    """Store a report once and mark the node seen.
+    """Store a report once (the node's request nonce already marks it seen).
 
     A status report updates the per-model view; one that says the same as the
     last stored status (a heartbeat) is accepted but not stored again, so a
@@ -86,21 +86,19 @@ def store_report(
     rows = _status_rows(doc) if kind == "status" else []
     now = time.time()
     conn = session.connection()
-    node: dict[str, Any] = {"last_seen": now}
     digest = status_digest(doc) if kind == "status" else None
     if digest is not None and digest == last_digest:
-        conn.execute(update(Node).where(Node.id == node_id).values(**node))
         return ReportResult(rid, False, stored=False)
     added = conn.execute(db.insert(Report).on_conflict_do_nothing().returning(Report.id),
                          {"node_id": node_id, "report_id": rid, "kind": kind, "body": doc, "received": now})
     if added.first() is None:
-        conn.execute(update(Node).where(Node.id == node_id).values(**node))
         return ReportResult(rid, True, stored=False)
-    if kind == "status":
-        node.update({k: v for k, v in (("accelerator", _short(doc.get("accelerator"), 32, "accelerator")),
-                                       ("health", _short(doc.get("health"), 32, "health")),
-                                       ("agent", _short(doc.get("agent"), 64, "agent"))) if v is not None})
-        node["status_digest"] = digest
+    if kind != "status":
+        return ReportResult(rid, False, stored=True)
+    node: dict[str, Any] = {k: v for k, v in (("accelerator", _short(doc.get("accelerator"), 32, "accelerator")),
+                                              ("health", _short(doc.get("health"), 32, "health")),
+                                              ("agent", _short(doc.get("agent"), 64, "agent"))) if v is not None}
+    node["status_digest"] = digest
     conn.execute(update(Node).where(Node.id == node_id).values(**node))
     for name, values in rows:
         values["updated"] = now

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from edgerec.sdk.errors import PackageError
@@ -115,6 +115,13 @@ class SyncService:
                 written = self.repo.refresh(session, now)
             self.repo.materialize(written)
         horizon = now - self.config.signature_max_age_s - 2 * self.config.clock_skew_s
+        with self.db.write() as session:
+            # Keep what the nonces about to go say about when each node was last seen.
+            seen = session.execute(
+                select(Nonce.node_id, func.max(Nonce.created)).where(Nonce.created < horizon).group_by(Nonce.node_id)
+            ).all()
+            if seen:
+                session.connection().execute(_SEEN, [{"nid": n, "t": t} for n, t in seen])
         # Small batches: each delete holds the write lock only briefly.
         while True:
             with self.db.write() as session:
@@ -187,9 +194,10 @@ class SyncService:
     def nodes(self) -> list[dict[str, Any]]:
         with self.db.read() as session:
             nodes = session.execute(select(Node).order_by(Node.enrolled)).scalars().all()
+            seen = last_seen(session, nodes)
             desired = _by_node(session.execute(select(Assignment)).scalars())
             installed = _by_node(session.execute(select(NodeModel)).scalars())
-            return [_node_doc(n, desired.get(n.id, {}), installed.get(n.id, {})) for n in nodes]
+            return [_node_doc(n, seen[n.id], desired.get(n.id, {}), installed.get(n.id, {})) for n in nodes]
 
     def model_status(self, model: str) -> dict[str, Any]:
         model = name_arg(model, "model")
@@ -206,8 +214,9 @@ class SyncService:
             installed = {r.node_id: r for r in session.execute(
                 select(NodeModel).where(NodeModel.model == model)).scalars()}
             nodes = session.execute(select(Node).order_by(Node.enrolled)).scalars().all()
+            seen = last_seen(session, nodes)
             rows = [
-                _model_row(n, desired.get(n.id), installed.get(n.id))
+                _model_row(n, seen[n.id], desired.get(n.id), installed.get(n.id))
                 for n in nodes if n.id in desired or n.id in installed
             ]
         return {
@@ -245,21 +254,18 @@ class SyncService:
             key = self._keys[pem] = parsed
         return key
 
-    def authenticate(
-        self, session: Session, method: str, url: str, headers: Any, body: bytes, touch: bool = True
-    ) -> str:
-        """The id of the node that signed this request; refuses bad signatures, replays and revoked nodes.
+    def authenticate(self, session: Session, method: str, url: str, headers: Any, body: bytes) -> str:
+        """The id of the node that signed this request; refuses bad signatures, replays and revoked nodes."""
+        return self.authenticate_node(session, method, url, headers, body).id
 
-        ``touch`` records the node's last-seen time (a report does that itself).
+    def authenticate_node(self, session: Session, method: str, url: str, headers: Any, body: bytes) -> AuthedNode:
+        """:meth:`authenticate`, with the node's last stored status digest.
+
+        Every node request passes here, so it is two statements on the session's
+        connection: read the node's key, record the nonce. The nonce row is also
+        the node's "last seen" (see :func:`last_seen`), so the request writes
+        nothing else.
         """
-        # Every node request passes here: prepared Core statements on the session's
-        # connection, no ORM objects.
-        return self.authenticate_node(session, method, url, headers, body, touch).id
-
-    def authenticate_node(
-        self, session: Session, method: str, url: str, headers: Any, body: bytes, touch: bool = True
-    ) -> AuthedNode:
-        """:meth:`authenticate`, with the node's last stored status digest."""
         conn = session.connection()
         found: dict[str, Any] = {}
 
@@ -279,8 +285,6 @@ class SyncService:
         fresh = conn.execute(self._nonce_insert, {"node_id": node_id, "nonce": verified.nonce, "created": now})
         if fresh.first() is None:
             raise ReplayError("replayed request: this signature's nonce was already used")
-        if touch:
-            conn.execute(_TOUCH, {"nid": node_id, "now": now})
         return AuthedNode(node_id, found[node_id].status_digest)
 
     def signed_assignments(self, session: Session, node_id: str) -> list[str]:
@@ -317,7 +321,6 @@ class SyncService:
 
 
 _NODE_KEY = select(Node.signing_key, Node.revoked_at, Node.status_digest).where(Node.id == bindparam("id"))
-_TOUCH = update(Node).where(Node.id == bindparam("nid")).values(last_seen=bindparam("now"))
 _ASSIGNMENTS = (
     select(Assignment.model, Assignment.version, Assignment.channel, Assignment.serial, Assignment.rollback,
            ChannelTarget.target_path)
@@ -329,6 +332,22 @@ _ASSIGNMENTS = (
 )
 
 
+_SEEN = (
+    update(Node).where(Node.id == bindparam("nid"), or_(Node.last_seen.is_(None), Node.last_seen < bindparam("t")))
+    .values(last_seen=bindparam("t"))
+)
+
+
+def last_seen(session: Session, nodes: Sequence[Node]) -> dict[str, float | None]:
+    """When each node last made a signed request: its newest nonce, else the stored time.
+
+    Nonces are pruned after the replay window; maintenance first copies their
+    newest time into ``nodes.last_seen``.
+    """
+    recent = dict(session.execute(select(Nonce.node_id, func.max(Nonce.created)).group_by(Nonce.node_id)).all())
+    return {n.id: max((t for t in (n.last_seen, recent.get(n.id)) if t is not None), default=None) for n in nodes}
+
+
 def _by_node(rows: Iterable[Any]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
@@ -336,16 +355,20 @@ def _by_node(rows: Iterable[Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _node_doc(n: Node, desired: dict[str, Assignment], installed: dict[str, NodeModel]) -> dict[str, Any]:
+def _node_doc(
+    n: Node, seen: float | None, desired: dict[str, Assignment], installed: dict[str, NodeModel]
+) -> dict[str, Any]:
     models = sorted(set(desired) | set(installed))
     return {
-        "node_id": n.id, "name": n.name, "tags": n.tags, "enrolled": n.enrolled, "last_seen": n.last_seen,
+        "node_id": n.id, "name": n.name, "tags": n.tags, "enrolled": n.enrolled, "last_seen": seen,
         "revoked": n.revoked_at is not None, "accelerator": n.accelerator, "health": n.health,
-        "models": [_model_row(n, desired.get(m), installed.get(m), m) for m in models],
+        "models": [_model_row(n, seen, desired.get(m), installed.get(m), m) for m in models],
     }
 
 
-def _model_row(n: Node, a: Assignment | None, r: NodeModel | None, model: str | None = None) -> dict[str, Any]:
+def _model_row(
+    n: Node, seen: float | None, a: Assignment | None, r: NodeModel | None, model: str | None = None
+) -> dict[str, Any]:
     failure = None
     if r is not None and r.failure_reason:
         failure = {"version": r.failure_version, "reason": r.failure_reason, "at": r.failure_at}
@@ -353,7 +376,7 @@ def _model_row(n: Node, a: Assignment | None, r: NodeModel | None, model: str | 
         "node_id": n.id, "name": n.name, "model": model or (a.model if a else r.model if r else None),
         "desired_version": a.version if a else None, "rollback": bool(a and a.rollback),
         "installed_version": r.installed_version if r else None, "state": r.state if r else None,
-        "last_seen": n.last_seen, "accelerator": (r.accelerator if r and r.accelerator else n.accelerator),
+        "last_seen": seen, "accelerator": (r.accelerator if r and r.accelerator else n.accelerator),
         "health": (r.health if r and r.health else n.health), "last_failure": failure,
         "revoked": n.revoked_at is not None,
     }

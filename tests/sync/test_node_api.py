@@ -287,3 +287,18 @@ def test_checkin_stores_the_report_and_returns_signed_assignments(sync_env):
     with pytest.raises(ApiError) as exc:
         client.checkin({"report_id": "checkin-0002", "kind": "metrics"})
     assert exc.value.status == 400 and _count(env, Report) == 2
+
+
+def test_last_seen_survives_nonce_pruning(sync_env):
+    env = sync_env
+    state = env.enroll("edge-1")
+    from edgerec.sync.store.models import Nonce
+
+    from .helpers import node_client
+
+    node_client(state).checkin({"report_id": "seen-0001", "kind": "status", "models": []})
+    before = env.admin().nodes()[0]["last_seen"]
+    assert before is not None and before > time.time() - 60
+    env.service.maintain(now=time.time() + 3600)  # past the replay window: nonces go
+    assert _count(env, Nonce) == 0
+    assert env.admin().nodes()[0]["last_seen"] == pytest.approx(before)
