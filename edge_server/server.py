@@ -52,8 +52,35 @@ def make_server(app: Flask, config: ServerConfig, sockets: list[socket.socket] |
         "clear_untrusted_proxy_headers": True,
     }
     if sockets is not None:
-        return create_server(app, sockets=sockets, **adj)
-    return create_server(app, host=config.host, port=config.port, **adj)
+        server = create_server(app, sockets=sockets, **adj)
+    else:
+        server = create_server(app, host=config.host, port=config.port, **adj)
+    server.task_dispatcher.queue_logger = QueueDepthLog(logging.getLogger("waitress.queue"))
+    return server
+
+
+class QueueDepthLog:
+    """waitress's queue-depth warning, at most once per interval, with the deepest queue and the count.
+
+    waitress warns for every request that has to wait for a free thread: under
+    sustained load thousands of lines a second, each written by the I/O thread
+    that should be reading requests. This keeps the signal (and the logger) at a
+    line per ``interval_s``. Called under the dispatcher's lock.
+    """
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
+        self.logger, self.interval_s = logger, interval_s
+        self._next = 0.0
+        self._peak = self._count = 0
+
+    def warning(self, msg: str, depth: int) -> None:
+        self._count += 1
+        self._peak = max(self._peak, depth)
+        now = time.monotonic()
+        if now >= self._next:
+            self.logger.warning("Task queue depth is %d (the deepest of %d requests that waited for a thread; "
+                                "next report in %g s at the earliest)", self._peak, self._count, self.interval_s)
+            self._next, self._peak, self._count = now + self.interval_s, 0, 0
 
 
 def _edge(app: Flask) -> EdgeServer:
@@ -213,4 +240,4 @@ def run_worker() -> None:
         _edge(app).close()
 
 
-__all__ = ["RunningServer", "Supervisor", "make_server", "run_worker", "serve"]
+__all__ = ["QueueDepthLog", "RunningServer", "Supervisor", "make_server", "run_worker", "serve"]
