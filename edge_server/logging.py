@@ -43,31 +43,36 @@ class JsonFormatter(logging.Formatter):
     _second: tuple[int, str] = (-1, "")
 
     def format(self, record: logging.LogRecord) -> str:
-        sec = int(record.created)
+        fields = record.__dict__
+        extra = fields.get("_extra")  # AccessLog's records name their extras
+        if extra is None:
+            extra = {k: v for k, v in fields.items() if k not in _STANDARD and k[:1] != "_"}
+        doc = self._doc(record.created, record.levelname.lower(), record.name, record.getMessage(), extra)
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return _dumps(doc)
+
+    def line(self, created: float, level: str, logger: str, msg: str, extra: dict[str, Any]) -> str:
+        """What :meth:`format` writes for a record with these attributes (and no exception)."""
+        return _dumps(self._doc(created, level, logger, msg, extra))
+
+    def _doc(self, created: float, level: str, logger: str, msg: str, extra: dict[str, Any]) -> dict[str, Any]:
+        sec = int(created)
         cached = self._second
         if cached[0] != sec:
             cached = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
             self._second = cached
-        doc: dict[str, Any] = {
-            "ts": f"{cached[1]}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields = record.__dict__
-        extra = fields.get("_extra")  # AccessLog's records name their extras
-        if extra is not None:
-            doc.update(extra)
-        else:
-            doc.update({k: v for k, v in fields.items() if k not in _STANDARD and k[:1] != "_"})
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        if orjson is not None:
-            try:
-                return orjson.dumps(doc, default=str).decode()
-            except TypeError:  # e.g. a key that is not a string: json converts it
-                pass
-        return json.dumps(doc, default=str, separators=(",", ":"))
+        msecs = int((created - sec) * 1000)  # as LogRecord.msecs
+        return {"ts": f"{cached[1]}.{msecs:03d}Z", "level": level, "logger": logger, "msg": msg, **extra}
+
+
+def _dumps(doc: dict[str, Any]) -> str:
+    if orjson is not None:
+        try:
+            return orjson.dumps(doc, default=str).decode()
+        except TypeError:  # e.g. a key that is not a string: json converts it
+            pass
+    return json.dumps(doc, default=str, separators=(",", ":"))
 
 
 class RequestFilter(logging.Filter):
@@ -107,6 +112,17 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:  # as logging does: never let a log line fail the request
             self.handleError(record)
 
+    def write_line(self, line: str) -> None:
+        """Write an INFO line formatted elsewhere, as :meth:`emit` would (errors raise)."""
+        with self.lock:  # type: ignore[union-attr]
+            if self.flush_s <= 0:
+                self.stream.write(line + self.terminator)
+                self.stream.flush()
+                return
+            self._lines.append(line + self.terminator)
+            if len(self._lines) >= 512:
+                self._write()
+
     def _write(self) -> None:
         """Write the batched lines (handler lock held)."""
         if self._lines:
@@ -138,7 +154,14 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class AccessLog:
-    """One ``edgerec.access`` record per request, built cheaply."""
+    """One ``edgerec.access`` record per request, built cheaply.
+
+    When the logging setup is exactly what :func:`configure_logging` builds (the
+    JSON handler alone, no other handler or filter on the way), the line is
+    formatted and handed to that handler directly: the same line, without a
+    ``LogRecord`` and the logging machinery's walk. Anything else configured
+    (another handler, a filter, propagation to the root) gets real records.
+    """
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.logger = logger or logging.getLogger("edgerec.access")
@@ -151,7 +174,20 @@ class AccessLog:
 
     def write(self, method: str, path: str, code: int, st: RequestState, seconds: float) -> None:
         """Log ``METHOD PATH CODE`` with the request's fields (the caller checked :meth:`enabled`)."""
+        extra = {
+            "request_id": st.request_id, "trace_id": st.trace.trace_id, "span_id": st.trace.span_id,
+            "endpoint": st.endpoint, "status": code, "duration_ms": round(seconds * 1e3, 3),
+            "model": st.model or None, "version": st.version or None, "variant": st.variant or None,
+        }
         now = time.time()
+        handler = self._direct()
+        if handler is not None:
+            formatter: JsonFormatter = handler.formatter  # type: ignore[assignment]
+            try:
+                handler.write_line(formatter.line(now, "info", self.logger.name, f"{method} {path} {code}", extra))
+                return
+            except Exception:  # noqa: S110 - the record below goes through logging, which reports the failure
+                pass
         record = logging.LogRecord.__new__(logging.LogRecord)
         fields = record.__dict__
         fields.update(self._template)
@@ -160,14 +196,23 @@ class AccessLog:
             relativeCreated=(now - self._start) * 1000, thread=threading.get_ident(),
             threadName=threading.current_thread().name, process=os.getpid(),
         )
-        extra = {
-            "request_id": st.request_id, "trace_id": st.trace.trace_id, "span_id": st.trace.span_id,
-            "endpoint": st.endpoint, "status": code, "duration_ms": round(seconds * 1e3, 3),
-            "model": st.model or None, "version": st.version or None, "variant": st.variant or None,
-        }
         fields.update(extra)  # as ``extra=`` would, for any handler
         fields["_extra"] = extra
         self.logger.handle(record)
+
+    def _direct(self) -> JsonLinesHandler | None:
+        """The JSON handler when it alone would see the record, unfiltered; else None."""
+        lg = self.logger
+        parent = lg.parent
+        if (lg.handlers or lg.filters or not lg.propagate or lg.disabled or parent is None
+                or parent.name != "edgerec" or parent.filters or parent.propagate or len(parent.handlers) != 1):
+            return None
+        handler = parent.handlers[0]
+        if (type(handler) is not JsonLinesHandler or handler.level > logging.INFO
+                or type(handler.formatter) is not JsonFormatter
+                or any(type(f) is not RequestFilter for f in handler.filters)):
+            return None
+        return handler
 
 
 def configure_logging(level: str = "info", stream: TextIO | None = None, flush_ms: float = 0.0) -> logging.Handler:

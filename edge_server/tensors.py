@@ -55,6 +55,9 @@ class InferRequest:
 def datatype_of(dtype: np.dtype[Any]) -> str:
     if dtype.kind in "USO":
         return "BYTES"
+    found = _BY_DTYPE.get(dtype)  # native byte order: no new dtype to build
+    if found is not None:
+        return found
     try:
         return _BY_DTYPE[dtype.newbyteorder("=")]
     except KeyError as exc:

@@ -34,9 +34,14 @@ class InputEncoder:
     vocabularies: Mapping[str, Vocabulary]
     strict_vocab: bool = False
     _expected: frozenset[str] = field(init=False, repr=False, compare=False, default=frozenset())
+    # Inputs shaped [None, d1, d2, ...] with fixed trailing dimensions: name -> (d1, d2, ...).
+    _tails: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_expected", frozenset(t.name for t in self.signature.inputs))
+        for t in self.signature.inputs:
+            if t.shape and t.shape[0] is None and all(d is not None for d in t.shape[1:]):
+                self._tails[t.name] = tuple(d for d in t.shape[1:] if d is not None)
 
     def encode(self, inputs: Mapping[str, Any]) -> Arrays:
         """Model-ready arrays for ``inputs`` keyed by model input name."""
@@ -75,7 +80,9 @@ class InputEncoder:
             arr = self._apply_vocab(name, arr, self.vocabularies[name])
         elif feature is not None and feature.hash_bins is not None:
             arr = hash_ids(name, arr, feature.hash_bins)
-        check_shape(spec, arr)
+        tail = self._tails.get(name)
+        if tail is None or arr.ndim != len(tail) + 1 or arr.shape[1:] != tail:  # else the shape is right
+            check_shape(spec, arr)
         arr = cast_exact(name, arr, spec.dtype)
         if feature is not None and feature.id_range is not None and arr.size:
             low, high = feature.id_range
