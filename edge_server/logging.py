@@ -69,10 +69,14 @@ class JsonFormatter(logging.Formatter):
 def _dumps(doc: dict[str, Any]) -> str:
     if orjson is not None:
         try:
-            return orjson.dumps(doc, default=str).decode()
+            # dataclasses and datetimes go to str() as with json (orjson would expand them itself)
+            return orjson.dumps(doc, default=str, option=_PASSTHROUGH).decode()
         except TypeError:  # e.g. a key that is not a string: json converts it
             pass
     return json.dumps(doc, default=str, separators=(",", ":"))
+
+
+_PASSTHROUGH = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME if orjson is not None else 0
 
 
 class RequestFilter(logging.Filter):
