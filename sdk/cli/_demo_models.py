@@ -83,20 +83,9 @@ def ort_format(onnx_bytes: bytes, tmp_path: Path) -> tuple[bytes, bytes]:
 
 def keras_ctr_tflite(w: dict[str, np.ndarray], tmp_path: Path, batch: int | None = None) -> bytes:
     """The same CTR function as a Keras model converted to LiteRT (via SavedModel)."""
-    import keras
     import tensorflow as tf
 
-    u = keras.Input((), batch_size=batch, dtype="int32", name="user_id")
-    i = keras.Input((), batch_size=batch, dtype="int32", name="item_id")
-    c = keras.Input((N_CTX,), batch_size=batch, dtype="float32", name="ctx")
-    ue = keras.layers.Embedding(N_USERS, DIM, name="user_emb")(u)
-    ie = keras.layers.Embedding(N_ITEMS, DIM, name="item_emb")(i)
-    x = keras.layers.Concatenate()([ue, ie, c])
-    out = keras.layers.Dense(1, activation="sigmoid", use_bias=False, name="dense")(x)
-    model = keras.Model({"user_id": u, "item_id": i, "ctx": c}, {"score": out})
-    model.get_layer("user_emb").set_weights([w["user_emb"]])
-    model.get_layer("item_emb").set_weights([w["item_emb"]])
-    model.get_layer("dense").set_weights([w["w"]])
+    model = _keras_ctr(w, batch, user_lookup=False)
     path = tmp_path / f"sm{batch or 'dyn'}"
     # Keras drops Input(batch_size=...) on export; a fixed signature keeps it.
     spec = [{
@@ -177,12 +166,19 @@ def sample_inputs(n: int, seed: int = 0, weights_seed: int = 0) -> tuple[dict[st
 def keras_ctr_source(w: dict[str, np.ndarray], path: Path) -> Path:
     """The CTR function as a trainer would hand it over: a ``.keras`` file whose user
     ids go through a ``StringLookup`` (which the converter lifts into a vocabulary)."""
+    _keras_ctr(w, None, user_lookup=True).save(path)
+    return path
+
+
+def _keras_ctr(w: dict[str, np.ndarray], batch: int | None, user_lookup: bool) -> Any:
+    """The CTR function in Keras with the given weights; user ids as rows or as strings."""
     import keras
 
-    u = keras.Input((), dtype="string", name="user_id")
-    i = keras.Input((), dtype="int32", name="item_id")
-    c = keras.Input((N_CTX,), dtype="float32", name="ctx")
-    rows = keras.layers.StringLookup(vocabulary=list(USER_KEYS), num_oov_indices=1, name="user_lookup")(u)
+    u = keras.Input((), batch_size=batch, dtype="string" if user_lookup else "int32", name="user_id")
+    i = keras.Input((), batch_size=batch, dtype="int32", name="item_id")
+    c = keras.Input((N_CTX,), batch_size=batch, dtype="float32", name="ctx")
+    rows = (keras.layers.StringLookup(vocabulary=list(USER_KEYS), num_oov_indices=1, name="user_lookup")(u)
+            if user_lookup else u)
     ue = keras.layers.Embedding(N_USERS, DIM, name="user_emb")(rows)
     ie = keras.layers.Embedding(N_ITEMS, DIM, name="item_emb")(i)
     x = keras.layers.Concatenate()([ue, ie, c])
@@ -191,8 +187,7 @@ def keras_ctr_source(w: dict[str, np.ndarray], path: Path) -> Path:
     model.get_layer("user_emb").set_weights([w["user_emb"]])
     model.get_layer("item_emb").set_weights([w["item_emb"]])
     model.get_layer("dense").set_weights([w["w"]])
-    model.save(path)
-    return path
+    return model
 
 
 def labelled_rows(n: int, seed: int = 0, weights_seed: int = 0) -> dict[str, np.ndarray]:
