@@ -111,34 +111,3 @@ def test_log_flush_ms_is_a_checked_setting(tmp_path):
     with pytest.raises(ConfigError):
         ServerConfig(log_flush_ms=-1)
 
-
-def test_waitress_queue_warnings_are_summarised(monkeypatch):
-    from edgerec.edge_server import server as server_mod
-
-    lines: list[str] = []
-
-    class Keep:
-        def warning(self, msg: str, *args: object) -> None:
-            lines.append(msg % args)
-
-    clock = [100.0]
-    monkeypatch.setattr(server_mod.time, "monotonic", lambda: clock[0])
-    q = server_mod.QueueDepthLog(Keep(), interval_s=10)  # type: ignore[arg-type]
-    q.warning("Task queue depth is %d", 1)  # the first one at once
-    for depth in (3, 7, 2):
-        q.warning("Task queue depth is %d", depth)
-    assert len(lines) == 1
-    clock[0] += 10
-    q.warning("Task queue depth is %d", 4)
-    assert len(lines) == 2 and lines[1].startswith("Task queue depth is 7 (the deepest of 4 requests")
-
-
-def test_servers_summarise_queue_warnings(base_config):
-    from edgerec.edge_server import RunningServer, create_app
-    from edgerec.edge_server.server import QueueDepthLog
-
-    running = RunningServer(create_app(base_config), base_config)
-    try:
-        assert isinstance(running.server.task_dispatcher.queue_logger, QueueDepthLog)
-    finally:
-        running.close()
