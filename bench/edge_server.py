@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -376,10 +377,17 @@ def main() -> None:
                     help="Comparison rounds (every system at every point each round); the report gives medians.")
     ap.add_argument("--before", type=Path, help="Source tree of an older edgerec (DIR/edgerec/...): system 'before'.")
     args = ap.parse_args()
-    secs = 2.0 if args.quick else args.seconds
     if args.quick:
         args.rounds = 1
     work = Path(tempfile.mkdtemp(prefix="edgerec-bench-"))
+    try:
+        run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # models and packages (150 MB with the swap part)
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    secs = 2.0 if args.quick else args.seconds
     key = Ed25519PrivateKey.generate()
     pub = work / "publisher.pub"
     pub.write_bytes(public_pem(key.public_key()))
