@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import DecryptionError, PackageError
 from .manifest import canonical_json
-from .package import ENCRYPTION, ENVELOPE_DIR, MANIFEST, SIGNATURE, Package, _zip_bytes, sha256_hex
+from .package import ENCRYPTION, ENVELOPE_DIR, MANIFEST, SIGNATURE, Blob, Package, _zip_bytes, sha256_hex
 
 SUITE_NAME = "DHKEM-X25519-HKDF-SHA256/HKDF-SHA256/AES-256-GCM"
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
@@ -144,8 +144,8 @@ def encrypt_package(
     m = package.manifest
     keys = dict(data_keys or {})
     entries: list[tuple[str, bytes]] = [
-        (MANIFEST, package.stored_bytes(MANIFEST)),
-        (SIGNATURE, package.stored_bytes(SIGNATURE)),
+        (MANIFEST, bytes(package.stored_bytes(MANIFEST))),
+        (SIGNATURE, bytes(package.stored_bytes(SIGNATURE))),
     ]
     enc_doc: dict[str, dict[str, object]] = {}
     for art in m.artifacts:
@@ -165,7 +165,7 @@ def encrypt_package(
 
 def decrypt_artifact(
     package: Package, path: str, recipient: Recipient, envelopes: Iterable[Envelope] = ()
-) -> bytes:
+) -> Blob:
     """Plaintext bytes of one artifact, in memory only; checked against the signed hash."""
     m = package.manifest
     art = m.artifact(path)

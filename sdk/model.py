@@ -19,7 +19,7 @@ from .errors import AcceleratorUnavailable, DecryptionError, EdgeRecError, Inval
 from .inputs import Arrays, InputEncoder
 from .keys import load_verify_key
 from .manifest import Artifact, Manifest
-from .package import Package, PackageLimits
+from .package import Blob, Package, PackageLimits
 from .ranking import RankedItem, build_rank_batch
 from .runtime import BACKENDS, Backend, Session, SessionInfo, backend_for_format
 
@@ -115,7 +115,7 @@ class EdgeModel:
         engine = backend_for_format(group[0].format)()
         envs = list(envelopes)
 
-        def model_bytes(art: Artifact) -> bytes:
+        def model_bytes(art: Artifact) -> Blob:
             if art.path in package.encryption:
                 if recipient is None:
                     raise DecryptionError(f"{art.path}: the package is encrypted; a recipient key is needed")

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy.typing as npt
 
 from ..manifest import Artifact
+from ..package import Blob
 
 Arrays = dict[str, npt.NDArray[Any]]
 
@@ -55,8 +56,8 @@ class Backend(abc.ABC):
         """Whether the engine's Python package imports here."""
 
     @abc.abstractmethod
-    def load(self, model: bytes, artifact: Artifact, accelerator: str, threads: int | None) -> Session:
-        """Load model bytes (never a file) onto ``accelerator`` ("cpu", "gpu" or "npu")."""
+    def load(self, model: Blob, artifact: Artifact, accelerator: str, threads: int | None) -> Session:
+        """Load model bytes (never a file on disk) onto ``accelerator`` ("cpu", "gpu" or "npu")."""
 
     def version(self) -> str:
         return ""

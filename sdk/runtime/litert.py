@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import AcceleratorUnavailable, RuntimeBackendError
 from ..manifest import Artifact
+from ..package import Blob
 from .base import Arrays, Backend, Session, SessionInfo
 
 
@@ -137,7 +138,8 @@ class LiteRTBackend(Backend):
     def version(self) -> str:
         return importlib.metadata.version("ai-edge-litert")
 
-    def load(self, model: bytes, artifact: Artifact, accelerator: str, threads: int | None) -> Session:
+    def load(self, model: Blob, artifact: Artifact, accelerator: str, threads: int | None) -> Session:
+        model = bytes(model)  # LiteRT's bindings take bytes only
         if accelerator != "cpu":
             return _CompiledSession(model, artifact, accelerator)
         if isinstance(artifact.batch, int):
