@@ -24,10 +24,15 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
-def header(title: str) -> str:
-    cmd = "python " + " ".join([Path(sys.argv[0]).as_posix().split("/work/main/")[-1], *sys.argv[1:]])
-    return (f"## {title}\n\nMachine: {machine()}. Date: {datetime.now(UTC):%Y-%m-%d}. "
-            f"Command: `{cmd}`.\n\n")
+def command() -> str:
+    """This process's command line, as run from the project root."""
+    return "python " + " ".join([Path(sys.argv[0]).as_posix().split("/work/main/")[-1], *sys.argv[1:]])
+
+
+def header(title: str, run: dict[str, str] | None = None) -> str:
+    """The section's title line, then machine, date and command (of ``run``, a saved run, when given)."""
+    run = run or {"machine": machine(), "date": f"{datetime.now(UTC):%Y-%m-%d}", "command": command()}
+    return f"## {title}\n\nMachine: {run['machine']}. Date: {run['date']}. Command: `{run['command']}`.\n\n"
 
 
 def write_section(area: str, body: str) -> None:

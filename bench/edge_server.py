@@ -8,7 +8,8 @@ All in one run, one after another, on this machine and the same ONNX model:
    BentoML with adaptive batching (its own venv: bench/peers/setup_bentoml.sh),
    edgerec with batching off and edgerec with batching on;
 3. edgerec with 2 worker processes against 1;
-4. batching's gain at a fixed p99 budget for a light and a heavy model;
+4. batching's gain at a fixed p99 budget for a light and a heavy model (and, for
+   information, the heavy one on 2 workers and a heavier one);
 5. hot swap: 10 swaps of a >= 50 MB model under load.
 
 edgerec runs in its measured configuration, every feature on: metrics,
@@ -48,7 +49,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from _report import header, write_section
+from _report import command, header, machine, write_section
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgerec.sdk.keys import public_pem
@@ -65,7 +66,12 @@ N_CTX = 4
 HTTP_THREADS = 16
 CANDIDATES = 100
 LIGHT = {"users": 2000, "items": 1000, "dim": 16, "hidden": [32]}
-HEAVY = {"users": 2000, "items": 1000, "dim": 16, "hidden": [1536, 1536, 1536]}
+HEAVY = {"users": 2000, "items": 1000, "dim": 16, "hidden": [1536, 1536, 1536]}  # ~0.9 ms a row
+HEAVIER = {"users": 2000, "items": 1000, "dim": 16, "hidden": [2560, 2560, 2560]}  # ~2.3 ms a row
+# Batching sweep: (label, model, worker processes).
+SWEEP = (("light", "light", 1), ("heavy", "heavy", 1), ("heavy, 2 workers", "heavy", 2),
+         ("heavier", "heavier", 1))
+BUDGET_MS = 50.0
 BIG = {"users": 210_000, "items": 1000, "dim": 64, "hidden": []}  # 54 MB of embeddings
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 LOG_FLUSH_MS = float(os.environ.get("EDGEREC_BENCH_LOG_FLUSH_MS", "200"))  # access log lines batched this long
@@ -376,7 +382,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3,
                     help="Comparison rounds (every system at every point each round); the report gives medians.")
     ap.add_argument("--before", type=Path, help="Source tree of an older edgerec (DIR/edgerec/...): system 'before'.")
+    ap.add_argument("--from-json", type=Path,
+                    help="Write the report of a saved run (build/bench/edge_server.json) instead of measuring.")
     args = ap.parse_args()
+    if args.from_json:
+        res = json.loads(args.from_json.read_text())
+        write_section("edge_server", report(res))
+        print(report(res))
+        return
     if args.quick:
         args.rounds = 1
     work = Path(tempfile.mkdtemp(prefix="edgerec-bench-"))
@@ -391,7 +404,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
     key = Ed25519PrivateKey.generate()
     pub = work / "publisher.pub"
     pub.write_bytes(public_pem(key.public_key()))
-    results: dict[str, Any] = {"seconds": secs, "rounds": args.rounds, "before": args.before is not None}
+    results: dict[str, Any] = {"seconds": secs, "rounds": args.rounds, "before": args.before is not None,
+                               "run": {"machine": machine(), "date": f"{time.strftime('%Y-%m-%d', time.gmtime())}",
+                                       "command": command()}}
     if args.only_swap:
         hot_swap(work, key, pub, secs, args.quick)
         return
@@ -400,8 +415,11 @@ def run(args: argparse.Namespace, work: Path) -> None:
     light_onnx.write_bytes(ctr_onnx(**LIGHT))
     heavy_onnx = work / "heavy.onnx"
     heavy_onnx.write_bytes(ctr_onnx(**HEAVY))
+    heavier_onnx = work / "heavier.onnx"
+    heavier_onnx.write_bytes(ctr_onnx(**HEAVIER))
     dirs = {}
-    for name, onnx, spec in (("light", light_onnx, LIGHT), ("heavy", heavy_onnx, HEAVY)):
+    for name, onnx, spec in (("light", light_onnx, LIGHT), ("heavy", heavy_onnx, HEAVY),
+                             ("heavier", heavier_onnx, HEAVIER)):
         dirs[name] = work / name
         dirs[name].mkdir()
         package(onnx.read_bytes(), spec, "ctr", 1, key, dirs[name] / "ctr-1.edgepkg")
@@ -412,7 +430,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
           flush=True)
 
     results["raw"] = {"1": raw_call(light_onnx, 1), "100": raw_call(light_onnx, CANDIDATES),
-                      "heavy1": raw_call(heavy_onnx, 1, 500)}
+                      "heavy1": raw_call(heavy_onnx, 1, 500), "heavier1": raw_call(heavier_onnx, 1, 300)}
     print("raw", json.dumps(results["raw"]), flush=True)
 
     systems = ["bare", "bentoml", "before", "edgerec-off", "edgerec-on"]
@@ -483,27 +501,26 @@ def _fmt(r: dict[str, float]) -> str:
             f"fail {r['non2xx'] + r['socket_errors']:.0f}")
 
 
-BUDGET_MS = 50.0
 
 
 def batching_sweep(dirs: dict[str, Path], pub: Path, secs: float, quick: bool, settings: Path) -> dict[str, Any]:
     """Best throughput with p99 within the budget, batching off and on, light and heavy models."""
     levels = (1, 8, 32) if quick else (1, 4, 16, 32, 64)
     out: dict[str, Any] = {}
-    for model in ("light", "heavy"):
+    for label, model, workers in SWEEP:
         for mode in ("edgerec-off", "edgerec-on"):
-            srv = start(mode, Path(), dirs[model], pub, settings=settings)
+            srv = start(mode, Path(), dirs[model], pub, settings=settings, workers=workers)
             try:
                 points = []
                 for conns in levels:
                     r = measure(srv, bodies("edgerec")["infer"], conns, max(2.0, secs * 0.6))
                     points.append({"conns": conns, **r})
-                    print("sweep", model, mode, conns, _fmt(r), flush=True)
+                    print("sweep", label, mode, conns, _fmt(r), flush=True)
             finally:
                 srv.stop()
             ok = [p for p in points if p["p99"] <= BUDGET_MS and p["non2xx"] + p["socket_errors"] == 0]
             best = max(ok, key=lambda p: p["rps"]) if ok else None
-            out[f"{model}/{mode}"] = {"points": points, "best": best}
+            out[f"{label}/{mode}"] = {"points": points, "best": best}
     return out
 
 
@@ -560,14 +577,14 @@ def hot_swap(work: Path, key: Ed25519PrivateKey, pub: Path, secs: float, quick: 
 
 def report(res: dict[str, Any]) -> str:
     c, raw = res["compare"], res["raw"]
-    lines = [header("Edge server (bench/edge_server.py)")]
+    lines = [header("Edge server (bench/edge_server.py)", res.get("run"))]
     lines.append(
         f"Models: synthetic CTR ONNX ({res['model_bytes']['light'] / 1e3:.0f} KB: user and item embeddings, "
         f"context, a 32-unit MLP; the MovieLens package of examples/movielens needs a TensorFlow training run, so "
         f"the same-sized synthetic model keeps all five systems on one identical ONNX file). Every server: 1 ONNX "
         f"Runtime thread, {HTTP_THREADS} HTTP threads, one worker process unless said. Load: wrk "
-        f"({res['seconds']:.0f} s per point after 1 s of warm-up). The machine's 2 cores were shared with other "
-        f"jobs during the run, so absolute numbers are noisy: in the comparison all systems were up at once and took "
+        f"({res['seconds']:.0f} s per point after 1 s of warm-up). The machine is a 2-core VM whose speed drifts "
+        f"from minute to minute, so absolute numbers are noisy: in the comparison all systems were up at once and took "
         f"turns at each point, {res.get('rounds', 1)} rounds in a rotating order, and each figure is the median of "
         "its rounds. edgerec runs with every feature on: metrics, request ids and W3C trace context (wrk sends a "
         "`traceparent`), the JSON access log (a line per request into the server's log file, written in batches "
@@ -648,14 +665,19 @@ def targets(res: dict[str, Any]) -> list[str]:
     w = res["workers"]
     row("2 workers >= 1.5x one worker (infer, 32 clients)", _ratio(w["2"]["rps"], w["1"]["rps"]),
         w["2"]["rps"] >= 1.5 * w["1"]["rps"])
-    for model in ("light", "heavy"):
-        off, on_ = res["batching"][f"{model}/edgerec-off"]["best"], res["batching"][f"{model}/edgerec-on"]["best"]
+    raw = res["raw"]
+    compute = {"light": f"{raw['1']['p50'] * 1e3:.0f} us", "heavy": f"{raw['heavy1']['p50']:.1f} ms",
+               "heavier": f"{raw['heavier1']['p50']:.1f} ms"}
+    for label, model, workers in SWEEP:
+        off, on_ = res["batching"][f"{label}/edgerec-off"]["best"], res["batching"][f"{label}/edgerec-on"]["best"]
         if off and on_:
             gain = on_["rps"] / off["rps"]
             value = (f"{gain:.2f}x ({on_['rps']:,.0f} req/s at {on_['conns']} clients vs {off['rps']:,.0f} at "
                      f"{off['conns']})")
-            row(f"batching gain at p99 <= {BUDGET_MS:.0f} ms, {model} model" + (" (>= 2x)" if model == "heavy" else ""),
-                value, gain >= 2 if model == "heavy" else None)
+            target = label == "heavy"
+            on_workers = f", {workers} workers" if workers > 1 else ""
+            row(f"batching gain at p99 <= {BUDGET_MS:.0f} ms, {model} model ({compute[model]} a row){on_workers}"
+                + (" (>= 2x)" if target else "; information"), value, gain >= 2 if target else None)
     s = res["swap"]
     fails = s["during"]["non2xx"] + s["during"]["socket_errors"] + sum(code != 200 for code in s["codes"])
     row(f"{s['swaps']} swaps of a {s['package_mb']:.0f} MB package under load: no failed request",
@@ -672,8 +694,8 @@ def targets(res: dict[str, Any]) -> list[str]:
                                                    res["batching"]["light/edgerec-off"]["points"]) + " |")
     out.append("|---|---|" + "---|" * len(res["batching"]["light/edgerec-off"]["points"]))
     for key, v in res["batching"].items():
-        model, mode = key.split("/")
-        out.append(f"| {model} | {mode.split('-')[1]} | " + " | ".join(
+        label, mode = key.split("/")
+        out.append(f"| {label} | {mode.split('-')[1]} | " + " | ".join(
             f"{p['rps']:,.0f} / {p['p99']:.1f}" for p in v["points"]) + " |")
     out.append(f"\nSwap loads took {statistics.median(s['load_s']):.1f} s each (median: verify, load, warm up, swap).")
     return out

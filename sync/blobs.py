@@ -11,6 +11,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from edgerec.sdk._atomic import write_atomic
+
 from .errors import PayloadTooLargeError
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -61,19 +63,7 @@ class BlobStore:
         target = self.path(sha)
         if target.exists():
             return sha
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="blob-", dir=self.tmp)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(name, 0o644)
-            os.replace(name, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
-            raise
+        write_atomic(target, data, mode=0o644)
         return sha
 
     def read(self, sha256: str) -> bytes:
