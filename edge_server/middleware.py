@@ -9,12 +9,12 @@ Flask.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import Any
 
+from ._random import random_hex
 from .context import STATE_KEY, RequestState, bind_state
 from .fastpath import Answer
 from .logging import AccessLog
@@ -36,7 +36,7 @@ class RequestMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         started = perf_counter()
-        ids = os.urandom(32).hex()  # one system call: request id, trace id, span id
+        ids = random_hex(32)  # request id, trace id, span id
         rid = environ.get("HTTP_X_REQUEST_ID")
         if rid is None or not _REQUEST_ID.match(rid):
             rid = ids[48:]

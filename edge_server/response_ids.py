@@ -13,10 +13,10 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import time
 from dataclasses import dataclass
 
+from ._random import random_hex
 from .errors import BadRequestError
 
 _TAG = 16
@@ -58,7 +58,7 @@ class ResponseIds:
             prefix = json.dumps(list(key), separators=(",", ":"))[:-1] + ","
             if len(self._prefixes) < 10_000:  # label values come from loaded models and the settings
                 self._prefixes[key] = prefix
-        payload = f'{prefix}{int(time.time())},"{os.urandom(6).hex()}"]'.encode()
+        payload = f'{prefix}{int(time.time())},"{random_hex(6)}"]'.encode()
         return f"r1.{_b64(payload)}.{_b64(self._tag(payload))}"
 
     def _tag(self, payload: bytes) -> bytes:

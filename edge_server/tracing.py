@@ -9,10 +9,11 @@ request also becomes a real server span, a child of the caller's.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from ._random import random_hex
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
@@ -54,7 +55,7 @@ def new_trace(header: str | None, ids: str | None = None) -> Trace:
     """
     parsed = parse_traceparent(header) if header else None
     if ids is None:
-        ids = os.urandom(24).hex()  # one system call for both ids
+        ids = random_hex(24)
     if parsed is None:
         return Trace(ids[:32], ids[32:48], None)
     trace_id, parent_id, flags = parsed
