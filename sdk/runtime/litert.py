@@ -18,15 +18,19 @@ import numpy as np
 from ..errors import AcceleratorUnavailable, RuntimeBackendError
 from ..manifest import Artifact
 from ..package import Blob
-from .base import Arrays, Backend, Session, SessionInfo
+from .base import Arrays, Backend, Session, SessionInfo, model_source
 
 
 class _InterpreterSession(Session):
-    def __init__(self, model: bytes, artifact: Artifact, threads: int | None) -> None:
+    def __init__(self, model: Blob, artifact: Artifact, threads: int | None) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         try:
-            self._interp = Interpreter(model_content=model, num_threads=threads)
+            with model_source(model) as source:
+                if isinstance(source, str):
+                    self._interp = Interpreter(model_path=source, num_threads=threads)
+                else:
+                    self._interp = Interpreter(model_content=source, num_threads=threads)
             self._runner = self._interp.get_signature_runner()
         except (ValueError, RuntimeError) as exc:
             raise RuntimeBackendError(f"LiteRT could not load the model: {exc}") from exc
@@ -52,13 +56,17 @@ class _InterpreterSession(Session):
 
 
 class _CompiledSession(Session):
-    def __init__(self, model: bytes, artifact: Artifact, accelerator: str) -> None:
+    def __init__(self, model: Blob, artifact: Artifact, accelerator: str) -> None:
         from ai_edge_litert.compiled_model import CompiledModel
         from ai_edge_litert.hardware_accelerator import HardwareAccelerator as Accel
 
         flags = {"cpu": Accel.CPU, "gpu": Accel.GPU | Accel.CPU, "npu": Accel.NPU | Accel.CPU}[accelerator]
         try:
-            self._model = CompiledModel.from_buffer(model, hardware_accel=flags)
+            with model_source(model) as source:
+                if isinstance(source, str):
+                    self._model = CompiledModel.from_file(source, hardware_accel=flags)
+                else:
+                    self._model = CompiledModel.from_buffer(source, hardware_accel=flags)
         except (RuntimeError, ValueError) as exc:
             if accelerator == "cpu":
                 raise RuntimeBackendError(f"LiteRT could not compile the model: {exc}") from exc
@@ -139,7 +147,6 @@ class LiteRTBackend(Backend):
         return importlib.metadata.version("ai-edge-litert")
 
     def load(self, model: Blob, artifact: Artifact, accelerator: str, threads: int | None) -> Session:
-        model = bytes(model)  # LiteRT's bindings take bytes only
         if accelerator != "cpu":
             return _CompiledSession(model, artifact, accelerator)
         if isinstance(artifact.batch, int):

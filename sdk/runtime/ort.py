@@ -7,16 +7,13 @@ last so unsupported nodes fall back inside ONNX Runtime.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
-import os
-from collections.abc import Iterator
 from typing import Any
 
 from ..errors import AcceleratorUnavailable, RuntimeBackendError
 from ..manifest import Artifact
 from ..package import Blob
-from .base import Arrays, Backend, Session, SessionInfo
+from .base import Arrays, Backend, Session, SessionInfo, model_source
 
 PROVIDERS: dict[str, tuple[str, ...]] = {
     "gpu": (
@@ -37,33 +34,6 @@ PROVIDERS: dict[str, tuple[str, ...]] = {
     ),
     "cpu": (),
 }
-
-# Models at least this large reach ONNX Runtime through an anonymous in-memory file.
-_MEMFD_MIN = 1 << 20
-
-
-@contextlib.contextmanager
-def _model_source(model: Blob) -> Iterator[str | bytes]:
-    """What to hand InferenceSession: a /proc/self/fd path to a memfd, or bytes.
-
-    Given bytes, ONNX Runtime copies and parses the model while holding the
-    GIL (40 ms for 50 MB: every request thread of an edge server stalls while
-    it loads a new version); given a path it does that work with the GIL
-    released. A memfd is anonymous memory, so a decrypted model still never
-    touches a disk. Elsewhere than Linux, plain bytes.
-    """
-    if len(model) < _MEMFD_MIN or not hasattr(os, "memfd_create") or not os.path.isdir("/proc/self/fd"):
-        yield bytes(model)
-        return
-    fd = os.memfd_create("edgerec-model", os.MFD_CLOEXEC)
-    try:
-        view, n = memoryview(model), 0
-        while n < len(view):  # os.write releases the GIL for each chunk
-            n += os.write(fd, view[n:n + (4 << 20)])
-        yield f"/proc/self/fd/{fd}"
-    finally:
-        os.close(fd)
-
 
 
 class _OrtSession(Session):
@@ -123,7 +93,7 @@ class OnnxRuntimeBackend(Backend):
         if artifact.format == "ort":
             opts.add_session_config_entry("session.load_model_format", "ORT")
         try:
-            with _model_source(model) as source:
+            with model_source(model) as source:
                 session = ort.InferenceSession(source, opts, providers=[*wanted, "CPUExecutionProvider"])
         except Exception as exc:
             if accelerator != "cpu":

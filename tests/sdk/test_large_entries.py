@@ -1,4 +1,4 @@
-"""Large entries: read in chunks into untouched memory, and handed to ONNX Runtime as a memfd.
+"""Large entries: read in chunks into untouched memory, and handed to the engines as a memfd.
 
 The thresholds are lowered so the small test package takes the large-entry paths.
 """
@@ -17,7 +17,7 @@ import pytest
 from edgerec.sdk import EdgeModel, IntegrityError, Package, PackageError, encrypt_package
 from edgerec.sdk import package as package_mod
 from edgerec.sdk.cli._demo_models import sample_inputs as ctr_inputs
-from edgerec.sdk.runtime import ort as ort_mod
+from edgerec.sdk.runtime import base as runtime_base
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def chunked(monkeypatch):
 def via_memfd(monkeypatch):
     if not hasattr(os, "memfd_create"):
         pytest.skip("memfd_create is Linux-only")
-    monkeypatch.setattr(ort_mod, "_MEMFD_MIN", 1)
+    monkeypatch.setattr(runtime_base, "_MEMFD_MIN", 1)
 
 
 def _fd_links() -> list[str]:
@@ -92,3 +92,20 @@ def test_encrypted_large_artifact_decrypts_from_a_view(chunked, via_memfd, onnx_
                            backend="onnxruntime")
     inputs, ref = ctr_inputs(3)
     np.testing.assert_allclose(model.predict(inputs)["score"].ravel(), ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fixture", ["full_pkg", "bucket_only_pkg"])  # Interpreter; CompiledModel
+def test_litert_through_a_memfd_scores_as_from_bytes(request, fixture, chunked, signing_key, monkeypatch):
+    data = request.getfixturevalue(fixture)
+    inputs, ref = ctr_inputs(5)
+    from_bytes = EdgeModel.load(data, [signing_key.public_key()], backend="litert", accelerator="cpu")
+    expected = from_bytes.predict(inputs)["score"].ravel()
+    from_bytes.close()
+    if not hasattr(os, "memfd_create"):
+        pytest.skip("memfd_create is Linux-only")
+    monkeypatch.setattr(runtime_base, "_MEMFD_MIN", 1)
+    model = EdgeModel.load(data, [signing_key.public_key()], backend="litert", accelerator="cpu")
+    np.testing.assert_allclose(model.predict(inputs)["score"].ravel(), expected, rtol=1e-6)
+    np.testing.assert_allclose(expected, ref, atol=0.05)  # int8 against the float reference
+    model.close()
+    assert not [link for link in _fd_links() if "edgerec-model" in link], "the memfd was not closed"
