@@ -8,7 +8,6 @@ so the report measures what will be deployed.
 from __future__ import annotations
 
 import statistics
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgerec.sdk._timing import time_ms
 from edgerec.sdk.manifest import Artifact
 from edgerec.sdk.runtime import Session, backend_for_format
 
@@ -100,14 +100,7 @@ def run_session(
 def latency_ms(session: Session, encoded: Arrays, repeats: int = 50) -> float:
     """Median single-row latency, one thread, after warm-up runs."""
     row = {k: np.ascontiguousarray(v[:1]) for k, v in encoded.items()}
-    for _ in range(5):
-        session.run(row)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        session.run(row)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(statistics.median(times))
+    return float(statistics.median(time_ms(lambda: session.run(row), repeats, warmup=5)))
 
 
 def compressed_size(data: bytes) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import click
 import numpy as np
 from rich.table import Table
 
+from .._timing import time_ms
 from ..errors import EdgeRecError
 from ..keys import load_recipient_key
 from ..model import EdgeModel
@@ -44,14 +44,7 @@ def synthetic_inputs(model: EdgeModel, rows: int, seed: int = 0) -> dict[str, np
 
 def measure(model: EdgeModel, rows: int, repeats: int) -> dict[str, float]:
     encoded = model.encode(synthetic_inputs(model, rows))
-    for _ in range(3):
-        model.run(encoded)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model.run(encoded)
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
+    times = sorted(time_ms(lambda: model.run(encoded), repeats))
     return {"p50_ms": statistics.median(times), "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))]}
 
 
