@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 from rich.table import Table
 
 from .._atomic import write_atomic
+from .._timing import time_ms
 from ..encryption import encrypt_package
 from ..keys import generate_keypair, load_recipient_key, load_signing_key, load_verify_key
 from ..model import Accelerator, EdgeModel
@@ -32,13 +32,7 @@ from .main import cli
 
 
 def _time_ms(fn: Any, repeats: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
+    return statistics.median(time_ms(fn, repeats, warmup=1))
 
 
 def build_demo_package(work: Path, with_tflite: bool) -> Path:
