@@ -98,7 +98,6 @@ def test_trigger_writes_once_until_the_loop_drains_it():
     from edgerec.edge_server.server import Trigger
 
     t = Trigger({})
-    t.__class__ = Trigger
     try:
         thunks: list[int] = []
         t.pull_trigger()
