@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import header, write_section
 
 from edgerec.sdk import Package
-from edgerec.sdk.cli import _demo_models as demo
+from edgerec.sdk import testing as demo
 from edgerec.sdk.cli.bench import run_bench
 
 

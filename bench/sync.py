@@ -50,22 +50,26 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the tests' loopback helpers and PostgreSQL launcher (tests/support), written once
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import httpx
 from _report import header, write_section
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from support.net import free_port, wait_for
+from support.postgres import LocalPostgres
 from tuf.api.metadata import Metadata, Root
 from tuf.ngclient import Updater
 
 from edgerec.sdk.keys import generate_keypair, load_signing_key, load_verify_key, public_pem
-from edgerec.sync.admin_client import AdminClient, Credentials
-from edgerec.sync.admin_init import init_service
-from edgerec.sync.assignments import Accepted, verify_assignment
-from edgerec.sync.httpsig import RequestSigner
+from edgerec.sdk.testing import build_demo_package
+from edgerec.sync.admin.client import AdminClient, Credentials
 from edgerec.sync.node.fetcher import HttpxFetcher
-from edgerec.sync.testing import LocalPostgres, build_demo_package, free_port, wait_for
-from edgerec.sync.trust import TrustInfo
+from edgerec.sync.protocol.assignments import Accepted, verify_assignment
+from edgerec.sync.protocol.httpsig import RequestSigner
+from edgerec.sync.protocol.trust import TrustInfo
+from edgerec.sync.service.admin_init import init_service
 
 EDGEREC = str(Path(sys.executable).parent / "edgerec")
 POOL = 64

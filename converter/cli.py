@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from edgerec.sdk.cli._output import console, err_console, print_json
+from edgerec.sdk.cli.output import console, err_console, print_json
 from edgerec.sdk.keys import load_signing_key
 
 from .errors import ConversionError

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgerec.sdk._timing import time_ms
 from edgerec.sdk.manifest import Artifact
 from edgerec.sdk.runtime import Session, backend_for_format
+from edgerec.sdk.timing import time_ms
 
 Arrays = dict[str, npt.NDArray[Any]]
 F64 = npt.NDArray[np.float64]

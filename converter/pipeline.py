@@ -28,13 +28,13 @@ from edgerec.sdk.manifest import Manifest, ModelSignature, TensorSpec
 from edgerec.sdk.package import Package
 
 from . import data as tables
+from .assemble import PackageParts, assemble
 from .build import Built, OrtBuilder, TfBuilder
 from .calibration import ort_samples
 from .errors import AccuracyBudgetError, ConversionError, DataError
 from .evaluate import VariantResult, auc, compressed_size, log_loss, measure, score_column
 from .features import feature_specs, read_feature_file
 from .ort import StaticOptions
-from .packaging import PackageParts, assemble
 from .prepare import Prepared, prepare
 from .sources import Source, load_source
 
@@ -338,7 +338,7 @@ def _progress(opts: ConvertOptions) -> AbstractContextManager[Any]:
         return nullcontext(None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from edgerec.sdk.cli._output import err_console
+    from edgerec.sdk.cli.output import err_console
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     console=err_console, transient=True)

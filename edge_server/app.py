@@ -18,8 +18,8 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from edgerec.sdk._atomic import write_atomic
 from edgerec.sdk.errors import EdgeRecError
+from edgerec.sdk.files import write_atomic
 from edgerec.sdk.keys import load_recipient_key, load_verify_key
 
 from . import api_rank, api_tfserving, api_v2, control, metrics_api, openapi

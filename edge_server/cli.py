@@ -11,7 +11,7 @@ import click
 from edgerec.sdk.model import ACCELERATOR_CHOICES
 
 from .config import ServerConfig
-from .logging import configure_logging
+from .json_logs import configure_logging
 from .server import serve as run_server
 
 # CLI option -> ServerConfig field, where the names differ.

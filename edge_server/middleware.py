@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import Any
 
-from ._random import random_hex
 from .context import STATE_KEY, RequestState, bind_state
 from .fastpath import Answer
-from .logging import AccessLog
+from .json_logs import AccessLog
 from .metrics import Metrics
+from .random_hex import random_hex
 from .tracing import OpenTelemetry, new_trace
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")

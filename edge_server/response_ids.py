@@ -16,8 +16,8 @@ import json
 import time
 from dataclasses import dataclass
 
-from ._random import random_hex
 from .errors import BadRequestError
+from .random_hex import random_hex
 
 _TAG = 16
 

@@ -30,7 +30,7 @@ from waitress.server import BaseWSGIServer
 from waitress.task import WSGITask
 from waitress.wasyncore import close_all
 
-from edgerec.sdk._atomic import write_atomic
+from edgerec.sdk.files import write_atomic
 
 from .app import PEERS_DIR, EdgeServer, create_app
 from .config import ServerConfig, read_token
@@ -303,7 +303,7 @@ class Supervisor:
 
 def run_worker() -> None:
     """Entry point of one worker process (started by :class:`Supervisor`)."""
-    from .logging import configure_logging
+    from .json_logs import configure_logging
 
     run_dir = Path(os.environ["EDGEREC_RUN_DIR"])
     index = int(os.environ["EDGEREC_WORKER_INDEX"])

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import DecryptionError, PackageError
 from .manifest import canonical_json
-from .package import ENCRYPTION, ENVELOPE_DIR, MANIFEST, SIGNATURE, Blob, Package, _zip_bytes, sha256_hex
+from .package import ENCRYPTION, ENVELOPE_DIR, MANIFEST, SIGNATURE, Blob, Package, sha256_hex, zip_bytes
 
 SUITE_NAME = "DHKEM-X25519-HKDF-SHA256/HKDF-SHA256/AES-256-GCM"
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
@@ -160,7 +160,7 @@ def encrypt_package(
         for art in m.artifacts:
             env = seal_data_key(keys[art.path], rid, pub, m.name, m.version, art.path)
             entries.append((env.entry_name, env.to_bytes()))
-    return EncryptedPackage(_zip_bytes(entries), keys)
+    return EncryptedPackage(zip_bytes(entries), keys)
 
 
 def decrypt_artifact(
@@ -206,4 +206,4 @@ def add_envelopes(package_bytes: bytes, envelopes: Iterable[Envelope]) -> bytes:
     new = {e.entry_name: e.to_bytes() for e in envelopes}
     with zipfile.ZipFile(io.BytesIO(package_bytes)) as zf:
         kept = [(i.filename, zf.read(i)) for i in zf.infolist() if i.filename not in new]
-    return _zip_bytes(kept + sorted(new.items()))
+    return zip_bytes(kept + sorted(new.items()))

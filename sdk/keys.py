@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from ._atomic import write_atomic
 from .errors import KeyFileError
+from .files import write_atomic
 
 KeyKind = Literal["ed25519", "x25519"]
 PublicKey = Ed25519PublicKey | X25519PublicKey

@@ -31,7 +31,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import __version__
-from ._atomic import write_atomic
 from .errors import (
     DuplicateEntryError,
     IntegrityError,
@@ -41,6 +40,7 @@ from .errors import (
     UnsafeEntryError,
     UntrustedSignerError,
 )
+from .files import write_atomic
 from .keys import key_id
 from .manifest import (
     Artifact,
@@ -92,7 +92,8 @@ def sha256_hex(data: Blob) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _zip_bytes(entries: Sequence[tuple[str, bytes]]) -> bytes:
+def zip_bytes(entries: Sequence[tuple[str, bytes]]) -> bytes:
+    """A zip of ``entries`` with fixed timestamps, so its bytes depend on content only."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for name, data in entries:
@@ -239,7 +240,7 @@ class PackageBuilder:
         manifest_bytes = self.manifest().to_bytes()
         entries = [(MANIFEST, manifest_bytes), (SIGNATURE, sign_manifest(manifest_bytes, keys))]
         entries += sorted(self._blobs.items())
-        return _zip_bytes(entries)
+        return zip_bytes(entries)
 
     def write(
         self, path: str | os.PathLike[str], signing_keys: Ed25519PrivateKey | Sequence[Ed25519PrivateKey]

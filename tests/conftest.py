@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edgerec.sdk.cli import _demo_models as demo
+from edgerec.sdk import testing as demo
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

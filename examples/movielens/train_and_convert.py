@@ -23,7 +23,7 @@ import movielens
 
 from edgerec.converter.cli import report_table
 from edgerec.converter.pipeline import ConvertOptions, convert
-from edgerec.sdk.cli._output import console
+from edgerec.sdk.cli.output import console
 from edgerec.sdk.keys import generate_keypair, load_signing_key
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ._output import fail
+from .output import fail
 
 
 class LazyGroup(click.Group):

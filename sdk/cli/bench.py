@@ -10,15 +10,14 @@ import click
 import numpy as np
 from rich.table import Table
 
-from .._timing import time_ms
 from ..errors import EdgeRecError
 from ..keys import load_recipient_key
 from ..model import EdgeModel
 from ..package import Package
 from ..runtime import backend_for_format
+from ..timing import time_ms
 from ._options import model_options, open_package
-from ._output import console, print_json
-from .main import cli
+from .output import console, print_json
 
 
 def synthetic_inputs(model: EdgeModel, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -70,7 +69,7 @@ def run_bench(
     return rows
 
 
-@cli.command()
+@click.command()
 @click.argument("pkg", type=click.Path(dir_okay=False, path_type=Path))
 @model_options
 @click.option("--accelerators", default="cpu", show_default=True, help="Comma list of cpu,gpu,npu.")

@@ -7,11 +7,10 @@ from pathlib import Path
 import click
 
 from ..keys import generate_keypair
-from ._output import console, print_json
-from .main import cli
+from .output import console, print_json
 
 
-@cli.group()
+@click.group()
 def keys() -> None:
     """Make and inspect key pairs."""
 

@@ -10,14 +10,20 @@ import click
 from .. import __version__
 from ..errors import EdgeRecError
 from ._lazy import LazyGroup
-from ._output import fail
+from .bench import bench
+from .keys import keys
+from .output import fail
+from .package import package_group
+from .predict import predict
 
 LAZY = {
     "convert": ("edgerec.converter.cli:convert", "converter", "Convert a Keras/SavedModel/ONNX model to a package."),
     "serve": ("edgerec.edge_server.cli:serve", "edge", "Run the edge inference server."),
-    "sync": ("edgerec.sync.cli:sync_group", "sync", "Run the sync service."),
-    "admin": ("edgerec.sync.admin_cli:admin", "sync", "Administer the sync service (publish, rollout, nodes)."),
-    "node": ("edgerec.sync.node_cli:node", "sync", "Run the edge node daemon (enroll, poll, install)."),
+    "sync": ("edgerec.sync.service.cli:sync_group", "sync", "Run the sync service."),
+    "admin": ("edgerec.sync.admin.cli:admin", "sync", "Administer the sync service (publish, rollout, nodes)."),
+    "node": ("edgerec.sync.node.cli:node", "node", "Run the edge node daemon (enroll, poll, install)."),
+    "demo": ("edgerec.examples.fleet.cli:demo_cmd", "all",
+             "The whole loop on this machine: convert, publish, install on a node, serve, rank."),
 }
 
 
@@ -46,9 +52,7 @@ def cli(verbose: bool) -> None:
 def main() -> None:
     cli(prog_name="edgerec")
 
-
-# the SDK's subcommands register themselves on ``cli``
-from . import bench, keys, package, predict  # noqa: E402,F401
-from . import demo as _demo  # noqa: E402,F401
+for _command in (bench, keys, package_group, predict):
+    cli.add_command(_command)
 
 __all__ = ["cli", "main"]

@@ -7,16 +7,15 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from .._atomic import write_atomic
 from ..encryption import encrypt_package
+from ..files import write_atomic
 from ..keys import load_public_key
 from ..manifest import check_name
 from ._options import open_package, trust_options
-from ._output import console, fail, print_json
-from .main import cli
+from .output import console, fail, print_json
 
 
-@cli.group("package")
+@click.group("package")
 def package_group() -> None:
     """Inspect, verify and encrypt .edgepkg files."""
 

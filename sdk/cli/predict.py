@@ -12,8 +12,7 @@ import numpy as np
 
 from ..errors import EdgeRecError
 from ._options import accelerator_option, load_model, model_options
-from ._output import print_json
-from .main import cli
+from .output import print_json
 
 
 def read_inputs(path: Path) -> dict[str, Any]:
@@ -32,7 +31,7 @@ def read_inputs(path: Path) -> dict[str, Any]:
     raise EdgeRecError(f"{path}: unsupported input file type (use .npz or .json)")
 
 
-@cli.command()
+@click.command()
 @click.argument("pkg", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--input", "input_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Inputs as .npz or .json.")

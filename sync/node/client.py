@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..errors import ApiError, ServerUnreachableError
-from ..httpsig import RequestSigner
-from ..tls import client_verify
+from edgerec.sync.protocol.errors import ApiError, ServerUnreachableError
+from edgerec.sync.protocol.httpsig import RequestSigner
+from edgerec.sync.protocol.tls import client_verify
 
 USER_AGENT = "edgerec-node/0.1"
 

@@ -41,10 +41,10 @@ from edgerec.sdk.errors import EdgeRecError
 from edgerec.sdk.keys import public_pem
 from edgerec.sdk.model import EdgeModel
 from edgerec.sdk.package import Package
+from edgerec.sync.protocol.assignments import Accepted, Assignment, verify_assignment
+from edgerec.sync.protocol.errors import ApiError, AssignmentError, InstallError, ServerUnreachableError
+from edgerec.sync.protocol.trust import TrustInfo
 
-from ..assignments import Accepted, Assignment, verify_assignment
-from ..errors import ApiError, AssignmentError, InstallError, ServerUnreachableError
-from ..trust import TrustInfo
 from .client import NodeClient, http_client
 from .edge_control import EdgeControl
 from .fetcher import HttpxFetcher

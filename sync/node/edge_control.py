@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from ..errors import EdgeServerError
+from edgerec.sync.protocol.errors import EdgeServerError
 
 
 class EdgeControl:

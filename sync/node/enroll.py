@@ -7,7 +7,8 @@ from pathlib import Path
 
 from tuf.api.metadata import Metadata, Root
 
-from ..errors import ConfigError
+from edgerec.sync.protocol.errors import ConfigError
+
 from .client import enroll_request, http_client
 from .state import NodeIdentity, NodeState
 

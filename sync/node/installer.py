@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from edgerec.sdk._atomic import write_atomic
+from edgerec.sdk.files import write_atomic
 
 
 class Installer:

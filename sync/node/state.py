@@ -25,11 +25,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edgerec.sdk._atomic import write_atomic
+from edgerec.sdk.files import write_atomic
 from edgerec.sdk.keys import generate_keypair, load_recipient_key, load_signing_key, public_pem
-
-from ..assignments import Accepted
-from ..errors import ConfigError
+from edgerec.sync.protocol.assignments import Accepted
+from edgerec.sync.protocol.errors import ConfigError
 
 MAX_PENDING_REPORTS = 20
 

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from edgerec.sdk.cli import _demo_models as demo
+from edgerec.sdk import testing as demo
 from edgerec.sdk.cli.main import cli
 from edgerec.sdk.keys import generate_keypair, load_verify_key
 from edgerec.sdk.package import Package

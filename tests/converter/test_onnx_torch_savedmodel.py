@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgerec.converter.pipeline import ConvertOptions, convert
-from edgerec.sdk.cli import _demo_models as demo
+from edgerec.sdk import testing as demo
 from edgerec.sdk.model import EdgeModel
 
 

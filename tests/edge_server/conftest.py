@@ -21,9 +21,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from support.net import free_port
 
 from edgerec.edge_server import RunningServer, ServerConfig, create_app
-from edgerec.sdk.cli import _demo_models as demo
+from edgerec.sdk import testing as demo
 from edgerec.sdk.keys import public_pem
 from edgerec.sdk.manifest import FeatureSpec
 from edgerec.sdk.package import PackageBuilder
@@ -31,12 +32,6 @@ from edgerec.sdk.vocab import Vocabulary
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TOKEN = "test-control-token-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Live:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgerec.edge_server.batching import Batcher, BatcherCrashedError
-from edgerec.sdk.cli import _demo_models as demo
+from edgerec.sdk import testing as demo
 from edgerec.sdk.errors import RuntimeBackendError
 from edgerec.sdk.model import EdgeModel
 

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from edgerec.edge_server.cache import MISSING, LocalCache, RedisCache
-from edgerec.sdk.cli import _demo_models as demo
+from edgerec.sdk import testing as demo
 
 
 def test_local_cache_ttl_and_lru():

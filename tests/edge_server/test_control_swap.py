@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from edgerec.edge_server import create_app
-from edgerec.sdk.cli import _demo_models as demo
+from edgerec.sdk import testing as demo
 from edgerec.sdk.encryption import encrypt_package
 from edgerec.sdk.package import Package
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgerec.edge_server.fastpath import FastRoutes
-from edgerec.sdk.cli import _demo_models as demo
+from edgerec.sdk import testing as demo
 
 ROW = {"inputs": [
     {"name": "user_id", "shape": [1], "datatype": "BYTES", "data": ["u1"]},

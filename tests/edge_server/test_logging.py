@@ -13,7 +13,7 @@ import pytest
 from edgerec.edge_server.config import ServerConfig
 from edgerec.edge_server.context import RequestState, bind_state
 from edgerec.edge_server.errors import ConfigError
-from edgerec.edge_server.logging import AccessLog, configure_logging
+from edgerec.edge_server.json_logs import AccessLog, configure_logging
 from edgerec.edge_server.tracing import new_trace
 
 

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from edgerec.edge_server.logging import configure_logging
+from edgerec.edge_server.json_logs import configure_logging
 from edgerec.edge_server.tracing import parse_traceparent
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

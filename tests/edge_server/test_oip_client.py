@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgerec.sdk.cli import _demo_models as demo
+from edgerec.sdk import testing as demo
 
 PYTHON = Path(os.environ.get("EDGEREC_TRITONCLIENT_PYTHON", "/tmp/tritonclient-venv/bin/python"))
 

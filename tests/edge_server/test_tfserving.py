@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgerec.sdk.cli import _demo_models as demo
+from edgerec.sdk import testing as demo
 
 
 def test_row_form_matches_reference(live):

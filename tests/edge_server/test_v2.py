@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from edgerec.sdk.cli import _demo_models as demo
+from edgerec.sdk import testing as demo
 from edgerec.sdk.model import EdgeModel
 
 

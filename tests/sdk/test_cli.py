@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgerec.sdk.cli._demo_models import sample_inputs
+from edgerec.sdk.testing import sample_inputs
 
 EDGEREC = shutil.which("edgerec", path=str(Path(sys.executable).parent)) or "edgerec"
 
@@ -44,7 +44,7 @@ def keys(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pkg(keys, ctr_weights, tmp_path_factory) -> Path:
     from edgerec.sdk import load_signing_key
-    from edgerec.sdk.cli._demo_models import ctr_builder
+    from edgerec.sdk.testing import ctr_builder
 
     return ctr_builder(ctr_weights).write(tmp_path_factory.mktemp("pkg") / "ctr.edgepkg",
                                            load_signing_key(keys / "pub.key"))
@@ -131,12 +131,19 @@ def test_bench_json(pkg, keys):
     one_line_error(run("bench", str(pkg), "-k", str(keys / "pub.pub"), "--batch-sizes", "x"), "--batch-sizes")
 
 
-def test_missing_extra_is_one_line(monkeypatch):
-    # Every lazily loaded group names the extra it needs when its import fails.
+def test_missing_extra_is_one_line():
+    # Every lazily loaded group names the extra it needs when its import fails, as text:
+    # rich must not eat "[edge]" as a style tag.
     from edgerec.sdk.cli.main import LAZY
 
-    assert set(LAZY) == {"convert", "serve", "sync", "admin", "node"}
-    assert {v[1] for v in LAZY.values()} == {"converter", "edge", "sync"}
+    assert set(LAZY) == {"convert", "serve", "sync", "admin", "node", "demo"}
+    assert {v[1] for v in LAZY.values()} == {"converter", "edge", "sync", "node", "all"}
+    code = ("import sys; sys.modules['flask'] = None; from edgerec.sdk.cli.main import main; "
+            "sys.argv = ['edgerec', 'serve', '--help']; main()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: 'serve' needs the [edge] extra (flask is not installed): pip install 'edgerec[edge]'"]
 
 
 def test_demo_device_json(tmp_path):

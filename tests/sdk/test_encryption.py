@@ -20,8 +20,8 @@ from edgerec.sdk import (
     encrypt_package,
     seal_data_key,
 )
-from edgerec.sdk.cli._demo_models import sample_inputs as ctr_inputs
 from edgerec.sdk.encryption import decrypt_artifact, open_envelope
+from edgerec.sdk.testing import sample_inputs as ctr_inputs
 
 
 @pytest.fixture(scope="module")

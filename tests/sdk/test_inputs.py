@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgerec.sdk import EdgeModel, InvalidInput
-from edgerec.sdk.cli._demo_models import sample_inputs as ctr_inputs
+from edgerec.sdk.testing import sample_inputs as ctr_inputs
 
 
 @pytest.fixture(scope="module")

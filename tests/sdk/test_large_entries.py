@@ -16,8 +16,8 @@ import pytest
 
 from edgerec.sdk import EdgeModel, IntegrityError, Package, PackageError, encrypt_package
 from edgerec.sdk import package as package_mod
-from edgerec.sdk.cli._demo_models import sample_inputs as ctr_inputs
 from edgerec.sdk.runtime import base as runtime_base
+from edgerec.sdk.testing import sample_inputs as ctr_inputs
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgerec.sdk import EdgeModel, EdgeRecError, ModelClosedError
-from edgerec.sdk.cli._demo_models import sample_inputs as ctr_inputs
+from edgerec.sdk.testing import sample_inputs as ctr_inputs
 
 
 @pytest.mark.parametrize("backend", ["litert", "onnxruntime"])
@@ -52,7 +52,7 @@ def test_auto_accelerator_is_quiet(onnx_pkg, signing_key, caplog):
 
 
 def test_rank_orders_by_reference_score(onnx_pkg, signing_key, ctr_weights):
-    from edgerec.sdk.cli._demo_models import ctr_reference
+    from edgerec.sdk.testing import ctr_reference
 
     model = EdgeModel.load(onnx_pkg, [signing_key.public_key()])
     cands = [3, 17, 42, 5, 60, 11]
@@ -66,7 +66,7 @@ def test_rank_orders_by_reference_score(onnx_pkg, signing_key, ctr_weights):
 
 
 def test_rank_with_feature_rows_and_defaults(onnx_pkg, signing_key, ctr_weights):
-    from edgerec.sdk.cli._demo_models import ctr_reference
+    from edgerec.sdk.testing import ctr_reference
 
     model = EdgeModel.load(onnx_pkg, [signing_key.public_key()])
     ranked = model.rank({"user": "u2"}, [{"item_id": 9}, {"item_id": 4}])  # ctx defaults to 0.0
@@ -122,7 +122,7 @@ def test_no_runnable_artifact(onnx_pkg, signing_key):
 
 
 def test_ort_format_artifact(ctr_weights, signing_key, tmp_path):
-    from edgerec.sdk.cli._demo_models import ctr_builder, onnx_ctr, ort_format
+    from edgerec.sdk.testing import ctr_builder, onnx_ctr, ort_format
 
     ort_bytes, ops = ort_format(onnx_ctr(ctr_weights), tmp_path)
     b = ctr_builder(ctr_weights, onnx=False)

@@ -63,7 +63,7 @@ def test_round_trip_manifest(onnx_pkg, signing_key):
 
 
 def test_builds_are_reproducible_apart_from_time(ctr_weights, signing_key):
-    from edgerec.sdk.cli._demo_models import ctr_builder
+    from edgerec.sdk.testing import ctr_builder
 
     a = Package.open(ctr_builder(ctr_weights).build(signing_key), signing_key.public_key())
     b = Package.open(ctr_builder(ctr_weights).build(signing_key), signing_key.public_key())
@@ -210,7 +210,7 @@ def test_not_a_zip_and_missing_file(tmp_path, signing_key):
 
 
 def test_write_is_atomic_and_complete(ctr_weights, signing_key, tmp_path):
-    from edgerec.sdk.cli._demo_models import ctr_builder
+    from edgerec.sdk.testing import ctr_builder
 
     path = ctr_builder(ctr_weights).write(tmp_path / "m.edgepkg", signing_key)
     assert Package.open(path, [signing_key.public_key()]).manifest.version == 1
@@ -220,7 +220,7 @@ def test_write_is_atomic_and_complete(ctr_weights, signing_key, tmp_path):
 @pytest.mark.parametrize("name", ["../x", "a/b", "UPPER", "", "x" * 65])
 def test_bad_package_names(name):
     from edgerec.sdk import PackageBuilder
-    from edgerec.sdk.cli._demo_models import ctr_signature
+    from edgerec.sdk.testing import ctr_signature
 
     with pytest.raises(PackageError, match="name"):
         PackageBuilder(name, 1, ctr_signature())

@@ -20,17 +20,18 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import make_url
+from support.postgres import LocalPostgres, find_pg_bin
 
 from edgerec.sdk.keys import generate_keypair, load_signing_key
-from edgerec.sync.admin_client import AdminClient, Credentials
-from edgerec.sync.admin_init import InitResult, init_service
-from edgerec.sync.config import ServiceConfig
+from edgerec.sdk.testing import build_demo_package
+from edgerec.sync.admin.client import AdminClient, Credentials
 from edgerec.sync.node.daemon import DaemonConfig, NodeDaemon
 from edgerec.sync.node.enroll import enroll_node
 from edgerec.sync.node.state import NodeState
-from edgerec.sync.server import RunningServer
-from edgerec.sync.service import SyncService
-from edgerec.sync.testing import LocalPostgres, build_demo_package, find_pg_bin
+from edgerec.sync.service.admin_init import InitResult, init_service
+from edgerec.sync.service.config import ServiceConfig
+from edgerec.sync.service.core import SyncService
+from edgerec.sync.service.server import RunningServer
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ENV = "EDGEREC_TEST_POSTGRES_URL"

@@ -7,11 +7,11 @@ import os
 
 import pytest
 from click.testing import CliRunner
+from support.net import free_port
 from tuf.api.metadata import Metadata, Root
 
 from edgerec.sdk.cli.main import cli
-from edgerec.sync.admin_client import Credentials, save_credentials
-from edgerec.sync.testing import free_port
+from edgerec.sync.admin.client import Credentials, save_credentials
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgerec.sdk.keys import key_id
-from edgerec.sync.assignments import Accepted, Assignment, sign_assignment, verify_assignment
-from edgerec.sync.errors import (
+from edgerec.sync.protocol.assignments import Accepted, Assignment, sign_assignment, verify_assignment
+from edgerec.sync.protocol.errors import (
     AssignmentError,
     AssignmentExpiredError,
     AssignmentReplayError,

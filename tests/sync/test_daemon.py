@@ -24,8 +24,8 @@ from edgerec.sync.node.edge_control import EdgeControl
 from edgerec.sync.node.enroll import enroll_node
 from edgerec.sync.node.fetcher import HttpxFetcher
 from edgerec.sync.node.state import NodeState
-from edgerec.sync.server import RunningServer, stop_waitress
-from edgerec.sync.tls import client_verify
+from edgerec.sync.protocol.tls import client_verify
+from edgerec.sync.service.server import RunningServer, stop_waitress
 
 
 def _target_url(env, pub) -> str:

@@ -7,10 +7,10 @@ import threading
 import pytest
 from sqlalchemy import Connection, inspect, select, text, update
 
-from edgerec.sync.errors import ConfigError
-from edgerec.sync.store import SCHEMA_VERSION, Database, migrate
-from edgerec.sync.store.migrations import current_version
-from edgerec.sync.store.models import Counter, SchemaInfo
+from edgerec.sync.protocol.errors import ConfigError
+from edgerec.sync.service.store import SCHEMA_VERSION, Database, migrate
+from edgerec.sync.service.store.migrations import current_version
+from edgerec.sync.service.store.models import Counter, SchemaInfo
 
 
 @pytest.fixture

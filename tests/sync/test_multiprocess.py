@@ -15,18 +15,18 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy import select
+from support.net import free_port, wait_for
 
 from edgerec.sdk.keys import load_verify_key, public_pem
-from edgerec.sync.admin_client import AdminClient, Credentials
-from edgerec.sync.admin_init import init_service
-from edgerec.sync.errors import ApiError
+from edgerec.sync.admin.client import AdminClient, Credentials
 from edgerec.sync.node.client import enroll_request, http_client
 from edgerec.sync.node.daemon import NodeDaemon
 from edgerec.sync.node.enroll import enroll_node
 from edgerec.sync.node.state import NodeState
-from edgerec.sync.store import Database
-from edgerec.sync.store.models import TufMetadata
-from edgerec.sync.testing import free_port, wait_for
+from edgerec.sync.protocol.errors import ApiError
+from edgerec.sync.service.admin_init import init_service
+from edgerec.sync.service.store import Database
+from edgerec.sync.service.store.models import TufMetadata
 
 from .helpers import tuf_updater
 

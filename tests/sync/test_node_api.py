@@ -14,11 +14,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import func, select
 
 from edgerec.sdk.keys import public_pem
-from edgerec.sync.errors import ApiError
-from edgerec.sync.httpsig import RequestSigner
+from edgerec.sdk.testing import build_demo_package
 from edgerec.sync.node.enroll import enroll_node
-from edgerec.sync.store.models import EnvelopeRow, Node, PackageVersion, Report
-from edgerec.sync.testing import build_demo_package
+from edgerec.sync.protocol.errors import ApiError
+from edgerec.sync.protocol.httpsig import RequestSigner
+from edgerec.sync.service.store.models import EnvelopeRow, Node, PackageVersion, Report
 
 
 def _count(env, model) -> int:
@@ -292,7 +292,7 @@ def test_checkin_stores_the_report_and_returns_signed_assignments(sync_env):
 def test_last_seen_survives_nonce_pruning(sync_env):
     env = sync_env
     state = env.enroll("edge-1")
-    from edgerec.sync.store.models import Nonce
+    from edgerec.sync.service.store.models import Nonce
 
     from .helpers import node_client
 

@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy import select
 
 from edgerec.sdk.keys import public_pem
-from edgerec.sync.errors import ApiError
-from edgerec.sync.rollout import choose, wanted
-from edgerec.sync.store.models import Assignment, Rollout
+from edgerec.sync.protocol.errors import ApiError
+from edgerec.sync.service.rollout import choose, wanted
+from edgerec.sync.service.store.models import Assignment, Rollout
 
 NODES = [f"n{i:016x}" for i in range(100)]
 

@@ -7,13 +7,14 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from support.net import wait_for
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, Root, Targets
 
 from edgerec.sdk.keys import generate_keypair, load_signing_key, load_verify_key
-from edgerec.sync.admin_init import _sign_root, root_signing_keys, update_root
-from edgerec.sync.errors import ApiError
-from edgerec.sync.testing import build_demo_package, wait_for
+from edgerec.sdk.testing import build_demo_package
+from edgerec.sync.protocol.errors import ApiError
+from edgerec.sync.service.admin_init import _sign_root, root_signing_keys, update_root
 
 from .helpers import tuf_updater
 

@@ -1,0 +1,369 @@
+"""``edgerec admin``: set up the sync service, publish, roll out, watch the fleet.
+
+Read commands take ``--json``; every error is one line (the root CLI prints
+any EdgeRecError as ``error: ...`` and exits 1).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from edgerec.sdk.cli.output import console, print_json
+from edgerec.sdk.errors import PackageError
+from edgerec.sdk.keys import load_verify_key
+from edgerec.sdk.manifest import check_name
+from edgerec.sync.protocol.errors import ConfigError
+
+from .client import (
+    DEFAULT_SERVER,
+    AdminClient,
+    Credentials,
+    default_config_path,
+    load_credentials,
+    save_credentials,
+)
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``24h``, ``7d`` -> seconds."""
+    m = _DURATION.match(text.strip().lower())
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"duration {text!r}: expected a number with s, m, h or d (e.g. 24h)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_tags(text: str | None) -> list[str]:
+    tags = [t.strip() for t in (text or "").split(",") if t.strip()]
+    return [checked(t, "tag") for t in tags]
+
+
+def checked(name: str, what: str) -> str:
+    try:
+        return check_name(name, what)
+    except PackageError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def ago(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    secs = max(0.0, time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs / size:.0f}{unit} ago"
+    return f"{secs:.0f}s ago"
+
+
+def _v(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _failure(f: dict[str, Any] | None) -> str:
+    if not f:
+        return ""
+    return f"v{_v(f.get('version'))}: {f.get('reason', '')}"[:120]
+
+
+@click.group()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Credentials file (default: $EDGEREC_ADMIN_CONFIG or ~/.config/edgerec/admin.json).")
+@click.option("--server", default=None, help="Sync service URL (env: EDGEREC_SERVER).")
+@click.pass_context
+def admin(ctx: click.Context, config_path: Path | None, server: str | None) -> None:
+    """Administer the sync service: enrollment, publishing, rollouts, fleet status."""
+    ctx.obj = {"config": config_path, "server": server}
+
+
+def _client(ctx: click.Context) -> AdminClient:
+    obj = ctx.find_object(dict) or {}
+    return AdminClient(load_credentials(obj.get("config"), obj.get("server")))
+
+
+# -- offline set-up on the server machine --------------------------------------------
+
+
+@admin.command("init")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The service's data directory (created).")
+@click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Where the offline root keys are written; keep them off the server afterwards.")
+@click.option("--publisher-key", "publisher_keys", type=click.Path(dir_okay=False, path_type=Path),
+              multiple=True, required=True, help="Trusted publisher public key (.pub); repeatable.")
+@click.option("--db", "db_url", default=None, help="Database URL (default: SQLite in the data dir).")
+@click.option("--root-keys", type=click.IntRange(1, 15), default=3, show_default=True)
+@click.option("--threshold", type=click.IntRange(1, 15), default=2, show_default=True)
+@click.option("--server-url", default=DEFAULT_SERVER, show_default=True,
+              help="URL the admin CLI will use, saved with the token.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def init_cmd(ctx: click.Context, data_dir: Path, keys_dir: Path, publisher_keys: tuple[Path, ...],
+             db_url: str | None, root_keys: int, threshold: int, server_url: str, as_json: bool) -> None:
+    """Create the data directory, keys, database and TUF root (threshold of offline keys)."""
+    from edgerec.sync.service.admin_init import init_service
+
+    pubs: list[Ed25519PublicKey] = [load_verify_key(p) for p in publisher_keys]
+    result = init_service(data_dir, keys_dir, pubs, db_url, root_keys, threshold)
+    path = save_credentials(Credentials(server_url, result.admin_token), ctx.obj.get("config"))
+    doc = {"data_dir": str(result.data_dir), "db": result.db_url, "credentials": str(path),
+           "root_keys": [str(p) for p in result.root_key_files], "threshold": result.threshold}
+    if as_json:
+        print_json(doc)
+        return
+    console.print(f"initialised {result.data_dir} (database {result.db_url})")
+    console.print(f"root keys ({result.threshold} of {len(result.root_key_files)} sign): "
+                  f"{', '.join(str(p) for p in result.root_key_files)} -- keep them offline")
+    console.print(f"admin token saved to {path} (mode 0600)")
+
+
+@admin.command("token")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--name", default="admin", show_default=True)
+@click.option("--db", "db_url", default=None)
+@click.option("--save", is_flag=True, help="Save it in the credentials file instead of printing it.")
+@click.pass_context
+def token_cmd(ctx: click.Context, data_dir: Path, name: str, db_url: str | None, save: bool) -> None:
+    """Make another admin token (on the server machine; only its hash is stored)."""
+    from edgerec.sync.service.admin_init import new_admin_token
+
+    token = new_admin_token(data_dir, checked(name, "name"), db_url)
+    if save:
+        creds = load_credentials(ctx.obj.get("config"), ctx.obj.get("server"), token)
+        console.print(f"saved to {save_credentials(creds, ctx.obj.get('config'))}")
+    else:
+        click.echo(token)
+
+
+@admin.command("root-update")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--add-publisher", type=click.Path(dir_okay=False, path_type=Path), multiple=True)
+@click.option("--remove-publisher", multiple=True, metavar="KEYID", help="Key id (or a unique prefix).")
+@click.option("--db", "db_url", default=None)
+def root_update(data_dir: Path, keys_dir: Path, add_publisher: tuple[Path, ...],
+                remove_publisher: tuple[str, ...], db_url: str | None) -> None:
+    """Sign a new root version with changed publisher keys (nodes follow it through TUF)."""
+    from edgerec.sync.service.admin_init import update_root
+
+    version = update_root(data_dir, keys_dir, [load_verify_key(p) for p in add_publisher],
+                          list(remove_publisher), db_url)
+    console.print(f"root metadata is now version {version}")
+
+
+@admin.command("login")
+@click.option("--token", required=True, help="An admin token.")
+@click.option("--ca-cert", type=click.Path(dir_okay=False), default=None, help="CA bundle for a private TLS CA.")
+@click.pass_context
+def login(ctx: click.Context, token: str, ca_cert: str | None) -> None:
+    """Check a server URL and token, then save them (mode 0600)."""
+    server = ctx.obj.get("server") or DEFAULT_SERVER
+    creds = Credentials(server.rstrip("/"), token, ca_cert)
+    with AdminClient(creds) as c:
+        c.whoami()
+    console.print(f"logged in to {creds.server}; saved to {save_credentials(creds, ctx.obj.get('config'))}")
+
+
+# -- enrollment ----------------------------------------------------------------------
+
+
+@admin.group("enroll-token")
+def enroll_token() -> None:
+    """One-time enrollment tokens for new nodes."""
+
+
+@enroll_token.command("create")
+@click.option("--tags", default=None, help="Comma-separated tags the node gets, e.g. eu,store.")
+@click.option("--expires", default="24h", show_default=True, help="Lifetime: 30m, 24h, 7d ...")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def enroll_token_create(ctx: click.Context, tags: str | None, expires: str, as_json: bool) -> None:
+    """Create a one-time enrollment token (shown once; the service stores its hash)."""
+    with _client(ctx) as c:
+        doc = c.create_enroll_token(parse_tags(tags), parse_duration(expires))
+    if as_json:
+        print_json(doc)
+    else:
+        console.print(doc["token"], highlight=False, soft_wrap=True)
+
+
+# -- packages and rollouts --------------------------------------------------------------
+
+
+@admin.command()
+@click.argument("pkg", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--channel", required=True, help="Channel to publish on, e.g. stable.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def publish(ctx: click.Context, pkg: Path, channel: str, as_json: bool) -> None:
+    """Upload a signed package; the service encrypts it and seals keys per node."""
+    checked(channel, "channel")
+    with _client(ctx) as c:
+        if as_json:
+            doc = c.publish(pkg, channel)
+        else:
+            columns = (TextColumn("uploading {task.description}"), BarColumn(), DownloadColumn(),
+                       TransferSpeedColumn())
+            with Progress(*columns, console=console, transient=True) as bar:
+                task = bar.add_task(pkg.name, total=pkg.stat().st_size)
+                doc = c.publish(pkg, channel, lambda n: bar.advance(task, n))
+    if as_json:
+        print_json(doc)
+        return
+    console.print(f"published {doc['name']} v{doc['version']} on {doc['channel']}: {doc['target']} "
+                  f"({doc['size']:,} bytes, {doc['envelopes']} node envelopes)")
+
+
+@admin.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def packages(ctx: click.Context, as_json: bool) -> None:
+    """Published packages by channel."""
+    with _client(ctx) as c:
+        rows = c.packages()
+    if as_json:
+        print_json(rows)
+        return
+    t = Table("model", "version", "channel", "size", "signer", "target")
+    for r in rows:
+        t.add_row(r["name"], str(r["version"]), r["channel"], f"{r['size']:,}", r["signer"][:12], r["target"])
+    console.print(t)
+
+
+def _print_summary(doc: dict[str, Any], what: str, as_json: bool) -> None:
+    if as_json:
+        print_json(doc)
+        return
+    tags = f" tags {','.join(doc['tags'])}" if doc["tags"] else ""
+    console.print(f"{what}: {doc['model']} v{doc['version']} on {doc['channel']} at {doc['percent']:g}%{tags}, "
+                  f"{doc['state']}; {doc['changed']} node(s) changed")
+
+
+@admin.command()
+@click.argument("name")
+@click.argument("version", type=click.IntRange(min=0))
+@click.option("--channel", required=True)
+@click.option("--percent", type=click.FloatRange(0, 100, min_open=True), default=100.0, show_default=True)
+@click.option("--tags", default=None, help="Only nodes with all these tags (comma-separated).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def rollout(ctx: click.Context, name: str, version: int, channel: str, percent: float, tags: str | None,
+            as_json: bool) -> None:
+    """Roll VERSION of model NAME out to a share of the nodes (deterministic buckets)."""
+    with _client(ctx) as c:
+        doc = c.rollout(checked(name, "model"), version, checked(channel, "channel"), percent, parse_tags(tags))
+    _print_summary(doc, "rollout", as_json)
+
+
+@admin.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def pause(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Pause a rollout: nodes that have not installed it keep their version."""
+    with _client(ctx) as c:
+        _print_summary(c.pause(checked(name, "model")), "paused", as_json)
+
+
+@admin.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def resume(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Resume a paused rollout."""
+    with _client(ctx) as c:
+        _print_summary(c.resume(checked(name, "model")), "resumed", as_json)
+
+
+@admin.command()
+@click.argument("name")
+@click.option("--to", "to_version", type=click.IntRange(min=0), required=True)
+@click.option("--channel", default=None, help="Channel of the version (default: where it was rolled out).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def rollback(ctx: click.Context, name: str, to_version: int, channel: str | None, as_json: bool) -> None:
+    """Send every node back to an older version (a signed, explicit rollback)."""
+    with _client(ctx) as c:
+        doc = c.rollback(checked(name, "model"), to_version, checked(channel, "channel") if channel else None)
+    _print_summary(doc, "rolled back", as_json)
+
+
+# -- the fleet -------------------------------------------------------------------------
+
+
+@admin.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def nodes(ctx: click.Context, as_json: bool) -> None:
+    """Every node: tags, last seen, accelerator, health and per model desired/installed."""
+    with _client(ctx) as c:
+        rows = c.nodes()
+    if as_json:
+        print_json(rows)
+        return
+    t = Table("node", "name", "tags", "last seen", "accelerator", "health", "models (desired/installed)",
+              "last failure", title=f"{len(rows)} node(s)")
+    for n in rows:
+        models = ", ".join(f"{m['model']} {_v(m['desired_version'])}/{_v(m['installed_version'])}"
+                           for m in n["models"])
+        fail = next((_failure(m["last_failure"]) for m in n["models"] if m["last_failure"]), "")
+        name = n["name"] + (" (revoked)" if n["revoked"] else "")
+        t.add_row(n["node_id"], name, ",".join(n["tags"]), ago(n["last_seen"]), _v(n["accelerator"]),
+                  _v(n["health"]), models, fail)
+    console.print(t)
+
+
+@admin.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, name: str, as_json: bool) -> None:
+    """One model: its rollout and, per node, desired and installed version and failures."""
+    with _client(ctx) as c:
+        doc = c.status(checked(name, "model"))
+    if as_json:
+        print_json(doc)
+        return
+    r = doc["rollout"]
+    if r:
+        tags = f" tags {','.join(r['tags'])}" if r["tags"] else ""
+        kind = "rollback" if r["rollback"] else "rollout"
+        console.print(f"{doc['model']}: {kind} of v{r['version']} on {r['channel']} at {r['percent']:g}%{tags}, "
+                      f"{r['state']}")
+    else:
+        console.print(f"{doc['model']}: no rollout in progress")
+    rows = doc["nodes"]
+    done = sum(1 for n in rows if n["desired_version"] is not None and n["desired_version"] == n["installed_version"])
+    t = Table("node", "name", "desired", "installed", "state", "last seen", "accelerator", "health", "last failure",
+              title=f"{done} of {len(rows)} node(s) run their desired version")
+    for n in rows:
+        t.add_row(n["node_id"], n["name"], _v(n["desired_version"]) + (" (rollback)" if n["rollback"] else ""),
+                  _v(n["installed_version"]), _v(n["state"]), ago(n["last_seen"]), _v(n["accelerator"]),
+                  _v(n["health"]), _failure(n["last_failure"]))
+    console.print(t)
+
+
+@admin.command()
+@click.argument("node_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def revoke(ctx: click.Context, node_id: str, as_json: bool) -> None:
+    """Revoke a node: its requests are refused and it gets no new keys."""
+    with _client(ctx) as c:
+        doc = c.revoke(checked(node_id, "node id"))
+    if as_json:
+        print_json(doc)
+    else:
+        console.print(f"revoked {doc['node_id']}")
+
+
+__all__ = ["admin", "default_config_path"]

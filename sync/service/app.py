@@ -1,0 +1,56 @@
+"""Flask application factory of the sync service.
+
+One blueprint per area (node API, admin API, the static TUF repository) and
+one error handler that turns every refused request into ``{"error",
+"detail"}`` with its 4xx status.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, current_app, jsonify
+from werkzeug.exceptions import HTTPException
+
+from edgerec.sync.protocol.errors import RequestRefusedError
+
+from .core import SyncService
+
+log = logging.getLogger("edgerec.sync")
+EXTENSION = "edgerec_sync"
+
+
+def create_app(service: SyncService, test_config: dict[str, Any] | None = None) -> Flask:
+    """The WSGI application for one :class:`SyncService`."""
+    from . import api_admin, api_node, api_repo
+
+    app = Flask(__name__, instance_path=str(service.datadir.root))
+    app.config.update(test_config or {})
+    app.extensions[EXTENSION] = service
+    app.register_blueprint(api_node.bp)
+    app.register_blueprint(api_admin.bp)
+    app.register_blueprint(api_repo.bp)
+
+    @app.errorhandler(RequestRefusedError)
+    def _refused(exc: RequestRefusedError) -> Any:
+        return jsonify(error=exc.code, detail=str(exc)), exc.status
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Any:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return jsonify(error=code, detail=exc.description or exc.name), exc.code or 500
+
+    @app.errorhandler(Exception)
+    def _internal(exc: Exception) -> Any:
+        log.exception("internal error")
+        return jsonify(error="internal", detail="internal server error"), 500
+
+    return app
+
+
+def service() -> SyncService:
+    """The service of the running app."""
+    svc = current_app.extensions[EXTENSION]
+    assert isinstance(svc, SyncService)
+    return svc

@@ -1,0 +1,83 @@
+"""A content-addressed blob store: each package is stored once, named by its SHA-256."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from edgerec.sdk.files import write_atomic
+from edgerec.sync.protocol.errors import PayloadTooLargeError
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+CHUNK = 1024 * 1024
+
+
+class BlobStore:
+    """``root/sha256/ab/<hex>``; temporary files go to ``tmp`` (same file system)."""
+
+    def __init__(self, root: Path, tmp: Path) -> None:
+        self.root = root
+        self.tmp = tmp
+
+    def path(self, sha256: str) -> Path:
+        if not _HEX64.match(sha256):
+            raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+        return self.root / "sha256" / sha256[:2] / sha256
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).exists()
+
+    def receive(self, chunks: Iterable[bytes], limit: int) -> tuple[Path, str, int]:
+        """Stream an upload to a temporary file; refuse it past ``limit`` bytes.
+
+        Returns the temporary path, its SHA-256 and size; the caller moves it
+        in with :meth:`adopt` or deletes it.
+        """
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="upload-", dir=self.tmp)
+        digest, size = hashlib.sha256(), 0
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLargeError(f"upload exceeds the limit of {limit} bytes")
+                    digest.update(chunk)
+                    fh.write(chunk)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+            raise
+        return Path(name), digest.hexdigest(), size
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store ``data`` (atomically, once); return its SHA-256."""
+        sha = hashlib.sha256(data).hexdigest()
+        target = self.path(sha)
+        if target.exists():
+            return sha
+        write_atomic(target, data, mode=0o644)
+        return sha
+
+    def read(self, sha256: str) -> bytes:
+        return self.path(sha256).read_bytes()
+
+    def link(self, sha256: str, dest: Path) -> None:
+        """Expose a blob at ``dest`` (a hard link; a copy across file systems)."""
+        if dest.exists():
+            return
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        try:
+            os.link(self.path(sha256), tmp)
+        except OSError:
+            shutil.copyfile(self.path(sha256), tmp)
+        os.replace(tmp, dest)

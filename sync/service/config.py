@@ -1,0 +1,66 @@
+"""Service settings: limits and lifetimes in one typed dataclass with safe defaults.
+
+Checked once in the constructor (as python-tuf's ``UpdaterConfig``); any field
+can be set from the environment as ``EDGEREC_SYNC_<FIELD>`` (Flask's
+``from_prefixed_env`` convention).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from edgerec.sync.protocol.errors import ConfigError
+
+ENV_PREFIX = "EDGEREC_SYNC_"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Limits, lifetimes and intervals of the sync service (seconds and bytes)."""
+
+    # uploads and request bodies
+    max_upload_bytes: int = 1024**3
+    max_report_bytes: int = 256 * 1024
+    max_json_bytes: int = 64 * 1024
+    # signed node requests: accepted age of a signature; seen nonces kept this long
+    signature_max_age_s: int = 300
+    clock_skew_s: int = 30
+    # TUF metadata lifetimes; a role is re-signed once less than half is left
+    root_expiry_s: int = 365 * 86400
+    targets_expiry_s: int = 90 * 86400
+    snapshot_expiry_s: int = 7 * 86400
+    timestamp_expiry_s: int = 86400
+    # a node's signed assignment
+    assignment_expiry_s: int = 7 * 86400
+    # enrollment tokens
+    enroll_token_expiry_s: int = 86400
+    # background work: refresh expiring metadata, forget old nonces
+    maintenance_interval_s: float = 30.0
+    # waitress worker threads: few, as the GIL serialises Python work anyway (measured in
+    # bench/sync.py: 4 beat 16 on tail latency); raise it for a remote, slow database
+    threads: int = 4
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"ServiceConfig.{f.name} must be a number > 0, got {value!r}")
+        if self.timestamp_expiry_s > self.snapshot_expiry_s:
+            raise ConfigError("ServiceConfig: timestamp_expiry_s must not exceed snapshot_expiry_s")
+
+    @classmethod
+    def from_env(cls, base: ServiceConfig | None = None) -> ServiceConfig:
+        """``base`` (or the defaults) with ``EDGEREC_SYNC_*`` variables applied."""
+        base = base or cls()
+        changes: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = os.environ.get(ENV_PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            try:
+                changes[f.name] = float(raw) if f.type in ("float", float) else int(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}: {raw!r} is not a number") from exc
+        return replace(base, **changes)

@@ -1,0 +1,392 @@
+"""The sync service's data plane: every operation the HTTP views hand over to.
+
+Views (``api_*.py``) parse HTTP and call one method here; this module knows
+nothing of Flask, so the same operations run from tests, the CLI or another
+transport.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from edgerec.sdk.errors import PackageError
+from edgerec.sdk.keys import public_key_from_pem
+from edgerec.sdk.manifest import check_name
+from edgerec.sync.protocol.assignments import Assignment as SignedAssignment
+from edgerec.sync.protocol.assignments import sign_assignment
+from edgerec.sync.protocol.errors import BadRequestError, ForbiddenError, NotFoundError, ReplayError
+from edgerec.sync.protocol.httpsig import RequestVerifier
+from edgerec.sync.service.store.models import (
+    Assignment,
+    ChannelTarget,
+    Node,
+    NodeModel,
+    Nonce,
+    PackageVersion,
+    Report,
+    Rollout,
+)
+
+from .blobs import BlobStore
+from .config import ServiceConfig
+from .datadir import DataDir
+from .enrollment import create_token, enroll
+from .envelopes import envelopes_for, seal_all_packages
+from .online_keys import OnlineKeys
+from .publish import Publisher, PublishResult
+from .reports import ReportResult, store_report
+from .rollout import Rollouts, RolloutSummary
+from .store import Database, migrate
+from .tokens import check_admin_token
+from .tuf_repo import TufRepository
+
+log = logging.getLogger("edgerec.sync")
+_PRUNE_BATCH = 1000
+
+
+def name_arg(value: object, what: str) -> str:
+    """A model, channel or tag name from a request; 400 for anything else (path separators)."""
+    try:
+        return check_name(value, what)
+    except PackageError as exc:
+        raise BadRequestError(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class AuthedNode:
+    id: str
+    status_digest: str | None
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    node_id: str
+    tags: list[str]
+    root: bytes
+
+
+class SyncService:
+    """Everything one service process needs, built from a data directory."""
+
+    def __init__(self, datadir: DataDir, db: Database, config: ServiceConfig) -> None:
+        self.datadir = datadir
+        self.db = db
+        self.config = config
+        self.keys = OnlineKeys(datadir.keys)
+        self.repo = TufRepository(db, datadir, self.keys, config)
+        self.blobs = BlobStore(datadir.blobs, datadir.tmp)
+        self.publisher = Publisher(db, self.repo, self.blobs, self.keys)
+        self.rollouts = Rollouts(db)
+        self.verifier = RequestVerifier(config.signature_max_age_s, config.clock_skew_s)
+        self._keys: dict[str, Ed25519PublicKey] = {}
+        self._nonce_insert = db.insert(Nonce).on_conflict_do_nothing().returning(Nonce.nonce)
+
+    @classmethod
+    def open(cls, data_dir: Path, db_url: str | None = None, config: ServiceConfig | None = None) -> SyncService:
+        """Open a data directory made by ``edgerec admin init``; migrate its database."""
+        datadir = DataDir(Path(data_dir))
+        db = Database(datadir.db_url(db_url), pool_size=(config or ServiceConfig()).threads)
+        migrate(db)
+        service = cls(datadir, db, config or ServiceConfig())
+        service.keys.private("timestamp")  # fail at start, not at the first request
+        service.repo.materialize_all()
+        return service
+
+    def close(self) -> None:
+        self.db.dispose()
+
+    # -- maintenance ----------------------------------------------------------------
+
+    def maintain(self, now: float | None = None) -> int:
+        """Re-sign expiring metadata and forget nonces past the replay window."""
+        now = time.time() if now is None else now
+        written: list[Any] = []
+        if self.repo.needs_refresh(now):
+            with self.db.write() as session:
+                written = self.repo.refresh(session, now)
+            self.repo.materialize(written)
+        horizon = now - self.config.signature_max_age_s - 2 * self.config.clock_skew_s
+        with self.db.write() as session:
+            # Keep what the nonces about to go say about when each node was last seen.
+            seen = session.execute(
+                select(Nonce.node_id, func.max(Nonce.created)).where(Nonce.created < horizon).group_by(Nonce.node_id)
+            ).all()
+            if seen:
+                session.connection().execute(_SEEN, [{"nid": n, "t": t} for n, t in seen])
+        # Small batches: each delete holds the write lock only briefly.
+        while True:
+            with self.db.write() as session:
+                edge = session.execute(
+                    select(Nonce.created).where(Nonce.created < horizon).order_by(Nonce.created)
+                    .offset(_PRUNE_BATCH - 1).limit(1)
+                ).scalar_one_or_none()
+                session.execute(delete(Nonce).where(Nonce.created <= (horizon if edge is None else edge)))
+            if edge is None:
+                break
+        self.db.checkpoint()
+        return len(written)
+
+    # -- admin -------------------------------------------------------------------------
+
+    def check_admin(self, token: str | None) -> None:
+        with self.db.read() as session:
+            check_admin_token(session, token)
+
+    def create_enroll_token(self, tags: list[str], expires_s: float | None) -> dict[str, Any]:
+        with self.db.write() as session:
+            t = create_token(session, tags, expires_s or self.config.enroll_token_expiry_s)
+        return {"token": t.token, "tags": t.tags, "expires": t.expires}
+
+    def publish(self, chunks: Iterable[bytes], channel: str) -> PublishResult:
+        upload, _sha, _size = self.blobs.receive(chunks, self.config.max_upload_bytes)
+        try:
+            return self.publisher.publish(upload, channel)
+        finally:
+            upload.unlink(missing_ok=True)
+
+    def rollout(self, model: str, version: int, channel: str, percent: float, tags: list[str]) -> RolloutSummary:
+        with self.db.write() as session:
+            return self.rollouts.start(session, model, version, channel, percent, tags)
+
+    def pause(self, model: str) -> RolloutSummary:
+        with self.db.write() as session:
+            return self.rollouts.pause(session, model)
+
+    def resume(self, model: str) -> RolloutSummary:
+        with self.db.write() as session:
+            return self.rollouts.resume(session, model)
+
+    def rollback(self, model: str, version: int, channel: str | None) -> RolloutSummary:
+        with self.db.write() as session:
+            return self.rollouts.rollback(session, model, version, channel)
+
+    def revoke(self, node_id: str) -> dict[str, Any]:
+        with self.db.write() as session:
+            node = session.get(Node, node_id)
+            if node is None:
+                raise NotFoundError(f"unknown node {node_id!r}")
+            if node.revoked_at is None:
+                node.revoked_at = time.time()
+            return {"node_id": node.id, "revoked_at": node.revoked_at}
+
+    def packages(self) -> list[dict[str, Any]]:
+        with self.db.read() as session:
+            rows = session.execute(
+                select(PackageVersion, ChannelTarget)
+                .join(ChannelTarget, ChannelTarget.package_id == PackageVersion.id)
+                .order_by(PackageVersion.name, PackageVersion.version, ChannelTarget.channel)
+            ).all()
+            return [
+                {"name": p.name, "version": p.version, "channel": c.channel, "target": c.target_path,
+                 "sha256": p.blob_sha256, "size": p.size, "signer": p.signer, "published": c.created}
+                for p, c in rows
+            ]
+
+    def nodes(self) -> list[dict[str, Any]]:
+        with self.db.read() as session:
+            nodes = session.execute(select(Node).order_by(Node.enrolled)).scalars().all()
+            seen = last_seen(session, nodes)
+            desired = _by_node(session.execute(select(Assignment)).scalars())
+            installed = _by_node(session.execute(select(NodeModel)).scalars())
+            return [_node_doc(n, seen[n.id], desired.get(n.id, {}), installed.get(n.id, {})) for n in nodes]
+
+    def model_status(self, model: str) -> dict[str, Any]:
+        model = name_arg(model, "model")
+        with self.db.read() as session:
+            known = session.execute(select(PackageVersion.id).where(PackageVersion.name == model)).first()
+            if known is None:
+                raise NotFoundError(f"unknown model {model!r}")
+            cur = self.rollouts.current(session, model)
+            rollouts = session.execute(
+                select(Rollout).where(Rollout.model == model).order_by(Rollout.id)
+            ).scalars().all()
+            desired = {a.node_id: a for a in session.execute(
+                select(Assignment).where(Assignment.model == model)).scalars()}
+            installed = {r.node_id: r for r in session.execute(
+                select(NodeModel).where(NodeModel.model == model)).scalars()}
+            nodes = session.execute(select(Node).order_by(Node.enrolled)).scalars().all()
+            seen = last_seen(session, nodes)
+            rows = [
+                _model_row(n, seen[n.id], desired.get(n.id), installed.get(n.id))
+                for n in nodes if n.id in desired or n.id in installed
+            ]
+        return {
+            "model": model,
+            "rollout": None if cur is None else _rollout_doc(cur),
+            "rollouts": [_rollout_doc(r) for r in rollouts],
+            "nodes": rows,
+        }
+
+    def reports(self, kind: str | None, since: float, limit: int) -> list[dict[str, Any]]:
+        with self.db.read() as session:
+            q = select(Report).where(Report.received > since)
+            if kind:
+                q = q.where(Report.kind == kind)
+            rows = session.execute(q.order_by(Report.received).limit(min(limit, 10_000))).scalars()
+            return [{"node_id": r.node_id, "report_id": r.report_id, "kind": r.kind, "received": r.received,
+                     "body": r.body} for r in rows]
+
+    # -- nodes -------------------------------------------------------------------------
+
+    def enroll(self, token: object, signing_key: object, recipient_key: object, name: object) -> Enrolled:
+        with self.db.write() as session:
+            node = enroll(session, token, signing_key, recipient_key, name)
+            seal_all_packages(session, self.keys.kek, node)
+            self.rollouts.place_new_node(session, node)
+            root = self.repo.root_bytes(session)
+            return Enrolled(node.id, list(node.tags), root)
+
+    def _public_key(self, pem: str) -> Ed25519PublicKey:
+        # Parsing a PEM costs more than the signature check; keys are immutable, so cache by PEM.
+        key = self._keys.get(pem)
+        if key is None:
+            parsed = public_key_from_pem(pem, "ed25519")
+            assert isinstance(parsed, Ed25519PublicKey)
+            key = self._keys[pem] = parsed
+        return key
+
+    def authenticate(self, session: Session, method: str, url: str, headers: Any, body: bytes) -> str:
+        """The id of the node that signed this request; refuses bad signatures, replays and revoked nodes."""
+        return self.authenticate_node(session, method, url, headers, body).id
+
+    def authenticate_node(self, session: Session, method: str, url: str, headers: Any, body: bytes) -> AuthedNode:
+        """:meth:`authenticate`, with the node's last stored status digest.
+
+        Every node request passes here, so it is two statements on the session's
+        connection: read the node's key, record the nonce. The nonce row is also
+        the node's "last seen" (see :func:`last_seen`), so the request writes
+        nothing else.
+        """
+        conn = session.connection()
+        found: dict[str, Any] = {}
+
+        def lookup(kid: str) -> Ed25519PublicKey | None:
+            row = conn.execute(_NODE_KEY, {"id": kid}).first()
+            if row is None:
+                return None
+            found[kid] = row
+            return self._public_key(row.signing_key)
+
+        verified = self.verifier.verify(method, url, headers, body, lookup)
+        node_id = verified.key_id
+        if found[node_id].revoked_at is not None:
+            raise ForbiddenError(f"node {node_id} is revoked")
+        now = time.time()
+        # RETURNING rather than rowcount: psycopg reports -1 for ON CONFLICT DO NOTHING.
+        fresh = conn.execute(self._nonce_insert, {"node_id": node_id, "nonce": verified.nonce, "created": now})
+        if fresh.first() is None:
+            raise ReplayError("replayed request: this signature's nonce was already used")
+        return AuthedNode(node_id, found[node_id].status_digest)
+
+    def signed_assignments(self, session: Session, node_id: str) -> list[str]:
+        """The node's assignments, freshly signed (expiry from now)."""
+        now = int(time.time())
+        rows = session.connection().execute(_ASSIGNMENTS, {"nid": node_id}).all()
+        key = self.keys.assignment
+        return [
+            sign_assignment(
+                SignedAssignment(node_id, a.model, a.version, a.channel, path, a.serial, a.rollback, now,
+                                 now + self.config.assignment_expiry_s),
+                key,
+            ).decode()
+            for a in rows
+            for path in [a.target_path]
+        ]
+
+    def node_envelopes(self, session: Session, node_id: str, model: str, version: int) -> list[str]:
+        model = name_arg(model, "model")
+        node = session.get(Node, node_id)
+        assert node is not None
+        package = session.execute(
+            select(PackageVersion).where(PackageVersion.name == model, PackageVersion.version == version)
+        ).scalar_one_or_none()
+        if package is None:
+            raise NotFoundError(f"unknown model version {model} {version}")
+        return [e.decode() for e in envelopes_for(session, self.keys.kek, node, package)]
+
+    def report(self, session: Session, node: str | AuthedNode, doc: dict[str, Any]) -> ReportResult:
+        if isinstance(node, str):
+            digest = session.execute(select(Node.status_digest).where(Node.id == node)).scalar_one()
+            node = AuthedNode(node, digest)
+        return store_report(self.db, session, node.id, node.status_digest, doc)
+
+
+_NODE_KEY = select(Node.signing_key, Node.revoked_at, Node.status_digest).where(Node.id == bindparam("id"))
+_ASSIGNMENTS = (
+    select(Assignment.model, Assignment.version, Assignment.channel, Assignment.serial, Assignment.rollback,
+           ChannelTarget.target_path)
+    .join(PackageVersion, (PackageVersion.name == Assignment.model) & (PackageVersion.version == Assignment.version))
+    .join(ChannelTarget,
+          (ChannelTarget.package_id == PackageVersion.id) & (ChannelTarget.channel == Assignment.channel))
+    .where(Assignment.node_id == bindparam("nid"))
+    .order_by(Assignment.model)
+)
+
+
+_SEEN = (
+    update(Node).where(Node.id == bindparam("nid"), or_(Node.last_seen.is_(None), Node.last_seen < bindparam("t")))
+    .values(last_seen=bindparam("t"))
+)
+
+
+def last_seen(session: Session, nodes: Sequence[Node]) -> dict[str, float | None]:
+    """When each node last made a signed request: its newest nonce, else the stored time.
+
+    Nonces are pruned after the replay window; maintenance first copies their
+    newest time into ``nodes.last_seen``.
+    """
+    recent = dict(session.execute(select(Nonce.node_id, func.max(Nonce.created)).group_by(Nonce.node_id)).all())
+    return {n.id: max((t for t in (n.last_seen, recent.get(n.id)) if t is not None), default=None) for n in nodes}
+
+
+def _by_node(rows: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        out.setdefault(r.node_id, {})[r.model] = r
+    return out
+
+
+def _node_doc(
+    n: Node, seen: float | None, desired: dict[str, Assignment], installed: dict[str, NodeModel]
+) -> dict[str, Any]:
+    models = sorted(set(desired) | set(installed))
+    return {
+        "node_id": n.id, "name": n.name, "tags": n.tags, "enrolled": n.enrolled, "last_seen": seen,
+        "revoked": n.revoked_at is not None, "accelerator": n.accelerator, "health": n.health,
+        "models": [_model_row(n, seen, desired.get(m), installed.get(m), m) for m in models],
+    }
+
+
+def _model_row(
+    n: Node, seen: float | None, a: Assignment | None, r: NodeModel | None, model: str | None = None
+) -> dict[str, Any]:
+    failure = None
+    if r is not None and r.failure_reason:
+        failure = {"version": r.failure_version, "reason": r.failure_reason, "at": r.failure_at}
+    return {
+        "node_id": n.id, "name": n.name, "model": model or (a.model if a else r.model if r else None),
+        "desired_version": a.version if a else None, "rollback": bool(a and a.rollback),
+        "installed_version": r.installed_version if r else None, "state": r.state if r else None,
+        "last_seen": seen, "accelerator": (r.accelerator if r and r.accelerator else n.accelerator),
+        "health": (r.health if r and r.health else n.health), "last_failure": failure,
+        "revoked": n.revoked_at is not None,
+    }
+
+
+def _rollout_doc(r: Rollout) -> dict[str, Any]:
+    return {"id": r.id, "version": r.version, "channel": r.channel, "percent": r.percent, "tags": r.tags,
+            "state": r.state, "rollback": r.rollback, "created": r.created, "updated": r.updated}
+
+
+def summary_doc(s: RolloutSummary) -> dict[str, Any]:
+    return asdict(s)
+

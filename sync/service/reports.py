@@ -1,0 +1,139 @@
+"""Node reports: status (installed versions, health, failures) and metrics.
+
+Reports are stored as sent, keyed by the node's report id, so a retried
+report is accepted once and a duplicate answers "already have it". A status
+report also updates the per-node, per-model view the admin commands show;
+a status that repeats the last stored one (a heartbeat) only marks the node
+seen. The metrics service reads the stored ``metrics`` reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from edgerec.sdk.errors import PackageError
+from edgerec.sdk.manifest import canonical_json, check_name
+from edgerec.sync.protocol.errors import BadRequestError
+from edgerec.sync.service.store.models import Node, NodeModel, Report
+
+from .store import Database
+
+KINDS = ("status", "metrics")
+_MAX_MODELS = 256
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    report_id: str
+    duplicate: bool
+    stored: bool = True
+
+
+def _short(value: Any, limit: int, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequestError(f"{what}: expected a string")
+    return value[:limit]
+
+
+def _version(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequestError(f"{what}: expected an integer >= 0")
+    return value
+
+
+def check_report(doc: Any) -> tuple[str, str]:
+    """Validate the envelope of a report; returns (report id, kind)."""
+    if not isinstance(doc, dict):
+        raise BadRequestError("report: expected a JSON object")
+    rid, kind = doc.get("report_id"), doc.get("kind")
+    if not isinstance(rid, str) or not 8 <= len(rid) <= 64 or not rid.replace("-", "").isalnum():
+        raise BadRequestError("report_id: expected 8 to 64 letters, digits or '-'")
+    if kind not in KINDS:
+        raise BadRequestError(f"kind: expected one of {', '.join(KINDS)}")
+    models = doc.get("models", [])
+    if not isinstance(models, list) or len(models) > _MAX_MODELS:
+        raise BadRequestError(f"models: expected a list of at most {_MAX_MODELS}")
+    return rid, kind
+
+
+def status_digest(doc: dict[str, Any]) -> str:
+    """What a status report says (not its id or time), hashed."""
+    said = {k: doc.get(k) for k in ("health", "accelerator", "agent", "models")}
+    return hashlib.sha256(canonical_json(said)).hexdigest()
+
+
+def store_report(
+    db: Database, session: Session, node_id: str, last_digest: str | None, doc: dict[str, Any]
+) -> ReportResult:
+    """Store a report once (the node's request nonce already marks it seen).
+
+    A status report updates the per-model view; one that says the same as the
+    last stored status (a heartbeat) is accepted but not stored again, so a
+    fleet polling every few seconds does not grow the table with copies.
+    Metrics reports are always stored (once per report id).
+    """
+    rid, kind = check_report(doc)
+    rows = _status_rows(doc) if kind == "status" else []
+    now = time.time()
+    conn = session.connection()
+    digest = status_digest(doc) if kind == "status" else None
+    if digest is not None and digest == last_digest:
+        return ReportResult(rid, False, stored=False)
+    added = conn.execute(db.insert(Report).on_conflict_do_nothing().returning(Report.id),
+                         {"node_id": node_id, "report_id": rid, "kind": kind, "body": doc, "received": now})
+    if added.first() is None:
+        return ReportResult(rid, True, stored=False)
+    if kind != "status":
+        return ReportResult(rid, False, stored=True)
+    node: dict[str, Any] = {k: v for k, v in (("accelerator", _short(doc.get("accelerator"), 32, "accelerator")),
+                                              ("health", _short(doc.get("health"), 32, "health")),
+                                              ("agent", _short(doc.get("agent"), 64, "agent"))) if v is not None}
+    node["status_digest"] = digest
+    conn.execute(update(Node).where(Node.id == node_id).values(**node))
+    for name, values in rows:
+        values["updated"] = now
+        conn.execute(
+            db.insert(NodeModel).values(node_id=node_id, model=name, **values)
+            .on_conflict_do_update(index_elements=["node_id", "model"], set_=values)
+        )
+    return ReportResult(rid, False, stored=True)
+
+
+def _status_rows(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Checked per-model columns of a status report (the last failure only when one is given)."""
+    out = []
+    for i, m in enumerate(doc.get("models", [])):
+        if not isinstance(m, dict):
+            raise BadRequestError(f"models[{i}]: expected an object")
+        try:
+            name = check_name(m.get("name"), f"models[{i}].name")
+        except PackageError as exc:
+            raise BadRequestError(str(exc)) from exc
+        values: dict[str, Any] = {
+            "installed_version": _version(m.get("installed_version"), f"models[{i}].installed_version"),
+            "state": _short(m.get("state"), 32, f"models[{i}].state"),
+            "accelerator": _short(m.get("accelerator"), 32, f"models[{i}].accelerator"),
+            "health": _short(m.get("health"), 32, f"models[{i}].health"),
+        }
+        failure = m.get("failure")
+        if isinstance(failure, dict):
+            at = failure.get("at")
+            values.update(
+                failure_version=_version(failure.get("version"), f"models[{i}].failure.version"),
+                failure_reason=_short(failure.get("reason"), 2000, f"models[{i}].failure.reason"),
+                failure_at=float(at) if isinstance(at, int | float) and not isinstance(at, bool) else time.time(),
+            )
+        elif failure is not None:
+            raise BadRequestError(f"models[{i}].failure: expected an object or null")
+        out.append((name, values))
+    return out

@@ -1,0 +1,74 @@
+"""Versioned schema migrations, run by the service (and ``admin init``) at start.
+
+A fresh database gets the current models' tables and is stamped with
+:data:`SCHEMA_VERSION` (what Alembic's documentation recommends as
+"create_all, then stamp head"). An older database is brought up one step at a
+time by the functions in :data:`STEPS`; a newer one is refused, so an old
+service never writes a schema it does not know. Migrations run under a lock,
+so several service processes may start at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from sqlalchemy import Connection, insert, inspect, select, text, update
+
+from edgerec.sync.protocol.errors import ConfigError
+
+from .db import Database
+from .models import Base, Counter, SchemaInfo
+
+log = logging.getLogger("edgerec.sync.service.store")
+
+SCHEMA_VERSION = 1
+#: ``STEPS[n]`` brings a database from version ``n - 1`` to ``n``.
+STEPS: dict[int, Callable[[Connection], None]] = {}
+COUNTERS = ("repository", "serial")
+# Any 64-bit key, the same for every process of every edgerec service.
+_PG_LOCK_KEY = 0x65646765726563
+
+
+def current_version(conn: Connection) -> int | None:
+    """The schema version recorded in the database, or None for an empty one."""
+    if not inspect(conn).has_table(SchemaInfo.__tablename__):
+        return None
+    return conn.execute(select(SchemaInfo.version).where(SchemaInfo.id == 1)).scalar_one_or_none()
+
+
+def migrate(
+    db: Database, head: int = SCHEMA_VERSION, steps: Mapping[int, Callable[[Connection], None]] = STEPS
+) -> int:
+    """Create or upgrade the schema to ``head``; return the version it was at (0 if new)."""
+    with db.engine.connect() as conn:
+        # edgerec_write: on SQLite the begin hook issues BEGIN IMMEDIATE (the write lock).
+        conn.execution_options(edgerec_write=True)
+        with conn.begin():
+            if db.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
+            before = _migrate_locked(conn, head, steps)
+    return before
+
+
+def _migrate_locked(conn: Connection, head: int, steps: Mapping[int, Callable[[Connection], None]]) -> int:
+    version = current_version(conn)
+    if version is None:
+        Base.metadata.create_all(conn)
+        conn.execute(insert(SchemaInfo).values(id=1, version=head))
+        conn.execute(insert(Counter), [{"name": n, "value": 0} for n in COUNTERS])
+        log.info("database schema created at version %d", head)
+        return 0
+    if version > head:
+        raise ConfigError(
+            f"database schema is at version {version}, newer than this service knows ({head}): "
+            "upgrade edgerec"
+        )
+    for target in range(version + 1, head + 1):
+        step = steps.get(target)
+        if step is None:
+            raise ConfigError(f"database schema: no migration to version {target}")
+        log.info("migrating database schema to version %d", target)
+        step(conn)
+        conn.execute(update(SchemaInfo).where(SchemaInfo.id == 1).values(version=target))
+    return version

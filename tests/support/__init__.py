@@ -1,0 +1,1 @@
+"""Helpers the tests (and benchmarks) share: loopback ports, waiting, a local PostgreSQL."""
