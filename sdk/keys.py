@@ -21,6 +21,7 @@ from .errors import KeyFileError
 from .files import write_atomic
 
 KeyKind = Literal["ed25519", "x25519"]
+KEY_KINDS: tuple[KeyKind, ...] = ("ed25519", "x25519")
 PublicKey = Ed25519PublicKey | X25519PublicKey
 PrivateKey = Ed25519PrivateKey | X25519PrivateKey
 
@@ -140,4 +141,11 @@ def load_recipient_key(path: str | os.PathLike[str]) -> X25519PrivateKey:
     """Load the X25519 private key a node unwraps model keys with."""
     key = load_private_key(path, "x25519")
     assert isinstance(key, X25519PrivateKey)
+    return key
+
+
+def load_recipient_public_key(path: str | os.PathLike[str]) -> X25519PublicKey:
+    """Load a recipient's X25519 public key: what model keys are sealed to."""
+    key = load_public_key(path, "x25519")
+    assert isinstance(key, X25519PublicKey)
     return key

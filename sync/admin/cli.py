@@ -13,10 +13,12 @@ from typing import Any
 
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from edgerec.sdk.cli.output import console, print_json
+from edgerec.sdk.cli.output import console, err_console, print_json, progress_wanted, text_row
+from edgerec.sdk.cli.paths import AbsolutePath
 from edgerec.sdk.errors import PackageError
 from edgerec.sdk.keys import load_verify_key
 from edgerec.sdk.manifest import check_name
@@ -76,7 +78,7 @@ def _failure(f: dict[str, Any] | None) -> str:
 
 
 @click.group()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--config", "config_path", type=AbsolutePath(dir_okay=False, path_type=Path), default=None,
               help="Credentials file (default: $EDGEREC_ADMIN_CONFIG or ~/.config/edgerec/admin.json).")
 @click.option("--server", default=None, help="Sync service URL (env: EDGEREC_SERVER).")
 @click.pass_context
@@ -94,11 +96,11 @@ def _client(ctx: click.Context) -> AdminClient:
 
 
 @admin.command("init")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True,
               help="The service's data directory (created).")
-@click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--keys-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True,
               help="Where the offline root keys are written; keep them off the server afterwards.")
-@click.option("--publisher-key", "publisher_keys", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--publisher-key", "publisher_keys", type=AbsolutePath(dir_okay=False, path_type=Path),
               multiple=True, required=True, help="Trusted publisher public key (.pub); repeatable.")
 @click.option("--db", "db_url", default=None, help="Database URL (default: SQLite in the data dir).")
 @click.option("--root-keys", type=click.IntRange(1, 15), default=3, show_default=True)
@@ -120,14 +122,14 @@ def init_cmd(ctx: click.Context, data_dir: Path, keys_dir: Path, publisher_keys:
     if as_json:
         print_json(doc)
         return
-    console.print(f"initialised {result.data_dir} (database {result.db_url})")
+    console.print(f"initialised {result.data_dir} (database {result.db_url})", markup=False)
     console.print(f"root keys ({result.threshold} of {len(result.root_key_files)} sign): "
-                  f"{', '.join(str(p) for p in result.root_key_files)} -- keep them offline")
-    console.print(f"admin token saved to {path} (mode 0600)")
+                  f"{', '.join(str(p) for p in result.root_key_files)} -- keep them offline", markup=False)
+    console.print(f"admin token saved to {path} (mode 0600)", markup=False)
 
 
 @admin.command("token")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
 @click.option("--name", default="admin", show_default=True)
 @click.option("--db", "db_url", default=None)
 @click.option("--save", is_flag=True, help="Save it in the credentials file instead of printing it.")
@@ -139,15 +141,15 @@ def token_cmd(ctx: click.Context, data_dir: Path, name: str, db_url: str | None,
     token = new_admin_token(data_dir, checked(name, "name"), db_url)
     if save:
         creds = load_credentials(ctx.obj.get("config"), ctx.obj.get("server"), token)
-        console.print(f"saved to {save_credentials(creds, ctx.obj.get('config'))}")
+        console.print(f"saved to {save_credentials(creds, ctx.obj.get('config'))}", markup=False)
     else:
         click.echo(token)
 
 
 @admin.command("root-update")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--add-publisher", type=click.Path(dir_okay=False, path_type=Path), multiple=True)
+@click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
+@click.option("--keys-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
+@click.option("--add-publisher", type=AbsolutePath(dir_okay=False, path_type=Path), multiple=True)
 @click.option("--remove-publisher", multiple=True, metavar="KEYID", help="Key id (or a unique prefix).")
 @click.option("--db", "db_url", default=None)
 def root_update(data_dir: Path, keys_dir: Path, add_publisher: tuple[Path, ...],
@@ -162,7 +164,8 @@ def root_update(data_dir: Path, keys_dir: Path, add_publisher: tuple[Path, ...],
 
 @admin.command("login")
 @click.option("--token", required=True, help="An admin token.")
-@click.option("--ca-cert", type=click.Path(dir_okay=False), default=None, help="CA bundle for a private TLS CA.")
+@click.option("--ca-cert", type=AbsolutePath(dir_okay=False, exists=True), default=None,
+              help="CA bundle for a private TLS CA.")
 @click.pass_context
 def login(ctx: click.Context, token: str, ca_cert: str | None) -> None:
     """Check a server URL and token, then save them (mode 0600)."""
@@ -170,7 +173,8 @@ def login(ctx: click.Context, token: str, ca_cert: str | None) -> None:
     creds = Credentials(server.rstrip("/"), token, ca_cert)
     with AdminClient(creds) as c:
         c.whoami()
-    console.print(f"logged in to {creds.server}; saved to {save_credentials(creds, ctx.obj.get('config'))}")
+    console.print(f"logged in to {creds.server}; saved to {save_credentials(creds, ctx.obj.get('config'))}",
+                  markup=False)
 
 
 # -- enrollment ----------------------------------------------------------------------
@@ -193,14 +197,14 @@ def enroll_token_create(ctx: click.Context, tags: str | None, expires: str, as_j
     if as_json:
         print_json(doc)
     else:
-        console.print(doc["token"], highlight=False, soft_wrap=True)
+        console.print(doc["token"], highlight=False, soft_wrap=True, markup=False)
 
 
 # -- packages and rollouts --------------------------------------------------------------
 
 
 @admin.command()
-@click.argument("pkg", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("pkg", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path))
 @click.option("--channel", required=True, help="Channel to publish on, e.g. stable.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -208,19 +212,19 @@ def publish(ctx: click.Context, pkg: Path, channel: str, as_json: bool) -> None:
     """Upload a signed package; the service encrypts it and seals keys per node."""
     checked(channel, "channel")
     with _client(ctx) as c:
-        if as_json:
+        if not progress_wanted(as_json):
             doc = c.publish(pkg, channel)
         else:
             columns = (TextColumn("uploading {task.description}"), BarColumn(), DownloadColumn(),
                        TransferSpeedColumn())
-            with Progress(*columns, console=console, transient=True) as bar:
-                task = bar.add_task(pkg.name, total=pkg.stat().st_size)
+            with Progress(*columns, console=err_console, transient=True) as bar:
+                task = bar.add_task(escape(pkg.name), total=pkg.stat().st_size)
                 doc = c.publish(pkg, channel, lambda n: bar.advance(task, n))
     if as_json:
         print_json(doc)
         return
     console.print(f"published {doc['name']} v{doc['version']} on {doc['channel']}: {doc['target']} "
-                  f"({doc['size']:,} bytes, {doc['envelopes']} node envelopes)")
+                  f"({doc['size']:,} bytes, {doc['envelopes']} node envelopes)", markup=False)
 
 
 @admin.command()
@@ -235,7 +239,7 @@ def packages(ctx: click.Context, as_json: bool) -> None:
         return
     t = Table("model", "version", "channel", "size", "signer", "target")
     for r in rows:
-        t.add_row(r["name"], str(r["version"]), r["channel"], f"{r['size']:,}", r["signer"][:12], r["target"])
+        t.add_row(*text_row(r["name"], r["version"], r["channel"], f"{r['size']:,}", r["signer"][:12], r["target"]))
     console.print(t)
 
 
@@ -245,7 +249,7 @@ def _print_summary(doc: dict[str, Any], what: str, as_json: bool) -> None:
         return
     tags = f" tags {','.join(doc['tags'])}" if doc["tags"] else ""
     console.print(f"{what}: {doc['model']} v{doc['version']} on {doc['channel']} at {doc['percent']:g}%{tags}, "
-                  f"{doc['state']}; {doc['changed']} node(s) changed")
+                  f"{doc['state']}; {doc['changed']} node(s) changed", markup=False)
 
 
 @admin.command()
@@ -317,8 +321,8 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
                            for m in n["models"])
         fail = next((_failure(m["last_failure"]) for m in n["models"] if m["last_failure"]), "")
         name = n["name"] + (" (revoked)" if n["revoked"] else "")
-        t.add_row(n["node_id"], name, ",".join(n["tags"]), ago(n["last_seen"]), _v(n["accelerator"]),
-                  _v(n["health"]), models, fail)
+        t.add_row(*text_row(n["node_id"], name, ",".join(n["tags"]), ago(n["last_seen"]), _v(n["accelerator"]),
+                            _v(n["health"]), models, fail))
     console.print(t)
 
 
@@ -338,17 +342,17 @@ def status(ctx: click.Context, name: str, as_json: bool) -> None:
         tags = f" tags {','.join(r['tags'])}" if r["tags"] else ""
         kind = "rollback" if r["rollback"] else "rollout"
         console.print(f"{doc['model']}: {kind} of v{r['version']} on {r['channel']} at {r['percent']:g}%{tags}, "
-                      f"{r['state']}")
+                      f"{r['state']}", markup=False)
     else:
-        console.print(f"{doc['model']}: no rollout in progress")
+        console.print(f"{doc['model']}: no rollout in progress", markup=False)
     rows = doc["nodes"]
     done = sum(1 for n in rows if n["desired_version"] is not None and n["desired_version"] == n["installed_version"])
     t = Table("node", "name", "desired", "installed", "state", "last seen", "accelerator", "health", "last failure",
               title=f"{done} of {len(rows)} node(s) run their desired version")
     for n in rows:
-        t.add_row(n["node_id"], n["name"], _v(n["desired_version"]) + (" (rollback)" if n["rollback"] else ""),
-                  _v(n["installed_version"]), _v(n["state"]), ago(n["last_seen"]), _v(n["accelerator"]),
-                  _v(n["health"]), _failure(n["last_failure"]))
+        desired = _v(n["desired_version"]) + (" (rollback)" if n["rollback"] else "")
+        t.add_row(*text_row(n["node_id"], n["name"], desired, _v(n["installed_version"]), _v(n["state"]),
+                            ago(n["last_seen"]), _v(n["accelerator"]), _v(n["health"]), _failure(n["last_failure"])))
     console.print(t)
 
 
@@ -363,7 +367,7 @@ def revoke(ctx: click.Context, node_id: str, as_json: bool) -> None:
     if as_json:
         print_json(doc)
     else:
-        console.print(f"revoked {doc['node_id']}")
+        console.print(f"revoked {doc['node_id']}", markup=False)
 
 
 __all__ = ["admin", "default_config_path"]

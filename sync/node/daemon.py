@@ -39,7 +39,7 @@ from edgerec.sdk import __version__
 from edgerec.sdk.encryption import Envelope, Recipient, add_envelopes
 from edgerec.sdk.errors import EdgeRecError
 from edgerec.sdk.keys import public_pem
-from edgerec.sdk.model import EdgeModel
+from edgerec.sdk.model import Accelerator, EdgeModel
 from edgerec.sdk.package import Package
 from edgerec.sync.protocol.assignments import Accepted, Assignment, verify_assignment
 from edgerec.sync.protocol.errors import ApiError, AssignmentError, InstallError, ServerUnreachableError
@@ -58,7 +58,7 @@ AGENT = f"edgerec-node/{__version__}"
 @dataclass(frozen=True)
 class DaemonConfig:
     interval_s: float = 30.0
-    accelerator: str = "auto"
+    accelerator: Accelerator = "auto"
     keep_versions: int = 2
     timeout_s: float = 60.0
 
@@ -202,7 +202,7 @@ class NodeDaemon:
         # matches the publisher's signed hashes.
         with EdgeModel.load(pkg, recipient_key=self.recipient, accelerator=self.config.accelerator) as model:
             model.warmup()
-            accel = model.info.accelerator
+            accel: str = model.info.accelerator  # reported as text, the edge server's word below
         dest = self.installer.write(a.model, a.version, data)
         if self.edge is not None:
             loaded = self.edge.load(dest)

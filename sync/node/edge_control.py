@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from edgerec.sync.protocol.errors import EdgeServerError
+from edgerec.sync.protocol.errors import EdgeControlError
 
 
 class EdgeControl:
@@ -24,21 +24,21 @@ class EdgeControl:
         try:
             resp = self.client.request(method, path, json=doc)
         except httpx.HTTPError as exc:
-            raise EdgeServerError(f"edge server {self.client.base_url} unreachable: {exc}") from exc
+            raise EdgeControlError(f"edge server {self.client.base_url} unreachable: {exc}") from exc
         if resp.status_code >= 400:
             try:
                 err = resp.json()
                 why = f"{err.get('error')}: {err.get('detail')}"
             except ValueError:
                 why = resp.text[:200]
-            raise EdgeServerError(f"edge server refused the model (HTTP {resp.status_code}): {why}")
+            raise EdgeControlError(f"edge server refused the model (HTTP {resp.status_code}): {why}")
         return resp.json()
 
     def load(self, path: Path) -> dict[str, Any]:
         """Ask the edge server to load (and swap to) the package at ``path``."""
         out = self._call("POST", "/control/v1/models/load", {"path": str(Path(path).resolve())})
         if not isinstance(out, dict):
-            raise EdgeServerError("edge server: unexpected answer to load")
+            raise EdgeControlError("edge server: unexpected answer to load")
         return out
 
     def models(self) -> Any:
