@@ -23,9 +23,19 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import DecryptionError, PackageError
-from .manifest import canonical_json
-from .package import ENCRYPTION, ENVELOPE_DIR, MANIFEST, SIGNATURE, Blob, Package, sha256_hex, zip_bytes
+from .errors import DecryptionError, PackageError, UnsafeEntryError
+from .manifest import Manifest, canonical_json, check_name
+from .package import (
+    ENCRYPTION,
+    ENVELOPE_DIR,
+    MANIFEST,
+    SIGNATURE,
+    Blob,
+    EncryptionInfo,
+    Package,
+    sha256_hex,
+    zip_bytes,
+)
 
 SUITE_NAME = "DHKEM-X25519-HKDF-SHA256/HKDF-SHA256/AES-256-GCM"
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
@@ -84,6 +94,38 @@ class Envelope:
         return f"{ENVELOPE_DIR}{self.recipient}/{digest}.json"
 
 
+# X25519 encapsulated key (32 bytes) + a sealed 32-byte data key with its 16-byte GCM tag.
+SEALED_SIZE = 32 + 32 + 16
+
+
+def check_envelope_entry(
+    name: str, data: bytes, manifest: Manifest, encryption: Mapping[str, EncryptionInfo], label: str = "package"
+) -> Envelope:
+    """An ``envelopes/`` entry a reader accepts: well-formed, and naming this package.
+
+    It must parse as an envelope of the supported suite with a sealed key of
+    the right size, for this package's name and version and one of its
+    encrypted artifacts, stored under exactly the name :attr:`Envelope.entry_name`
+    gives it. Anything else is refused as an entry the manifest does not list.
+    """
+    try:
+        env = Envelope.from_bytes(data)
+    except DecryptionError as exc:
+        raise UnsafeEntryError(f"{label}: entry {name!r} is not a key envelope ({exc})") from exc
+    problem = None
+    if (env.package, env.version) != (manifest.name, manifest.version):
+        problem = "is for another package"
+    elif env.artifact not in encryption:
+        problem = "names no encrypted artifact"
+    elif env.entry_name != name:
+        problem = "is stored under another recipient's or artifact's name"
+    elif len(env.sealed) != SEALED_SIZE:
+        problem = "holds a sealed key of the wrong size"
+    if problem is not None:
+        raise UnsafeEntryError(f"{label}: key envelope {name!r} {problem}")
+    return env
+
+
 def hpke_info(recipient: str, package: str, version: int, artifact: str) -> bytes:
     """The HPKE ``info`` string that binds an envelope to its use."""
     return canonical_json(
@@ -102,7 +144,8 @@ def _aad(package: str, version: int, artifact: str, plaintext_sha256: str) -> by
 def seal_data_key(
     data_key: bytes, recipient: str, public_key: X25519PublicKey, package: str, version: int, artifact: str
 ) -> Envelope:
-    """Wrap ``data_key`` for one recipient with HPKE."""
+    """Wrap ``data_key`` for one recipient with HPKE; recipient ids are names (see ``check_name``)."""
+    check_name(recipient, "recipient id")
     info = hpke_info(recipient, package, version, artifact)
     return Envelope(recipient, package, version, artifact, _SUITE.encrypt(data_key, public_key, info=info))
 

@@ -7,8 +7,12 @@ ciphertext hashes) and may carry per-recipient key envelopes under
 ``envelopes/``; see :mod:`edgerec.sdk.encryption`.
 
 :meth:`Package.open` verifies before it trusts, in this order: zip structure
-and limits (entry count, sizes, paths, duplicates), the signature over the
-raw manifest bytes against the trusted keys, then every file's hash.
+and limits (directory size, entry count, sizes, paths, duplicates), the
+signature over the raw manifest bytes against the trusted keys (reading only
+``signature.json`` and ``manifest.json``, both bounded), then that every
+other entry is a file the signed manifest lists (checked against its hash) or
+a well-formed key envelope (:data:`ENVELOPE_NAME`, bounded in size and count,
+parsed and matched to this package; see :func:`.encryption.check_envelope_entry`).
 """
 
 from __future__ import annotations
@@ -18,21 +22,22 @@ import hashlib
 import io
 import json
 import os
+import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from . import __version__
+from . import __version__, _zip
+from ._zip import check_infos, open_source, open_zip, read_entry
 from .errors import (
-    DuplicateEntryError,
     IntegrityError,
     MissingEntryError,
     OversizedEntryError,
@@ -63,14 +68,13 @@ SIGNATURE = "signature.json"
 ENCRYPTION = "encryption.json"
 ENVELOPE_DIR = "envelopes/"
 _META = (MANIFEST, SIGNATURE, ENCRYPTION)
+# Envelopes are added after signing (see encryption.add_envelopes), so they cannot be listed in
+# the manifest: ``envelopes/<recipient id>/<first 16 hex digits of SHA-256(artifact path)>.json``.
+ENVELOPE_NAME = re.compile(r"^envelopes/[a-z0-9][a-z0-9._-]{0,63}/[0-9a-f]{16}\.json$")
+Blob: TypeAlias = _zip.Blob
+"""An entry's bytes: large artifacts are read-only memoryviews, so loading them copies nothing."""
 # Fixed zip timestamps make a package's bytes depend only on its content.
 _ZIP_DATE = (2020, 1, 1, 0, 0, 0)
-# Entries at least this large are read in chunks into memory no Python code has touched yet
-# (see _read_bounded); smaller ones are plain bytes.
-_CHUNK = 1 << 20
-
-Blob = bytes | memoryview
-"""An entry's bytes: large artifacts are read-only memoryviews, so loading them copies nothing."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,13 @@ class PackageLimits:
     max_total_size: int = 4 * 1024**3
     max_manifest_size: int = 4 * 1024**2
     max_compression_ratio: int = 200
+    # read before the signature is checked: the zip directory and signature.json
+    max_directory_size: int = 1024**2
+    max_signature_size: int = 64 * 1024
+    max_signatures: int = 16
+    # key envelopes under envelopes/ (not signed: added per node after signing)
+    max_envelopes: int = 1024
+    max_envelope_size: int = 4096
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
@@ -283,39 +294,37 @@ class Package:
 
     manifest: Manifest
     signer: str
-    raw: bytes
+    size: int
     _entries: dict[str, Blob] = field(repr=False)
     encryption: dict[str, EncryptionInfo] = field(default_factory=dict)
 
     @classmethod
     def open(
         cls,
-        source: str | os.PathLike[str] | bytes,
+        source: str | os.PathLike[str] | bytes | IO[bytes],
         trusted_keys: Sequence[Ed25519PublicKey] | Ed25519PublicKey,
         limits: PackageLimits | None = None,
     ) -> Package:
-        """Read and verify a package from a path or bytes.
+        """Read and verify a package from a path, bytes or a seekable binary file.
 
+        Verifies before it reads: zip directory and entry names, then the
+        signature over ``manifest.json``, then only the entries the signed
+        manifest lists (and well-formed key envelopes), each against its hash.
         Raises PackageError (and its subclasses UnsafeEntryError, SignatureError,
         IntegrityError) for anything not exactly as the publisher signed it.
         """
         limits = limits or PackageLimits()
         trusted = [trusted_keys] if isinstance(trusted_keys, Ed25519PublicKey) else list(trusted_keys)
-        label, raw = _read_source(source, limits)
-        entries = _read_entries(label, raw, limits)
-        if MANIFEST not in entries:
-            raise PackageError(f"{label}: no {MANIFEST}")
-        if len(entries[MANIFEST]) > limits.max_manifest_size:
-            raise OversizedEntryError(f"{label}: {MANIFEST} is larger than {limits.max_manifest_size}")
-        meta = {name: bytes(entries[name]) for name in _META if name in entries}
-        manifest_bytes = meta[MANIFEST]
-        signer = verify_signature(manifest_bytes, meta.get(SIGNATURE), trusted, label)
-        manifest = Manifest.from_bytes(manifest_bytes)
-        if manifest.to_bytes() != manifest_bytes:
-            raise PackageError(f"{label}: {MANIFEST} is not in canonical form")
-        encryption = _parse_encryption(meta.get(ENCRYPTION), manifest, label)
-        _check_files(label, manifest, entries, encryption)
-        return cls(manifest, signer, raw, entries, encryption)
+        with open_source(source, limits.max_package_size) as (label, fh, size), \
+                open_zip(label, fh, size, limits) as zf:
+            infos = check_infos(label, zf, limits)
+            manifest, manifest_bytes, signer, meta = _verified_manifest(label, zf, infos, trusted, limits)
+            envelopes = _unlisted_entries(label, manifest, infos, limits)
+            encryption = _parse_encryption(meta.get(ENCRYPTION), manifest, label)
+            entries: dict[str, Blob] = {MANIFEST: manifest_bytes, **meta}
+            entries.update(_read_listed(label, zf, infos, manifest, encryption, limits))
+            entries.update(_read_envelopes(label, zf, infos, envelopes, manifest, encryption, limits))
+        return cls(manifest, signer, size, entries, encryption)
 
     # -- contents ---------------------------------------------------------------
 
@@ -336,7 +345,7 @@ class Package:
             raise MissingEntryError(path) from None
 
     def envelope_entries(self) -> dict[str, bytes]:
-        """Key envelopes carried in the package, by entry name."""
+        """Key envelopes carried in the package (each checked well-formed), by entry name."""
         return {k: bytes(v) for k, v in self._entries.items() if k.startswith(ENVELOPE_DIR)}
 
     def vocabulary(self, path: str) -> Vocabulary:
@@ -351,94 +360,87 @@ class Package:
         return None if path is None else _load_npz(self.file_bytes(path), path)
 
 
-def _read_source(source: str | os.PathLike[str] | bytes, limits: PackageLimits) -> tuple[str, bytes]:
-    if isinstance(source, bytes | bytearray | memoryview):
-        raw = bytes(source)
-        label = "package"
-    else:
-        label = str(source)
-        try:
-            size = os.path.getsize(source)
-            if size > limits.max_package_size:
-                raise OversizedEntryError(f"{label}: {size} bytes exceeds {limits.max_package_size}")
-            # Unbuffered: a buffered read() of a large file copies it again while holding the GIL,
-            # which stalls every serving thread of an edge server loading a new version.
-            with open(source, "rb", buffering=0) as fh:
-                raw = fh.readall()
-        except OSError as exc:
-            raise PackageError(f"{label}: cannot read ({exc.strerror})") from exc
-    if len(raw) > limits.max_package_size:
-        raise OversizedEntryError(f"{label}: {len(raw)} bytes exceeds {limits.max_package_size}")
-    return label, raw
+def _verified_manifest(
+    label: str, zf: zipfile.ZipFile, infos: Mapping[str, zipfile.ZipInfo], trusted: Sequence[Ed25519PublicKey],
+    limits: PackageLimits,
+) -> tuple[Manifest, bytes, str, dict[str, bytes]]:
+    """(manifest, its bytes, signer, the other metadata entries): nothing else is read before this."""
+    sig_info, man_info = infos.get(SIGNATURE), infos.get(MANIFEST)
+    if sig_info is None:
+        raise SignatureError(f"{label}: unsigned (no {SIGNATURE})")
+    if man_info is None:
+        raise PackageError(f"{label}: no {MANIFEST}")
+    sigs = parse_signatures(bytes(read_entry(zf, sig_info, label, limits.max_signature_size)), label,
+                            limits.max_signatures)
+    known = _trusted_signatures(sigs, trusted, label)  # before the manifest is even read
+    if man_info.file_size > limits.max_manifest_size:
+        raise OversizedEntryError(f"{label}: {MANIFEST} is larger than {limits.max_manifest_size}")
+    manifest_bytes = bytes(read_entry(zf, man_info, label, limits.max_manifest_size))
+    signer = _check_signatures(manifest_bytes, known, label)
+    manifest = Manifest.from_bytes(manifest_bytes)
+    if manifest.to_bytes() != manifest_bytes:
+        raise PackageError(f"{label}: {MANIFEST} is not in canonical form")
+    meta = {SIGNATURE: bytes(read_entry(zf, sig_info, label, limits.max_signature_size))}
+    enc_info = infos.get(ENCRYPTION)
+    if enc_info is not None:
+        meta[ENCRYPTION] = bytes(read_entry(zf, enc_info, label, limits.max_manifest_size))
+    return manifest, manifest_bytes, signer, meta
 
 
-def _read_entries(label: str, raw: bytes, limits: PackageLimits) -> dict[str, Blob]:
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(raw))
-    except (zipfile.BadZipFile, ValueError) as exc:
-        raise PackageError(f"{label}: not a package (bad or truncated zip: {exc})") from exc
-    with zf:
-        infos = zf.infolist()
-        if len(infos) > limits.max_entries:
-            raise OversizedEntryError(f"{label}: {len(infos)} entries exceeds {limits.max_entries}")
-        seen: set[str] = set()
-        total = 0
-        for info in infos:
-            name = info.filename
-            if name in seen:
-                raise DuplicateEntryError(f"{label}: duplicate entry {name!r}")
-            seen.add(name)
-            check_path(name, label)
-            if info.is_dir():
-                raise UnsafeEntryError(f"{label}: unexpected folder entry {name!r}")
-            if info.file_size > limits.max_entry_size:
-                raise OversizedEntryError(
-                    f"{label}: entry {name!r} is {info.file_size} bytes, over {limits.max_entry_size}"
-                )
-            ratio_cap = max(info.compress_size, 1) * limits.max_compression_ratio
-            if info.file_size > ratio_cap and info.file_size > 1024 * 1024:
-                raise OversizedEntryError(f"{label}: entry {name!r} has a suspicious compression ratio")
-            total += info.file_size
-            if total > limits.max_total_size:
-                raise OversizedEntryError(f"{label}: contents exceed {limits.max_total_size} bytes")
-        entries: dict[str, Blob] = {}
-        for info in infos:
-            entries[info.filename] = _read_bounded(zf, info, label, limits.max_entry_size)
-    return entries
+def _unlisted_entries(
+    label: str, manifest: Manifest, infos: Mapping[str, zipfile.ZipInfo], limits: PackageLimits
+) -> list[str]:
+    """The envelope entries; any other entry the signed manifest does not list is refused."""
+    listed = manifest.all_paths()
+    envelopes = []
+    for name, info in infos.items():
+        if name in listed or name in _META:
+            continue
+        if not ENVELOPE_NAME.match(name):
+            raise UnsafeEntryError(f"{label}: entry {name!r} is not listed in the manifest")
+        if info.file_size > limits.max_envelope_size:
+            raise OversizedEntryError(f"{label}: envelope {name!r} is over {limits.max_envelope_size} bytes")
+        envelopes.append(name)
+    if len(envelopes) > limits.max_envelopes:
+        raise OversizedEntryError(f"{label}: {len(envelopes)} key envelopes exceeds {limits.max_envelopes}")
+    return envelopes
 
 
-def _read_bounded(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str, limit: int) -> Blob:
-    # The header's size can lie; read at most one byte past the limit to find out.
-    want = min(limit, info.file_size) + 1
-    try:
-        with zf.open(info) as fh:
-            data = fh.read(want) if want <= _CHUNK else _read_chunks(fh, want)
-    except zipfile.BadZipFile as exc:
-        raise IntegrityError(f"{label}: entry {info.filename!r} is corrupt ({exc})") from exc
-    except (EOFError, OSError, ValueError) as exc:
-        raise PackageError(f"{label}: entry {info.filename!r} is truncated ({exc})") from exc
-    if len(data) > info.file_size:
-        raise OversizedEntryError(f"{label}: entry {info.filename!r} is larger than its header says")
-    return data
+def _read_listed(
+    label: str, zf: zipfile.ZipFile, infos: Mapping[str, zipfile.ZipInfo], manifest: Manifest,
+    encryption: Mapping[str, EncryptionInfo], limits: PackageLimits,
+) -> dict[str, Blob]:
+    """Every file the manifest lists, each checked against its signed size (before reading) and hash."""
+    out: dict[str, Blob] = {}
+    for path, signed in manifest.all_paths().items():
+        info = infos.get(path)
+        if info is None:
+            raise IntegrityError(f"{label}: {path} is missing")
+        # Ciphertext is checked here; the plaintext hash when it is decrypted.
+        enc = encryption.get(path)
+        digest, size = (enc.sha256, enc.size) if enc is not None else signed
+        if info.file_size != size:
+            raise IntegrityError(f"{label}: {path} does not match the signed manifest hash (size)")
+        data = read_entry(zf, info, label, limits.max_entry_size)
+        if len(data) != size or sha256_hex(data) != digest:
+            raise IntegrityError(f"{label}: {path} does not match the signed manifest hash")
+        out[path] = data
+    return out
 
 
-def _read_chunks(fh: Any, want: int) -> memoryview:
-    """Read a large entry a chunk at a time into fresh, untouched memory.
+def _read_envelopes(
+    label: str, zf: zipfile.ZipFile, infos: Mapping[str, zipfile.ZipInfo], names: Sequence[str],
+    manifest: Manifest, encryption: Mapping[str, EncryptionInfo], limits: PackageLimits,
+) -> dict[str, Blob]:
+    """Envelope entries, each parsed and matching its name, this package and an encrypted artifact."""
+    from .encryption import check_envelope_entry  # encryption builds on this module
 
-    One ``read`` of a 50 MB entry joins its pieces and faults in every page of
-    the result while holding the GIL: 30-40 ms in which an edge server's
-    request threads cannot run. Here the GIL is held for one chunk at a time.
-    """
-    out = np.empty(want, np.uint8)  # not zeroed: pages are faulted in by the copies below
-    view = out.data
-    n = 0
-    while n < want:
-        chunk = fh.read(min(_CHUNK, want - n))
-        if not chunk:
-            break
-        view[n:n + len(chunk)] = chunk
-        n += len(chunk)
-    return view[:n].toreadonly()
+    out: dict[str, Blob] = {}
+    for name in names:
+        data = bytes(read_entry(zf, infos[name], label, limits.max_envelope_size))
+        check_envelope_entry(name, data, manifest, encryption, label)
+        out[name] = data
+    return out
 
 
 def verify_signature(
@@ -446,25 +448,52 @@ def verify_signature(
     signature_bytes: bytes | None,
     trusted: Sequence[Ed25519PublicKey],
     label: str = "package",
+    max_signatures: int = 16,
 ) -> str:
     """Check ``signature.json`` over the manifest; return the trusted signer's key id."""
     if signature_bytes is None:
         raise SignatureError(f"{label}: unsigned (no {SIGNATURE})")
+    sigs = parse_signatures(signature_bytes, label, max_signatures)
+    return _check_signatures(manifest_bytes, _trusted_signatures(sigs, trusted, label), label)
+
+
+def parse_signatures(data: bytes, label: str = "package", max_signatures: int = 16) -> list[tuple[str, bytes]]:
+    """(key id, Ed25519 signature) pairs of ``signature.json``; malformed or too many is a SignatureError."""
     try:
-        doc = json.loads(signature_bytes)
-        sigs = [(str(s["keyid"]), base64.b64decode(s["sig"], validate=True)) for s in doc["signatures"]]
-    except (ValueError, KeyError, TypeError) as exc:
+        doc = json.loads(data)
+        raw = doc["signatures"]
+        if not isinstance(raw, list):
+            raise TypeError("signatures is not a list")
+        if len(raw) > max_signatures:
+            raise SignatureError(f"{label}: {SIGNATURE} holds {len(raw)} signatures, over {max_signatures}")
+        sigs = [(s["keyid"], base64.b64decode(s["sig"], validate=True)) for s in raw]
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise SignatureError(f"{label}: {SIGNATURE} is malformed") from exc
+    for kid, sig in sigs:
+        if not isinstance(kid, str) or len(kid) != 64 or len(sig) != 64:
+            raise SignatureError(f"{label}: {SIGNATURE} is malformed (key ids are 64 hex digits, "
+                                 "signatures 64 bytes)")
+    return sigs
+
+
+def _trusted_signatures(
+    sigs: Sequence[tuple[str, bytes]], trusted: Sequence[Ed25519PublicKey], label: str
+) -> list[tuple[Ed25519PublicKey, str, bytes]]:
     if not trusted:
         raise UntrustedSignerError(f"{label}: no trusted publisher keys were given")
     by_id = {key_id(k): k for k in trusted}
-    known = [(kid, sig) for kid, sig in sigs if kid in by_id]
+    known = [(by_id[kid], kid, sig) for kid, sig in sigs if kid in by_id]
     if not known:
         signers = ", ".join(k[:12] for k, _ in sigs) or "none"
         raise UntrustedSignerError(f"{label}: signed by no trusted key ({signers})")
-    for kid, sig in known:
+    return known
+
+
+def _check_signatures(manifest_bytes: bytes, known: Sequence[tuple[Ed25519PublicKey, str, bytes]],
+                      label: str) -> str:
+    for key, kid, sig in known:
         try:
-            by_id[kid].verify(sig, manifest_bytes)
+            key.verify(sig, manifest_bytes)
             return kid
         except InvalidSignature:
             continue
@@ -491,22 +520,3 @@ def _parse_encryption(data: bytes | None, manifest: Manifest, label: str) -> dic
         if path not in artifact_paths:
             raise PackageError(f"{label}: {ENCRYPTION} names {path!r}, which is not an artifact")
     return out
-
-
-def _check_files(
-    label: str, manifest: Manifest, entries: Mapping[str, Blob], encryption: Mapping[str, EncryptionInfo]
-) -> None:
-    listed = manifest.all_paths()
-    for name in entries:
-        if name not in listed and name not in _META and not name.startswith(ENVELOPE_DIR):
-            raise UnsafeEntryError(f"{label}: entry {name!r} is not listed in the manifest")
-    for path, (signed_digest, signed_size) in listed.items():
-        if path not in entries:
-            raise IntegrityError(f"{label}: {path} is missing")
-        digest, size = signed_digest, signed_size
-        if path in encryption:
-            # Ciphertext is checked here; the plaintext hash when it is decrypted.
-            digest, size = encryption[path].sha256, encryption[path].size
-        data = entries[path]
-        if len(data) != size or sha256_hex(data) != digest:
-            raise IntegrityError(f"{label}: {path} does not match the signed manifest hash")

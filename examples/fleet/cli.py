@@ -112,7 +112,7 @@ def run_demo(work: Path, repeats: int, quiet: bool = False, progress: bool = Fal
     trusted = [load_verify_key(pub.public_path)]
     plain = Package.open(path, trusted)
     arts = ", ".join(f"{a.path} ({a.format}, batch {a.batch})" for a in plain.manifest.artifacts)
-    say(f"2. package {escape(path.name)}: signed, {len(plain.raw):,} bytes: {escape(arts)}")
+    say(f"2. package {escape(path.name)}: signed, {plain.size:,} bytes: {escape(arts)}")
     if not with_tflite:
         say(escape("   (TensorFlow is not installed: LiteRT artifacts skipped; pip install 'edgerec[converter]')"))
     enc = encrypt_package(plain, {"node-1": load_recipient_public_key(node.public_path)})

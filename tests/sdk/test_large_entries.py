@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 from edgerec.sdk import EdgeModel, IntegrityError, Package, PackageError, encrypt_package
-from edgerec.sdk import package as package_mod
+from edgerec.sdk import _zip as zip_mod
 from edgerec.sdk.runtime import base as runtime_base
 from edgerec.sdk.testing import sample_inputs as ctr_inputs
 
 
 @pytest.fixture
 def chunked(monkeypatch):
-    monkeypatch.setattr(package_mod, "_CHUNK", 256)
+    monkeypatch.setattr(zip_mod, "CHUNK", 256)
 
 
 @pytest.fixture
