@@ -1,14 +1,16 @@
 """Key pairs: Ed25519 for signing, X25519 for receiving wrapped model keys.
 
-Private keys are PKCS#8 PEM files written with mode 0600; public keys are
-PEM files. A key id is the SHA-256 of the raw public key bytes (hex), so the
-same key always has the same id wherever it is stored.
+Private keys are PKCS#8 PEM files written with mode 0600, and loaders refuse
+one that group or others may read or write; public keys are PEM files. A key
+id is the SHA-256 of the raw public key bytes (hex), so the same key always
+has the same id wherever it is stored.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
@@ -84,10 +86,26 @@ def _read(path: str | os.PathLike[str]) -> bytes:
         raise KeyFileError(f"{path}: cannot read key file ({exc.strerror})") from exc
 
 
-def load_private_key(path: str | os.PathLike[str], kind: KeyKind | None = None) -> PrivateKey:
-    """Load an Ed25519 or X25519 private key from a PEM file."""
+def read_private_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a secret file (private key, key-encryption key) only if no one but its owner has access.
+
+    The mode is checked on the opened file, so the file read is the file checked.
+    """
     try:
-        key = serialization.load_pem_private_key(_read(path), password=None)
+        with open(path, "rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise KeyFileError(f"{path}: private key file is accessible by group or others "
+                                   f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}")
+            return fh.read()
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read key file ({exc.strerror})") from exc
+
+
+def load_private_key(path: str | os.PathLike[str], kind: KeyKind | None = None) -> PrivateKey:
+    """Load an Ed25519 or X25519 private key from a PEM file (mode 0600 or stricter)."""
+    try:
+        key = serialization.load_pem_private_key(read_private_file(path), password=None)
     except (ValueError, TypeError) as exc:
         raise KeyFileError(f"{path}: not a PEM private key") from exc
     return cast(PrivateKey, _check_kind(path, key, kind, (Ed25519PrivateKey, X25519PrivateKey)))

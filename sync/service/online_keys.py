@@ -19,7 +19,7 @@ from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from edgerec.sdk.errors import KeyFileError
 from edgerec.sdk.files import write_atomic
-from edgerec.sdk.keys import generate_keypair, load_signing_key
+from edgerec.sdk.keys import generate_keypair, load_signing_key, read_private_file
 from edgerec.sync.protocol.errors import ConfigError
 
 ONLINE_ROLES = ("targets", "snapshot", "timestamp", "channels", "assignment")
@@ -76,9 +76,9 @@ class OnlineKeys:
     @cached_property
     def kek(self) -> AESGCM:
         try:
-            raw = (self.folder / KEK_FILE).read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"{self.folder / KEK_FILE}: cannot read ({exc.strerror})") from exc
+            raw = read_private_file(self.folder / KEK_FILE)
+        except KeyFileError as exc:
+            raise ConfigError(str(exc)) from exc
         if len(raw) != 32:
             raise ConfigError(f"{self.folder / KEK_FILE}: expected 32 bytes")
         return AESGCM(raw)

@@ -184,6 +184,7 @@ def test_encrypted_package_with_the_node_key(serve, packages, signing_key, node_
     key_file = tmp_path / "node.key"
     key_file.write_bytes(node_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                 serialization.NoEncryption()))
+    key_file.chmod(0o600)
     live = serve(recipient_key=key_file, recipient_id="node-1")
     r = live.control("POST", "/models/load", json={"path": str(path)})
     assert r.status_code == 200, r.text
