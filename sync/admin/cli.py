@@ -224,7 +224,7 @@ def publish(ctx: click.Context, pkg: Path, channel: str, as_json: bool) -> None:
         print_json(doc)
         return
     console.print(f"published {doc['name']} v{doc['version']} on {doc['channel']}: {doc['target']} "
-                  f"({doc['size']:,} bytes, {doc['envelopes']} node envelopes)", markup=False)
+                  f"({doc['size']:,} bytes; node keys are sealed when a rollout assigns it)", markup=False)
 
 
 @admin.command()
@@ -249,7 +249,8 @@ def _print_summary(doc: dict[str, Any], what: str, as_json: bool) -> None:
         return
     tags = f" tags {','.join(doc['tags'])}" if doc["tags"] else ""
     console.print(f"{what}: {doc['model']} v{doc['version']} on {doc['channel']} at {doc['percent']:g}%{tags}, "
-                  f"{doc['state']}; {doc['changed']} node(s) changed", markup=False)
+                  f"{doc['state']}; {doc['changed']} node(s) changed, {doc.get('envelopes', 0)} node envelope(s) "
+                  "sealed", markup=False)
 
 
 @admin.command()

@@ -75,8 +75,7 @@ def publish() -> Any:
     result = svc.publish(_upload_chunks(svc.config.max_upload_bytes), channel)
     return jsonify(
         name=result.name, version=result.version, channel=result.channel, target=result.target,
-        sha256=result.sha256, size=result.size, signer=result.signer, envelopes=result.envelopes,
-        new_version=result.new_version,
+        sha256=result.sha256, size=result.size, signer=result.signer, new_version=result.new_version,
     ), 201
 
 

@@ -40,7 +40,7 @@ from .blobs import BlobStore
 from .config import ServiceConfig
 from .datadir import DataDir
 from .enrollment import create_token, enroll
-from .envelopes import envelopes_for, seal_all_packages
+from .envelopes import seal_missing
 from .online_keys import OnlineKeys
 from .publish import Publisher, PublishResult
 from .reports import ReportResult, store_report
@@ -85,7 +85,7 @@ class SyncService:
         self.repo = TufRepository(db, datadir, self.keys, config)
         self.blobs = BlobStore(datadir.blobs, datadir.tmp)
         self.publisher = Publisher(db, self.repo, self.blobs, self.keys)
-        self.rollouts = Rollouts(db)
+        self.rollouts = Rollouts(db, self._seal)
         self.verifier = RequestVerifier(config.signature_max_age_s, config.clock_skew_s)
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._nonce_insert = db.insert(Nonce).on_conflict_do_nothing().returning(Nonce.nonce)
@@ -240,8 +240,7 @@ class SyncService:
     def enroll(self, token: object, signing_key: object, recipient_key: object, name: object) -> Enrolled:
         with self.db.write() as session:
             node = enroll(session, token, signing_key, recipient_key, name)
-            seal_all_packages(session, self.keys.kek, node)
-            self.rollouts.place_new_node(session, node)
+            self.rollouts.place_new_node(session, node)  # seals envelopes for what it assigns
             root = self.repo.root_bytes(session)
             return Enrolled(node.id, list(node.tags), root)
 
@@ -303,21 +302,37 @@ class SyncService:
         ]
 
     def node_envelopes(self, session: Session, node_id: str, model: str, version: int) -> list[str]:
+        """The node's key envelopes for a version assigned to it now (403 for any other, 404 if unknown)."""
         model = name_arg(model, "model")
         node = session.get(Node, node_id)
         assert node is not None
-        package = session.execute(
-            select(PackageVersion).where(PackageVersion.name == model, PackageVersion.version == version)
-        ).scalar_one_or_none()
+        package = _package(session, model, version)
         if package is None:
-            raise NotFoundError(f"unknown model version {model} {version}")
-        return [e.decode() for e in envelopes_for(session, self.keys.kek, node, package)]
+            raise NotFoundError(f"unknown model version {model} {version}", field="version")
+        assigned = session.get(Assignment, (node_id, model))
+        if assigned is None or assigned.version != version:
+            raise ForbiddenError(f"{model} version {version} is not assigned to this node", field="version")
+        envelopes, _ = seal_missing(session, self.keys.kek, node, package)
+        return [e.decode() for e in envelopes]
+
+    def _seal(self, session: Session, node_id: str, model: str, version: int) -> int:
+        """Seal a node's envelopes for the version an assignment just gave it (the rollouts' sealer)."""
+        node, package = session.get(Node, node_id), _package(session, model, version)
+        if node is None or package is None or node.revoked_at is not None:
+            return 0
+        return seal_missing(session, self.keys.kek, node, package)[1]
 
     def report(self, session: Session, node: str | AuthedNode, doc: dict[str, Any]) -> ReportResult:
         if isinstance(node, str):
             digest = session.execute(select(Node.status_digest).where(Node.id == node)).scalar_one()
             node = AuthedNode(node, digest)
         return store_report(self.db, session, node.id, node.status_digest, doc)
+
+
+def _package(session: Session, model: str, version: int) -> PackageVersion | None:
+    return session.execute(
+        select(PackageVersion).where(PackageVersion.name == model, PackageVersion.version == version)
+    ).scalar_one_or_none()
 
 
 _NODE_KEY = select(Node.signing_key, Node.revoked_at, Node.status_digest).where(Node.id == bindparam("id"))

@@ -1,17 +1,19 @@
 """Data keys at rest and the HPKE envelopes that hand them to nodes.
 
 Each artifact's AES data key is kept wrapped with the data directory's key-
-encryption key (AES-GCM, bound to the package id and artifact). For every node
-that may receive a package, the data key is sealed to the node's X25519 key
-(:func:`edgerec.sdk.encryption.seal_data_key`, whose HPKE ``info`` binds node
-id, package, version and artifact): one ciphertext for the fleet, a small
-envelope per node.
+encryption key (AES-GCM, bound to the package id and artifact). A node gets
+envelopes only for a version assigned to it: when a rollout, a rollback or
+its enrollment assigns it one, the data keys are sealed to the node's X25519
+key (:func:`edgerec.sdk.encryption.seal_data_key`, whose HPKE ``info`` binds
+node id, package, version and artifact); the node API hands them out only
+while that assignment stands. One ciphertext for the fleet, a small envelope
+per assigned node, none for the others.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -62,24 +64,17 @@ def data_keys(session: Session, kek: AESGCM, package: PackageVersion) -> dict[st
     return {r.artifact: unwrap_data_key(kek, package.id, r.artifact, r.wrapped) for r in rows}
 
 
-def seal_all_packages(session: Session, kek: AESGCM, node: Node) -> int:
-    """Envelopes of every published package for a node that just enrolled."""
-    count = 0
-    for package in session.execute(select(PackageVersion)).scalars():
-        rows = seal(node, package, data_keys(session, kek, package))
-        session.add_all(rows)
-        count += len(rows)
-    session.flush()
-    return count
+def seal_missing(session: Session, kek: AESGCM, node: Node, package: PackageVersion) -> tuple[list[bytes], int]:
+    """A node's envelopes for a package (sealing any still missing) and how many were sealed now.
 
-
-def envelopes_for(session: Session, kek: AESGCM, node: Node, package: PackageVersion) -> list[bytes]:
-    """A node's envelopes for a package, sealed now if a publish raced its enrollment."""
+    Callers check first that the version is assigned to the node.
+    """
     rows = list(
         session.execute(
             select(EnvelopeRow).where(EnvelopeRow.node_id == node.id, EnvelopeRow.package_id == package.id)
         ).scalars()
     )
+    new: list[EnvelopeRow] = []
     if len(rows) != len(package.artifacts):
         have = {r.artifact for r in rows}
         keys = {a: k for a, k in data_keys(session, kek, package).items() if a not in have}
@@ -87,8 +82,4 @@ def envelopes_for(session: Session, kek: AESGCM, node: Node, package: PackageVer
         session.add_all(new)
         session.flush()
         rows += new
-    return [r.data for r in sorted(rows, key=lambda r: r.artifact)]
-
-
-def active_nodes(session: Session) -> Iterable[Node]:
-    return session.execute(select(Node).where(Node.revoked_at.is_(None))).scalars()
+    return [r.data for r in sorted(rows, key=lambda r: r.artifact)], len(new)

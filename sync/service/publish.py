@@ -3,8 +3,9 @@
 The upload must be the plaintext package signed by a publisher key that the
 root metadata trusts. The service encrypts every artifact (one AES-256-GCM
 ciphertext for all nodes), stores the result once in the blob store, keeps
-the data keys wrapped with its key-encryption key, seals an envelope for
-every active node, and adds the target to the channel's TUF role. The same
+the data keys wrapped with its key-encryption key and adds the target to the
+channel's TUF role. No node gets a key yet: envelopes are sealed per node
+when a rollout (or rollback) assigns the version to it (:mod:`.envelopes`). The same
 version may be published on more channels (the blob is reused); the same
 name and version with other content is refused.
 """
@@ -27,10 +28,10 @@ from edgerec.sdk.manifest import check_name
 from edgerec.sdk.package import MANIFEST, Package
 from edgerec.sync.protocol.errors import BadRequestError, ConflictError, UntrustedPackageError
 from edgerec.sync.protocol.trust import TrustInfo
-from edgerec.sync.service.store.models import ChannelTarget, DataKey, Node, PackageVersion
+from edgerec.sync.service.store.models import ChannelTarget, DataKey, PackageVersion
 
 from .blobs import BlobStore
-from .envelopes import active_nodes, seal, wrap_data_key
+from .envelopes import wrap_data_key
 from .online_keys import OnlineKeys
 from .store import Database
 from .tuf_repo import TufRepository, target_path
@@ -45,7 +46,6 @@ class PublishResult:
     sha256: str
     size: int
     signer: str
-    envelopes: int
     new_version: bool
 
 
@@ -75,7 +75,6 @@ class Publisher:
         path = target_path(channel, m.name, m.version)
         with self.db.read() as session:
             existing = self._existing(session, m.name, m.version, manifest_sha, channel)
-            nodes = list(active_nodes(session))
         if existing is None:
             enc = encrypt_package(pkg)
             sha, size, keys = self.blobs.put_bytes(enc.data), len(enc.data), enc.data_keys
@@ -85,10 +84,7 @@ class Publisher:
         self.blobs.link(sha, self.repo.datadir.targets / channel / m.name / f"{sha}.{m.version}.edgepkg")
         try:
             with self.db.write() as session:
-                if existing is None:
-                    package, envelopes = self._add_version(session, pkg, manifest_sha, sha, size, keys, nodes)
-                else:
-                    package, envelopes = existing, 0
+                package = existing or self._add_version(session, pkg, manifest_sha, sha, size, keys)
                 session.add(ChannelTarget(package_id=package.id, channel=channel, target_path=path,
                                           created=time.time()))
                 session.flush()
@@ -97,7 +93,7 @@ class Publisher:
             # Another process published the same version between our check and our write.
             raise ConflictError(f"{m.name} version {m.version} is already published") from exc
         self.repo.materialize(written)
-        return PublishResult(m.name, m.version, channel, path, sha, size, pkg.signer, envelopes, existing is None)
+        return PublishResult(m.name, m.version, channel, path, sha, size, pkg.signer, existing is None)
 
     def _open(self, upload: Path, trust: TrustInfo) -> Package:
         try:
@@ -129,8 +125,8 @@ class Publisher:
 
     def _add_version(
         self, session: Session, pkg: Package, manifest_sha: str, sha: str, size: int,
-        keys: dict[str, bytes], nodes: list[Node],
-    ) -> tuple[PackageVersion, int]:
+        keys: dict[str, bytes],
+    ) -> PackageVersion:
         m = pkg.manifest
         package = PackageVersion(
             name=m.name, version=m.version, manifest_sha256=manifest_sha, blob_sha256=sha, size=size,
@@ -141,7 +137,5 @@ class Publisher:
         for art, key in keys.items():
             session.add(DataKey(package_id=package.id, artifact=art,
                                 wrapped=wrap_data_key(self.keys.kek, package.id, art, key)))
-        rows = [row for node in nodes for row in seal(node, package, keys)]
-        session.add_all(rows)
         session.flush()
-        return package, len(rows)
+        return package

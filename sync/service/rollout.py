@@ -9,6 +9,8 @@ once chosen stays chosen when more nodes enroll.
 
 Desired versions are materialised per node in ``assignments`` with a fresh
 ``serial`` on every change; :mod:`.assignments` signs them for the node.
+Each change also has the node's key envelopes for that version sealed (the
+``sealer``): envelopes follow assignments, and nothing else seals them.
 ``pause`` holds back nodes that have not installed the version yet;
 ``rollback`` sends every node to an older version as a signed rollback.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
@@ -30,6 +32,9 @@ from edgerec.sync.service.store.models import Assignment, ChannelTarget, Node, N
 from .store import Database
 
 ACTIVE, PAUSED, SUPERSEDED, ROLLED_BACK = "active", "paused", "superseded", "rolled_back"
+# Seals a node's envelopes for a model version assigned to it; returns how many were sealed.
+Sealer = Callable[[Session, str, str, int], int]
+_SEALED = "edgerec_envelopes_sealed"  # per-transaction count, in Session.info
 
 
 # -- the pure part ---------------------------------------------------------------
@@ -75,17 +80,21 @@ class RolloutSummary:
     state: str
     rollback: bool
     changed: int
+    envelopes: int = 0  # node envelopes sealed by this change
 
     @classmethod
-    def of(cls, r: Rollout, changed: int) -> RolloutSummary:
-        return cls(r.id, r.model, r.version, r.channel, r.percent, list(r.tags), r.state, r.rollback, changed)
+    def of(cls, r: Rollout, changed: int, session: Session | None = None) -> RolloutSummary:
+        sealed = int(session.info.get(_SEALED, 0)) if session is not None else 0
+        return cls(r.id, r.model, r.version, r.channel, r.percent, list(r.tags), r.state, r.rollback, changed,
+                   sealed)
 
 
 class Rollouts:
     """Rollout operations; each runs inside the caller's write transaction."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, sealer: Sealer | None = None) -> None:
         self.db = db
+        self.sealer = sealer
 
     def _lock(self, session: Session) -> None:
         # One writer of assignments at a time across processes (PostgreSQL row lock).
@@ -126,7 +135,7 @@ class Rollouts:
                               state=ACTIVE, rollback=False, created=now, updated=now)
             session.add(rollout)
             session.flush()
-        return RolloutSummary.of(rollout, self._apply(session, rollout))
+        return RolloutSummary.of(rollout, self._apply(session, rollout), session)
 
     def pause(self, session: Session, model: str) -> RolloutSummary:
         """Stop a rollout: nodes that have not installed its version go back to what they had."""
@@ -146,13 +155,13 @@ class Rollouts:
             else:
                 self._set(session, a.node_id, model, a.previous_version, a.channel, False, None)
             changed += 1
-        return RolloutSummary.of(cur, changed)
+        return RolloutSummary.of(cur, changed, session)
 
     def resume(self, session: Session, model: str) -> RolloutSummary:
         self._lock(session)
         cur = self._require(session, model, PAUSED)
         cur.state, cur.updated = ACTIVE, time.time()
-        return RolloutSummary.of(cur, self._apply(session, cur))
+        return RolloutSummary.of(cur, self._apply(session, cur), session)
 
     def rollback(self, session: Session, model: str, version: int, channel: str | None) -> RolloutSummary:
         """Send every node to ``version``; nodes above it get a signed rollback."""
@@ -180,7 +189,7 @@ class Rollouts:
             above = (have is not None and have.version > version) or (inst is not None and inst > version)
             self._set(session, node.id, model, version, channel, above, rollout.id)
             changed += 1
-        return RolloutSummary.of(rollout, changed)
+        return RolloutSummary.of(rollout, changed, session)
 
     def place_new_node(self, session: Session, node: Node) -> int:
         """Give a freshly enrolled node its share of every model's rollout (or the base version)."""
@@ -259,6 +268,8 @@ class Rollouts:
             row.version, row.channel, row.serial = version, channel, serial
             row.rollback, row.rollout_id, row.updated = rollback, rollout_id, now
         session.flush()
+        if self.sealer is not None:
+            session.info[_SEALED] = session.info.get(_SEALED, 0) + self.sealer(session, node_id, model, version)
 
     def _nodes(self, session: Session, tags: list[str]) -> list[Node]:
         nodes = session.execute(select(Node).where(Node.revoked_at.is_(None))).scalars()

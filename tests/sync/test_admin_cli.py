@@ -65,10 +65,10 @@ def test_publish_rollout_and_fleet_views(run, sync_env, tmp_path):
     pkg = tmp_path / "ctr-1.edgepkg"
     pkg.write_bytes(env.packages[1])
     out = run("admin", "publish", str(pkg), "--channel", "stable")
-    assert "published ctr v1 on stable" in out.stdout and "1 node envelopes" in out.stdout
+    assert "published ctr v1 on stable" in out.stdout and "sealed when a rollout assigns it" in out.stdout
     roll = json.loads(run("admin", "rollout", "ctr", "1", "--channel", "stable", "--percent", "100",
                           "--json").stdout)
-    assert (roll["version"], roll["percent"], roll["changed"]) == (1, 100.0, 1)
+    assert (roll["version"], roll["percent"], roll["changed"], roll["envelopes"]) == (1, 100.0, 1, 1)
 
     out = run("node", "run", "--state-dir", str(state), "--model-dir", str(tmp_path / "models"), "--once")
     assert "installed ctr v1" in out.stdout

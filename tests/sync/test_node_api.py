@@ -160,7 +160,8 @@ def test_revoked_node_is_refused_and_gets_no_new_keys(sync_env):
     r = _signed_get(env, state, "/api/v1/node/assignments")
     status, error, detail = _err(r)
     assert (status, error) == (403, "forbidden") and "revoked" in detail
-    assert env.publish(1)["envelopes"] == 1  # only the active node
+    env.publish(1)
+    assert env.admin().rollout("ctr", 1, "stable", 100, [])["envelopes"] == 1  # only the active node
     with env.service.db.read() as s:
         owners = set(s.execute(select(EnvelopeRow.node_id)).scalars())
     assert owners == {other.identity().node_id}
