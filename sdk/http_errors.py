@@ -12,6 +12,7 @@ answer back into :class:`~edgerec.sdk.errors.ServiceAnswerError` with
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ from .errors import (
 
 # Details longer than this are cut: a refused 7 MB input name must not come back as a 7 MB answer.
 MAX_DETAIL = 500
+# JSON bodies nested deeper than this are refused on every route of both services (a model's
+# tensor needs at most 8 levels plus the request around it).
+MAX_JSON_DEPTH = 32
 
 
 class RequestRefusedError(UntrustedDataError):
@@ -38,6 +42,10 @@ class RequestRefusedError(UntrustedDataError):
     # Class attributes a subclass sets; an instance may override them (an error relayed from a peer).
     status: int = 400
     code: str = "bad_request"
+    # A finer reason than ``code`` for a service's metrics (e.g. "replayed"), and whether the
+    # refusal was logged already where it was raised.
+    reason: str | None = None
+    logged: bool = False
 
     def __init__(self, detail: str, field: str | None = None) -> None:
         super().__init__(f"{field}: {detail}" if field else detail)
@@ -166,6 +174,53 @@ def answer_error(status: int, body: bytes | str, reason: str = "") -> ServiceAns
         return ServiceAnswerError(status, "http_error", bounded(text.strip()) or reason or f"HTTP {status}")
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {bounded(text)} does not fit a double")
+    return value
+
+
+# The standard library's parser, made strict: no NaN or Infinity, no number that overflows a double.
+STRICT_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
+
+
+def json_depth_within(doc: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``doc`` nests lists and objects at most ``limit`` deep (level by level, no recursion)."""
+    level, depth = [doc], 0
+    containers = (list, dict)
+    while level:
+        nested = [v for v in level if type(v) in containers]
+        if not nested:
+            return True
+        depth += 1
+        if depth > limit:
+            return False
+        level = [x for v in nested for x in (v.values() if type(v) is dict else v)]
+    return True
+
+
+def parse_json(data: bytes | str, what: str = "body", max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """A JSON document from a request, strictly: MalformedBodyError naming ``what`` otherwise.
+
+    Refused: invalid UTF-8 or JSON, ``NaN``/``Infinity``, numbers that overflow a
+    double or have more digits than Python converts, and nesting deeper than
+    ``max_depth``. Nothing refused here is ever stored or answered.
+    """
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        doc = STRICT_DECODER.decode(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise MalformedBodyError(f"not valid JSON ({bounded(str(exc))})", field=what) from exc
+    if (text.count("[") + text.count("{") > max_depth) and not json_depth_within(doc, max_depth):
+        raise MalformedBodyError(f"nested deeper than {max_depth} levels", field=what)
+    return doc
+
+
 def bounded(text: str) -> str:
     """``text`` cut to :data:`MAX_DETAIL` characters, for answers and log lines."""
     return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 3] + "..."
@@ -177,6 +232,8 @@ __all__ = [
     "ErrorAnswer",
     "ForbiddenError",
     "MAX_DETAIL",
+    "MAX_JSON_DEPTH",
+    "STRICT_DECODER",
     "MalformedBodyError",
     "NotFoundError",
     "PayloadTooLargeError",
@@ -189,4 +246,6 @@ __all__ = [
     "bounded",
     "classify",
     "http_status_error",
+    "json_depth_within",
+    "parse_json",
 ]

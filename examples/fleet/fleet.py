@@ -160,9 +160,11 @@ def _loop(fleet: Fleet, work: Path, say: Say) -> dict[str, Any]:
     say(f"2. sync service on {escape(sync_url)}: TUF root {init['threshold']}-of-{len(init['root_keys'])} "
         "(keys kept offline by the admin), timestamp and snapshot signed online")
 
-    token = fleet.run_json("enroll token", "admin", "enroll-token", "create", "--tags", "demo,store-1")
-    node = fleet.run_json("node enroll", "node", "enroll", "--server", sync_url, "--token", token["token"],
-                          "--state-dir", work / "node", "--name", "store-1")
+    # The one-time token goes through a 0600 file, never a command line other users could read.
+    token = fleet.run_json("enroll token", "admin", "enroll-token", "create", "--tags", "demo,store-1",
+                           "--out", work / "enroll.token")
+    node = fleet.run_json("node enroll", "node", "enroll", "--server", sync_url, "--token-file",
+                          token["token_file"], "--state-dir", work / "node", "--name", "store-1")
     node_id = node["node_id"]
     control = work / "control.token"
     control.write_text(secrets.token_urlsafe(24))

@@ -19,13 +19,16 @@ from rich.table import Table
 
 from edgerec.sdk.cli.output import console, err_console, print_json, progress_wanted, text_row
 from edgerec.sdk.cli.paths import AbsolutePath
+from edgerec.sdk.cli.secret_input import db_option, read_secret, redact_url, refused_argument
 from edgerec.sdk.errors import PackageError
+from edgerec.sdk.files import write_atomic
 from edgerec.sdk.keys import load_verify_key
 from edgerec.sdk.manifest import check_name
 from edgerec.sync.protocol.errors import ConfigError
 
 from .client import (
     DEFAULT_SERVER,
+    TOKEN_ENV,
     AdminClient,
     Credentials,
     default_config_path,
@@ -102,7 +105,7 @@ def _client(ctx: click.Context) -> AdminClient:
               help="Where the offline root keys are written; keep them off the server afterwards.")
 @click.option("--publisher-key", "publisher_keys", type=AbsolutePath(dir_okay=False, path_type=Path),
               multiple=True, required=True, help="Trusted publisher public key (.pub); repeatable.")
-@click.option("--db", "db_url", default=None, help="Database URL (default: SQLite in the data dir).")
+@db_option
 @click.option("--root-keys", type=click.IntRange(1, 15), default=3, show_default=True)
 @click.option("--threshold", type=click.IntRange(1, 15), default=2, show_default=True)
 @click.option("--server-url", default=DEFAULT_SERVER, show_default=True,
@@ -117,12 +120,14 @@ def init_cmd(ctx: click.Context, data_dir: Path, keys_dir: Path, publisher_keys:
     pubs: list[Ed25519PublicKey] = [load_verify_key(p) for p in publisher_keys]
     result = init_service(data_dir, keys_dir, pubs, db_url, root_keys, threshold)
     path = save_credentials(Credentials(server_url, result.admin_token), ctx.obj.get("config"))
-    doc = {"data_dir": str(result.data_dir), "db": result.db_url, "credentials": str(path),
+    # The database URL may hold a password: it is kept in the data dir's service.json (0600), never shown.
+    db = redact_url(result.db_url)
+    doc = {"data_dir": str(result.data_dir), "db": db, "credentials": str(path),
            "root_keys": [str(p) for p in result.root_key_files], "threshold": result.threshold}
     if as_json:
         print_json(doc)
         return
-    console.print(f"initialised {result.data_dir} (database {result.db_url})", markup=False)
+    console.print(f"initialised {result.data_dir} (database {db})", markup=False)
     console.print(f"root keys ({result.threshold} of {len(result.root_key_files)} sign): "
                   f"{', '.join(str(p) for p in result.root_key_files)} -- keep them offline", markup=False)
     console.print(f"admin token saved to {path} (mode 0600)", markup=False)
@@ -131,10 +136,13 @@ def init_cmd(ctx: click.Context, data_dir: Path, keys_dir: Path, publisher_keys:
 @admin.command("token")
 @click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
 @click.option("--name", default="admin", show_default=True)
-@click.option("--db", "db_url", default=None)
+@db_option
 @click.option("--save", is_flag=True, help="Save it in the credentials file instead of printing it.")
+@click.option("--out", type=AbsolutePath(dir_okay=False, path_type=Path), default=None,
+              help="Write it to this file (mode 0600) instead of printing it.")
 @click.pass_context
-def token_cmd(ctx: click.Context, data_dir: Path, name: str, db_url: str | None, save: bool) -> None:
+def token_cmd(ctx: click.Context, data_dir: Path, name: str, db_url: str | None, save: bool,
+              out: Path | None) -> None:
     """Make another admin token (on the server machine; only its hash is stored)."""
     from edgerec.sync.service.admin_init import new_admin_token
 
@@ -142,6 +150,9 @@ def token_cmd(ctx: click.Context, data_dir: Path, name: str, db_url: str | None,
     if save:
         creds = load_credentials(ctx.obj.get("config"), ctx.obj.get("server"), token)
         console.print(f"saved to {save_credentials(creds, ctx.obj.get('config'))}", markup=False)
+    elif out is not None:
+        written = write_atomic(out, token.encode() + b"\n", mode=0o600)
+        console.print(f"written to {written} (mode 0600)", markup=False)
     else:
         click.echo(token)
 
@@ -151,7 +162,7 @@ def token_cmd(ctx: click.Context, data_dir: Path, name: str, db_url: str | None,
 @click.option("--keys-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
 @click.option("--add-publisher", type=AbsolutePath(dir_okay=False, path_type=Path), multiple=True)
 @click.option("--remove-publisher", multiple=True, metavar="KEYID", help="Key id (or a unique prefix).")
-@click.option("--db", "db_url", default=None)
+@db_option
 def root_update(data_dir: Path, keys_dir: Path, add_publisher: tuple[Path, ...],
                 remove_publisher: tuple[str, ...], db_url: str | None) -> None:
     """Sign a new root version with changed publisher keys (nodes follow it through TUF)."""
@@ -163,12 +174,17 @@ def root_update(data_dir: Path, keys_dir: Path, add_publisher: tuple[Path, ...],
 
 
 @admin.command("login")
-@click.option("--token", required=True, help="An admin token.")
+@click.option("--token-file", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None,
+              help=f"File holding an admin token (mode 0600). Default: ${TOKEN_ENV}.")
+@refused_argument("--token", f"--token-file or {TOKEN_ENV}")
 @click.option("--ca-cert", type=AbsolutePath(dir_okay=False, exists=True), default=None,
               help="CA bundle for a private TLS CA.")
 @click.pass_context
-def login(ctx: click.Context, token: str, ca_cert: str | None) -> None:
-    """Check a server URL and token, then save them (mode 0600)."""
+def login(ctx: click.Context, token_file: Path | None, ca_cert: str | None) -> None:
+    """Check a server URL and an admin token, then save them (mode 0600)."""
+    token = read_secret(token_file, TOKEN_ENV, "admin token")
+    if token is None:
+        raise ConfigError(f"no admin token: give --token-file or set {TOKEN_ENV}")
     server = ctx.obj.get("server") or DEFAULT_SERVER
     creds = Credentials(server.rstrip("/"), token, ca_cert)
     with AdminClient(creds) as c:
@@ -188,12 +204,21 @@ def enroll_token() -> None:
 @enroll_token.command("create")
 @click.option("--tags", default=None, help="Comma-separated tags the node gets, e.g. eu,store.")
 @click.option("--expires", default="24h", show_default=True, help="Lifetime: 30m, 24h, 7d ...")
+@click.option("--out", type=AbsolutePath(dir_okay=False, path_type=Path), default=None,
+              help="Write the token to this file (mode 0600; for 'edgerec node enroll --token-file') "
+                   "instead of showing it.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def enroll_token_create(ctx: click.Context, tags: str | None, expires: str, as_json: bool) -> None:
+def enroll_token_create(ctx: click.Context, tags: str | None, expires: str, out: Path | None, as_json: bool) -> None:
     """Create a one-time enrollment token (shown once; the service stores its hash)."""
     with _client(ctx) as c:
         doc = c.create_enroll_token(parse_tags(tags), parse_duration(expires))
+    if out is not None:
+        write_atomic(out, doc.pop("token").encode() + b"\n", mode=0o600)
+        doc["token_file"] = str(out)
+        if not as_json:
+            console.print(f"enrollment token written to {out} (mode 0600)", markup=False)
+            return
     if as_json:
         print_json(doc)
     else:

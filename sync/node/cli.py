@@ -6,13 +6,15 @@ import logging
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
-from edgerec.sdk.cli.output import console, print_json, text_row
+from edgerec.sdk.cli.output import console, plain, print_json, text_row
 from edgerec.sdk.cli.paths import AbsolutePath
+from edgerec.sdk.cli.secret_input import read_secret, refused_argument
 from edgerec.sdk.model import ACCELERATOR_CHOICES, parse_accelerator
 from edgerec.sync.protocol.errors import ConfigError
+
+ENROLL_TOKEN_ENV = "EDGEREC_ENROLL_TOKEN"  # noqa: S105 - the variable's name, not a secret
 
 
 @click.group()
@@ -22,16 +24,23 @@ def node() -> None:
 
 @node.command()
 @click.option("--server", required=True, help="Sync service URL.")
-@click.option("--token", required=True, help="One-time enrollment token from 'edgerec admin enroll-token create'.")
+@click.option("--token-file", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="File (mode 0600) holding the one-time enrollment token from 'edgerec admin enroll-token "
+                   f"create'. Default: ${ENROLL_TOKEN_ENV}.")
+@refused_argument("--token", f"--token-file or {ENROLL_TOKEN_ENV}")
 @click.option("--state-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
 @click.option("--name", default=None, help="A name for this node (default: its id).")
 @click.option("--ca-cert", type=AbsolutePath(dir_okay=False, exists=True), default=None,
               help="CA bundle when the service uses a private TLS CA.")
 @click.option("--json", "as_json", is_flag=True)
-def enroll(server: str, token: str, state_dir: Path, name: str | None, ca_cert: str | None, as_json: bool) -> None:
+def enroll(server: str, token_file: Path | None, state_dir: Path, name: str | None, ca_cert: str | None,
+           as_json: bool) -> None:
     """Make this node's keys (private files 0600, never sent) and enroll it."""
     from .enroll import enroll_node
 
+    token = read_secret(token_file, ENROLL_TOKEN_ENV, "enrollment token")
+    if token is None:
+        raise ConfigError(f"no enrollment token: give --token-file or set {ENROLL_TOKEN_ENV}")
     ident = enroll_node(state_dir, server, token, name, str(Path(ca_cert).resolve()) if ca_cert else None)
     if as_json:
         print_json({"node_id": ident.node_id, "server": ident.server, "tags": ident.tags})
@@ -71,7 +80,7 @@ def run(state_dir: Path, model_dir: Path, edge_server: str | None, control_token
             for m, v in result.installed:
                 console.print(f"installed {m} v{v}", markup=False)
             for m, why in result.failures.items():
-                console.print(f"[red]failed[/] {escape(m)}: {escape(why)}", highlight=False)
+                console.print(f"[red]failed[/] {plain(m)}: {plain(why)}", highlight=False)
             if not result.reachable:
                 raise ConfigError(f"cannot reach the sync service at {daemon.ident.server}")
             if result.failures:
@@ -98,7 +107,7 @@ def status_cmd(state_dir: Path, as_json: bool) -> None:
     if as_json:
         print_json(doc)
         return
-    t = Table("model", "desired", "installed", "last failure", title=escape(f"node {ident.node_id}"))
+    t = Table("model", "desired", "installed", "last failure", title=plain(f"node {ident.node_id}"))
     for m in sorted(set(status.accepted) | set(status.installed) | set(status.failures)):
         a, i, f = status.accepted.get(m), status.installed.get(m), status.failures.get(m)
         t.add_row(*text_row(m, a.version if a else "-", i.version if i else "-", f.reason[:100] if f else ""))

@@ -5,19 +5,23 @@ Every call carries ``Authorization: Bearer <admin token>``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, jsonify, request
 
 from edgerec.sync.protocol.errors import BadRequestError, PayloadTooLargeError
+from edgerec.sync.service.store.models import MAX_BIGINT
 
 from .api_node import json_body, read_body
 from .app import service
 from .core import name_arg, summary_doc
+from .reports import KINDS
 
 bp = Blueprint("admin", __name__, url_prefix="/api/v1/admin")
 _CHUNK = 1024 * 1024
+MAX_TOKEN_LIFETIME_S = 366 * 86400
 
 
 @bp.before_request
@@ -33,8 +37,8 @@ def _body() -> dict[str, Any]:
 
 def _int(doc: dict[str, Any], key: str, minimum: int = 0) -> int:
     value = doc.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise BadRequestError(f"{key}: expected an integer >= {minimum}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_BIGINT:
+        raise BadRequestError(f"expected an integer from {minimum} to {MAX_BIGINT}", field=key)
     return value
 
 
@@ -42,7 +46,7 @@ def _tags(value: Any) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise BadRequestError("tags: expected a list of names")
+        raise BadRequestError("expected a list of names", field="tags")
     return [name_arg(t, "tag") for t in value]
 
 
@@ -55,8 +59,10 @@ def whoami() -> Any:
 def enroll_token() -> Any:
     doc = _body()
     expires = doc.get("expires_s")
-    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int | float) or expires <= 0):
-        raise BadRequestError("expires_s: expected a number of seconds > 0")
+    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int | float)
+                                or not 0 < expires <= MAX_TOKEN_LIFETIME_S):
+        raise BadRequestError(f"expected a number of seconds > 0 and at most {MAX_TOKEN_LIFETIME_S}",
+                              field="expires_s")
     return jsonify(service().create_enroll_token(_tags(doc.get("tags")), expires)), 201
 
 
@@ -88,8 +94,8 @@ def packages() -> Any:
 def rollout() -> Any:
     doc = _body()
     percent = doc.get("percent", 100)
-    if isinstance(percent, bool) or not isinstance(percent, int | float):
-        raise BadRequestError("percent: expected a number")
+    if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 < percent <= 100:
+        raise BadRequestError("expected a number > 0 and <= 100", field="percent")
     s = service().rollout(
         name_arg(doc.get("model"), "model"), _int(doc, "version"), name_arg(doc.get("channel"), "channel"),
         float(percent), _tags(doc.get("tags")),
@@ -130,15 +136,22 @@ def nodes() -> Any:
 
 @bp.post("/nodes/<node_id>/revoke")
 def revoke(node_id: str) -> Any:
-    return jsonify(service().revoke(node_id))
+    return jsonify(service().revoke(name_arg(node_id, "node_id")))
 
 
 @bp.get("/reports")
 def reports() -> Any:
     kind = request.args.get("kind")
+    if kind is not None and kind not in KINDS:
+        raise BadRequestError(f"expected one of {', '.join(KINDS)}", field="kind")
     try:
         since = float(request.args.get("since", 0))
+    except ValueError as exc:
+        raise BadRequestError("expected a number of seconds", field="since") from exc
+    if not math.isfinite(since):
+        raise BadRequestError("expected a finite number of seconds", field="since")
+    try:
         limit = int(request.args.get("limit", 1000))
     except ValueError as exc:
-        raise BadRequestError("since and limit: expected numbers") from exc
+        raise BadRequestError("expected an integer", field="limit") from exc
     return jsonify(reports=service().reports(kind, since, limit))

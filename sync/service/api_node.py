@@ -14,6 +14,7 @@ from urllib.parse import quote
 from flask import Blueprint, jsonify, request
 from sqlalchemy.orm import Session
 
+from edgerec.sdk.http_errors import parse_json
 from edgerec.sync.protocol.errors import BadRequestError, PayloadTooLargeError
 
 from .app import service
@@ -33,12 +34,19 @@ def read_body(limit: int) -> bytes:
 
 
 def json_body(data: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except ValueError as exc:
-        raise BadRequestError(f"request body: not JSON ({exc})") from exc
+    """A JSON object body, strictly parsed (:func:`~edgerec.sdk.http_errors.parse_json`: no NaN,
+    no float overflow, bounded nesting), holding only text a database stores (no NUL, no lone
+    surrogate)."""
+    doc = parse_json(data, "body")
     if not isinstance(doc, dict):
-        raise BadRequestError("request body: expected a JSON object")
+        raise BadRequestError("expected a JSON object", field="body")
+    try:
+        text = json.dumps(doc, ensure_ascii=False)
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRequestError("strings must be valid Unicode (a lone surrogate was sent)", field="body") from exc
+    if "\\u0000" in text:
+        raise BadRequestError("strings must not hold NUL characters", field="body")
     return doc
 
 
@@ -84,7 +92,7 @@ def checkin() -> Any:
         node = authenticated(session, body)
         doc = json_body(body)
         if doc.get("kind") != "status":
-            raise BadRequestError("checkin: the body must be a status report (kind 'status')")
+            raise BadRequestError("a check-in carries a status report (kind 'status')", field="kind")
         result = svc.report(session, node, doc)
         docs = svc.signed_assignments(session, node.id)
     return jsonify(node_id=node.id, assignments=docs,

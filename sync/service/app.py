@@ -1,55 +1,105 @@
 """Flask application factory of the sync service.
 
-One blueprint per area (node API, admin API, the static TUF repository) and
-one error handler that turns every refused request into ``{"error",
-"detail"}`` with its 4xx status.
+One blueprint per area (node API, admin API, the static TUF repository),
+``/metrics`` (Prometheus, :mod:`.metrics`) and one error handler that turns
+every refused request into ``{"error", "detail", "field"}`` with its 4xx
+status, counts it by reason and logs it in one bounded line.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-from flask import Flask, current_app, jsonify
+from flask import Flask, Response, current_app, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from edgerec.sdk.errors import EdgeRecError
-from edgerec.sdk.http_errors import bounded, classify, http_status_error
+from edgerec.sdk.http_errors import RequestRefusedError, bounded, classify, http_status_error
+from edgerec.sdk.log_bounds import bound_logger
 
 from .core import SyncService
 
 log = logging.getLogger("edgerec.sync")
 EXTENSION = "edgerec_sync"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, refusing NaN and Infinity (not JSON) instead of writing them."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        kwargs.setdefault("allow_nan", False)
+        return super().dumps(obj, **kwargs)
 
 
 def create_app(service: SyncService, test_config: dict[str, Any] | None = None) -> Flask:
     """The WSGI application for one :class:`SyncService`."""
     from . import api_admin, api_node, api_repo
 
+    for name in ("edgerec.sync", "edgerec.sync.node"):
+        bound_logger(name)  # no client input makes a log line longer than a few KiB
     app = Flask(__name__, instance_path=str(service.datadir.root))
+    app.json = StrictJSONProvider(app)
     app.config.update(test_config or {})
     app.extensions[EXTENSION] = service
     app.register_blueprint(api_node.bp)
     app.register_blueprint(api_admin.bp)
     app.register_blueprint(api_repo.bp)
+    metrics = service.metrics
+
+    @app.get("/metrics")
+    def _metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, content_type=content_type)
+
+    @app.before_request
+    def _started() -> None:
+        g.edgerec_started = time.perf_counter()
+
+    @app.after_request
+    def _count(resp: Response) -> Response:
+        started = g.get("edgerec_started")
+        if started is not None:
+            method = request.method if request.method in _METHODS else "other"
+            metrics.request(_endpoint(), method, resp.status_code, time.perf_counter() - started)
+        return resp
 
     @app.errorhandler(EdgeRecError)
     def _refused(exc: EdgeRecError) -> Any:
         err = classify(exc)
-        log.info("refused (%s): %s", err.code, bounded(str(exc)))
+        reason = err.code
+        if isinstance(exc, RequestRefusedError):
+            reason = exc.reason or reason
+            if not exc.logged:
+                log.info("refused (%s): %s %s: %s", reason, request.method, bounded(request.path), bounded(str(exc)))
+        else:
+            log.info("refused (%s): %s", reason, bounded(str(exc)))
+        if err.status < 500:
+            metrics.refusal(_endpoint(), reason)
         return jsonify(err.document()), err.status
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Any:
         err = http_status_error(exc.code or 500, exc.name, exc.description)
+        if err.status < 500:
+            metrics.refusal(_endpoint(), err.code)
         return jsonify(err.document()), err.status
 
     @app.errorhandler(Exception)
     def _internal(exc: Exception) -> Any:
-        log.exception("internal error")
+        log.exception("internal error: %s %s", request.method, bounded(request.path))
         return jsonify(error="internal", detail="internal server error"), 500
 
     return app
+
+
+def _endpoint() -> str:
+    """The matched route's name: a label from a fixed set, never the raw path."""
+    rule = request.url_rule
+    return rule.endpoint if rule is not None else "unmatched"
 
 
 def service() -> SyncService:

@@ -8,17 +8,20 @@ transport.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from edgerec.sdk.errors import PackageError
+from edgerec.sdk.http_errors import RequestRefusedError, bounded
 from edgerec.sdk.keys import public_key_from_pem
 from edgerec.sdk.manifest import check_name
 from edgerec.sync.protocol.assignments import Assignment as SignedAssignment
@@ -26,6 +29,7 @@ from edgerec.sync.protocol.assignments import sign_assignment
 from edgerec.sync.protocol.errors import BadRequestError, ForbiddenError, NotFoundError, ReplayError
 from edgerec.sync.protocol.httpsig import RequestVerifier
 from edgerec.sync.service.store.models import (
+    MAX_BIGINT,
     Assignment,
     ChannelTarget,
     Node,
@@ -41,6 +45,7 @@ from .config import ServiceConfig
 from .datadir import DataDir
 from .enrollment import create_token, enroll
 from .envelopes import seal_missing
+from .metrics import SyncMetrics
 from .online_keys import OnlineKeys
 from .publish import Publisher, PublishResult
 from .reports import ReportResult, store_report
@@ -58,7 +63,7 @@ def name_arg(value: object, what: str) -> str:
     try:
         return check_name(value, what)
     except PackageError as exc:
-        raise BadRequestError(str(exc)) from exc
+        raise BadRequestError(str(exc).removeprefix(f"{what}: "), field=what) from exc
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ class SyncService:
         self.publisher = Publisher(db, self.repo, self.blobs, self.keys)
         self.rollouts = Rollouts(db, self._seal)
         self.verifier = RequestVerifier(config.signature_max_age_s, config.clock_skew_s)
+        self.metrics = SyncMetrics(db)
         self._keys: dict[str, Ed25519PublicKey] = {}
         self._nonce_insert = db.insert(Nonce).on_conflict_do_nothing().returning(Nonce.nonce)
 
@@ -268,22 +274,35 @@ class SyncService:
         conn = session.connection()
         found: dict[str, Any] = {}
 
+        asked: list[str] = []
+
         def lookup(kid: str) -> Ed25519PublicKey | None:
+            asked.append(kid)
+            if not _NODE_ID.match(kid):
+                return None  # not a node id: no query with it
             row = conn.execute(_NODE_KEY, {"id": kid}).first()
             if row is None:
                 return None
             found[kid] = row
             return self._public_key(row.signing_key)
 
-        verified = self.verifier.verify(method, url, headers, body, lookup)
-        node_id = verified.key_id
-        if found[node_id].revoked_at is not None:
-            raise ForbiddenError(f"node {node_id} is revoked")
-        now = time.time()
-        # RETURNING rather than rowcount: psycopg reports -1 for ON CONFLICT DO NOTHING.
-        fresh = conn.execute(self._nonce_insert, {"node_id": node_id, "nonce": verified.nonce, "created": now})
-        if fresh.first() is None:
-            raise ReplayError("replayed request: this signature's nonce was already used")
+        try:
+            verified = self.verifier.verify(method, url, headers, body, lookup)
+            node_id = verified.key_id
+            if found[node_id].revoked_at is not None:
+                raise ForbiddenError(f"node {node_id} is revoked")
+            now = time.time()
+            # RETURNING rather than rowcount: psycopg reports -1 for ON CONFLICT DO NOTHING.
+            fresh = conn.execute(self._nonce_insert, {"node_id": node_id, "nonce": verified.nonce, "created": now})
+            if fresh.first() is None:
+                raise ReplayError("replayed request: this signature's nonce was already used")
+        except RequestRefusedError as exc:
+            reason = _signed_reason(exc, asked, found)
+            # One bounded line, no secrets: never the signature, its input or any header value.
+            log.warning("signed request refused (%s): node %s, %s %s: %s", reason,
+                        bounded(asked[-1]) if asked else "-", method, bounded(urlsplit(url).path), bounded(str(exc)))
+            exc.reason, exc.logged = reason, True  # for the service's error handler
+            raise
         return AuthedNode(node_id, found[node_id].status_digest)
 
     def signed_assignments(self, session: Session, node_id: str) -> list[str]:
@@ -306,7 +325,7 @@ class SyncService:
         model = name_arg(model, "model")
         node = session.get(Node, node_id)
         assert node is not None
-        package = _package(session, model, version)
+        package = _package(session, model, version) if version <= MAX_BIGINT else None
         if package is None:
             raise NotFoundError(f"unknown model version {model} {version}", field="version")
         assigned = session.get(Assignment, (node_id, model))
@@ -329,12 +348,24 @@ class SyncService:
         return store_report(self.db, session, node.id, node.status_digest, doc)
 
 
+def _signed_reason(exc: RequestRefusedError, asked: Sequence[str], found: dict[str, Any]) -> str:
+    """The refusal reason label of a signed request (see :data:`.metrics.SIGNED_REASONS`)."""
+    if isinstance(exc, ReplayError):
+        return "replayed"
+    if isinstance(exc, ForbiddenError):
+        return "revoked"
+    if not asked:
+        return "unsigned" if "not signed" in exc.detail else "bad_signature"
+    return "bad_signature" if asked[-1] in found else "unknown_node"
+
+
 def _package(session: Session, model: str, version: int) -> PackageVersion | None:
     return session.execute(
         select(PackageVersion).where(PackageVersion.name == model, PackageVersion.version == version)
     ).scalar_one_or_none()
 
 
+_NODE_ID = re.compile(r"^[a-z0-9]{1,32}$")
 _NODE_KEY = select(Node.signing_key, Node.revoked_at, Node.status_digest).where(Node.id == bindparam("id"))
 _ASSIGNMENTS = (
     select(Assignment.model, Assignment.version, Assignment.channel, Assignment.serial, Assignment.rollback,

@@ -54,12 +54,14 @@ def create_token(session: Session, tags: list[str], expires_s: float) -> Created
 def parse_node_keys(signing_pem: object, recipient_pem: object) -> tuple[Ed25519PublicKey, X25519PublicKey]:
     """The node's Ed25519 (request signing) and X25519 (key wrapping) public keys."""
     if not isinstance(signing_pem, str) or not isinstance(recipient_pem, str):
-        raise BadRequestError("signing_key and recipient_key: PEM strings are required")
+        raise BadRequestError("PEM strings are required (signing_key and recipient_key)",
+                              field="signing_key" if not isinstance(signing_pem, str) else "recipient_key")
     try:
         signing = public_key_from_pem(signing_pem, "ed25519", source="signing_key")
         recipient = public_key_from_pem(recipient_pem, "x25519", source="recipient_key")
     except KeyFileError as exc:
-        raise BadRequestError(str(exc)) from exc
+        field = "signing_key" if str(exc).startswith("signing_key") else "recipient_key"
+        raise BadRequestError(str(exc).removeprefix(f"{field}: "), field=field) from exc
     assert isinstance(signing, Ed25519PublicKey) and isinstance(recipient, X25519PublicKey)
     return signing, recipient
 

@@ -28,7 +28,7 @@ from edgerec.sdk.manifest import check_name
 from edgerec.sdk.package import MANIFEST, Package
 from edgerec.sync.protocol.errors import BadRequestError, ConflictError, UntrustedPackageError
 from edgerec.sync.protocol.trust import TrustInfo
-from edgerec.sync.service.store.models import ChannelTarget, DataKey, PackageVersion
+from edgerec.sync.service.store.models import MAX_BIGINT, ChannelTarget, DataKey, PackageVersion
 
 from .blobs import BlobStore
 from .envelopes import wrap_data_key
@@ -71,6 +71,8 @@ class Publisher:
             trust = trust_info(self.repo, session)
         pkg = self._open(upload, trust)
         m = pkg.manifest
+        if m.version > MAX_BIGINT:
+            raise BadRequestError(f"a package version is at most {MAX_BIGINT}", field="version")
         manifest_sha = hashlib.sha256(pkg.stored_bytes(MANIFEST)).hexdigest()
         path = target_path(channel, m.name, m.version)
         with self.db.read() as session:

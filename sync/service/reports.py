@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from edgerec.sdk.errors import PackageError
 from edgerec.sdk.manifest import canonical_json, check_name
 from edgerec.sync.protocol.errors import BadRequestError
-from edgerec.sync.service.store.models import Node, NodeModel, Report
+from edgerec.sync.service.store.models import MAX_BIGINT, Node, NodeModel, Report
 
 from .store import Database
 
@@ -39,30 +39,37 @@ def _short(value: Any, limit: int, what: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise BadRequestError(f"{what}: expected a string")
+        raise BadRequestError("expected a string", field=what)
     return value[:limit]
 
 
 def _version(value: Any, what: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise BadRequestError(f"{what}: expected an integer >= 0")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_BIGINT:
+        raise BadRequestError(f"expected an integer from 0 to {MAX_BIGINT}", field=what)
     return value
+
+
+def _time(value: Any) -> float:
+    """A reported time, or now for anything that is not a plausible UNIX time."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e11:
+        return float(value)
+    return time.time()
 
 
 def check_report(doc: Any) -> tuple[str, str]:
     """Validate the envelope of a report; returns (report id, kind)."""
     if not isinstance(doc, dict):
-        raise BadRequestError("report: expected a JSON object")
+        raise BadRequestError("expected a JSON object", field="body")
     rid, kind = doc.get("report_id"), doc.get("kind")
     if not isinstance(rid, str) or not 8 <= len(rid) <= 64 or not rid.replace("-", "").isalnum():
-        raise BadRequestError("report_id: expected 8 to 64 letters, digits or '-'")
+        raise BadRequestError("expected 8 to 64 letters, digits or '-'", field="report_id")
     if kind not in KINDS:
-        raise BadRequestError(f"kind: expected one of {', '.join(KINDS)}")
+        raise BadRequestError(f"expected one of {', '.join(KINDS)}", field="kind")
     models = doc.get("models", [])
     if not isinstance(models, list) or len(models) > _MAX_MODELS:
-        raise BadRequestError(f"models: expected a list of at most {_MAX_MODELS}")
+        raise BadRequestError(f"expected a list of at most {_MAX_MODELS}", field="models")
     return rid, kind
 
 
@@ -114,11 +121,12 @@ def _status_rows(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for i, m in enumerate(doc.get("models", [])):
         if not isinstance(m, dict):
-            raise BadRequestError(f"models[{i}]: expected an object")
+            raise BadRequestError("expected an object", field=f"models[{i}]")
         try:
             name = check_name(m.get("name"), f"models[{i}].name")
         except PackageError as exc:
-            raise BadRequestError(str(exc)) from exc
+            raise BadRequestError("expected a model name (lower-case letters, digits, '.', '_', '-')",
+                                  field=f"models[{i}].name") from exc
         values: dict[str, Any] = {
             "installed_version": _version(m.get("installed_version"), f"models[{i}].installed_version"),
             "state": _short(m.get("state"), 32, f"models[{i}].state"),
@@ -131,9 +139,9 @@ def _status_rows(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             values.update(
                 failure_version=_version(failure.get("version"), f"models[{i}].failure.version"),
                 failure_reason=_short(failure.get("reason"), 2000, f"models[{i}].failure.reason"),
-                failure_at=float(at) if isinstance(at, int | float) and not isinstance(at, bool) else time.time(),
+                failure_at=_time(at),
             )
         elif failure is not None:
-            raise BadRequestError(f"models[{i}].failure: expected an object or null")
+            raise BadRequestError("expected an object or null", field=f"models[{i}].failure")
         out.append((name, values))
     return out

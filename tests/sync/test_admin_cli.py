@@ -57,11 +57,12 @@ def test_publish_rollout_and_fleet_views(run, sync_env, tmp_path):
     env = sync_env
     _login(env, tmp_path)
     token = json.loads(run("admin", "enroll-token", "create", "--tags", "eu,store-7", "--expires", "1h",
-                           "--json").stdout)
-    assert token["tags"] == ["eu", "store-7"]
+                           "--out", str(tmp_path / "enroll.token"), "--json").stdout)
+    assert token["tags"] == ["eu", "store-7"] and "token" not in token
+    assert (os.stat(token["token_file"]).st_mode & 0o777) == 0o600
     state = tmp_path / "node"
-    enrolled = json.loads(run("node", "enroll", "--server", env.url, "--token", token["token"], "--state-dir",
-                              str(state), "--name", "edge-7", "--json").stdout)
+    enrolled = json.loads(run("node", "enroll", "--server", env.url, "--token-file", token["token_file"],
+                              "--state-dir", str(state), "--name", "edge-7", "--json").stdout)
     pkg = tmp_path / "ctr-1.edgepkg"
     pkg.write_bytes(env.packages[1])
     out = run("admin", "publish", str(pkg), "--channel", "stable")
@@ -130,7 +131,66 @@ def test_credentials_come_from_env_first_and_the_file_must_be_private(run, sync_
 
 def test_admin_login_checks_and_saves(run, sync_env, tmp_path):
     env = sync_env
-    out = run("admin", "--server", env.url, "login", "--token", env.init.admin_token)
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(env.init.admin_token + "\n")
+    token_file.chmod(0o600)
+    out = run("admin", "--server", env.url, "login", "--token-file", str(token_file))
     assert "logged in" in out.stdout
     assert json.loads((tmp_path / "admin.json").read_text())["server"] == env.url
-    _one_line_error(run("admin", "--server", env.url, "login", "--token", "era_nope", code=1))
+    token_file.write_text("era_nope")
+    _one_line_error(run("admin", "--server", env.url, "login", "--token-file", str(token_file), code=1))
+
+
+# -- secrets: never on a command line, never printed -------------------------------------
+
+
+def test_tokens_on_the_command_line_are_refused(run, sync_env, tmp_path, monkeypatch):
+    env = sync_env
+    for args in (("admin", "--server", env.url, "login", "--token", env.init.admin_token),
+                 ("node", "enroll", "--server", env.url, "--token", "ert_x", "--state-dir", str(tmp_path / "n"))):
+        line = _one_line_error(run(*args, code=2))
+        assert "--token would put a secret on the command line" in line and "--token-file" in line
+        assert env.init.admin_token not in line
+    assert not (tmp_path / "n").exists()
+    # From the environment instead.
+    monkeypatch.setenv("EDGEREC_ADMIN_TOKEN", env.init.admin_token)
+    assert "logged in" in run("admin", "--server", env.url, "login").stdout
+    monkeypatch.setenv("EDGEREC_ENROLL_TOKEN", env.token())
+    doc = json.loads(run("node", "enroll", "--server", env.url, "--state-dir", str(tmp_path / "n"), "--json").stdout)
+    assert doc["node_id"].startswith("n")
+
+
+def test_token_files_must_be_private(run, sync_env, tmp_path):
+    env = sync_env
+    loose = tmp_path / "enroll.token"
+    loose.write_text(env.token())
+    loose.chmod(0o644)
+    line = _one_line_error(run("node", "enroll", "--server", env.url, "--token-file", str(loose), "--state-dir",
+                               str(tmp_path / "n"), code=1))
+    assert "enrollment token file is accessible by group or others" in line and "chmod 600" in line
+
+
+def test_database_password_never_on_the_command_line_nor_printed(run, tmp_path, publisher, monkeypatch):
+    url = "postgresql://edgerec:s3cret-pw@127.0.0.1:1/edgerec"
+    line = _one_line_error(run("admin", "init", "--data-dir", str(tmp_path / "d"), "--keys-dir", str(tmp_path / "k"),
+                               "--publisher-key", str(publisher.public_path), "--db", url, code=2))
+    assert "EDGEREC_DB_URL" in line and "s3cret-pw" not in line
+    assert not (tmp_path / "d").exists()
+    # From the environment it is taken (the service keeps it in service.json, 0600) and never shown.
+    monkeypatch.setenv("EDGEREC_DB_URL", url)
+    from edgerec.sync.service.admin_init import InitResult
+
+    seen = {}
+
+    def fake_init(data_dir, keys_dir, pubs, db_url, root_keys, threshold):
+        seen["db"] = db_url
+        return InitResult(data_dir, db_url, [keys_dir / "root-1.key"], threshold, "era_not-shown")
+
+    monkeypatch.setattr("edgerec.sync.service.admin_init.init_service", fake_init)
+    args = ("admin", "init", "--data-dir", str(tmp_path / "d"), "--keys-dir", str(tmp_path / "k"),
+            "--publisher-key", str(publisher.public_path), "--threshold", "1")
+    doc = json.loads(run(*args, "--json").stdout)
+    assert seen["db"] == url and doc["db"] == "postgresql://edgerec:***@127.0.0.1:1/edgerec"
+    text = run(*args).output
+    for out in (json.dumps(doc), text):
+        assert "s3cret-pw" not in out and "era_not-shown" not in out

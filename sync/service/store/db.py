@@ -10,6 +10,9 @@ need order take a row lock with :meth:`Database.lock`.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +30,25 @@ from edgerec.sync.protocol.errors import ConfigError
 from .models import Counter
 
 _SQLITE_BUSY_MS = 30_000
+log = logging.getLogger("edgerec.sync")
+
+
+def private_sqlite_file(database: str | None) -> None:
+    """Create the SQLite file (and its -wal and -shm files, which SQLite gives the same mode)
+    with mode 0600, or tighten existing ones: it holds node reports, keys and token hashes."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = os.path.abspath(database)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+        try:
+            mode = os.stat(name).st_mode
+        except FileNotFoundError:
+            continue
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("%s: was mode %04o; now 0600", name, stat.S_IMODE(mode))
+            os.chmod(name, 0o600)
 
 
 class Database:
@@ -36,10 +58,11 @@ class Database:
         try:
             parsed = make_url(url)
         except ArgumentError as exc:
-            raise ConfigError(f"database URL {url!r} is not valid") from exc
+            raise ConfigError("the database URL is not valid (expected sqlite:///PATH or postgresql://...)") from exc
         self.url = parsed
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite":
+            private_sqlite_file(parsed.database)
             self.engine = self._sqlite_engine(url, pool_size)
         elif self.dialect == "postgresql":
             if parsed.drivername == "postgresql":

@@ -25,6 +25,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# The largest value a BigInteger column holds on SQLite and PostgreSQL alike; integers from
+# requests are checked against it before they reach a query.
+MAX_BIGINT = 2**63 - 1
+
 
 class Base(DeclarativeBase):
     """Declarative base of every table."""

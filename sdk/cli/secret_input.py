@@ -1,0 +1,89 @@
+"""Secrets at the command line: from a file or an environment variable, never an argument.
+
+An argument is visible to every user of the machine (``ps``, ``/proc/PID/cmdline``)
+and lands in shell history. Commands that need a token take ``--token-file``
+(a file only its owner may read) or an ``EDGEREC_*`` variable; the old
+``--token`` stays as a hidden option that refuses with one line saying so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+
+from ..errors import ConfigurationError, KeyFileError
+from ..keys import read_private_file
+
+F = Callable[..., Any]
+
+
+def refused_argument(flag: str, instead: str) -> Callable[[F], F]:
+    """A hidden ``flag`` taking a value that refuses to run: secrets do not go on a command line."""
+
+    def refuse(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None:
+            raise click.UsageError(f"{flag} would put a secret on the command line, where other users and the "
+                                   f"shell history see it; use {instead}")
+        return value
+
+    return click.option(flag, hidden=True, expose_value=False, callback=refuse, is_eager=True)
+
+
+def read_secret(path: Path | None, env: str, what: str) -> str | None:
+    """The secret in ``path`` (owner-only file, whitespace stripped), else ``$env``, else None."""
+    if path is not None:
+        try:
+            text = read_private_file(path).decode("utf-8").strip()
+        except KeyFileError as exc:
+            raise ConfigurationError(str(exc).replace("private key file", f"{what} file")) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigurationError(f"{path}: the {what} file is not text") from exc
+        if not text:
+            raise ConfigurationError(f"{path}: the {what} file is empty")
+        return text
+    value = os.environ.get(env, "").strip()
+    return value or None
+
+
+def db_option(f: F) -> F:
+    """``--db URL`` (env ``EDGEREC_DB_URL``); a URL with a password only from the environment."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        source = ctx.get_parameter_source(param.name or "")
+        if value and url_password(value) and source == click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError("--db: this URL holds a password, which other users and the shell history "
+                                   "would see; set EDGEREC_DB_URL, or leave the password to PGPASSWORD or "
+                                   "~/.pgpass")
+        return value
+
+    return click.option("--db", "db_url", default=None, envvar="EDGEREC_DB_URL", callback=check,
+                        help="Database URL (default: the data dir's). Env: EDGEREC_DB_URL, the place for a "
+                             "URL with a password.")(f)
+
+
+def url_password(url: str) -> bool:
+    """Whether a URL (a database URL, say) carries a password."""
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:
+        return False
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password shown as ``***``."""
+    try:
+        parts = urlsplit(url)
+        if not parts.password:
+            return url
+    except ValueError:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    return parts._replace(netloc=f"{parts.username or ''}:***@{netloc[-1]}").geturl()
+
+
+__all__ = ["db_option", "read_secret", "redact_url", "refused_argument", "url_password"]
