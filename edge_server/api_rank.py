@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 bp = Blueprint("rank", __name__)
 RANK_FIELDS = {"model", "version", "experiment", "user", "candidates", "context", "top_k"}
 EVENT_FIELDS = {"type", "response_id", "item", "timestamp"}
+MAX_ITEM_ID = 256  # characters of an event's item id (as text)
 
 
 @bp.post("/v1/rank")
@@ -119,6 +120,8 @@ def parse_events(doc: dict[str, Any], max_events: int) -> list[Event]:
             raise BadRequestError("expected the response_id of a /v1/rank answer", field=f"{where}.response_id")
         if item is not None and not _id(item):
             raise BadRequestError("expected an item id", field=f"{where}.item")
+        if item is not None and len(item if isinstance(item, str) else str(item)) > MAX_ITEM_ID:
+            raise BadRequestError(f"an item id is at most {MAX_ITEM_ID} characters", field=f"{where}.item")
         ts = e.get("timestamp")
         if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float | str)):
             raise BadRequestError("expected a number or an RFC 3339 string", field=f"{where}.timestamp")

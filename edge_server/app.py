@@ -27,6 +27,7 @@ from .cache import open_cache
 from .config import ServerConfig, read_token
 from .context import STATE_KEY
 from .dataplane import DataPlane
+from .event_dedup import EventDedup
 from .fastpath import FastRoutes, error_parts
 from .features import FeatureStore, open_source
 from .metrics import Metrics
@@ -68,10 +69,15 @@ class EdgeServer:
                                          config.cache_negative_ttl_s)
         elif config.cache_url:
             log.warning("--cache-url is set but no feature source is configured; the cache is unused")
-        self.ids = ResponseIds(config.response_key or os.urandom(32), config.attribution_window_s)
+        self.ids = ResponseIds(config.response_key or os.urandom(32), config.attribution_window_s,
+                               config.max_candidates)
+        # Shared by the worker processes (they share the response key too), so a duplicate event is
+        # caught whichever worker it reaches.
+        dedup_path = config.events_dedup_path or config.run_dir
+        self.dedup = EventDedup(config.events_dedup_bytes, config.attribution_window_s, dedup_path)
         self.dataplane = DataPlane(self.repo, {e.name: e for e in config.experiments}, self.features,
                                    self.metrics, self.ids, max_rows=config.max_rows,
-                                   user_id_field=config.user_id_field)
+                                   user_id_field=config.user_id_field, dedup=self.dedup)
         self.control_token = config.control_token or read_token(config.control_token_file)
         self.control_lock = threading.Lock()
         self.pending: dict[str, tuple[float, Any]] = {}
@@ -146,6 +152,7 @@ class EdgeServer:
         self.repo.close()
         if self.features is not None:
             self.features.close()
+        self.dedup.close()
 
 
 def create_app(config: ServerConfig | None = None, *, tracer_provider: Any = None, start: bool = True,

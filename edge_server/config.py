@@ -10,7 +10,7 @@ options, which win. The file groups settings in sections::
     [cache]     url, ttl_s, negative_ttl_s, max_entries
     [features]  source, user_id_field
     [control]   token_file, allow_remote
-    [events]    attribution_window_s
+    [events]    attribution_window_s, dedup_bytes, dedup_path
     [[experiments]]  name, model, salt, [[experiments.variants]] name, version, weight
 """
 
@@ -42,9 +42,10 @@ _SECTIONS: dict[str, dict[str, str]] = {
               "max_entries": "cache_max_entries"},
     "features": {"source": "feature_source", "user_id_field": "user_id_field"},
     "control": {"token_file": "control_token_file", "allow_remote": "control_allow_remote"},
-    "events": {"attribution_window_s": "attribution_window_s"},
+    "events": {"attribution_window_s": "attribution_window_s", "dedup_bytes": "events_dedup_bytes",
+               "dedup_path": "events_dedup_path"},
 }
-_PATHS = ("model_dir", "recipient_key", "control_token_file")
+_PATHS = ("model_dir", "recipient_key", "control_token_file", "events_dedup_path")
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,10 @@ class ServerConfig:
     control_token: str | None = field(default=None, repr=False)
     control_allow_remote: bool = False
     attribution_window_s: float = 86400.0
+    # The event de-duplication table: its size in bytes, fixed, and where worker processes share
+    # it (a folder or file; default: run_dir in multi-worker mode, else this process's memory).
+    events_dedup_bytes: int = 32 * 1024 * 1024
+    events_dedup_path: Path | None = None
     response_key: bytes | None = field(default=None, repr=False)
     access_log: bool = True
     log_level: str = "info"
@@ -110,6 +115,7 @@ class ServerConfig:
             (self.cache_ttl_s > 0 and self.cache_negative_ttl_s >= 0, "cache", "TTLs must be > 0"),
             (self.cache_max_entries >= 1, "cache_max_entries", "must be >= 1"),
             (self.attribution_window_s > 0, "attribution_window_s", "must be > 0"),
+            (self.events_dedup_bytes >= 4096, "events_dedup_bytes", "must be >= 4096"),
             (bool(self.recipient_key) == bool(self.recipient_id), "recipient_id",
              "--recipient-key and --recipient-id go together"),
             (0 <= self.log_flush_ms <= 10_000, "log_flush_ms", "must be 0..10000"),
@@ -192,7 +198,7 @@ class ServerConfig:
 
 
 _INTS = ("port", "workers", "http_threads", "threads", "max_batch", "max_body_bytes", "max_rows",
-         "max_candidates", "max_events", "cache_max_entries")
+         "max_candidates", "max_events", "cache_max_entries", "events_dedup_bytes")
 _FLOATS = ("max_delay_ms", "request_timeout_s", "cache_ttl_s", "cache_negative_ttl_s",
            "attribution_window_s", "log_flush_ms")
 _BOOLS = ("access_log", "control_allow_remote")

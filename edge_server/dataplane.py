@@ -10,8 +10,7 @@ batcher, which validates and encodes them with the SDK once per merged batch.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,14 +30,17 @@ from .errors import (
     UnavailableError,
     VersionNotFoundError,
 )
+from .event_dedup import EventDedup
 from .experiments import Experiment
 from .features import FeatureStore
 from .metrics import EVENT_TYPES, Metrics
 from .repository import Lease, ModelVersion, Repository
-from .response_ids import ResponseIds
+from .response_ids import ResponseIds, Served, item_bytes
 
 Reader = Callable[[ModelVersion], Mapping[str, Any]]
 Id = str | int
+# Event types that are about one item; an impression may be of the whole answer.
+ITEM_EVENTS = ("click", "conversion")
 
 
 @dataclass(slots=True)
@@ -68,14 +70,13 @@ class DataPlane:
     """Scoring and event recording, shared by every API."""
 
     def __init__(self, repo: Repository, experiments: Mapping[str, Experiment], features: FeatureStore | None,
-                 metrics: Metrics, ids: ResponseIds, *, max_rows: int, user_id_field: str = "user_id") -> None:
+                 metrics: Metrics, ids: ResponseIds, *, max_rows: int, user_id_field: str = "user_id",
+                 dedup: EventDedup | None = None) -> None:
         self.repo, self.experiments, self.features = repo, experiments, features
         self.metrics, self.ids = metrics, ids
         self.max_rows = max_rows
         self.user_id_field = user_id_field
-        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
-        self._seen_max = 100_000
-        self._seen_lock = threading.Lock()
+        self.dedup = dedup or EventDedup(4 * 1024 * 1024, 86400.0)
 
     # -- tensors -------------------------------------------------------------------
 
@@ -131,13 +132,14 @@ class DataPlane:
             order = order[: req.top_k]
         exp_name = experiment.name if experiment else ""
         top = zip(order.tolist(), scores[order].tolist(), strict=True)
+        items = [{"item": _plain(ids[i]), "score": score, "rank": r} for r, (i, score) in enumerate(top, 1)]
         return {
-            "response_id": self.ids.issue(mv.name, mv.version, exp_name, variant),
+            "response_id": self.ids.issue(mv.name, mv.version, exp_name, variant, [it["item"] for it in items]),
             "model": mv.name,
             "version": mv.label,
             "variant": variant,
             "experiment": exp_name or None,
-            "items": [{"item": _plain(ids[i]), "score": score, "rank": r} for r, (i, score) in enumerate(top, 1)],
+            "items": items,
         }
 
     def _route(self, req: RankRequest) -> tuple[str, int | None, Experiment | None, str]:
@@ -200,23 +202,46 @@ class DataPlane:
     # -- events -----------------------------------------------------------------
 
     def record_events(self, events: Sequence[Event]) -> dict[str, int]:
-        """Count events for the variant that served them; all or nothing, duplicates once."""
-        served = [self.ids.parse(e.response_id, f"events[{i}].response_id") for i, e in enumerate(events)]
-        accepted = duplicates = 0
-        for e, s in zip(events, served, strict=True):
-            key = (e.response_id, e.type, "" if e.item is None else str(e.item))
-            with self._seen_lock:
-                fresh = key not in self._seen
-                if fresh:
-                    self._seen[key] = None
-                    if len(self._seen) > self._seen_max:
-                        self._seen.popitem(last=False)
-            if not fresh:
-                duplicates += 1
-                continue
-            self.metrics.event(s.model, str(s.version), s.experiment, s.variant, e.type)
-            accepted += 1
-        return {"accepted": accepted, "duplicates": duplicates}
+        """Count events for the variant that served them, each at most once.
+
+        All or nothing for bad input: every response id must be genuine and
+        recent and every item one that response returned (click and conversion
+        name one), or the whole batch is refused (400, the event named) and
+        nothing is counted. Then each (response, type, item) counts once:
+        repeats are answered as duplicates, and events the bounded
+        de-duplication table can no longer vouch for as expired.
+        """
+        parsed: dict[str, Served] = {}
+        served = []
+        for i, e in enumerate(events):
+            s = parsed.get(e.response_id)
+            if s is None:
+                s = parsed[e.response_id] = self.ids.parse(e.response_id, f"events[{i}].response_id")
+            if e.item is None:
+                if e.type in ITEM_EVENTS:
+                    raise BadRequestError(f"a {e.type} names the item it was for", field=f"events[{i}].item")
+            elif not self.ids.returned(s, e.item):
+                raise BadRequestError("the referenced response did not return this item", field=f"events[{i}].item")
+            served.append(s)
+        keys = [(_event_key(s, e), s.issued) for e, s in zip(events, served, strict=True)]
+        outcomes = self.dedup.admit(keys)
+        counts = {"accepted": 0, "duplicates": 0, "expired": 0}
+        for e, s, outcome in zip(events, served, outcomes, strict=True):
+            if outcome == "new":
+                self.metrics.event(s.model, str(s.version), s.experiment, s.variant, e.type)
+                counts["accepted"] += 1
+            else:
+                counts["duplicates" if outcome == "duplicate" else "expired"] += 1
+        return counts
+
+
+def _event_key(served: Served, e: Event) -> bytes:
+    """A fixed-size key for (response, type, item): the table never holds the client's text."""
+    h = hashlib.blake2b(served.tag, digest_size=16)
+    h.update(b"\0" + e.type.encode() + b"\0")
+    if e.item is not None:
+        h.update(b"\1" + item_bytes(e.item))
+    return h.digest()
 
 
 def as_arrays(raw: Mapping[str, Any]) -> Arrays:

@@ -12,6 +12,11 @@ thousands of requests a second those cost more than the line itself. With
 ``flush_ms`` (``--log-flush-ms``) lines are written in batches at most that
 many milliseconds apart instead of one ``write`` per line; warnings and
 errors are written at once, and nothing is lost at shutdown.
+
+Lines are bounded whatever a client sent: the message and every text field
+are cut to :data:`~edgerec.sdk.log_bounds.MAX_LOG_MESSAGE` characters, a
+traceback to :data:`~edgerec.sdk.log_bounds.MAX_LOG_TRACEBACK`, and the
+access log's path to :data:`~edgerec.sdk.http_errors.MAX_DETAIL`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ import sys
 import threading
 import time
 from typing import Any, TextIO
+
+from edgerec.sdk.http_errors import bounded
+from edgerec.sdk.log_bounds import MAX_LOG_MESSAGE, MAX_LOG_TRACEBACK, cut
 
 from .context import RequestState, current_state
 
@@ -47,9 +55,11 @@ class JsonFormatter(logging.Formatter):
         extra = fields.get("_extra")  # AccessLog's records name their extras
         if extra is None:
             extra = {k: v for k, v in fields.items() if k not in _STANDARD and k[:1] != "_"}
-        doc = self._doc(record.created, record.levelname.lower(), record.name, record.getMessage(), extra)
+        extra = {k: cut(v, MAX_LOG_MESSAGE) if isinstance(v, str) else v for k, v in extra.items()}
+        message = cut(record.getMessage(), MAX_LOG_MESSAGE)
+        doc = self._doc(record.created, record.levelname.lower(), record.name, message, extra)
         if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
+            doc["exc"] = cut(record.exc_text or self.formatException(record.exc_info), MAX_LOG_TRACEBACK)
         return _dumps(doc)
 
     def line(self, created: float, level: str, logger: str, msg: str, extra: dict[str, Any]) -> str:
@@ -190,6 +200,7 @@ class AccessLog:
             "model": st.model or None, "version": st.version or None, "variant": st.variant or None,
         }
         now = time.time()
+        method, path = method[:32], bounded(path)  # the client's; the other fields are ours
         direct = self._direct()
         if direct is not None:
             handler, formatter = direct

@@ -205,13 +205,16 @@ SCHEMAS: dict[str, Any] = {
                                  "item": {}, "score": {"type": "number"}, "rank": {"type": "integer"}}}}}},
     "Event": {"type": "object", "required": ["type", "response_id"], "additionalProperties": False, "properties": {
         "type": {"type": "string", "enum": list(EVENT_TYPES)}, "response_id": {"type": "string"},
-        "item": ID, "timestamp": {"oneOf": [{"type": "number"}, {"type": "string"}]}}},
+        "item": {**ID, "description": "An item the response returned (required for click and conversion); "
+                 "at most 256 characters"},
+        "timestamp": {"oneOf": [{"type": "number"}, {"type": "string"}]}}},
     "EventsRequest": {"oneOf": [
         {"type": "object", "required": ["events"], "additionalProperties": False, "properties": {
             "events": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Event"}}}},
         {"$ref": "#/components/schemas/Event"}]},
-    "EventsResponse": {"type": "object", "required": ["accepted", "duplicates"], "properties": {
-        "accepted": {"type": "integer"}, "duplicates": {"type": "integer"}}},
+    "EventsResponse": {"type": "object", "required": ["accepted", "duplicates", "expired"], "properties": {
+        "accepted": {"type": "integer"}, "duplicates": {"type": "integer", "description": "seen before, not counted"},
+        "expired": {"type": "integer", "description": "for responses too old to de-duplicate, not counted"}}},
     "ModelList": {"type": "object", "required": ["models"], "properties": {
         "models": {"type": "array", "items": _VERSION}}},
     "LoadRequest": {"type": "object", "required": ["path"], "properties": {

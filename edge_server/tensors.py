@@ -125,9 +125,12 @@ def _header(t: dict[str, Any], where: str, max_elements: int) -> tuple[str, str,
         raise BadRequestError("expected a tensor name", field=f"{where}.name")
     if datatype not in DATATYPES:
         raise BadRequestError(f"expected one of {', '.join(DATATYPES)}", field=f"{where}.datatype")
-    # ``type(d) is int`` refuses bools (JSON numbers parse to exact ints, never another subclass)
-    if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(type(d) is int and d >= 0 for d in shape):
-        raise BadRequestError(f"expected a list of at most {MAX_RANK} dimensions >= 0", field=f"{where}.shape")
+    # ``type(d) is int`` refuses bools (JSON numbers parse to exact ints, never another subclass). Each
+    # dimension is bounded too: [0, 10**30] has no elements, but no array has that shape.
+    if (not isinstance(shape, list) or len(shape) > MAX_RANK
+            or not all(type(d) is int and 0 <= d <= max_elements for d in shape)):
+        raise BadRequestError(f"expected a list of at most {MAX_RANK} dimensions from 0 to {max_elements}",
+                              field=f"{where}.shape")
     count = math.prod(shape)
     if count > max_elements:
         raise BadRequestError(f"more than {max_elements} elements", field=f"{where}.shape")
@@ -165,7 +168,8 @@ def _from_json(data: Any, datatype: str, count: int, where: str) -> npt.NDArray[
         if arr.min() < info.min or arr.max() > info.max:
             raise BadRequestError(f"values outside the {datatype} range", field=field)
     # Floats that overflow their datatype become Inf, which the SDK's encoder refuses by name.
-    return arr.astype(target, copy=False).ravel()
+    with np.errstate(over="ignore"):
+        return arr.astype(target, copy=False).ravel()
 
 
 def _kind(arr: npt.NDArray[Any]) -> str:

@@ -1,7 +1,10 @@
 """JSON in and out of the request path: strict parsing, compact answers.
 
-``json.loads`` accepts ``NaN`` and ``Infinity`` (not JSON) and raises
-RecursionError on deeply nested input; both become a 400 here.
+``json.loads`` accepts ``NaN`` and ``Infinity`` (not JSON), numbers that
+overflow a double (as infinity) and raises RecursionError on deeply nested
+input; here all of them are a 400 naming the body, as is any document nested
+deeper than :data:`~edgerec.sdk.http_errors.MAX_JSON_DEPTH` levels, whichever
+parser read it (the sync service refuses the same bodies).
 
 With orjson installed (the ``[edge]`` extra), bodies are parsed with it and
 the scoring answers are written with it, several times faster than the
@@ -21,6 +24,8 @@ from typing import Any
 
 from flask import Response
 
+from edgerec.sdk.http_errors import MAX_JSON_DEPTH, STRICT_DECODER, json_depth_within
+
 from .errors import BadRequestError, MalformedBodyError
 
 try:  # pragma: no cover - which branch runs depends on the environment
@@ -34,27 +39,35 @@ _LONG_NUMBER = b"9" * 19  # a regex search costs more than orjson's whole parse
 _MAX_OPENERS = 800  # well below the nesting depth at which json.loads raises RecursionError
 
 
-def _reject(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_decoder = json.JSONDecoder(parse_constant=_reject)
 _encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def loads(body: bytes | memoryview, what: str = "body") -> Any:
     """Parse a JSON body; MalformedBodyError names what was being read."""
     data = body if isinstance(body, bytes) else bytes(body)
-    if (orjson is not None and data.count(b"[") + data.count(b"{") < _MAX_OPENERS
-            and _LONG_NUMBER not in data.translate(_DIGITS)):
+    openers = data.count(b"[") + data.count(b"{")
+    doc = _orjson(data) if openers < _MAX_OPENERS else _FALLBACK
+    if doc is _FALLBACK:  # the standard library decides (and words the error)
         try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass  # the standard library decides (and words the error)
+            doc = STRICT_DECODER.decode(data.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise MalformedBodyError(f"not valid JSON ({str(exc)[:200]})", field=what) from exc
+    if openers > MAX_JSON_DEPTH and not json_depth_within(doc, MAX_JSON_DEPTH):
+        raise MalformedBodyError(f"nested deeper than {MAX_JSON_DEPTH} levels", field=what)
+    return doc
+
+
+_FALLBACK = object()
+
+
+def _orjson(data: bytes) -> Any:
+    """orjson's parse, or _FALLBACK where the standard library must decide."""
+    if orjson is None or _LONG_NUMBER in data.translate(_DIGITS):
+        return _FALLBACK
     try:
-        return _decoder.decode(data.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise MalformedBodyError(f"not valid JSON ({str(exc)[:200]})", field=what) from exc
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _FALLBACK
 
 
 def loads_object(body: bytes | memoryview, what: str = "body") -> dict[str, Any]:

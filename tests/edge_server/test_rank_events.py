@@ -17,7 +17,7 @@ def test_rank_matches_sdk_rank(live, packages, trusted_key):
     assert r.status_code == 200, r.text
     doc = r.json()
     assert doc["model"] == "ctr" and doc["version"] == "1" and doc["variant"] == "default"
-    assert doc["experiment"] is None and doc["response_id"].startswith("r1.")
+    assert doc["experiment"] is None and doc["response_id"].startswith("r2.")
     with EdgeModel.load(packages["v1"], [trusted_key], threads=1) as model:
         want = model.rank({"user": "u7"}, cands, {"ctx": ctx}, top_k=5)
     assert [i["item"] for i in doc["items"]] == [w.item for w in want]
@@ -61,9 +61,9 @@ def test_events_feed_variant_counters_exactly(live):
     events = [{"type": "impression", "response_id": rid, "item": i} for i in (1, 2, 3)]
     events += [{"type": "click", "response_id": rid, "item": 2}, {"type": "conversion", "response_id": rid, "item": 2}]
     r = live.post("/v1/events", json={"events": events})
-    assert r.json() == {"accepted": 5, "duplicates": 0}
+    assert r.json() == {"accepted": 5, "duplicates": 0, "expired": 0}
     again = live.post("/v1/events", json={"type": "click", "response_id": rid, "item": 2})
-    assert again.json() == {"accepted": 0, "duplicates": 1}
+    assert again.json() == {"accepted": 0, "duplicates": 1, "expired": 0}
     after = {t: live.metric("edgerec_events_total", type=t, **labels) for t in before}
     assert {t: after[t] - before[t] for t in before} == {"impression": 3, "click": 1, "conversion": 1}
 
@@ -84,7 +84,7 @@ def test_bad_events(live, body, field):
 
 def test_forged_response_id_is_refused(live):
     rid = live.post("/v1/rank", json={"user": {"id": "u1"}, "candidates": [1]}).json()["response_id"]
-    head, payload, tag = rid.split(".")
-    forged = f"{head}.{payload[:-2]}AA.{tag}"
+    head, payload, items, tag = rid.split(".")
+    forged = f"{head}.{payload[:-2]}AA.{items}.{tag}"
     r = live.post("/v1/events", json={"type": "click", "response_id": forged})
     assert r.status_code == 400 and "not a response id" in r.json()["detail"]

@@ -9,26 +9,23 @@ import pytest
 
 from edgerec.edge_server import wire
 from edgerec.edge_server.errors import MalformedBodyError
+from edgerec.sdk.http_errors import STRICT_DECODER
 
-
-def _reject(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-STDLIB = json.JSONDecoder(parse_constant=_reject)
+# The standard library made strict (no NaN or Infinity, no float overflow): what both services parse with.
+STDLIB = STRICT_DECODER
 
 BODIES = [
     b'{"a": 1, "a": 2}',
     b'{"big": 123456789012345678901234567890, "neg": -9223372036854775809}',
-    b'{"u64": 18446744073709551615, "f": 1e400, "g": -1e-400, "h": 0.1}',
+    b'{"u64": 18446744073709551615, "f": 1e308, "g": -1e-400, "h": 0.1}',
     b'{"s": "\\ud800", "t": "\\u00e9", "z": "\\u0000"}',
-    b'[' * 300 + b']' * 300,
+    b'[' * 32 + b']' * 32,
     b'{"x": [1.5, 2, -0, -0.0, 1E2, 3.4028235e38]}',
     "{\"é\": \"ü\"}".encode(),
 ]
 
-BAD = [b'{"a": NaN}', b"[1, 2,]", b'{"a": 01}', b"\xef\xbb\xbf{}", b'{"a": "\x01"}', b"{} x", b"\xff",
-       b"[" * 5000 + b"]" * 5000, b""]
+BAD = [b'{"a": NaN}', b'{"f": 1e400}', b'[-1e999]', b"[1, 2,]", b'{"a": 01}', b"\xef\xbb\xbf{}", b'{"a": "\x01"}',
+       b"{} x", b"\xff", b"[" * 5000 + b"]" * 5000, b""]
 
 
 def _same(a: object, b: object) -> bool:
@@ -57,6 +54,15 @@ def test_refusals_carry_the_standard_library_message(body):
         assert err.value.detail == f"not valid JSON ({str(exc)[:200]})"
     else:
         pytest.fail("the standard library accepts it")
+
+
+@pytest.mark.parametrize("depth", [33, 300, 799, 801])
+def test_nesting_deeper_than_the_limit_is_refused_whichever_parser_reads_it(depth):
+    body = b'{"a": ' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+    with pytest.raises(MalformedBodyError, match="nested deeper than 32 levels") as err:
+        wire.loads(body)
+    assert err.value.field == "body"
+    assert wire.loads(b'{"a": ' + b"[" * 31 + b"]" * 31 + b"}")
 
 
 def test_answers_are_the_same_json():
