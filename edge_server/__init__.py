@@ -3,7 +3,7 @@
 Open Inference Protocol v2 and TF-Serving REST, ``/v1/rank`` and
 ``/v1/events``, micro-batching, hot swap, A/B variants, a feature cache and
 Prometheus metrics. ``create_app`` builds the WSGI app; ``edgerec serve`` runs
-it on waitress.
+it on granian.
 """
 
 from .app import EdgeServer, create_app

@@ -1,4 +1,4 @@
-"""``edgerec serve``: run the edge inference server on waitress."""
+"""``edgerec serve``: run the edge inference server on granian (:mod:`.server`)."""
 
 from __future__ import annotations
 
@@ -26,9 +26,16 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys"}
 @click.option("--host", default="127.0.0.1", show_default=True, envvar="EDGEREC_HOST")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, envvar="EDGEREC_PORT")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes sharing the port.")
+              help="Worker processes sharing the port (one that dies is replaced; with 2 or more the port "
+                   "never closes).")
 @click.option("--http-threads", type=click.IntRange(min=1), default=16, show_default=True,
               help="Request threads per worker.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Open connections per worker, idle ones included; more wait in the kernel's queue.")
+@click.option("--header-timeout-s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
+              help="Time a request head may take from its first byte; also an idle keep-alive connection's.")
+@click.option("--body-timeout-s", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
+              help="Time each read of a request body may take (answered 408); 0: no deadline.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads of the runtime per model (default: the runtime's choice).")
 @click.option("--accelerator", type=click.Choice(ACCELERATOR_CHOICES), default="auto", show_default=True)

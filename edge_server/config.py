@@ -3,13 +3,14 @@
 Settings come from a TOML or JSON file (``--config``) and from command-line
 options, which win. The file groups settings in sections::
 
-    [server]    host, port, workers, http_threads, access_log, log_level, log_flush_ms
+    [server]    host, port, workers, http_threads, access_log, log_level, log_flush_ms,
+                max_connections, header_timeout_s, body_timeout_s
     [model]     model_dir, accelerator, threads, backend, trusted_keys, recipient_key, recipient_id
     [batching]  max_batch, max_delay_ms
     [limits]    max_body_bytes, max_rows, max_candidates, max_events, request_timeout_s
     [cache]     url, ttl_s, negative_ttl_s, max_entries
     [features]  source, user_id_field
-    [control]   token_file, allow_remote
+    [control]   token_file, allow_remote, timeout_s
     [events]    attribution_window_s, dedup_bytes, dedup_path
     [[experiments]]  name, model, salt, [[experiments.variants]] name, version, weight
 """
@@ -32,7 +33,7 @@ from .experiments import Experiment, parse_experiments
 
 _SECTIONS: dict[str, dict[str, str]] = {
     "server": {k: k for k in ("host", "port", "workers", "http_threads", "access_log", "log_level",
-                              "log_flush_ms")},
+                              "log_flush_ms", "max_connections", "header_timeout_s", "body_timeout_s")},
     "model": {k: k for k in ("model_dir", "accelerator", "threads", "backend", "trusted_keys",
                              "recipient_key", "recipient_id")},
     "batching": {"max_batch": "max_batch", "max_delay_ms": "max_delay_ms"},
@@ -41,7 +42,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "cache": {"url": "cache_url", "ttl_s": "cache_ttl_s", "negative_ttl_s": "cache_negative_ttl_s",
               "max_entries": "cache_max_entries"},
     "features": {"source": "feature_source", "user_id_field": "user_id_field"},
-    "control": {"token_file": "control_token_file", "allow_remote": "control_allow_remote"},
+    "control": {"token_file": "control_token_file", "allow_remote": "control_allow_remote",
+                "timeout_s": "control_timeout_s"},
     "events": {"attribution_window_s": "attribution_window_s", "dedup_bytes": "events_dedup_bytes",
                "dedup_path": "events_dedup_path"},
 }
@@ -57,6 +59,11 @@ class ServerConfig:
     port: int = 8080
     workers: int = 1
     http_threads: int = 16
+    # The HTTP tier (granian, per worker): open connections, a request head's time from its
+    # first byte (and an idle keep-alive connection's), each read of a body (0: no deadline).
+    max_connections: int = 4096
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
     accelerator: Accelerator = "auto"
     threads: int | None = None
     backend: BackendChoice = "auto"
@@ -80,6 +87,8 @@ class ServerConfig:
     control_token_file: Path | None = None
     control_token: str | None = field(default=None, repr=False)
     control_allow_remote: bool = False
+    # How long a control call waits for the other worker processes to apply it.
+    control_timeout_s: float = 300.0
     attribution_window_s: float = 86400.0
     # The event de-duplication table: its size in bytes, fixed, and where worker processes share
     # it (a folder or file; default: run_dir in multi-worker mode, else this process's memory).
@@ -90,7 +99,7 @@ class ServerConfig:
     log_level: str = "info"
     # > 0: log lines are written in batches at most this many ms apart (warnings and errors at once).
     log_flush_ms: float = 0.0
-    # Set by the supervisor for worker processes (multi-worker mode only).
+    # Set by `edgerec serve` for its worker processes: the run folder, the worker's pid.
     run_dir: Path | None = None
     worker_index: int | None = None
 
@@ -105,6 +114,10 @@ class ServerConfig:
             (1 <= self.port <= 65535 or self.port == 0, "port", "must be 0..65535"),
             (self.workers >= 1, "workers", "must be >= 1"),
             (self.http_threads >= 1, "http_threads", "must be >= 1"),
+            (self.max_connections >= 1, "max_connections", "must be >= 1"),
+            (0.1 <= self.header_timeout_s <= 3600, "header_timeout_s", "must be 0.1..3600"),
+            (0 <= self.body_timeout_s <= 3600, "body_timeout_s", "must be 0..3600"),
+            (self.control_timeout_s > 0, "control_timeout_s", "must be > 0"),
             (self.threads is None or self.threads >= 1, "threads", "must be >= 1"),
             (self.max_batch >= 1, "max_batch", "must be >= 1"),
             (0 <= self.max_delay_ms <= 1000, "max_delay_ms", "must be 0..1000"),
@@ -197,10 +210,10 @@ class ServerConfig:
         return cls(**doc)
 
 
-_INTS = ("port", "workers", "http_threads", "threads", "max_batch", "max_body_bytes", "max_rows",
-         "max_candidates", "max_events", "cache_max_entries", "events_dedup_bytes")
-_FLOATS = ("max_delay_ms", "request_timeout_s", "cache_ttl_s", "cache_negative_ttl_s",
-           "attribution_window_s", "log_flush_ms")
+_INTS = ("port", "workers", "http_threads", "max_connections", "threads", "max_batch", "max_body_bytes",
+         "max_rows", "max_candidates", "max_events", "cache_max_entries", "events_dedup_bytes")
+_FLOATS = ("max_delay_ms", "request_timeout_s", "header_timeout_s", "body_timeout_s", "control_timeout_s",
+           "cache_ttl_s", "cache_negative_ttl_s", "attribution_window_s", "log_flush_ms")
 _BOOLS = ("access_log", "control_allow_remote")
 
 

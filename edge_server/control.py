@@ -4,12 +4,11 @@ Loopback callers only (unless ``control_allow_remote``), ``Authorization:
 Bearer <token>`` compared in constant time; no token configured means the API
 is off. Operations run one at a time.
 
-With several worker processes a load runs in two phases so that all workers
-switch or none does: every worker prepares (verify, load, warm up), then every
-worker commits (the swap); if any prepare fails, all discard theirs. Workers
-reach each other on private loopback ports listed in the run folder; a request
-carrying ``X-Edgerec-Peer`` is one worker's call to another and is not fanned
-out again.
+With several worker processes the call reaches one of them, which applies the
+operation itself first (a refused package changes nothing anywhere), then
+publishes it to the others through the run folder and answers once every
+worker serves the result, or answers 503 naming the workers that did not
+(:mod:`.worker_sync`). The answer's ``workers`` says how many applied it.
 """
 
 from __future__ import annotations
@@ -17,22 +16,26 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
-import time
+from collections.abc import Callable
 from typing import Any
 
-import httpx
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
 from .context import server
-from .errors import BadRequestError, ConflictError, EdgeServerError, ForbiddenError, NotFoundError, UnauthorizedError
-from .repository import ModelVersion, Prepared
+from .errors import BadRequestError, ForbiddenError, UnauthorizedError, UnavailableError
+from .repository import ModelVersion
 from .wire import json_response, loads_object
+from .worker import SYNC_KEY, versions_doc
+from .worker_sync import Outcome, WorkerSync
 
 bp = Blueprint("control", __name__, url_prefix="/control/v1")
 log = logging.getLogger("edgerec.edge_server.control")
-PEER_HEADER = "X-Edgerec-Peer"
-PENDING_TTL_S = 600.0
-PEER_TIMEOUT_S = 600.0
+
+
+class WorkersOutOfStepError(UnavailableError):
+    """This worker applied the operation; some others did not (within the timeout): try again."""
+
+    code = "workers_out_of_step"
 
 
 def is_loopback(addr: str | None) -> bool:
@@ -81,104 +84,44 @@ def load() -> Response:
     """Verify, load, warm up and swap in a version (on every worker); the old one keeps serving on failure."""
     path, serve = _load_body()
     srv = server()
-    with srv.control_lock:
-        peers = [] if request.headers.get(PEER_HEADER) else srv.peers()
-        prepared = srv.repo.prepare(path)
-        remote: list[tuple[str, str]] = []
-        try:
-            for peer in peers:
-                doc = _call(peer, "/internal/prepare", {"path": path})
-                remote.append((peer, doc["candidate"]))
-        except EdgeServerError:
-            srv.repo.discard(prepared)
-            for peer, candidate in remote:
-                _call(peer, "/internal/abort", {"candidate": candidate}, quiet=True)
-            raise
-        mv = srv.repo.commit(prepared, serve=serve)
-        for peer, candidate in remote:
-            _call(peer, "/internal/commit", {"candidate": candidate, "serve": serve})
-        srv.save_state()
+    mv, workers = _everywhere(lambda: srv.repo.load(path, serve=serve),
+                              lambda mv: {"op": "load", "path": mv.source, "serve": serve})
     log.info("loaded %s v%s from %s (%s)", mv.name, mv.version, path, mv.state)
-    return json_response(_answer(mv))
+    return json_response({**_answer(mv), "workers": workers})
 
 
 @bp.post("/models/<name>/versions/<version>/unload")
 def unload(name: str, version: str) -> Response:
     srv = server()
-    with srv.control_lock:
-        mv = srv.repo.unload(name, version)
-        if not request.headers.get(PEER_HEADER):
-            for peer in srv.peers():
-                _call(peer, f"/models/{name}/versions/{version}/unload", {}, quiet=True)
-        srv.save_state()
+    mv, workers = _everywhere(lambda: srv.repo.unload(name, version),
+                              lambda mv: {"op": "unload", "name": mv.name, "version": mv.version})
     log.info("unloaded %s v%s", mv.name, mv.version)
-    return json_response({"name": mv.name, "version": mv.version, "state": "unloaded"})
+    return json_response({"name": mv.name, "version": mv.version, "state": "unloaded", "workers": workers})
 
 
-# -- worker to worker -------------------------------------------------------------
-
-
-@bp.post("/internal/prepare")
-def internal_prepare() -> Response:
-    path, _ = _load_body()
+def _everywhere(here: Callable[[], ModelVersion], op: Callable[[ModelVersion], dict[str, Any]]) -> tuple[
+        ModelVersion, int]:
+    """Run ``here`` in this worker, then have every other worker apply ``op`` of its result."""
     srv = server()
-    _expire(srv.pending)
-    prepared = srv.repo.prepare(path)
-    key = prepared.id if isinstance(prepared, Prepared) else f"loaded-{prepared.name}-{prepared.version}"
-    srv.pending[key] = (time.monotonic(), prepared)
-    return json_response({"candidate": key})
+    sync: WorkerSync | None = current_app.extensions.get(SYNC_KEY)
+    if sync is None:  # one process, no run folder (an app built in-process)
+        with srv.control_lock:
+            return here(), 1
+    with sync.exclusive():
+        with srv.control_lock:
+            sync.catch_up()
+            mv = here()
+            generation = sync.publish(op(mv), versions_doc(srv))
+        outcome = sync.wait(generation, srv.config.control_timeout_s)
+    if not outcome.complete:
+        log.error("%s v%s: not every worker applied it: %s", mv.name, mv.version, outcome.describe())
+        raise WorkersOutOfStepError(_out_of_step(outcome), field="workers")
+    return mv, len(outcome.reached)
 
 
-@bp.post("/internal/commit")
-def internal_commit() -> Response:
-    doc = loads_object(request.get_data(cache=False))
-    entry = server().pending.pop(str(doc.get("candidate")), None)
-    if entry is None:
-        raise NotFoundError("no such prepared version (expired or already used)", field="candidate")
-    # No control lock here: the coordinating worker holds its own while it waits for this answer.
-    mv = server().repo.commit(entry[1], serve=doc.get("serve", True) is not False)
-    return json_response(_answer(mv))
+def _out_of_step(outcome: Outcome) -> str:
+    return (f"applied by {len(outcome.reached)} of {outcome.workers} workers; {outcome.describe()}; "
+            "the others keep what they served; repeat the call to retry")
 
 
-@bp.post("/internal/abort")
-def internal_abort() -> Response:
-    doc = loads_object(request.get_data(cache=False))
-    entry = server().pending.pop(str(doc.get("candidate")), None)
-    if entry is not None:
-        server().repo.discard(entry[1])
-    return json_response({"aborted": entry is not None})
-
-
-def _expire(pending: dict[str, tuple[float, Any]]) -> None:
-    now = time.monotonic()
-    for key, (at, prepared) in list(pending.items()):
-        if now - at > PENDING_TTL_S:
-            pending.pop(key, None)
-            server().repo.discard(prepared)
-
-
-def _call(peer: str, path: str, body: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
-    """POST to a sibling worker's control API; its error comes back as the same kind."""
-    headers = {"Authorization": f"Bearer {server().control_token}", PEER_HEADER: "1"}
-    try:
-        r = httpx.post(f"{peer}/control/v1{path}", json=body, headers=headers, timeout=PEER_TIMEOUT_S)
-        doc: dict[str, Any] = r.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        if quiet:
-            log.warning("worker %s did not answer %s: %s", peer, path, exc)
-            return {}
-        raise _PeerError(f"worker {peer} did not answer: {exc}") from exc
-    if r.status_code >= 400 and not quiet:
-        err = _PeerError(str(doc.get("detail", doc)), doc.get("field"))
-        err.status, err.code = r.status_code, str(doc.get("error", _PeerError.code))
-        raise err
-    return doc
-
-
-class _PeerError(ConflictError):
-    """A sibling worker refused or did not answer; relayed with its own status and code."""
-
-    code = "peer_failed"
-
-
-__all__ = ["PEER_HEADER", "bp", "is_loopback"]
+__all__ = ["WorkersOutOfStepError", "bp", "is_loopback"]

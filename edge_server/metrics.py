@@ -6,15 +6,19 @@ formats strings on every call and this sits on the per-request path. Label
 values come only from loaded models and fixed vocabularies, never from what a
 client typed, so a client cannot blow up the series count.
 
-With several worker processes the supervisor sets ``PROMETHEUS_MULTIPROC_DIR``
+With several worker processes ``edgerec serve`` sets ``PROMETHEUS_MULTIPROC_DIR``
 and ``/metrics`` sums every worker's values (prometheus_client's multiprocess
-mode).
+mode). Counters of a worker that died keep counting in the sum; its
+``liveall`` gauges (``edgerec_model_info``) are dropped once it is gone, by
+whichever worker renders ``/metrics`` next.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -110,7 +114,11 @@ class Metrics:
     def model_down(self, model: str, version: str) -> None:
         labels = self._info.pop((model, version), None)
         if labels is not None:
-            self.model_info.remove(*labels)
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                # Its value lives in this worker's file, where remove() cannot reach: zero it.
+                self.model_info.labels(*labels).set(0)
+            else:
+                self.model_info.remove(*labels)
 
     def load(self, model: str, ok: bool, stage: str | None = None) -> None:
         self._child(self.loads, model, "ok" if ok else "failed").inc()
@@ -139,13 +147,32 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition format; all workers' values in multiprocess mode."""
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if folder:
             from prometheus_client import multiprocess
 
+            forget_dead_workers(folder)
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-__all__ = ["EVENT_TYPES", "Metrics"]
+def forget_dead_workers(folder: str) -> None:
+    """Drop the live gauges of worker processes that no longer run (granian replaces them; nobody tells us)."""
+    from prometheus_client import multiprocess
+
+    pids = set()
+    for path in Path(folder).glob("gauge_live*_*.db"):
+        with contextlib.suppress(ValueError):
+            pids.add(int(path.stem.rsplit("_", 1)[1]))
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, folder)
+        except PermissionError:
+            continue
+
+
+__all__ = ["EVENT_TYPES", "Metrics", "forget_dead_workers"]

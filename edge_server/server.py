@@ -1,331 +1,219 @@
-"""Running the app on waitress: one process, a thread (tests), or several workers.
+"""Running the edge server on granian: ``edgerec serve``, and the same server as a child process.
 
-Several workers share one listening socket that the supervisor binds and
-hands down; each loads the models itself, and the supervisor restarts a
-worker that dies. Metrics are summed across workers through prometheus
-client's multiprocess directory; workers reach each other for control
-operations on private loopback ports (see :mod:`.control`).
+:func:`serve` is the process the user starts. It checks the settings (a
+one-line error for a bad key, token or host), makes a private run folder
+(the settings for the workers, mode 0600, with the control token and the
+response key; the models every worker serves, :mod:`.worker_sync`; the
+Prometheus files of several workers) and runs granian: ``config.workers``
+processes share the port, each builds the app itself (:func:`.worker.app`),
+and granian replaces one that dies. With two workers or more the port never
+closes: the others keep accepting while one is replaced. Metrics are summed
+across workers through prometheus client's multiprocess directory.
+
+:class:`RunningServer` runs the same thing in a child process on a loopback
+port, for tests and benchmarks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
-from waitress import trigger
-from waitress.channel import HTTPChannel
-from waitress.server import BaseWSGIServer, create_server
-from waitress.task import WSGITask
-from waitress.wasyncore import close_all
-
 from edgerec.sdk.files import write_atomic
+from edgerec.sdk.http_server import (
+    HttpSettings,
+    build_granian,
+    drop_secret_env,
+    held,
+    listen_address,
+    reserve_port,
+)
+from edgerec.sdk.keys import load_recipient_key, load_verify_key
 
-from .app import PEERS_DIR, EdgeServer, create_app
 from .config import ServerConfig, read_token
-from .repository import pin_mmap_threshold
+from .json_logs import configure_logging
 
 log = logging.getLogger("edgerec.edge_server.server")
-RESTARTS_PER_MINUTE = 5
+RUN_ENV = "EDGEREC_RUN_DIR"
+CONFIG_FILE = "config.json"
+PROMETHEUS_DIR = "prometheus"
+TARGET = "edgerec.edge_server.worker:app"
+# granian's own lines (worker spawned, died, replaced) as JSON lines on stderr, like the server's.
+LOG_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "edgerec.edge_server.json_logs.JsonFormatter"}},
+    "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "loggers": {
+        "_granian": {"handlers": ["json"], "level": "INFO", "propagate": False},
+        "granian.access": {"handlers": ["json"], "level": "INFO", "propagate": False},
+    },
+}
 
 
-def make_server(app: Flask, config: ServerConfig, sockets: list[socket.socket] | None = None) -> Any:
-    """A waitress server for ``app`` (on ``sockets`` when given, else host:port)."""
-    adj: dict[str, Any] = {
-        "threads": config.http_threads,
-        "ident": "edgerec",
-        # Flask answers bodies over max_body_bytes with a JSON 413; waitress's own cap (a plain
-        # text 413 before the app sees the request) is a backstop for absurd sizes only.
-        "max_request_body_size": max(4 * config.max_body_bytes, 64 * 1024 * 1024),
-        "connection_limit": 1000,
-        "backlog": 1024,
-        "channel_timeout": 120,
-        "expose_tracebacks": False,
-        "clear_untrusted_proxy_headers": True,
-    }
-    if sockets is not None:
-        server = create_server(app, sockets=sockets, **adj)
-    else:
-        server = create_server(app, host=config.host, port=config.port, **adj)
-    queue_log = QueueDepthLog(logging.getLogger("waitress.queue"))
-    # types-waitress declares a Logger; waitress only calls queue_logger.warning(msg, depth).
-    server.task_dispatcher.queue_logger = queue_log  # type: ignore[assignment]  # a duck-typed Logger
-    # One listener (a TcpWSGIServer) or several (a MultiSocketServer over listeners in its socket map).
-    for listener in [server, *(getattr(server, "map", None) or {}).values()]:
-        if isinstance(listener, BaseWSGIServer):
-            listener.channel_class = Channel
-            pipe: object = listener.trigger  # types-waitress says int; it is a trigger.trigger
-            if type(pipe) is trigger.trigger and os.name == "posix":
-                pipe.__class__ = Trigger
-    return server
+def http_settings(config: ServerConfig) -> HttpSettings:
+    return HttpSettings(host=config.host, port=config.port, workers=config.workers, threads=config.http_threads,
+                        max_connections=config.max_connections, header_timeout_s=config.header_timeout_s,
+                        body_timeout_s=config.body_timeout_s)
 
 
-class Trigger(trigger.trigger):
-    """waitress's wake-up pipe for its I/O loop, written to only when no wake-up is pending.
-
-    Every answered request pulls the trigger (a ``write`` that releases the
-    GIL, see :class:`Task`); under load a dozen pulls land between two reads of
-    the pipe, and all but the first add nothing. The flag is cleared once the
-    loop has drained the pipe and before it runs the queued thunks and looks at
-    the channels again, so a skipped pull is never lost; clearing it before
-    the drain could swallow a pull's byte and leave the flag set.
-    """
-
-    _pending = False
-
-    def _physical_pull(self) -> None:
-        if not self._pending:
-            self._pending = True
-            super()._physical_pull()  # type: ignore[misc]  # types-waitress leaves out this private method
-
-    def recv(self, size: int) -> bytes:
-        try:
-            data: bytes = super().recv(size)
-        finally:
-            self._pending = False
-        return data
-
-
-class Task(WSGITask):
-    """waitress's WSGI task, sending a response's header and (small) body in one ``send``.
-
-    waitress flushes every write at once (``send_bytes`` is 1), so the header
-    and the body went out in two system calls. Each releases the GIL, and on a
-    busy server every release costs the request a wait to get it back (about
-    0.5 ms median under 16 clients, measured). Anything unusual (no body,
-    chunked, more than the declared length, large, before ``start_response``) is
-    left to waitress.
-    """
-
-    def write(self, data: bytes) -> None:
-        cl = self.content_length
-        if (not self.complete or self.wrote_header or not data or len(data) > 65536 or not self.has_body
-                or self.chunked_response or cl is None or self.content_bytes_written + len(data) > cl):
-            super().write(data)
-            return
-        header = self.build_response_header()
-        self.wrote_header = True
-        self.content_bytes_written += len(data)
-        self.channel.write_soon(header + data)
-
-
-class Channel(HTTPChannel):
-    """waitress's HTTP channel, minus a busy loop of its I/O thread under load.
-
-    A request thread sends its response itself, holding the channel's output
-    lock while ``send`` runs and while it waits to get the GIL back. In that
-    window the output buffer is not empty, so waitress's I/O loop finds the
-    socket writable, fails to take the lock, and selects again at once: with
-    16 request threads queueing for the GIL that spin went on for milliseconds
-    per response (hundreds of ``select`` calls per request, measured), took
-    the GIL from the request threads and cut a server's throughput tenfold
-    for minutes. While a request thread holds the lock the loop has nothing
-    to do: the thread flushes, and pulls waitress's trigger if data is left.
-    """
-
-    task_class = Task
-
-    def writable(self) -> bool:
-        if self.requests and self.total_outbufs_len and not (self.will_close or self.close_when_flushed):
-            if not self.outbuf_lock.acquire(False):
-                return False  # a request thread is writing; it wakes the loop if it cannot finish
-            self.outbuf_lock.release()
-        return bool(super().writable())
-
-
-class QueueDepthLog:
-    """waitress's queue-depth warning, at most once per interval, with the deepest queue and the count.
-
-    waitress warns for every request that has to wait for a free thread: under
-    sustained load thousands of lines a second, each written by the I/O thread
-    that should be reading requests. This keeps the signal (and the logger) at a
-    line per ``interval_s``. Called under the dispatcher's lock.
-    """
-
-    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
-        self.logger, self.interval_s = logger, interval_s
-        self._next = 0.0
-        self._peak = self._count = 0
-
-    def warning(self, msg: str, depth: int) -> None:
-        self._count += 1
-        self._peak = max(self._peak, depth)
-        now = time.monotonic()
-        if now >= self._next:
-            self.logger.warning("Task queue depth is %d (the deepest of %d requests that waited for a thread; "
-                                "next report in %g s at the earliest)", self._peak, self._count, self.interval_s)
-            self._next, self._peak, self._count = now + self.interval_s, 0, 0
-
-
-def _edge(app: Flask) -> EdgeServer:
-    srv: EdgeServer = app.extensions["edgerec"]
-    return srv
-
-
-class RunningServer:
-    """A waitress server on a background thread: for tests and benchmarks."""
-
-    def __init__(self, app: Flask, config: ServerConfig) -> None:
-        self.app = app
-        self.server = make_server(app, config)
-        self.port: int = self.server.effective_port
-        self.url = f"http://{config.host}:{self.port}"
-        self._thread = threading.Thread(target=self.server.run, name="waitress", daemon=True)
-        self._thread.start()
-
-    @property
-    def edge(self) -> EdgeServer:
-        return _edge(self.app)
-
-    def close(self) -> None:
-        # Close the sockets from inside the loop thread (closing them under a running
-        # select() from here fails with EBADF); the loop ends once its map is empty.
-        server = self.server
-        server.trigger.pull_trigger(lambda: close_all(server._map))
-        self._thread.join(5)
-        server.task_dispatcher.shutdown(timeout=5)
-        self.edge.close()
+def preflight(config: ServerConfig) -> ServerConfig:
+    """What a worker would fail on, checked once here for a one-line error; the config the workers get."""
+    for key in config.trusted_keys:
+        load_verify_key(key)
+    if config.recipient_key is not None:
+        load_recipient_key(config.recipient_key)
+    return config.replace(response_key=config.response_key or os.urandom(32),
+                          control_token=config.control_token or read_token(config.control_token_file))
 
 
 def serve(config: ServerConfig) -> None:
     """Serve until SIGTERM or SIGINT."""
-    if config.workers > 1:
-        Supervisor(config).run()
-        return
-    pin_mmap_threshold()
-    app = create_app(config, background=True)
-    server = make_server(app, config)
-    signal.signal(signal.SIGTERM, _raise_exit)
-    log.info("edge server listening on http://%s:%s", config.host, server.effective_port,
-             extra={"port": server.effective_port, "workers": 1})
+    config = preflight(config)
+    settings = http_settings(config)
+    address = listen_address(config.host)
+    port, holder = reserve_port(address, config.port)
+    run_dir = Path(tempfile.mkdtemp(prefix="edgerec-serve-"))
     try:
-        server.run()
+        with held(holder):
+            write_atomic(run_dir / CONFIG_FILE, config.replace(port=port, run_dir=run_dir).to_json().encode(),
+                         mode=0o600)
+            os.environ[RUN_ENV] = str(run_dir)
+            if config.workers > 1:
+                _multiprocess_metrics(run_dir / PROMETHEUS_DIR)
+            drop_secret_env()  # the workers read the token from the run folder
+            server = build_granian(TARGET, settings.replace(port=port), LOG_CONFIG)
+            configure_logging(config.log_level, flush_ms=config.log_flush_ms)  # granian reset the handlers
+            log.info("edge server listening on %s://%s:%s", settings.scheme, config.host, port,
+                     extra={"port": port, "workers": config.workers})
+            server.serve()
     finally:
-        _edge(app).close()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _raise_exit(signum: int, frame: Any) -> None:
-    raise SystemExit(0)
+def _multiprocess_metrics(folder: Path) -> None:
+    """Workers write their metrics to ``folder``; /metrics sums them (see ``metrics_after_fork``)."""
+    folder.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 
-class Supervisor:
-    """Starts ``config.workers`` worker processes on one socket and keeps them running."""
-
-    def __init__(self, config: ServerConfig) -> None:
-        self.config = config
-        self.children: dict[int, subprocess.Popen[bytes]] = {}
-        self.stopping = False
-        self.restarts: list[float] = []
-
-    def run(self) -> None:
-        run_dir = Path(tempfile.mkdtemp(prefix="edgerec-serve-"))
-        try:
-            self._run(run_dir)
-        finally:
-            shutil.rmtree(run_dir, ignore_errors=True)
-
-    def _run(self, run_dir: Path) -> None:
-        (run_dir / PEERS_DIR).mkdir()
-        prom = run_dir / "prometheus"
-        prom.mkdir()
-        c = self.config
-        config = c.replace(
-            run_dir=run_dir,
-            response_key=c.response_key or os.urandom(32),
-            control_token=c.control_token or read_token(c.control_token_file),
-        )
-        write_atomic(run_dir / "config.json", config.to_json().encode(), mode=0o600)
-        sock = socket.create_server((c.host, c.port), backlog=1024, reuse_port=False)
-        sock.set_inheritable(True)
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(prom), "EDGEREC_RUN_DIR": str(run_dir),
-               "EDGEREC_LISTEN_FD": str(sock.fileno())}
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
-        log.info("edge server listening on http://%s:%s", c.host, sock.getsockname()[1],
-                 extra={"port": sock.getsockname()[1], "workers": c.workers})
-        for i in range(c.workers):
-            self._spawn(i, env, sock)
-        try:
-            while not self.stopping:
-                time.sleep(0.5)
-                for i, proc in list(self.children.items()):
-                    if proc.poll() is not None and not self.stopping:
-                        self._died(i, proc, env, sock, prom)
-        finally:
-            self._shutdown()
-            sock.close()
-
-    def _spawn(self, index: int, env: dict[str, str], sock: socket.socket) -> None:
-        self.children[index] = subprocess.Popen(
-            [sys.executable, "-m", "edgerec.edge_server.worker"],
-            env={**env, "EDGEREC_WORKER_INDEX": str(index)}, pass_fds=[sock.fileno()],
-        )
-
-    def _died(self, index: int, proc: subprocess.Popen[bytes], env: dict[str, str], sock: socket.socket,
-              prom: Path) -> None:
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(proc.pid, str(prom))
-        with contextlib.suppress(FileNotFoundError):
-            (Path(env["EDGEREC_RUN_DIR"]) / PEERS_DIR / f"{index}.port").unlink()
-        now = time.monotonic()
-        self.restarts = [t for t in self.restarts if now - t < 60] + [now]
-        if len(self.restarts) > RESTARTS_PER_MINUTE:
-            log.error("workers keep dying (%d restarts in a minute); stopping", len(self.restarts))
-            self.stopping = True
-            return
-        log.warning("worker %d exited with %s; restarting it", index, proc.returncode)
-        self._spawn(index, env, sock)
-
-    def _stop(self, signum: int, frame: Any) -> None:
-        self.stopping = True
-
-    def _shutdown(self) -> None:
-        for proc in self.children.values():
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 15
-        for proc in self.children.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def run_worker() -> None:
-    """Entry point of one worker process (started by :class:`Supervisor`)."""
+def main() -> None:
+    """``python -c 'from edgerec.edge_server.server import main; main()' CONFIG.json``: what RunningServer runs."""
     from edgerec.sdk import native_logs
 
-    from .json_logs import configure_logging
-
-    native_logs.quiet()  # like the edgerec process that started it (EDGEREC_LOG_NATIVE carries --verbose)
-    run_dir = Path(os.environ["EDGEREC_RUN_DIR"])
-    index = int(os.environ["EDGEREC_WORKER_INDEX"])
-    config = ServerConfig.from_json((run_dir / "config.json").read_text()).replace(worker_index=index)
+    path = Path(sys.argv[1])
+    config = ServerConfig.from_json(path.read_text())
+    path.unlink()
+    native_logs.quiet()
     configure_logging(config.log_level, flush_ms=config.log_flush_ms)
-    shared = socket.socket(fileno=int(os.environ["EDGEREC_LISTEN_FD"]))
-    internal = socket.create_server(("127.0.0.1", 0))
-    pin_mmap_threshold()
-    app = create_app(config, background=True)
-    server = make_server(app, config, sockets=[shared, internal])
-    write_atomic(run_dir / PEERS_DIR / f"{index}.port", str(internal.getsockname()[1]).encode())
-    signal.signal(signal.SIGTERM, _raise_exit)
-    try:
-        server.run()
-    finally:
-        _edge(app).close()
+    serve(config)
 
 
-__all__ = ["Channel", "QueueDepthLog", "RunningServer", "Supervisor", "make_server", "run_worker", "serve"]
+class RunningServer:
+    """:func:`serve` in a child process (on a free loopback port unless ``config.port`` names one).
+
+    Its log (JSON lines, granian's too) goes to ``log_path`` (a temporary file by
+    default); ``close`` stops it with SIGTERM. ``env`` adds environment variables.
+    """
+
+    def __init__(self, config: ServerConfig, *, env: dict[str, str] | None = None, log_path: Path | None = None,
+                 ready_timeout_s: float = 120.0, wait_ready: bool = True, python: list[str] | None = None) -> None:
+        self.config = config
+        self._tmp = Path(tempfile.mkdtemp(prefix="edgerec-running-"))
+        self.log_path = log_path or self._tmp / "server.log"
+        cfg = self._tmp / "config.json"
+        write_atomic(cfg, config.to_json().encode(), mode=0o600)
+        cmd = python or [sys.executable, "-c", "from edgerec.edge_server.server import main; main()"]
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen([*cmd, str(cfg)], stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, **(env or {})}, start_new_session=True)
+        self.port = self._wait_port(ready_timeout_s)
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        self.url = f"http://{host}:{self.port}"
+        if wait_ready:
+            self.wait_ready(ready_timeout_s)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """The JSON lines of the log so far (other lines skipped)."""
+        out = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out
+
+    def _wait_port(self, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        pattern = re.compile(r"edge server listening on https?://[^\"]*:(\d+)")
+        while time.monotonic() < deadline:
+            m = pattern.search(self.log_text())
+            if m:
+                return int(m[1])
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the edge server exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            time.sleep(0.05)
+        self.close()
+        raise RuntimeError(f"the edge server did not start in {timeout_s:g} s:\n{self.log_text()[-3000:]}")
+
+    def wait_ready(self, timeout_s: float = 120.0, workers: int | None = None) -> None:
+        """Until /v2/health/ready answers 200 (and ``workers`` worker processes run, when given)."""
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the edge server exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            try:
+                ok = httpx.get(self.url + "/v2/health/ready", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            if ok and (workers is None or len(self.worker_pids()) >= workers):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"the edge server was not ready in {timeout_s:g} s:\n{self.log_text()[-3000:]}")
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes (granian's children of the server process)."""
+        out = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid and fields[0] != "Z":
+                out.append(int(stat.parent.name))
+        return sorted(out)
+
+    def close(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout_s``; the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        return self.proc.returncode
+
+
+__all__ = ["CONFIG_FILE", "RUN_ENV", "RunningServer", "http_settings", "main", "preflight", "serve"]

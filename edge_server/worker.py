@@ -1,8 +1,113 @@
-"""``python -m edgerec.edge_server.worker``: one worker process of a multi-worker server."""
+"""One worker process of ``edgerec serve``: granian calls :func:`app` once in each, after the fork.
+
+The worker reads its settings from the run folder (:mod:`.server`), builds
+the app, loads the models the other workers serve (the shared state, or the
+model directory at first), then follows the shared state (:mod:`.worker_sync`).
+Every request body is read within ``body_timeout_s``
+(:class:`~edgerec.sdk.http_server.BodyDeadline`).
+"""
 
 from __future__ import annotations
 
-from .server import run_worker
+import contextlib
+import json
+import logging
+import os
+import threading
+from multiprocessing import util as mp_util
+from pathlib import Path
+from typing import Any
 
-if __name__ == "__main__":
-    run_worker()
+from edgerec.sdk.errors import EdgeRecError
+from edgerec.sdk.http_server import BodyDeadline, BodyReaders, WSGIApp, metrics_after_fork
+
+from .config import ServerConfig
+from .server import CONFIG_FILE, RUN_ENV
+from .worker_sync import WorkerSync
+
+log = logging.getLogger("edgerec.edge_server.worker")
+SYNC_KEY = "edgerec.workers"  # app.extensions key of this worker's WorkerSync
+
+
+def app() -> WSGIApp:
+    """The WSGI app of this worker (granian's factory target)."""
+    from edgerec.sdk import native_logs
+
+    from .app import EdgeServer, create_app
+    from .json_logs import configure_logging
+    from .repository import pin_mmap_threshold
+
+    native_logs.quiet()
+    metrics_after_fork()
+    run_dir = Path(os.environ[RUN_ENV])
+    config = ServerConfig.from_json((run_dir / CONFIG_FILE).read_text()).replace(worker_index=os.getpid())
+    configure_logging(config.log_level, flush_ms=config.log_flush_ms)
+    pin_mmap_threshold()
+    # The generation the first load reflects: read before it, so nothing after it is missed
+    # (applying an operation twice is harmless: a load of a loaded version, an unload of a gone one).
+    generation = _generation(run_dir)
+    flask_app = create_app(config, background=True)
+    srv: EdgeServer = flask_app.extensions["edgerec"]
+    sync = WorkerSync(run_dir, config.workers, lambda op: apply_op(srv, op),
+                      lambda versions: apply_versions(srv, versions), srv.control_lock)
+    flask_app.extensions[SYNC_KEY] = sync
+
+    def follow() -> None:
+        srv.ready.wait()
+        sync.start(generation)
+
+    threading.Thread(target=follow, name="edgerec-worker-start", daemon=True).start()
+
+    def close() -> None:
+        sync.stop()
+        srv.close()
+
+    # granian's worker ends through multiprocessing, which runs its finalizers but not atexit's.
+    mp_util.Finalize(None, close, exitpriority=10)
+    wsgi: WSGIApp = flask_app.wsgi_app
+    if config.body_timeout_s > 0:
+        wsgi = BodyDeadline(wsgi, config.body_timeout_s, BodyReaders(config.max_connections))
+    return wsgi
+
+
+def _generation(run_dir: Path) -> int:
+    try:
+        return int(json.loads((run_dir / "state.json").read_text())["generation"])
+    except FileNotFoundError:
+        return 0
+
+
+def apply_op(srv: Any, op: dict[str, Any]) -> None:
+    """Carry out a control operation another worker published (under the control lock)."""
+    from .errors import NotFoundError
+
+    if op["op"] == "load":
+        srv.repo.load(op["path"], serve=op["serve"])
+    elif op["op"] == "unload":
+        with contextlib.suppress(NotFoundError):  # never loaded here (its load failed): nothing to release
+            srv.repo.unload(op["name"], op["version"])
+    else:
+        raise ValueError(f"unknown operation {op['op']!r}")
+
+
+def apply_versions(srv: Any, versions: list[dict[str, Any]]) -> None:
+    """Serve exactly ``versions`` (path, serving; serving ones last): for a worker too far behind."""
+    wanted = set()
+    for entry in versions:
+        try:
+            mv = srv.repo.load(entry["path"], serve=entry["serving"])
+            wanted.add((mv.name, mv.version))
+        except EdgeRecError as exc:
+            log.error("could not load %s: %s", entry["path"], exc)
+    for mv in srv.repo.versions():
+        if (mv.name, mv.version) not in wanted:
+            srv.repo.unload(mv.name, mv.version)
+
+
+def versions_doc(srv: Any) -> list[dict[str, Any]]:
+    """What this worker serves, as the shared state lists it (serving ones last)."""
+    ordered = sorted(srv.repo.versions(), key=lambda mv: mv.serving)
+    return [{"path": mv.source, "serving": mv.serving} for mv in ordered]
+
+
+__all__ = ["SYNC_KEY", "app", "apply_op", "apply_versions", "versions_doc"]

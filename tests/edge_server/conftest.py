@@ -1,4 +1,5 @@
-"""Fixtures for the edge server: real packages, real waitress servers on loopback, a real Redis.
+"""Fixtures for the edge server: real packages, real servers (``edgerec serve`` on granian, in a child
+process) on loopback, a real Redis.
 
 Packages are the SDK's demo CTR model built in the session (ONNX only, so no
 TensorFlow is needed); servers listen on ephemeral 127.0.0.1 ports and are
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 from support.net import free_port
 
-from edgerec.edge_server import RunningServer, ServerConfig, create_app
+from edgerec.edge_server import RunningServer, ServerConfig
 from edgerec.sdk import testing as demo
 from edgerec.sdk.keys import public_pem
 from edgerec.sdk.manifest import FeatureSpec
@@ -35,13 +36,25 @@ TOKEN = "test-control-token-0123456789"
 
 
 class Live:
-    """A running server and an HTTP client for it."""
+    """A running server (a child process) and an HTTP client for it."""
 
     def __init__(self, running: RunningServer) -> None:
         self.running = running
         self.url = running.url
-        self.edge = running.edge
         self.http = httpx.Client(base_url=running.url, timeout=30)
+
+    def versions(self) -> list[dict[str, Any]]:
+        """What the control API lists (name, version, state, ...)."""
+        return list(self.control("GET", "/models").json()["models"])
+
+    def wait_released(self, name: str, count: float, timeout: float = 10.0) -> bool:
+        """Until ``edgerec_model_unloads_total`` of ``name`` reaches ``count`` (retired versions closed)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.metric("edgerec_model_unloads_total", model=name) >= count:
+                return True
+            time.sleep(0.05)
+        return False
 
     def get(self, path: str, **kw: Any) -> httpx.Response:
         return self.http.get(path, **kw)
@@ -156,9 +169,9 @@ def serve(base_config) -> Iterator[Callable[..., Live]]:
     """Start servers with config changes; all are closed at teardown."""
     started: list[Live] = []
 
-    def start(tracer_provider: Any = None, **changes: Any) -> Live:
+    def start(**changes: Any) -> Live:
         config = base_config.replace(**changes)
-        live = Live(RunningServer(create_app(config, tracer_provider=tracer_provider), config))
+        live = Live(RunningServer(config))
         started.append(live)
         return live
 
@@ -171,7 +184,7 @@ def serve(base_config) -> Iterator[Callable[..., Live]]:
 @pytest.fixture(scope="module")
 def live(base_config) -> Iterator[Live]:
     """One shared server with ctr v1 for read-only tests."""
-    running = RunningServer(create_app(base_config), base_config)
+    running = RunningServer(base_config)
     lv = Live(running)
     yield lv
     lv.http.close()

@@ -1,4 +1,4 @@
-"""``edgerec serve`` as a user runs it: waitress, JSON logs, SIGTERM, several workers with one control API."""
+"""``edgerec serve`` as a user runs it: granian, JSON logs, SIGTERM, several workers with one control API."""
 
 from __future__ import annotations
 
@@ -55,18 +55,19 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 
 
 @pytest.mark.slow
-def test_serve_runs_on_waitress_with_json_logs(packages, trusted_key, tmp_path, unused_port):
+def test_serve_runs_on_granian_with_json_logs(packages, trusted_key, tmp_path, unused_port):
     url = f"http://127.0.0.1:{unused_port}"
     proc, log = _start(["--model-dir", str(packages["dir"]), "--port", str(unused_port), "-k", str(trusted_key),
                         "--threads", "1"], tmp_path)
     try:
         _wait_ready(url, proc, log)
         r = httpx.post(f"{url}/v2/models/ctr/infer", json=ROW, headers={"X-Request-ID": "cli-1"})
-        assert r.status_code == 200 and r.headers["Server"] == "edgerec"  # waitress's ident, not Werkzeug
+        assert r.status_code == 200 and r.headers["Server"] == "granian"  # not Werkzeug's dev server
     finally:
         assert _stop(proc) == 0
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     assert any(line["msg"].startswith("edge server listening") for line in lines)
+    assert any(line["logger"] == "_granian" and "Spawning worker-1" in line["msg"] for line in lines)
     assert any(line.get("request_id") == "cli-1" and line["logger"] == "edgerec.access" for line in lines)
 
 

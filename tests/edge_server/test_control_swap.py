@@ -60,8 +60,8 @@ def test_load_swaps_and_releases_the_old_version(serve, packages, weights_v2, ct
     doc = live.post("/v2/models/ctr/infer", json=ONE_ROW).json()
     assert doc["model_version"] == "2"
     assert doc["outputs"][0]["data"][0] == pytest.approx(_score(weights_v2), abs=1e-5)
-    assert live.edge.repo.wait_released(10)
-    assert [m["version"] for m in live.control("GET", "/models").json()["models"]] == [2]
+    assert live.wait_released("ctr", 1)
+    assert [m["version"] for m in live.versions()] == [2]
     assert live.metric("edgerec_model_swaps_total", model="ctr") == swaps + 1
     assert live.metric("edgerec_model_info", model="ctr", version="2", accelerator="cpu") == 1
     assert live.metric("edgerec_model_info", model="ctr", version="1") == 0
@@ -124,7 +124,7 @@ def test_unload_falls_back_to_the_remaining_version(serve, packages):
     assert live.post("/v2/models/ctr/infer", json=ONE_ROW).json()["model_version"] == "1"
     assert live.post("/v2/models/ctr/versions/3/infer", json=ONE_ROW).json()["model_version"] == "3"
     assert live.control("POST", "/models/ctr/versions/1/unload").json() == {
-        "name": "ctr", "version": 1, "state": "unloaded"}
+        "name": "ctr", "version": 1, "state": "unloaded", "workers": 1}
     assert live.post("/v2/models/ctr/infer", json=ONE_ROW).json()["model_version"] == "3"
     assert live.control("POST", "/models/ctr/versions/3/unload").status_code == 200
     assert live.post("/v2/models/ctr/infer", json=ONE_ROW).status_code == 404
@@ -172,8 +172,8 @@ def test_swap_under_load_loses_no_request(serve, more_versions):
     assert failures == []
     assert all(v == sorted(v) for v in seen.values())  # no client ever went back to an older version
     assert all(seen[k][-1] == 6 for k in range(4))
-    assert live.edge.repo.wait_released(10)
-    assert [mv.version for mv in live.edge.repo.versions()] == [6]
+    assert live.wait_released("ctr", 3)  # v1, v4 and v5
+    assert [m["version"] for m in live.versions()] == [6]
 
 
 def test_encrypted_package_with_the_node_key(serve, packages, signing_key, node_key, trusted_key, tmp_path,

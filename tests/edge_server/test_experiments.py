@@ -66,7 +66,7 @@ def test_server_splits_users_between_versions(serve, packages, tmp_path):
     for key in ("v1", "v2"):
         shutil.copy(packages[key], model_dir)
     live = serve(model_dir=model_dir, experiments=parse_experiments(AB))
-    served = {mv.version: mv.state for mv in live.edge.repo.versions()}
+    served = {m["version"]: m["state"] for m in live.versions()}
     assert served == {1: "loaded", 2: "serving"}  # v1 stays loaded: it is a variant
     n = 600
     variants: dict[str, str] = {}

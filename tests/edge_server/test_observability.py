@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import io
-import json
-import logging
-
+import httpx
 import pytest
 
-from edgerec.edge_server.json_logs import configure_logging
 from edgerec.edge_server.tracing import parse_traceparent
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -39,20 +35,11 @@ def test_invalid_traceparents_start_a_new_trace(header):
     assert parse_traceparent(header) is None
 
 
-@pytest.fixture
-def log_lines():
-    stream = io.StringIO()
-    handler = configure_logging("info", stream)
-    yield stream
-    logging.getLogger("edgerec").removeHandler(handler)
-    logging.getLogger("edgerec").propagate = True
-
-
-def test_json_logs_carry_request_and_trace_ids(serve, log_lines):
+def test_json_logs_carry_request_and_trace_ids(serve):
     live = serve(access_log=True)
     live.post("/v2/models/ctr/infer", json=ROW, headers={"traceparent": PARENT, "X-Request-ID": "req-7"})
     live.post("/v2/models/ctr/infer", json={"inputs": []}, headers={"X-Request-ID": "req-8"})
-    records = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    records = live.running.log_lines()  # the server's stderr: JSON lines
     access = next(r for r in records if r.get("request_id") == "req-7" and r["logger"] == "edgerec.access")
     assert access["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736" and access["status"] == 200
     assert access["endpoint"] == "v2.infer" and access["model"] == "ctr" and access["version"] == "1"
@@ -62,17 +49,22 @@ def test_json_logs_carry_request_and_trace_ids(serve, log_lines):
     assert any("inputs" in r["msg"] for r in refused)
 
 
-def test_opentelemetry_spans(serve):
+def test_opentelemetry_spans(base_config):
+    """In process (the exporter is an object here), through httpx's WSGI transport."""
     pytest.importorskip("opentelemetry.sdk")
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+    from edgerec.edge_server import create_app
+
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    live = serve(tracer_provider=provider)
-    r = live.post("/v2/models/ctr/infer", json=ROW, headers={"traceparent": PARENT})
+    app = create_app(base_config, tracer_provider=provider)
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://edge.test") as client:
+        r = client.post("/v2/models/ctr/infer", json=ROW, headers={"traceparent": PARENT})
+    app.extensions["edgerec"].close()
     (span,) = exporter.get_finished_spans()
     assert span.name == "v2.infer"
     assert f"{span.context.trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
