@@ -9,6 +9,7 @@ import click
 
 from edgerec.sdk.cli.output import console
 from edgerec.sdk.cli.paths import AbsolutePath
+from edgerec.sdk.cli.secret_input import db_option
 from edgerec.sync.protocol.errors import ConfigError
 
 from .config import ServiceConfig
@@ -22,17 +23,29 @@ def sync_group() -> None:
 @sync_group.command()
 @click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True,
               help="Data directory made by 'edgerec admin init'.")
-@click.option("--db", "db_url", default=None, help="Database URL (default: the one in the data dir).")
+@db_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8470, show_default=True)
-@click.option("--tls-cert", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None)
+@click.option("--tls-cert", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Serve HTTPS (TLS 1.2 or later) with this certificate chain (PEM); with --tls-key.")
 @click.option("--tls-key", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None)
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Worker threads (default 4).")
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="Request threads per worker (default 4).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes sharing the port (one that dies is replaced; with 2 or more the port "
+                   "never closes).")
+@click.option("--max-connections", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Open connections per worker, idle ones included; more wait in the kernel's queue.")
+@click.option("--header-timeout-s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
+              help="Time a request head may take from its first byte; also an idle keep-alive connection's.")
+@click.option("--body-timeout-s", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
+              help="Time each read of a request body (an upload reads 1 MiB at a time) may take; 0: none.")
 def serve(data_dir: Path, db_url: str | None, host: str, port: int, tls_cert: Path | None,
-          tls_key: Path | None, threads: int | None) -> None:
-    """Serve the node and admin APIs and the TUF repository on waitress."""
-    from .core import SyncService
-    from .server import RunningServer
+          tls_key: Path | None, threads: int | None, workers: int, max_connections: int, header_timeout_s: float,
+          body_timeout_s: float) -> None:
+    """Serve the node and admin APIs and the TUF repository on granian."""
+    from .server import http_settings
+    from .server import serve as run
 
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
@@ -40,21 +53,15 @@ def serve(data_dir: Path, db_url: str | None, host: str, port: int, tls_cert: Pa
     config = ServiceConfig.from_env()
     if threads:
         config = ServiceConfig(**{**config.__dict__, "threads": threads})
-    svc = SyncService.open(data_dir, db_url, config)
     tls = (tls_cert, tls_key) if tls_cert and tls_key else None
-    server = RunningServer(svc, host, port, tls).start()
-    # One line a supervisor (or a test) can wait for.
-    console.print(f"edgerec sync serving on {server.url} (database {svc.db.dialect})", highlight=False,
-                  markup=False)
-    try:
-        server.wait()
-    finally:
-        svc.close()
+    settings = http_settings(config, host, port, tls, workers, max_connections=max_connections,
+                             header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s)
+    run(data_dir, db_url, config, settings)
 
 
 @sync_group.command()
 @click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
-@click.option("--db", "db_url", default=None)
+@db_option
 def migrate(data_dir: Path, db_url: str | None) -> None:
     """Create or upgrade the database schema (the service also does this at start)."""
     from .datadir import DataDir

@@ -1,45 +1,58 @@
-"""Run the sync service on waitress, with its maintenance loop (and TLS if asked).
+"""Run the sync service on granian (its TLS included), with the maintenance loop in each worker.
 
-:class:`RunningServer` starts everything in background threads and stops it
-again; ``edgerec sync serve`` runs one until interrupted, the tests one per
-fixture.
+:func:`serve` is ``edgerec sync serve``: it opens the data directory once
+(migrations, keys: a one-line error if something is wrong), writes what the
+workers need to a private run file (mode 0600: it holds the database URL),
+and runs granian, whose worker processes each open the service
+(:func:`worker_app`), keep its TUF metadata fresh (:class:`Maintenance`) and
+share the port. Request bodies are read within ``body_timeout_s``; an
+upload is read only after the admin token is checked (the admin blueprint's
+``before_request``): nothing of an unauthenticated upload is read or stored.
+
+:class:`RunningServer` runs the same in a child process, for tests.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
+import os
+import re
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import threading
+import time
+from multiprocessing import util as mp_util
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from waitress import wasyncore
-from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
+from edgerec.sdk.files import write_atomic
+from edgerec.sdk.http_server import (
+    BodyDeadline,
+    BodyReaders,
+    HttpSettings,
+    WSGIApp,
+    build_granian,
+    drop_secret_env,
+    held,
+    listen_address,
+    metrics_after_fork,
+    reserve_port,
+)
 
-from .app import create_app
+from .config import ServiceConfig
 from .core import SyncService
-from .tls import TlsFront, server_context
 
 log = logging.getLogger("edgerec.sync")
-
-
-def stop_waitress(server: Any, thread: threading.Thread) -> None:
-    """Close a waitress server's sockets from its own loop thread, then stop its workers."""
-    if thread.is_alive():
-        # OSError: the loop closed its trigger already and is ending by itself.
-        with contextlib.suppress(OSError):
-            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
-        thread.join(timeout=10)
-    server.task_dispatcher.shutdown()
-
-
-def bound_port(server: MultiSocketServer | BaseWSGIServer) -> int:
-    """The port waitress listens on (the first, when the host name resolved to several addresses)."""
-    if isinstance(server, MultiSocketServer):
-        return int(server.effective_listen[0][1])
-    return int(server.getsockname()[1])  # waitress gives the port as text (NI_NUMERICSERV)
+RUN_ENV = "EDGEREC_SYNC_RUN_FILE"
+TARGET = "edgerec.sync.service.server:worker_app"
+READY_LINE = "edgerec sync serving on"
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 class Maintenance(threading.Thread):
@@ -65,66 +78,201 @@ class Maintenance(threading.Thread):
         self.join(timeout=30)
 
 
-class RunningServer:
-    """waitress serving one :class:`SyncService` on ``host:port`` (0 picks a free port)."""
+def http_settings(config: ServiceConfig, host: str, port: int, tls: tuple[Path, Path] | None = None,
+                  workers: int = 1, **limits: Any) -> HttpSettings:
+    """The HTTP tier's settings: ``config.threads`` request threads; ``limits`` as HttpSettings fields."""
+    cert, key = tls if tls else (None, None)
+    return HttpSettings(host=host, port=port, workers=workers, threads=config.threads, tls_cert=cert, tls_key=key,
+                        **limits)
 
-    def __init__(
-        self,
-        service: SyncService,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        tls: tuple[Path, Path] | None = None,
-        maintenance: bool = True,
-    ) -> None:
+
+def serve(data_dir: Path, db_url: str | None, config: ServiceConfig, settings: HttpSettings,
+          maintenance: bool = True) -> None:
+    """Serve until SIGTERM or SIGINT; prints one line with the URL once the port is taken."""
+    from edgerec.sdk.cli.output import console
+
+    service = SyncService.open(data_dir, db_url, config)  # migrates; fails here, once, if anything is wrong
+    try:
+        url = service.db.url.render_as_string(hide_password=False)
+        dialect = service.db.dialect
+    finally:
+        service.close()  # the workers open their own, after the fork
+    address = listen_address(settings.host)
+    port, holder = reserve_port(address, settings.port)
+    run_dir = Path(tempfile.mkdtemp(prefix="edgerec-sync-"))
+    try:
+        with held(holder):
+            spec = {"data_dir": str(data_dir), "db_url": url, "config": dataclasses.asdict(config),
+                    "maintenance": maintenance, "body_timeout_s": settings.body_timeout_s,
+                    "max_connections": settings.max_connections}
+            run_file = write_atomic(run_dir / "run.json", json.dumps(spec).encode(), mode=0o600)
+            os.environ[RUN_ENV] = str(run_file)
+            if settings.workers > 1:
+                (run_dir / "prometheus").mkdir()
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "prometheus")
+            drop_secret_env()
+            server = build_granian(TARGET, settings.replace(port=port))
+            logging.getLogger("edgerec").setLevel(logging.INFO)
+            host = f"[{settings.host}]" if ":" in settings.host else settings.host
+            # One line a supervisor (or a test) can wait for.
+            console.print(f"{READY_LINE} {settings.scheme}://{host}:{port} (database {dialect})",
+                          highlight=False, markup=False)
+            server.serve()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def worker_app() -> WSGIApp:
+    """One worker's WSGI app (granian's factory target): the service, its maintenance loop, body deadlines."""
+    from .app import create_app
+
+    metrics_after_fork()
+    spec = json.loads(Path(os.environ[RUN_ENV]).read_text())
+    config = ServiceConfig(**spec["config"])
+    service = SyncService.open(Path(spec["data_dir"]), spec["db_url"], config)
+    maint = Maintenance(service, config.maintenance_interval_s) if spec["maintenance"] else None
+    if maint is not None:
+        maint.start()
+
+    def close() -> None:
+        if maint is not None:
+            maint.stop()
+        service.close()
+
+    # granian's worker ends through multiprocessing, which runs its finalizers but not atexit's.
+    mp_util.Finalize(None, close, exitpriority=10)
+    wsgi: WSGIApp = create_app(service).wsgi_app
+    if spec["body_timeout_s"] > 0:
+        wsgi = BodyDeadline(wsgi, spec["body_timeout_s"], BodyReaders(spec["max_connections"]))
+    return wsgi
+
+
+def main() -> None:
+    """``python -c 'from edgerec.sync.service.server import main; main()' SPEC.json``: what RunningServer runs."""
+    path = Path(sys.argv[1])
+    spec = json.loads(path.read_text())
+    path.unlink()
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)  # as ``edgerec`` sets it up
+    config = ServiceConfig(**spec["config"])
+    tls = (Path(spec["tls"][0]), Path(spec["tls"][1])) if spec["tls"] else None
+    settings = http_settings(config, spec["host"], spec["port"], tls, spec["workers"], **spec["limits"])
+    serve(Path(spec["data_dir"]), spec["db_url"], config, settings, spec["maintenance"])
+
+
+class RunningServer:
+    """The service of ``service``'s data directory and database, served by a child process.
+
+    The child opens its own :class:`SyncService` on the same data directory
+    and database (the service runs as several processes on one database), with
+    the same config. ``port`` 0 takes a free one; ``log_path`` receives its
+    output. ``start`` waits until it answers ``/api/v1/health``.
+    """
+
+    def __init__(self, service: SyncService, host: str = "127.0.0.1", port: int = 0,
+                 tls: tuple[Path, Path] | None = None, maintenance: bool = True, workers: int = 1,
+                 log_path: Path | None = None, env: dict[str, str] | None = None, **limits: Any) -> None:
         self.service = service
-        cfg = service.config
-        app = create_app(service)
-        listen_host, listen_port = (("127.0.0.1", 0) if tls else (host, port))
-        self._server = create_server(
-            app, host=listen_host, port=listen_port, threads=cfg.threads, ident="edgerec-sync",
-            max_request_body_size=cfg.max_upload_bytes + 1024 * 1024, url_scheme="https" if tls else "http",
-            channel_timeout=60, connection_limit=4096, clear_untrusted_proxy_headers=True,
-            # poll(), not select(): more than 1024 open connections must not break the loop.
-            asyncore_use_poll=True,
-        )
-        inner_port = bound_port(self._server)
-        self._tls = TlsFront(host, port, server_context(*tls), ("127.0.0.1", inner_port)) if tls else None
-        self._maint = Maintenance(service, cfg.maintenance_interval_s) if maintenance else None
-        self._thread = threading.Thread(target=self._server.run, name="edgerec-waitress", daemon=True)
-        self.host = host
-        self.port = inner_port
+        self.host, self.port = host, port
         self.scheme = "https" if tls else "http"
+        self._tmp = Path(tempfile.mkdtemp(prefix="edgerec-sync-running-"))
+        self._own_log = log_path is None  # removed with the rest at stop()
+        self.log_path = log_path or self._tmp / "server.log"
+        self._spec = {"data_dir": str(service.datadir.root),
+                      "db_url": service.db.url.render_as_string(hide_password=False),
+                      "config": dataclasses.asdict(service.config), "host": host, "port": port,
+                      "tls": [str(tls[0]), str(tls[1])] if tls else None, "maintenance": maintenance,
+                      "workers": workers, "limits": limits}
+        self._env = env or {}
+        self._tls = tls
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
 
-    def start(self) -> RunningServer:
-        self._thread.start()
-        if self._tls is not None:
-            self.port = self._tls.start()
-        if self._maint is not None:
-            self._maint.start()
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self, timeout_s: float = 120.0) -> RunningServer:
+        self._tmp.mkdir(exist_ok=True)
+        spec_path = write_atomic(self._tmp / "spec.json", json.dumps(self._spec).encode(), mode=0o600)
+        cmd = [sys.executable, "-c", "from edgerec.sync.service.server import main; main()", str(spec_path)]
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ, **self._env}, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        pattern = re.compile(re.escape(READY_LINE) + r" https?://\S+:(\d+) ")
+        while time.monotonic() < deadline:
+            m = pattern.search(self.log_text())
+            if m:
+                self.port = int(m[1])
+                break
+            self._check_alive()
+            time.sleep(0.05)
+        else:
+            self.stop()
+            raise RuntimeError(f"the sync service did not start in {timeout_s:g} s:\n{self.log_text()[-3000:]}")
+        self.wait_ready(max(1.0, deadline - time.monotonic()))
         return self
 
-    def stop(self) -> None:
-        if self._maint is not None:
-            self._maint.stop()
+    def _check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"the sync service exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+
+    def wait_ready(self, timeout_s: float = 60.0, workers: int | None = None) -> None:
+        """Until ``/api/v1/health`` answers (and ``workers`` worker processes run, when given)."""
+        import httpx
+
+        verify: Any = True
         if self._tls is not None:
-            self._tls.stop()
-        stop_waitress(self._server, self._thread)
+            import ssl
 
-    def wait(self) -> None:
-        """Block until SIGINT or SIGTERM, then stop."""
-        done = threading.Event()
+            verify = ssl.create_default_context(cafile=str(self._tls[0]))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                ok = httpx.get(self.url + "/api/v1/health", timeout=2, verify=verify).status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            if ok and (workers is None or len(self.worker_pids()) >= workers):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"the sync service was not ready in {timeout_s:g} s:\n{self.log_text()[-3000:]}")
 
-        def _signal(_signum: int, _frame: FrameType | None) -> None:
-            done.set()
+    def worker_pids(self) -> list[int]:
+        """The worker processes (granian's children of the server process)."""
+        out = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if self.proc is not None and int(fields[1]) == self.proc.pid and fields[0] != "Z":
+                out.append(int(stat.parent.name))
+        return sorted(out)
 
-        signal.signal(signal.SIGINT, _signal)
-        signal.signal(signal.SIGTERM, _signal)
-        while not done.wait(1.0):
-            if not self._thread.is_alive():
-                break
-        self.stop()
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout_s``; the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self._own_log:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        return self.proc.returncode
+
+
+__all__ = ["LOG_FORMAT", "READY_LINE", "Maintenance", "RunningServer", "http_settings", "main", "serve", "worker_app"]

@@ -9,7 +9,9 @@ they fail.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -116,9 +118,55 @@ def packages(publisher: Publisher) -> dict[int, bytes]:
 # -- a running service -------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ServerRecord:
+    """One log record the service's process wrote (``LEVEL logger: message``), as caplog would show it."""
+
+    levelname: str
+    name: str
+    msg: str
+    exc: str = ""
+
+    @property
+    def levelno(self) -> int:
+        return int(logging.getLevelName(self.levelname))
+
+    def getMessage(self) -> str:
+        return self.msg
+
+
+class ServerLog:
+    """The records of a service process's log (its output file), from a mark on (``clear`` moves it)."""
+
+    LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) ([\w.]+): (.*)$")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def clear(self) -> None:
+        self.offset = self.path.stat().st_size
+
+    @property
+    def records(self) -> list[ServerRecord]:
+        with self.path.open("rb") as fh:
+            fh.seek(self.offset)
+            text = fh.read().decode(errors="replace")
+        out: list[ServerRecord] = []
+        for line in text.splitlines():
+            m = self.LINE.match(line)
+            if m:
+                out.append(ServerRecord(m[1], m[2], m[3]))
+            elif out and not line.startswith("[") and not line.startswith("edgerec sync serving"):
+                last = out[-1]  # a traceback's lines belong to the record before them
+                out[-1] = ServerRecord(last.levelname, last.name, last.msg, last.exc + line + "\n")
+        return out
+
+
 @dataclass
 class SyncEnv:
-    """One initialised service, served by waitress on 127.0.0.1, and helpers to drive it."""
+    """One initialised service, served by ``edgerec sync serve`` (granian, a child process) on 127.0.0.1,
+    and helpers to drive it."""
 
     tmp: Path
     init: InitResult
@@ -135,6 +183,12 @@ class SyncEnv:
     @property
     def data_dir(self) -> Path:
         return self.init.data_dir
+
+    def server_log(self) -> ServerLog:
+        """The service process's log records from now on (``clear()`` moves the mark)."""
+        log = ServerLog(self.server.log_path)
+        log.clear()
+        return log
 
     def admin(self, token: str | None = None) -> AdminClient:
         c = AdminClient(Credentials(self.url, token or self.init.admin_token))

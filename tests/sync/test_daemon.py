@@ -25,7 +25,17 @@ from edgerec.sync.node.enroll import enroll_node
 from edgerec.sync.node.fetcher import HttpxFetcher
 from edgerec.sync.node.state import NodeState
 from edgerec.sync.protocol.tls import client_verify
-from edgerec.sync.service.server import RunningServer, stop_waitress
+from edgerec.sync.service.server import RunningServer
+
+
+def stop_waitress(server, thread) -> None:
+    """Close a waitress server (the fake edge server's) from its own loop thread, then its workers."""
+    from waitress import wasyncore
+
+    if thread.is_alive():
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+        thread.join(timeout=10)
+    server.task_dispatcher.shutdown()
 
 
 def _target_url(env, pub) -> str:
@@ -201,8 +211,9 @@ def test_tls_end_to_end(sync_env, tmp_path):
 
 
 def test_with_the_real_edge_server(sync_env, tmp_path):
-    """The daemon drives the project's edge server: it opens and serves what the node installed."""
-    from edgerec.edge_server.app import create_app
+    """The daemon drives the project's edge server (``edgerec serve``, a child process): it serves what the
+    node installed."""
+    from edgerec.edge_server import RunningServer as EdgeServer
     from edgerec.edge_server.config import ServerConfig
 
     env = sync_env
@@ -217,11 +228,8 @@ def test_with_the_real_edge_server(sync_env, tmp_path):
     token = "t" * 32
     config = ServerConfig(port=0, trusted_keys=trusted, recipient_key=state.keys / "recipient.key",
                           recipient_id=state.identity().node_id, control_token=token, access_log=False)
-    app = create_app(config)
-    server = create_server(app, host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.effective_port}"
+    edge = EdgeServer(config)
+    url = edge.url
     try:
         daemon = env.daemon(state, model_dir=tmp_path / "models", edge=EdgeControl(url, token))
         admin.rollout("ctr", 2, "stable", 100, [])
@@ -231,5 +239,4 @@ def test_with_the_real_edge_server(sync_env, tmp_path):
         serving = [(m["name"], int(m["version"])) for m in listed["models"] if m["state"] == "serving"]
         assert ("ctr", 2) in serving
     finally:
-        stop_waitress(server, thread)
-        app.extensions["edgerec"].close()
+        assert edge.close() == 0

@@ -136,11 +136,11 @@ def test_node_numbers_and_paths_out_of_range_are_a_4xx(sync_env):
 # -- logs: one bounded line per refusal, no secrets --------------------------------------------
 
 
-def test_refused_and_replayed_signed_requests_are_logged_once_and_counted(sync_env, caplog):
+def test_refused_and_replayed_signed_requests_are_logged_once_and_counted(sync_env):
     env = sync_env
     state = env.enroll("edge-1")
     node_id = state.identity().node_id
-    caplog.set_level(logging.INFO, logger="edgerec.sync")
+    caplog = env.server_log()  # the service process's log records
     before = _metrics(env)
     body = json.dumps({"report_id": "r-replay-01", "kind": "metrics"}).encode()
     headers = RequestSigner(node_id, state.signing_key()).sign(
@@ -176,9 +176,9 @@ def test_refused_and_replayed_signed_requests_are_logged_once_and_counted(sync_e
         assert got == 1, reason
 
 
-def test_log_lines_are_bounded_whatever_the_input(sync_env, caplog):
+def test_log_lines_are_bounded_whatever_the_input(sync_env):
     env = sync_env
-    caplog.set_level(logging.INFO, logger="edgerec.sync")
+    caplog = env.server_log()  # the service process's log records
     huge = "a" * 60_000  # in the path: under the URL limits, far over a log line
     assert httpx.get(f"{env.url}/api/v1/node/envelopes/{huge}/1").status_code == 401
     admin = {"Authorization": f"Bearer {env.init.admin_token}"}
