@@ -28,14 +28,13 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys"}
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes sharing the port (one that dies is replaced; with 2 or more the port "
                    "never closes).")
-@click.option("--http-threads", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Request threads per worker.")
 @click.option("--max-connections", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Open connections per worker, idle ones included; more wait in the kernel's queue.")
+@click.option("--http-threads", type=click.IntRange(min=1), default=None,
+              help="Python threads per worker that run requests (default: one per connection, made on "
+                   "demand; fewer lets clients that trickle a body hold them all).")
 @click.option("--header-timeout-s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
               help="Time a request head may take from its first byte; also an idle keep-alive connection's.")
-@click.option("--body-timeout-s", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
-              help="Time each read of a request body may take (answered 408); 0: no deadline.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads of the runtime per model (default: the runtime's choice).")
 @click.option("--accelerator", type=click.Choice(ACCELERATOR_CHOICES), default="auto", show_default=True)

@@ -4,7 +4,7 @@ Settings come from a TOML or JSON file (``--config``) and from command-line
 options, which win. The file groups settings in sections::
 
     [server]    host, port, workers, http_threads, access_log, log_level, log_flush_ms,
-                max_connections, header_timeout_s, body_timeout_s
+                max_connections, header_timeout_s
     [model]     model_dir, accelerator, threads, backend, trusted_keys, recipient_key, recipient_id
     [batching]  max_batch, max_delay_ms
     [limits]    max_body_bytes, max_rows, max_candidates, max_events, request_timeout_s
@@ -33,7 +33,7 @@ from .experiments import Experiment, parse_experiments
 
 _SECTIONS: dict[str, dict[str, str]] = {
     "server": {k: k for k in ("host", "port", "workers", "http_threads", "access_log", "log_level",
-                              "log_flush_ms", "max_connections", "header_timeout_s", "body_timeout_s")},
+                              "log_flush_ms", "max_connections", "header_timeout_s")},
     "model": {k: k for k in ("model_dir", "accelerator", "threads", "backend", "trusted_keys",
                              "recipient_key", "recipient_id")},
     "batching": {"max_batch": "max_batch", "max_delay_ms": "max_delay_ms"},
@@ -58,12 +58,12 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
-    http_threads: int = 16
-    # The HTTP tier (granian, per worker): open connections, a request head's time from its
-    # first byte (and an idle keep-alive connection's), each read of a body (0: no deadline).
+    # The HTTP tier (granian, per worker): open connections; Python threads that run requests
+    # (None: one per connection, so slow bodies cannot starve it); a request head's time from its
+    # first byte (and an idle keep-alive connection's).
     max_connections: int = 4096
+    http_threads: int | None = None
     header_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0
     accelerator: Accelerator = "auto"
     threads: int | None = None
     backend: BackendChoice = "auto"
@@ -113,10 +113,9 @@ class ServerConfig:
         checks = [
             (1 <= self.port <= 65535 or self.port == 0, "port", "must be 0..65535"),
             (self.workers >= 1, "workers", "must be >= 1"),
-            (self.http_threads >= 1, "http_threads", "must be >= 1"),
+            (self.http_threads is None or self.http_threads >= 1, "http_threads", "must be >= 1"),
             (self.max_connections >= 1, "max_connections", "must be >= 1"),
             (0.1 <= self.header_timeout_s <= 3600, "header_timeout_s", "must be 0.1..3600"),
-            (0 <= self.body_timeout_s <= 3600, "body_timeout_s", "must be 0..3600"),
             (self.control_timeout_s > 0, "control_timeout_s", "must be > 0"),
             (self.threads is None or self.threads >= 1, "threads", "must be >= 1"),
             (self.max_batch >= 1, "max_batch", "must be >= 1"),
@@ -212,7 +211,7 @@ class ServerConfig:
 
 _INTS = ("port", "workers", "http_threads", "max_connections", "threads", "max_batch", "max_body_bytes",
          "max_rows", "max_candidates", "max_events", "cache_max_entries", "events_dedup_bytes")
-_FLOATS = ("max_delay_ms", "request_timeout_s", "header_timeout_s", "body_timeout_s", "control_timeout_s",
+_FLOATS = ("max_delay_ms", "request_timeout_s", "header_timeout_s", "control_timeout_s",
            "cache_ttl_s", "cache_negative_ttl_s", "attribution_window_s", "log_flush_ms")
 _BOOLS = ("access_log", "control_allow_remote")
 

@@ -35,6 +35,7 @@ from edgerec.sdk.http_server import (
     HttpSettings,
     build_granian,
     drop_secret_env,
+    granian_logging,
     held,
     listen_address,
     reserve_port,
@@ -50,22 +51,12 @@ CONFIG_FILE = "config.json"
 PROMETHEUS_DIR = "prometheus"
 TARGET = "edgerec.edge_server.worker:app"
 # granian's own lines (worker spawned, died, replaced) as JSON lines on stderr, like the server's.
-LOG_CONFIG: dict[str, Any] = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "edgerec.edge_server.json_logs.JsonFormatter"}},
-    "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
-    "loggers": {
-        "_granian": {"handlers": ["json"], "level": "INFO", "propagate": False},
-        "granian.access": {"handlers": ["json"], "level": "INFO", "propagate": False},
-    },
-}
+LOG_CONFIG = granian_logging({"()": "edgerec.edge_server.json_logs.JsonFormatter"})
 
 
 def http_settings(config: ServerConfig) -> HttpSettings:
     return HttpSettings(host=config.host, port=config.port, workers=config.workers, threads=config.http_threads,
-                        max_connections=config.max_connections, header_timeout_s=config.header_timeout_s,
-                        body_timeout_s=config.body_timeout_s)
+                        max_connections=config.max_connections, header_timeout_s=config.header_timeout_s)
 
 
 def preflight(config: ServerConfig) -> ServerConfig:
@@ -124,7 +115,8 @@ class RunningServer:
     """:func:`serve` in a child process (on a free loopback port unless ``config.port`` names one).
 
     Its log (JSON lines, granian's too) goes to ``log_path`` (a temporary file by
-    default); ``close`` stops it with SIGTERM. ``env`` adds environment variables.
+    default); ``close`` stops it with SIGTERM. ``env`` adds environment variables;
+    ``python`` replaces the command that runs :func:`main` (given the config file).
     """
 
     def __init__(self, config: ServerConfig, *, env: dict[str, str] | None = None, log_path: Path | None = None,

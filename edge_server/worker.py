@@ -3,8 +3,6 @@
 The worker reads its settings from the run folder (:mod:`.server`), builds
 the app, loads the models the other workers serve (the shared state, or the
 model directory at first), then follows the shared state (:mod:`.worker_sync`).
-Every request body is read within ``body_timeout_s``
-(:class:`~edgerec.sdk.http_server.BodyDeadline`).
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerec.sdk.errors import EdgeRecError
-from edgerec.sdk.http_server import BodyDeadline, BodyReaders, WSGIApp, metrics_after_fork
+from edgerec.sdk.http_server import WSGIApp, metrics_after_fork
 
 from .config import ServerConfig
 from .server import CONFIG_FILE, RUN_ENV
@@ -65,8 +63,6 @@ def app() -> WSGIApp:
     # granian's worker ends through multiprocessing, which runs its finalizers but not atexit's.
     mp_util.Finalize(None, close, exitpriority=10)
     wsgi: WSGIApp = flask_app.wsgi_app
-    if config.body_timeout_s > 0:
-        wsgi = BodyDeadline(wsgi, config.body_timeout_s, BodyReaders(config.max_connections))
     return wsgi
 
 

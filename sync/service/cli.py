@@ -30,7 +30,7 @@ def sync_group() -> None:
               help="Serve HTTPS (TLS 1.2 or later) with this certificate chain (PEM); with --tls-key.")
 @click.option("--tls-key", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None)
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
-              help="Request threads per worker (default 4).")
+              help="Database connections per worker that requests share (default 4).")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Worker processes sharing the port (one that dies is replaced; with 2 or more the port "
                    "never closes).")
@@ -38,11 +38,9 @@ def sync_group() -> None:
               help="Open connections per worker, idle ones included; more wait in the kernel's queue.")
 @click.option("--header-timeout-s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
               help="Time a request head may take from its first byte; also an idle keep-alive connection's.")
-@click.option("--body-timeout-s", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
-              help="Time each read of a request body (an upload reads 1 MiB at a time) may take; 0: none.")
 def serve(data_dir: Path, db_url: str | None, host: str, port: int, tls_cert: Path | None,
-          tls_key: Path | None, threads: int | None, workers: int, max_connections: int, header_timeout_s: float,
-          body_timeout_s: float) -> None:
+          tls_key: Path | None, threads: int | None, workers: int, max_connections: int,
+          header_timeout_s: float) -> None:
     """Serve the node and admin APIs and the TUF repository on granian."""
     from .server import http_settings
     from .server import serve as run
@@ -55,7 +53,7 @@ def serve(data_dir: Path, db_url: str | None, host: str, port: int, tls_cert: Pa
         config = ServiceConfig(**{**config.__dict__, "threads": threads})
     tls = (tls_cert, tls_key) if tls_cert and tls_key else None
     settings = http_settings(config, host, port, tls, workers, max_connections=max_connections,
-                             header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s)
+                             header_timeout_s=header_timeout_s)
     run(data_dir, db_url, config, settings)
 
 

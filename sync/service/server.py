@@ -5,9 +5,11 @@
 workers need to a private run file (mode 0600: it holds the database URL),
 and runs granian, whose worker processes each open the service
 (:func:`worker_app`), keep its TUF metadata fresh (:class:`Maintenance`) and
-share the port. Request bodies are read within ``body_timeout_s``; an
-upload is read only after the admin token is checked (the admin blueprint's
-``before_request``): nothing of an unauthenticated upload is read or stored.
+share the port. Every open connection may hold a request thread (see
+:mod:`edgerec.sdk.http_server`); ``config.threads`` is the size of the
+database pool, which the requests share. An upload is read only after the
+admin token is checked (the admin blueprint's ``before_request``): nothing of
+an unauthenticated upload is read or stored.
 
 :class:`RunningServer` runs the same in a child process, for tests.
 """
@@ -33,8 +35,7 @@ from typing import Any
 
 from edgerec.sdk.files import write_atomic
 from edgerec.sdk.http_server import (
-    BodyDeadline,
-    BodyReaders,
+    LOG_CONFIG,
     HttpSettings,
     WSGIApp,
     build_granian,
@@ -80,10 +81,9 @@ class Maintenance(threading.Thread):
 
 def http_settings(config: ServiceConfig, host: str, port: int, tls: tuple[Path, Path] | None = None,
                   workers: int = 1, **limits: Any) -> HttpSettings:
-    """The HTTP tier's settings: ``config.threads`` request threads; ``limits`` as HttpSettings fields."""
+    """The HTTP tier's settings; ``limits`` as :class:`HttpSettings` fields."""
     cert, key = tls if tls else (None, None)
-    return HttpSettings(host=host, port=port, workers=workers, threads=config.threads, tls_cert=cert, tls_key=key,
-                        **limits)
+    return HttpSettings(host=host, port=port, workers=workers, tls_cert=cert, tls_key=key, **limits)
 
 
 def serve(data_dir: Path, db_url: str | None, config: ServiceConfig, settings: HttpSettings,
@@ -103,15 +103,14 @@ def serve(data_dir: Path, db_url: str | None, config: ServiceConfig, settings: H
     try:
         with held(holder):
             spec = {"data_dir": str(data_dir), "db_url": url, "config": dataclasses.asdict(config),
-                    "maintenance": maintenance, "body_timeout_s": settings.body_timeout_s,
-                    "max_connections": settings.max_connections}
+                    "maintenance": maintenance}
             run_file = write_atomic(run_dir / "run.json", json.dumps(spec).encode(), mode=0o600)
             os.environ[RUN_ENV] = str(run_file)
             if settings.workers > 1:
                 (run_dir / "prometheus").mkdir()
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "prometheus")
             drop_secret_env()
-            server = build_granian(TARGET, settings.replace(port=port))
+            server = build_granian(TARGET, settings.replace(port=port), LOG_CONFIG)
             logging.getLogger("edgerec").setLevel(logging.INFO)
             host = f"[{settings.host}]" if ":" in settings.host else settings.host
             # One line a supervisor (or a test) can wait for.
@@ -142,8 +141,6 @@ def worker_app() -> WSGIApp:
     # granian's worker ends through multiprocessing, which runs its finalizers but not atexit's.
     mp_util.Finalize(None, close, exitpriority=10)
     wsgi: WSGIApp = create_app(service).wsgi_app
-    if spec["body_timeout_s"] > 0:
-        wsgi = BodyDeadline(wsgi, spec["body_timeout_s"], BodyReaders(spec["max_connections"]))
     return wsgi
 
 
@@ -165,12 +162,15 @@ class RunningServer:
     The child opens its own :class:`SyncService` on the same data directory
     and database (the service runs as several processes on one database), with
     the same config. ``port`` 0 takes a free one; ``log_path`` receives its
-    output. ``start`` waits until it answers ``/api/v1/health``.
+    output; ``limits`` are :class:`HttpSettings` fields; ``python`` replaces
+    the command that runs :func:`main` (given the spec file's path). ``start``
+    waits until it answers ``/api/v1/health``.
     """
 
     def __init__(self, service: SyncService, host: str = "127.0.0.1", port: int = 0,
                  tls: tuple[Path, Path] | None = None, maintenance: bool = True, workers: int = 1,
-                 log_path: Path | None = None, env: dict[str, str] | None = None, **limits: Any) -> None:
+                 log_path: Path | None = None, env: dict[str, str] | None = None, python: list[str] | None = None,
+                 **limits: Any) -> None:
         self.service = service
         self.host, self.port = host, port
         self.scheme = "https" if tls else "http"
@@ -183,6 +183,7 @@ class RunningServer:
                       "tls": [str(tls[0]), str(tls[1])] if tls else None, "maintenance": maintenance,
                       "workers": workers, "limits": limits}
         self._env = env or {}
+        self._python = python or [sys.executable, "-c", "from edgerec.sync.service.server import main; main()"]
         self._tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -202,7 +203,7 @@ class RunningServer:
     def start(self, timeout_s: float = 120.0) -> RunningServer:
         self._tmp.mkdir(exist_ok=True)
         spec_path = write_atomic(self._tmp / "spec.json", json.dumps(self._spec).encode(), mode=0o600)
-        cmd = [sys.executable, "-c", "from edgerec.sync.service.server import main; main()", str(spec_path)]
+        cmd = [*self._python, str(spec_path)]
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                          env={**os.environ, **self._env}, start_new_session=True)

@@ -1,0 +1,265 @@
+"""The HTTP tier (granian) under hostile clients, each attack reproduced at a bounded scale on loopback.
+
+Every test runs ``edgerec serve`` in a child process (RunningServer) and
+attacks it with real sockets: idle and slowloris connections, oversized
+heads and bodies, descriptors above 1023, a worker killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from support.hostile import Slowloris, raise_fd_limit, timed_requests
+
+from edgerec.edge_server import RunningServer
+
+HEADER_S = 2.0
+INFER = "/v2/models/ctr/infer"
+ROW = {"inputs": [
+    {"name": "user_id", "shape": [1], "datatype": "BYTES", "data": ["u3"]},
+    {"name": "item_id", "shape": [1], "datatype": "INT64", "data": [5]},
+    {"name": "ctx", "shape": [1, 4], "datatype": "FP32", "data": [0.5, 0.5, 0.5, 0.5]},
+]}
+# Sockets the slowloris test keeps open: as many as this machine lets the test process have.
+ATTACK = int(os.environ.get("EDGEREC_TEST_SLOWLORIS", "2000"))
+
+
+@pytest.fixture
+def hostile_config(base_config):
+    return base_config.replace(header_timeout_s=HEADER_S, access_log=False)
+
+
+def _raw(port: int, data: bytes, wait_s: float = 5.0) -> tuple[bytes, float]:
+    """Send ``data`` on a fresh connection; the first bytes answered (b"" if closed) and when."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as s:
+        t0 = time.monotonic()
+        try:
+            s.sendall(data)
+            got = s.recv(200)
+        except (ConnectionResetError, BrokenPipeError):
+            got = b""
+        return got, time.monotonic() - t0
+
+
+@pytest.mark.slow
+def test_slow_and_idle_connections_never_keep_a_normal_client_waiting(hostile_config):
+    limit = raise_fd_limit(ATTACK + 500)
+    n = min(ATTACK, limit - 300)
+    idle, heads = n // 2, n // 4
+    bodies = n - idle - heads
+    running = RunningServer(hostile_config)
+    url = running.url
+    attack = Slowloris("127.0.0.1", running.port, INFER, idle=idle, heads=heads, bodies=bodies)
+    try:
+        assert attack.open_count == n
+        time.sleep(HEADER_S + 1.0)  # heads cut and opened again; every body holds a thread reading it
+        fresh = timed_requests(lambda: httpx.post(url + INFER, json=ROW, timeout=10).status_code, 30)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            kept = timed_requests(lambda: client.post(INFER, json=ROW).status_code, 30)
+        stats = attack.stats
+    finally:
+        attack.close()
+    print(f"{n} hostile sockets ({idle} idle, {heads} heads, {bodies} bodies): new connections p50 "
+          f"{fresh.p50_s * 1e3:.1f} ms max {fresh.max_s * 1e3:.1f} ms; kept alive p50 {kept.p50_s * 1e3:.1f} ms "
+          f"max {kept.max_s * 1e3:.1f} ms; heads cut {stats.closed['head']}")
+    try:
+        assert not fresh.failures and not kept.failures, (fresh.failures, kept.failures)
+        # A normal client, new connection or kept alive, is served within a second throughout.
+        assert fresh.max_s < 1.0 and kept.max_s < 1.0, (fresh.max_s, kept.max_s)
+        # Trickled heads are cut at the header timeout (each one came back and was cut again).
+        assert stats.closed["head"] >= heads
+        median_life = sorted(stats.head_lifetimes)[len(stats.head_lifetimes) // 2]
+        assert HEADER_S * 0.9 <= median_life <= HEADER_S + 2.0, median_life
+        # Trickled bodies are still being read (granian gives a body no deadline): nothing answered them.
+        assert stats.closed["body"] == 0 and not stats.answers, stats.answers
+        assert httpx.get(url + "/v2/health/ready", timeout=5).status_code == 200
+    finally:
+        assert running.close() == 0
+
+
+def test_header_timeout_and_per_connection_caps(hostile_config):
+    running = RunningServer(hostile_config)
+    port = running.port
+    try:
+        # A head trickled a byte at a time: the connection is closed at the header timeout.
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            t0 = time.monotonic()
+            s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")
+            s.settimeout(0.3)
+            closed_at = None
+            while time.monotonic() - t0 < HEADER_S + 5:
+                try:
+                    s.send(b"X")
+                    if s.recv(100) == b"":
+                        closed_at = time.monotonic() - t0
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:
+                    closed_at = time.monotonic() - t0
+                    break
+            assert closed_at is not None and HEADER_S * 0.9 <= closed_at <= HEADER_S + 1.5, closed_at
+        # A keep-alive connection left idle after a request is closed after the header timeout too.
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b'{"live":true}'):  # head and body may come in two segments
+                answer += s.recv(1000)
+            assert answer.startswith(b"HTTP/1.1 200")
+            t0 = time.monotonic()
+            s.settimeout(HEADER_S + 5)
+            assert s.recv(100) == b"" and time.monotonic() - t0 <= HEADER_S + 1.5
+        # Per connection: a head over the cap is refused (431), whatever the route.
+        got, _ = _raw(port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n")
+        assert got == b"" or got.startswith(b"HTTP/1.1 431")
+        many = b"".join(b"X-H%d: 1\r\n" % i for i in range(200))
+        got, _ = _raw(port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+        assert got.startswith(b"HTTP/1.1 431")
+        # A body over the limit is refused from its Content-Length, before a byte of it is read.
+        got, took = _raw(port, f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n".encode())
+        assert got.startswith(b"HTTP/1.1 413") and took < 1.0
+        # The server answered all of it and still serves.
+        assert httpx.post(running.url + INFER, json=ROW, timeout=5).status_code == 200
+    finally:
+        assert running.close() == 0
+
+
+def test_the_connection_cap_queues_new_connections_instead_of_dropping_them(hostile_config):
+    cap = 20
+    running = RunningServer(hostile_config.replace(max_connections=cap))
+    held = [socket.create_connection(("127.0.0.1", running.port)) for _ in range(cap)]
+    try:
+        time.sleep(0.3)
+        waiting: dict[str, int] = {}
+
+        def call() -> None:
+            waiting["status"] = httpx.get(running.url + "/v2/health/live", timeout=30).status_code
+
+        t = threading.Thread(target=call)
+        t.start()
+        t.join(1.5)
+        assert t.is_alive()  # accepted by the kernel, not yet by the server: every slot is taken
+        for s in held[:5]:
+            s.close()
+        t.join(10)
+        assert waiting == {"status": 200}
+    finally:
+        for s in held:
+            s.close()
+        assert running.close() == 0
+
+
+def test_descriptors_above_1023_are_served(hostile_config, tmp_path):
+    """The server process holds 1,100 descriptors before it serves, so every connection's is above 1023."""
+    opener = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (8192, "
+              "resource.getrlimit(resource.RLIMIT_NOFILE)[1])); "
+              "held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]; "
+              "from edgerec.edge_server.server import main; main()")
+    running = RunningServer(hostile_config, python=[sys.executable, "-c", opener])
+    clients = [httpx.Client(base_url=running.url, timeout=10) for _ in range(40)]
+    try:
+        for c in clients:  # 40 connections held open, all answered
+            assert c.post(INFER, json=ROW).status_code == 200
+        (worker,) = running.worker_pids()
+        sockets = [int(fd) for fd in os.listdir(f"/proc/{worker}/fd")
+                   if os.readlink(f"/proc/{worker}/fd/{fd}").startswith("socket:")]
+        assert sum(fd > 1023 for fd in sockets) >= 40, sorted(sockets)[-5:]
+        for c in clients:
+            assert c.post(INFER, json=ROW).status_code == 200
+    finally:
+        for c in clients:
+            c.close()
+        assert running.close() == 0
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_replaced_and_the_port_never_closes(hostile_config, packages):
+    running = RunningServer(hostile_config.replace(workers=2))
+    try:
+        running.wait_ready(workers=2)
+        before = running.worker_pids()
+        assert len(before) == 2
+        refused: list[str] = []
+        other: list[str] = []
+        served = [0]
+        stop = threading.Event()
+
+        def client() -> None:
+            while not stop.is_set():
+                try:  # a new connection every time: each goes through the listening sockets
+                    r = httpx.post(running.url + INFER, json=ROW, timeout=10)
+                    served[0] += r.status_code == 200
+                except httpx.ConnectError as exc:
+                    refused.append(str(exc))
+                except httpx.HTTPError as exc:  # a request the dead worker had taken: reset
+                    other.append(f"{type(exc).__name__}: {exc}")
+
+        threads = [threading.Thread(target=client) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        os.kill(before[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = running.worker_pids()
+            if len(now) == 2 and before[0] not in now:
+                break
+            time.sleep(0.2)
+        time.sleep(2.0)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        after = running.worker_pids()
+        assert len(after) == 2 and before[0] not in after and before[1] in after
+        assert refused == []  # the port never closed
+        assert len(other) <= 3 and served[0] > 20, (other, served)
+        # The replacement serves, and takes part in the next swap like the others.
+        r = httpx.post(running.url + "/control/v1/models/load", json={"path": str(packages["v2"])},
+                       headers={"Authorization": "Bearer test-control-token-0123456789"}, timeout=120)
+        assert r.status_code == 200 and r.json()["workers"] == 2, r.text
+        versions = {httpx.post(running.url + INFER, json=ROW).json()["model_version"] for _ in range(20)}
+        assert versions == {"2"}
+    finally:
+        assert running.close() == 0
+
+
+def test_a_control_call_names_the_workers_that_did_not_follow(hostile_config, packages, tmp_path):
+    """A worker that cannot load what another loaded: the call answers 503 naming it, and says what it served."""
+    running = RunningServer(hostile_config.replace(workers=2, control_timeout_s=2.0))
+    try:
+        running.wait_ready(workers=2)
+        pkg = tmp_path / "ctr-2.edgepkg"
+        pkg.write_bytes(Path(packages["v2"]).read_bytes())
+        headers = {"Authorization": "Bearer test-control-token-0123456789"}
+        # Stop one worker (SIGSTOP): it cannot apply anything until it is continued.
+        stopped = running.worker_pids()[0]
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            answer = None
+            for _ in range(12):  # a new connection may land on the stopped worker's socket: it then times out
+                try:
+                    r = httpx.post(running.url + "/control/v1/models/load", json={"path": str(pkg)},
+                                   headers=headers, timeout=6)
+                except httpx.TimeoutException:
+                    continue
+                assert r.status_code == 503, r.text
+                answer = r.json()
+                break
+            assert answer is not None and answer["error"] == "workers_out_of_step" and answer["field"] == "workers"
+            assert str(stopped) in answer["detail"] and "applied by 1 of 2 workers" in answer["detail"]
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        # Continued, it catches up by itself; a repeated call then succeeds on every worker.
+        r = httpx.post(running.url + "/control/v1/models/load", json={"path": str(pkg)}, headers=headers, timeout=60)
+        assert r.status_code == 200 and r.json()["workers"] == 2, r.text
+        assert {httpx.post(running.url + INFER, json=ROW).json()["model_version"] for _ in range(20)} == {"2"}
+    finally:
+        assert running.close() == 0
