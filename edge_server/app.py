@@ -3,7 +3,7 @@
 ``create_app(config)`` builds one :class:`EdgeServer` (repository, data plane,
 metrics, cache, experiments), registers one blueprint per API and the single
 error handler that turns every error into ``{"error", "detail", "field"}``.
-Serving it is :mod:`.server`'s job (waitress, never Flask's dev server).
+Serving it is :mod:`.server`'s job (granian, never Flask's dev server).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from edgerec.sdk.errors import EdgeRecError
-from edgerec.sdk.files import write_atomic
 from edgerec.sdk.keys import load_recipient_key, load_verify_key
 
 from . import api_rank, api_tfserving, api_v2, control, metrics_api, openapi
@@ -38,8 +37,7 @@ from .tracing import open_telemetry
 from .wire import json_response
 
 log = logging.getLogger("edgerec.edge_server")
-STATE_FILE = "state.json"
-PEERS_DIR = "peers"
+STATE_FILE = "state.json"  # what the workers serve (written by .worker_sync, read at a worker's start)
 
 
 class EdgeServer:
@@ -80,7 +78,6 @@ class EdgeServer:
                                    user_id_field=config.user_id_field, dedup=self.dedup)
         self.control_token = config.control_token or read_token(config.control_token_file)
         self.control_lock = threading.Lock()
-        self.pending: dict[str, tuple[float, Any]] = {}
         self.ready = threading.Event()
         self.load_failures: list[str] = []
         self.otel = open_telemetry(tracer_provider)
@@ -125,26 +122,6 @@ class EdgeServer:
                 self.repo.load(entry["path"], serve=entry["serving"])
             except EdgeRecError as exc:
                 self.load_failures.append(f"{entry['path']}: {exc}")
-
-    def save_state(self) -> None:
-        """Record what is loaded, so a worker restarted by the supervisor loads the same."""
-        path = self._state_file()
-        if path is None:
-            return
-        versions = sorted(self.repo.versions(), key=lambda mv: mv.serving)  # serving ones last
-        doc = {"versions": [{"path": mv.source, "serving": mv.serving} for mv in versions]}
-        write_atomic(path, json.dumps(doc).encode())
-
-    def peers(self) -> list[str]:
-        """Control URLs of the sibling worker processes (none in single-process mode)."""
-        run_dir, me = self.config.run_dir, self.config.worker_index
-        if run_dir is None:
-            return []
-        out = []
-        for p in sorted((run_dir / PEERS_DIR).glob("*.port")):
-            if p.stem != str(me):
-                out.append(f"http://127.0.0.1:{int(p.read_text())}")
-        return out
 
     def close(self) -> None:
         if self._loader is not None:

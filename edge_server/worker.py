@@ -21,7 +21,7 @@ from edgerec.sdk.http_server import WSGIApp, metrics_after_fork
 
 from .config import ServerConfig
 from .server import CONFIG_FILE, RUN_ENV
-from .worker_sync import WorkerSync
+from .worker_sync import STATE_FILE, WorkerSync
 
 log = logging.getLogger("edgerec.edge_server.worker")
 SYNC_KEY = "edgerec.workers"  # app.extensions key of this worker's WorkerSync
@@ -68,7 +68,7 @@ def app() -> WSGIApp:
 
 def _generation(run_dir: Path) -> int:
     try:
-        return int(json.loads((run_dir / "state.json").read_text())["generation"])
+        return int(json.loads((run_dir / STATE_FILE).read_text())["generation"])
     except FileNotFoundError:
         return 0
 
