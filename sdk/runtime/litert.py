@@ -10,7 +10,6 @@ present; both are turned into :class:`AcceleratorUnavailableError` here.
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
 import threading
 
@@ -128,6 +127,8 @@ class _CompiledSession(Session):
 
     def _release(self) -> None:
         # Dropping the model destroys its LiteRT environment, which logs every accelerator it drops.
+        if self._model is None:
+            return  # closed already
         with silenced():
             self._model.close()
             self._model = None
@@ -155,17 +156,9 @@ class LiteRTBackend(Backend):
 
     name = "litert"
     formats = ("tflite",)
+    module = "ai_edge_litert.interpreter"
+    distribution = "ai-edge-litert"
 
-    @classmethod
-    def available(cls) -> bool:
-        try:
-            import ai_edge_litert.interpreter  # noqa: F401
-        except ImportError:
-            return False
-        return True
-
-    def version(self) -> str:
-        return importlib.metadata.version("ai-edge-litert")
 
     def load(self, model: Blob, artifact: Artifact, accelerator: Device, threads: int | None) -> Session:
         if accelerator != "cpu":

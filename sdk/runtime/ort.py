@@ -7,7 +7,6 @@ last so unsupported nodes fall back inside ONNX Runtime.
 
 from __future__ import annotations
 
-import importlib.metadata
 from typing import Any
 
 from ..errors import AcceleratorUnavailableError, RuntimeBackendError
@@ -63,17 +62,9 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     formats = ("ort", "onnx")
+    module = "onnxruntime"
+    distribution = "onnxruntime"
 
-    @classmethod
-    def available(cls) -> bool:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            return False
-        return True
-
-    def version(self) -> str:
-        return importlib.metadata.version("onnxruntime")
 
     def load(self, model: Blob, artifact: Artifact, accelerator: Device, threads: int | None) -> Session:
         import onnxruntime as ort
