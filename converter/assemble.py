@@ -16,6 +16,7 @@ from edgerec.sdk.vocab import Vocabulary
 
 from .build import Built
 from .evaluate import VariantResult
+from .features import id_fields
 from .prepare import Prepared
 from .sources import Source
 
@@ -83,6 +84,8 @@ def assemble(p: PackageParts) -> PackageBuilder:
         )
     for spec, vocab in p.features:
         builder.add_feature(spec, vocab)
+    builder.item_id_field, builder.user_id_field = id_fields(
+        [spec for spec, _ in p.features], p.options.item_field, p.options.user_field)
     if p.warmup is not None:
         builder.set_warmup(p.warmup)
     if p.scores is not None:

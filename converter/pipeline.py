@@ -33,7 +33,7 @@ from .build import Built, OrtBuilder, TfBuilder
 from .calibration import ort_samples
 from .errors import AccuracyBudgetError, ConversionError, DataError
 from .evaluate import VariantResult, auc, compressed_size, log_loss, measure, score_column
-from .features import feature_specs, read_feature_file
+from .features import feature_specs, id_fields, read_feature_file
 from .ort import StaticOptions
 from .prepare import Prepared, prepare
 from .sources import Source, load_source
@@ -67,6 +67,8 @@ class ConvertOptions:
     max_auc_drop: float = 0.002
     features: Path | None = None
     score_output: str | None = None
+    item_field: str | None = None  # None: the item-role input that is an id
+    user_field: str | None = None  # None: the user-role input that is an id
     progress: bool = False
 
 
@@ -110,6 +112,7 @@ def convert(
     )
     features = feature_specs(prepared.inputs, prepared.vocabularies, prepared.id_ranges, overrides,
                              prepared.hash_bins)
+    id_fields([f for f, _ in features], opts.item_field, opts.user_field)  # a bad --item-field fails now
     encoder = InputEncoder(signature, {f.input: f for f, _ in features}, prepared.vocabularies)
     eval_enc = _encode(encoder, eval_raw, "--eval")
     calib_enc = _encode(encoder, calib_raw, "--calibration")

@@ -127,7 +127,9 @@ class Manifest:
     producer: dict[str, str] = field(default_factory=dict)
     score_output: str | None = None
     item_table: str | None = None
+    # The request fields that hold an item's id (candidates, item table) and a user's id.
     item_id_field: str = "item_id"
+    user_id_field: str | None = None
     warmup: str | None = None
     eval_report: dict[str, Any] | None = None
     score_distribution: dict[str, Any] | None = None
@@ -213,6 +215,7 @@ class Manifest:
             score_output=r.opt_str("score_output"),
             item_table=r.opt_str("item_table"),
             item_id_field=r.opt_str("item_id_field") or "item_id",
+            user_id_field=r.opt_str("user_id_field"),
             warmup=r.opt_str("warmup"),
             eval_report=r.opt_dict("eval_report"),
             score_distribution=r.opt_dict("score_distribution"),

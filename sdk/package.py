@@ -133,7 +133,9 @@ class PackageBuilder:
         self._features: list[FeatureSpec] = []
         self._blobs: dict[str, bytes] = {}
         self._item_table: str | None = None
-        self._item_id_field = "item_id"
+        # The request fields naming an item and a user (the converter sets them from the feature roles).
+        self.item_id_field = "item_id"
+        self.user_id_field: str | None = None
         self._warmup: str | None = None
 
     def _put(self, path: str, data: bytes) -> None:
@@ -192,7 +194,7 @@ class PackageBuilder:
         if id_field not in arrays:
             raise PackageError(f"item table: missing id column {id_field!r}")
         self.add_file("items.npz", _npz(arrays), kind="item_table")
-        self._item_table, self._item_id_field = "items.npz", id_field
+        self._item_table, self.item_id_field = "items.npz", id_field
 
     def set_warmup(self, samples: Mapping[str, npt.ArrayLike]) -> None:
         """Inputs a server runs before it swaps a new version in."""
@@ -223,7 +225,8 @@ class PackageBuilder:
             producer=dict(self.producer),
             score_output=self.score_output,
             item_table=self._item_table,
-            item_id_field=self._item_id_field,
+            item_id_field=self.item_id_field,
+            user_id_field=self.user_id_field,
             warmup=self._warmup,
             eval_report=self.eval_report,
             score_distribution=self.score_distribution,
