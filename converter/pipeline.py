@@ -28,6 +28,7 @@ from edgerec.sdk.manifest import Manifest, ModelSignature, TensorSpec
 from edgerec.sdk.package import Package
 
 from . import data as tables
+from . import torch_litert
 from .assemble import PackageParts, assemble
 from .build import Built, OrtBuilder, TfBuilder
 from .calibration import ort_samples
@@ -67,6 +68,7 @@ class ConvertOptions:
     max_auc_drop: float = 0.002
     features: Path | None = None
     score_output: str | None = None
+    example_inputs: Path | None = None  # PyTorch files: example inputs (.npz)
     item_field: str | None = None  # None: the item-role input that is an id
     user_field: str | None = None  # None: the user-role input that is an id
     progress: bool = False
@@ -98,9 +100,11 @@ def convert(
 ) -> ConvertResult:
     """Convert ``source`` (path, ``keras.Model`` or ``torch.nn.Module``) into a signed package at ``out``."""
     opts = options or ConvertOptions()
-    src = load_source(source, example_inputs, input_names, output_names)
+    src = load_source(source, example_inputs, input_names, output_names, opts.example_inputs)
     formats = _formats(src, opts)
     plan = _plan(formats, opts)
+    if src.kind == "torch" and "tflite" in plan:
+        plan = torch_litert.restrict_plan(plan, opts.quantize, opts.prune)
     overrides = read_feature_file(opts.features)
     eval_raw, labels = _read_eval(src, opts)
     calib_raw = _read_calibration(src, opts, plan)
@@ -144,6 +148,7 @@ class Work:
         self.progress = progress
         self.tf: TfBuilder | None = None
         self._ort: OrtBuilder | None = None
+        self._lite: torch_litert.TorchLiteBuilder | None = None
         self._prepared = prepared
         self._src = src
         if src.is_tensorflow:
@@ -158,6 +163,10 @@ class Work:
         return self._ort
 
     def build(self, fmt: str, precision: str, calib: Arrays | None, batch: int | None = None) -> Built:
+        if fmt == "tflite" and self._src.kind == "torch":
+            if self._lite is None:
+                self._lite = torch_litert.TorchLiteBuilder(self._src, self._prepared.inputs, self._prepared.outputs)
+            return self._lite.tflite(precision, calib, batch)
         if fmt == "tflite":
             assert self.tf is not None
             task = self._task(f"calibrating tflite {precision}", calib if precision == "int8" else None, batch)
@@ -218,13 +227,20 @@ def _bucket_diff(base: Built, bucket: Built, encoded: Arrays, output: str, n: in
 
 
 def _formats(src: Source, opts: ConvertOptions) -> tuple[str, ...]:
-    formats = tuple(opts.formats or (("tflite", "ort") if src.is_tensorflow else ("ort",)))
+    litert = src.is_tensorflow or (src.kind == "torch" and torch_litert.available())
+    formats = tuple(opts.formats or (("tflite", "ort") if litert else ("ort",)))
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ConversionError(f"--format {','.join(formats)}: use tflite and/or ort")
-    if "tflite" in formats and not src.is_tensorflow:
+    if "tflite" in formats and src.kind == "torch" and not litert:
         raise ConversionError(
-            f"--format tflite: {src.label} is {src.kind}; LiteRT artifacts come from Keras or SavedModel sources"
+            "--format tflite: LiteRT artifacts from PyTorch need litert-torch: pip install 'edgerec[torch]' "
+            "(a CPU build of torch first), or use --format ort"
+        )
+    if "tflite" in formats and not litert:
+        raise ConversionError(
+            f"--format tflite: {src.label} is {src.kind}; LiteRT artifacts come from Keras, SavedModel or PyTorch "
+            "sources: convert the model it was exported from, or use --format ort"
         )
     return formats
 
