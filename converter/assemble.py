@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgerec.sdk import __version__
-from edgerec.sdk.manifest import FeatureSpec, ModelSignature
+from edgerec.sdk.manifest import FeatureSpec, ModelSignature, NpuTarget
 from edgerec.sdk.package import PackageBuilder
 from edgerec.sdk.vocab import Vocabulary
 
@@ -47,12 +47,17 @@ class PackageParts:
 
 def artifact_path(b: Built) -> str:
     suffix = f"-b{b.batch}" if b.batch else ""
+    target = b.extra.get("npu_target")
+    if isinstance(target, NpuTarget):  # compiled ahead of time for one SoC's NPU (converter/npu.py)
+        suffix += f".{target.vendor}-{target.soc.lower()}"
     return f"model-{b.precision}{suffix}.{b.format}"
 
 
-def runtime_versions(fmt: str) -> dict[str, str]:
+def runtime_versions(fmt: str, target: NpuTarget | None = None) -> dict[str, str]:
     """Versions that made and that run the artifact (format lock-in shows up here)."""
-    names = ("tensorflow", "ai-edge-litert") if fmt == "tflite" else ("onnx", "onnxruntime")
+    names: tuple[str, ...] = ("tensorflow", "ai-edge-litert") if fmt == "tflite" else ("onnx", "onnxruntime")
+    if target is not None:
+        names += (f"ai-edge-litert-sdk-{target.vendor}",)
     out = {}
     for n in names:
         try:
@@ -62,14 +67,20 @@ def runtime_versions(fmt: str) -> dict[str, str]:
     return out
 
 
+def _order(b: Built) -> tuple[Any, ...]:
+    target = b.extra.get("npu_target")
+    return (target.vendor, target.soc) if isinstance(target, NpuTarget) else (), b.format != "tflite", b.batch or 0
+
+
 def assemble(p: PackageParts) -> PackageBuilder:
     builder = PackageBuilder(p.name, p.version, p.signature)
     builder.producer.update({"edgerec.converter": __version__, "source": p.source.kind})
     builder.score_output = p.score_output
-    # tflite first: the SDK loads the first (format, precision) this device can run.
-    for b in sorted(p.artifacts, key=lambda b: (b.format != "tflite", b.batch or 0)):
+    # tflite first: the SDK loads the first (format, precision) this device can run; NPU-compiled last.
+    for b in sorted(p.artifacts, key=_order):
         path = artifact_path(b)
-        extra = {k: v for k, v in b.extra.items() if k != "accelerators"}
+        target = b.extra.get("npu_target")
+        extra = {k: v for k, v in b.extra.items() if k not in ("accelerators", "npu_target")}
         if p.prepared.sparsity is not None:
             extra["sparsity"] = round(p.prepared.sparsity.achieved, 4)
         if b.operators_config is not None:
@@ -79,8 +90,8 @@ def assemble(p: PackageParts) -> PackageBuilder:
         builder.add_artifact(
             path, b.data, b.format,  # type: ignore[arg-type]
             precision=b.precision, batch=b.batch or "dynamic",
-            accelerators=GPU_NPU if b.batch else ("cpu",),
-            runtime=runtime_versions(b.format), extra=extra,
+            accelerators=("npu",) if target is not None else GPU_NPU if b.batch else ("cpu",),
+            runtime=runtime_versions(b.format, target), extra=extra, npu_target=target,
         )
     for spec, vocab in p.features:
         builder.add_feature(spec, vocab)

@@ -56,6 +56,9 @@ def _ints(value: str | None, what: str) -> tuple[int, ...]:
 @click.option("--score-output", help="The output that holds the score (default: the first).")
 @click.option("--example-inputs", type=_File,
               help="PyTorch .pt/.pt2: example inputs (.npz, one array per forward argument).")
+@click.option("--npu", "npu_targets", metavar="VENDOR:SOC,...",
+              help="Also compile the fixed-batch LiteRT artifacts for these NPUs, e.g. qualcomm:SM8650,mediatek:MT6989 "
+                   "(needs --batch-buckets and the [npu] extra).")
 @click.option("--item-field", help="The item feature that names a candidate (default: the item input that is an id).")
 @click.option("--user-field", help="The user feature that takes the user id (default: the user input that is an id).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -66,6 +69,7 @@ def convert(
     batch_buckets: str | None, eval_path: Path | None, label: str, eval_rows: int,
     max_auc_drop: float, features_path: Path | None, score_output: str | None, as_json: bool,
     item_field: str | None = None, user_field: str | None = None, example_inputs: Path | None = None,
+    npu_targets: str | None = None,
 ) -> None:
     """Convert a Keras (.keras), SavedModel, ONNX or PyTorch (TorchScript .pt, torch.export .pt2) model
     into a signed package."""
@@ -79,6 +83,7 @@ def convert(
         batch_buckets=_ints(batch_buckets, "--batch-buckets"), eval=eval_path, label=label,
         eval_rows=eval_rows, max_auc_drop=max_auc_drop, features=features_path,
         score_output=score_output, item_field=item_field, user_field=user_field, example_inputs=example_inputs,
+        npu=npu_targets,
         progress=not as_json and err_console.is_terminal,
     )
     result = run_convert(source, out, key, opts)

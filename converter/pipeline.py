@@ -28,7 +28,7 @@ from edgerec.sdk.manifest import Manifest, ModelSignature, TensorSpec
 from edgerec.sdk.package import Package
 
 from . import data as tables
-from . import torch_litert
+from . import npu, torch_litert
 from .assemble import PackageParts, assemble
 from .build import Built, OrtBuilder, TfBuilder
 from .calibration import ort_samples
@@ -69,6 +69,7 @@ class ConvertOptions:
     features: Path | None = None
     score_output: str | None = None
     example_inputs: Path | None = None  # PyTorch files: example inputs (.npz)
+    npu: str | None = None  # "qualcomm:SM8650,mediatek:MT6989": LiteRT artifacts compiled for those NPUs
     item_field: str | None = None  # None: the item-role input that is an id
     user_field: str | None = None  # None: the user-role input that is an id
     progress: bool = False
@@ -105,6 +106,8 @@ def convert(
     plan = _plan(formats, opts)
     if src.kind == "torch" and "tflite" in plan:
         plan = torch_litert.restrict_plan(plan, opts.quantize, opts.prune)
+    npu_targets = npu.parse_targets(opts.npu)
+    npu.check_plan(npu_targets, formats, opts.batch_buckets)
     overrides = read_feature_file(opts.features)
     eval_raw, labels = _read_eval(src, opts)
     calib_raw = _read_calibration(src, opts, plan)
@@ -128,6 +131,7 @@ def convert(
         results, built = work.candidates(plan, calib_enc, eval_enc, labels, reference, score_output)
         kept = _select(results, built, opts, source_row, labels is not None)
         buckets = work.buckets(kept, calib_enc, eval_enc, score_output)
+        buckets += npu.compile_artifacts(npu_targets, buckets)
         parts = PackageParts(
             name=opts.name or _default_name(src), version=opts.version, signature=signature,
             score_output=score_output, features=features, artifacts=[*kept, *buckets],

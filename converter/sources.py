@@ -148,7 +148,7 @@ def _load_keras(path: Path) -> Source:
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # keras raises ValueError, OSError, zipfile errors, ...
-        raise UnsupportedModelError(f"{path}: not a readable Keras model ({_one_line(exc)})") from exc
+        raise UnsupportedModelError(f"{path}: not a readable Keras model ({one_line(exc)})") from exc
     return _keras_source(model, str(path))
 
 
@@ -169,7 +169,7 @@ def _load_saved_model(path: Path) -> Source:
     except KeyError as exc:
         raise UnsupportedModelError(f"{path}: the SavedModel has no 'serving_default' signature") from exc
     except Exception as exc:  # TF raises many kinds for a damaged SavedModel
-        raise UnsupportedModelError(f"{path}: not a readable SavedModel ({_one_line(exc)})") from exc
+        raise UnsupportedModelError(f"{path}: not a readable SavedModel ({one_line(exc)})") from exc
     specs = fn.structured_input_signature[1]
     inputs = tuple(_tf_spec(name, s) for name, s in sorted(specs.items()))
     outs = fn.structured_outputs
@@ -191,7 +191,7 @@ def _load_onnx(data: bytes, label: str) -> Source:
         model = onnx.load_from_string(data)
         onnx.checker.check_model(model)
     except Exception as exc:  # protobuf DecodeError, onnx ValidationError
-        raise UnsupportedModelError(f"{label}: not a valid ONNX model ({_one_line(exc)})") from exc
+        raise UnsupportedModelError(f"{label}: not a valid ONNX model ({one_line(exc)})") from exc
     inputs, outputs = onnx_signature(model)
     return Source("onnx", label, inputs, outputs, onnx_bytes=data)
 
@@ -250,13 +250,13 @@ def make_torch_source(
         try:
             probe = module(*examples)
         except Exception as exc:  # whatever the model raises on inputs it does not take
-            raise UnsupportedModelError(f"{label}: the model fails on the example inputs ({_one_line(exc)})") from exc
+            raise UnsupportedModelError(f"{label}: the model fails on the example inputs ({one_line(exc)})") from exc
         try:
             if other is not None:
                 module(*other)
         except Exception as exc:  # e.g. a traced reshape to the example batch size
             raise UnsupportedModelError(
-                f"{label}: the model runs at batch {rows} but fails at batch {rows + 1} ({_one_line(exc)}): "
+                f"{label}: the model runs at batch {rows} but fails at batch {rows + 1} ({one_line(exc)}): "
                 "it has a batch size built in; script or export it with a dynamic batch"
             ) from exc
     n_out = len(probe) if isinstance(probe, tuple | list) else 1
@@ -275,7 +275,7 @@ def make_torch_source(
             )
     except Exception as exc:  # torch raises many kinds while tracing
         raise UnsupportedModelError(
-            f"{label}: ONNX export failed ({_one_line(exc)}); export the model to ONNX yourself "
+            f"{label}: ONNX export failed ({one_line(exc)}); export the model to ONNX yourself "
             "and convert the .onnx file"
         ) from exc
     src = _load_onnx(buf.getvalue(), label)
@@ -318,6 +318,6 @@ def _quiet_tensorflow() -> None:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     return (lines[0] if lines else type(exc).__name__)[:300]

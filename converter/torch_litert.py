@@ -32,7 +32,7 @@ from edgerec.sdk.manifest import TensorSpec
 
 from .build import Built
 from .errors import ConversionError, UnsupportedOpError
-from .sources import Source, _one_line
+from .sources import Source, one_line
 
 Arrays = dict[str, npt.NDArray[Any]]
 PRECISIONS = ("fp32", "int8-dynamic")
@@ -64,7 +64,7 @@ def exportable(src: Source) -> Any:
         except Exception as exc:  # the converter raises for unsupported TorchScript constructs
             raise UnsupportedOpError(
                 f"{src.label}: torch cannot turn this TorchScript model into a torch.export program for LiteRT "
-                f"({_one_line(exc)}); save it with torch.export.save, or use --format ort"
+                f"({one_line(exc)}); save it with torch.export.save, or use --format ort"
             ) from exc
     return module
 
@@ -128,7 +128,7 @@ class TorchLiteBuilder:
                 data = bytes(litert_torch.convert(self._module, sample_kwargs=kwargs).model_content())
             except Exception as exc:  # litert-torch raises from torch.export, JAX lowering and the MLIR converter
                 raise UnsupportedOpError(
-                    f"{self.src.label}: litert-torch cannot convert the model ({_one_line(exc)}); use --format ort"
+                    f"{self.src.label}: litert-torch cannot convert the model ({one_line(exc)}); use --format ort"
                 ) from exc
         self._check_names(data)
         return data
@@ -165,7 +165,7 @@ class TorchLiteBuilder:
                     raise ValueError(f"output shapes {shapes[0]}, expected {shapes[1]}")
                 diff = max(float(np.max(np.abs(g - w))) for g, w in pairs)
             except Exception as exc:  # LiteRT raises ValueError/RuntimeError, torch whatever the model raises
-                diff, why = float("inf"), _one_line(exc)
+                diff, why = float("inf"), one_line(exc)
             else:
                 why = f"max |diff| {diff:.3g}"
             if not diff <= _TOLERANCE:
@@ -200,7 +200,7 @@ def quantize_dynamic(data: bytes) -> bytes:
         q = quantizer.Quantizer(bytearray(data), recipe.dynamic_wi8_afp32())
         return bytes(q.quantize(enable_progress_report=False).quantized_model)
     except Exception as exc:  # the quantizer raises plain Exceptions for unsupported graphs
-        raise ConversionError(f"LiteRT int8-dynamic (ai-edge-quantizer) failed: {_one_line(exc)}") from exc
+        raise ConversionError(f"LiteRT int8-dynamic (ai-edge-quantizer) failed: {one_line(exc)}") from exc
 
 
 def _named(inner: Any, names: list[str], outputs: list[str]) -> Any:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, UnsupportedModelError
-from .sources import Source, _one_line, make_torch_source
+from .sources import Source, make_torch_source, one_line
 from .torch_litert import quiet
 
 _SAVE_HINT = (
@@ -70,7 +70,7 @@ def load_torch_file(path: Path, example_file: Path | None) -> Source:
         try:
             program = torch.export.load(str(path))
         except Exception as exc:  # torch raises many kinds for a damaged or newer-format archive
-            raise UnsupportedModelError(f"{path}: not a readable torch.export program ({_one_line(exc)})") from exc
+            raise UnsupportedModelError(f"{path}: not a readable torch.export program ({one_line(exc)})") from exc
         names = program_inputs(program, path)
         examples = read_examples(example_file, names) if example_file else saved_examples(program, names, path)
         module = program.module()
@@ -80,13 +80,13 @@ def load_torch_file(path: Path, example_file: Path | None) -> Source:
                 traced = jit.trace(module, examples, check_trace=False)
             except Exception as exc:  # tracing raises what the graph raises
                 raise UnsupportedModelError(
-                    f"{path}: the program cannot be traced for ONNX export ({_one_line(exc)})"
+                    f"{path}: the program cannot be traced for ONNX export ({one_line(exc)})"
                 ) from exc
         return make_torch_source(module, traced, examples, names, None, str(path), program)
     try:
         script = jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError and friends for damaged archives
-        raise UnsupportedModelError(f"{path}: not a readable TorchScript model ({_one_line(exc)})") from exc
+        raise UnsupportedModelError(f"{path}: not a readable TorchScript model ({one_line(exc)})") from exc
     script.eval()
     names = [a.name for a in script.forward.schema.arguments[1:]]
     if example_file is None:
@@ -141,7 +141,7 @@ def read_examples(file: Path, names: Sequence[str]) -> tuple[Any, ...]:
     except FileNotFoundError as exc:
         raise DataError(f"{file}: no such file") from exc
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{file}: not an .npz file of arrays ({_one_line(exc)})") from exc
+        raise DataError(f"{file}: not an .npz file of arrays ({one_line(exc)})") from exc
     keys = list(arrays)
     if set(keys) == set(names):
         ordered = [arrays[n] for n in names]

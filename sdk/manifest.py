@@ -68,8 +68,21 @@ class ModelSignature:
 
 
 @dataclass(frozen=True)
+class NpuTarget:
+    """The SoC an artifact was compiled for ahead of time (``--npu vendor:SOC``); only that SoC runs it."""
+
+    vendor: str  # "qualcomm", "mediatek"
+    soc: str  # "SM8650", "MT6989"
+
+
+@dataclass(frozen=True)
 class Artifact:
-    """One runnable model file in the package."""
+    """One runnable model file in the package.
+
+    ``accelerators`` are hints: where the artifact is meant to run. An artifact
+    with an ``npu_target`` holds NPU bytecode for that SoC (accelerators
+    ``("npu",)``, a fixed batch); readers that do not know the SoC skip it.
+    """
 
     path: str
     format: Format
@@ -80,6 +93,7 @@ class Artifact:
     accelerators: tuple[str, ...] = ("cpu",)
     runtime: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    npu_target: NpuTarget | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +188,12 @@ class Manifest:
                 feat["id_range"] = list(feat["id_range"])
         for art in doc["artifacts"]:
             art["accelerators"] = list(art["accelerators"])
+        # Fields added after the first readers shipped are written only when set: readers check the
+        # manifest is canonical, so a package that does not use them stays readable by those readers.
+        for key, container in (("user_id_field", [doc]), ("npu_target", doc["artifacts"])):
+            for item in container:
+                if item[key] is None:
+                    del item[key]
         return doc
 
     def to_bytes(self) -> bytes:
@@ -356,6 +376,12 @@ def _artifact(doc: Any) -> Artifact:
     accels = r.items("accelerators", default=["cpu"])
     if not accels or any(a not in ACCELERATORS for a in accels):
         raise PackageError(f"{r.where}.accelerators: expected some of {', '.join(ACCELERATORS)}")
+    target = None
+    if r.raw("npu_target", None) is not None:
+        t = _Reader(r.raw("npu_target"), f"{r.where}.npu_target")
+        target = NpuTarget(t.text("vendor"), t.text("soc"))
+        if fmt != "tflite" or "npu" not in accels or batch == "dynamic":
+            raise PackageError(f"{r.where}.npu_target: needs format tflite, accelerators with npu, a fixed batch")
     return Artifact(
         path=path,
         format=fmt,  # type: ignore[arg-type]
@@ -366,6 +392,7 @@ def _artifact(doc: Any) -> Artifact:
         accelerators=tuple(accels),
         runtime={str(k): str(v) for k, v in r.mapping("runtime", default={}).items()},
         extra=r.mapping("extra", default={}),
+        npu_target=target,
     )
 
 

@@ -50,6 +50,7 @@ from .manifest import (
     Format,
     Manifest,
     ModelSignature,
+    NpuTarget,
     canonical_json,
     check_name,
     check_path,
@@ -155,8 +156,9 @@ class PackageBuilder:
         accelerators: Sequence[str] = ("cpu",),
         runtime: Mapping[str, str] | None = None,
         extra: Mapping[str, Any] | None = None,
+        npu_target: NpuTarget | None = None,
     ) -> Artifact:
-        """Add a model file (``tflite``, ``ort`` or ``onnx``)."""
+        """Add a model file (``tflite``, ``ort`` or ``onnx``); ``npu_target``: compiled for that SoC's NPU."""
         self._put(path, data)
         art = Artifact(
             path=path,
@@ -168,6 +170,7 @@ class PackageBuilder:
             accelerators=tuple(accelerators),
             runtime=dict(runtime or {}),
             extra=dict(extra or {}),
+            npu_target=npu_target,
         )
         self._artifacts.append(art)
         return art

@@ -11,7 +11,9 @@ present; both are turned into :class:`AcceleratorUnavailable` here.
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -61,12 +63,13 @@ class _CompiledSession(Session):
         from ai_edge_litert.hardware_accelerator import HardwareAccelerator as Accel
 
         flags = {"cpu": Accel.CPU, "gpu": Accel.GPU | Accel.CPU, "npu": Accel.NPU | Accel.CPU}[accelerator]
+        env = _npu_environment() if accelerator == "npu" else None
         try:
             with model_source(model) as source:
                 if isinstance(source, str):
-                    self._model = CompiledModel.from_file(source, hardware_accel=flags)
+                    self._model = CompiledModel.from_file(source, hardware_accel=flags, environment=env)
                 else:
-                    self._model = CompiledModel.from_buffer(source, hardware_accel=flags)
+                    self._model = CompiledModel.from_buffer(source, hardware_accel=flags, environment=env)
         except (RuntimeError, ValueError) as exc:
             if accelerator == "cpu":
                 raise RuntimeBackendError(f"LiteRT could not compile the model: {exc}") from exc
@@ -121,6 +124,23 @@ class _CompiledSession(Session):
                 b.destroy()
             self._inputs, self._outputs = [], []
             self._model.close()
+
+
+def _npu_environment() -> Any:
+    """A LiteRT environment whose NPU dispatch library comes from ``EDGEREC_LITERT_DISPATCH_DIR``, if set.
+
+    By default LiteRT looks for a vendor dispatch library inside its own
+    package (``ai_edge_litert/vendors/<vendor>/dispatch``); on a device whose
+    vendor runtime lives elsewhere, that variable names the folder.
+    """
+    folder = os.environ.get("EDGEREC_LITERT_DISPATCH_DIR")
+    if not folder:
+        return None
+    import ai_edge_litert
+    from ai_edge_litert.environment import Environment
+
+    return Environment.create(runtime_path=os.path.dirname(os.path.abspath(ai_edge_litert.__file__)),
+                              dispatch_library_path=folder)
 
 
 def _first_line(exc: BaseException) -> str:
