@@ -230,7 +230,9 @@ def _load_torch(
     import torch
 
     if not example_inputs:
-        raise UnsupportedModelError("torch module: example_inputs are needed to export it")
+        raise UnsupportedModelError(
+            "torch module: example_inputs are needed to export it: convert(module, ..., example_inputs=(tensor, ...))"
+        )
     examples = tuple(torch.as_tensor(x) for x in example_inputs)
     names = list(input_names or [f"input_{i}" for i in range(len(examples))])
     module.eval()
