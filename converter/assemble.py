@@ -120,6 +120,9 @@ def eval_report(p: PackageParts) -> dict[str, Any]:
         "source": p.source_row,
         "variants": [r.to_dict() for r in p.results],
         "max_auc_drop": p.options.max_auc_drop,
+        "max_log_loss_increase": p.options.max_log_loss_increase,
+        "max_ece_increase": p.options.max_ece_increase,
+        "max_slice_auc_drop": p.options.max_slice_auc_drop if p.options.slice_by else None,
         "label": p.options.label if p.options.eval is not None else None,
         "latency": "median ms, batch 1, 1 thread, CPU",
     }

@@ -33,17 +33,30 @@ from .assemble import PackageParts, assemble
 from .build import Built, OrtBuilder, TfBuilder
 from .calibration import ort_samples
 from .errors import AccuracyBudgetError, ConversionError, DataError
-from .evaluate import VariantResult, auc, compressed_size, log_loss, measure, score_column
+from .evaluate import (
+    Slices,
+    VariantResult,
+    auc,
+    compressed_size,
+    expected_calibration_error,
+    log_loss,
+    measure,
+    score_column,
+)
 from .features import feature_specs, id_fields, read_feature_file
+from .guard import Budget, failing, judge, make_slices
 from .ort import StaticOptions
 from .prepare import Prepared, prepare
 from .sources import Source, load_source
 
 Arrays = dict[str, npt.NDArray[Any]]
-QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8", "auto")
+QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8", "int4-rows", "int4", "auto")
 FORMATS = ("tflite", "ort")
-_MODE_PRECISION = {"none": "fp32", "fp16": "fp16", "dynamic": "int8-dynamic", "int8": "int8"}
-_AUTO = {"tflite": ("fp32", "fp16", "int8-dynamic", "int8"), "ort": ("fp32", "int8-dynamic", "int8")}
+_MODE_PRECISION = {"none": "fp32", "fp16": "fp16", "dynamic": "int8-dynamic", "int8": "int8",
+                   "int4-rows": "int4-rows", "int4": "int4"}
+_AUTO = {"tflite": ("fp32", "fp16", "int8-dynamic", "int8", "int4-rows", "int4"),
+         "ort": ("fp32", "int8-dynamic", "int8", "int4-rows", "int4")}
+MIXED_STEPS = 4  # per format, at most this many per-layer 4-bit trials under auto
 
 
 @dataclass
@@ -66,6 +79,10 @@ class ConvertOptions:
     label: str = "label"
     eval_rows: int | None = 20000
     max_auc_drop: float = 0.002
+    max_log_loss_increase: float | None = 0.01  # None: no log loss gate
+    max_ece_increase: float | None = 0.01  # None: no calibration gate
+    slice_by: str | None = None  # an --eval column: its worst slice must stay within budget too
+    max_slice_auc_drop: float | None = None  # None: max_auc_drop
     features: Path | None = None
     score_output: str | None = None
     example_inputs: Path | None = None  # PyTorch files: example inputs (.npz)
@@ -127,9 +144,12 @@ def convert(
     with tempfile.TemporaryDirectory(prefix="edgerec-convert-") as tmp, _progress(opts) as progress:
         work = Work(src, prepared, Path(tmp), opts, progress)
         reference = score_column(src.predict(eval_raw), score_output) if eval_raw is not None else None
-        source_row = _source_row(src, labels, reference)
+        work.slices = _slices(src, opts, labels, reference)
+        source_row = _source_row(src, labels, reference, work.slices)
         results, built = work.candidates(plan, calib_enc, eval_enc, labels, reference, score_output)
-        kept = _select(results, built, opts, source_row, labels is not None)
+        if opts.quantize == "auto" and labels is not None:
+            work.mixed(results, built, source_row, calib_enc, eval_enc, labels, reference, score_output)
+        kept = _select(results, built, opts, source_row, labels is not None, work.slices)
         buckets = work.buckets(kept, calib_enc, eval_enc, score_output)
         buckets += npu.compile_artifacts(npu_targets, buckets)
         parts = PackageParts(
@@ -155,6 +175,7 @@ class Work:
         self._lite: torch_litert.TorchLiteBuilder | None = None
         self._prepared = prepared
         self._src = src
+        self.slices: Slices | None = None
         if src.is_tensorflow:
             self.tf = TfBuilder(tmp, prepared.inputs, prepared.keras_model, prepared.saved_model, prepared.kernels)
 
@@ -166,7 +187,10 @@ class Work:
             self._ort = OrtBuilder(data, options)
         return self._ort
 
-    def build(self, fmt: str, precision: str, calib: Arrays | None, batch: int | None = None) -> Built:
+    def build(
+        self, fmt: str, precision: str, calib: Arrays | None, batch: int | None = None,
+        layers: frozenset[str] | None = None,
+    ) -> Built:
         if fmt == "tflite" and self._src.kind == "torch":
             if self._lite is None:
                 self._lite = torch_litert.TorchLiteBuilder(self._src, self._prepared.inputs, self._prepared.outputs)
@@ -174,9 +198,9 @@ class Work:
         if fmt == "tflite":
             assert self.tf is not None
             task = self._task(f"calibrating tflite {precision}", calib if precision == "int8" else None, batch)
-            return self.tf.tflite(precision, calib, batch, task)
+            return self.tf.tflite(precision, calib, batch, task, layers)
         samples = ort_samples(calib) if calib is not None and precision == "int8" else None
-        return self.ort().build(precision, samples, batch)
+        return self.ort().build(precision, samples, batch, layers)
 
     def _task(self, label: str, calib: Arrays | None, batch: int | None) -> Callable[[int], None] | None:
         if self.progress is None or calib is None:
@@ -196,7 +220,7 @@ class Work:
                 r = VariantResult(f"{fmt} {precision}", fmt, precision, len(b.data), compressed_size(b.data))
                 if eval_enc is not None:
                     advance = self._task(f"evaluating {fmt} {precision}", eval_enc, None)
-                    measure(r, b.data, eval_enc, output, labels, reference, advance)
+                    measure(r, b.data, eval_enc, output, labels, reference, advance, self.slices)
                 results.append(r)
                 built[b.key] = b
         return results, built
@@ -206,12 +230,52 @@ class Work:
         out = []
         for base in kept:
             for n in self.opts.batch_buckets:
-                b = self.build(base.format, base.precision, calib, n)
+                layers = frozenset(base.extra["layers_4bit"]) if "layers_4bit" in base.extra else None
+                b = self.build(base.format, base.precision, calib, n, layers)
                 b.extra["accelerators"] = ["gpu", "npu", "cpu"]
                 if eval_enc is not None:
                     b.extra["max_abs_diff_vs_dynamic"] = _bucket_diff(base, b, eval_enc, output, n)
                 out.append(b)
         return out
+
+
+    def mixed(
+        self, results: list[VariantResult], built: dict[str, Built], source_row: dict[str, Any],
+        calib: Arrays | None, eval_enc: Arrays | None, labels: npt.NDArray[np.float64],
+        reference: npt.NDArray[np.float64] | None, output: str,
+    ) -> None:
+        """Per-layer 4-bit choices where all-4-bit fails the budget: starting from the tables at 4 bits
+        (when ``int4-rows`` passed) or from none, add one weight at a time, largest first, keeping it at
+        4 bits only while the variant stays within budget. The last passing set becomes ``mixed``."""
+        budget = _budget(self.opts)
+        for fmt in dict.fromkeys(r.format for r in results):
+            mine = {r.precision: r for r in results if r.format == fmt}
+            if "int4" not in mine or "int4-rows" not in mine or eval_enc is None:
+                continue
+            for r in mine.values():
+                judge(r, source_row, budget, self.slices)
+            if mine["int4"].status != "rejected":
+                continue  # everything at 4 bits passes: nothing to choose
+            found = self.tf.four_bit_layers() if fmt == "tflite" and self.tf is not None else (
+                self.ort().four_bit_layers() if fmt == "ort" else [])
+            rows_ok = mine["int4-rows"].status != "rejected"
+            chosen = frozenset(lay.name for lay in found if lay.kind == "rows") if rows_ok else frozenset()
+            best: tuple[VariantResult, Built] | None = None
+            tried = 0
+            for lay in [lay for lay in found if lay.name not in chosen][:MIXED_STEPS]:
+                trial = chosen | {lay.name}
+                b = self.build(fmt, "mixed", calib, layers=trial)
+                r = VariantResult(f"{fmt} mixed", fmt, "mixed", len(b.data), compressed_size(b.data))
+                measure(r, b.data, eval_enc, output, labels, reference, None, self.slices)
+                judge(r, source_row, budget, self.slices)
+                tried += 1
+                if r.status != "rejected":
+                    chosen, best = trial, (r, b)
+            if best is not None:
+                r, b = best
+                r.note = f"{len(chosen)} of {len(found)} weights at 4 bits ({tried} tried)"
+                results.append(r)
+                built[b.key] = b
 
 
 def _bucket_diff(base: Built, bucket: Built, encoded: Arrays, output: str, n: int) -> float:
@@ -306,37 +370,58 @@ def _score_output(outputs: tuple[TensorSpec, ...], wanted: str | None) -> str:
 
 
 def _source_row(
-    src: Source, labels: npt.NDArray[np.float64] | None, reference: npt.NDArray[np.float64] | None
+    src: Source, labels: npt.NDArray[np.float64] | None, reference: npt.NDArray[np.float64] | None,
+    slices: Slices | None = None,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {"name": f"source ({src.kind})"}
     if labels is not None and reference is not None:
         row.update(auc=round(auc(labels, reference), 6), log_loss=round(log_loss(labels, reference), 6),
-                   rows=len(labels))
+                   ece=round(expected_calibration_error(labels, reference), 6), rows=len(labels))
+    if slices is not None:
+        row["slices"] = slices.to_dict()
     return row
+
+
+def _budget(opts: ConvertOptions) -> Budget:
+    return Budget(opts.max_auc_drop, opts.max_log_loss_increase, opts.max_ece_increase, opts.max_slice_auc_drop)
+
+
+def _slices(
+    src: Source, opts: ConvertOptions, labels: npt.NDArray[np.float64] | None,
+    reference: npt.NDArray[np.float64] | None,
+) -> Slices | None:
+    """The ``--slice-by`` column of the --eval file, grouped (see :mod:`.guard`)."""
+    if opts.slice_by is None:
+        return None
+    if opts.eval is None or labels is None or reference is None:
+        raise ConversionError("--slice-by needs --eval FILE (the column is read from it)")
+    table = tables.read_table(opts.eval)
+    if opts.slice_by not in table:
+        have = ", ".join(sorted(table)[:12])
+        raise DataError(f"--slice-by {opts.slice_by!r}: {opts.eval} has no such column (it has {have})")
+    values = table[opts.slice_by]
+    if opts.eval_rows:
+        values = values[: opts.eval_rows]
+    return make_slices(values, labels, reference, opts.slice_by)
 
 
 def _select(
     results: list[VariantResult], built: dict[str, Built], opts: ConvertOptions,
-    source_row: dict[str, Any], evaluated: bool,
+    source_row: dict[str, Any], evaluated: bool, slices: Slices | None = None,
 ) -> list[Built]:
     """Mark each variant kept, dropped or rejected; the kept artifacts, one per format."""
-    base = source_row.get("auc")
+    budget = _budget(opts)
     for r in results:
-        if evaluated and base is not None and r.auc is not None:
-            r.auc_drop = base - r.auc
-            if r.auc_drop > opts.max_auc_drop:
-                r.status = "rejected"
-                r.note = f"AUC drop {r.auc_drop:.4f} > {opts.max_auc_drop}"
+        if evaluated:
+            judge(r, source_row, budget, slices)
     kept = []
     for fmt in dict.fromkeys(r.format for r in results):
         mine = [r for r in results if r.format == fmt]
         ok = [r for r in mine if r.status != "rejected"]
         if not ok:
             best = min(mine, key=lambda r: r.auc_drop or 0.0)
-            raise AccuracyBudgetError(
-                f"{fmt}: no variant within --max-auc-drop {opts.max_auc_drop} "
-                f"(best: {best.precision}, AUC drop {best.auc_drop or 0.0:.4f})"
-            )
+            raise AccuracyBudgetError(f"{fmt}: no variant within the accuracy budget (best: {best.precision}: "
+                                      f"{failing(best)})")
         best = min(ok, key=lambda r: r.size)
         for r in ok:
             if r is not best:
