@@ -101,6 +101,7 @@ class VariantResult:
     latency_ms: float | None = None
     auc_drop: float | None = None
     ece: float | None = None
+    nodes: int | None = None  # ORT artifacts: nodes in the ORT file
     log_loss_increase: float | None = None
     ece_increase: float | None = None
     worst_slice: str | None = None  # the --slice-by slice that lost the most AUC

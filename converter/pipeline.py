@@ -218,6 +218,7 @@ class Work:
             for precision in precisions:
                 b = self.build(fmt, precision, calib)
                 r = VariantResult(f"{fmt} {precision}", fmt, precision, len(b.data), compressed_size(b.data))
+                r.nodes = b.extra.get("nodes")
                 if eval_enc is not None:
                     advance = self._task(f"evaluating {fmt} {precision}", eval_enc, None)
                     measure(r, b.data, eval_enc, output, labels, reference, advance, self.slices)
@@ -266,6 +267,7 @@ class Work:
                 trial = chosen | {lay.name}
                 b = self.build(fmt, "mixed", calib, layers=trial)
                 r = VariantResult(f"{fmt} mixed", fmt, "mixed", len(b.data), compressed_size(b.data))
+                r.nodes = b.extra.get("nodes")
                 measure(r, b.data, eval_enc, output, labels, reference, None, self.slices)
                 judge(r, source_row, budget, self.slices)
                 tried += 1

@@ -144,3 +144,13 @@ def test_auto_mixes_per_layer_when_one_table_cannot_take_4_bits(signing_key, tmp
     [art] = res.manifest.artifacts
     assert art.precision == "mixed" and art.extra["layers_4bit"] == ["user_emb"]
     assert art.extra["weight_bits"] == {"4": 1, "8": 1}
+
+
+def test_a_runtime_without_the_contrib_ops_says_what_to_install():
+    from edgerec.sdk.manifest import Artifact
+    from edgerec.sdk.runtime.ort import _hint
+
+    art = Artifact(path="model-int4.ort", format="ort", sha256="0" * 64, size=1, precision="int4")
+    missing = RuntimeError("Could not find an implementation for GatherBlockQuantized(1) node with name 'n3_'")
+    assert "full onnxruntime package" in _hint(missing, art) and "int4 artifacts" in _hint(missing, art)
+    assert _hint(RuntimeError("file is corrupt"), art) == ""
