@@ -270,7 +270,8 @@ def _packed_uint8(model: Any) -> Any:
 def _nbits_quantizer() -> Any:
     with _root_logging_kept():
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    # It warns that it moves the model to opset 21 (int4 types); the converter checks the result runs.
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
     return MatMulNBitsQuantizer
 
 
