@@ -329,12 +329,14 @@ def _quantize_static(src: Path, out: Path, samples: list[Sample], opts: StaticOp
     extra = {"CalibPercentile": opts.percentile} if opts.method == "percentile" else {}
     # uint8 activations: ONNX Runtime converts int8 activation Q/DQ pairs to uint8 on x86 but not the
     # weights' DQ, which then no longer match and stop Gather from reading the int8 table directly.
-    quantize_static(
-        src, out, reader, quant_format=QuantFormat.QDQ, per_channel=opts.per_channel,
-        op_types_to_quantize=list(STATIC_OPS), nodes_to_exclude=_small_weight_nodes(src),
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        calibrate_method=method, extra_options=extra,
-    )
+    # Histogram calibration prints its progress to stdout, where `edgerec convert --json` writes.
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize_static(
+            src, out, reader, quant_format=QuantFormat.QDQ, per_channel=opts.per_channel,
+            op_types_to_quantize=list(STATIC_OPS), nodes_to_exclude=_small_weight_nodes(src),
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=method, extra_options=extra,
+        )
 
 
 def weight_bits(onnx_bytes: bytes) -> dict[str, int]:

@@ -154,3 +154,24 @@ def test_a_runtime_without_the_contrib_ops_says_what_to_install():
     missing = RuntimeError("Could not find an implementation for GatherBlockQuantized(1) node with name 'n3_'")
     assert "full onnxruntime package" in _hint(missing, art) and "int4 artifacts" in _hint(missing, art)
     assert _hint(RuntimeError("file is corrupt"), art) == ""
+
+
+def test_json_report_stays_json_with_histogram_calibration(mlp_ctr, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from edgerec.sdk.cli.main import cli
+    from edgerec.sdk.keys import generate_keypair
+
+    d, _, _ = mlp_ctr
+    key = generate_keypair(tmp_path, "publisher")
+    res = CliRunner().invoke(cli, [
+        "convert", str(d / "mlp.onnx"), "--out", str(tmp_path / "p.edgepkg"), "--sign-key", str(key.private_path),
+        "--quantize", "int8", "--calibration", str(d / "eval.npz"), "--calibration-method", "percentile",
+        "--eval", str(d / "eval.npz"), "--max-auc-drop", "0.01", "--json",
+    ])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)  # ONNX Runtime's calibrator prints progress; none of it reaches stdout
+    [v] = report["variants"]
+    assert v["precision"] == "int8" and v["nodes"] > 0 and v["status"] == "kept"
