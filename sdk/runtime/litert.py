@@ -10,8 +10,10 @@ present; both are turned into :class:`AcceleratorUnavailableError` here.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -63,12 +65,13 @@ class _CompiledSession(Session):
         from ai_edge_litert.hardware_accelerator import HardwareAccelerator as Accel
 
         flags = {"cpu": Accel.CPU, "gpu": Accel.GPU | Accel.CPU, "npu": Accel.NPU | Accel.CPU}[accelerator]
+        env = _npu_environment() if accelerator == "npu" else None
         try:
             with model_source(model) as source, silenced():
                 if isinstance(source, str):
-                    self._model = CompiledModel.from_file(source, hardware_accel=flags)
+                    self._model = CompiledModel.from_file(source, hardware_accel=flags, environment=env)
                 else:
-                    self._model = CompiledModel.from_buffer(source, hardware_accel=flags)
+                    self._model = CompiledModel.from_buffer(source, hardware_accel=flags, environment=env)
         except (RuntimeError, ValueError) as exc:
             _drop_frames(exc)
             if accelerator == "cpu":
@@ -143,6 +146,23 @@ def _drop_frames(exc: BaseException) -> None:
 
 # "ERROR: [litert/runtime/compiled_model.cc:1036]": where LiteRT failed, not why.
 _LOCATION = re.compile(r"\b(?:INFO|WARNING|ERROR): \[[^\]]*\]")
+
+
+def _npu_environment() -> Any:
+    """A LiteRT environment whose NPU dispatch library comes from ``EDGEREC_LITERT_DISPATCH_DIR``, if set.
+
+    By default LiteRT looks for a vendor dispatch library inside its own
+    package (``ai_edge_litert/vendors/<vendor>/dispatch``); on a device whose
+    vendor runtime lives elsewhere, that variable names the folder.
+    """
+    folder = os.environ.get("EDGEREC_LITERT_DISPATCH_DIR")
+    if not folder:
+        return None
+    import ai_edge_litert
+    from ai_edge_litert.environment import Environment
+
+    return Environment.create(runtime_path=os.path.dirname(os.path.abspath(ai_edge_litert.__file__)),
+                              dispatch_library_path=folder)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -36,6 +36,7 @@ from tuf.api.metadata import Metadata, Root
 from tuf.ngclient import Updater
 
 from edgerec.sdk import __version__
+from edgerec.sdk.capabilities import device_capabilities
 from edgerec.sdk.encryption import Envelope, Recipient, add_envelopes
 from edgerec.sdk.errors import EdgeRecError
 from edgerec.sdk.keys import public_pem
@@ -233,6 +234,8 @@ class NodeDaemon:
             "report_id": uuid.uuid4().hex, "kind": "status", "time": time.time(), "agent": AGENT,
             "health": "ok" if healthy else "degraded",
             "accelerator": ",".join(sorted(accels)) if accels else None, "models": rows,
+            # What this node can run (SoC, accelerators, runtime versions), from the SDK (issue 13).
+            "capabilities": device_capabilities().to_dict(),
         }
 
     def _report(self, status: NodeStatus, report: dict[str, Any]) -> bool:
