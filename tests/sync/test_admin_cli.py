@@ -80,7 +80,7 @@ def test_publish_rollout_and_fleet_views(run, sync_env, tmp_path):
     status = json.loads(run("admin", "status", "ctr", "--json").stdout)
     assert status["rollout"]["version"] == 1 and status["nodes"][0]["accelerator"] == "cpu"
     table = run("admin", "status", "ctr").stdout
-    assert enrolled["node_id"] in table and "1 of 1 node(s) run their desired version" in table
+    assert enrolled["node_id"] in table and "1 of 1 node(s) serve their desired version" in table
     assert enrolled["node_id"] in run("admin", "nodes").stdout
     assert json.loads(run("admin", "packages", "--json").stdout)[0]["target"] == "stable/ctr/1.edgepkg"
     local = json.loads(run("node", "status", "--state-dir", str(state), "--json").stdout)
