@@ -156,11 +156,19 @@ class Rollouts:
         return RolloutSummary.of(rollout, self._apply(session, rollout))
 
     def pause(self, session: Session, model: str, reason: str | None = None) -> RolloutSummary:
-        """Stop a rollout: nodes that have not installed its version go back to what they had."""
+        """Stop a rollout: nodes that have not installed its version go back to what they had.
+
+        "What they had" is the previous assignment, unless the node reported
+        that version bad: then the version it runs.
+        """
         self._lock(session)
         cur = self._require(session, model, ACTIVE)
         cur.state, cur.updated, cur.paused_reason = PAUSED, time.time(), reason or "paused by an admin"
         installed = self._installed(session, model)
+        bad = {(n, v) for n, v in session.execute(
+            select(NodeFailure.node_id, NodeFailure.version).where(NodeFailure.model == model,
+                                                                   NodeFailure.bad.is_(True))
+        )}
         changed = 0
         rows = session.execute(
             select(Assignment).where(Assignment.model == model, Assignment.rollout_id == cur.id)
@@ -168,10 +176,13 @@ class Rollouts:
         for a in list(rows):
             if a.version != cur.version or installed.get(a.node_id) == cur.version:
                 continue
-            if a.previous_version is None:
+            back = a.previous_version
+            if back is not None and (a.node_id, back) in bad:
+                back = installed.get(a.node_id)
+            if back is None:
                 session.execute(delete(Assignment).where(Assignment.node_id == a.node_id, Assignment.model == model))
             else:
-                self._set(session, a.node_id, model, a.previous_version, a.channel, False, None)
+                self._set(session, a.node_id, model, back, a.channel, False, None)
             changed += 1
         return RolloutSummary.of(cur, changed)
 
