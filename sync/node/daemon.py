@@ -79,8 +79,9 @@ class DaemonConfig:
     retry_base_s: float = 1.0
     max_backoff_s: float = 300.0
     download_rate: float | None = None
-    # An activation a restart interrupted this many times marks its version bad (a crash loop).
-    max_activation_attempts: int = 3
+    # The edge server dying during this many activations of one version marks it bad (a crash loop).
+    # A killed daemon does not count: it holds no model, and a kill -9 must not make a version bad.
+    max_edge_deaths: int = 3
 
 
 @dataclass
@@ -153,7 +154,10 @@ class NodeDaemon:
                 log.error("cycle failed: %s", exc)
                 ok = False
             misses = 0 if ok else misses + 1
-            stop.wait(self.next_delay(misses))
+            delay = self.next_delay(misses)
+            if misses:
+                log.warning("sync service unreachable (%d tries); next try in %.2f s", misses, delay)
+            stop.wait(delay)
 
     def next_delay(self, misses: int, rng: Callable[[float, float], float] = random.uniform) -> float:
         """Seconds to the next cycle: the poll interval (+-10 %), or the backoff after ``misses`` failures.
@@ -349,25 +353,26 @@ class NodeDaemon:
                   result: CycleResult) -> str | None:
         """Swap the edge server to ``dest`` and watch it; raises _Bad (after swapping back) if it fails."""
         assert self.edge is not None
-        attempts = self.db.begin_activation(a.model, a.version)
-        if attempts > self.config.max_activation_attempts:
-            raise _BadVersionError(f"v{a.version}: {attempts - 1} activations were interrupted (the daemon or the edge "
-                       "server died during them)")
+        self.db.begin_activation(a.model, a.version)
         try:
             loaded = self.edge.load(dest)
+            log.info("the edge server serves %s v%d; watching it for %.1f s", a.model, a.version,
+                     self.config.health.window_s)
+            reason = watch(self.edge, a.model, a.version, self.config.health, verified.probe)
         except EdgeRefusedError as exc:
             self.db.end_activation(a.model)
             self.models.remove(a.model, a.version)
             if exc.kind == "load_refused" and "verification failed" not in str(exc):
                 raise _BadVersionError(f"v{a.version} refused by the edge server: {exc}") from exc
             raise
-        try:
-            reason = watch(self.edge, a.model, a.version, self.config.health, verified.probe)
         except EdgeUnreachableError as exc:
-            # A supervised edge server comes back with what ``current`` names; the activation counts as
-            # interrupted (max_activation_attempts of them mark the version bad).
-            raise InstallError(f"v{a.version}: the edge server stopped answering during the health window "
-                               f"(attempt {attempts} of {self.config.max_activation_attempts}): {exc}") from exc
+            # A supervised edge server comes back with what ``current`` names. It may have died of this
+            # version or of something else: tried again, until it happened max_edge_deaths times.
+            deaths = self.db.edge_died(a.model, a.version)
+            what = f"the edge server stopped answering while v{a.version} was swapped in ({deaths} time(s))"
+            if deaths >= self.config.max_edge_deaths:
+                raise _BadVersionError(f"v{a.version}: {what}") from exc
+            raise InstallError(f"{what}; tried again: {exc}") from exc
         if reason is None:
             return str(loaded.get("accelerator") or "") or None
         self._swap_back(a.model, a.version, previous)

@@ -221,17 +221,24 @@ class NodeDB:
                 return c.execute("DELETE FROM bad_versions WHERE model=?", (model,)).rowcount
             return c.execute("DELETE FROM bad_versions WHERE model=? AND version=?", (model, version)).rowcount
 
-    # -- activations in progress (a restart mid-window finds them) ----------------------
+    # -- activations in progress: which version, and how often the edge server died during one ----
 
-    def begin_activation(self, model: str, version: int) -> int:
-        """Record an activation attempt; returns how many attempts of this version there were (this one too)."""
+    def begin_activation(self, model: str, version: int) -> None:
+        """Record that ``version`` is being swapped in and watched (a restart mid-window finds it)."""
         with self.tx() as c:
-            row = c.execute("SELECT version, attempts FROM activations WHERE model=?", (model,)).fetchone()
-            attempts = row[1] + 1 if row is not None and row[0] == version else 1
-            c.execute("INSERT OR REPLACE INTO activations VALUES (?, ?, ?, ?)", (model, version, time.time(), attempts))
-        return attempts
+            row = c.execute("SELECT version FROM activations WHERE model=?", (model,)).fetchone()
+            if row is None or row[0] != version:
+                c.execute("INSERT OR REPLACE INTO activations VALUES (?, ?, ?, 0)", (model, version, time.time()))
+
+    def edge_died(self, model: str, version: int) -> int:
+        """Count one death of the edge server during ``version``'s activation; returns how many so far."""
+        with self.tx() as c:
+            c.execute("UPDATE activations SET attempts = attempts + 1 WHERE model=? AND version=?", (model, version))
+            row = c.execute("SELECT attempts FROM activations WHERE model=? AND version=?", (model, version)).fetchone()
+        return int(row[0]) if row else 1
 
     def activation(self, model: str) -> tuple[int, int] | None:
+        """(version, edge server deaths) of the activation under way, if any."""
         rows = self._rows("SELECT version, attempts FROM activations WHERE model=?", (model,))
         return (int(rows[0][0]), int(rows[0][1])) if rows else None
 
