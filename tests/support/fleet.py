@@ -145,8 +145,8 @@ class SyncService:
         path.write_bytes(data)
         return self.admin.publish(path, channel)
 
-    def token(self) -> str:
-        return str(self.admin.create_enroll_token([], None)["token"])
+    def token(self, tags: list[str] | None = None) -> str:
+        return str(self.admin.create_enroll_token(tags or [], None)["token"])
 
 
 @dataclass
@@ -203,7 +203,9 @@ class Node:
         args = ["node", "run", "--state-dir", str(self.state.dir), "--model-dir", str(self.model_dir),
                 "--interval", str(interval), "--health-window", str(health_window), *extra]
         if serve:
-            args += ["--serve", "--serve-port", str(self.edge_port)]
+            settings = self.root / "edge.toml"  # no access log: the child writes into the daemon's log
+            settings.write_text("[server]\naccess_log = false\n\n[batching]\nmax_delay_ms = 1\n")
+            args += ["--serve", "--serve-port", str(self.edge_port), "--serve-config", str(settings)]
         else:
             args += ["--edge-server", self.edge_url, "--control-token-file", str(self.token_file)]
         if once:
@@ -246,9 +248,9 @@ class Node:
         self.state.close()
 
 
-def enroll(sync: SyncService, root: Path, name: str) -> Node:
+def enroll(sync: SyncService, root: Path, name: str, tags: list[str] | None = None) -> Node:
     root.mkdir(parents=True, exist_ok=True)
-    enroll_node(root / "state", sync.url, sync.token(), name)
+    enroll_node(root / "state", sync.url, sync.token(tags), name)
     return Node(name, root, NodeState(root / "state"))
 
 
