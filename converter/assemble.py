@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgerec.sdk import __version__
-from edgerec.sdk.manifest import FeatureSpec, ModelSignature
+from edgerec.sdk.manifest import Device, FeatureSpec, ModelSignature
 from edgerec.sdk.package import PackageBuilder
 from edgerec.sdk.vocab import Vocabulary
 
@@ -22,7 +22,7 @@ from .sources import Source
 if TYPE_CHECKING:
     from .pipeline import ConvertOptions
 
-GPU_NPU = ("gpu", "npu", "cpu")
+GPU_NPU: tuple[Device, ...] = ("gpu", "npu", "cpu")
 
 
 @dataclass
@@ -76,7 +76,7 @@ def assemble(p: PackageParts) -> PackageBuilder:
             builder.add_file(config_path, b.operators_config, kind="ort_operators")
             extra["required_operators"] = config_path
         builder.add_artifact(
-            path, b.data, b.format,  # type: ignore[arg-type]
+            path, b.data, b.format,
             precision=b.precision, batch=b.batch or "dynamic",
             accelerators=GPU_NPU if b.batch else ("cpu",),
             runtime=runtime_versions(b.format), extra=extra,

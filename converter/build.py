@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy.typing as npt
 
-from edgerec.sdk.manifest import TensorSpec
+from edgerec.sdk.manifest import Format, TensorSpec
 
 from . import ort, tflite
 from .calibration import Advance, tflite_dataset
@@ -27,7 +27,7 @@ Arrays = dict[str, npt.NDArray[Any]]
 class Built:
     """One artifact's bytes and what the manifest says of it."""
 
-    format: str
+    format: Format
     precision: str
     data: bytes
     batch: int | None = None

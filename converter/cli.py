@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
-from edgerec.sdk.cli.output import console, err_console, print_json
+from edgerec.sdk.cli.output import console, print_json, progress_wanted
 from edgerec.sdk.keys import load_signing_key
 
 from .errors import ConversionError
@@ -72,7 +73,7 @@ def convert(
         min_id_count=min_id_count, id_counts=id_counts,
         batch_buckets=_ints(batch_buckets, "--batch-buckets"), eval=eval_path, label=label,
         eval_rows=eval_rows, max_auc_drop=max_auc_drop, features=features_path,
-        score_output=score_output, progress=not as_json and err_console.is_terminal,
+        score_output=score_output, progress=progress_wanted(as_json),
     )
     result = run_convert(source, out, key, opts)
     if as_json:
@@ -80,7 +81,7 @@ def convert(
         return
     console.print(report_table(result))
     arts = ", ".join(f"{a.path} ({a.size:,} B)" for a in result.manifest.artifacts)
-    console.print(f"wrote {result.path}: {result.manifest.name} v{result.manifest.version}: {arts}")
+    console.print(f"wrote {result.path}: {result.manifest.name} v{result.manifest.version}: {arts}", markup=False)
 
 
 def report_table(result: ConvertResult) -> Table:
@@ -88,16 +89,16 @@ def report_table(result: ConvertResult) -> Table:
     src = result.source
     t = Table("variant", "AUC", "AUC drop", "log loss", "max |diff|", "size", "zipped", "latency ms", "status",
               title="conversion report")
-    t.add_row(src["name"], _f(src.get("auc")), "", _f(src.get("log_loss")), "", "", "", "", "reference")
+    t.add_row(escape(src["name"]), _f(src.get("auc")), "", _f(src.get("log_loss")), "", "", "", "", "reference")
     for r in result.variants:
-        t.add_row(r.name, _f(r.auc), _f(r.auc_drop), _f(r.log_loss), _f(r.max_abs_diff), f"{r.size:,}",
+        t.add_row(escape(r.name), _f(r.auc), _f(r.auc_drop), _f(r.log_loss), _f(r.max_abs_diff), f"{r.size:,}",
                   f"{r.compressed_size:,}", _f(r.latency_ms, 3), _status(r))
     return t
 
 
 def _status(r: VariantResult) -> str:
     color = {"kept": "green", "rejected": "red", "dropped": "yellow"}[r.status]
-    return f"[{color}]{r.status}[/]" + (f" ({r.note})" if r.note else "")
+    return f"[{color}]{r.status}[/]" + (f" ({escape(r.note)})" if r.note else "")
 
 
 def _f(v: float | None, digits: int = 4) -> str:

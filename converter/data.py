@@ -44,7 +44,7 @@ def read_table(path: str | Path) -> Arrays:
 
 
 def _column(series: Any) -> npt.NDArray[Any]:
-    values = series.to_numpy()
+    values: npt.NDArray[Any] = series.to_numpy()
     if values.dtype == object and len(values) and isinstance(values[0], list | np.ndarray):
         return np.stack([np.asarray(v) for v in values])  # parquet list column -> 2-D
     if values.dtype == object or str(series.dtype).startswith("str"):

@@ -1,4 +1,4 @@
-"""Errors the converter raises on purpose; all derive from ``EdgeRecError``.
+"""Errors the converter raises on purpose, each on its branch of the SDK's error tree.
 
 The root CLI prints any of them as one line and exits 1, so each message names
 what was wrong (the file, the input, the layer or the operator).
@@ -6,22 +6,22 @@ what was wrong (the file, the input, the layer or the operator).
 
 from __future__ import annotations
 
-from edgerec.sdk.errors import EdgeRecError
+from edgerec.sdk.errors import ConfigurationError, EdgeRecError, RuntimeBackendError, UntrustedDataError
 
 
 class ConversionError(EdgeRecError):
-    """Root of the converter's errors."""
+    """Root of the converter's errors (a mixin beside their branch in the SDK tree)."""
 
 
-class UnsupportedModelError(ConversionError):
+class UnsupportedModelError(ConversionError, ConfigurationError):
     """The source is not a readable Keras, SavedModel, ONNX or PyTorch model."""
 
 
-class DataError(ConversionError):
+class DataError(ConversionError, UntrustedDataError):
     """A calibration, evaluation or id-count file is missing, unreadable or mismatched."""
 
 
-class UnsupportedOpError(ConversionError):
+class UnsupportedOpError(ConversionError, RuntimeBackendError):
     """The model uses an operator (or layer) the target runtime cannot run."""
 
 

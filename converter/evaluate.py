@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgerec.sdk.manifest import Artifact
+from edgerec.sdk.manifest import Artifact, Format
 from edgerec.sdk.runtime import Session, backend_for_format
 from edgerec.sdk.timing import time_ms
 
@@ -60,7 +60,7 @@ class VariantResult:
     """One produced artifact, measured."""
 
     name: str
-    format: str
+    format: Format
     precision: str
     size: int
     compressed_size: int
@@ -76,9 +76,9 @@ class VariantResult:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
-def open_session(data: bytes, fmt: str, precision: str, batch: int | None = None) -> Session:
+def open_session(data: bytes, fmt: Format, precision: str, batch: int | None = None) -> Session:
     """A single-threaded CPU session on the SDK backend for ``fmt``."""
-    art = Artifact(path=f"eval.{fmt}", format=fmt, sha256="0" * 64, size=len(data), precision=precision,  # type: ignore[arg-type]
+    art = Artifact(path=f"eval.{fmt}", format=fmt, sha256="0" * 64, size=len(data), precision=precision,
                    batch=batch if batch else "dynamic")
     return backend_for_format(fmt)().load(data, art, "cpu", 1)
 

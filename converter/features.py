@@ -14,8 +14,9 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
+from edgerec.sdk.choices import pick
 from edgerec.sdk.manifest import ROLES, FeatureSpec, Role, TensorSpec
 from edgerec.sdk.vocab import Vocabulary
 
@@ -69,9 +70,12 @@ def feature_specs(
         extra = overrides.get(spec.name, {})
         vocab = vocabularies.get(spec.name)
         bins = (hash_bins or {}).get(spec.name)
+        role = pick(extra.get("role", guess_role(spec.name)), ROLES)
+        if role is None:
+            raise DataError(f"--features: {spec.name}.role {extra['role']!r} is not one of {', '.join(ROLES)}")
         feature = FeatureSpec(
             input=spec.name,
-            role=cast(Role, extra.get("role", guess_role(spec.name))),
+            role=role,
             field=str(extra.get("field", spec.name)),
             # The path PackageBuilder.add_feature stores the vocabulary under.
             vocabulary=f"vocab/{spec.name}.json" if vocab is not None else None,

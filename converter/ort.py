@@ -109,7 +109,7 @@ def _quantize_static(src: Path, out: Path, samples: list[Sample], opts: StaticOp
         "percentile": CalibrationMethod.Percentile,
     }[opts.method]
 
-    class Reader(CalibrationDataReader):  # type: ignore[misc]
+    class Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no types: its base is Any
         def __init__(self) -> None:
             self._it: Iterator[Sample] = iter(samples)
 

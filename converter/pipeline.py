@@ -22,9 +22,11 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgerec.sdk.errors import InvalidInput
+from edgerec.sdk.choices import pick
+from edgerec.sdk.errors import InvalidInputError
 from edgerec.sdk.inputs import InputEncoder
-from edgerec.sdk.manifest import Manifest, ModelSignature, TensorSpec
+from edgerec.sdk.manifest import Format, Manifest, ModelSignature, TensorSpec
+from edgerec.sdk.native_logs import silenced
 from edgerec.sdk.package import Package
 
 from . import data as tables
@@ -40,9 +42,11 @@ from .sources import Source, load_source
 
 Arrays = dict[str, npt.NDArray[Any]]
 QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8", "auto")
-FORMATS = ("tflite", "ort")
+FORMATS: tuple[Format, ...] = ("tflite", "ort")
 _MODE_PRECISION = {"none": "fp32", "fp16": "fp16", "dynamic": "int8-dynamic", "int8": "int8"}
-_AUTO = {"tflite": ("fp32", "fp16", "int8-dynamic", "int8"), "ort": ("fp32", "int8-dynamic", "int8")}
+_AUTO: dict[Format, tuple[str, ...]] = {
+    "tflite": ("fp32", "fp16", "int8-dynamic", "int8"), "ort": ("fp32", "int8-dynamic", "int8"),
+}
 
 
 @dataclass
@@ -96,9 +100,21 @@ def convert(
 ) -> ConvertResult:
     """Convert ``source`` (path, ``keras.Model`` or ``torch.nn.Module``) into a signed package at ``out``."""
     opts = options or ConvertOptions()
+    # TensorFlow and LiteRT log from C++ all along (quiet only in a native_logs.quiet() process).
+    with silenced(), _progress(opts) as progress:
+        steps = Steps(progress)
+        return _convert(source, out, signing_key, opts, steps, example_inputs, input_names, output_names)
+
+
+def _convert(
+    source: Any, out: str | os.PathLike[str], signing_key: Ed25519PrivateKey, opts: ConvertOptions, steps: Steps,
+    example_inputs: Sequence[Any] | None, input_names: Sequence[str] | None, output_names: Sequence[str] | None,
+) -> ConvertResult:
     src = load_source(source, example_inputs, input_names, output_names)
     formats = _formats(src, opts)
     plan = _plan(formats, opts)
+    steps.step("reading data and preparing the model",
+               total=sum(map(len, plan.values())) + len(plan) * len(opts.batch_buckets))
     overrides = read_feature_file(opts.features)
     eval_raw, labels = _read_eval(src, opts)
     calib_raw = _read_calibration(src, opts, plan)
@@ -114,8 +130,8 @@ def convert(
     eval_enc = _encode(encoder, eval_raw, "--eval")
     calib_enc = _encode(encoder, calib_raw, "--calibration")
 
-    with tempfile.TemporaryDirectory(prefix="edgerec-convert-") as tmp, _progress(opts) as progress:
-        work = Work(src, prepared, Path(tmp), opts, progress)
+    with tempfile.TemporaryDirectory(prefix="edgerec-convert-") as tmp:
+        work = Work(src, prepared, Path(tmp), opts, steps)
         reference = score_column(src.predict(eval_raw), score_output) if eval_raw is not None else None
         source_row = _source_row(src, labels, reference)
         results, built = work.candidates(plan, calib_enc, eval_enc, labels, reference, score_output)
@@ -133,12 +149,35 @@ def convert(
     return ConvertResult(Path(path), manifest, source_row, results, kept)
 
 
+class Steps:
+    """Progress on stderr (``ConvertOptions.progress``): the step under way and the variants built of planned."""
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self._task = None if progress is None else progress.add_task("loading the source model", total=None)
+
+    def step(self, description: str, total: int | None = None) -> None:
+        if self._task is not None:
+            self.progress.update(self._task, description=description)
+            if total is not None:
+                self.progress.update(self._task, total=total)
+
+    def done(self) -> None:
+        """One more variant built (and measured); its calibration and evaluation bars go."""
+        if self._task is not None:
+            self.progress.advance(self._task)
+            for task in self.progress.tasks:
+                if task.id != self._task and task.finished:
+                    self.progress.remove_task(task.id)
+
+
 class Work:
     """Builds and measures variants inside one temporary folder."""
 
-    def __init__(self, src: Source, prepared: Prepared, tmp: Path, opts: ConvertOptions, progress: Any) -> None:
+    def __init__(self, src: Source, prepared: Prepared, tmp: Path, opts: ConvertOptions, steps: Steps) -> None:
         self.opts = opts
-        self.progress = progress
+        self.steps = steps
+        self.progress = steps.progress
         self.tf: TfBuilder | None = None
         self._ort: OrtBuilder | None = None
         self._prepared = prepared
@@ -154,7 +193,7 @@ class Work:
             self._ort = OrtBuilder(data, options)
         return self._ort
 
-    def build(self, fmt: str, precision: str, calib: Arrays | None, batch: int | None = None) -> Built:
+    def build(self, fmt: Format, precision: str, calib: Arrays | None, batch: int | None = None) -> Built:
         if fmt == "tflite":
             assert self.tf is not None
             task = self._task(f"calibrating tflite {precision}", calib if precision == "int8" else None, batch)
@@ -170,12 +209,13 @@ class Work:
         return lambda n: self.progress.advance(task, n)
 
     def candidates(
-        self, plan: dict[str, tuple[str, ...]], calib: Arrays | None, eval_enc: Arrays | None,
+        self, plan: dict[Format, tuple[str, ...]], calib: Arrays | None, eval_enc: Arrays | None,
         labels: npt.NDArray[np.float64] | None, reference: npt.NDArray[np.float64] | None, output: str,
     ) -> tuple[list[VariantResult], dict[str, Built]]:
         results, built = [], {}
         for fmt, precisions in plan.items():
             for precision in precisions:
+                self.steps.step(f"converting {fmt} {precision}")
                 b = self.build(fmt, precision, calib)
                 r = VariantResult(f"{fmt} {precision}", fmt, precision, len(b.data), compressed_size(b.data))
                 if eval_enc is not None:
@@ -183,6 +223,7 @@ class Work:
                     measure(r, b.data, eval_enc, output, labels, reference, advance)
                 results.append(r)
                 built[b.key] = b
+                self.steps.done()
         return results, built
 
     def buckets(self, kept: list[Built], calib: Arrays | None, eval_enc: Arrays | None, output: str) -> list[Built]:
@@ -190,11 +231,13 @@ class Work:
         out = []
         for base in kept:
             for n in self.opts.batch_buckets:
+                self.steps.step(f"converting {base.format} {base.precision}, batch {n}")
                 b = self.build(base.format, base.precision, calib, n)
                 b.extra["accelerators"] = ["gpu", "npu", "cpu"]
                 if eval_enc is not None:
                     b.extra["max_abs_diff_vs_dynamic"] = _bucket_diff(base, b, eval_enc, output, n)
                 out.append(b)
+                self.steps.done()
         return out
 
 
@@ -214,11 +257,11 @@ def _bucket_diff(base: Built, bucket: Built, encoded: Arrays, output: str, n: in
     return round(float(np.max(np.abs(a - b))), 6)
 
 
-def _formats(src: Source, opts: ConvertOptions) -> tuple[str, ...]:
-    formats = tuple(opts.formats or (("tflite", "ort") if src.is_tensorflow else ("ort",)))
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise ConversionError(f"--format {','.join(formats)}: use tflite and/or ort")
+def _formats(src: Source, opts: ConvertOptions) -> tuple[Format, ...]:
+    asked = tuple(opts.formats or (("tflite", "ort") if src.is_tensorflow else ("ort",)))
+    formats = tuple(f for f in (pick(a, FORMATS) for a in asked) if f is not None)
+    if not formats or len(formats) != len(asked):
+        raise ConversionError(f"--format {','.join(asked)}: use tflite and/or ort")
     if "tflite" in formats and not src.is_tensorflow:
         raise ConversionError(
             f"--format tflite: {src.label} is {src.kind}; LiteRT artifacts come from Keras or SavedModel sources"
@@ -226,7 +269,7 @@ def _formats(src: Source, opts: ConvertOptions) -> tuple[str, ...]:
     return formats
 
 
-def _plan(formats: tuple[str, ...], opts: ConvertOptions) -> dict[str, tuple[str, ...]]:
+def _plan(formats: tuple[Format, ...], opts: ConvertOptions) -> dict[Format, tuple[str, ...]]:
     mode = opts.quantize
     if mode not in QUANTIZE_MODES:
         raise ConversionError(f"--quantize {mode!r}: use one of {', '.join(QUANTIZE_MODES)}")
@@ -257,7 +300,7 @@ def _read_eval(src: Source, opts: ConvertOptions) -> tuple[Arrays | None, npt.ND
     return tables.select_inputs(table, src.inputs, str(opts.eval)), labels
 
 
-def _read_calibration(src: Source, opts: ConvertOptions, plan: dict[str, tuple[str, ...]]) -> Arrays | None:
+def _read_calibration(src: Source, opts: ConvertOptions, plan: dict[Format, tuple[str, ...]]) -> Arrays | None:
     if opts.calibration is None:
         return None
     table = tables.take(tables.read_table(opts.calibration), opts.calibration_rows)
@@ -269,7 +312,7 @@ def _encode(encoder: InputEncoder, raw: Arrays | None, where: str) -> Arrays | N
         return None
     try:
         return encoder.encode(raw)
-    except InvalidInput as exc:
+    except InvalidInputError as exc:
         raise DataError(f"{where}: {exc}") from exc
 
 
@@ -336,9 +379,9 @@ def _default_name(src: Source) -> str:
 def _progress(opts: ConvertOptions) -> AbstractContextManager[Any]:
     if not opts.progress:
         return nullcontext(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edgerec.sdk.cli.output import err_console
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=err_console, transient=True)

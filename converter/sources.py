@@ -7,9 +7,9 @@ variant is compared with.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,16 +213,19 @@ def _load_torch(
     if len(names) != len(examples) or len(outs) != n_out:
         raise UnsupportedModelError("torch module: input_names/output_names do not match the model")
     axes = {n: {0: "batch"} for n in [*names, *outs]}
-    buf = io.BytesIO()
-    try:
-        # The TorchScript exporter needs no onnxscript and keeps the names and dynamic batch given.
-        torch.onnx.export(
-            module, examples, buf, input_names=names, output_names=outs,
-            dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False,
-        )
-    except Exception as exc:  # torch raises many kinds while tracing
-        raise UnsupportedModelError(f"torch module: ONNX export failed ({_one_line(exc)})") from exc
-    src = _load_onnx(buf.getvalue(), type(module).__name__)
+    # torch.onnx.export documents (and types) its output as a path, not a file object.
+    with tempfile.TemporaryDirectory(prefix="edgerec-torch-") as tmp:
+        out = Path(tmp) / "model.onnx"
+        try:
+            # The TorchScript exporter needs no onnxscript and keeps the names and dynamic batch given.
+            torch.onnx.export(
+                module, examples, out, input_names=names, output_names=outs,
+                dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False,
+            )
+        except Exception as exc:  # torch raises many kinds while tracing
+            raise UnsupportedModelError(f"torch module: ONNX export failed ({_one_line(exc)})") from exc
+        onnx_bytes = out.read_bytes()
+    src = _load_onnx(onnx_bytes, type(module).__name__)
     return Source("torch", src.label, src.inputs, src.outputs, onnx_bytes=src.onnx_bytes, torch_module=module)
 
 

@@ -54,11 +54,11 @@ def resave_saved_model(
     fixed = _tf_specs(specs, batch)
     names = [s.name for s in specs]
 
-    @tf.function(input_signature=[fixed[n] for n in names])
     def serve(*xs: Any) -> Any:
         return fn(**dict(zip(names, xs, strict=True)))
 
-    tf.saved_model.save(loaded, str(out), signatures={"serving_default": serve})
+    traced = tf.function(serve, input_signature=[fixed[n] for n in names])
+    tf.saved_model.save(loaded, str(out), signatures={"serving_default": traced})
     return out
 
 

@@ -75,7 +75,8 @@ def _single(names: list[str], field: str) -> str:
 
 def _rows(outputs: Arrays) -> list[Any]:
     if len(outputs) == 1:
-        return next(iter(outputs.values())).tolist()
+        rows: list[Any] = next(iter(outputs.values())).tolist()
+        return rows
     cols = {k: v.tolist() for k, v in outputs.items()}
     n = len(next(iter(cols.values())))
     return [{k: col[i] for k, col in cols.items()} for i in range(n)]

@@ -173,8 +173,8 @@ def _install_hooks(app: Flask, srv: EdgeServer) -> None:
     def label(endpoint: str | None, values: dict[str, Any] | None) -> None:
         request.environ[STATE_KEY].endpoint = endpoint or "unmatched"
 
-    app.wsgi_app = RequestMiddleware(app.wsgi_app, srv.metrics, srv.otel, srv.config.access_log,  # type: ignore[method-assign]
-                                     FastRoutes(srv))
+    middleware = RequestMiddleware(app.wsgi_app, srv.metrics, srv.otel, srv.config.access_log, FastRoutes(srv))
+    app.wsgi_app = middleware  # type: ignore[method-assign]  # Flask's documented way to wrap its WSGI app
 
 
 def _install_errors(app: Flask, srv: EdgeServer) -> None:

@@ -113,7 +113,7 @@ class RedisCache:
             log.warning("redis cache unavailable, reading the source: %s", exc)
             return [MISSING] * len(keys)
         out: list[Any] = []
-        for value in raw:  # type: ignore[union-attr]
+        for value in raw:
             if value is None:
                 out.append(MISSING)
                 continue

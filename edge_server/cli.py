@@ -8,7 +8,9 @@ from typing import Any
 
 import click
 
+from edgerec.sdk.cli.paths import AbsolutePath
 from edgerec.sdk.model import ACCELERATOR_CHOICES
+from edgerec.sdk.runtime import BACKEND_CHOICES
 
 from .config import ServerConfig
 from .json_logs import configure_logging
@@ -19,7 +21,7 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys"}
 
 
 @click.command()
-@click.option("--model-dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+@click.option("--model-dir", type=AbsolutePath(file_okay=False, exists=True, path_type=Path),
               envvar="EDGEREC_MODEL_DIR",
               help="Model directory: NAME/current pointers (what a node daemon writes) serve exactly the "
                    "version they name; top-level *.edgepkg serve the highest version. Env: EDGEREC_MODEL_DIR.")
@@ -32,7 +34,7 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys"}
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads of the runtime per model (default: the runtime's choice).")
 @click.option("--accelerator", type=click.Choice(ACCELERATOR_CHOICES), default="auto", show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "litert", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True)
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Rows per merged runtime call; 1 turns batching off.")
 @click.option("--max-delay-ms", type=click.FloatRange(0, 1000), default=2.0, show_default=True,
@@ -42,15 +44,15 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys"}
               help="redis://… for a shared feature cache (default: in-process LRU).")
 @click.option("--feature-source", envvar="EDGEREC_FEATURE_SOURCE",
               help="sqlite:///abs/path.db with user_features and item_features tables.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+@click.option("--config", "config_file", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path),
               help="TOML or JSON settings (experiments, limits, ...); options given here win.")
-@click.option("--trusted-key", "-k", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--trusted-key", "-k", multiple=True, type=AbsolutePath(dir_okay=False, path_type=Path),
               envvar="EDGEREC_TRUSTED_KEYS",
               help="Trusted publisher public key; repeatable. Env: EDGEREC_TRUSTED_KEYS.")
-@click.option("--recipient-key", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--recipient-key", type=AbsolutePath(dir_okay=False, path_type=Path),
               help="This node's X25519 private key, for encrypted packages.")
 @click.option("--recipient-id", help="This node's recipient id (with --recipient-key).")
-@click.option("--control-token-file", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--control-token-file", type=AbsolutePath(dir_okay=False, path_type=Path),
               envvar="EDGEREC_CONTROL_TOKEN_FILE",
               help="Bearer token of the control API (or env EDGEREC_CONTROL_TOKEN); none: control off.")
 @click.option("--control-allow-remote", is_flag=True, help="Let non-loopback callers reach the control API.")

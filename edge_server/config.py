@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgerec.sdk.model import ACCELERATOR_CHOICES
+from edgerec.sdk.errors import InvalidInputError
+from edgerec.sdk.model import Accelerator, parse_accelerator
+from edgerec.sdk.runtime import BackendChoice, parse_backend
 
 from .errors import ConfigError
 from .experiments import Experiment, parse_experiments
@@ -54,9 +56,9 @@ class ServerConfig:
     port: int = 8080
     workers: int = 1
     http_threads: int = 16
-    accelerator: str = "auto"
+    accelerator: Accelerator = "auto"
     threads: int | None = None
-    backend: str = "auto"
+    backend: BackendChoice = "auto"
     trusted_keys: tuple[Path, ...] = ()
     recipient_key: Path | None = None
     recipient_id: str | None = None
@@ -88,11 +90,16 @@ class ServerConfig:
     worker_index: int | None = None
 
     def __post_init__(self) -> None:
+        # Files, options and the worker hand-over all arrive here as plain strings.
+        try:
+            parse_accelerator(self.accelerator)
+            parse_backend(self.backend)
+        except InvalidInputError as exc:
+            raise ConfigError(exc.problem, field=exc.field) from exc
         checks = [
             (1 <= self.port <= 65535 or self.port == 0, "port", "must be 0..65535"),
             (self.workers >= 1, "workers", "must be >= 1"),
             (self.http_threads >= 1, "http_threads", "must be >= 1"),
-            (self.accelerator in ACCELERATOR_CHOICES, "accelerator", f"one of {ACCELERATOR_CHOICES}"),
             (self.threads is None or self.threads >= 1, "threads", "must be >= 1"),
             (self.max_batch >= 1, "max_batch", "must be >= 1"),
             (0 <= self.max_delay_ms <= 1000, "max_delay_ms", "must be 0..1000"),
@@ -218,7 +225,7 @@ def read_token(path: Path | None) -> str | None:
     try:
         token = path.read_text().strip()
     except OSError as exc:
-        raise ConfigError(f"cannot read ({exc.strerror})", field="control_token_file") from exc
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})", field="control_token_file") from exc
     if len(token) < 16:
         raise ConfigError("the control token must be at least 16 characters", field="control_token_file")
     return token

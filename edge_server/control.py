@@ -24,7 +24,7 @@ import httpx
 from flask import Blueprint, Response, request
 
 from .context import server
-from .errors import BadRequestError, EdgeServerError, ForbiddenError, NotFoundError, UnauthorizedError
+from .errors import BadRequestError, ConflictError, EdgeServerError, ForbiddenError, NotFoundError, UnauthorizedError
 from .repository import ModelVersion, Prepared
 from .wire import json_response, loads_object
 
@@ -170,14 +170,15 @@ def _call(peer: str, path: str, body: dict[str, Any], quiet: bool = False) -> di
         raise _PeerError(f"worker {peer} did not answer: {exc}") from exc
     if r.status_code >= 400 and not quiet:
         err = _PeerError(str(doc.get("detail", doc)), doc.get("field"))
-        err.status, err.kind = r.status_code, str(doc.get("error", "peer_failed"))
+        err.status, err.code = r.status_code, str(doc.get("error", _PeerError.code))
         raise err
     return doc
 
 
-class _PeerError(EdgeServerError):
-    status = 409
-    kind = "peer_failed"
+class _PeerError(ConflictError):
+    """A sibling worker refused or did not answer; relayed with its own status and code."""
+
+    code = "peer_failed"
 
 
 __all__ = ["PEER_HEADER", "bp", "is_loopback"]

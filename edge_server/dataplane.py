@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerec.sdk.errors import InvalidInput
+from edgerec.sdk.errors import InvalidInputError
 from edgerec.sdk.ranking import build_rank_batch
 
 from .batching import Arrays
@@ -97,9 +97,9 @@ class DataPlane:
             if rows < 0:
                 first, rows = name, n
             elif n != rows:
-                raise InvalidInput(name, f"batch size {n} differs from {rows} ({first})")
+                raise InvalidInputError(name, f"batch size {n} differs from {rows} ({first})")
         if rows == 0:
-            raise InvalidInput(next(iter(arrays)), "empty batch")
+            raise InvalidInputError(next(iter(arrays)), "empty batch")
         if rows > self.max_rows:
             raise BadRequestError(f"{rows} rows is over the limit of {self.max_rows}", field="inputs")
         return lease.run(arrays, rows)
@@ -222,13 +222,13 @@ class DataPlane:
 def as_arrays(raw: Mapping[str, Any]) -> Arrays:
     """Raw request values as arrays; a ragged list is refused by name."""
     if not isinstance(raw, Mapping) or not raw:
-        raise InvalidInput("inputs", "expected a non-empty mapping of input name to values")
+        raise InvalidInputError("inputs", "expected a non-empty mapping of input name to values")
     out: Arrays = {}
     for name, value in raw.items():
         try:
             out[str(name)] = np.asarray(value)
         except (ValueError, TypeError, OverflowError) as exc:
-            raise InvalidInput(str(name), "not a rectangular array") from exc
+            raise InvalidInputError(str(name), "not a rectangular array") from exc
     return out
 
 

@@ -14,14 +14,14 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgerec.sdk.errors import EdgeRecError
+from edgerec.sdk.errors import ConfigurationError
 from edgerec.sdk.manifest import NAME_RE
 
 _SPAN = 1 << 64
 _CACHED_USERS = 65_536
 
 
-class ExperimentConfigError(EdgeRecError):
+class ExperimentConfigError(ConfigurationError):
     """An experiment in the settings file is malformed."""
 
 
@@ -96,10 +96,7 @@ def _experiment(doc: Any, i: int) -> Experiment:
     unknown = set(doc) - {"name", "model", "salt", "variants"}
     if unknown:
         raise ExperimentConfigError(f"{where}.{sorted(unknown)[0]}: unknown setting")
-    name, model, salt = doc.get("name"), doc.get("model"), doc.get("salt", "")
-    for key, value in (("name", name), ("model", model)):
-        if not isinstance(value, str) or not NAME_RE.match(value):
-            raise ExperimentConfigError(f"{where}.{key}: expected a lower-case name")
+    name, model, salt = _name(doc, "name", where), _name(doc, "model", where), doc.get("salt", "")
     if not isinstance(salt, str):
         raise ExperimentConfigError(f"{where}.salt: expected a string")
     raw = doc.get("variants")
@@ -109,6 +106,13 @@ def _experiment(doc: Any, i: int) -> Experiment:
     if len({v.name for v in variants}) != len(variants):
         raise ExperimentConfigError(f"{where}.variants: names must be unique")
     return Experiment(name, model, variants, salt)
+
+
+def _name(doc: dict[str, Any], key: str, where: str) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ExperimentConfigError(f"{where}.{key}: expected a lower-case name")
+    return value
 
 
 def _variant(doc: Any, where: str) -> Variant:

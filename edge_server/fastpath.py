@@ -15,7 +15,6 @@ stays the reference; Flask keeps every other route.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
 from edgerec.sdk.errors import EdgeRecError
+from edgerec.sdk.http_errors import bounded, http_status_error
 
 from . import api_rank, api_v2
 from .context import RequestState
@@ -50,27 +50,20 @@ def error_parts(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]
     handlers and the fast routes both call it (the caller counts the error).
     """
     headers: dict[str, str] | None = None
-    if isinstance(exc, EdgeRecError):
-        status, kind, detail, field = classify(exc)
-        if status >= 500:
-            log.error("%s: %s", kind, detail)
+    if isinstance(exc, HTTPException) and not isinstance(exc, EdgeRecError):
+        err = http_status_error(exc.code or 400, exc.name, exc.description)
+        headers = {k: v for k, v in exc.get_headers() if k.lower() not in ("content-type", "content-length")}
+    else:
+        err = classify(exc)
+        if not isinstance(exc, EdgeRecError):
+            log.error("unexpected error", exc_info=exc)
+        elif err.status >= 500:
+            log.error("%s: %s", err.code, bounded(str(exc)))
         else:
-            log.info("refused (%s): %s", kind, detail)
+            log.info("refused (%s): %s", err.code, bounded(str(exc)))
         if isinstance(exc, UnauthorizedError):
             headers = {"WWW-Authenticate": 'Bearer realm="edgerec-control"'}
-    elif isinstance(exc, HTTPException):
-        status = exc.code or 400
-        kind = re.sub(r"[^a-z]+", "_", (exc.name or "error").lower()).strip("_")
-        kind = "payload_too_large" if status == 413 else kind
-        headers = {k: v for k, v in exc.get_headers() if k.lower() not in ("content-type", "content-length")}
-        field = "body" if status == 413 else None
-        detail = exc.description or exc.name
-    else:
-        log.error("unexpected error", exc_info=exc)
-        status, kind, detail, field = 500, "internal", f"unexpected {type(exc).__name__}; see the server log", None
-    doc: dict[str, Any] = {"error": kind, "detail": detail}
-    if field:
-        doc["field"] = field
+    status, doc = err.status, err.document()
     return status, doc, headers
 
 

@@ -30,7 +30,7 @@ from .context import RequestState, current_state
 try:  # pragma: no cover - which branch runs depends on the environment
     import orjson
 except ImportError:  # pragma: no cover
-    orjson = None  # type: ignore[assignment]
+    orjson = None  # type: ignore[assignment]  # optional: None falls back to the json module
 
 # Attributes every LogRecord has; anything else was passed with ``extra=``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
@@ -92,7 +92,7 @@ class RequestFilter(logging.Filter):
         return True
 
 
-class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class JsonLinesHandler(logging.StreamHandler[TextIO]):
     """A stream handler that can batch its writes (``flush_ms`` > 0) from a timer thread."""
 
     def __init__(self, stream: TextIO, flush_ms: float = 0.0) -> None:
@@ -118,7 +118,8 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def write_line(self, line: str) -> None:
         """Write an INFO line formatted elsewhere, as :meth:`emit` would (errors raise)."""
-        with self.lock:  # type: ignore[union-attr]
+        self.acquire()
+        try:
             if self.flush_s <= 0:
                 self.stream.write(line + self.terminator)
                 self.stream.flush()
@@ -126,6 +127,8 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self._lines.append(line + self.terminator)
             if len(self._lines) >= 512:
                 self._write()
+        finally:
+            self.release()
 
     def _write(self) -> None:
         """Write the batched lines (handler lock held)."""
@@ -136,11 +139,14 @@ class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.stream.flush()
 
     def flush(self) -> None:
-        with self.lock:  # type: ignore[union-attr]
+        self.acquire()
+        try:
             if self._lines:
                 self._write()
             elif self.stream and hasattr(self.stream, "flush"):
                 self.stream.flush()
+        finally:
+            self.release()
 
     def _tick(self) -> None:
         while not self._stop.wait(self.flush_s):
@@ -184,9 +190,9 @@ class AccessLog:
             "model": st.model or None, "version": st.version or None, "variant": st.variant or None,
         }
         now = time.time()
-        handler = self._direct()
-        if handler is not None:
-            formatter: JsonFormatter = handler.formatter  # type: ignore[assignment]
+        direct = self._direct()
+        if direct is not None:
+            handler, formatter = direct
             try:
                 handler.write_line(formatter.line(now, "info", self.logger.name, f"{method} {path} {code}", extra))
                 return
@@ -204,19 +210,19 @@ class AccessLog:
         fields["_extra"] = extra
         self.logger.handle(record)
 
-    def _direct(self) -> JsonLinesHandler | None:
-        """The JSON handler when it alone would see the record, unfiltered; else None."""
+    def _direct(self) -> tuple[JsonLinesHandler, JsonFormatter] | None:
+        """The JSON handler (and its formatter) when it alone would see the record, unfiltered; else None."""
         lg = self.logger
         parent = lg.parent
         if (lg.handlers or lg.filters or not lg.propagate or lg.disabled or parent is None
                 or parent.name != "edgerec" or parent.filters or parent.propagate or len(parent.handlers) != 1):
             return None
-        handler = parent.handlers[0]
+        handler, formatter = parent.handlers[0], parent.handlers[0].formatter
         if (type(handler) is not JsonLinesHandler or handler.level > logging.INFO
-                or type(handler.formatter) is not JsonFormatter
+                or type(formatter) is not JsonFormatter
                 or any(type(f) is not RequestFilter for f in handler.filters)):
             return None
-        return handler
+        return handler, formatter
 
 
 def configure_logging(level: str = "info", stream: TextIO | None = None, flush_ms: float = 0.0) -> logging.Handler:

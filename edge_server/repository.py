@@ -31,9 +31,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgerec.sdk.errors import EdgeRecError, PackageError
 from edgerec.sdk.manifest import Manifest
-from edgerec.sdk.model import EdgeModel
+from edgerec.sdk.model import Accelerator, EdgeModel
 from edgerec.sdk.modeldir import ModelDir
 from edgerec.sdk.package import MANIFEST, Package
+from edgerec.sdk.runtime import BackendChoice
 
 from .batching import Arrays, Batcher
 from .errors import (
@@ -56,9 +57,9 @@ class LoadSettings:
     trusted_keys: tuple[Ed25519PublicKey, ...]
     recipient_key: X25519PrivateKey | None = None
     recipient_id: str | None = None
-    accelerator: str = "auto"
+    accelerator: Accelerator = "auto"
     threads: int | None = None
-    backend: str = "auto"
+    backend: BackendChoice = "auto"
     max_batch: int = 32
     max_delay_s: float = 0.002
     timeout_s: float = 30.0
@@ -229,8 +230,7 @@ class Repository:
                                 "a new build needs a new version", field="path")
         try:
             model = EdgeModel.load(package, recipient_key=s.recipient_key, recipient_id=s.recipient_id,
-                                   accelerator=s.accelerator,  # type: ignore[arg-type]
-                                   threads=s.threads, backend=s.backend)
+                                   accelerator=s.accelerator, threads=s.threads, backend=s.backend)
         except EdgeRecError as exc:
             self.metrics.load(m.name, False, "load")
             raise LoadRefusedError(f"{m.name} v{m.version} failed to load: {exc}", field="path") from exc

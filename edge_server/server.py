@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
-from waitress import create_server, trigger
+from waitress import trigger
 from waitress.channel import HTTPChannel
-from waitress.server import BaseWSGIServer
+from waitress.server import BaseWSGIServer, create_server
 from waitress.task import WSGITask
 from waitress.wasyncore import close_all
 
@@ -58,17 +58,20 @@ def make_server(app: Flask, config: ServerConfig, sockets: list[socket.socket] |
         server = create_server(app, sockets=sockets, **adj)
     else:
         server = create_server(app, host=config.host, port=config.port, **adj)
-    server.task_dispatcher.queue_logger = QueueDepthLog(logging.getLogger("waitress.queue"))
+    queue_log = QueueDepthLog(logging.getLogger("waitress.queue"))
+    # types-waitress declares a Logger; waitress only calls queue_logger.warning(msg, depth).
+    server.task_dispatcher.queue_logger = queue_log  # type: ignore[assignment]  # a duck-typed Logger
     # One listener (a TcpWSGIServer) or several (a MultiSocketServer over listeners in its socket map).
     for listener in [server, *(getattr(server, "map", None) or {}).values()]:
         if isinstance(listener, BaseWSGIServer):
             listener.channel_class = Channel
-            if type(listener.trigger) is trigger.trigger and os.name == "posix":
-                listener.trigger.__class__ = Trigger
+            pipe: object = listener.trigger  # types-waitress says int; it is a trigger.trigger
+            if type(pipe) is trigger.trigger and os.name == "posix":
+                pipe.__class__ = Trigger
     return server
 
 
-class Trigger(trigger.trigger):  # type: ignore[misc,name-defined]
+class Trigger(trigger.trigger):
     """waitress's wake-up pipe for its I/O loop, written to only when no wake-up is pending.
 
     Every answered request pulls the trigger (a ``write`` that releases the
@@ -84,7 +87,7 @@ class Trigger(trigger.trigger):  # type: ignore[misc,name-defined]
     def _physical_pull(self) -> None:
         if not self._pending:
             self._pending = True
-            super()._physical_pull()
+            super()._physical_pull()  # type: ignore[misc]  # types-waitress leaves out this private method
 
     def recv(self, size: int) -> bytes:
         try:
@@ -94,7 +97,7 @@ class Trigger(trigger.trigger):  # type: ignore[misc,name-defined]
         return data
 
 
-class Task(WSGITask):  # type: ignore[misc]
+class Task(WSGITask):
     """waitress's WSGI task, sending a response's header and (small) body in one ``send``.
 
     waitress flushes every write at once (``send_bytes`` is 1), so the header
@@ -117,7 +120,7 @@ class Task(WSGITask):  # type: ignore[misc]
         self.channel.write_soon(header + data)
 
 
-class Channel(HTTPChannel):  # type: ignore[misc]
+class Channel(HTTPChannel):
     """waitress's HTTP channel, minus a busy loop of its I/O thread under load.
 
     A request thread sends its response itself, holding the channel's output
@@ -322,8 +325,11 @@ class Supervisor:
 
 def run_worker() -> None:
     """Entry point of one worker process (started by :class:`Supervisor`)."""
+    from edgerec.sdk import native_logs
+
     from .json_logs import configure_logging
 
+    native_logs.quiet()  # like the edgerec process that started it (EDGEREC_LOG_NATIVE carries --verbose)
     run_dir = Path(os.environ["EDGEREC_RUN_DIR"])
     index = int(os.environ["EDGEREC_WORKER_INDEX"])
     config = ServerConfig.from_json((run_dir / "config.json").read_text()).replace(worker_index=index)

@@ -192,7 +192,8 @@ def _from_binary(buf: memoryview, datatype: str, count: int, where: str) -> npt.
 
 
 def _bytes_elements(buf: memoryview, count: int, field: str) -> npt.NDArray[Any]:
-    out, pos, data = [], 0, bytes(buf)
+    out: list[str] = []
+    pos, data = 0, bytes(buf)
     for _ in range(count):
         if pos + 4 > len(data):
             raise BadRequestError(f"ends before element {len(out)}", field=field)

@@ -26,7 +26,7 @@ from .errors import BadRequestError, MalformedBodyError
 try:  # pragma: no cover - which branch runs depends on the environment
     import orjson
 except ImportError:  # pragma: no cover
-    orjson = None  # type: ignore[assignment]
+    orjson = None  # type: ignore[assignment]  # optional: None falls back to the json module
 
 JSON = "application/json"
 _DIGITS = bytes(57 if 48 <= i <= 57 else 32 for i in range(256))  # digits -> "9", anything else -> " "

@@ -1,9 +1,21 @@
-"""The edgerec exception hierarchy.
+"""The edgerec exception hierarchy: one tree for every package.
 
 Every error edgerec raises on purpose derives from :class:`EdgeRecError`, so a
-caller (or the CLI) can catch one type. As in python-tuf, one branch is for
-untrusted data that must be refused (a package, a request) and one for the
-machine or the network (something to retry, report or fall back from).
+caller (or the CLI) can catch one type. Below it, three branches a caller can
+act on differently (as python-tuf separates untrusted data from transport):
+
+- :class:`UntrustedDataError`: data from outside that is refused (a package,
+  its signature, a ciphertext, a request's input). Do not retry with the same
+  data; report it.
+- :class:`LocalEnvironmentError`: this machine or its setup (a runtime, an
+  accelerator, a key file, configuration). Fix the setup or fall back.
+- :class:`RemoteError`: a remote party (the sync service, an edge server) or
+  the network in between. Retry later, or report.
+
+The converter, the edge server and the sync packages hang their own errors
+under these branches (their own roots are mixins for ``except`` by package).
+Names end in ``Error``; the two older names without it stay as aliases for
+one release.
 """
 
 from __future__ import annotations
@@ -16,7 +28,11 @@ class EdgeRecError(Exception):
 # -- untrusted data -------------------------------------------------------------
 
 
-class PackageError(EdgeRecError):
+class UntrustedDataError(EdgeRecError):
+    """Data from outside that edgerec refuses: a package, a signature, a ciphertext, an input."""
+
+
+class PackageError(UntrustedDataError):
     """A package is malformed: not a zip, truncated, bad manifest."""
 
 
@@ -32,6 +48,14 @@ class OversizedEntryError(UnsafeEntryError):
     """An entry (or the whole package) exceeds the configured size limits."""
 
 
+class MissingEntryError(PackageError):
+    """A file or artifact the caller asked for is not in the package's manifest."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path}: not in the package")
+        self.path = path
+
+
 class SignatureError(PackageError):
     """The package signature is missing, malformed or does not verify."""
 
@@ -44,11 +68,11 @@ class IntegrityError(PackageError):
     """A file's bytes do not match the hash or size the signed manifest records."""
 
 
-class DecryptionError(EdgeRecError):
+class DecryptionError(UntrustedDataError):
     """An encrypted artifact could not be opened with the keys at hand."""
 
 
-class InvalidInput(EdgeRecError):  # noqa: N818 - the name the API promises
+class InvalidInputError(UntrustedDataError):
     """Request data does not fit the model signature or feature spec.
 
     ``field`` names the offending input so servers can report it.
@@ -60,38 +84,87 @@ class InvalidInput(EdgeRecError):  # noqa: N818 - the name the API promises
         self.problem = problem
 
 
-class KeyFileError(EdgeRecError):
-    """A key file is missing, unreadable or of the wrong kind."""
+# -- this machine and its setup ---------------------------------------------------
 
 
-# -- the machine ---------------------------------------------------------------
+class LocalEnvironmentError(EdgeRecError):
+    """This machine or its setup: a runtime, an accelerator, a key file, configuration."""
 
 
-class RuntimeBackendError(EdgeRecError):
+class ConfigurationError(LocalEnvironmentError):
+    """Missing or invalid configuration: an option, a file, a data directory."""
+
+
+class KeyFileError(ConfigurationError):
+    """A key file is missing, unreadable, too widely readable or of the wrong kind."""
+
+
+class RuntimeBackendError(LocalEnvironmentError):
     """A runtime (LiteRT, ONNX Runtime) failed to load or run a model."""
 
 
-class AcceleratorUnavailable(RuntimeBackendError):  # noqa: N818 - public name
+class AcceleratorUnavailableError(RuntimeBackendError):
     """A requested accelerator cannot run the model here."""
 
 
-class ModelClosedError(EdgeRecError):
+class ModelClosedError(LocalEnvironmentError):
     """The model was closed; load it again to use it."""
+
+
+# -- remote parties and the network ------------------------------------------------
+
+
+class RemoteError(EdgeRecError):
+    """A remote party (the sync service, an edge server) or the network in between."""
+
+
+class ServiceUnreachableError(RemoteError):
+    """The remote could not be reached: connection refused, timeout, TLS failure."""
+
+
+class ServiceAnswerError(RemoteError):
+    """The remote answered with an error; ``status``, ``error``, ``detail`` and ``field`` say which."""
+
+    def __init__(self, status: int, error: str, detail: str, field: str | None = None) -> None:
+        super().__init__(f"{detail} ({error}, HTTP {status})")
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.field = field
+
+
+class ProtocolError(RemoteError):
+    """A remote's message breaks the protocol: a bad signature, a replay, an expired or malformed answer."""
+
+
+# Old names, kept for one release.
+InvalidInput = InvalidInputError
+AcceleratorUnavailable = AcceleratorUnavailableError
 
 
 __all__ = [
     "AcceleratorUnavailable",
+    "AcceleratorUnavailableError",
+    "ConfigurationError",
     "DecryptionError",
     "DuplicateEntryError",
     "EdgeRecError",
     "IntegrityError",
     "InvalidInput",
+    "InvalidInputError",
     "KeyFileError",
+    "LocalEnvironmentError",
+    "MissingEntryError",
     "ModelClosedError",
     "OversizedEntryError",
     "PackageError",
+    "ProtocolError",
+    "RemoteError",
     "RuntimeBackendError",
+    "ServiceAnswerError",
+    "ServiceUnreachableError",
     "SignatureError",
     "UnsafeEntryError",
+    "UntrustedDataError",
     "UntrustedSignerError",
 ]

@@ -1,6 +1,6 @@
 """Turning request data into model inputs: validation, vocabularies, casts.
 
-Everything here raises :class:`InvalidInput` naming the field, because this is
+Everything here raises :class:`InvalidInputError` naming the field, because this is
 where untrusted request data meets the model.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import InvalidInput, RuntimeBackendError
+from .errors import InvalidInputError, RuntimeBackendError
 from .manifest import FeatureSpec, ModelSignature, TensorSpec
 from .vocab import Vocabulary
 
@@ -46,25 +46,25 @@ class InputEncoder:
     def encode(self, inputs: Mapping[str, Any]) -> Arrays:
         """Model-ready arrays for ``inputs`` keyed by model input name."""
         if not isinstance(inputs, Mapping):
-            raise InvalidInput("inputs", "expected a mapping of input name to values")
+            raise InvalidInputError("inputs", "expected a mapping of input name to values")
         expected = self._expected
         for name in inputs:
             if name not in expected:
-                raise InvalidInput(str(name), f"unknown input; expected {', '.join(sorted(expected))}")
+                raise InvalidInputError(str(name), f"unknown input; expected {', '.join(sorted(expected))}")
         out: Arrays = {}
         batch: int | None = None
         for spec in self.signature.inputs:
             if spec.name not in inputs:
-                raise InvalidInput(spec.name, "missing")
+                raise InvalidInputError(spec.name, "missing")
             arr = self._encode_one(spec, inputs[spec.name])
             if spec.shape and spec.shape[0] is None:
                 if batch is None:
                     batch = arr.shape[0]
                 elif arr.shape[0] != batch:
-                    raise InvalidInput(spec.name, f"batch size {arr.shape[0]} differs from {batch}")
+                    raise InvalidInputError(spec.name, f"batch size {arr.shape[0]} differs from {batch}")
             out[spec.name] = arr
         if batch == 0:
-            raise InvalidInput(self.signature.inputs[0].name, "empty batch")
+            raise InvalidInputError(self.signature.inputs[0].name, "empty batch")
         return out
 
     def _encode_one(self, spec: TensorSpec, value: Any) -> npt.NDArray[Any]:
@@ -72,9 +72,9 @@ class InputEncoder:
         try:
             arr = np.asarray(value)
         except (ValueError, TypeError) as exc:
-            raise InvalidInput(name, f"not a rectangular array ({exc})") from exc
+            raise InvalidInputError(name, f"not a rectangular array ({exc})") from exc
         if arr.dtype.kind == "O":
-            raise InvalidInput(name, "not a rectangular array of one type")
+            raise InvalidInputError(name, "not a rectangular array of one type")
         feature = self.features.get(name)
         if feature is not None and feature.vocabulary is not None:
             arr = self._apply_vocab(name, arr, self.vocabularies[name])
@@ -88,7 +88,7 @@ class InputEncoder:
             low, high = feature.id_range
             if _MIN(arr, axis=None) < low or _MAX(arr, axis=None) > high:
                 bad = (arr < low) | (arr > high)
-                raise InvalidInput(name, f"id {arr[bad].flat[0]} is outside the valid range [{low}, {high}]")
+                raise InvalidInputError(name, f"id {arr[bad].flat[0]} is outside the valid range [{low}, {high}]")
         return arr
 
     def _apply_vocab(self, name: str, arr: npt.NDArray[Any], vocab: Vocabulary) -> npt.NDArray[Any]:
@@ -96,12 +96,12 @@ class InputEncoder:
             if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
                 arr = arr.astype(np.int64)
             else:
-                raise InvalidInput(name, "expected integer ids for this vocabulary")
+                raise InvalidInputError(name, "expected integer ids for this vocabulary")
         if not vocab.is_int and arr.dtype.kind not in "USiu":
-            raise InvalidInput(name, "expected string ids for this vocabulary")
+            raise InvalidInputError(name, "expected string ids for this vocabulary")
         rows, miss = vocab.lookup(arr)
         if self.strict_vocab and miss.any():
-            raise InvalidInput(name, f"id {arr[miss].flat[0].item()!r} is not in the vocabulary")
+            raise InvalidInputError(name, f"id {arr[miss].flat[0].item()!r} is not in the vocabulary")
         return rows
 
 
@@ -112,7 +112,7 @@ def hash_ids(name: str, arr: npt.NDArray[Any], bins: int) -> npt.NDArray[np.int6
     decimal text, as Keras does), so a lifted Hashing layer scores identically.
     """
     if arr.dtype.kind not in "USiu":
-        raise InvalidInput(name, "expected string or integer ids to hash")
+        raise InvalidInputError(name, "expected string or integer ids to hash")
     try:
         from farmhash import Fingerprint64
     except ImportError as exc:  # cityhash is a base dependency; a broken install says so here
@@ -126,12 +126,12 @@ def hash_ids(name: str, arr: npt.NDArray[Any], bins: int) -> npt.NDArray[np.int6
 def check_shape(spec: TensorSpec, arr: npt.NDArray[Any]) -> None:
     """Rank and fixed dimensions must match; ``None`` dimensions are free."""
     if arr.ndim != len(spec.shape):
-        raise InvalidInput(
+        raise InvalidInputError(
             spec.name, f"expected rank {len(spec.shape)} shape {_fmt(spec.shape)}, got shape {list(arr.shape)}"
         )
     for i, (want, got) in enumerate(zip(spec.shape, arr.shape, strict=True)):
         if want is not None and want != got and not (i == 0 and want >= got):
-            raise InvalidInput(spec.name, f"expected shape {_fmt(spec.shape)}, got {list(arr.shape)}")
+            raise InvalidInputError(spec.name, f"expected shape {_fmt(spec.shape)}, got {list(arr.shape)}")
 
 
 def _fmt(shape: tuple[int | None, ...]) -> str:
@@ -144,23 +144,23 @@ def cast_exact(name: str, arr: npt.NDArray[Any], dtype: str) -> npt.NDArray[Any]
     src = arr.dtype
     if src == target:
         if src.kind == "f" and arr.size and not _ALL(np.isfinite(arr), axis=None):
-            raise InvalidInput(name, "contains NaN or Inf")
+            raise InvalidInputError(name, "contains NaN or Inf")
         return arr
     if src.kind in "USO" or target.kind in "USO":
-        raise InvalidInput(name, f"expected {dtype} values, got {_kind(src)}")
+        raise InvalidInputError(name, f"expected {dtype} values, got {_kind(src)}")
     if src.kind == "f":
         # min and max propagate NaN and hold any Inf: two reductions check finiteness and range.
         lo, hi = (_MIN(arr, axis=None), _MAX(arr, axis=None)) if arr.size else (0.0, 0.0)
         if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise InvalidInput(name, "contains NaN or Inf")
+            raise InvalidInputError(name, "contains NaN or Inf")
         if target.kind in "iu":
             if not _ALL(arr == np.round(arr), axis=None):
-                raise InvalidInput(name, f"expected {dtype}; non-integer values would be truncated")
+                raise InvalidInputError(name, f"expected {dtype}; non-integer values would be truncated")
             _check_int_range(name, arr, target)
         elif target.kind == "f" and arr.size and max(-lo, hi) > np.finfo(target).max:
-            raise InvalidInput(name, f"values overflow {dtype}")
+            raise InvalidInputError(name, f"values overflow {dtype}")
         elif target.kind == "b":
-            raise InvalidInput(name, f"expected {dtype} values, got numbers")
+            raise InvalidInputError(name, f"expected {dtype} values, got numbers")
     elif src.kind in "iu":
         if target.kind in "iu":
             _check_int_range(name, arr, target)
@@ -168,9 +168,9 @@ def cast_exact(name: str, arr: npt.NDArray[Any], dtype: str) -> npt.NDArray[Any]
             limit = _FLOAT_EXACT_INT[target.name]
             # float() rounds as the old float64 cast of each value did (rounding keeps the order).
             if arr.size and float(max(-int(_MIN(arr, axis=None)), int(_MAX(arr, axis=None)))) > limit:
-                raise InvalidInput(name, f"integers above {limit} lose precision as {dtype}")
+                raise InvalidInputError(name, f"integers above {limit} lose precision as {dtype}")
         elif target.kind == "b" and not np.isin(arr, (0, 1)).all():
-            raise InvalidInput(name, f"expected {dtype} values (0 or 1)")
+            raise InvalidInputError(name, f"expected {dtype} values (0 or 1)")
     return arr.astype(target)
 
 
@@ -180,7 +180,7 @@ def _check_int_range(name: str, arr: npt.NDArray[Any], target: np.dtype[Any]) ->
     info = np.iinfo(target)
     lo, hi = _MIN(arr, axis=None), _MAX(arr, axis=None)
     if lo < info.min or hi > info.max:
-        raise InvalidInput(name, f"values outside the {target.name} range [{info.min}, {info.max}]")
+        raise InvalidInputError(name, f"values outside the {target.name} range [{info.min}, {info.max}]")
 
 
 def _kind(dtype: np.dtype[Any]) -> str:

@@ -13,19 +13,23 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from .errors import PackageError
-
-SCHEMA_VERSION = 1
-FORMATS = ("tflite", "ort", "onnx")
-ROLES = ("user", "item", "context")
-DTYPES = ("float16", "float32", "float64", "int8", "uint8", "int32", "int64", "bool", "string")
-ACCELERATORS = ("cpu", "gpu", "npu")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+from .choices import pick
+from .errors import MissingEntryError, PackageError
 
 Format = Literal["tflite", "ort", "onnx"]
 Role = Literal["user", "item", "context"]
+# The hardware an artifact (or a session) runs on; ``Accelerator`` adds "auto".
+Device = Literal["cpu", "gpu", "npu"]
 Batch = Literal["dynamic"] | int
+
+SCHEMA_VERSION = 1
+FORMATS: tuple[Format, ...] = ("tflite", "ort", "onnx")
+ROLES: tuple[Role, ...] = ("user", "item", "context")
+DTYPES = ("float16", "float32", "float64", "int8", "uint8", "int32", "int64", "bool", "string")
+ACCELERATORS: tuple[Device, ...] = ("cpu", "gpu", "npu")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
 Scalar = int | float | str | bool
 
 
@@ -77,7 +81,7 @@ class Artifact:
     size: int
     precision: str = "fp32"
     batch: Batch = "dynamic"
-    accelerators: tuple[str, ...] = ("cpu",)
+    accelerators: tuple[Device, ...] = ("cpu",)
     runtime: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -140,13 +144,13 @@ class Manifest:
         for art in self.artifacts:
             if art.path == path:
                 return art
-        raise KeyError(path)
+        raise MissingEntryError(path)
 
     def file(self, path: str) -> FileEntry:
         for entry in self.files:
             if entry.path == path:
                 return entry
-        raise KeyError(path)
+        raise MissingEntryError(path)
 
     def all_paths(self) -> dict[str, tuple[str, int]]:
         """Every file the manifest covers: path -> (sha256, size)."""
@@ -344,23 +348,24 @@ def _artifact(doc: Any) -> Artifact:
     r = _Reader(doc, "manifest.artifacts")
     path = r.text("path")
     r.where = f"manifest.artifacts[{path}]"
-    fmt = r.text("format")
-    if fmt not in FORMATS:
-        raise PackageError(f"{r.where}.format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    fmt = pick(r.text("format"), FORMATS)
+    if fmt is None:
+        raise PackageError(f"{r.where}.format: {r.raw('format')!r} is not one of {', '.join(FORMATS)}")
     batch = r.raw("batch", "dynamic")
     if batch != "dynamic" and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise PackageError(f"{r.where}.batch: expected 'dynamic' or an integer >= 1")
-    accels = r.items("accelerators", default=["cpu"])
-    if not accels or any(a not in ACCELERATORS for a in accels):
+    accels = [pick(a, ACCELERATORS) for a in r.items("accelerators", default=["cpu"])]
+    devices = tuple(a for a in accels if a is not None)
+    if not devices or len(devices) != len(accels):
         raise PackageError(f"{r.where}.accelerators: expected some of {', '.join(ACCELERATORS)}")
     return Artifact(
         path=path,
-        format=fmt,  # type: ignore[arg-type]
+        format=fmt,
         sha256=_sha(r, "sha256"),
         size=r.integer("size", minimum=0),
         precision=r.text("precision"),
         batch=batch,
-        accelerators=tuple(accels),
+        accelerators=devices,
         runtime={str(k): str(v) for k, v in r.mapping("runtime", default={}).items()},
         extra=r.mapping("extra", default={}),
     )
@@ -384,9 +389,9 @@ def _feature(doc: Any) -> FeatureSpec:
     r = _Reader(doc, "manifest.features")
     name = r.text("input")
     r.where = f"manifest.features[{name}]"
-    role = r.text("role")
-    if role not in ROLES:
-        raise PackageError(f"{r.where}.role: {role!r} is not one of {', '.join(ROLES)}")
+    role = pick(r.text("role"), ROLES)
+    if role is None:
+        raise PackageError(f"{r.where}.role: {r.raw('role')!r} is not one of {', '.join(ROLES)}")
     id_range = r.raw("id_range", None)
     if id_range is not None:
         ok = (
@@ -409,7 +414,7 @@ def _feature(doc: Any) -> FeatureSpec:
             raise PackageError(f"{r.where}: a feature has a vocabulary or hash_bins, not both")
     return FeatureSpec(
         input=name,
-        role=role,  # type: ignore[arg-type]
+        role=role,
         field=r.opt_str("field") or name,
         vocabulary=r.opt_str("vocabulary"),
         id_range=id_range,

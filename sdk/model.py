@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -14,19 +14,26 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from .choices import parse_choice
 from .encryption import Envelope, Recipient, decrypt_artifact
-from .errors import AcceleratorUnavailable, DecryptionError, EdgeRecError, InvalidInput, ModelClosedError
+from .errors import AcceleratorUnavailableError, DecryptionError, EdgeRecError, InvalidInputError, ModelClosedError
 from .inputs import Arrays, InputEncoder
 from .keys import load_verify_key
-from .manifest import Artifact, Manifest
+from .manifest import Artifact, Device, Format, Manifest
 from .package import Blob, Package, PackageLimits
 from .ranking import RankedItem, build_rank_batch
-from .runtime import BACKENDS, Backend, Session, SessionInfo, backend_for_format
+from .runtime import Backend, BackendChoice, BackendName, Session, SessionInfo, backend_for_format, parse_backend
 
 log = logging.getLogger("edgerec.sdk")
 
 Accelerator = Literal["auto", "cpu", "gpu", "npu"]
-ACCELERATOR_CHOICES = ("auto", "cpu", "gpu", "npu")
+ACCELERATOR_CHOICES: tuple[Accelerator, ...] = ("auto", "cpu", "gpu", "npu")
+_ACCELERATED: tuple[Device, ...] = ("gpu", "npu")
+
+
+def parse_accelerator(value: str, field: str = "accelerator") -> Accelerator:
+    """An accelerator from a CLI option, a config file or JSON; InvalidInputError naming ``field`` if unknown."""
+    return parse_choice(value, ACCELERATOR_CHOICES, field)
 
 
 @dataclass(frozen=True)
@@ -35,11 +42,11 @@ class ModelInfo:
 
     name: str
     version: int
-    backend: str
-    format: str
+    backend: BackendName
+    format: Format
     precision: str
-    requested_accelerator: str
-    accelerator: str
+    requested_accelerator: Accelerator
+    accelerator: Device
     fully_delegated: bool | None
     artifacts: tuple[str, ...]
     batch_buckets: tuple[int, ...]
@@ -94,7 +101,7 @@ class EdgeModel:
         envelopes: Iterable[Envelope] = (),
         accelerator: Accelerator = "auto",
         threads: int | None = None,
-        backend: str = "auto",
+        backend: BackendChoice = "auto",
         precision: str | None = None,
         strict_vocab: bool = False,
         limits: PackageLimits | None = None,
@@ -106,8 +113,7 @@ class EdgeModel:
         Raises PackageError subclasses for untrusted packages, DecryptionError
         for keys that do not open an encrypted one.
         """
-        if accelerator not in ACCELERATOR_CHOICES:
-            raise EdgeRecError(f"accelerator: {accelerator!r} is not one of {', '.join(ACCELERATOR_CHOICES)}")
+        accelerator = parse_accelerator(accelerator)  # callers without a type checker may pass any str
         package = source if isinstance(source, Package) else Package.open(source, _trusted(trusted_keys), limits)
         recipient = _recipient(recipient_key, recipient_id)
         m = package.manifest
@@ -194,7 +200,7 @@ class EdgeModel:
     ) -> list[RankedItem]:
         """Score candidates for one user in one batch; best first."""
         if top_k is not None and top_k < 1:
-            raise InvalidInput("top_k", "must be >= 1")
+            raise InvalidInputError("top_k", "must be >= 1")
         batch, ids = build_rank_batch(self.manifest, user, candidates, context, self.item_lookup)
         scores = self.scores(self.predict(batch))
         order = np.argsort(-scores, kind="stable")[:top_k]
@@ -268,10 +274,9 @@ def _recipient(key: X25519PrivateKey | Recipient | None, rid: str | None) -> Rec
     return Recipient(rid, key)
 
 
-def _choose_artifacts(m: Manifest, backend: str, precision: str | None) -> list[Artifact]:
+def _choose_artifacts(m: Manifest, backend: BackendChoice, precision: str | None) -> list[Artifact]:
     """Artifacts of the first (format, precision) this machine can run, in manifest order."""
-    if backend != "auto" and backend not in BACKENDS:
-        raise EdgeRecError(f"backend: {backend!r} is not one of auto, {', '.join(BACKENDS)}")
+    backend = parse_backend(backend)  # callers without a type checker may pass any str
     usable = []
     for art in m.artifacts:
         cls = backend_for_format(art.format)
@@ -289,12 +294,14 @@ def _choose_artifacts(m: Manifest, backend: str, precision: str | None) -> list[
 
 
 def _load_sessions(
-    engine: Backend, group: list[Artifact], accelerator: str, threads: int | None, model_bytes: Any
-) -> tuple[list[Session], str, str | None]:
+    engine: Backend, group: list[Artifact], accelerator: Accelerator, threads: int | None,
+    model_bytes: Callable[[Artifact], Blob],
+) -> tuple[list[Session], Device, str | None]:
     fixed = [a for a in group if isinstance(a.batch, int)]
     dynamic = [a for a in group if a.batch == "dynamic"][:1]
+    tries: list[Device]
     if accelerator == "auto":
-        tries = [acc for acc in ("gpu", "npu") if any(acc in a.accelerators for a in group)]
+        tries = [acc for acc in _ACCELERATED if any(acc in a.accelerators for a in group)]
     elif accelerator == "cpu":
         tries = []
     else:
@@ -305,7 +312,7 @@ def _load_sessions(
         chosen = fixed or dynamic
         try:
             return [engine.load(model_bytes(a), a, acc, threads) for a in chosen], acc, None
-        except AcceleratorUnavailable as exc:
+        except AcceleratorUnavailableError as exc:
             reasons.append(str(exc))
     reason = "; ".join(reasons) or None
     if accelerator in ("gpu", "npu"):
@@ -328,4 +335,4 @@ def _pad(arr: npt.NDArray[Any], size: int) -> npt.NDArray[Any]:
 
 
 
-__all__ = ["ACCELERATOR_CHOICES", "EdgeModel", "ModelInfo", "SessionInfo"]
+__all__ = ["ACCELERATOR_CHOICES", "Accelerator", "EdgeModel", "ModelInfo", "SessionInfo", "parse_accelerator"]

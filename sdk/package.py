@@ -34,6 +34,7 @@ from . import __version__
 from .errors import (
     DuplicateEntryError,
     IntegrityError,
+    MissingEntryError,
     OversizedEntryError,
     PackageError,
     SignatureError,
@@ -45,6 +46,7 @@ from .keys import key_id
 from .manifest import (
     Artifact,
     Batch,
+    Device,
     FeatureSpec,
     FileEntry,
     Format,
@@ -150,7 +152,7 @@ class PackageBuilder:
         *,
         precision: str = "fp32",
         batch: Batch = "dynamic",
-        accelerators: Sequence[str] = ("cpu",),
+        accelerators: Sequence[Device] = ("cpu",),
         runtime: Mapping[str, str] | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> Artifact:
@@ -251,7 +253,7 @@ class PackageBuilder:
 
 def _npz(arrays: Mapping[str, npt.NDArray[Any]]) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **{k: v for k, v in arrays.items()})  # type: ignore[arg-type]
+    np.savez(buf, allow_pickle=False, **arrays)  # readers load with allow_pickle=False too
     return buf.getvalue()
 
 
@@ -323,12 +325,15 @@ class Package:
 
     def file_bytes(self, path: str) -> bytes:
         """A verified non-artifact file (vocabulary, item table, ...)."""
-        self.manifest.file(path)  # KeyError for unknown paths
+        self.manifest.file(path)  # MissingEntryError for paths the manifest does not list
         return bytes(self._entries[path])
 
     def stored_bytes(self, path: str) -> Blob:
         """An entry as stored (ciphertext for encrypted artifacts); read-only."""
-        return self._entries[path]
+        try:
+            return self._entries[path]
+        except KeyError:
+            raise MissingEntryError(path) from None
 
     def envelope_entries(self) -> dict[str, bytes]:
         """Key envelopes carried in the package, by entry name."""

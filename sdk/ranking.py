@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from .errors import InvalidInput
+from .errors import InvalidInputError
 from .manifest import FeatureSpec, Manifest
 
 ItemLookup = Callable[[], tuple[dict[str, npt.NDArray[Any]], dict[Any, int]] | None]
@@ -38,7 +38,7 @@ def build_rank_batch(
     columns keyed by request field.
     """
     if not manifest.features:
-        raise InvalidInput("model", "the package declares no feature spec, so it cannot rank")
+        raise InvalidInputError("model", "the package declares no feature spec, so it cannot rank")
     columns, ids = _candidate_columns(manifest, candidates, item_lookup)
     n = len(ids)
     sources = {"user": user or {}, "context": context or {}}
@@ -55,13 +55,13 @@ def build_rank_batch(
         else:
             src = sources[feat.role]
             if not isinstance(src, Mapping):
-                raise InvalidInput(feat.role, "expected an object of features")
+                raise InvalidInputError(feat.role, "expected an object of features")
             value = src[feat.field] if feat.field in src else _default(feat, f"{feat.role}.")
             arr = np.asarray(value)
             try:
                 batch[feat.input] = _repeat(arr, (n, *tail)) if arr.ndim <= len(tail) else arr
             except ValueError as exc:
-                raise InvalidInput(f"{feat.role}.{feat.field}", f"expected shape {list(tail)}") from exc
+                raise InvalidInputError(f"{feat.role}.{feat.field}", f"expected shape {list(tail)}") from exc
     return batch, ids
 
 
@@ -95,7 +95,7 @@ def _repeat(arr: npt.NDArray[Any], shape: tuple[int, ...]) -> npt.NDArray[Any]:
 def _default(feat: FeatureSpec, where: str) -> Any:
     if feat.default is None:
         name = f"{where}{feat.field}" if where.endswith(".") else f"{where}.{feat.field}"
-        raise InvalidInput(name, "missing, and the feature has no default")
+        raise InvalidInputError(name, "missing, and the feature has no default")
     return feat.default
 
 
@@ -108,13 +108,13 @@ def _candidate_columns(
             cols = {str(k): list(v) if not isinstance(v, np.ndarray) else v for k, v in candidates.items()}
             lengths = {len(v) for v in cols.values()}
             if len(lengths) != 1:
-                raise InvalidInput("candidates", "columns differ in length")
+                raise InvalidInputError("candidates", "columns differ in length")
             n = lengths.pop()
             return cols, _plain_list(cols.get(id_field, range(n)))
         if isinstance(candidates, str | bytes) or not isinstance(candidates, Sequence | np.ndarray):
-            raise InvalidInput("candidates", "expected a list of item ids or feature rows")
+            raise InvalidInputError("candidates", "expected a list of item ids or feature rows")
     if len(candidates) == 0:
-        raise InvalidInput("candidates", "empty")
+        raise InvalidInputError("candidates", "empty")
     ids_fast = _plain_ids(candidates)
     if ids_fast is not None:
         return _id_columns(*ids_fast, id_field, item_lookup)
@@ -124,10 +124,10 @@ def _candidate_columns(
         for f, vals in list(cols.items()):
             if any(v is None for v in vals):
                 if f != id_field and any(v is not None for v in vals):
-                    raise InvalidInput(f"candidates.{f}", "missing in some rows")
+                    raise InvalidInputError(f"candidates.{f}", "missing in some rows")
                 del cols[f]
         return cols, _plain_list(cols.get(id_field, range(len(candidates))))
-    raise InvalidInput("candidates", "expected item ids (all numbers or all strings) or feature rows, not a mix")
+    raise InvalidInputError("candidates", "expected item ids (all numbers or all strings) or feature rows, not a mix")
 
 
 def _plain_list(values: Any) -> list[Any]:
@@ -160,7 +160,7 @@ def _id_columns(arr: npt.NDArray[Any], ids: list[Any], id_field: str,
         try:
             rows = np.fromiter(map(index.__getitem__, ids), dtype=np.int64, count=len(ids))
         except KeyError as exc:
-            raise InvalidInput("candidates", f"unknown item id {exc.args[0]!r}") from exc
+            raise InvalidInputError("candidates", f"unknown item id {exc.args[0]!r}") from exc
         for col, values in table.items():
             if col != id_field:
                 by_id[col] = values[rows]

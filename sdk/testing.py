@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .manifest import FeatureSpec, ModelSignature, TensorSpec
+from .native_logs import silenced
 from .package import PackageBuilder
 from .vocab import Vocabulary
 
@@ -77,7 +78,7 @@ def ort_format(onnx_bytes: bytes, tmp_path: Path) -> tuple[bytes, bytes]:
     import sys
 
     src = tmp_path / "src"
-    src.mkdir()
+    src.mkdir(exist_ok=True)
     (src / "m.onnx").write_bytes(onnx_bytes)
     out = tmp_path / "out"
     subprocess.run(
@@ -90,6 +91,11 @@ def ort_format(onnx_bytes: bytes, tmp_path: Path) -> tuple[bytes, bytes]:
 
 def keras_ctr_tflite(w: dict[str, np.ndarray], tmp_path: Path, batch: int | None = None) -> bytes:
     """The same CTR function as a Keras model converted to LiteRT (via SavedModel)."""
+    with silenced():
+        return _keras_ctr_tflite(w, tmp_path, batch)
+
+
+def _keras_ctr_tflite(w: dict[str, np.ndarray], tmp_path: Path, batch: int | None) -> bytes:
     import tensorflow as tf
 
     model = _keras_ctr(w, batch, user_lookup=False)
@@ -173,7 +179,8 @@ def sample_inputs(n: int, seed: int = 0, weights_seed: int = 0) -> tuple[dict[st
 def keras_ctr_source(w: dict[str, np.ndarray], path: Path) -> Path:
     """The CTR function as a trainer would hand it over: a ``.keras`` file whose user
     ids go through a ``StringLookup`` (which the converter lifts into a vocabulary)."""
-    _keras_ctr(w, None, user_lookup=True).save(path)
+    with silenced():
+        _keras_ctr(w, None, user_lookup=True).save(path)
     return path
 
 

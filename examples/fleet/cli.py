@@ -10,6 +10,7 @@ LiteRT artifacts and is skipped with a note when absent.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import statistics
 import tempfile
 from pathlib import Path
@@ -17,13 +18,20 @@ from typing import Any
 
 import click
 import numpy as np
+from rich.markup import escape
 from rich.table import Table
 
 from edgerec.sdk import testing as demo
-from edgerec.sdk.cli.output import console, print_json
+from edgerec.sdk.cli.output import busy, console, print_json, progress_wanted
 from edgerec.sdk.encryption import encrypt_package
 from edgerec.sdk.files import write_atomic
-from edgerec.sdk.keys import generate_keypair, load_recipient_key, load_signing_key, load_verify_key
+from edgerec.sdk.keys import (
+    generate_keypair,
+    load_recipient_key,
+    load_recipient_public_key,
+    load_signing_key,
+    load_verify_key,
+)
 from edgerec.sdk.model import Accelerator, EdgeModel
 from edgerec.sdk.package import Package
 from edgerec.sdk.timing import time_ms
@@ -62,6 +70,10 @@ def demo_cmd(workdir: Path | None, device_only: bool, repeats: int, as_json: boo
     Needs the converter, edge and sync extras (pip install 'edgerec[all]'); with
     the SDK alone, or with --device, it runs the device part only.
     """
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # The story tells each fallback to the CPU itself; edgerec --verbose logs them too.
+        logging.getLogger("edgerec.sdk").setLevel(logging.ERROR)
+    progress = progress_wanted(as_json)
     with tempfile.TemporaryDirectory(prefix="edgerec-demo-") as tmp:
         work = (workdir or Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)
@@ -74,17 +86,18 @@ def demo_cmd(workdir: Path | None, device_only: bool, repeats: int, as_json: boo
         results: dict[str, Any] = {}
         if not device_only and not missing:
             say("[bold]The fleet loop[/] (each step is an edgerec command or HTTP call on loopback)")
-            results["fleet"] = run_fleet(work / "fleet", say)
+            results["fleet"] = run_fleet(work / "fleet", say, progress)
             say("")
         elif not device_only:
-            say(f"(the fleet loop needs {', '.join(missing)}: pip install 'edgerec[all]'; running the device part)")
+            say(escape(f"(the fleet loop needs {', '.join(missing)}: pip install 'edgerec[all]'; "
+                       "running the device part)"))
         say("[bold]On a device[/] (the SDK alone, in this process)")
-        results["device"] = run_demo(work / "device", repeats, quiet=as_json)
+        results["device"] = run_demo(work / "device", repeats, quiet=as_json, progress=progress)
     if as_json:
         print_json(results)
 
 
-def run_demo(work: Path, repeats: int, quiet: bool = False) -> dict[str, Any]:
+def run_demo(work: Path, repeats: int, quiet: bool = False, progress: bool = False) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     def say(text: str) -> None:
         if not quiet:
@@ -94,16 +107,17 @@ def run_demo(work: Path, repeats: int, quiet: bool = False) -> dict[str, Any]:
     node = generate_keypair(work, "node-1", "x25519", overwrite=True)
     say(f"1. keys: publisher {pub.key_id[:12]} (ed25519), node-1 {node.key_id[:12]} (x25519)")
     with_tflite = importlib.util.find_spec("tensorflow") is not None
-    path = build_demo_package(work, with_tflite)
+    with busy("building the demo package (Keras to LiteRT, ONNX to ORT format)", progress):
+        path = build_demo_package(work, with_tflite)
     trusted = [load_verify_key(pub.public_path)]
     plain = Package.open(path, trusted)
     arts = ", ".join(f"{a.path} ({a.format}, batch {a.batch})" for a in plain.manifest.artifacts)
-    say(f"2. package {path.name}: signed, {len(plain.raw):,} bytes: {arts}")
+    say(f"2. package {escape(path.name)}: signed, {len(plain.raw):,} bytes: {escape(arts)}")
     if not with_tflite:
-        say("   (TensorFlow is not installed: LiteRT artifacts skipped; pip install 'edgerec[converter]')")
-    enc = encrypt_package(plain, {"node-1": load_verify_key_x(node.public_path)})
+        say(escape("   (TensorFlow is not installed: LiteRT artifacts skipped; pip install 'edgerec[converter]')"))
+    enc = encrypt_package(plain, {"node-1": load_recipient_public_key(node.public_path)})
     enc_path = write_atomic(work / "ctr-1.enc.edgepkg", enc.data)
-    say(f"3. encrypted for node-1: {enc_path.name}, AES-256-GCM artifacts, HPKE-sealed keys")
+    say(f"3. encrypted for node-1: {escape(enc_path.name)}, AES-256-GCM artifacts, HPKE-sealed keys")
     node_key = load_recipient_key(node.private_path)
     rows: list[dict[str, Any]] = []
     inputs, ref = demo.sample_inputs(1, seed=3)
@@ -134,7 +148,7 @@ def run_demo(work: Path, repeats: int, quiet: bool = False) -> dict[str, Any]:
                   title="4. verified, decrypted in memory, loaded, ranked")
         for r in rows:
             if "error" in r:
-                t.add_row(r["backend"], r["requested"], "[red]failed[/]", "", "", "", r["error"][:40])
+                t.add_row(r["backend"], r["requested"], "[red]failed[/]", "", "", "", escape(r["error"][:40]))
                 continue
             where = r["accelerator"] + ("" if r["fully_delegated"] else " (partial)")
             t.add_row(f"{r['backend']} ({r['format']})", r["requested"], where, f"{r['predict_1_ms']:.3f} ms",
@@ -142,11 +156,6 @@ def run_demo(work: Path, repeats: int, quiet: bool = False) -> dict[str, Any]:
         console.print(t)
         for r in rows:
             if r.get("fallback") and r["requested"] != "auto":
-                console.print(f"   {r['backend']}: asked for {r['requested']}, runs on the CPU: {r['fallback'][:120]}")
+                console.print(f"   {r['backend']}: asked for {r['requested']}, runs on the CPU: "
+                              f"{escape(r['fallback'][:120])}")
     return {"package": str(path), "encrypted_package": str(enc_path), "results": rows}
-
-
-def load_verify_key_x(path: Path) -> Any:
-    from edgerec.sdk.keys import load_public_key
-
-    return load_public_key(path, "x25519")

@@ -24,8 +24,10 @@ from typing import IO, Any
 
 import httpx
 import numpy as np
+from rich.markup import escape
 
 from edgerec.sdk import testing as demo
+from edgerec.sdk.cli.output import busy
 from edgerec.sdk.errors import EdgeRecError
 
 Say = Callable[[str], None]
@@ -44,9 +46,10 @@ def _free_port() -> int:
 class Fleet:
     """Runs ``edgerec`` commands and long-lived servers in a work folder."""
 
-    def __init__(self, work: Path, say: Say) -> None:
+    def __init__(self, work: Path, say: Say, progress: bool = False) -> None:
         self.work = work
         self.say = say
+        self.progress = progress  # a spinner on stderr naming the step that runs
         self.env = {**os.environ, "EDGEREC_ADMIN_CONFIG": str(work / "admin.json"), "COLUMNS": "160",
                     "PYTHONUNBUFFERED": "1"}
         for var in ("EDGEREC_SERVER", "EDGEREC_ADMIN_TOKEN", "EDGEREC_TRUSTED_KEYS"):
@@ -56,8 +59,9 @@ class Fleet:
 
     def run(self, step: str, *args: str | Path, timeout: float = 600) -> str:
         """One ``edgerec`` command; its stdout, or FleetError with its error line."""
-        proc = subprocess.run([*self.exe, *map(str, args)], check=False, capture_output=True, text=True,
-                              env=self.env, timeout=timeout, cwd=self.work)
+        with busy(f"{step} ...", self.progress):
+            proc = subprocess.run([*self.exe, *map(str, args)], check=False, capture_output=True, text=True,
+                                  env=self.env, timeout=timeout, cwd=self.work)
         if proc.returncode != 0:
             lines = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()
             raise FleetError(f"{step}: {lines[-1]}")
@@ -72,6 +76,10 @@ class Fleet:
         proc = subprocess.Popen([*self.exe, *map(str, args)], stdout=log, stderr=subprocess.STDOUT,
                                 env=self.env, cwd=self.work)
         self.procs.append((name, proc, log))
+        with busy(f"waiting for {name} to answer at {ready}", self.progress):
+            self._wait_ready(name, proc, ready)
+
+    def _wait_ready(self, name: str, proc: subprocess.Popen[bytes], ready: str) -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -111,13 +119,13 @@ def _write_data(work: Path) -> tuple[list[Path], Path]:
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with path.open("wb") as fh:
-        np.savez(fh, **arrays)  # type: ignore[arg-type]
+        np.savez(fh, allow_pickle=False, **arrays)
 
 
-def run_fleet(work: Path, say: Say) -> dict[str, Any]:
-    """The whole loop; returns what happened, for ``--json``."""
+def run_fleet(work: Path, say: Say, progress: bool = False) -> dict[str, Any]:
+    """The whole loop; returns what happened, for ``--json``; ``say`` takes rich markup."""
     work.mkdir(parents=True, exist_ok=True)
-    fleet = Fleet(work, say)
+    fleet = Fleet(work, say, progress)
     try:
         return _loop(fleet, work, say)
     finally:
@@ -139,7 +147,7 @@ def _loop(fleet: Fleet, work: Path, say: Say) -> dict[str, Any]:
     kept = [f"{a['format']} {a['precision']}" for a in report["artifacts"] if a["batch"] == "dynamic"]
     drop = max((v.get("auc_drop") or 0.0) for v in report["eval_report"]["variants"])
     say(f"1. converted two Keras versions (StringLookup lifted into a vocabulary) in {time.monotonic() - t0:.0f} s: "
-        f"{', '.join(kept)} + batch buckets 16/64, AUC drop <= {drop:.4f} (budget 0.002), signed")
+        f"{escape(', '.join(kept))} + batch buckets 16/64, AUC drop <= {drop:.4f} (budget 0.002), signed")
     out["artifacts"] = [{k: a[k] for k in ("path", "format", "precision", "batch", "size")}
                         for a in report["artifacts"]]
 
@@ -149,7 +157,7 @@ def _loop(fleet: Fleet, work: Path, say: Say) -> dict[str, Any]:
                           work / "root-keys", "--publisher-key", work / "publisher.pub", "--server-url", sync_url)
     fleet.start("sync", "sync", "serve", "--data-dir", work / "sync", "--port", str(sync_port),
                 ready=f"{sync_url}/repository/metadata/timestamp.json")
-    say(f"2. sync service on {sync_url}: TUF root {init['threshold']}-of-{len(init['root_keys'])} "
+    say(f"2. sync service on {escape(sync_url)}: TUF root {init['threshold']}-of-{len(init['root_keys'])} "
         "(keys kept offline by the admin), timestamp and snapshot signed online")
 
     token = fleet.run_json("enroll token", "admin", "enroll-token", "create", "--tags", "demo,store-1")
@@ -164,7 +172,8 @@ def _loop(fleet: Fleet, work: Path, say: Say) -> dict[str, Any]:
                 "--trusted-key", work / "publisher.pub", "--recipient-key", work / "node" / "keys" / "recipient.key",
                 "--recipient-id", node_id, "--control-token-file", control, "--max-delay-ms", "1",
                 ready=f"{edge_url}/v2/health/live")
-    say(f"3. node {node_id} enrolled (Ed25519 + X25519 keys made on the node); edge server on {edge_url}")
+    say(f"3. node {escape(node_id)} enrolled (Ed25519 + X25519 keys made on the node); edge server on "
+        f"{escape(edge_url)}")
 
     # A short health window: the demo sends no traffic of its own while the daemon watches a new version.
     node_run: list[str | Path] = ["node", "run", "--state-dir", work / "node", "--model-dir", work / "models",
@@ -181,7 +190,7 @@ def _loop(fleet: Fleet, work: Path, say: Say) -> dict[str, Any]:
         top = ", ".join(f"{r['item']} ({r['score']:.3f})" for r in ranks[version]["items"][:3])
         say(f"{3 + version}. published v{version}, rolled out to 100%; the node fetched it through TUF, "
             f"opened its envelope, {'loaded' if version == 1 else 'hot-swapped'} it in {took:.1f} s; "
-            f"/v1/rank answers v{ranks[version]['version']}: top {top}")
+            f"/v1/rank answers v{escape(str(ranks[version]['version']))}: top {escape(top)}")
     out["rank"] = {str(k): v for k, v in ranks.items()}
 
     rid = ranks[2]["response_id"]
@@ -194,9 +203,9 @@ def _loop(fleet: Fleet, work: Path, say: Say) -> dict[str, Any]:
     clicks = [line for line in metrics.splitlines() if line.startswith("edgerec_events_total") and "click" in line]
     status = fleet.run_json("admin status", "admin", "status", "ctr")
     row = next(n for n in status["nodes"] if n["node_id"] == node_id)
-    say(f"6. events recorded ({clicks[0] if clicks else 'no click counter'}); the service sees node "
-        f"{node_id}: desired v{row.get('desired_version')}, installed v{row.get('installed_version')}, "
-        f"accelerator {row.get('accelerator')}")
+    say(escape(f"6. events recorded ({clicks[0] if clicks else 'no click counter'}); the service sees node "
+               f"{node_id}: desired v{row.get('desired_version')}, installed v{row.get('installed_version')}, "
+               f"accelerator {row.get('accelerator')}"))
     out.update({"node_id": node_id, "status": row, "sync_url": sync_url, "edge_url": edge_url})
     return out
 

@@ -9,8 +9,9 @@ from typing import Any
 import click
 
 from ..keys import load_recipient_key, load_verify_key
-from ..model import ACCELERATOR_CHOICES, EdgeModel
+from ..model import ACCELERATOR_CHOICES, EdgeModel, parse_accelerator
 from ..package import Package
+from ..runtime import BACKEND_CHOICES, parse_backend
 
 F = Callable[..., Any]
 
@@ -29,8 +30,7 @@ def model_options(f: F) -> F:
     f = click.option("--recipient-key", type=click.Path(dir_okay=False, path_type=Path),
                      help="X25519 private key that opens an encrypted package.")(f)
     f = click.option("--recipient-id", help="This node's recipient id (with --recipient-key).")(f)
-    f = click.option("--backend", type=click.Choice(["auto", "litert", "onnxruntime"]), default="auto",
-                     show_default=True)(f)
+    f = click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True)(f)
     f = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads.")(f)
     return f
 
@@ -46,7 +46,8 @@ def load_model(
     rkey = load_recipient_key(recipient_key) if recipient_key else None
     return EdgeModel.load(
         open_package(path, trusted_keys), recipient_key=rkey, recipient_id=recipient_id,
-        accelerator=accelerator, backend=backend, threads=threads,  # type: ignore[arg-type]
+        accelerator=parse_accelerator(accelerator, "--accelerator"), backend=parse_backend(backend, "--backend"),
+        threads=threads,
     )
 
 

@@ -10,14 +10,16 @@ import click
 import numpy as np
 from rich.table import Table
 
+from ..choices import parse_choice
 from ..errors import EdgeRecError
 from ..keys import load_recipient_key
+from ..manifest import ACCELERATORS, Device
 from ..model import EdgeModel
 from ..package import Package
 from ..runtime import backend_for_format
 from ..timing import time_ms
 from ._options import model_options, open_package
-from .output import console, print_json
+from .output import console, print_json, text_row
 
 
 def synthetic_inputs(model: EdgeModel, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -48,7 +50,7 @@ def measure(model: EdgeModel, rows: int, repeats: int) -> dict[str, float]:
 
 
 def run_bench(
-    package: Package, accelerators: list[str], batches: list[int], repeats: int, threads: int | None,
+    package: Package, accelerators: list[Device], batches: list[int], repeats: int, threads: int | None,
     recipient: Any = None, recipient_id: str | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
@@ -58,7 +60,7 @@ def run_bench(
         if not engine.available():
             continue
         for acc in accelerators:
-            with EdgeModel.load(package, recipient_key=recipient, recipient_id=recipient_id, accelerator=acc,  # type: ignore[arg-type]
+            with EdgeModel.load(package, recipient_key=recipient, recipient_id=recipient_id, accelerator=acc,
                                 backend=engine.name, precision=precision, threads=threads) as m:
                 for b in batches:
                     r = measure(m, b, repeats)
@@ -84,10 +86,9 @@ def bench(pkg: Path, trusted_keys: tuple[Path, ...], recipient_key: Path | None,
         batches = [int(b) for b in batch_sizes.split(",")]
     except ValueError as exc:
         raise EdgeRecError(f"--batch-sizes {batch_sizes!r}: expected integers like 1,16,64") from exc
-    accs = [a.strip() for a in accelerators.split(",") if a.strip()]
-    bad = [a for a in accs if a not in ("cpu", "gpu", "npu")]
-    if bad or not accs or any(b < 1 for b in batches):
-        raise EdgeRecError(f"--accelerators/--batch-sizes: bad value {bad or batch_sizes!r}")
+    accs = [parse_choice(a.strip(), ACCELERATORS, "--accelerators") for a in accelerators.split(",") if a.strip()]
+    if not accs or any(b < 1 for b in batches):
+        raise EdgeRecError(f"--accelerators/--batch-sizes: bad value {accelerators if not accs else batch_sizes!r}")
     rkey = load_recipient_key(recipient_key) if recipient_key else None
     rows = run_bench(open_package(pkg, trusted_keys), accs, batches, repeats, threads, rkey, recipient_id)
     if backend != "auto":
@@ -97,6 +98,6 @@ def bench(pkg: Path, trusted_keys: tuple[Path, ...], recipient_key: Path | None,
         return
     t = Table("backend", "format", "precision", "requested", "ran on", "batch", "p50 ms", "p99 ms", "rows/s")
     for r in rows:
-        t.add_row(r["backend"], r["format"], r["precision"], r["requested"], r["accelerator"], str(r["batch"]),
-                  f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['rows_per_s']:,.0f}")
+        t.add_row(*text_row(r["backend"], r["format"], r["precision"], r["requested"], r["accelerator"], r["batch"],
+                            f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['rows_per_s']:,.0f}"))
     console.print(t)

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .. import __version__
+from .. import __version__, native_logs
 from ..errors import EdgeRecError
 from ._lazy import LazyGroup
 from .bench import bench
@@ -28,28 +28,43 @@ LAZY = {
 
 
 class _Root(LazyGroup):
-    """Turns every EdgeRecError into one line on stderr and exit code 1."""
+    """Turns every error into one line on stderr: exit code 2 for usage errors, else 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.Abort, click.exceptions.NoArgsIsHelpError):
+            raise  # click's own way out, or a group's help when given no subcommand
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            fail(exc.format_message() + hint, exc.exit_code)
+        except click.ClickException as exc:
+            fail(exc.format_message(), exc.exit_code)
         except EdgeRecError as exc:
             fail(str(exc))
         except OSError as exc:
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             fail(f"{where}{exc.strerror or exc}")
+        except Exception as exc:
+            if ctx.params.get("verbose"):
+                raise
+            fail(f"unexpected {type(exc).__name__}: {exc} (edgerec --verbose shows where)")
 
 
 @click.group(cls=_Root, lazy=LAZY)
 @click.version_option(__version__, prog_name="edgerec")
-@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Log debug details, native LiteRT/TensorFlow logs included (or EDGEREC_LOG_NATIVE=1).")
 def cli(verbose: bool) -> None:
     """edgerec: recommender models on edge nodes and devices."""
+    if verbose:
+        native_logs.show()
     level = logging.DEBUG if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 def main() -> None:
+    native_logs.quiet()  # before any command imports TensorFlow or LiteRT
     cli(prog_name="edgerec")
 
 for _command in (bench, keys, package_group, predict):

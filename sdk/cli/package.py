@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from ..encryption import encrypt_package
 from ..files import write_atomic
-from ..keys import load_public_key
+from ..keys import load_recipient_public_key
 from ..manifest import check_name
 from ._options import open_package, trust_options
-from .output import console, fail, print_json
+from .output import console, fail, print_json, text_row
 
 
 @click.group("package")
@@ -31,19 +32,19 @@ def inspect(pkg: Path, trusted_keys: tuple[Path, ...], as_json: bool) -> None:
     if as_json:
         print_json({**m.to_dict(), "signer": p.signer, "encrypted": p.encrypted})
         return
-    console.print(f"[bold]{m.name}[/] v{m.version}  created {m.created}  signer {p.signer[:16]}"
+    console.print(f"[bold]{escape(m.name)}[/] v{m.version}  created {escape(str(m.created))}  signer {p.signer[:16]}"
                   f"  {'encrypted' if p.encrypted else 'plaintext'}")
     t = Table("artifact", "format", "precision", "batch", "size", "accelerators", title="artifacts")
     for a in m.artifacts:
-        t.add_row(a.path, a.format, a.precision, str(a.batch), f"{a.size:,}", ",".join(a.accelerators))
+        t.add_row(*text_row(a.path, a.format, a.precision, a.batch, f"{a.size:,}", ",".join(a.accelerators)))
     console.print(t)
     t = Table("input", "dtype", "shape", "role", "field", "vocabulary / range", "default", title="inputs")
     feats = {f.input: f for f in m.features}
     for s in m.signature.inputs:
         f = feats.get(s.name)
         rng = (f.vocabulary or (str(list(f.id_range)) if f.id_range else "")) if f else ""
-        t.add_row(s.name, s.dtype, str(list(s.shape)), f.role if f else "", f.field if f else "", rng,
-                  "" if f is None or f.default is None else str(f.default))
+        t.add_row(*text_row(s.name, s.dtype, list(s.shape), f.role if f else "", f.field if f else "", rng,
+                            "" if f is None or f.default is None else f.default))
     console.print(t)
     if m.eval_report:
         console.print("eval report:", m.eval_report)
@@ -56,7 +57,8 @@ def verify(pkg: Path, trusted_keys: tuple[Path, ...]) -> None:
     """Check signature, sizes, paths and every hash. Exit 1 on any failure."""
     p = open_package(pkg, trusted_keys)
     console.print(f"ok: {p.manifest.name} v{p.manifest.version}, signed by {p.signer[:16]}, "
-                  f"{len(p.manifest.artifacts)} artifact(s) and {len(p.manifest.files)} file(s) verified")
+                  f"{len(p.manifest.artifacts)} artifact(s) and {len(p.manifest.files)} file(s) verified",
+                  markup=False)
 
 
 @package_group.command()
@@ -73,8 +75,9 @@ def encrypt(pkg: Path, trusted_keys: tuple[Path, ...], recipients: tuple[str, ..
         if not sep or not rid or not path:
             fail(f"--recipient {item!r}: expected ID=PUBKEY_FILE")
         check_name(rid, "--recipient id")
-        key = load_public_key(path, "x25519")
+        key = load_recipient_public_key(path)
         pubs[rid] = key
-    enc = encrypt_package(open_package(pkg, trusted_keys), pubs)  # type: ignore[arg-type]
+    enc = encrypt_package(open_package(pkg, trusted_keys), pubs)
     write_atomic(out, enc.data)
-    console.print(f"wrote {out}: {len(enc.data_keys)} artifact(s) encrypted for {len(pubs)} recipient(s)")
+    console.print(f"wrote {out}: {len(enc.data_keys)} artifact(s) encrypted for {len(pubs)} recipient(s)",
+                  markup=False)

@@ -1,7 +1,7 @@
 """The runtime backend interface: one per inference engine.
 
 A backend turns artifact bytes into a :class:`Session` on an accelerator. It
-raises :class:`AcceleratorUnavailable` when the accelerator cannot run the
+raises :class:`AcceleratorUnavailableError` when the accelerator cannot run the
 model, and the caller (:mod:`edgerec.sdk.model`) decides how to fall back.
 """
 
@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import importlib
+import importlib.metadata
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy.typing as npt
 
-from ..manifest import Artifact
+from ..manifest import Artifact, Device, Format
 from ..package import Blob
 
 Arrays = dict[str, npt.NDArray[Any]]
+BackendName = Literal["litert", "onnxruntime"]
 
 # Models at least this large reach the engines through an anonymous in-memory file.
 _MEMFD_MIN = 1 << 20
@@ -54,8 +57,8 @@ def model_source(model: Blob) -> Iterator[str | bytes]:
 class SessionInfo:
     """Where and how a session runs, as the engine reports it."""
 
-    backend: str
-    accelerator: str
+    backend: BackendName
+    accelerator: Device
     fully_delegated: bool | None
     detail: str = ""
 
@@ -78,18 +81,24 @@ class Session(abc.ABC):
 class Backend(abc.ABC):
     """An inference engine that can load some artifact formats."""
 
-    name: ClassVar[str]
-    formats: ClassVar[tuple[str, ...]]
+    name: ClassVar[BackendName]
+    formats: ClassVar[tuple[Format, ...]]
+    module: ClassVar[str]  # what must import for the engine to run here
+    distribution: ClassVar[str]  # the installed package whose version a report names
 
     @classmethod
-    @abc.abstractmethod
     def available(cls) -> bool:
         """Whether the engine's Python package imports here."""
+        try:
+            importlib.import_module(cls.module)
+        except ImportError:
+            return False
+        return True
 
     @abc.abstractmethod
-    def load(self, model: Blob, artifact: Artifact, accelerator: str, threads: int | None) -> Session:
+    def load(self, model: Blob, artifact: Artifact, accelerator: Device, threads: int | None) -> Session:
         """Load model bytes (never a file on disk) onto ``accelerator`` ("cpu", "gpu" or "npu")."""
 
     def version(self) -> str:
-        return ""
+        return importlib.metadata.version(self.distribution)
 

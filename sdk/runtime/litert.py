@@ -5,18 +5,19 @@ path that handles dynamic batch sizes on the CPU; ``CompiledModel`` is faster
 for fixed-shape artifacts and is the only way onto GPU/NPU. Asking
 ``CompiledModel`` for GPU|CPU raises on a machine without a GPU instead of
 falling back, and NPU|CPU silently stays on the CPU when no vendor library is
-present; both are turned into :class:`AcceleratorUnavailable` here.
+present; both are turned into :class:`AcceleratorUnavailableError` here.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
+import re
 import threading
 
 import numpy as np
 
-from ..errors import AcceleratorUnavailable, RuntimeBackendError
-from ..manifest import Artifact
+from ..errors import AcceleratorUnavailableError, RuntimeBackendError
+from ..manifest import Artifact, Device
+from ..native_logs import ENV, silenced
 from ..package import Blob
 from .base import Arrays, Backend, Session, SessionInfo, model_source
 
@@ -26,12 +27,12 @@ class _InterpreterSession(Session):
         from ai_edge_litert.interpreter import Interpreter
 
         try:
-            with model_source(model) as source:
+            with model_source(model) as source, silenced():
                 if isinstance(source, str):
                     self._interp = Interpreter(model_path=source, num_threads=threads)
                 else:
                     self._interp = Interpreter(model_content=source, num_threads=threads)
-            self._runner = self._interp.get_signature_runner()
+                self._runner = self._interp.get_signature_runner()
         except (ValueError, RuntimeError) as exc:
             raise RuntimeBackendError(f"LiteRT could not load the model: {exc}") from exc
         # A package has one signature for all artifacts; the TFLite graph may
@@ -51,34 +52,36 @@ class _InterpreterSession(Session):
             return {k: np.array(v, copy=True) for k, v in out.items()}
 
     def close(self) -> None:
-        self._runner = None
-        self._interp = None
+        with silenced():
+            self._runner = None
+            self._interp = None
 
 
 class _CompiledSession(Session):
-    def __init__(self, model: Blob, artifact: Artifact, accelerator: str) -> None:
+    def __init__(self, model: Blob, artifact: Artifact, accelerator: Device) -> None:
         from ai_edge_litert.compiled_model import CompiledModel
         from ai_edge_litert.hardware_accelerator import HardwareAccelerator as Accel
 
         flags = {"cpu": Accel.CPU, "gpu": Accel.GPU | Accel.CPU, "npu": Accel.NPU | Accel.CPU}[accelerator]
         try:
-            with model_source(model) as source:
+            with model_source(model) as source, silenced():
                 if isinstance(source, str):
                     self._model = CompiledModel.from_file(source, hardware_accel=flags)
                 else:
                     self._model = CompiledModel.from_buffer(source, hardware_accel=flags)
         except (RuntimeError, ValueError) as exc:
+            _drop_frames(exc)
             if accelerator == "cpu":
                 raise RuntimeBackendError(f"LiteRT could not compile the model: {exc}") from exc
-            raise AcceleratorUnavailable(
+            raise AcceleratorUnavailableError(
                 f"LiteRT {accelerator}: no usable {accelerator} for this model ({_first_line(exc)})"
             ) from exc
         full = self._model.is_fully_accelerated()
         if accelerator != "cpu" and not full:
             # NPU|CPU (and GPU|CPU on partial support) may compile with nothing
             # delegated; LiteRT cannot say how much ran on the accelerator.
-            self._model.close()
-            raise AcceleratorUnavailable(
+            self._release()
+            raise AcceleratorUnavailableError(
                 f"LiteRT {accelerator}: the model is not delegated to the {accelerator}"
             )
         self._sig = next(iter(self._model.get_signature_list()))
@@ -93,7 +96,7 @@ class _CompiledSession(Session):
         if self.batch is not None:
             dims = {int(d["shape"][0]) for d in self._in.values() if d["shape"]}
             if dims != {self.batch}:
-                self._model.close()
+                self._release()
                 raise RuntimeBackendError(
                     f"{artifact.path}: the manifest says batch {self.batch}, the model has {sorted(dims)}"
                 )
@@ -120,13 +123,32 @@ class _CompiledSession(Session):
             for b in [*self._inputs, *self._outputs]:
                 b.destroy()
             self._inputs, self._outputs = [], []
+            self._release()
+
+    def _release(self) -> None:
+        # Dropping the model destroys its LiteRT environment, which logs every accelerator it drops.
+        if self._model is None:
+            return  # closed already
+        with silenced():
             self._model.close()
+            self._model = None
+
+
+def _drop_frames(exc: BaseException) -> None:
+    # A failed CompiledModel's environment lives on in the traceback's frames and
+    # logs every accelerator it drops when they go: let them go now, quietly.
+    with silenced():
+        exc.__traceback__ = None
+
+
+# "ERROR: [litert/runtime/compiled_model.cc:1036]": where LiteRT failed, not why.
+_LOCATION = re.compile(r"\b(?:INFO|WARNING|ERROR): \[[^\]]*\]")
 
 
 def _first_line(exc: BaseException) -> str:
     # LiteRT's messages are multi-line source traces; one line is enough to report.
-    text = " ".join(str(exc).replace("└", " ").split())
-    return text[:200] or type(exc).__name__
+    text = " ".join(_LOCATION.sub(" ", str(exc)).replace("└", " ").split())
+    return text[:200] or f"LiteRT gave no reason; {ENV}=1 shows its log"
 
 
 class LiteRTBackend(Backend):
@@ -134,19 +156,11 @@ class LiteRTBackend(Backend):
 
     name = "litert"
     formats = ("tflite",)
+    module = "ai_edge_litert.interpreter"
+    distribution = "ai-edge-litert"
 
-    @classmethod
-    def available(cls) -> bool:
-        try:
-            import ai_edge_litert.interpreter  # noqa: F401
-        except ImportError:
-            return False
-        return True
 
-    def version(self) -> str:
-        return importlib.metadata.version("ai-edge-litert")
-
-    def load(self, model: Blob, artifact: Artifact, accelerator: str, threads: int | None) -> Session:
+    def load(self, model: Blob, artifact: Artifact, accelerator: Device, threads: int | None) -> Session:
         if accelerator != "cpu":
             return _CompiledSession(model, artifact, accelerator)
         if isinstance(artifact.batch, int):

@@ -7,15 +7,14 @@ last so unsupported nodes fall back inside ONNX Runtime.
 
 from __future__ import annotations
 
-import importlib.metadata
 from typing import Any
 
-from ..errors import AcceleratorUnavailable, RuntimeBackendError
-from ..manifest import Artifact
+from ..errors import AcceleratorUnavailableError, RuntimeBackendError
+from ..manifest import Artifact, Device
 from ..package import Blob
 from .base import Arrays, Backend, Session, SessionInfo, model_source
 
-PROVIDERS: dict[str, tuple[str, ...]] = {
+PROVIDERS: dict[Device, tuple[str, ...]] = {
     "gpu": (
         "TensorrtExecutionProvider",
         "CUDAExecutionProvider",
@@ -37,7 +36,7 @@ PROVIDERS: dict[str, tuple[str, ...]] = {
 
 
 class _OrtSession(Session):
-    def __init__(self, session: Any, accelerator: str, artifact: Artifact) -> None:
+    def __init__(self, session: Any, accelerator: Device, artifact: Artifact) -> None:
         self._session = session
         self._outputs = [o.name for o in session.get_outputs()]
         used = session.get_providers()[0]
@@ -63,25 +62,17 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     formats = ("ort", "onnx")
+    module = "onnxruntime"
+    distribution = "onnxruntime"
 
-    @classmethod
-    def available(cls) -> bool:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            return False
-        return True
 
-    def version(self) -> str:
-        return importlib.metadata.version("onnxruntime")
-
-    def load(self, model: Blob, artifact: Artifact, accelerator: str, threads: int | None) -> Session:
+    def load(self, model: Blob, artifact: Artifact, accelerator: Device, threads: int | None) -> Session:
         import onnxruntime as ort
 
         available = set(ort.get_available_providers())
         wanted = [p for p in PROVIDERS[accelerator] if p in available]
         if accelerator != "cpu" and not wanted:
-            raise AcceleratorUnavailable(
+            raise AcceleratorUnavailableError(
                 f"onnxruntime {accelerator}: no execution provider for it in this build "
                 f"(available: {', '.join(sorted(available))})"
             )
@@ -97,8 +88,8 @@ class OnnxRuntimeBackend(Backend):
                 session = ort.InferenceSession(source, opts, providers=[*wanted, "CPUExecutionProvider"])
         except Exception as exc:
             if accelerator != "cpu":
-                raise AcceleratorUnavailable(f"onnxruntime {accelerator}: {exc}") from exc
+                raise AcceleratorUnavailableError(f"onnxruntime {accelerator}: {exc}") from exc
             raise RuntimeBackendError(f"onnxruntime could not load {artifact.path}: {exc}") from exc
         if accelerator != "cpu" and session.get_providers()[0] == "CPUExecutionProvider":
-            raise AcceleratorUnavailable(f"onnxruntime {accelerator}: the provider did not initialise")
+            raise AcceleratorUnavailableError(f"onnxruntime {accelerator}: the provider did not initialise")
         return _OrtSession(session, accelerator, artifact)

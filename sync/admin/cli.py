@@ -13,10 +13,12 @@ from typing import Any
 
 import click
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from edgerec.sdk.cli.output import console, print_json
+from edgerec.sdk.cli.output import console, err_console, print_json, progress_wanted, text_row
+from edgerec.sdk.cli.paths import AbsolutePath
 from edgerec.sdk.errors import PackageError
 from edgerec.sdk.keys import load_verify_key
 from edgerec.sdk.manifest import check_name
@@ -94,19 +96,19 @@ def parse_threshold(text: str | None) -> tuple[int | None, float | None]:
 
 
 def _seen(row: dict[str, Any]) -> str:
-    return ago(row.get("last_seen")) + (" [yellow](stale)[/]" if row.get("stale") else "")
+    return ago(row.get("last_seen")) + (" (stale)" if row.get("stale") else "")
 
 
 def _serving(row: dict[str, Any]) -> str:
     if row.get("edge") == "down" or row.get("state") == "not_serving":
-        return "[red]not serving[/]"
+        return "not serving"
     if row.get("edge") in (None, "none"):
         return "-"
     return _v(row.get("serving_version"))
 
 
 @click.group()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--config", "config_path", type=AbsolutePath(dir_okay=False, path_type=Path), default=None,
               help="Credentials file (default: $EDGEREC_ADMIN_CONFIG or ~/.config/edgerec/admin.json).")
 @click.option("--server", default=None, help="Sync service URL (env: EDGEREC_SERVER).")
 @click.pass_context
@@ -124,11 +126,11 @@ def _client(ctx: click.Context) -> AdminClient:
 
 
 @admin.command("init")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True,
               help="The service's data directory (created).")
-@click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--keys-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True,
               help="Where the offline root keys are written; keep them off the server afterwards.")
-@click.option("--publisher-key", "publisher_keys", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--publisher-key", "publisher_keys", type=AbsolutePath(dir_okay=False, path_type=Path),
               multiple=True, required=True, help="Trusted publisher public key (.pub); repeatable.")
 @click.option("--db", "db_url", default=None, help="Database URL (default: SQLite in the data dir).")
 @click.option("--root-keys", type=click.IntRange(1, 15), default=3, show_default=True)
@@ -150,14 +152,14 @@ def init_cmd(ctx: click.Context, data_dir: Path, keys_dir: Path, publisher_keys:
     if as_json:
         print_json(doc)
         return
-    console.print(f"initialised {result.data_dir} (database {result.db_url})")
+    console.print(f"initialised {result.data_dir} (database {result.db_url})", markup=False)
     console.print(f"root keys ({result.threshold} of {len(result.root_key_files)} sign): "
-                  f"{', '.join(str(p) for p in result.root_key_files)} -- keep them offline")
-    console.print(f"admin token saved to {path} (mode 0600)")
+                  f"{', '.join(str(p) for p in result.root_key_files)} -- keep them offline", markup=False)
+    console.print(f"admin token saved to {path} (mode 0600)", markup=False)
 
 
 @admin.command("token")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
 @click.option("--name", default="admin", show_default=True)
 @click.option("--db", "db_url", default=None)
 @click.option("--save", is_flag=True, help="Save it in the credentials file instead of printing it.")
@@ -169,15 +171,15 @@ def token_cmd(ctx: click.Context, data_dir: Path, name: str, db_url: str | None,
     token = new_admin_token(data_dir, checked(name, "name"), db_url)
     if save:
         creds = load_credentials(ctx.obj.get("config"), ctx.obj.get("server"), token)
-        console.print(f"saved to {save_credentials(creds, ctx.obj.get('config'))}")
+        console.print(f"saved to {save_credentials(creds, ctx.obj.get('config'))}", markup=False)
     else:
         click.echo(token)
 
 
 @admin.command("root-update")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--add-publisher", type=click.Path(dir_okay=False, path_type=Path), multiple=True)
+@click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
+@click.option("--keys-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
+@click.option("--add-publisher", type=AbsolutePath(dir_okay=False, path_type=Path), multiple=True)
 @click.option("--remove-publisher", multiple=True, metavar="KEYID", help="Key id (or a unique prefix).")
 @click.option("--db", "db_url", default=None)
 def root_update(data_dir: Path, keys_dir: Path, add_publisher: tuple[Path, ...],
@@ -192,7 +194,8 @@ def root_update(data_dir: Path, keys_dir: Path, add_publisher: tuple[Path, ...],
 
 @admin.command("login")
 @click.option("--token", required=True, help="An admin token.")
-@click.option("--ca-cert", type=click.Path(dir_okay=False), default=None, help="CA bundle for a private TLS CA.")
+@click.option("--ca-cert", type=AbsolutePath(dir_okay=False, exists=True), default=None,
+              help="CA bundle for a private TLS CA.")
 @click.pass_context
 def login(ctx: click.Context, token: str, ca_cert: str | None) -> None:
     """Check a server URL and token, then save them (mode 0600)."""
@@ -200,7 +203,8 @@ def login(ctx: click.Context, token: str, ca_cert: str | None) -> None:
     creds = Credentials(server.rstrip("/"), token, ca_cert)
     with AdminClient(creds) as c:
         c.whoami()
-    console.print(f"logged in to {creds.server}; saved to {save_credentials(creds, ctx.obj.get('config'))}")
+    console.print(f"logged in to {creds.server}; saved to {save_credentials(creds, ctx.obj.get('config'))}",
+                  markup=False)
 
 
 # -- enrollment ----------------------------------------------------------------------
@@ -223,14 +227,14 @@ def enroll_token_create(ctx: click.Context, tags: str | None, expires: str, as_j
     if as_json:
         print_json(doc)
     else:
-        console.print(doc["token"], highlight=False, soft_wrap=True)
+        console.print(doc["token"], highlight=False, soft_wrap=True, markup=False)
 
 
 # -- packages and rollouts --------------------------------------------------------------
 
 
 @admin.command()
-@click.argument("pkg", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.argument("pkg", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path))
 @click.option("--channel", required=True, help="Channel to publish on, e.g. stable.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
@@ -238,19 +242,19 @@ def publish(ctx: click.Context, pkg: Path, channel: str, as_json: bool) -> None:
     """Upload a signed package; the service encrypts it and seals keys per node."""
     checked(channel, "channel")
     with _client(ctx) as c:
-        if as_json:
+        if not progress_wanted(as_json):
             doc = c.publish(pkg, channel)
         else:
             columns = (TextColumn("uploading {task.description}"), BarColumn(), DownloadColumn(),
                        TransferSpeedColumn())
-            with Progress(*columns, console=console, transient=True) as bar:
-                task = bar.add_task(pkg.name, total=pkg.stat().st_size)
+            with Progress(*columns, console=err_console, transient=True) as bar:
+                task = bar.add_task(escape(pkg.name), total=pkg.stat().st_size)
                 doc = c.publish(pkg, channel, lambda n: bar.advance(task, n))
     if as_json:
         print_json(doc)
         return
     console.print(f"published {doc['name']} v{doc['version']} on {doc['channel']}: {doc['target']} "
-                  f"({doc['size']:,} bytes, {doc['envelopes']} node envelopes)")
+                  f"({doc['size']:,} bytes, {doc['envelopes']} node envelopes)", markup=False)
 
 
 @admin.command()
@@ -265,7 +269,7 @@ def packages(ctx: click.Context, as_json: bool) -> None:
         return
     t = Table("model", "version", "channel", "size", "signer", "target")
     for r in rows:
-        t.add_row(r["name"], str(r["version"]), r["channel"], f"{r['size']:,}", r["signer"][:12], r["target"])
+        t.add_row(*text_row(r["name"], r["version"], r["channel"], f"{r['size']:,}", r["signer"][:12], r["target"]))
     console.print(t)
 
 
@@ -275,7 +279,7 @@ def _print_summary(doc: dict[str, Any], what: str, as_json: bool) -> None:
         return
     tags = f" tags {','.join(doc['tags'])}" if doc["tags"] else ""
     console.print(f"{what}: {doc['model']} v{doc['version']} on {doc['channel']} at {doc['percent']:g}%{tags}, "
-                  f"{doc['state']}{_limit(doc)}; {doc['changed']} node(s) changed", highlight=False)
+                  f"{doc['state']}{_limit(doc)}; {doc['changed']} node(s) changed", markup=False, highlight=False)
 
 
 def _limit(doc: dict[str, Any]) -> str:
@@ -359,8 +363,8 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
         models = ", ".join(f"{m['model']} {_v(m['desired_version'])}/{_serving(m)}" for m in n["models"])
         fail = next((_failure(m["last_failure"]) for m in n["models"] if m["last_failure"]), "")
         name = n["name"] + (" (revoked)" if n["revoked"] else "")
-        edge = "[red]down[/]" if n.get("edge") == "down" else _v(n.get("edge"))
-        t.add_row(n["node_id"], name, ",".join(n["tags"]), _seen(n), edge, _v(n["health"]), models, fail)
+        t.add_row(*text_row(n["node_id"], name, ",".join(n["tags"]), _seen(n), _v(n.get("edge")), _v(n["health"]),
+                            models, fail))
     console.print(t)
 
 
@@ -377,17 +381,19 @@ def node_cmd(ctx: click.Context, node_id: str, as_json: bool) -> None:
         return
     flags = [f"last seen {_seen(doc)}", f"edge server {_v(doc.get('edge'))}", f"health {_v(doc.get('health'))}"]
     if doc["revoked"]:
-        flags.append("[red]revoked[/]")
-    console.print(f"node {doc['node_id']} ({doc['name']}, tags {','.join(doc['tags']) or '-'}): {', '.join(flags)}")
+        flags.append("revoked")
+    console.print(f"node {doc['node_id']} ({doc['name']}, tags {','.join(doc['tags']) or '-'}): {', '.join(flags)}",
+                  markup=False, highlight=False)
     t = Table("model", "desired", "current", "serving", "state", "accelerator", "failure")
     for m in doc["models"]:
-        t.add_row(m["model"], _v(m["desired_version"]) + (" (rollback)" if m["rollback"] else ""),
-                  _v(m["installed_version"]), _serving(m), _v(m["state"]), _v(m["accelerator"]),
-                  _failure(m["last_failure"]))
+        t.add_row(*text_row(m["model"], _v(m["desired_version"]) + (" (rollback)" if m["rollback"] else ""),
+                            _v(m["installed_version"]), _serving(m), _v(m["state"]), _v(m["accelerator"]),
+                            _failure(m["last_failure"])))
     console.print(t)
     h = Table("when", "model", "version", "bad", "reason", title=f"failure history ({len(doc['failures'])})")
     for f in doc["failures"]:
-        h.add_row(ago(f["at"]), f["model"], _v(f["version"]), "yes" if f["bad"] else "", f["reason"][:200])
+        h.add_row(*text_row(ago(f["at"]), f["model"], _v(f["version"]), "yes" if f["bad"] else "",
+                            f["reason"][:200]))
     console.print(h)
 
 
@@ -408,9 +414,9 @@ def status(ctx: click.Context, name: str, as_json: bool) -> None:
         kind = "rollback" if r["rollback"] else "rollout"
         why = f" ({r['paused_reason']})" if r["state"] == "paused" and r.get("paused_reason") else ""
         console.print(f"{doc['model']}: {kind} of v{r['version']} on {r['channel']} at {r['percent']:g}%{tags}, "
-                      f"{r['state']}{why}{_limit(r)}", highlight=False)
+                      f"{r['state']}{why}{_limit(r)}", markup=False, highlight=False)
     else:
-        console.print(f"{doc['model']}: no rollout in progress")
+        console.print(f"{doc['model']}: no rollout in progress", markup=False)
     rows = doc["nodes"]
     done = sum(1 for n in rows if n["desired_version"] is not None and n["desired_version"] == _served(n))
     down = sum(1 for n in rows if n.get("state") == "not_serving")
@@ -419,9 +425,10 @@ def status(ctx: click.Context, name: str, as_json: bool) -> None:
     t = Table("node", "name", "desired", "current", "serving", "state", "last seen", "accelerator", "health",
               "failure", title=f"{done} of {len(rows)} node(s) serve their desired version{extra}")
     for n in rows:
-        t.add_row(n["node_id"], n["name"], _v(n["desired_version"]) + (" (rollback)" if n["rollback"] else ""),
-                  _v(n["installed_version"]), _serving(n), _v(n["state"]), _seen(n), _v(n["accelerator"]),
-                  _v(n["health"]), _failure(n["last_failure"]))
+        desired = _v(n["desired_version"]) + (" (rollback)" if n["rollback"] else "")
+        t.add_row(*text_row(n["node_id"], n["name"], desired, _v(n["installed_version"]), _serving(n),
+                            _v(n["state"]), _seen(n), _v(n["accelerator"]), _v(n["health"]),
+                            _failure(n["last_failure"])))
     console.print(t)
 
 
@@ -443,7 +450,7 @@ def revoke(ctx: click.Context, node_id: str, as_json: bool) -> None:
     if as_json:
         print_json(doc)
     else:
-        console.print(f"revoked {doc['node_id']}")
+        console.print(f"revoked {doc['node_id']}", markup=False)
 
 
 __all__ = ["admin", "default_config_path"]

@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
-from edgerec.sdk.cli.output import console, print_json
+from edgerec.sdk.cli.output import console, print_json, text_row
+from edgerec.sdk.cli.paths import AbsolutePath
+from edgerec.sdk.model import ACCELERATOR_CHOICES, parse_accelerator
 from edgerec.sync.protocol.errors import ConfigError
 
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)$")
@@ -48,9 +51,9 @@ def node() -> None:
 @node.command()
 @click.option("--server", required=True, help="Sync service URL.")
 @click.option("--token", required=True, help="One-time enrollment token from 'edgerec admin enroll-token create'.")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--state-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
 @click.option("--name", default=None, help="A name for this node (default: its id).")
-@click.option("--ca-cert", type=click.Path(dir_okay=False, exists=True), default=None,
+@click.option("--ca-cert", type=AbsolutePath(dir_okay=False, exists=True), default=None,
               help="CA bundle when the service uses a private TLS CA.")
 @click.option("--json", "as_json", is_flag=True)
 def enroll(server: str, token: str, state_dir: Path, name: str | None, ca_cert: str | None, as_json: bool) -> None:
@@ -61,21 +64,22 @@ def enroll(server: str, token: str, state_dir: Path, name: str | None, ca_cert: 
     if as_json:
         print_json({"node_id": ident.node_id, "server": ident.server, "tags": ident.tags})
     else:
-        console.print(f"enrolled as {ident.node_id} with {ident.server}; root metadata pinned in {state_dir}")
+        console.print(f"enrolled as {ident.node_id} with {ident.server}; root metadata pinned in {state_dir}",
+                      markup=False)
 
 
 @node.command()
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--state-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
+@click.option("--model-dir", type=AbsolutePath(file_okay=False, path_type=Path), default=None,
               help="Where models are installed (NAME/VERSION.edgepkg, NAME/current); remembered for later runs.")
 @click.option("--edge-server", default=None, help="URL of an edge server this daemon drives (not with --serve).")
-@click.option("--control-token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+@click.option("--control-token-file", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None,
               help="File holding that edge server's control token.")
 @click.option("--serve", is_flag=True, help="Run the edge server on the model directory as a supervised child.")
 @click.option("--serve-host", default="127.0.0.1", show_default=True, help="With --serve: listen address.")
 @click.option("--serve-port", type=click.IntRange(1, 65535), default=8080, show_default=True,
               help="With --serve: port.")
-@click.option("--serve-config", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+@click.option("--serve-config", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None,
               help="With --serve: edge server settings file (TOML or JSON, as 'edgerec serve --config').")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Seconds between polls (+-10 % jitter).")
@@ -88,7 +92,7 @@ def enroll(server: str, token: str, state_dir: Path, name: str | None, ca_cert: 
 @click.option("--max-p99-ms", type=click.FloatRange(min=0, min_open=True), default=1000.0, show_default=True,
               help="p99 latency of a new version that rolls it back.")
 @click.option("--download-rate", default=None, help="Cap on download bytes per second (e.g. 500k, 2M).")
-@click.option("--accelerator", type=click.Choice(["auto", "cpu", "gpu", "npu"]), default="auto", show_default=True)
+@click.option("--accelerator", type=click.Choice(ACCELERATOR_CHOICES), default="auto", show_default=True)
 @click.option("--once", is_flag=True, help="Run one cycle and exit (1 if anything failed).")
 def run(state_dir: Path, model_dir: Path | None, edge_server: str | None, control_token_file: Path | None,
         serve: bool, serve_host: str, serve_port: int, serve_config: Path | None, interval: float,
@@ -113,7 +117,7 @@ def run(state_dir: Path, model_dir: Path | None, edge_server: str | None, contro
         if recorded is None:
             raise ConfigError("--model-dir is needed on the first run")
         model_dir = Path(recorded)
-    config = DaemonConfig(interval, accelerator, health=HealthPolicy(
+    config = DaemonConfig(interval, parse_accelerator(accelerator, "--accelerator"), health=HealthPolicy(
         window_s=health_window, max_error_rate=max_error_rate, max_p99_ms=max_p99_ms),
         max_backoff_s=max_backoff, download_rate=parse_rate(download_rate))
     child, edge = _edge(state, model_dir, edge_server, control_token_file, serve, serve_host, serve_port,
@@ -174,13 +178,13 @@ def _connect_host(host: str) -> str:
 def _once(daemon: Any) -> None:
     result = daemon.run_once()
     for m, v in result.repaired:
-        console.print(f"edge server serves current {m} v{v} again")
+        console.print(f"edge server serves current {m} v{v} again", markup=False)
     for m, v in result.installed:
-        console.print(f"installed {m} v{v}")
+        console.print(f"installed {m} v{v}", markup=False)
     for m, v, why in result.rolled_back:
-        console.print(f"[red]rolled back[/] {m} v{v}: {why}", highlight=False)
+        console.print(f"[red]rolled back[/] {escape(m)} v{v}: {escape(why)}", highlight=False)
     for m, why in result.failures.items():
-        console.print(f"[red]failed[/] {m}: {why}", highlight=False)
+        console.print(f"[red]failed[/] {escape(m)}: {escape(why)}", highlight=False)
     if not result.reachable:
         raise ConfigError(f"cannot reach the sync service at {daemon.ident.server} (reports stay queued)")
     if result.failures:
@@ -188,7 +192,7 @@ def _once(daemon: Any) -> None:
 
 
 @node.command("status")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--state-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
 @click.option("--json", "as_json", is_flag=True)
 def status_cmd(state_dir: Path, as_json: bool) -> None:
     """What this node has installed, its failures, bad versions and queued reports (local view)."""
@@ -208,17 +212,17 @@ def status_cmd(state_dir: Path, as_json: bool) -> None:
         return
     accepted, failures, bad = db.accepted(), db.failures(), db.bad_versions()
     t = Table("model", "desired", "current", "bad versions", "failure",
-              title=f"node {ident.node_id} ({doc['pending_reports']} report(s) queued)")
+              title=escape(f"node {ident.node_id} ({doc['pending_reports']} report(s) queued)"))
     for m in sorted(set(accepted) | set(current) | set(failures)):
         a, f = accepted.get(m), failures.get(m)
-        t.add_row(m, str(a.version) if a else "-", str(current.get(m, "-")),
-                  ",".join(str(v) for v in sorted(bad.get(m, {}))) or "-", f.reason[:100] if f else "")
+        t.add_row(*text_row(m, a.version if a else "-", current.get(m, "-"),
+                            ",".join(str(v) for v in sorted(bad.get(m, {}))) or "-", f.reason[:100] if f else ""))
     console.print(t)
 
 
 @node.command("edge-config")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--state-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
+@click.option("--model-dir", type=AbsolutePath(file_okay=False, path_type=Path), default=None,
               help="Default: the one 'node run' recorded.")
 @click.option("--json", "as_json", is_flag=True)
 def edge_config(state_dir: Path, model_dir: Path | None, as_json: bool) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edgerec.sdk.http_errors import answer_error
 from edgerec.sync.protocol.errors import ApiError, ServerUnreachableError
 from edgerec.sync.protocol.httpsig import RequestSigner
 from edgerec.sync.protocol.tls import client_verify
@@ -16,12 +17,9 @@ USER_AGENT = "edgerec-node/0.1"
 
 
 def error_of(resp: httpx.Response) -> ApiError:
-    """An ApiError from a service error answer (``{"error", "detail"}``)."""
-    try:
-        doc = resp.json()
-        return ApiError(resp.status_code, str(doc["error"]), str(doc["detail"]))
-    except (ValueError, KeyError, TypeError):
-        return ApiError(resp.status_code, "http_error", resp.text[:200] or resp.reason_phrase)
+    """An ApiError from a service error answer (``{"error", "detail", "field"}``)."""
+    err = answer_error(resp.status_code, resp.content, resp.reason_phrase)
+    return ApiError(err.status, err.error, err.detail, err.field)
 
 
 def http_client(base_url: str, ca_cert: str | None = None, timeout: float = 30.0) -> httpx.Client:

@@ -50,7 +50,7 @@ from edgerec.sdk.encryption import Envelope, Recipient, add_envelopes
 from edgerec.sdk.errors import EdgeRecError
 from edgerec.sdk.keys import public_pem
 from edgerec.sdk.manifest import canonical_json
-from edgerec.sdk.model import EdgeModel
+from edgerec.sdk.model import Accelerator, EdgeModel
 from edgerec.sdk.modeldir import ModelDir
 from edgerec.sdk.package import Package
 from edgerec.sync.protocol.assignments import Accepted, Assignment, verify_assignment
@@ -72,7 +72,7 @@ SAID = ("health", "accelerator", "agent", "models", "edge", "interval_s")
 @dataclass(frozen=True)
 class DaemonConfig:
     interval_s: float = 30.0
-    accelerator: str = "auto"
+    accelerator: Accelerator = "auto"
     timeout_s: float = 60.0
     health: HealthPolicy = field(default_factory=HealthPolicy)
     # Backoff while the service is unreachable: base * 2^(n-1), capped, with jitter (half to all of it).

@@ -19,14 +19,14 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from edgerec.sync.protocol.errors import EdgeServerError
+from edgerec.sync.protocol.errors import EdgeControlError
 
 
-class EdgeUnreachableError(EdgeServerError):
+class EdgeUnreachableError(EdgeControlError):
     """The edge server did not answer (down, restarting, or not started yet)."""
 
 
-class EdgeRefusedError(EdgeServerError):
+class EdgeRefusedError(EdgeControlError):
     """The edge server answered with an error; ``kind`` is its error code."""
 
     def __init__(self, message: str, status: int, kind: str) -> None:
@@ -66,7 +66,7 @@ class EdgeControl:
         try:
             return resp.json()
         except ValueError as exc:
-            raise EdgeServerError(f"edge server: the answer to {path} is not JSON") from exc
+            raise EdgeControlError(f"edge server: the answer to {path} is not JSON") from exc
 
     # -- control API -------------------------------------------------------------------
 
@@ -74,7 +74,7 @@ class EdgeControl:
         """Ask the edge server to load (and swap to) the package at ``path``."""
         out = self._call("POST", "/control/v1/models/load", {"path": str(Path(path).resolve())}, "model")
         if not isinstance(out, dict):
-            raise EdgeServerError("edge server: unexpected answer to load")
+            raise EdgeControlError("edge server: unexpected answer to load")
         return out
 
     def unload(self, name: str, version: int) -> None:
@@ -84,7 +84,7 @@ class EdgeControl:
         doc = self._call("GET", "/control/v1/models", timeout=10)
         models = doc.get("models") if isinstance(doc, dict) else None
         if not isinstance(models, list):
-            raise EdgeServerError("edge server: /control/v1/models did not list models")
+            raise EdgeControlError("edge server: /control/v1/models did not list models")
         return [m for m in models if isinstance(m, dict)]
 
     def serving(self) -> dict[str, dict[str, Any]]:
@@ -106,7 +106,7 @@ class EdgeControl:
     def metrics(self) -> str:
         resp = self._request("GET", "/metrics", timeout=10)
         if resp.status_code != 200:
-            raise EdgeServerError(f"edge server: /metrics answered HTTP {resp.status_code}")
+            raise EdgeControlError(f"edge server: /metrics answered HTTP {resp.status_code}")
         return resp.text
 
     def infer(self, name: str, version: int, inputs: Mapping[str, npt.NDArray[Any]],
@@ -118,7 +118,7 @@ class EdgeControl:
         for out in doc.get("outputs", []) if isinstance(doc, dict) else []:
             if isinstance(out, dict) and out.get("name") == output:
                 return np.asarray(out.get("data"), dtype=np.float64)
-        raise EdgeServerError(f"edge server: the answer has no output {output!r}")
+        raise EdgeControlError(f"edge server: the answer has no output {output!r}")
 
     def close(self) -> None:
         self.client.close()
@@ -130,7 +130,7 @@ _TYPES = {"U": "BYTES", "S": "BYTES", "O": "BYTES", "i": "INT64", "u": "INT64", 
 def _tensor(name: str, a: npt.NDArray[Any]) -> dict[str, Any]:
     kind = _TYPES.get(a.dtype.kind)
     if kind is None:
-        raise EdgeServerError(f"probe input {name!r}: dtype {a.dtype} has no Open Inference Protocol type")
+        raise EdgeControlError(f"probe input {name!r}: dtype {a.dtype} has no Open Inference Protocol type")
     data = [x.decode() if isinstance(x, bytes) else x for x in a.ravel().tolist()]
     return {"name": name, "shape": list(a.shape), "datatype": kind, "data": data}
 

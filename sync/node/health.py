@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgerec.sync.protocol.errors import ConfigError, EdgeServerError
+from edgerec.sync.protocol.errors import ConfigError, EdgeControlError
 
 from .edge_control import EdgeControl, EdgeUnreachableError, parse_metrics, quantile
 
@@ -103,7 +103,7 @@ def watch(edge: EdgeControl, name: str, version: int, policy: HealthPolicy, prob
         base = _Counts(edge.metrics(), name, version)
     except EdgeUnreachableError:
         raise
-    except EdgeServerError as exc:
+    except EdgeControlError as exc:
         return f"health window: cannot read the edge server's metrics ({exc})"
     end = clock() + policy.window_s
     probed = False
@@ -127,7 +127,7 @@ def _check(edge: EdgeControl, name: str, version: int, policy: HealthPolicy, bas
         text = edge.metrics()
     except EdgeUnreachableError:
         raise
-    except EdgeServerError as exc:
+    except EdgeControlError as exc:
         return f"health window: {exc}"
     got = serving.get(name, {}).get("version")
     if got != version:
@@ -148,7 +148,7 @@ def _probe(edge: EdgeControl, name: str, version: int, probe: Probe, policy: Hea
         got = edge.infer(name, version, probe.inputs, probe.output).ravel()
     except EdgeUnreachableError:
         raise
-    except EdgeServerError as exc:
+    except EdgeControlError as exc:
         return f"health window: the warm-up inputs failed on the edge server ({exc})"
     want = probe.expected.ravel()
     if got.shape != want.shape:

@@ -307,16 +307,46 @@ class NodeState:
         self.dir = Path(folder)
         self._db: NodeDB | None = None
 
-    keys = property(lambda self: self.dir / "keys")
-    identity_file = property(lambda self: self.dir / "node.json")
-    root_file = property(lambda self: self.dir / "root.json")
-    db_file = property(lambda self: self.dir / "node.db")
-    legacy_status_file = property(lambda self: self.dir / "status.json")
-    control_token_file = property(lambda self: self.dir / "control.token")
-    tuf_dir = property(lambda self: self.dir / "tuf")
-    targets_dir = property(lambda self: self.dir / "targets")
-    partial_dir = property(lambda self: self.dir / "partial")
-    trust_dir = property(lambda self: self.dir / "trust")
+    @property
+    def keys(self) -> Path:
+        return self.dir / "keys"
+
+    @property
+    def identity_file(self) -> Path:
+        return self.dir / "node.json"
+
+    @property
+    def root_file(self) -> Path:
+        return self.dir / "root.json"
+
+    @property
+    def db_file(self) -> Path:
+        return self.dir / "node.db"
+
+    @property
+    def legacy_status_file(self) -> Path:
+        return self.dir / "status.json"
+
+    @property
+    def control_token_file(self) -> Path:
+        return self.dir / "control.token"
+
+    @property
+    def tuf_dir(self) -> Path:
+        return self.dir / "tuf"
+
+    @property
+    def targets_dir(self) -> Path:
+        return self.dir / "targets"
+
+    @property
+    def partial_dir(self) -> Path:
+        return self.dir / "partial"
+
+    @property
+    def trust_dir(self) -> Path:
+        return self.dir / "trust"
+
 
     @property
     def enrolled(self) -> bool:

@@ -1,41 +1,37 @@
 """Errors of the sync service, its admin client and the node daemon.
 
-As in the SDK (and python-tuf), one branch is for untrusted input that is
-refused and one for the machine or the network. :class:`RequestRefusedError`
-subclasses carry the HTTP status and error code the service answers with;
-this module imports no web framework.
+Each hangs under its branch of the SDK's tree (untrusted data, local
+environment, remote) and under :class:`SyncError`. Refusals are
+:mod:`edgerec.sdk.http_errors` classes: status, code and field on the one
+wire format both services speak. No web framework is imported here.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from edgerec.sdk.errors import EdgeRecError
+from edgerec.sdk import http_errors as http
+from edgerec.sdk.errors import (
+    ConfigurationError,
+    EdgeRecError,
+    ProtocolError,
+    ServiceAnswerError,
+    ServiceUnreachableError,
+)
+from edgerec.sdk.http_errors import RequestRefusedError
 
 
 class SyncError(EdgeRecError):
-    """Root of every error raised by :mod:`edgerec.sync`."""
+    """Root of every error raised by :mod:`edgerec.sync` (a mixin beside its branch in the SDK tree)."""
 
 
-# -- requests the service refuses (4xx) ------------------------------------------
+# -- requests the service refuses (4xx), on the wire format of edgerec.sdk.http_errors ---------
 
 
-class RequestRefusedError(SyncError):
-    """A request the service refuses; ``status`` and ``code`` go on the wire."""
-
-    status: ClassVar[int] = 400
-    code: ClassVar[str] = "bad_request"
-
-
-class BadRequestError(RequestRefusedError):
+class BadRequestError(SyncError, http.BadRequestError):
     """Malformed or invalid request data."""
 
 
-class AuthenticationError(RequestRefusedError):
+class AuthenticationError(SyncError, http.UnauthorizedError):
     """Missing, malformed or wrong credentials or request signature."""
-
-    status = 401
-    code = "unauthorized"
 
 
 class ReplayError(AuthenticationError):
@@ -44,45 +40,32 @@ class ReplayError(AuthenticationError):
     code = "replayed"
 
 
-class ForbiddenError(RequestRefusedError):
+class ForbiddenError(SyncError, http.ForbiddenError):
     """Authenticated, but not allowed (a revoked node)."""
 
-    status = 403
-    code = "forbidden"
 
-
-class NotFoundError(RequestRefusedError):
+class NotFoundError(SyncError, http.NotFoundError):
     """An unknown node, model, version or enrollment token."""
 
-    status = 404
-    code = "not_found"
 
-
-class ConflictError(RequestRefusedError):
+class ConflictError(SyncError, http.ConflictError):
     """The request conflicts with the state: a version already published, say."""
 
-    status = 409
-    code = "conflict"
 
-
-class PayloadTooLargeError(RequestRefusedError):
+class PayloadTooLargeError(SyncError, http.PayloadTooLargeError):
     """An upload or report above the configured limit."""
 
-    status = 413
-    code = "too_large"
 
-
-class UntrustedPackageError(RequestRefusedError):
+class UntrustedPackageError(SyncError, http.UnprocessableError):
     """A package with a bad, missing or untrusted publisher signature."""
 
-    status = 422
     code = "untrusted_package"
 
 
 # -- what the node daemon refuses -------------------------------------------------
 
 
-class AssignmentError(SyncError):
+class AssignmentError(SyncError, ProtocolError):
     """A signed assignment the node refuses."""
 
 
@@ -106,29 +89,27 @@ class InstallError(SyncError):
     """A model could not be fetched, verified, opened or installed."""
 
 
-class EdgeServerError(InstallError):
-    """The edge server refused to load a model or could not be reached."""
+class EdgeControlError(InstallError):
+    """The node's edge server refused to load a model or could not be reached."""
+
+
+# The old name, kept for one release (it clashed with edgerec.edge_server.errors.EdgeServerError).
+EdgeServerError = EdgeControlError
 
 
 # -- configuration, the machine and the network -----------------------------------
 
 
-class ConfigError(SyncError):
+class ConfigError(SyncError, ConfigurationError):
     """Missing or invalid configuration: data dir, keys, credentials."""
 
 
-class ServerUnreachableError(SyncError):
+class ServerUnreachableError(SyncError, ServiceUnreachableError):
     """The server could not be reached (connection refused, timeout, TLS)."""
 
 
-class ApiError(SyncError):
-    """The server answered with an error; ``status``, ``error`` and ``detail`` say which."""
-
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(f"{detail} ({error}, HTTP {status})")
-        self.status = status
-        self.error = error
-        self.detail = detail
+class ApiError(SyncError, ServiceAnswerError):
+    """The server answered with an error; ``status``, ``error``, ``detail`` and ``field`` say which."""
 
 
 __all__ = [
@@ -142,6 +123,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "DowngradeError",
+    "EdgeControlError",
     "EdgeServerError",
     "ForbiddenError",
     "InstallError",

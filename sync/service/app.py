@@ -13,7 +13,8 @@ from typing import Any
 from flask import Flask, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
-from edgerec.sync.protocol.errors import RequestRefusedError
+from edgerec.sdk.errors import EdgeRecError
+from edgerec.sdk.http_errors import bounded, classify, http_status_error
 
 from .core import SyncService
 
@@ -32,14 +33,16 @@ def create_app(service: SyncService, test_config: dict[str, Any] | None = None) 
     app.register_blueprint(api_admin.bp)
     app.register_blueprint(api_repo.bp)
 
-    @app.errorhandler(RequestRefusedError)
-    def _refused(exc: RequestRefusedError) -> Any:
-        return jsonify(error=exc.code, detail=str(exc)), exc.status
+    @app.errorhandler(EdgeRecError)
+    def _refused(exc: EdgeRecError) -> Any:
+        err = classify(exc)
+        log.info("refused (%s): %s", err.code, bounded(str(exc)))
+        return jsonify(err.document()), err.status
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Any:
-        code = (exc.name or "error").lower().replace(" ", "_")
-        return jsonify(error=code, detail=exc.description or exc.name), exc.code or 500
+        err = http_status_error(exc.code or 500, exc.name, exc.description)
+        return jsonify(err.document()), err.status
 
     @app.errorhandler(Exception)
     def _internal(exc: Exception) -> Any:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from edgerec.sdk.cli.output import console
+from edgerec.sdk.cli.paths import AbsolutePath
 from edgerec.sync.protocol.errors import ConfigError
 
 from .config import ServiceConfig
@@ -19,13 +20,13 @@ def sync_group() -> None:
 
 
 @sync_group.command()
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True,
               help="Data directory made by 'edgerec admin init'.")
 @click.option("--db", "db_url", default=None, help="Database URL (default: the one in the data dir).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8470, show_default=True)
-@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
-@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
+@click.option("--tls-cert", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None)
+@click.option("--tls-key", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None)
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="Worker threads (default 4).")
 def serve(data_dir: Path, db_url: str | None, host: str, port: int, tls_cert: Path | None,
           tls_key: Path | None, threads: int | None) -> None:
@@ -43,7 +44,8 @@ def serve(data_dir: Path, db_url: str | None, host: str, port: int, tls_cert: Pa
     tls = (tls_cert, tls_key) if tls_cert and tls_key else None
     server = RunningServer(svc, host, port, tls).start()
     # One line a supervisor (or a test) can wait for.
-    console.print(f"edgerec sync serving on {server.url} (database {svc.db.dialect})", highlight=False)
+    console.print(f"edgerec sync serving on {server.url} (database {svc.db.dialect})", highlight=False,
+                  markup=False)
     try:
         server.wait()
     finally:
@@ -51,7 +53,7 @@ def serve(data_dir: Path, db_url: str | None, host: str, port: int, tls_cert: Pa
 
 
 @sync_group.command()
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
 @click.option("--db", "db_url", default=None)
 def migrate(data_dir: Path, db_url: str | None) -> None:
     """Create or upgrade the database schema (the service also does this at start)."""
@@ -64,4 +66,4 @@ def migrate(data_dir: Path, db_url: str | None) -> None:
         before = run_migrations(db)
     finally:
         db.dispose()
-    console.print(f"database schema at the current version (was {before or 'empty'})")
+    console.print(f"database schema at the current version (was {before or 'empty'})", markup=False)

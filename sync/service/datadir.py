@@ -35,6 +35,10 @@ class DataDir:
 
     root: Path
 
+    def __post_init__(self) -> None:
+        # Absolute from the start: Flask's instance_path and the stored settings need it.
+        object.__setattr__(self, "root", Path(self.root).absolute())
+
     @property
     def service_file(self) -> Path:
         return self.root / SERVICE_FILE

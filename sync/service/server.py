@@ -15,7 +15,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from waitress import create_server, wasyncore
+from waitress import wasyncore
+from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
 
 from .app import create_app
 from .core import SyncService
@@ -32,6 +33,13 @@ def stop_waitress(server: Any, thread: threading.Thread) -> None:
             server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
         thread.join(timeout=10)
     server.task_dispatcher.shutdown()
+
+
+def bound_port(server: MultiSocketServer | BaseWSGIServer) -> int:
+    """The port waitress listens on (the first, when the host name resolved to several addresses)."""
+    if isinstance(server, MultiSocketServer):
+        return int(server.effective_listen[0][1])
+    return int(server.getsockname()[1])  # waitress gives the port as text (NI_NUMERICSERV)
 
 
 class Maintenance(threading.Thread):
@@ -79,7 +87,7 @@ class RunningServer:
             # poll(), not select(): more than 1024 open connections must not break the loop.
             asyncore_use_poll=True,
         )
-        inner_port = int(self._server.effective_port)
+        inner_port = bound_port(self._server)
         self._tls = TlsFront(host, port, server_context(*tls), ("127.0.0.1", inner_port)) if tls else None
         self._maint = Maintenance(service, cfg.maintenance_interval_s) if maintenance else None
         self._thread = threading.Thread(target=self._server.run, name="edgerec-waitress", daemon=True)

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgerec.sdk import EdgeModel, FeatureSpec, InvalidInput, ModelSignature, PackageBuilder, PackageError, TensorSpec
+from edgerec.sdk import (
+    EdgeModel,
+    FeatureSpec,
+    InvalidInputError,
+    ModelSignature,
+    PackageBuilder,
+    PackageError,
+    TensorSpec,
+)
 
 BINS = 1000
 # tf.strings.to_hash_bucket_fast(values, 1000), computed with TensorFlow 2.21.
@@ -47,7 +55,7 @@ def test_integers_hash_as_their_text(model):
 
 
 def test_floats_are_refused(model):
-    with pytest.raises(InvalidInput, match="tag: expected string or integer ids to hash"):
+    with pytest.raises(InvalidInputError, match="tag: expected string or integer ids to hash"):
         model.predict({"tag": np.array([1.5])})
 
 

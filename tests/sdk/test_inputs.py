@@ -1,11 +1,11 @@
-"""Every InvalidInput case names the field and the problem."""
+"""Every InvalidInputError case names the field and the problem."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edgerec.sdk import EdgeModel, InvalidInput
+from edgerec.sdk import EdgeModel, InvalidInputError
 from edgerec.sdk.testing import sample_inputs as ctr_inputs
 
 
@@ -55,7 +55,7 @@ CASES = [
 
 @pytest.mark.parametrize("inputs,field,problem", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_invalid_input_names_field(model, inputs, field, problem):
-    with pytest.raises(InvalidInput) as err:
+    with pytest.raises(InvalidInputError) as err:
         model.predict(inputs)
     assert err.value.field == field
     assert problem in str(err.value)
@@ -65,7 +65,7 @@ def test_invalid_input_names_field(model, inputs, field, problem):
 def test_out_of_vocabulary_maps_to_oov_row_or_fails_when_strict(model, strict):
     inputs = with_(user_id=np.array(["u1", "stranger", "u2"]))
     assert model.predict(inputs)["score"].shape == (3, 1)
-    with pytest.raises(InvalidInput, match="user_id: id 'stranger' is not in the vocabulary"):
+    with pytest.raises(InvalidInputError, match="user_id: id 'stranger' is not in the vocabulary"):
         strict.predict(inputs)
 
 
@@ -79,7 +79,7 @@ def test_exact_casts_are_accepted(model):
 
 
 def test_not_a_mapping(model):
-    with pytest.raises(InvalidInput, match="inputs: expected a mapping"):
+    with pytest.raises(InvalidInputError, match="inputs: expected a mapping"):
         model.predict([1, 2, 3])  # type: ignore[arg-type]
 
 
@@ -90,11 +90,11 @@ def test_not_a_mapping(model):
     ({"user": "u1"}, [1, 2], {"ctx": [1, 2]}, "context.ctx"),
 ])
 def test_rank_errors_name_field(model, user, cands, ctx, field):
-    with pytest.raises(InvalidInput) as err:
+    with pytest.raises(InvalidInputError) as err:
         model.rank(user, cands, ctx)
     assert err.value.field == field
 
 
 def test_top_k_must_be_positive(model):
-    with pytest.raises(InvalidInput, match="top_k"):
+    with pytest.raises(InvalidInputError, match="top_k"):
         model.rank({"user": "u1"}, [1, 2], top_k=0)

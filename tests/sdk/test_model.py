@@ -75,10 +75,10 @@ def test_rank_with_feature_rows_and_defaults(onnx_pkg, signing_key, ctr_weights)
 
 
 def test_unknown_candidate_id(onnx_pkg, signing_key):
-    from edgerec.sdk import InvalidInput
+    from edgerec.sdk import InvalidInputError
 
     model = EdgeModel.load(onnx_pkg, [signing_key.public_key()])
-    with pytest.raises(InvalidInput, match="candidates: unknown item id 999"):
+    with pytest.raises(InvalidInputError, match="candidates: unknown item id 999"):
         model.rank({"user": "u1"}, [1, 999])
 
 

@@ -149,7 +149,7 @@ def test_oversized_report_is_refused(sync_env):
 
     with pytest.raises(ApiError) as exc:
         node_client(state).report({"report_id": "big-report-1", "kind": "metrics", "pad": "x" * 2000})
-    assert (exc.value.status, exc.value.error) == (413, "too_large")
+    assert (exc.value.status, exc.value.error) == (413, "payload_too_large")
     assert _count(env, Report) == 0
 
 
@@ -181,7 +181,7 @@ def test_oversized_upload_is_refused(sync_env):
     env = sync_env
     with pytest.raises(ApiError) as exc:
         env.publish(1)
-    assert (exc.value.status, exc.value.error) == (413, "too_large")
+    assert (exc.value.status, exc.value.error) == (413, "payload_too_large")
     assert _count(env, PackageVersion) == 0
     assert not list((env.data_dir / "blobs").rglob("*.*")) and not any((env.data_dir / "tmp").iterdir())
 
