@@ -88,7 +88,7 @@ def replace_symlink(link: str | os.PathLike[str], target: str) -> Path:
 
 def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
     """Delete temporary files a killed writer left in ``folder`` (``.NAME.*.tmp``); returns them."""
-    removed = []
+    removed: list[Path] = []
     base = Path(folder)
     if not base.is_dir():
         return removed
