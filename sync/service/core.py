@@ -409,7 +409,8 @@ def _node_doc(
     return {
         "node_id": n.id, "name": n.name, "tags": n.tags, "enrolled": n.enrolled, "last_seen": live.seen,
         "stale": live.stale, "stale_after_s": live.stale_after_s, "poll_interval_s": n.poll_interval_s,
-        "edge": n.edge, "serving": n.edge != "down",
+        # None: no edge server that the node reports on (or an older node that does not say).
+        "edge": n.edge, "serving": None if n.edge in (None, "none") else n.edge == "up",
         "revoked": n.revoked_at is not None, "accelerator": n.accelerator, "health": n.health,
         "models": [_model_row(n, live, desired.get(m), installed.get(m), m) for m in models],
     }
