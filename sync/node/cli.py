@@ -220,6 +220,21 @@ def status_cmd(state_dir: Path, as_json: bool) -> None:
     console.print(t)
 
 
+@node.command("retry")
+@click.option("--state-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
+@click.argument("model")
+@click.option("--version", type=click.IntRange(min=0), default=None, help="Only this version (default: all).")
+def retry_cmd(state_dir: Path, model: str, version: int | None) -> None:
+    """Forget that versions of MODEL were marked bad here, so the daemon tries them again."""
+    from .state import NodeState
+
+    st = NodeState(state_dir)
+    st.identity()
+    n = st.db.forget_bad(model, version)
+    console.print(f"{model}: {n} bad mark(s) forgotten; the next cycle tries the assigned version again",
+                  markup=False)
+
+
 @node.command("edge-config")
 @click.option("--state-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
 @click.option("--model-dir", type=AbsolutePath(file_okay=False, path_type=Path), default=None,

@@ -3,6 +3,8 @@ their history, what serves, the stale flag, and a rollout that pauses itself pas
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 
@@ -93,3 +95,14 @@ def test_max_failures_parses_counts_and_shares():
     for bad in ("-1", "1.5", "100%", "ten"):
         with pytest.raises(ConfigError, match="--max-failures"):
             parse_threshold(bad)
+
+
+def test_node_retry_forgets_bad_marks(sync_env):
+    state = sync_env.enroll("edge-1")
+    state.db.mark_bad("ctr", 2, "v2 failed its warm-up")
+    state.db.mark_bad("ctr", 3, "v3 rolled back")
+    state.close()
+    out = subprocess.run([sys.executable, "-m", "edgerec.sdk.cli", "node", "retry", "--state-dir", str(state.dir),
+                          "ctr", "--version", "2"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "1 bad mark(s) forgotten" in out.stdout, out.stderr
+    assert state.db.bad_versions() == {"ctr": {3: "v3 rolled back"}}
