@@ -212,9 +212,10 @@ def test_bad_versions_roll_back_are_reported_and_pause_the_rollout(sync, nodes, 
     history = sync.admin.node(node.node_id)["failures"]
     assert [(f["version"], f["bad"]) for f in history] == [(3, True), (2, True)], pretty(history)
     assert "v3 rolled back: health window:" in history[0]["reason"] and "failed" in history[0]["reason"]
-    # The pause sent the node back to v1, which it serves: no failure is current any more.
+    # The pause sent the node back to v1, which it serves: at its next check-in no failure is current.
+    assert wait_for(lambda: status_row(sync, node).get("last_failure") is None, 30), pretty(status_row(sync, node))
     row = status_row(sync, node)
-    assert (row["desired_version"], row["serving_version"], row["last_failure"]) == (1, 1, None)
+    assert (row["desired_version"], row["serving_version"], row["state"]) == (1, 1, "serving")
     shown = _admin(sync, "node", node.node_id)
     assert "failure history (2)" in shown and "warm-up" in shown
     local = node.state.db.bad_versions()
