@@ -18,13 +18,20 @@ from sqlalchemy import Connection, insert, inspect, select, text, update
 from edgerec.sync.protocol.errors import ConfigError
 
 from .db import Database
-from .models import Base, Counter, SchemaInfo
+from .models import FLEET_METRICS_TABLES, Base, Counter, SchemaInfo
 
 log = logging.getLogger("edgerec.sync.service.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+def _add_fleet_metrics(conn: Connection) -> None:
+    """2: the nodes' private releases (``metric_releases``, ``metric_counts``) and ``ops_windows``."""
+    Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in FLEET_METRICS_TABLES])
+
+
 #: ``STEPS[n]`` brings a database from version ``n - 1`` to ``n``.
-STEPS: dict[int, Callable[[Connection], None]] = {}
+STEPS: dict[int, Callable[[Connection], None]] = {2: _add_fleet_metrics}
 COUNTERS = ("repository", "serial")
 # Any 64-bit key, the same for every process of every edgerec service.
 _PG_LOCK_KEY = 0x65646765726563
