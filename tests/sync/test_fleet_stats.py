@@ -144,7 +144,7 @@ def test_confidence_sequence_stays_valid_under_continuous_looking():
     half = np.array([cs.half_width(1.0 / v) for v in t])
     cs_miss = int(np.any(np.abs(est) > half, axis=1).sum())
     peeking = int(np.any(np.abs(sums) / np.sqrt(t) > 1.959964, axis=1).sum())
-    lo, hi = binom_interval(paths, alpha)
+    _, hi = binom_interval(paths, alpha)
     assert cs_miss <= hi, cs_miss
     assert peeking > binom_interval(paths, 3 * alpha)[1], peeking  # well over 3 alpha when peeking
 
