@@ -370,4 +370,9 @@ def revoke(ctx: click.Context, node_id: str, as_json: bool) -> None:
         console.print(f"revoked {doc['node_id']}", markup=False)
 
 
+# Fleet metrics commands (issue 10) live in their own module.
+from .metrics_cli import register as _register_metrics  # noqa: E402
+
+_register_metrics(admin, _client)
+
 __all__ = ["admin", "default_config_path"]

@@ -168,3 +168,20 @@ class AdminClient:
         if kind:
             params["kind"] = kind
         return list(self._call("GET", "/api/v1/admin/reports", params=params)["reports"])
+
+    # -- fleet metrics (issue 10) ------------------------------------------------------
+
+    def ab_report(self, experiment: str, variants: list[str] | None = None, control: str | None = None,
+                  since: float = 0) -> dict[str, Any]:
+        params: dict[str, Any] = {"since": since}
+        if variants:
+            params["variants"] = ",".join(variants)
+        if control:
+            params["control"] = control
+        return dict(self._call("GET", f"/api/v1/admin/experiments/{experiment}/report", params=params))
+
+    def fleet_metrics(self, model: str | None = None, since: float = 0) -> dict[str, Any]:
+        params: dict[str, Any] = {"since": since}
+        if model:
+            params["model"] = model
+        return dict(self._call("GET", "/api/v1/admin/fleet-metrics", params=params))

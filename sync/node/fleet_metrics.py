@@ -11,10 +11,22 @@ released without noise and without user ids.
 from __future__ import annotations
 
 import bisect
+import secrets
+import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from edgerec.sync.protocol.releases import LATENCY_EDGES_MS, SCORE_EDGES, Histogram, Key, OpsFigures, OpsWindow
+from edgerec.sync.protocol.releases import (
+    LATENCY_EDGES_MS,
+    SCORE_EDGES,
+    Histogram,
+    Key,
+    OpsFigures,
+    OpsWindow,
+    Release,
+)
 
 from .privacy import PrivacyConfig, WindowCounts
 
@@ -106,4 +118,11 @@ class OpsRecorder:
         return out
 
 
-__all__ = ["EventWindows", "OpsRecorder"]
+def metrics_report(releases: Sequence[Release], ops: Sequence[OpsWindow] = ()) -> dict[str, Any]:
+    """The metrics report that carries releases and operational windows to the service
+    (``POST /api/v1/node/reports``); nothing in it names a user."""
+    return {"report_id": f"m-{int(time.time())}-{secrets.token_hex(6)}", "kind": "metrics",
+            "releases": [r.to_doc() for r in releases], "ops": [w.to_doc() for w in ops]}
+
+
+__all__ = ["EventWindows", "OpsRecorder", "metrics_report"]

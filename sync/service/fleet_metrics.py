@@ -23,6 +23,7 @@ from edgerec.sync.protocol.releases import Key, Noise, OpsWindow, Release, parse
 from edgerec.sync.service.store.models import MetricCount, MetricRelease, OpsWindowRow
 
 from .aggregate import DEFAULT_K, ABReport, FleetWindows, ab_report, sum_releases
+from .config import ServiceConfig
 from .store import Database
 
 _COLUMNS = {"impression": "impressions", "click": "clicks", "conversion": "conversions"}
@@ -159,5 +160,13 @@ def prune_metrics(session: Session, before: float) -> int:
     return n
 
 
+
+
+def policy_of(config: ServiceConfig) -> MetricsPolicy:
+    """The metrics policy the service was started with."""
+    return MetricsPolicy(k=config.metrics_min_nodes, alpha=config.metrics_alpha,
+                         accept_noise_free=config.metrics_accept_noise_free, clock_skew_s=config.clock_skew_s)
+
+
 __all__ = ["MetricsPolicy", "Stored", "experiment_report", "fleet_windows", "load_ops", "load_releases",
-           "prune_metrics", "store_metrics"]
+           "policy_of", "prune_metrics", "store_metrics"]

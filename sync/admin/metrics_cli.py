@@ -1,0 +1,105 @@
+"""``edgerec admin ab-report``: the A/B report of an experiment from the nodes' private releases."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from edgerec.sdk.cli.output import console, print_json, text_row
+from edgerec.sdk.cli.paths import AbsolutePath
+from edgerec.sync.protocol.errors import ConfigError
+
+from .client import AdminClient
+
+
+def _pct(e: dict[str, Any] | None, digits: int = 2) -> str:
+    if e is None:
+        return ""
+    v, lo, hi = (e.get(k) for k in ("value", "low", "high"))
+    if not (isinstance(v, int | float) and isinstance(lo, int | float) and isinstance(hi, int | float)) or not all(
+            math.isfinite(x) for x in (v, lo, hi)):
+        return "n/a"
+    return f"{v * 100:.{digits}f}% [{lo * 100:.{digits}f}, {hi * 100:.{digits}f}]"
+
+
+def render_report(doc: dict[str, Any]) -> None:
+    alpha = doc["alpha"]
+    t = Table("variant", "versions", "impressions", "clicks", f"CTR [{(1 - alpha) * 100:g}% CI]",
+              "lift vs control", "p-value", "verdict",
+              title=f"experiment {doc['experiment']} (control {doc['control']}): {doc['windows_released']} window(s) "
+                    f"released, {doc['windows_withheld']} withheld (< {doc['k']} nodes); "
+                    f"epsilon spent per user <= {doc['epsilon_per_user']:g}")
+    for r in doc["variants"]:
+        p = r["p_value"]
+        t.add_row(*text_row(r["variant"], ",".join(map(str, r["versions"])), f"{r['impressions']:,}",
+                            f"{r['clicks']:,}", _pct(r["ctr"]), _pct(r["lift"], 1),
+                            "" if p is None else ("n/a" if not math.isfinite(p) else f"{p:.3g}"),
+                            r["verdict"] or "(control)"))
+    console.print(t)
+
+
+def plot_report(doc: dict[str, Any], path: Path) -> None:
+    """CTR per variant over time with its intervals, as a PNG (matplotlib, the [plot] extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ConfigError("--plot: needs matplotlib (pip install 'edgerec[plot]')") from exc
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for variant in [r["variant"] for r in doc["variants"]]:
+        pts = [s for s in doc["series"] if s["variant"] == variant and s["ctr"] == s["ctr"]]
+        if not pts:
+            continue
+        x = [(s["window_start"] - pts[0]["window_start"]) / 3600 for s in pts]
+        y = [s["ctr"] * 100 for s in pts]
+        ax.plot(x, y, marker="o", label=variant)
+        ax.fill_between(x, [s["low"] * 100 for s in pts], [s["high"] * 100 for s in pts], alpha=0.2)
+    ax.set_xlabel("hours since the first released window")
+    ax.set_ylabel(f"CTR % ({(1 - doc['alpha']) * 100:g}% interval, noise included)")
+    ax.set_title(f"experiment {doc['experiment']}")
+    ax.legend()
+    fig.tight_layout()
+    try:
+        fig.savefig(path, format="png", dpi=100)
+    except OSError as exc:
+        raise ConfigError(f"--plot: cannot write {path} ({exc.strerror})") from exc
+    finally:
+        plt.close(fig)
+
+
+def register(admin: click.Group, client: Any) -> None:
+    """Add the metrics commands to the ``edgerec admin`` group (``client(ctx)`` opens an AdminClient)."""
+
+    @admin.command("ab-report")
+    @click.argument("name")
+    @click.option("--variants", default=None, help="Variants in order, the control first (default: as seen).")
+    @click.option("--control", default=None, help="The control variant (default: the first).")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.option("--plot", "plot", type=AbsolutePath(dir_okay=False, path_type=Path), default=None,
+                  help="Write CTR per variant over time with intervals to this PNG.")
+    @click.pass_context
+    def ab_report(ctx: click.Context, name: str, variants: str | None, control: str | None, as_json: bool,
+                  plot: Path | None) -> None:
+        """Per variant impressions, clicks, CTR with interval, lift, p-value and verdict (noise included)."""
+        from .cli import checked
+
+        order = [checked(v.strip(), "variants") for v in (variants or "").split(",") if v.strip()]
+        c: AdminClient
+        with client(ctx) as c:
+            doc = c.ab_report(checked(name, "experiment"), order or None,
+                              checked(control, "control") if control else None)
+        if plot is not None:
+            plot_report(doc, plot)
+        if as_json:
+            print_json(doc)
+        else:
+            render_report(doc)
+
+
+__all__ = ["plot_report", "register", "render_report"]

@@ -1,0 +1,65 @@
+"""Admin API of the fleet metrics: the A/B report of an experiment and the fleet's released windows.
+
+Kept apart from :mod:`.api_admin` (same admin token check) so the metrics
+views grow without touching the fleet and rollout views.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+
+from edgerec.sync.protocol.errors import BadRequestError
+
+from .app import service
+from .core import name_arg
+from .fleet_metrics import experiment_report, fleet_windows, policy_of
+
+bp = Blueprint("admin_metrics", __name__, url_prefix="/api/v1/admin")
+
+
+@bp.before_request
+def _admin_only() -> None:
+    auth = request.headers.get("Authorization", "")
+    token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+    service().check_admin(token)
+
+
+def _since() -> float:
+    try:
+        return float(request.args.get("since", 0))
+    except ValueError as exc:
+        raise BadRequestError("since: expected a UNIX time in seconds") from exc
+
+
+@bp.get("/experiments/<name>/report")
+def ab_report(name: str) -> Any:
+    """Per variant totals, CTR with interval, lift and p-value against the control, verdict."""
+    svc = service()
+    name = name_arg(name, "experiment")
+    raw = request.args.get("variants")
+    variants = [name_arg(v, "variants") for v in raw.split(",")] if raw else None
+    control = request.args.get("control")
+    with svc.db.read() as session:
+        report = experiment_report(session, name, policy_of(svc.config), variants,
+                                   None if control is None else name_arg(control, "control"), _since())
+    return jsonify(report.to_doc())
+
+
+@bp.get("/fleet-metrics")
+def windows() -> Any:
+    """Every (window, key) cell: its fleet totals when released (>= k nodes), else only that it was withheld."""
+    svc = service()
+    model = request.args.get("model")
+    with svc.db.read() as session:
+        fw = fleet_windows(session, policy_of(svc.config), model=None if model is None else name_arg(model, "model"),
+                           since=_since())
+    cells = [{"window_start": c.window_start, "window_seconds": c.window_seconds, "model": c.key.model,
+              "version": c.key.version, "experiment": c.key.experiment, "variant": c.key.variant,
+              "released": c.released, "nodes": len(c.nodes) if c.released else None,
+              "counts": dict(c.counts) if c.released else None,
+              "noise_variance": c.noise_variance if c.released else None} for c in fw.cells]
+    exhausted = [{"window_start": w[0], "window_seconds": w[1], "nodes": len(n)}
+                 for w, n in sorted(fw.exhausted.items())]
+    return jsonify(k=fw.k, cells=cells, budget_exhausted=exhausted)

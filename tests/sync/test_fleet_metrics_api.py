@@ -1,0 +1,87 @@
+"""Private releases through the running service: signed node reports in, the A/B report out (API and CLI)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgerec.sdk.cli.main import cli
+from edgerec.sync.admin.client import Credentials, save_credentials
+from edgerec.sync.node.fleet_metrics import metrics_report
+from edgerec.sync.node.privacy import PrivacyConfig
+from edgerec.sync.node.simulator import Arm, make_fleet
+from edgerec.sync.protocol.errors import ApiError
+
+from .helpers import node_client
+
+HOUR = 3600
+DAY0 = 1_767_225_600
+CFG = PrivacyConfig(epsilon_per_window=0.5, bounds={"impression": 1, "click": 1, "conversion": 1})
+
+
+def _send(env, nodes: int, config: PrivacyConfig = CFG, windows: int = 2):
+    fleet = make_fleet(4, nodes, [Arm("control", 1, 0.05), Arm("treatment", 2, 0.07)], users=20_000, config=config)
+    for w in range(windows):
+        fleet.window(DAY0 + w * HOUR)
+    states = [env.enroll(f"n{i}") for i in range(nodes)]
+    answers = []
+    for sim, state in zip(fleet.nodes, states, strict=True):
+        mine = [r for n, r in fleet.releases if n == sim.node_id]
+        answers.append(node_client(state).report(metrics_report(mine)))
+    return answers
+
+
+def test_releases_in_node_reports_make_the_ab_report(sync_env, tmp_path, monkeypatch):
+    env = sync_env
+    answers = _send(env, 5)
+    assert all(a["duplicate"] is False for a in answers)
+    doc = env.admin().ab_report("exp", ["control", "treatment"])
+    control, treatment = doc["variants"]
+    assert (doc["windows_released"], doc["windows_withheld"], doc["k"]) == (2, 0, 5)
+    assert doc["epsilon_per_user"] == 1.0
+    assert treatment["verdict"] == "better" and treatment["p_value"] < 1e-6
+    assert control["impressions"] > 90_000 and treatment["lift"]["low"] > 0.2
+    cells = env.admin().fleet_metrics("ctr")["cells"]
+    assert len(cells) == 4 and all(c["released"] and c["nodes"] == 5 for c in cells)
+
+    monkeypatch.setenv("EDGEREC_ADMIN_CONFIG", str(tmp_path / "admin.json"))
+    monkeypatch.setenv("COLUMNS", "250")
+    save_credentials(Credentials(env.url, env.init.admin_token), tmp_path / "admin.json")
+    runner = CliRunner()
+    out = runner.invoke(cli, ["admin", "ab-report", "exp", "--json", "--plot", str(tmp_path / "ab.png")],
+                        catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["variants"][1]["verdict"] == "better"
+    assert (tmp_path / "ab.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = runner.invoke(cli, ["admin", "ab-report", "exp"], catch_exceptions=False)
+    assert "treatment" in table.stdout and "better" in table.stdout and "(control)" in table.stdout
+    bad = runner.invoke(cli, ["admin", "ab-report", "Exp/1"])
+    assert bad.exit_code != 0 and "experiment" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
+def test_fewer_than_k_nodes_are_withheld_through_the_service(sync_env):
+    env = sync_env
+    _send(env, 4, windows=1)
+    doc = env.admin().ab_report("exp")
+    assert (doc["windows_released"], doc["windows_withheld"]) == (0, 1)
+    assert all(v["impressions"] == 0 for v in doc["variants"])
+    cells = env.admin().fleet_metrics()["cells"]
+    assert cells and all(c["released"] is False and c["counts"] is None and c["nodes"] is None for c in cells)
+
+
+def test_noise_free_releases_are_refused_by_default(sync_env):
+    env = sync_env
+    with pytest.raises(ApiError) as exc:
+        _send(env, 1, PrivacyConfig(bounds={"click": 1}, mechanism="none"), windows=1)
+    assert exc.value.status == 400 and "noise.mechanism" in exc.value.detail
+    assert env.admin().reports("metrics") == []  # nothing of the refused report is kept
+
+
+@pytest.mark.sync_config(metrics_accept_noise_free=True, metrics_min_nodes=1)
+def test_a_service_started_for_tests_accepts_noise_free_releases(sync_env):
+    env = sync_env
+    _send(env, 1, PrivacyConfig(bounds={"impression": 1, "click": 1}, mechanism="none"), windows=1)
+    doc = env.admin().ab_report("exp")
+    assert doc["windows_released"] == 1 and doc["k"] == 1
