@@ -185,3 +185,14 @@ class AdminClient:
         if model:
             params["model"] = model
         return dict(self._call("GET", "/api/v1/admin/fleet-metrics", params=params))
+
+    def create_experiment(self, name: str, model: str, variants: list[dict[str, Any]], tags: list[str],
+                          salt: str | None) -> dict[str, Any]:
+        doc = {"name": name, "model": model, "variants": variants, "tags": tags, "salt": salt}
+        return dict(self._call("POST", "/api/v1/admin/experiments", json=doc))
+
+    def experiments(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api/v1/admin/experiments")["experiments"])
+
+    def stop_experiment(self, name: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/api/v1/admin/experiments/{name}/stop"))

@@ -1,4 +1,4 @@
-"""``edgerec admin ab-report``: the A/B report of an experiment from the nodes' private releases."""
+"""``edgerec admin ab-report`` and ``edgerec admin experiment create|list|stop``."""
 
 from __future__ import annotations
 
@@ -73,6 +73,25 @@ def plot_report(doc: dict[str, Any], path: Path) -> None:
         plt.close(fig)
 
 
+def parse_variants(text: str) -> list[dict[str, Any]]:
+    """``[NAME=]VERSION[:WEIGHT],...``: the first is the control; ConfigError naming --variants otherwise."""
+    out: list[dict[str, Any]] = []
+    for item in (t.strip() for t in text.split(",")):
+        name, _, rest = item.rpartition("=")
+        version, _, weight = rest.partition(":")
+        try:
+            v: dict[str, Any] = {"version": int(version), "weight": float(weight) if weight else 1.0}
+        except ValueError:
+            raise ConfigError(f"--variants: {item!r} is not [NAME=]VERSION[:WEIGHT], e.g. control=1:50") from None
+        if v["version"] < 0 or not 0 < v["weight"] < math.inf:
+            raise ConfigError(f"--variants: {item!r}: the version is >= 0 and the weight > 0")
+        v["name"] = name or f"v{v['version']}"
+        out.append(v)
+    if len(out) < 2:
+        raise ConfigError("--variants: an experiment needs at least two variants")
+    return out
+
+
 def register(admin: click.Group, client: Any) -> None:
     """Add the metrics commands to the ``edgerec admin`` group (``client(ctx)`` opens an AdminClient)."""
 
@@ -101,5 +120,70 @@ def register(admin: click.Group, client: Any) -> None:
         else:
             render_report(doc)
 
+    @admin.group("experiment")
+    def experiment() -> None:
+        """A/B experiments managed centrally (variants are versions of one model; the first is the control)."""
 
-__all__ = ["plot_report", "register", "render_report"]
+    @experiment.command("create")
+    @click.argument("name")
+    @click.option("--model", required=True)
+    @click.option("--variants", required=True, help="[NAME=]VERSION[:WEIGHT],... e.g. control=1:50,new=2:50")
+    @click.option("--tags", default=None, help="Only nodes with all these tags (comma-separated).")
+    @click.option("--salt", default=None, help="Assignment salt (default: random).")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def experiment_create(ctx: click.Context, name: str, model: str, variants: str, tags: str | None,
+                          salt: str | None, as_json: bool) -> None:
+        """Create experiment NAME."""
+        from .cli import checked, parse_tags
+
+        vs = parse_variants(variants)
+        for v in vs:
+            checked(v["name"], "--variants name")
+        c: AdminClient
+        with client(ctx) as c:
+            doc = c.create_experiment(checked(name, "experiment"), checked(model, "--model"), vs, parse_tags(tags),
+                                      salt)
+        if as_json:
+            print_json(doc)
+        else:
+            split = ", ".join(f"{v['name']}=v{v['version']}:{v['weight']:g}" for v in doc["variants"])
+            console.print(f"experiment {doc['name']} on {doc['model']}: {split} (control {doc['control']}), "
+                          f"{doc['state']}", markup=False)
+
+    @experiment.command("list")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def experiment_list(ctx: click.Context, as_json: bool) -> None:
+        """Every experiment and its state."""
+        c: AdminClient
+        with client(ctx) as c:
+            rows = c.experiments()
+        if as_json:
+            print_json(rows)
+            return
+        t = Table("experiment", "model", "variants (name=version:weight)", "control", "tags", "state")
+        for r in rows:
+            t.add_row(*text_row(r["name"], r["model"], ", ".join(f"{v['name']}={v['version']}:{v['weight']:g}"
+                                                                for v in r["variants"]),
+                                r["control"], ",".join(r["tags"]), r["state"]))
+        console.print(t)
+
+    @experiment.command("stop")
+    @click.argument("name")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def experiment_stop(ctx: click.Context, name: str, as_json: bool) -> None:
+        """Stop experiment NAME (its report stays)."""
+        from .cli import checked
+
+        c: AdminClient
+        with client(ctx) as c:
+            doc = c.stop_experiment(checked(name, "experiment"))
+        if as_json:
+            print_json(doc)
+        else:
+            console.print(f"experiment {doc['name']}: {doc['state']}", markup=False)
+
+
+__all__ = ["parse_variants", "plot_report", "register", "render_report"]

@@ -12,8 +12,10 @@ from flask import Blueprint, jsonify, request
 
 from edgerec.sync.protocol.errors import BadRequestError
 
+from .api_node import json_body, read_body
 from .app import service
 from .core import name_arg
+from .experiments import create_experiment, get_experiment, list_experiments, stop_experiment
 from .fleet_metrics import experiment_report, fleet_windows, policy_of
 
 bp = Blueprint("admin_metrics", __name__, url_prefix="/api/v1/admin")
@@ -42,6 +44,9 @@ def ab_report(name: str) -> Any:
     variants = [name_arg(v, "variants") for v in raw.split(",")] if raw else None
     control = request.args.get("control")
     with svc.db.read() as session:
+        defined = get_experiment(session, name)
+        if defined is not None and variants is None:
+            variants = [v["name"] for v in defined["variants"]]  # the first is the control
         report = experiment_report(session, name, policy_of(svc.config), variants,
                                    None if control is None else name_arg(control, "control"), _since())
     return jsonify(report.to_doc())
@@ -63,3 +68,23 @@ def windows() -> Any:
     exhausted = [{"window_start": w[0], "window_seconds": w[1], "nodes": len(n)}
                  for w, n in sorted(fw.exhausted.items())]
     return jsonify(k=fw.k, cells=cells, budget_exhausted=exhausted)
+
+
+@bp.post("/experiments")
+def create() -> Any:
+    svc = service()
+    doc = json_body(read_body(svc.config.max_json_bytes))
+    with svc.db.write() as session:
+        return jsonify(create_experiment(session, doc)), 201
+
+
+@bp.get("/experiments")
+def listing() -> Any:
+    with service().db.read() as session:
+        return jsonify(experiments=list_experiments(session))
+
+
+@bp.post("/experiments/<name>/stop")
+def stop(name: str) -> Any:
+    with service().db.write() as session:
+        return jsonify(stop_experiment(session, name_arg(name, "experiment")))

@@ -85,3 +85,46 @@ def test_a_service_started_for_tests_accepts_noise_free_releases(sync_env):
     _send(env, 1, PrivacyConfig(bounds={"impression": 1, "click": 1}, mechanism="none"), windows=1)
     doc = env.admin().ab_report("exp")
     assert doc["windows_released"] == 1 and doc["k"] == 1
+
+
+@pytest.fixture
+def run(monkeypatch, tmp_path, sync_env):
+    monkeypatch.setenv("EDGEREC_ADMIN_CONFIG", str(tmp_path / "admin.json"))
+    monkeypatch.setenv("COLUMNS", "250")
+    save_credentials(Credentials(sync_env.url, sync_env.init.admin_token), tmp_path / "admin.json")
+    runner = CliRunner()
+
+    def invoke(*args: str, code: int = 0):
+        result = runner.invoke(cli, list(args))
+        assert result.exit_code == code, result.output
+        return result
+
+    return invoke
+
+
+def test_experiments_are_created_listed_and_stopped(run, sync_env):
+    made = json.loads(run("admin", "experiment", "create", "exp", "--model", "ctr", "--variants",
+                          "treatment=2:30,control=1:70", "--salt", "s1", "--json").stdout)
+    assert made["control"] == "treatment" and made["variants"][1] == {"name": "control", "version": 1,
+                                                                        "weight": 70.0}
+    _send(sync_env, 5, windows=1)
+    # the report follows the experiment's definition: its first variant is the control
+    doc = json.loads(run("admin", "ab-report", "exp", "--json").stdout)
+    assert doc["control"] == "treatment" and doc["variants"][1]["verdict"] == "worse"
+    assert "exp" in run("admin", "experiment", "list").stdout
+    assert json.loads(run("admin", "experiment", "stop", "exp", "--json").stdout)["state"] == "stopped"
+    assert [e["state"] for e in json.loads(run("admin", "experiment", "list", "--json").stdout)] == ["stopped"]
+    again = run("admin", "experiment", "create", "exp", "--model", "ctr", "--variants", "1,2", code=1)
+    assert "exists already" in again.output
+
+
+@pytest.mark.parametrize(("args", "field"), [
+    (["--model", "ctr", "--variants", "1"], "--variants"),
+    (["--model", "ctr", "--variants", "a=x:1,b=2"], "--variants"),
+    (["--model", "ctr", "--variants", "1:0,2"], "--variants"),
+    (["--model", "Ctr!", "--variants", "1,2"], "--model"),
+    (["--model", "ctr", "--variants", "A=1,b=2"], "--variants name"),
+])
+def test_experiment_create_errors_name_the_field(run, args, field):
+    out = run("admin", "experiment", "create", "exp", *args, code=1)
+    assert out.output.count("\n") == 1 and field in out.output

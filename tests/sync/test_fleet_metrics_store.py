@@ -117,10 +117,11 @@ def test_ops_windows_are_stored_and_pruned(db):
 
 def test_a_version_1_database_gets_the_metrics_tables(db):
     with db.write() as s:
-        for t in ("metric_counts", "metric_releases", "ops_windows"):
+        for t in ("metric_counts", "metric_releases", "ops_windows", "experiments"):
             s.execute(text(f"DROP TABLE {t}"))
         s.execute(update(SchemaInfo).values(version=1))
     assert migrate(db) == 1
     with db.engine.connect() as conn:
-        assert {"metric_counts", "metric_releases", "ops_windows"} <= set(inspect(conn).get_table_names())
+        assert {"metric_counts", "metric_releases", "ops_windows", "experiments"} <= set(
+            inspect(conn).get_table_names())
     assert SCHEMA_VERSION == 2

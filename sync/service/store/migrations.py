@@ -26,7 +26,7 @@ SCHEMA_VERSION = 2
 
 
 def _add_fleet_metrics(conn: Connection) -> None:
-    """2: the nodes' private releases (``metric_releases``, ``metric_counts``) and ``ops_windows``."""
+    """2: the nodes' private releases (``metric_releases``, ``metric_counts``), ``ops_windows``, ``experiments``."""
     Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in FLEET_METRICS_TABLES])
 
 

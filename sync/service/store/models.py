@@ -270,4 +270,18 @@ class OpsWindowRow(Base):
     received: Mapped[float] = mapped_column(Float, index=True)
 
 
-FLEET_METRICS_TABLES = ("metric_releases", "metric_counts", "ops_windows")
+class ExperimentRow(Base):
+    """A centrally managed A/B experiment: variants are versions of one model, the first is the control."""
+
+    __tablename__ = "experiments"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64))
+    variants: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # [{"name", "version", "weight"}]
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    salt: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16))  # "running" or "stopped"
+    created: Mapped[float] = mapped_column(Float)
+    stopped: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+FLEET_METRICS_TABLES = ("metric_releases", "metric_counts", "ops_windows", "experiments")
