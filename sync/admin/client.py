@@ -196,3 +196,6 @@ class AdminClient:
 
     def stop_experiment(self, name: str) -> dict[str, Any]:
         return dict(self._call("POST", f"/api/v1/admin/experiments/{name}/stop"))
+
+    def alerts(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/api/v1/admin/alerts"))

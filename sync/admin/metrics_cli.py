@@ -1,4 +1,4 @@
-"""``edgerec admin ab-report`` and ``edgerec admin experiment create|list|stop``."""
+"""``edgerec admin ab-report``, ``alerts`` and ``experiment create|list|stop``."""
 
 from __future__ import annotations
 
@@ -120,6 +120,29 @@ def register(admin: click.Group, client: Any) -> None:
         else:
             render_report(doc)
 
+    @admin.command("alerts")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def alerts(ctx: click.Context, as_json: bool) -> None:
+        """Open alerts per node and for the fleet, with since when."""
+        from .cli import ago
+
+        c: AdminClient
+        with client(ctx) as c:
+            doc = c.alerts()
+        if as_json:
+            print_json(doc)
+            return
+        rows = doc["alerts"]
+        t = Table("alert", "scope", "subject", "since", "detail", title=f"{len(rows)} open alert(s)")
+        for a in rows:
+            t.add_row(*text_row(a["kind"], a["scope"], a["subject"], ago(a["since"]), a["detail"]))
+        console.print(t)
+
+    _register_experiments(admin, client)
+
+
+def _register_experiments(admin: click.Group, client: Any) -> None:
     @admin.group("experiment")
     def experiment() -> None:
         """A/B experiments managed centrally (variants are versions of one model; the first is the control)."""

@@ -53,30 +53,49 @@ class FleetWindows:
         return [c for c in self.cells if c.released]
 
 
-def sum_releases(releases: Iterable[tuple[str, Release]], k: int = DEFAULT_K) -> FleetWindows:
-    """Sum the nodes' releases per window and key; a cell is released only with >= k nodes."""
-    cells: dict[tuple[int, int, Key], Cell] = {}
+#: One node's released counts of one key in one window, flattened:
+#: (node, window_start, window_seconds, key, counts by kind, noise variance, epsilon).
+Row = tuple[str, int, int, Key, Mapping[str, int], float, float]
+
+
+def release_rows(releases: Iterable[tuple[str, Release]]) -> tuple[list[Row], dict[tuple[int, int], set[str]]]:
+    """Flatten releases into rows; the nodes that said their budget was spent, per window, apart."""
+    rows: list[Row] = []
     exhausted: dict[tuple[int, int], set[str]] = defaultdict(set)
     for node, rel in releases:
         if not rel.released:
             exhausted[(rel.window_start, rel.window_seconds)].add(node)
             continue
-        for key, counts in rel.counts.items():
-            where = (rel.window_start, rel.window_seconds, key)
-            cell = cells.get(where)
-            if cell is None:
-                cell = cells[where] = Cell(rel.window_start, rel.window_seconds, key)
-            if node in cell.nodes:
-                continue  # one release per node and window
-            cell.nodes.add(node)
-            cell.epsilon[node] = rel.noise.epsilon
-            cell.noise_variance += rel.noise.variance
-            for kind, n in counts.items():
-                cell.counts[kind] += n
+        rows.extend((node, rel.window_start, rel.window_seconds, key, counts, rel.noise.variance, rel.noise.epsilon)
+                    for key, counts in rel.counts.items())
+    return rows, dict(exhausted)
+
+
+def sum_rows(rows: Iterable[Row], exhausted: dict[tuple[int, int], set[str]], k: int = DEFAULT_K) -> FleetWindows:
+    """Sum per window and key; a cell is released only with >= k nodes (one row per node counts)."""
+    cells: dict[tuple[int, int, Key], Cell] = {}
+    for node, start, seconds, key, counts, variance, epsilon in rows:
+        where = (start, seconds, key)
+        cell = cells.get(where)
+        if cell is None:
+            cell = cells[where] = Cell(start, seconds, key)
+        if node in cell.nodes:
+            continue  # one release per node and window
+        cell.nodes.add(node)
+        cell.epsilon[node] = epsilon
+        cell.noise_variance += variance
+        for kind, n in counts.items():
+            cell.counts[kind] += n
     for cell in cells.values():
         cell.released = len(cell.nodes) >= k
     ordered = sorted(cells.values(), key=lambda c: (c.window_start, c.window_seconds, c.key))
-    return FleetWindows(ordered, dict(exhausted), k)
+    return FleetWindows(ordered, exhausted, k)
+
+
+def sum_releases(releases: Iterable[tuple[str, Release]], k: int = DEFAULT_K) -> FleetWindows:
+    """Sum the nodes' releases per window and key; a cell is released only with >= k nodes."""
+    rows, exhausted = release_rows(releases)
+    return sum_rows(rows, exhausted, k)
 
 
 @dataclass(frozen=True)
@@ -210,5 +229,5 @@ def variant_totals(cells: Iterable[Cell], where: Mapping[str, Any]) -> tuple[flo
     return imp, clk, var, len(nodes)
 
 
-__all__ = ["DEFAULT_K", "ABReport", "Cell", "FleetWindows", "VariantRow", "ab_report", "sum_releases",
-           "variant_ctr", "variant_totals"]
+__all__ = ["DEFAULT_K", "ABReport", "Cell", "FleetWindows", "Row", "VariantRow", "ab_report", "release_rows",
+           "sum_releases", "sum_rows", "variant_ctr", "variant_totals"]

@@ -6,17 +6,19 @@ views grow without touching the fleet and rollout views.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import Blueprint, jsonify, request
 
 from edgerec.sync.protocol.errors import BadRequestError
 
+from .alerts import AlertPolicy, fleet_alerts, ops_alerts, reference_histograms
 from .api_node import json_body, read_body
 from .app import service
 from .core import name_arg
 from .experiments import create_experiment, get_experiment, list_experiments, stop_experiment
-from .fleet_metrics import experiment_report, fleet_windows, policy_of
+from .fleet_metrics import experiment_report, fleet_windows, load_ops, policy_of
 
 bp = Blueprint("admin_metrics", __name__, url_prefix="/api/v1/admin")
 
@@ -88,3 +90,17 @@ def listing() -> Any:
 def stop(name: str) -> Any:
     with service().db.write() as session:
         return jsonify(stop_experiment(session, name_arg(name, "experiment")))
+
+
+@bp.get("/alerts")
+def alerts() -> Any:
+    """Open alerts, per node and for the fleet, with since-when (thresholds from the service configuration)."""
+    svc = service()
+    c = svc.config
+    policy = AlertPolicy(c.alert_p99_ms, c.alert_error_rate, c.alert_psi, c.alert_min_requests, c.alert_silent_s,
+                         c.alert_mismatch_s)
+    now = time.time()
+    with svc.db.read() as session:
+        refs = reference_histograms(session, svc.blobs)
+        found = ops_alerts(load_ops(session, since=now - 86400), refs, policy) + fleet_alerts(session, policy, now)
+    return jsonify(alerts=[a.to_doc() for a in found], thresholds=policy.__dict__)

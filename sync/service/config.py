@@ -46,6 +46,13 @@ class ServiceConfig:
     metrics_min_nodes: int = 5
     metrics_alpha: float = 0.05
     metrics_accept_noise_free: bool = False
+    # alerts: p99 latency SLO (ms), error rate, score drift (PSI), silence and desired-version mismatch (s)
+    alert_p99_ms: float = 250.0
+    alert_error_rate: float = 0.01
+    alert_psi: float = 0.2
+    alert_min_requests: int = 100
+    alert_silent_s: float = 900.0
+    alert_mismatch_s: float = 3600.0
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -22,7 +22,7 @@ from edgerec.sync.protocol.errors import BadRequestError
 from edgerec.sync.protocol.releases import Key, Noise, OpsWindow, Release, parse_ops, parse_release
 from edgerec.sync.service.store.models import MetricCount, MetricRelease, OpsWindowRow
 
-from .aggregate import DEFAULT_K, ABReport, FleetWindows, ab_report, sum_releases
+from .aggregate import DEFAULT_K, ABReport, FleetWindows, Row, ab_report, sum_rows
 from .config import ServiceConfig
 from .store import Database
 
@@ -133,7 +133,26 @@ def load_releases(session: Session, experiment: str | None = None, model: str | 
 
 def fleet_windows(session: Session, policy: MetricsPolicy, experiment: str | None = None,
                   model: str | None = None, since: float = 0) -> FleetWindows:
-    return sum_releases(load_releases(session, experiment, model, since), policy.k)
+    """Fleet totals per window and key from the database (one flat query, summed with the k threshold)."""
+    R, C = MetricRelease, MetricCount  # noqa: N806 (table aliases)
+    q = (select(R.node_id, R.window_start, R.window_seconds, C.model, C.version, C.experiment, C.variant,
+                C.impressions, C.clicks, C.conversions, R.noise_variance, R.epsilon)
+         .join(R, C.release_id == R.id).where(R.window_start >= since))
+    if experiment is not None:
+        q = q.where(C.experiment == experiment)
+    if model is not None:
+        q = q.where(C.model == model)
+    rows: list[Row] = []
+    for node, start, seconds, m, v, e, var, imp, clk, conv, nvar, eps in session.execute(q):
+        counts = {kind: n for kind, n in (("impression", imp), ("click", clk), ("conversion", conv))
+                  if n is not None}
+        rows.append((node, start, seconds, Key(m, v, e, var), counts, nvar, eps))
+    exhausted: dict[tuple[int, int], set[str]] = defaultdict(set)
+    for node, start, seconds in session.execute(
+            select(R.node_id, R.window_start, R.window_seconds)
+            .where(R.window_start >= since, R.status != "released")):
+        exhausted[(start, seconds)].add(node)
+    return sum_rows(rows, dict(exhausted), policy.k)
 
 
 def experiment_report(session: Session, name: str, policy: MetricsPolicy, variants: Sequence[str] | None = None,
