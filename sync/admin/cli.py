@@ -258,11 +258,23 @@ def _print_summary(doc: dict[str, Any], what: str, as_json: bool) -> None:
 @click.option("--channel", required=True)
 @click.option("--percent", type=click.FloatRange(0, 100, min_open=True), default=100.0, show_default=True)
 @click.option("--tags", default=None, help="Only nodes with all these tags (comma-separated).")
+@click.option("--phases", default=None, help="Gated phases in percent, e.g. 5,25,100 (needs --gate).")
+@click.option("--gate", "gates", multiple=True, help="Outcome gate per phase, e.g. 'ctr>=-1%' or 'errors<=1%'.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def rollout(ctx: click.Context, name: str, version: int, channel: str, percent: float, tags: str | None,
-            as_json: bool) -> None:
-    """Roll VERSION of model NAME out to a share of the nodes (deterministic buckets)."""
+            phases: str | None, gates: tuple[str, ...], as_json: bool) -> None:
+    """Roll VERSION of model NAME out to a share of the nodes (deterministic buckets).
+
+    With --phases and --gate, each phase advances only when the nodes' private
+    figures pass the gates (an always-valid sequential test); otherwise the
+    rollout halts and the canaries go back to the current version."""
+    if phases is not None or gates:
+        from .metrics_cli import gated_rollout
+
+        gated_rollout(ctx, _client, checked(name, "model"), version, checked(channel, "channel"), phases, gates,
+                      parse_tags(tags), as_json)
+        return
     with _client(ctx) as c:
         doc = c.rollout(checked(name, "model"), version, checked(channel, "channel"), percent, parse_tags(tags))
     _print_summary(doc, "rollout", as_json)

@@ -199,3 +199,12 @@ class AdminClient:
 
     def alerts(self) -> dict[str, Any]:
         return dict(self._call("GET", "/api/v1/admin/alerts"))
+
+    def gated_rollout(self, model: str, version: int, channel: str, phases: list[float], gates: list[str],
+                      tags: list[str], alpha: float = 0.05, max_windows: int = 24) -> dict[str, Any]:
+        doc = {"model": model, "version": version, "channel": channel, "phases": phases, "gates": gates,
+               "tags": tags, "alpha": alpha, "max_windows": max_windows}
+        return dict(self._call("POST", "/api/v1/admin/gated-rollouts", json=doc))
+
+    def gated_rollouts(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api/v1/admin/gated-rollouts")["gated_rollouts"])

@@ -12,6 +12,7 @@ from rich.table import Table
 from edgerec.sdk.cli.output import console, print_json, text_row
 from edgerec.sdk.cli.paths import AbsolutePath
 from edgerec.sync.protocol.errors import ConfigError
+from edgerec.sync.protocol.gates import check_gates
 
 from .client import AdminClient
 
@@ -92,6 +93,31 @@ def parse_variants(text: str) -> list[dict[str, Any]]:
     return out
 
 
+def _gated_line(g: dict[str, Any]) -> str:
+    return (f"{g['model']} v{g['version']} against v{g['base_version']}: phase {g['phase'] + 1} of "
+            f"{len(g['phases'])} ({g['percent']:g}%), {g['state']}; gates {', '.join(g['gates'])}; "
+            f"alpha {g['alpha']:g} (false halt and false advance each <= {g['alpha']:g}), rho {g['rho']:.3g}")
+
+
+def gated_rollout(ctx: click.Context, client: Any, model: str, version: int, channel: str, phases: str | None,
+                  gates: tuple[str, ...], tags: list[str], as_json: bool) -> None:
+    """``edgerec admin rollout ... --phases P1,P2,... --gate G``: start a rollout gated on outcomes."""
+    if not phases or not gates:
+        raise ConfigError("--phases: a gated rollout needs --phases and at least one --gate")
+    try:
+        steps = [float(p) for p in phases.split(",")]
+    except ValueError:
+        raise ConfigError(f"--phases: {phases!r} is not a list of percentages such as 5,25,100") from None
+    check_gates(gates)
+    c: AdminClient
+    with client(ctx) as c:
+        doc = c.gated_rollout(model, version, channel, steps, list(gates), tags)
+    if as_json:
+        print_json(doc)
+    else:
+        console.print("gated rollout: " + _gated_line(doc), markup=False)
+
+
 def register(admin: click.Group, client: Any) -> None:
     """Add the metrics commands to the ``edgerec admin`` group (``client(ctx)`` opens an AdminClient)."""
 
@@ -138,6 +164,22 @@ def register(admin: click.Group, client: Any) -> None:
         for a in rows:
             t.add_row(*text_row(a["kind"], a["scope"], a["subject"], ago(a["since"]), a["detail"]))
         console.print(t)
+
+    @admin.command("gates")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_context
+    def gates(ctx: click.Context, as_json: bool) -> None:
+        """Rollouts gated on outcomes: phase, state, why, and the test's alpha and rho."""
+        c: AdminClient
+        with client(ctx) as c:
+            rows = c.gated_rollouts()
+        if as_json:
+            print_json(rows)
+            return
+        for g in rows:
+            console.print(_gated_line(g), markup=False)
+            for r in g["reasons"]:
+                console.print("  " + r, markup=False)
 
     _register_experiments(admin, client)
 

@@ -19,6 +19,7 @@ from .app import service
 from .core import name_arg
 from .experiments import create_experiment, get_experiment, list_experiments, stop_experiment
 from .fleet_metrics import experiment_report, fleet_windows, load_ops, policy_of
+from .gated_rollouts import list_gated, start_gated
 
 bp = Blueprint("admin_metrics", __name__, url_prefix="/api/v1/admin")
 
@@ -104,3 +105,36 @@ def alerts() -> Any:
         refs = reference_histograms(session, svc.blobs)
         found = ops_alerts(load_ops(session, since=now - 86400), refs, policy) + fleet_alerts(session, policy, now)
     return jsonify(alerts=[a.to_doc() for a in found], thresholds=policy.__dict__)
+
+
+@bp.post("/gated-rollouts")
+def gated_rollout() -> Any:
+    """Start a rollout whose phases advance only when the outcome gates pass (checked by the maintenance loop)."""
+    svc = service()
+    doc = json_body(read_body(svc.config.max_json_bytes))
+    phases, gates, tags = doc.get("phases"), doc.get("gates"), doc.get("tags") or []
+    if not isinstance(phases, list) or not all(isinstance(p, int | float) and not isinstance(p, bool)
+                                                for p in phases):
+        raise BadRequestError("phases: expected a list of percentages")
+    if not isinstance(gates, list) or not all(isinstance(g, str) for g in gates):
+        raise BadRequestError("gates: expected a list of gates such as ctr>=-1%")
+    if not isinstance(tags, list):
+        raise BadRequestError("tags: expected a list of names")
+    version, alpha, max_windows = doc.get("version"), doc.get("alpha", 0.05), doc.get("max_windows", 24)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise BadRequestError("version: expected an integer >= 0")
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float):
+        raise BadRequestError("alpha: expected a number in (0, 1)")
+    if isinstance(max_windows, bool) or not isinstance(max_windows, int):
+        raise BadRequestError("max_windows: expected an integer in [1, 1000]")
+    with svc.db.write() as session:
+        out = start_gated(session, svc.rollouts, name_arg(doc.get("model"), "model"), version,
+                          name_arg(doc.get("channel"), "channel"), phases, gates,
+                          [name_arg(t, "tags") for t in tags], float(alpha), max_windows)
+    return jsonify(out), 201
+
+
+@bp.get("/gated-rollouts")
+def gated_rollouts() -> Any:
+    with service().db.read() as session:
+        return jsonify(gated_rollouts=list_gated(session))

@@ -22,40 +22,15 @@ Each phase starts a fresh sequence on that phase's windows only.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from edgerec.sync.protocol.errors import ConfigError
+from edgerec.sync.protocol.gates import Gate, parse_gate
 from edgerec.sync.protocol.releases import OpsWindow, Release
 
-from .aggregate import DEFAULT_K, sum_releases, variant_totals
+from .aggregate import DEFAULT_K, Cell, sum_releases, variant_totals
 from .stats import ConfidenceSequence, Estimate, ctr, relative_lift, rho_for
-
-_GATE = re.compile(r"^\s*(ctr|errors)\s*(>=|<=)\s*([+-]?\d+(?:\.\d+)?)\s*%\s*$")
-
-
-@dataclass(frozen=True)
-class Gate:
-    """``ctr``: relative CTR change of the canary against the current version; ``errors``: canary error rate."""
-
-    metric: str
-    op: str
-    threshold: float  # a fraction: -0.01 for -1 %
-
-    def __str__(self) -> str:
-        return f"{self.metric}{self.op}{self.threshold * 100:g}%"
-
-
-def parse_gate(text: str) -> Gate:
-    """``ctr>=-1%`` or ``errors<=1%``; ConfigError naming the gate otherwise."""
-    m = _GATE.match(text)
-    if not m:
-        raise ConfigError(f"gate: {text!r} is not METRIC>=N% or METRIC<=N% with METRIC ctr or errors")
-    gate = Gate(m.group(1), m.group(2), float(m.group(3)) / 100.0)
-    if gate.metric == "errors" and not 0 <= gate.threshold < 1:
-        raise ConfigError(f"gate: {text!r}: an error rate threshold is in [0%, 100%)")
-    return gate
 
 
 @dataclass(frozen=True)
@@ -145,10 +120,9 @@ def canaries(nodes: Sequence[str], percent: float) -> set[str]:
     return set(nodes[: math.ceil(len(nodes) * percent / 100.0)])
 
 
-def phase_figures(releases: list[tuple[str, Release]], ops: list[tuple[str, OpsWindow]], canary: set[str],
-                  model: str, new_version: int, old_version: int, k: int) -> PhaseFigures:
+def figures_from_cells(cells: Sequence[Cell], ops: Sequence[tuple[str, OpsWindow]], canary: set[str], model: str,
+                       new_version: int, old_version: int) -> PhaseFigures:
     """Canary (new version) and control (old version) totals of released cells; canary errors from ops."""
-    cells = sum_releases(releases, k).cells
     ci, cc, cv, _ = variant_totals(cells, {"model": model, "version": new_version})
     oi, oc, ov, _ = variant_totals(cells, {"model": model, "version": old_version})
     req = err = 0
@@ -159,6 +133,12 @@ def phase_figures(releases: list[tuple[str, Release]], ops: list[tuple[str, OpsW
                     req += m.requests
                     err += sum(m.errors.values())
     return PhaseFigures(ci, cc, cv, oi, oc, ov, req, err)
+
+
+def phase_figures(releases: list[tuple[str, Release]], ops: list[tuple[str, OpsWindow]], canary: set[str],
+                  model: str, new_version: int, old_version: int, k: int) -> PhaseFigures:
+    """:func:`figures_from_cells` of the releases summed with the k-node threshold."""
+    return figures_from_cells(sum_releases(releases, k).cells, ops, canary, model, new_version, old_version)
 
 
 def run_gated_rollout(nodes: Sequence[str], phases: Sequence[float], gate: OutcomeGate, source: WindowSource,
@@ -196,4 +176,4 @@ def run_gated_rollout(nodes: Sequence[str], phases: Sequence[float], gate: Outco
 
 
 __all__ = ["Gate", "GateCheck", "OutcomeGate", "PhaseFigures", "RolloutOutcome", "WindowSource", "canaries",
-           "parse_gate", "phase_figures", "run_gated_rollout"]
+           "figures_from_cells", "parse_gate", "phase_figures", "run_gated_rollout"]

@@ -284,4 +284,26 @@ class ExperimentRow(Base):
     stopped: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
-FLEET_METRICS_TABLES = ("metric_releases", "metric_counts", "ops_windows", "experiments")
+class GatedRollout(Base):
+    """A phased rollout of ``version`` against ``base_version`` that advances only when its outcome gates pass."""
+
+    __tablename__ = "gated_rollouts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    base_version: Mapped[int] = mapped_column(BigInteger)
+    channel: Mapped[str] = mapped_column(String(64))
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    phases: Mapped[list[float]] = mapped_column(JSON)
+    gates: Mapped[list[str]] = mapped_column(JSON)
+    alpha: Mapped[float] = mapped_column(Float)
+    max_windows: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[int] = mapped_column(Integer)
+    phase_started: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16))  # running, halted, held, completed, superseded
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    created: Mapped[float] = mapped_column(Float)
+    updated: Mapped[float] = mapped_column(Float)
+
+
+FLEET_METRICS_TABLES = ("metric_releases", "metric_counts", "ops_windows", "experiments", "gated_rollouts")
