@@ -128,3 +128,31 @@ def test_experiments_are_created_listed_and_stopped(run, sync_env):
 def test_experiment_create_errors_name_the_field(run, args, field):
     out = run("admin", "experiment", "create", "exp", *args, code=1)
     assert out.output.count("\n") == 1 and field in out.output
+
+
+@pytest.mark.parametrize(("env", "field", "value"), [
+    ({"EDGEREC_SYNC_METRICS_ACCEPT_NOISE_FREE": "true"}, "metrics_accept_noise_free", True),
+    ({"EDGEREC_SYNC_METRICS_ACCEPT_NOISE_FREE": "0"}, "metrics_accept_noise_free", False),
+    ({"EDGEREC_SYNC_METRICS_MIN_NODES": "10"}, "metrics_min_nodes", 10),
+    ({"EDGEREC_SYNC_ALERT_P99_MS": "80"}, "alert_p99_ms", 80.0),
+])
+def test_metrics_settings_from_the_environment(monkeypatch, env, field, value):
+    from edgerec.sync.service.config import ServiceConfig
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert getattr(ServiceConfig.from_env(), field) == value
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"EDGEREC_SYNC_METRICS_ACCEPT_NOISE_FREE": "maybe"}, "EDGEREC_SYNC_METRICS_ACCEPT_NOISE_FREE"),
+    ({"EDGEREC_SYNC_METRICS_ALPHA": "1.5"}, "metrics_alpha"),
+])
+def test_bad_metrics_settings_name_the_field(monkeypatch, env, message):
+    from edgerec.sync.protocol.errors import ConfigError
+    from edgerec.sync.service.config import ServiceConfig
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError, match=message):
+        ServiceConfig.from_env()
