@@ -69,7 +69,7 @@ def test_a_worse_canary_halts_and_a_neutral_one_completes(sync_env, run):
     canaries = {n for n, (v, _) in _assigned(env).items() if v == 2}
     assert len(canaries) == 2
     assert env.service.step_outcome_gates(now=doc["phase_started"] + 10) == 0  # no window yet: waits
-    end = _window(env, doc["phase_started"], {1: 0.05, 2: 0.045}, impressions=200_000)  # canary -10 %
+    end = _window(env, doc["phase_started"], {1: 0.05, 2: 0.0475}, impressions=1_000_000)  # canary -5 %
     assert env.service.step_outcome_gates(now=end) == 1
     [g] = json.loads(run("admin", "gates", "--json").stdout)
     assert g["state"] == "halted" and "canaries rolled back to v1" in g["reasons"][0]
