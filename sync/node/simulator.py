@@ -68,22 +68,22 @@ def bounded_totals(rng: np.random.Generator, model: str, experiment: str, arms: 
         row = dict.fromkeys(bounds, 0)
         if "impression" in bounds:
             row["impression"] = n * imp_bound
-        # Clicks come from all the user's impressions (bounding limits what is released, not behaviour).
-        if impressions_per_user <= bounds.get("click", 0):
-            clicks_u = None
-            clicks = int(rng.binomial(n * impressions_per_user, arm.ctr))
+        # Clicks come from all the user's impressions, conversions from all their clicks: the bounds
+        # limit what is released, not behaviour. When no user can pass a bound (each user's events
+        # of a kind are at most impressions_per_user), the totals are plain binomials.
+        ipu = impressions_per_user
+        if ipu <= bounds.get("click", ipu) and ipu <= bounds.get("conversion", ipu):
+            clicks = int(rng.binomial(n * ipu, arm.ctr))
+            conversions = int(rng.binomial(clicks, arm.conversion_rate))
         else:
-            clicks_u = np.minimum(rng.binomial(impressions_per_user, arm.ctr, size=n), bounds.get("click", 0))
-            clicks = int(clicks_u.sum())
+            clicks_u = rng.binomial(ipu, arm.ctr, size=n)
+            conv_u = rng.binomial(clicks_u, arm.conversion_rate)
+            clicks = int(np.minimum(clicks_u, bounds.get("click", ipu)).sum())
+            conversions = int(np.minimum(conv_u, bounds.get("conversion", ipu)).sum())
         if "click" in bounds:
             row["click"] = clicks
         if "conversion" in bounds:
-            if clicks_u is None and impressions_per_user <= bounds["conversion"]:
-                row["conversion"] = int(rng.binomial(clicks, arm.conversion_rate))
-            else:
-                per_user = clicks_u if clicks_u is not None else np.full(n, clicks // max(n, 1))
-                conv = rng.binomial(per_user, arm.conversion_rate)
-                row["conversion"] = int(np.minimum(conv, bounds["conversion"]).sum())
+            row["conversion"] = conversions
         out[Key(model, arm.version, experiment, arm.variant)] = row
     return out
 

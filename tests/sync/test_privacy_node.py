@@ -251,3 +251,19 @@ def test_ops_windows_carry_histograms_and_no_user():
 
 def test_utc_day():
     assert utc_day(DAY0) == "2026-01-01" and utc_day(DAY0 + 86399) == "2026-01-01"
+
+
+@pytest.mark.parametrize(("ipu", "bounds"), [
+    (1, {"impression": 1, "click": 1, "conversion": 1}),   # nobody passes a bound: plain binomials
+    (8, {"impression": 3, "click": 2, "conversion": 1}),   # bounds bite: per-user draws, clipped
+])
+def test_simulated_bounded_totals_respect_the_bounds(ipu, bounds):
+    from edgerec.sync.node.simulator import bounded_totals
+
+    rng = np.random.default_rng(11)
+    totals = bounded_totals(rng, "ctr", "exp", [Arm("a", 1, 0.5, conversion_rate=0.5)], 1000, ipu, bounds)
+    [row] = totals.values()
+    assert row["impression"] == 1000 * min(ipu, bounds["impression"])
+    assert 0 < row["click"] <= 1000 * bounds["click"] and 0 < row["conversion"] <= 1000 * bounds["conversion"]
+    if ipu == 8:  # with 8 impressions at CTR 0.5 nearly every user passes 2 clicks
+        assert row["click"] > 0.9 * 1000 * bounds["click"]
