@@ -125,3 +125,9 @@ def edge_config(state_dir: Path, as_json: bool) -> None:
     flags = [*(f"--trusted-key {k}" for k in keys), f"--recipient-key {doc['recipient_key']}",
              f"--recipient-id {ident.node_id}"]
     click.echo(" ".join(flags))
+
+
+# Data subject erasure (issue 10) lives in its own module.
+from .forget_cli import forget_user as _forget_user  # noqa: E402
+
+node.add_command(_forget_user)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -39,6 +40,23 @@ class EdgeControl:
         out = self._call("POST", "/control/v1/models/load", {"path": str(Path(path).resolve())})
         if not isinstance(out, dict):
             raise EdgeControlError("edge server: unexpected answer to load")
+        return out
+
+    def forget_user(self, user_id: str) -> dict[str, Any]:
+        """Erase a user's cached profile and assignments on every worker (``DELETE /v1/users/<id>``)."""
+        try:
+            resp = self.client.delete(f"/v1/users/{quote(user_id, safe='')}")
+        except httpx.HTTPError as exc:
+            raise EdgeControlError(f"edge server {self.client.base_url} unreachable: {exc}") from exc
+        if resp.status_code >= 400:
+            try:
+                why = str(resp.json().get("detail"))
+            except ValueError:
+                why = resp.text[:200]
+            raise EdgeControlError(f"edge server refused to erase the user (HTTP {resp.status_code}): {why}")
+        out = resp.json()
+        if not isinstance(out, dict):
+            raise EdgeControlError("edge server: unexpected answer to the erasure")
         return out
 
     def models(self) -> Any:

@@ -267,3 +267,22 @@ def test_simulated_bounded_totals_respect_the_bounds(ipu, bounds):
     assert 0 < row["click"] <= 1000 * bounds["click"] and 0 < row["conversion"] <= 1000 * bounds["conversion"]
     if ipu == 8:  # with 8 impressions at CTR 0.5 nearly every user passes 2 clicks
         assert row["click"] > 0.9 * 1000 * bounds["click"]
+
+
+def test_no_user_id_reaches_any_node_file(tmp_path):
+    """Forget-user: after the window is erased and released, no file in the node's state holds the id."""
+    state = tmp_path / "state"
+    uid = "user-forget-me-0042"
+    cfg = PrivacyConfig(bounds={"impression": 2, "click": 1})
+    windows = EventWindows(cfg)
+    for kind in ("impression", "click"):
+        windows.add(DAY0 + 5, uid, K1, kind)
+        windows.add(DAY0 + 5, "someone-else", K1, kind)
+    assert windows.forget(uid) == 2
+    ledger = SqliteBudgetLedger(state / "privacy.sqlite")
+    [win] = windows.closed(DAY0 + 2 * HOUR)
+    Releaser(cfg, ledger).release(win, [K1])
+    ledger.close()
+    files = [p for p in state.rglob("*") if p.is_file()]
+    assert files and not [p for p in files if uid.encode() in p.read_bytes()]
+    assert not [p for p in files if b"someone-else" in p.read_bytes()]  # no user id at all, forgotten or not
