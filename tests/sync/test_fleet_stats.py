@@ -99,7 +99,7 @@ def test_a_planted_ten_percent_lift_is_called(treatment_ctr, expected):
     assert (control.verdict, treatment.verdict) == (None, expected)
     assert treatment.p_value is not None and treatment.p_value < 1e-4
     assert treatment.lift is not None
-    lo, hi = treatment.lift.interval(0.05)
+    lo, hi = treatment.lift.interval(1e-4)  # a wide interval: the (unseeded) noise must not make this flaky
     planted = treatment_ctr / 0.05 - 1
     assert lo < planted < hi
     assert report.epsilon_per_user == 0.5 and treatment.nodes == 20 and treatment.versions == (2,)
