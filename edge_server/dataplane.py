@@ -177,10 +177,13 @@ class DataPlane:
         return features
 
     def _id_fields(self, mv: ModelVersion) -> list[str]:
-        """User features that take the user id: ``user_id_field``, else the first id-like one."""
+        """User features that take the user id: the package's ``user_id_field``, the server's, else the first id."""
         users = [f for f in mv.manifest.features if f.role == "user"]
-        named = [f.field for f in users if f.field == self.user_id_field]
-        return named or [f.field for f in users if f.vocabulary or f.id_range][:1]
+        for wanted in (mv.manifest.user_id_field, self.user_id_field):
+            named = [f.field for f in users if f.field == wanted]
+            if named:
+                return named
+        return [f.field for f in users if f.vocabulary or f.id_range or f.hash_bins][:1]
 
     def _candidates(self, mv: ModelVersion, candidates: Sequence[Any]) -> Sequence[Any]:
         """Candidate ids become feature rows from the store when the package has no item table."""

@@ -140,8 +140,10 @@ class AdminClient:
     def packages(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/api/v1/admin/packages")["packages"])
 
-    def rollout(self, model: str, version: int, channel: str, percent: float, tags: list[str]) -> dict[str, Any]:
-        doc = {"model": model, "version": version, "channel": channel, "percent": percent, "tags": tags}
+    def rollout(self, model: str, version: int, channel: str, percent: float, tags: list[str],
+                max_failures: int | None = None, max_failure_percent: float | None = None) -> dict[str, Any]:
+        doc = {"model": model, "version": version, "channel": channel, "percent": percent, "tags": tags,
+               "max_failures": max_failures, "max_failure_percent": max_failure_percent}
         return dict(self._call("POST", "/api/v1/admin/rollouts", json=doc))
 
     def pause(self, model: str) -> dict[str, Any]:
@@ -156,6 +158,9 @@ class AdminClient:
 
     def nodes(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/api/v1/admin/nodes")["nodes"])
+
+    def node(self, node_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/api/v1/admin/nodes/{node_id}"))
 
     def status(self, model: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/api/v1/admin/models/{model}"))

@@ -38,6 +38,10 @@ class ServiceConfig:
     enroll_token_expiry_s: int = 86400
     # background work: refresh expiring metadata, forget old nonces
     maintenance_interval_s: float = 30.0
+    # a node is flagged stale after this many of its poll intervals without a signed request
+    stale_intervals: int = 3
+    # the poll interval assumed for a node that has not reported its own
+    default_poll_interval_s: float = 30.0
     # waitress worker threads: few, as the GIL serialises Python work anyway (measured in
     # bench/sync.py: 4 beat 16 on tail latency); raise it for a remote, slow database
     threads: int = 4

@@ -81,6 +81,9 @@ class Node(Base):
     agent: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # SHA-256 of the last status stored, so unchanged heartbeats are not stored again.
     status_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Schema 2: the node's poll interval (for the stale flag) and its edge server: up, down or none.
+    poll_interval_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    edge: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class Nonce(Base):
@@ -153,6 +156,10 @@ class Rollout(Base):
     rollback: Mapped[bool] = mapped_column(Boolean, default=False)
     created: Mapped[float] = mapped_column(Float)
     updated: Mapped[float] = mapped_column(Float)
+    # Schema 2: the rollout pauses itself past this many failed nodes, or this share of its nodes.
+    max_failures: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_failure_percent: Mapped[float | None] = mapped_column(Float, nullable=True)
+    paused_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Assignment(Base):
@@ -171,7 +178,7 @@ class Assignment(Base):
 
 
 class NodeModel(Base):
-    """What one node reports of one model: installed version, health, last failure."""
+    """What one node reports of one model: current and served version, health, its current failure."""
 
     __tablename__ = "node_models"
     node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
@@ -184,6 +191,27 @@ class NodeModel(Base):
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     failure_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     updated: Mapped[float] = mapped_column(Float)
+    # Schema 2: what the node's edge server actually serves (None: down, or not loaded).
+    serving_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    failure_bad: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+
+
+class NodeFailure(Base):
+    """Every failure a node reported, once each (schema 2): the history ``admin node`` shows."""
+
+    __tablename__ = "node_failures"
+    __table_args__ = (
+        UniqueConstraint("node_id", "model", "at"),
+        Index("ix_node_failures_model_version", "model", "version"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), index=True)
+    model: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    at: Mapped[float] = mapped_column(Float)
+    bad: Mapped[bool] = mapped_column(Boolean, default=False)
+    received: Mapped[float] = mapped_column(Float)
 
 
 class Report(Base):
