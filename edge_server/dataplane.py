@@ -202,6 +202,15 @@ class DataPlane:
 
     # -- events -----------------------------------------------------------------
 
+    def forget_user(self, user_id: str) -> dict[str, int]:
+        """Erase what this process holds of a user: cached profile and experiment assignments.
+
+        Event dedup keys are (response id, type, item): response ids name the
+        serving model and variant, never the user, so they hold nothing of theirs."""
+        profile = self.features.forget(user_id) if self.features is not None else 0
+        assignments = sum(e.forget(user_id) for e in self.experiments.values())
+        return {"profiles": profile, "assignments": assignments}
+
     def record_events(self, events: Sequence[Event]) -> dict[str, int]:
         """Count events for the variant that served them; all or nothing, duplicates once."""
         served = [self.ids.parse(e.response_id, f"events[{i}].response_id") for i, e in enumerate(events)]

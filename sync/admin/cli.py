@@ -32,6 +32,7 @@ from .client import (
     load_credentials,
     save_credentials,
 )
+from .metrics_cli import register as register_metrics
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -299,11 +300,23 @@ def _limit(doc: dict[str, Any]) -> str:
 @click.option("--max-failures", default=None,
               help="Pause the rollout once more nodes than this (3) or this share of its nodes (10%) "
                    "roll the version back.")
+@click.option("--phases", default=None, help="Gated phases in percent, e.g. 5,25,100 (needs --gate).")
+@click.option("--gate", "gates", multiple=True, help="Outcome gate per phase, e.g. 'ctr>=-1%' or 'errors<=1%'.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def rollout(ctx: click.Context, name: str, version: int, channel: str, percent: float, tags: str | None,
-            max_failures: str | None, as_json: bool) -> None:
-    """Roll VERSION of model NAME out to a share of the nodes (deterministic buckets)."""
+            max_failures: str | None, phases: str | None, gates: tuple[str, ...], as_json: bool) -> None:
+    """Roll VERSION of model NAME out to a share of the nodes (deterministic buckets).
+
+    With --phases and --gate, each phase advances only when the nodes' private
+    figures pass the gates (an always-valid sequential test); otherwise the
+    rollout halts and the canaries go back to the current version."""
+    if phases is not None or gates:
+        from .metrics_cli import gated_rollout
+
+        gated_rollout(ctx, _client, checked(name, "model"), version, checked(channel, "channel"), phases, gates,
+                      parse_tags(tags), as_json)
+        return
     count, pct = parse_threshold(max_failures)
     with _client(ctx) as c:
         doc = c.rollout(checked(name, "model"), version, checked(channel, "channel"), percent, parse_tags(tags),
@@ -452,5 +465,8 @@ def revoke(ctx: click.Context, node_id: str, as_json: bool) -> None:
     else:
         console.print(f"revoked {doc['node_id']}", markup=False)
 
+
+# The fleet metrics commands (ab-report, experiment, alerts, gates) live in their own module.
+register_metrics(admin, _client)
 
 __all__ = ["admin", "default_config_path"]

@@ -173,3 +173,43 @@ class AdminClient:
         if kind:
             params["kind"] = kind
         return list(self._call("GET", "/api/v1/admin/reports", params=params)["reports"])
+
+    # -- fleet metrics (issue 10) ------------------------------------------------------
+
+    def ab_report(self, experiment: str, variants: list[str] | None = None, control: str | None = None,
+                  since: float = 0) -> dict[str, Any]:
+        params: dict[str, Any] = {"since": since}
+        if variants:
+            params["variants"] = ",".join(variants)
+        if control:
+            params["control"] = control
+        return dict(self._call("GET", f"/api/v1/admin/experiments/{experiment}/report", params=params))
+
+    def fleet_metrics(self, model: str | None = None, since: float = 0) -> dict[str, Any]:
+        params: dict[str, Any] = {"since": since}
+        if model:
+            params["model"] = model
+        return dict(self._call("GET", "/api/v1/admin/fleet-metrics", params=params))
+
+    def create_experiment(self, name: str, model: str, variants: list[dict[str, Any]], tags: list[str],
+                          salt: str | None) -> dict[str, Any]:
+        doc = {"name": name, "model": model, "variants": variants, "tags": tags, "salt": salt}
+        return dict(self._call("POST", "/api/v1/admin/experiments", json=doc))
+
+    def experiments(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api/v1/admin/experiments")["experiments"])
+
+    def stop_experiment(self, name: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/api/v1/admin/experiments/{name}/stop"))
+
+    def alerts(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/api/v1/admin/alerts"))
+
+    def gated_rollout(self, model: str, version: int, channel: str, phases: list[float], gates: list[str],
+                      tags: list[str], alpha: float = 0.05, max_windows: int = 24) -> dict[str, Any]:
+        doc = {"model": model, "version": version, "channel": channel, "phases": phases, "gates": gates,
+               "tags": tags, "alpha": alpha, "max_windows": max_windows}
+        return dict(self._call("POST", "/api/v1/admin/gated-rollouts", json=doc))
+
+    def gated_rollouts(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api/v1/admin/gated-rollouts")["gated_rollouts"])

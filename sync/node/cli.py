@@ -20,6 +20,8 @@ from edgerec.sdk.cli.paths import AbsolutePath
 from edgerec.sdk.model import ACCELERATOR_CHOICES, parse_accelerator
 from edgerec.sync.protocol.errors import ConfigError
 
+from .forget_cli import forget_user
+
 _RATE = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)$")
 
 
@@ -251,3 +253,6 @@ def edge_config(state_dir: Path, model_dir: Path | None, as_json: bool) -> None:
         print_json(doc)
         return
     click.echo(shlex.join(edge_argv(doc)))
+
+
+node.add_command(forget_user)

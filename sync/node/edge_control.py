@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -75,6 +76,13 @@ class EdgeControl:
         out = self._call("POST", "/control/v1/models/load", {"path": str(Path(path).resolve())}, "model")
         if not isinstance(out, dict):
             raise EdgeControlError("edge server: unexpected answer to load")
+        return out
+
+    def forget_user(self, user_id: str) -> dict[str, Any]:
+        """Erase a user's cached profile and assignments on every worker (``DELETE /v1/users/<id>``)."""
+        out = self._call("DELETE", f"/v1/users/{quote(user_id, safe='')}", None, "erasure")
+        if not isinstance(out, dict):
+            raise EdgeControlError("edge server: unexpected answer to the erasure")
         return out
 
     def unload(self, name: str, version: int) -> None:

@@ -24,7 +24,7 @@ EXTENSION = "edgerec_sync"
 
 def create_app(service: SyncService, test_config: dict[str, Any] | None = None) -> Flask:
     """The WSGI application for one :class:`SyncService`."""
-    from . import api_admin, api_node, api_repo
+    from . import api_admin, api_metrics, api_node, api_repo
 
     app = Flask(__name__, instance_path=str(service.datadir.root))
     app.config.update(test_config or {})
@@ -32,6 +32,7 @@ def create_app(service: SyncService, test_config: dict[str, Any] | None = None) 
     app.register_blueprint(api_node.bp)
     app.register_blueprint(api_admin.bp)
     app.register_blueprint(api_repo.bp)
+    app.register_blueprint(api_metrics.bp)  # fleet metrics (issue 10)
 
     @app.errorhandler(EdgeRecError)
     def _refused(exc: EdgeRecError) -> Any:

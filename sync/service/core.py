@@ -133,8 +133,17 @@ class SyncService:
                 session.execute(delete(Nonce).where(Nonce.created <= (horizon if edge is None else edge)))
             if edge is None:
                 break
+        self.step_outcome_gates(now)
         self.db.checkpoint()
         return len(written)
+
+    def step_outcome_gates(self, now: float | None = None) -> int:
+        """Fleet metrics (issue 10): advance, halt or hold the rollouts gated on outcomes."""
+        from .fleet_metrics import policy_of
+        from .gated_rollouts import step_gated
+
+        with self.db.write() as session:
+            return step_gated(session, self.rollouts, policy_of(self.config), now)
 
     # -- admin -------------------------------------------------------------------------
 

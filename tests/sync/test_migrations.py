@@ -71,7 +71,7 @@ def test_a_version_1_database_gets_the_node_truth_columns(db):
     assert migrate(db) == 1 and _version(db) == SCHEMA_VERSION
     with db.engine.connect() as conn:
         insp = inspect(conn)
-        assert insp.has_table("node_failures")
+        assert insp.has_table("node_failures") and insp.has_table("metric_releases")
         for table, cols in v1.items():
             assert set(cols.split(", ")) <= {c["name"] for c in insp.get_columns(table)}, table
         assert conn.execute(text("SELECT name, edge FROM nodes")).all() == [("edge-1", None)]

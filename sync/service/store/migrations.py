@@ -18,11 +18,11 @@ from sqlalchemy import Connection, insert, inspect, select, text, update
 from edgerec.sync.protocol.errors import ConfigError
 
 from .db import Database
-from .models import Base, Counter, NodeFailure, SchemaInfo
+from .models import FLEET_METRICS_TABLES, Base, Counter, NodeFailure, SchemaInfo
 
 log = logging.getLogger("edgerec.sync.service.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _v2_node_truth(conn: Connection) -> None:
@@ -37,8 +37,13 @@ def _v2_node_truth(conn: Connection) -> None:
     NodeFailure.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
+def _add_fleet_metrics(conn: Connection) -> None:
+    """3: the nodes' private releases (``metric_releases``, ``metric_counts``), ``ops_windows``, ``experiments``."""
+    Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in FLEET_METRICS_TABLES])
+
+
 #: ``STEPS[n]`` brings a database from version ``n - 1`` to ``n``.
-STEPS: dict[int, Callable[[Connection], None]] = {2: _v2_node_truth}
+STEPS: dict[int, Callable[[Connection], None]] = {2: _v2_node_truth, 3: _add_fleet_metrics}
 COUNTERS = ("repository", "serial")
 # Any 64-bit key, the same for every process of every edgerec service.
 _PG_LOCK_KEY = 0x65646765726563

@@ -239,3 +239,99 @@ class TufMetadata(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
     expires: Mapped[float] = mapped_column(Float)
     created: Mapped[float] = mapped_column(Float)
+
+
+# -- fleet metrics (issue 10): the nodes' private releases and operational windows ----------------
+
+
+class MetricRelease(Base):
+    """One node's business release for one window: its noise and budget; the counts are in ``metric_counts``.
+
+    A node that had spent its day's privacy budget sends a release with status
+    ``budget_exhausted`` and no counts.
+    """
+
+    __tablename__ = "metric_releases"
+    __table_args__ = (
+        UniqueConstraint("node_id", "window_start", "window_seconds"),
+        Index("ix_metric_releases_window", "window_start"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    window_start: Mapped[int] = mapped_column(BigInteger)
+    window_seconds: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    mechanism: Mapped[str] = mapped_column(String(32))
+    epsilon: Mapped[float] = mapped_column(Float)
+    sensitivity: Mapped[int] = mapped_column(Integer)
+    noise_variance: Mapped[float] = mapped_column(Float)
+    bounds: Mapped[dict[str, int]] = mapped_column(JSON)
+    budget_day: Mapped[str] = mapped_column(String(10))
+    budget_limit: Mapped[float] = mapped_column(Float)
+    budget_spent: Mapped[float] = mapped_column(Float)
+    received: Mapped[float] = mapped_column(Float, index=True)
+
+
+class MetricCount(Base):
+    """A released (noisy) count vector of one key in one node's window."""
+
+    __tablename__ = "metric_counts"
+    __table_args__ = (Index("ix_metric_counts_experiment", "experiment"), Index("ix_metric_counts_model", "model"))
+    release_id: Mapped[int] = mapped_column(ForeignKey("metric_releases.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    experiment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    variant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    impressions: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    clicks: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    conversions: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class OpsWindowRow(Base):
+    """A node's operational figures for one window (no user data), kept as sent."""
+
+    __tablename__ = "ops_windows"
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
+    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    window_seconds: Mapped[int] = mapped_column(Integer, primary_key=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    received: Mapped[float] = mapped_column(Float, index=True)
+
+
+class ExperimentRow(Base):
+    """A centrally managed A/B experiment: variants are versions of one model, the first is the control."""
+
+    __tablename__ = "experiments"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64))
+    variants: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # [{"name", "version", "weight"}]
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    salt: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16))  # "running" or "stopped"
+    created: Mapped[float] = mapped_column(Float)
+    stopped: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class GatedRollout(Base):
+    """A phased rollout of ``version`` against ``base_version`` that advances only when its outcome gates pass."""
+
+    __tablename__ = "gated_rollouts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    base_version: Mapped[int] = mapped_column(BigInteger)
+    channel: Mapped[str] = mapped_column(String(64))
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    phases: Mapped[list[float]] = mapped_column(JSON)
+    gates: Mapped[list[str]] = mapped_column(JSON)
+    alpha: Mapped[float] = mapped_column(Float)
+    max_windows: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[int] = mapped_column(Integer)
+    phase_started: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16))  # running, halted, held, completed, superseded
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    created: Mapped[float] = mapped_column(Float)
+    updated: Mapped[float] = mapped_column(Float)
+
+
+FLEET_METRICS_TABLES = ("metric_releases", "metric_counts", "ops_windows", "experiments", "gated_rollouts")
