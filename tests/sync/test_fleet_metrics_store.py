@@ -115,13 +115,13 @@ def test_ops_windows_are_stored_and_pruned(db):
         assert [n for n, _ in load_releases(s)] == ["node-0001"] and load_ops(s) == []
 
 
-def test_a_version_1_database_gets_the_metrics_tables(db):
+def test_a_version_2_database_gets_the_metrics_tables(db):
     with db.write() as s:
         for t in ("metric_counts", "metric_releases", "ops_windows", "experiments"):
             s.execute(text(f"DROP TABLE {t}"))
-        s.execute(update(SchemaInfo).values(version=1))
-    assert migrate(db) == 1
+        s.execute(update(SchemaInfo).values(version=2))  # schema 2: what nodes serve, no fleet metrics yet
+    assert migrate(db) == 2
     with db.engine.connect() as conn:
         assert {"metric_counts", "metric_releases", "ops_windows", "experiments"} <= set(
             inspect(conn).get_table_names())
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3
