@@ -10,12 +10,13 @@ import numpy as np
 import numpy.typing as npt
 
 from edgerec.sdk import __version__
-from edgerec.sdk.manifest import Device, FeatureSpec, ModelSignature
+from edgerec.sdk.manifest import Device, FeatureSpec, ModelSignature, NpuTarget
 from edgerec.sdk.package import PackageBuilder
 from edgerec.sdk.vocab import Vocabulary
 
 from .build import Built
 from .evaluate import VariantResult
+from .features import id_fields
 from .prepare import Prepared
 from .sources import Source
 
@@ -46,12 +47,17 @@ class PackageParts:
 
 def artifact_path(b: Built) -> str:
     suffix = f"-b{b.batch}" if b.batch else ""
+    target = b.extra.get("npu_target")
+    if isinstance(target, NpuTarget):  # compiled ahead of time for one SoC's NPU (converter/npu.py)
+        suffix += f".{target.vendor}-{target.soc.lower()}"
     return f"model-{b.precision}{suffix}.{b.format}"
 
 
-def runtime_versions(fmt: str) -> dict[str, str]:
+def runtime_versions(fmt: str, target: NpuTarget | None = None) -> dict[str, str]:
     """Versions that made and that run the artifact (format lock-in shows up here)."""
-    names = ("tensorflow", "ai-edge-litert") if fmt == "tflite" else ("onnx", "onnxruntime")
+    names: tuple[str, ...] = ("tensorflow", "ai-edge-litert") if fmt == "tflite" else ("onnx", "onnxruntime")
+    if target is not None:
+        names += (f"ai-edge-litert-sdk-{target.vendor}",)
     out = {}
     for n in names:
         try:
@@ -61,14 +67,20 @@ def runtime_versions(fmt: str) -> dict[str, str]:
     return out
 
 
+def _order(b: Built) -> tuple[Any, ...]:
+    target = b.extra.get("npu_target")
+    return (target.vendor, target.soc) if isinstance(target, NpuTarget) else (), b.format != "tflite", b.batch or 0
+
+
 def assemble(p: PackageParts) -> PackageBuilder:
     builder = PackageBuilder(p.name, p.version, p.signature)
     builder.producer.update({"edgerec.converter": __version__, "source": p.source.kind})
     builder.score_output = p.score_output
-    # tflite first: the SDK loads the first (format, precision) this device can run.
-    for b in sorted(p.artifacts, key=lambda b: (b.format != "tflite", b.batch or 0)):
+    # tflite first: the SDK loads the first (format, precision) this device can run; NPU-compiled last.
+    for b in sorted(p.artifacts, key=_order):
         path = artifact_path(b)
-        extra = {k: v for k, v in b.extra.items() if k != "accelerators"}
+        target = b.extra.get("npu_target")
+        extra = {k: v for k, v in b.extra.items() if k not in ("accelerators", "npu_target")}
         if p.prepared.sparsity is not None:
             extra["sparsity"] = round(p.prepared.sparsity.achieved, 4)
         if b.operators_config is not None:
@@ -78,11 +90,13 @@ def assemble(p: PackageParts) -> PackageBuilder:
         builder.add_artifact(
             path, b.data, b.format,
             precision=b.precision, batch=b.batch or "dynamic",
-            accelerators=GPU_NPU if b.batch else ("cpu",),
-            runtime=runtime_versions(b.format), extra=extra,
+            accelerators=("npu",) if target is not None else GPU_NPU if b.batch else ("cpu",),
+            runtime=runtime_versions(b.format, target), extra=extra, npu_target=target,
         )
     for spec, vocab in p.features:
         builder.add_feature(spec, vocab)
+    builder.item_id_field, builder.user_id_field = id_fields(
+        [spec for spec, _ in p.features], p.options.item_field, p.options.user_field)
     if p.warmup is not None:
         builder.set_warmup(p.warmup)
     if p.scores is not None:
@@ -106,6 +120,9 @@ def eval_report(p: PackageParts) -> dict[str, Any]:
         "source": p.source_row,
         "variants": [r.to_dict() for r in p.results],
         "max_auc_drop": p.options.max_auc_drop,
+        "max_log_loss_increase": p.options.max_log_loss_increase,
+        "max_ece_increase": p.options.max_ece_increase,
+        "max_slice_auc_drop": p.options.max_slice_auc_drop if p.options.slice_by else None,
         "label": p.options.label if p.options.eval is not None else None,
         "latency": "median ms, batch 1, 1 thread, CPU",
     }

@@ -50,6 +50,37 @@ def log_loss(labels: F64, scores: F64, eps: float = 1e-7) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
+def expected_calibration_error(labels: F64, scores: F64, bins: int = 10) -> float:
+    """ECE: the row-weighted mean gap between predicted and observed click rate over ``bins``
+    equal-width score bins (Guo et al. 2017; Naeini et al. 2015)."""
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
+    which = np.minimum((p * bins).astype(np.int64), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    gap = np.abs(np.bincount(which, y, bins) - np.bincount(which, p, bins))
+    return float(gap.sum() / max(len(y), 1)) if count.any() else 0.0
+
+
+@dataclass(frozen=True)
+class Slices:
+    """Held-out rows grouped by one column (``--slice-by``), for the per-slice accuracy check."""
+
+    column: str
+    rows: dict[str, npt.NDArray[np.int64]]  # slice name -> row indices (slices that can be scored)
+    skipped: dict[str, str]  # slice name -> why it is not scored (too few rows, one class)
+    source_auc: dict[str, float]
+
+    def aucs(self, labels: F64, scores: F64) -> dict[str, float]:
+        return {name: auc(labels[idx], scores[idx]) for name, idx in self.rows.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "column": self.column,
+            "slices": {n: {"rows": len(i), "source_auc": round(self.source_auc[n], 6)} for n, i in self.rows.items()},
+            "skipped": dict(self.skipped),
+        }
+
+
 def score_column(outputs: Arrays, name: str) -> F64:
     out = np.asarray(outputs[name], dtype=np.float64)
     return out.reshape(out.shape[0], -1)[:, 0]
@@ -69,11 +100,26 @@ class VariantResult:
     max_abs_diff: float | None = None
     latency_ms: float | None = None
     auc_drop: float | None = None
+    ece: float | None = None
+    nodes: int | None = None  # ORT artifacts: nodes in the ORT file
+    log_loss_increase: float | None = None
+    ece_increase: float | None = None
+    worst_slice: str | None = None  # the --slice-by slice that lost the most AUC
+    worst_slice_auc_drop: float | None = None
+    slice_auc: dict[str, float] | None = None
     status: str = "kept"  # kept | rejected | dropped (a smaller one is within budget)
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        return {k: _rounded(v) for k, v in self.__dict__.items()}
+
+
+def _rounded(v: Any) -> Any:
+    if isinstance(v, float):
+        return round(v, 6)
+    if isinstance(v, dict):
+        return {k: _rounded(x) for k, x in v.items()}
+    return v
 
 
 def open_session(data: bytes, fmt: Format, precision: str, batch: int | None = None) -> Session:
@@ -116,8 +162,9 @@ def measure(
     labels: F64 | None,
     reference: F64 | None,
     advance: Callable[[int], None] | None = None,
+    slices: Slices | None = None,
 ) -> F64:
-    """Fill ``result`` with accuracy and latency on ``encoded`` rows; returns the scores."""
+    """Fill ``result`` with accuracy, calibration and latency on ``encoded`` rows; returns the scores."""
     session = open_session(data, result.format, result.precision)
     try:
         scores = score_column(run_session(session, encoded, advance=advance), output)
@@ -127,6 +174,9 @@ def measure(
     if labels is not None:
         result.auc = auc(labels, scores)
         result.log_loss = log_loss(labels, scores)
+        result.ece = expected_calibration_error(labels, scores)
+        if slices is not None:
+            result.slice_auc = slices.aucs(labels, scores)
     if reference is not None:
         result.max_abs_diff = float(np.max(np.abs(scores - reference)))
     return scores

@@ -14,8 +14,9 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
+from edgerec.sdk.choices import pick
 from edgerec.sdk.manifest import ROLES, FeatureSpec, Role, TensorSpec
 from edgerec.sdk.vocab import Vocabulary
 
@@ -69,9 +70,12 @@ def feature_specs(
         extra = overrides.get(spec.name, {})
         vocab = vocabularies.get(spec.name)
         bins = (hash_bins or {}).get(spec.name)
+        role = pick(extra.get("role", guess_role(spec.name)), ROLES)
+        if role is None:
+            raise DataError(f"--features: {spec.name}.role {extra['role']!r} is not one of {', '.join(ROLES)}")
         feature = FeatureSpec(
             input=spec.name,
-            role=cast(Role, extra.get("role", guess_role(spec.name))),
+            role=role,
             field=str(extra.get("field", spec.name)),
             # The path PackageBuilder.add_feature stores the vocabulary under.
             vocabulary=f"vocab/{spec.name}.json" if vocab is not None else None,
@@ -115,3 +119,35 @@ def onnx_id_ranges(onnx_bytes: bytes) -> dict[str, tuple[int, int]]:
             low, high = ranges.get(src, (0, rows - 1))
             ranges[src] = (low, min(high, rows - 1))
     return ranges
+
+
+def id_fields(
+    features: Sequence[FeatureSpec], item_field: str | None = None, user_field: str | None = None
+) -> tuple[str, str | None]:
+    """The request fields that name an item and a user: (item id field, user id field or None).
+
+    By default the item (user) id is the item (user) feature that is an id: one
+    with a vocabulary, hash bins or an id range, a name ending in ``id`` first;
+    else the first feature of that role. ``--item-field`` / ``--user-field``
+    name a feature of that role by input name or request field. A model with no
+    item feature keeps ``item_id`` (the key object candidates are named by).
+    """
+    item = _id_field(features, "item", item_field, "--item-field")
+    user = _id_field(features, "user", user_field, "--user-field")
+    return item or "item_id", user
+
+
+def _id_field(features: Sequence[FeatureSpec], role: Role, wanted: str | None, option: str) -> str | None:
+    mine = [f for f in features if f.role == role]
+    if wanted is not None:
+        for f in mine:
+            if wanted in (f.field, f.input):
+                return f.field
+        other = next((f for f in features if wanted in (f.field, f.input)), None)
+        why = f"a {other.role} feature" if other is not None else "not a model input or request field"
+        have = ", ".join(f.field for f in mine) or "none"
+        raise DataError(f"{option} {wanted}: {why}; the {role} features are {have} (set roles with --features FILE)")
+    ids = [f for f in mine if f.vocabulary is not None or f.hash_bins is not None or f.id_range is not None]
+    named = [f for f in ids if f.field.lower().endswith("id")]
+    best = (named or ids or mine)[:1]
+    return best[0].field if best else None

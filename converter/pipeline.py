@@ -30,23 +30,37 @@ from edgerec.sdk.native_logs import silenced
 from edgerec.sdk.package import Package
 
 from . import data as tables
+from . import npu, torch_litert
 from .assemble import PackageParts, assemble
 from .build import Built, OrtBuilder, TfBuilder
 from .calibration import ort_samples
 from .errors import AccuracyBudgetError, ConversionError, DataError
-from .evaluate import VariantResult, auc, compressed_size, log_loss, measure, score_column
-from .features import feature_specs, read_feature_file
+from .evaluate import (
+    Slices,
+    VariantResult,
+    auc,
+    compressed_size,
+    expected_calibration_error,
+    log_loss,
+    measure,
+    score_column,
+)
+from .features import feature_specs, id_fields, read_feature_file
+from .guard import Budget, failing, judge, make_slices
 from .ort import StaticOptions
 from .prepare import Prepared, prepare
 from .sources import Source, load_source
 
 Arrays = dict[str, npt.NDArray[Any]]
-QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8", "auto")
+QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8", "int4-rows", "int4", "auto")
 FORMATS: tuple[Format, ...] = ("tflite", "ort")
-_MODE_PRECISION = {"none": "fp32", "fp16": "fp16", "dynamic": "int8-dynamic", "int8": "int8"}
+_MODE_PRECISION = {"none": "fp32", "fp16": "fp16", "dynamic": "int8-dynamic", "int8": "int8",
+                   "int4-rows": "int4-rows", "int4": "int4"}
 _AUTO: dict[Format, tuple[str, ...]] = {
-    "tflite": ("fp32", "fp16", "int8-dynamic", "int8"), "ort": ("fp32", "int8-dynamic", "int8"),
+    "tflite": ("fp32", "fp16", "int8-dynamic", "int8", "int4-rows", "int4"),
+    "ort": ("fp32", "int8-dynamic", "int8", "int4-rows", "int4"),
 }
+MIXED_STEPS = 4  # per format, at most this many per-layer 4-bit trials under auto
 
 
 @dataclass
@@ -69,8 +83,16 @@ class ConvertOptions:
     label: str = "label"
     eval_rows: int | None = 20000
     max_auc_drop: float = 0.002
+    max_log_loss_increase: float | None = 0.01  # None: no log loss gate
+    max_ece_increase: float | None = 0.01  # None: no calibration gate
+    slice_by: str | None = None  # an --eval column: its worst slice must stay within budget too
+    max_slice_auc_drop: float | None = None  # None: max_auc_drop
     features: Path | None = None
     score_output: str | None = None
+    example_inputs: Path | None = None  # PyTorch files: example inputs (.npz)
+    npu: str | None = None  # "qualcomm:SM8650,mediatek:MT6989": LiteRT artifacts compiled for those NPUs
+    item_field: str | None = None  # None: the item-role input that is an id
+    user_field: str | None = None  # None: the user-role input that is an id
     progress: bool = False
 
 
@@ -110,9 +132,13 @@ def _convert(
     source: Any, out: str | os.PathLike[str], signing_key: Ed25519PrivateKey, opts: ConvertOptions, steps: Steps,
     example_inputs: Sequence[Any] | None, input_names: Sequence[str] | None, output_names: Sequence[str] | None,
 ) -> ConvertResult:
-    src = load_source(source, example_inputs, input_names, output_names)
+    src = load_source(source, example_inputs, input_names, output_names, opts.example_inputs)
     formats = _formats(src, opts)
     plan = _plan(formats, opts)
+    if src.kind == "torch" and "tflite" in plan:
+        plan = torch_litert.restrict_plan(plan, opts.quantize, opts.prune)
+    npu_targets = npu.parse_targets(opts.npu)
+    npu.check_plan(npu_targets, formats, opts.batch_buckets)
     steps.step("reading data and preparing the model",
                total=sum(map(len, plan.values())) + len(plan) * len(opts.batch_buckets))
     overrides = read_feature_file(opts.features)
@@ -126,6 +152,7 @@ def _convert(
     )
     features = feature_specs(prepared.inputs, prepared.vocabularies, prepared.id_ranges, overrides,
                              prepared.hash_bins)
+    id_fields([f for f, _ in features], opts.item_field, opts.user_field)  # a bad --item-field fails now
     encoder = InputEncoder(signature, {f.input: f for f, _ in features}, prepared.vocabularies)
     eval_enc = _encode(encoder, eval_raw, "--eval")
     calib_enc = _encode(encoder, calib_raw, "--calibration")
@@ -133,10 +160,14 @@ def _convert(
     with tempfile.TemporaryDirectory(prefix="edgerec-convert-") as tmp:
         work = Work(src, prepared, Path(tmp), opts, steps)
         reference = score_column(src.predict(eval_raw), score_output) if eval_raw is not None else None
-        source_row = _source_row(src, labels, reference)
+        work.slices = _slices(src, opts, labels, reference)
+        source_row = _source_row(src, labels, reference, work.slices)
         results, built = work.candidates(plan, calib_enc, eval_enc, labels, reference, score_output)
-        kept = _select(results, built, opts, source_row, labels is not None)
+        if opts.quantize == "auto" and labels is not None:
+            work.mixed(results, built, source_row, calib_enc, eval_enc, labels, reference, score_output)
+        kept = _select(results, built, opts, source_row, labels is not None, work.slices)
         buckets = work.buckets(kept, calib_enc, eval_enc, score_output)
+        buckets += npu.compile_artifacts(npu_targets, buckets)
         parts = PackageParts(
             name=opts.name or _default_name(src), version=opts.version, signature=signature,
             score_output=score_output, features=features, artifacts=[*kept, *buckets],
@@ -180,8 +211,10 @@ class Work:
         self.progress = steps.progress
         self.tf: TfBuilder | None = None
         self._ort: OrtBuilder | None = None
+        self._lite: torch_litert.TorchLiteBuilder | None = None
         self._prepared = prepared
         self._src = src
+        self.slices: Slices | None = None
         if src.is_tensorflow:
             self.tf = TfBuilder(tmp, prepared.inputs, prepared.keras_model, prepared.saved_model, prepared.kernels)
 
@@ -193,13 +226,20 @@ class Work:
             self._ort = OrtBuilder(data, options)
         return self._ort
 
-    def build(self, fmt: Format, precision: str, calib: Arrays | None, batch: int | None = None) -> Built:
+    def build(
+        self, fmt: Format, precision: str, calib: Arrays | None, batch: int | None = None,
+        layers: frozenset[str] | None = None,
+    ) -> Built:
+        if fmt == "tflite" and self._src.kind == "torch":
+            if self._lite is None:
+                self._lite = torch_litert.TorchLiteBuilder(self._src, self._prepared.inputs, self._prepared.outputs)
+            return self._lite.tflite(precision, calib, batch)
         if fmt == "tflite":
             assert self.tf is not None
             task = self._task(f"calibrating tflite {precision}", calib if precision == "int8" else None, batch)
-            return self.tf.tflite(precision, calib, batch, task)
+            return self.tf.tflite(precision, calib, batch, task, layers)
         samples = ort_samples(calib) if calib is not None and precision == "int8" else None
-        return self.ort().build(precision, samples, batch)
+        return self.ort().build(precision, samples, batch, layers)
 
     def _task(self, label: str, calib: Arrays | None, batch: int | None) -> Callable[[int], None] | None:
         if self.progress is None or calib is None:
@@ -218,9 +258,10 @@ class Work:
                 self.steps.step(f"converting {fmt} {precision}")
                 b = self.build(fmt, precision, calib)
                 r = VariantResult(f"{fmt} {precision}", fmt, precision, len(b.data), compressed_size(b.data))
+                r.nodes = b.extra.get("nodes")
                 if eval_enc is not None:
                     advance = self._task(f"evaluating {fmt} {precision}", eval_enc, None)
-                    measure(r, b.data, eval_enc, output, labels, reference, advance)
+                    measure(r, b.data, eval_enc, output, labels, reference, advance, self.slices)
                 results.append(r)
                 built[b.key] = b
                 self.steps.done()
@@ -232,13 +273,54 @@ class Work:
         for base in kept:
             for n in self.opts.batch_buckets:
                 self.steps.step(f"converting {base.format} {base.precision}, batch {n}")
-                b = self.build(base.format, base.precision, calib, n)
+                layers = frozenset(base.extra["layers_4bit"]) if "layers_4bit" in base.extra else None
+                b = self.build(base.format, base.precision, calib, n, layers)
                 b.extra["accelerators"] = ["gpu", "npu", "cpu"]
                 if eval_enc is not None:
                     b.extra["max_abs_diff_vs_dynamic"] = _bucket_diff(base, b, eval_enc, output, n)
                 out.append(b)
                 self.steps.done()
         return out
+
+
+    def mixed(
+        self, results: list[VariantResult], built: dict[str, Built], source_row: dict[str, Any],
+        calib: Arrays | None, eval_enc: Arrays | None, labels: npt.NDArray[np.float64],
+        reference: npt.NDArray[np.float64] | None, output: str,
+    ) -> None:
+        """Per-layer 4-bit choices where all-4-bit fails the budget: starting from the tables at 4 bits
+        (when ``int4-rows`` passed) or from none, add one weight at a time, largest first, keeping it at
+        4 bits only while the variant stays within budget. The last passing set becomes ``mixed``."""
+        budget = _budget(self.opts)
+        for fmt in dict.fromkeys(r.format for r in results):
+            mine = {r.precision: r for r in results if r.format == fmt}
+            if "int4" not in mine or "int4-rows" not in mine or eval_enc is None:
+                continue
+            for r in mine.values():
+                judge(r, source_row, budget, self.slices)
+            if mine["int4"].status != "rejected":
+                continue  # everything at 4 bits passes: nothing to choose
+            found = self.tf.four_bit_layers() if fmt == "tflite" and self.tf is not None else (
+                self.ort().four_bit_layers() if fmt == "ort" else [])
+            rows_ok = mine["int4-rows"].status != "rejected"
+            chosen = frozenset(lay.name for lay in found if lay.kind == "rows") if rows_ok else frozenset()
+            best: tuple[VariantResult, Built] | None = None
+            tried = 0
+            for lay in [lay for lay in found if lay.name not in chosen][:MIXED_STEPS]:
+                trial = chosen | {lay.name}
+                b = self.build(fmt, "mixed", calib, layers=trial)
+                r = VariantResult(f"{fmt} mixed", fmt, "mixed", len(b.data), compressed_size(b.data))
+                r.nodes = b.extra.get("nodes")
+                measure(r, b.data, eval_enc, output, labels, reference, None, self.slices)
+                judge(r, source_row, budget, self.slices)
+                tried += 1
+                if r.status != "rejected":
+                    chosen, best = trial, (r, b)
+            if best is not None:
+                r, b = best
+                r.note = f"{len(chosen)} of {len(found)} weights at 4 bits ({tried} tried)"
+                results.append(r)
+                built[b.key] = b
 
 
 def _bucket_diff(base: Built, bucket: Built, encoded: Arrays, output: str, n: int) -> float:
@@ -258,13 +340,20 @@ def _bucket_diff(base: Built, bucket: Built, encoded: Arrays, output: str, n: in
 
 
 def _formats(src: Source, opts: ConvertOptions) -> tuple[Format, ...]:
-    asked = tuple(opts.formats or (("tflite", "ort") if src.is_tensorflow else ("ort",)))
+    litert = src.is_tensorflow or (src.kind == "torch" and torch_litert.available())
+    asked = tuple(opts.formats or (("tflite", "ort") if litert else ("ort",)))
     formats = tuple(f for f in (pick(a, FORMATS) for a in asked) if f is not None)
     if not formats or len(formats) != len(asked):
         raise ConversionError(f"--format {','.join(asked)}: use tflite and/or ort")
-    if "tflite" in formats and not src.is_tensorflow:
+    if "tflite" in formats and src.kind == "torch" and not litert:
         raise ConversionError(
-            f"--format tflite: {src.label} is {src.kind}; LiteRT artifacts come from Keras or SavedModel sources"
+            "--format tflite: LiteRT artifacts from PyTorch need litert-torch: pip install 'edgerec[torch]' "
+            "(a CPU build of torch first), or use --format ort"
+        )
+    if "tflite" in formats and not litert:
+        raise ConversionError(
+            f"--format tflite: {src.label} is {src.kind}; LiteRT artifacts come from Keras, SavedModel or PyTorch "
+            "sources: convert the model it was exported from, or use --format ort"
         )
     return formats
 
@@ -326,37 +415,58 @@ def _score_output(outputs: tuple[TensorSpec, ...], wanted: str | None) -> str:
 
 
 def _source_row(
-    src: Source, labels: npt.NDArray[np.float64] | None, reference: npt.NDArray[np.float64] | None
+    src: Source, labels: npt.NDArray[np.float64] | None, reference: npt.NDArray[np.float64] | None,
+    slices: Slices | None = None,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {"name": f"source ({src.kind})"}
     if labels is not None and reference is not None:
         row.update(auc=round(auc(labels, reference), 6), log_loss=round(log_loss(labels, reference), 6),
-                   rows=len(labels))
+                   ece=round(expected_calibration_error(labels, reference), 6), rows=len(labels))
+    if slices is not None:
+        row["slices"] = slices.to_dict()
     return row
+
+
+def _budget(opts: ConvertOptions) -> Budget:
+    return Budget(opts.max_auc_drop, opts.max_log_loss_increase, opts.max_ece_increase, opts.max_slice_auc_drop)
+
+
+def _slices(
+    src: Source, opts: ConvertOptions, labels: npt.NDArray[np.float64] | None,
+    reference: npt.NDArray[np.float64] | None,
+) -> Slices | None:
+    """The ``--slice-by`` column of the --eval file, grouped (see :mod:`.guard`)."""
+    if opts.slice_by is None:
+        return None
+    if opts.eval is None or labels is None or reference is None:
+        raise ConversionError("--slice-by needs --eval FILE (the column is read from it)")
+    table = tables.read_table(opts.eval)
+    if opts.slice_by not in table:
+        have = ", ".join(sorted(table)[:12])
+        raise DataError(f"--slice-by {opts.slice_by!r}: {opts.eval} has no such column (it has {have})")
+    values = table[opts.slice_by]
+    if opts.eval_rows:
+        values = values[: opts.eval_rows]
+    return make_slices(values, labels, reference, opts.slice_by)
 
 
 def _select(
     results: list[VariantResult], built: dict[str, Built], opts: ConvertOptions,
-    source_row: dict[str, Any], evaluated: bool,
+    source_row: dict[str, Any], evaluated: bool, slices: Slices | None = None,
 ) -> list[Built]:
     """Mark each variant kept, dropped or rejected; the kept artifacts, one per format."""
-    base = source_row.get("auc")
+    budget = _budget(opts)
     for r in results:
-        if evaluated and base is not None and r.auc is not None:
-            r.auc_drop = base - r.auc
-            if r.auc_drop > opts.max_auc_drop:
-                r.status = "rejected"
-                r.note = f"AUC drop {r.auc_drop:.4f} > {opts.max_auc_drop}"
+        if evaluated:
+            judge(r, source_row, budget, slices)
     kept = []
     for fmt in dict.fromkeys(r.format for r in results):
         mine = [r for r in results if r.format == fmt]
         ok = [r for r in mine if r.status != "rejected"]
         if not ok:
             best = min(mine, key=lambda r: r.auc_drop or 0.0)
-            raise AccuracyBudgetError(
-                f"{fmt}: no variant within --max-auc-drop {opts.max_auc_drop} "
-                f"(best: {best.precision}, AUC drop {best.auc_drop or 0.0:.4f})"
-            )
+            raise AccuracyBudgetError(f"{fmt}: no variant within the accuracy budget (best: {best.precision}: "
+                                      f"{failing(best)})")
         best = min(ok, key=lambda r: r.size)
         for r in ok:
             if r is not best:

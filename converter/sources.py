@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,9 @@ class Source:
     keras_model: Any = None
     saved_model_dir: Path | None = None
     onnx_bytes: bytes | None = None
-    torch_module: Any = None
+    torch_module: Any = None  # what scores rows: an nn.Module, a ScriptModule or an exported program's module
+    torch_examples: tuple[Any, ...] | None = None  # example tensors, in input order (LiteRT conversion)
+    torch_program: Any = None  # the torch.export.ExportedProgram of a .pt2 source
     _runner: Any = field(default=None, repr=False)
 
     @property
@@ -81,13 +84,18 @@ def load_source(
     example_inputs: Sequence[Any] | None = None,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
+    example_file: Path | None = None,
 ) -> Source:
     """Load ``source``: a path, a ``keras.Model`` or a ``torch.nn.Module`` (with example inputs).
 
+    ``example_file`` (``--example-inputs``) holds the example inputs of a PyTorch file.
     Raises UnsupportedModelError for anything else, or a corrupt file.
     """
     if isinstance(source, str | os.PathLike):
-        return _load_path(Path(source))
+        path = Path(source)
+        if example_file is not None and path.suffix not in TORCH_SUFFIXES:
+            raise UnsupportedModelError(f"--example-inputs: only PyTorch files ({', '.join(TORCH_SUFFIXES)}) take them")
+        return _load_path(path, example_file)
     kind = type(source).__module__.split(".")[0]
     if kind == "torch" or _is_torch_module(source):
         return _load_torch(source, example_inputs, input_names, output_names)
@@ -96,7 +104,7 @@ def load_source(
     raise UnsupportedModelError(f"{type(source).__name__}: not a Keras model, torch module or model path")
 
 
-def _load_path(path: Path) -> Source:
+def _load_path(path: Path, example_file: Path | None = None) -> Source:
     if not path.exists():
         raise UnsupportedModelError(f"{path}: no such file or folder")
     if path.is_dir():
@@ -107,10 +115,30 @@ def _load_path(path: Path) -> Source:
         return _load_keras(path)
     if path.suffix == ".onnx":
         return _load_onnx(path.read_bytes(), str(path))
+    if path.suffix in TORCH_SUFFIXES:
+        from .torch_source import load_torch_file
+
+        return load_torch_file(path, example_file)
+    hint = _OTHER_TYPES.get(path.suffix.lower(), "")
     raise UnsupportedModelError(
         f"{path}: unsupported model type {path.suffix or '(no suffix)'!r} "
-        "(use a .keras file, a SavedModel folder or an .onnx file)"
+        f"({hint + '; ' if hint else ''}use a .keras file, a SavedModel folder, an .onnx file, "
+        "or a PyTorch TorchScript .pt / torch.export .pt2 file)"
     )
+
+
+TORCH_SUFFIXES = (".pt", ".pth", ".pt2")
+# What to do with files people try that edgerec does not read.
+_OTHER_TYPES = {
+    ".h5": "a Keras 2 HDF5 file: load it with keras.models.load_model and save it as .keras",
+    ".hdf5": "a Keras 2 HDF5 file: load it with keras.models.load_model and save it as .keras",
+    ".tflite": "already a LiteRT model: convert its source model, so edgerec can evaluate and quantize it",
+    ".ort": "already an ORT-format model: convert its source .onnx file",
+    ".pb": "a frozen TensorFlow graph: export a SavedModel folder (tf.saved_model.save) instead",
+    ".ptl": "a PyTorch Lite (mobile) file: save the model with torch.jit.save or torch.export.save instead",
+    ".pkl": "a pickle, which edgerec does not load: save the model as .keras, .onnx, TorchScript or .pt2",
+    ".safetensors": "weights without a graph: save the model as TorchScript (.pt) or torch.export (.pt2)",
+}
 
 
 def _load_keras(path: Path) -> Source:
@@ -120,7 +148,7 @@ def _load_keras(path: Path) -> Source:
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # keras raises ValueError, OSError, zipfile errors, ...
-        raise UnsupportedModelError(f"{path}: not a readable Keras model ({_one_line(exc)})") from exc
+        raise UnsupportedModelError(f"{path}: not a readable Keras model ({one_line(exc)})") from exc
     return _keras_source(model, str(path))
 
 
@@ -141,7 +169,7 @@ def _load_saved_model(path: Path) -> Source:
     except KeyError as exc:
         raise UnsupportedModelError(f"{path}: the SavedModel has no 'serving_default' signature") from exc
     except Exception as exc:  # TF raises many kinds for a damaged SavedModel
-        raise UnsupportedModelError(f"{path}: not a readable SavedModel ({_one_line(exc)})") from exc
+        raise UnsupportedModelError(f"{path}: not a readable SavedModel ({one_line(exc)})") from exc
     specs = fn.structured_input_signature[1]
     inputs = tuple(_tf_spec(name, s) for name, s in sorted(specs.items()))
     outs = fn.structured_outputs
@@ -163,7 +191,7 @@ def _load_onnx(data: bytes, label: str) -> Source:
         model = onnx.load_from_string(data)
         onnx.checker.check_model(model)
     except Exception as exc:  # protobuf DecodeError, onnx ValidationError
-        raise UnsupportedModelError(f"{label}: not a valid ONNX model ({_one_line(exc)})") from exc
+        raise UnsupportedModelError(f"{label}: not a valid ONNX model ({one_line(exc)})") from exc
     inputs, outputs = onnx_signature(model)
     return Source("onnx", label, inputs, outputs, onnx_bytes=data)
 
@@ -202,31 +230,62 @@ def _load_torch(
     import torch
 
     if not example_inputs:
-        raise UnsupportedModelError("torch module: example_inputs are needed to export it")
+        raise UnsupportedModelError(
+            "torch module: example_inputs are needed to export it: convert(module, ..., example_inputs=(tensor, ...))"
+        )
     examples = tuple(torch.as_tensor(x) for x in example_inputs)
     names = list(input_names or [f"input_{i}" for i in range(len(examples))])
     module.eval()
+    return make_torch_source(module, module, examples, names, output_names, type(module).__name__)
+
+
+def make_torch_source(
+    module: Any, traceable: Any, examples: tuple[Any, ...], names: Sequence[str],
+    output_names: Sequence[str] | None, label: str, program: Any = None,
+) -> Source:
+    """A torch Source: ``module`` scores rows, ``traceable`` is exported to ONNX with a dynamic batch."""
+    import torch
+
+    rows = int(examples[0].shape[0]) if examples and examples[0].ndim else 1
+    other = tuple(x[torch.arange(rows + 1) % rows] for x in examples) if examples and examples[0].ndim else None
     with torch.no_grad():
-        probe = module(*examples)
+        try:
+            probe = module(*examples)
+        except Exception as exc:  # whatever the model raises on inputs it does not take
+            raise UnsupportedModelError(f"{label}: the model fails on the example inputs ({one_line(exc)})") from exc
+        try:
+            if other is not None:
+                module(*other)
+        except Exception as exc:  # e.g. a traced reshape to the example batch size
+            raise UnsupportedModelError(
+                f"{label}: the model runs at batch {rows} but fails at batch {rows + 1} ({one_line(exc)}): "
+                "it has a batch size built in; script or export it with a dynamic batch"
+            ) from exc
     n_out = len(probe) if isinstance(probe, tuple | list) else 1
     outs = list(output_names or (["score"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]))
     if len(names) != len(examples) or len(outs) != n_out:
-        raise UnsupportedModelError("torch module: input_names/output_names do not match the model")
+        raise UnsupportedModelError(f"{label}: input_names/output_names do not match the model")
     axes = {n: {0: "batch"} for n in [*names, *outs]}
     # torch.onnx.export documents (and types) its output as a path, not a file object.
     with tempfile.TemporaryDirectory(prefix="edgerec-torch-") as tmp:
         out = Path(tmp) / "model.onnx"
         try:
             # The TorchScript exporter needs no onnxscript and keeps the names and dynamic batch given.
-            torch.onnx.export(
-                module, examples, out, input_names=names, output_names=outs,
-                dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False,
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # deprecation notes about this very exporter
+                torch.onnx.export(
+                    traceable, examples, out, input_names=list(names), output_names=outs,
+                    dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False,
+                )
         except Exception as exc:  # torch raises many kinds while tracing
-            raise UnsupportedModelError(f"torch module: ONNX export failed ({_one_line(exc)})") from exc
+            raise UnsupportedModelError(
+                f"{label}: ONNX export failed ({one_line(exc)}); export the model to ONNX yourself "
+                "and convert the .onnx file"
+            ) from exc
         onnx_bytes = out.read_bytes()
-    src = _load_onnx(onnx_bytes, type(module).__name__)
-    return Source("torch", src.label, src.inputs, src.outputs, onnx_bytes=src.onnx_bytes, torch_module=module)
+    src = _load_onnx(onnx_bytes, label)
+    return Source("torch", label, src.inputs, src.outputs, onnx_bytes=src.onnx_bytes, torch_module=module,
+                  torch_examples=examples, torch_program=program)
 
 
 def _call_saved_model(loaded: Any, arrays: Mapping[str, npt.NDArray[Any]], batch: int = 4096) -> Arrays:
@@ -264,6 +323,6 @@ def _quiet_tensorflow() -> None:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     return (lines[0] if lines else type(exc).__name__)[:300]

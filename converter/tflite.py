@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from .errors import ConversionError, UnsupportedOpError
 
-PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")  # from TensorFlow's converter; 4-bit: litert_quant
 Sample = dict[str, npt.NDArray[Any]]
 
 
@@ -59,7 +59,7 @@ def _converter_error(text: str, precision: str) -> ConversionError:
 
 
 def gather_index_ranks(model: bytes) -> list[int]:
-    """Ranks of the index tensors of every GATHER op (1 is what GPU delegates take)."""
+    """Ranks of the index tensors of every GATHER and EMBEDDING_LOOKUP op (1 is what GPU delegates take)."""
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_content=model)
@@ -69,6 +69,8 @@ def gather_index_ranks(model: bytes) -> list[int]:
     for op in interp._get_ops_details():  # the only way LiteRT exposes the op graph
         if op["op_name"] == "GATHER" and len(op["inputs"]) > 1:
             ranks.append(len(by_index[op["inputs"][1]]["shape_signature"]))
+        elif op["op_name"] == "EMBEDDING_LOOKUP" and len(op["inputs"]):
+            ranks.append(len(by_index[op["inputs"][0]]["shape_signature"]))
     return ranks
 
 

@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 from edgerec.sdk.errors import EdgeRecError
 from edgerec.sdk.keys import load_recipient_key, load_verify_key
 
-from . import api_rank, api_tfserving, api_v2, control, metrics_api, openapi
+from . import api_rank, api_tfserving, api_users, api_v2, control, metrics_api, openapi
 from .cache import open_cache
 from .config import ServerConfig, read_token
 from .context import STATE_KEY
@@ -142,7 +142,7 @@ def create_app(config: ServerConfig | None = None, *, tracer_provider: Any = Non
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     srv = EdgeServer(config, tracer_provider)
     app.extensions["edgerec"] = srv
-    for bp in (api_v2.bp, api_tfserving.bp, api_rank.bp, control.bp, metrics_api.bp, openapi.bp):
+    for bp in (api_v2.bp, api_tfserving.bp, api_rank.bp, control.bp, metrics_api.bp, openapi.bp, api_users.bp):
         app.register_blueprint(bp)
     _install_hooks(app, srv)
     _install_errors(app, srv)

@@ -38,6 +38,9 @@ class Cache(Protocol):
     def set_many(self, kind: str, items: Mapping[str, Any], ttl_s: float) -> None:
         """Store values (None marks an id the source does not have)."""
 
+    def delete(self, kind: str, keys: Sequence[str]) -> int:
+        """Forget these entries (a user's erasure); how many there were."""
+
     def close(self) -> None: ...
 
 
@@ -75,6 +78,10 @@ class LocalCache:
                 self._data.move_to_end((kind, key))
             while len(self._data) > self._max:
                 self._data.popitem(last=False)
+
+    def delete(self, kind: str, keys: Sequence[str]) -> int:
+        with self._lock:
+            return sum(self._data.pop((kind, k), None) is not None for k in keys)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -134,6 +141,11 @@ class RedisCache:
             pipe.execute()
         except self._errors as exc:
             log.warning("redis cache write failed: %s", exc)
+
+    def delete(self, kind: str, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        return int(self._client.delete(*[self._key(kind, k) for k in keys]))
 
     def ping(self) -> bool:
         try:

@@ -22,7 +22,9 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys"}
 
 @click.command()
 @click.option("--model-dir", type=AbsolutePath(file_okay=False, exists=True, path_type=Path),
-              envvar="EDGEREC_MODEL_DIR", help="Folder of .edgepkg packages to serve. Env: EDGEREC_MODEL_DIR.")
+              envvar="EDGEREC_MODEL_DIR",
+              help="Model directory: NAME/current pointers (what a node daemon writes) serve exactly the "
+                   "version they name; top-level *.edgepkg serve the highest version. Env: EDGEREC_MODEL_DIR.")
 @click.option("--host", default="127.0.0.1", show_default=True, envvar="EDGEREC_HOST")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, envvar="EDGEREC_PORT")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,

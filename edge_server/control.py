@@ -115,11 +115,12 @@ def _everywhere(here: Callable[[], ModelVersion], op: Callable[[ModelVersion], d
         outcome = sync.wait(generation, srv.config.control_timeout_s)
     if not outcome.complete:
         log.error("%s v%s: not every worker applied it: %s", mv.name, mv.version, outcome.describe())
-        raise WorkersOutOfStepError(_out_of_step(outcome), field="workers")
+        raise WorkersOutOfStepError(out_of_step(outcome), field="workers")
     return mv, len(outcome.reached)
 
 
-def _out_of_step(outcome: Outcome) -> str:
+def out_of_step(outcome: Outcome) -> str:
+    """Why a control operation is not everywhere: which workers applied it and which did not."""
     return (f"applied by {len(outcome.reached)} of {outcome.workers} workers; {outcome.describe()}; "
             "the others keep what they served; repeat the call to retry")
 

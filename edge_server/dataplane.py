@@ -179,10 +179,13 @@ class DataPlane:
         return features
 
     def _id_fields(self, mv: ModelVersion) -> list[str]:
-        """User features that take the user id: ``user_id_field``, else the first id-like one."""
+        """User features that take the user id: the package's ``user_id_field``, the server's, else the first id."""
         users = [f for f in mv.manifest.features if f.role == "user"]
-        named = [f.field for f in users if f.field == self.user_id_field]
-        return named or [f.field for f in users if f.vocabulary or f.id_range][:1]
+        for wanted in (mv.manifest.user_id_field, self.user_id_field):
+            named = [f.field for f in users if f.field == wanted]
+            if named:
+                return named
+        return [f.field for f in users if f.vocabulary or f.id_range or f.hash_bins][:1]
 
     def _candidates(self, mv: ModelVersion, candidates: Sequence[Any]) -> Sequence[Any]:
         """Candidate ids become feature rows from the store when the package has no item table."""
@@ -200,6 +203,15 @@ class DataPlane:
         return rows
 
     # -- events -----------------------------------------------------------------
+
+    def forget_user(self, user_id: str) -> dict[str, int]:
+        """Erase what this process holds of a user: cached profile and experiment assignments.
+
+        Event dedup keys are (response id, type, item): response ids name the
+        serving model and variant, never the user, so they hold nothing of theirs."""
+        profile = self.features.forget(user_id) if self.features is not None else 0
+        assignments = sum(e.forget(user_id) for e in self.experiments.values())
+        return {"profiles": profile, "assignments": assignments}
 
     def record_events(self, events: Sequence[Event]) -> dict[str, int]:
         """Count events for the variant that served them, each at most once.

@@ -67,6 +67,10 @@ class Experiment:
             return variant
         return self._assign(secrets.token_hex(8))
 
+    def forget(self, user_id: str) -> bool:
+        """Drop the user's cached assignment (it is recomputed from the hash if they come back)."""
+        return self._assigned.pop(user_id, None) is not None
+
     def _assign(self, key: str) -> Variant:
         digest = hashlib.sha256(f"{self.salt or self.name}\x00{key}".encode()).digest()
         point = int.from_bytes(digest[:8], "big")

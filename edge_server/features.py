@@ -103,6 +103,10 @@ class FeatureStore:
             self.cache.set_many(kind, unknown, self._negative_ttl)
         return [found.get(k) if v is MISSING else v for k, v in zip(ids, cached, strict=True)]
 
+    def forget(self, user_id: str) -> int:
+        """Drop the user's cached profile (the source is the operator's store, not a cache)."""
+        return self.cache.delete("user", [user_id])
+
     def close(self) -> None:
         self.cache.close()
         self.source.close()

@@ -115,6 +115,13 @@ def build(models: list[str], examples: dict[str, Any] | None = None) -> dict[str
             body=_ref("LoadRequest"), secure=True)},
         "/control/v1/models/{model_name}/versions/{model_version}/unload": {"post": _op(
             "Release a version", "control", _json(_ref("UnloadResponse")), params=control_params, secure=True)},
+        "/v1/users/{user_id}": {"delete": _op(
+            "Erase a user's cached profile and experiment assignments (every worker)", "control",
+            _json({"type": "object", "required": ["erased", "workers"], "properties": {
+                "erased": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "workers": {"type": "integer"}}}),
+            params=[{"name": "user_id", "in": "path", "required": True,
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 256}}], secure=True)},
     }
     for name, what in (("prepare", "Prepare a load (worker to worker)"),
                        ("commit", "Commit a prepared load (worker to worker)"),

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from edgerec.sdk.errors import EdgeRecError, PackageError
 from edgerec.sdk.manifest import Manifest
 from edgerec.sdk.model import Accelerator, EdgeModel
+from edgerec.sdk.modeldir import ModelDir
 from edgerec.sdk.package import MANIFEST, Package
 from edgerec.sdk.runtime import BackendChoice
 
@@ -340,19 +341,38 @@ class Repository:
         return mv
 
     def load_directory(self, model_dir: Path, wanted: set[tuple[str, int]] | None = None) -> list[str]:
-        """Serve the highest verified version of each package name in ``model_dir``.
+        """Serve what ``model_dir`` says; returns one line per failure.
 
-        Versions in ``wanted`` (experiment variants) are loaded too. A package
-        that fails is logged and skipped (the next lower version is tried).
-        Returns one line per failure.
+        A model with a ``NAME/current`` pointer (the node layout,
+        :mod:`edgerec.sdk.modeldir`) serves exactly the version it names,
+        whatever else is there: the pointer is the node's one truth, so a
+        rollback survives a restart. If that version fails, the model is not
+        served (the failure is logged and counted); no other version stands in.
+        Packages at the top level (a plain folder of ``*.edgepkg``) serve the
+        highest verified version of each name that has no pointer. Versions in
+        ``wanted`` (experiment variants) are loaded too, without serving.
         """
-        found: dict[str, list[tuple[int, Path]]] = {}
         failures: list[str] = []
+        layout = ModelDir(model_dir)
+        pointed = layout.pointers()
+        for name, version in pointed.items():
+            path = layout.path_for(name, version).resolve()
+            try:
+                mv = self.load(path)
+                if (mv.name, mv.version) != (name, version):
+                    self.unload(mv.name, mv.version)
+                    failures.append(f"{path}: holds {mv.name} v{mv.version}, not {name} v{version}")
+            except EdgeRecError as exc:
+                failures.append(f"{path}: {exc}")
+        found: dict[str, list[tuple[int, Path]]] = {}
         for p in sorted(model_dir.glob("*.edgepkg")):
             try:
                 m = peek_manifest(p)
             except PackageError as exc:
                 failures.append(f"{p}: {exc}")
+                continue
+            if m.name in pointed:
+                failures.append(f"{p}: ignored, {m.name} is served from its pointer {m.name}/current")
                 continue
             found.setdefault(m.name, []).append((m.version, p.resolve()))
         wanted = wanted or set()
@@ -371,6 +391,12 @@ class Repository:
                         self.load(path, serve=False)
                     except EdgeRecError as exc:
                         failures.append(f"{path}: {exc}")
+        for name, version in sorted(wanted):
+            if name in pointed and version != pointed[name] and layout.path_for(name, version).is_file():
+                try:
+                    self.load(layout.path_for(name, version).resolve(), serve=False)
+                except EdgeRecError as exc:
+                    failures.append(f"{layout.path_for(name, version)}: {exc}")
         for line in failures:
             log.warning("model not loaded: %s", line)
         return failures

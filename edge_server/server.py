@@ -69,8 +69,27 @@ def preflight(config: ServerConfig) -> ServerConfig:
                           control_token=config.control_token or read_token(config.control_token_file))
 
 
+PARENT_ENV = "EDGEREC_EXIT_WITH_PARENT"
+_PR_SET_PDEATHSIG = 1
+
+
+def exit_with_parent() -> None:
+    """With ``EDGEREC_EXIT_WITH_PARENT=<pid>`` (a node daemon supervising this server), get SIGTERM
+    when that process dies (Linux ``PR_SET_PDEATHSIG``), so no orphan keeps the port."""
+    want = os.environ.get(PARENT_ENV)
+    if not want or not want.isdigit() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+
+    ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(want):  # the parent died before the call above
+        raise SystemExit(0)
+
+
 def serve(config: ServerConfig) -> None:
     """Serve until SIGTERM or SIGINT."""
+    exit_with_parent()
     config = preflight(config)
     settings = http_settings(config)
     address = listen_address(config.host)

@@ -82,6 +82,8 @@ def apply_op(srv: Any, op: dict[str, Any]) -> None:
     elif op["op"] == "unload":
         with contextlib.suppress(NotFoundError):  # never loaded here (its load failed): nothing to release
             srv.repo.unload(op["name"], op["version"])
+    elif op["op"] == "forget_user":
+        srv.dataplane.forget_user(op["user"])
     else:
         raise ValueError(f"unknown operation {op['op']!r}")
 

@@ -13,7 +13,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -108,7 +108,10 @@ def load_private_key(path: str | os.PathLike[str], kind: KeyKind | None = None) 
         key = serialization.load_pem_private_key(read_private_file(path), password=None)
     except (ValueError, TypeError) as exc:
         raise KeyFileError(f"{path}: not a PEM private key") from exc
-    return cast(PrivateKey, _check_kind(path, key, kind, (Ed25519PrivateKey, X25519PrivateKey)))
+    if not isinstance(key, PrivateKey):
+        raise KeyFileError(f"{path}: unsupported key type {type(key).__name__}")
+    _check_kind(path, key, kind)
+    return key
 
 
 def load_public_key(path: str | os.PathLike[str], kind: KeyKind | None = None) -> PublicKey:
@@ -125,20 +128,17 @@ def public_key_from_pem(
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
         raise KeyFileError(f"{source}: not a PEM public key") from exc
-    return cast(PublicKey, _check_kind(source, key, kind, (Ed25519PublicKey, X25519PublicKey)))
-
-
-def _check_kind(
-    source: object, key: object, kind: KeyKind | None, types: tuple[type, type]
-) -> object:
-    ed, x = types
-    if not isinstance(key, types):
+    if not isinstance(key, PublicKey):
         raise KeyFileError(f"{source}: unsupported key type {type(key).__name__}")
-    if kind == "ed25519" and not isinstance(key, ed):
-        raise KeyFileError(f"{source}: expected an Ed25519 key")
-    if kind == "x25519" and not isinstance(key, x):
-        raise KeyFileError(f"{source}: expected an X25519 key")
+    _check_kind(source, key, kind)
     return key
+
+
+def _check_kind(source: object, key: PublicKey | PrivateKey, kind: KeyKind | None) -> None:
+    if kind == "ed25519" and not isinstance(key, Ed25519PublicKey | Ed25519PrivateKey):
+        raise KeyFileError(f"{source}: expected an Ed25519 key")
+    if kind == "x25519" and not isinstance(key, X25519PublicKey | X25519PrivateKey):
+        raise KeyFileError(f"{source}: expected an X25519 key")
 
 
 def load_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:

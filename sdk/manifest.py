@@ -72,8 +72,21 @@ class ModelSignature:
 
 
 @dataclass(frozen=True)
+class NpuTarget:
+    """The SoC an artifact was compiled for ahead of time (``--npu vendor:SOC``); only that SoC runs it."""
+
+    vendor: str  # "qualcomm", "mediatek"
+    soc: str  # "SM8650", "MT6989"
+
+
+@dataclass(frozen=True)
 class Artifact:
-    """One runnable model file in the package."""
+    """One runnable model file in the package.
+
+    ``accelerators`` are hints: where the artifact is meant to run. An artifact
+    with an ``npu_target`` holds NPU bytecode for that SoC (accelerators
+    ``("npu",)``, a fixed batch); readers that do not know the SoC skip it.
+    """
 
     path: str
     format: Format
@@ -84,6 +97,7 @@ class Artifact:
     accelerators: tuple[Device, ...] = ("cpu",)
     runtime: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    npu_target: NpuTarget | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +145,9 @@ class Manifest:
     producer: dict[str, str] = field(default_factory=dict)
     score_output: str | None = None
     item_table: str | None = None
+    # The request fields that hold an item's id (candidates, item table) and a user's id.
     item_id_field: str = "item_id"
+    user_id_field: str | None = None
     warmup: str | None = None
     eval_report: dict[str, Any] | None = None
     score_distribution: dict[str, Any] | None = None
@@ -176,6 +192,12 @@ class Manifest:
                 feat["id_range"] = list(feat["id_range"])
         for art in doc["artifacts"]:
             art["accelerators"] = list(art["accelerators"])
+        # Fields added after the first readers shipped are written only when set: readers check the
+        # manifest is canonical, so a package that does not use them stays readable by those readers.
+        for key, container in (("user_id_field", [doc]), ("npu_target", doc["artifacts"])):
+            for item in container:
+                if item[key] is None:
+                    del item[key]
         return doc
 
     def to_bytes(self) -> bytes:
@@ -217,6 +239,7 @@ class Manifest:
             score_output=r.opt_str("score_output"),
             item_table=r.opt_str("item_table"),
             item_id_field=r.opt_str("item_id_field") or "item_id",
+            user_id_field=r.opt_str("user_id_field"),
             warmup=r.opt_str("warmup"),
             eval_report=r.opt_dict("eval_report"),
             score_distribution=r.opt_dict("score_distribution"),
@@ -358,6 +381,12 @@ def _artifact(doc: Any) -> Artifact:
     devices = tuple(a for a in accels if a is not None)
     if not devices or len(devices) != len(accels):
         raise PackageError(f"{r.where}.accelerators: expected some of {', '.join(ACCELERATORS)}")
+    target = None
+    if r.raw("npu_target", None) is not None:
+        t = _Reader(r.raw("npu_target"), f"{r.where}.npu_target")
+        target = NpuTarget(t.text("vendor"), t.text("soc"))
+        if fmt != "tflite" or "npu" not in accels or batch == "dynamic":
+            raise PackageError(f"{r.where}.npu_target: needs format tflite, accelerators with npu, a fixed batch")
     return Artifact(
         path=path,
         format=fmt,
@@ -368,6 +397,7 @@ def _artifact(doc: Any) -> Artifact:
         accelerators=devices,
         runtime={str(k): str(v) for k, v in r.mapping("runtime", default={}).items()},
         extra=r.mapping("extra", default={}),
+        npu_target=target,
     )
 
 

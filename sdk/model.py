@@ -14,15 +14,22 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from .capabilities import DeviceCapabilities, device_capabilities
 from .choices import parse_choice
 from .encryption import Envelope, Recipient, decrypt_artifact
-from .errors import AcceleratorUnavailableError, DecryptionError, EdgeRecError, InvalidInputError, ModelClosedError
+from .errors import (
+    AcceleratorUnavailableError,
+    DecryptionError,
+    InvalidInputError,
+    ModelClosedError,
+    RuntimeBackendError,
+)
 from .inputs import Arrays, InputEncoder
 from .keys import load_verify_key
 from .manifest import Artifact, Device, Format, Manifest
 from .package import Blob, Package, PackageLimits
 from .ranking import RankedItem, build_rank_batch
-from .runtime import Backend, BackendChoice, BackendName, Session, SessionInfo, backend_for_format, parse_backend
+from .runtime import BackendChoice, BackendName, Session, SessionInfo, backend_for_format, parse_backend
 
 log = logging.getLogger("edgerec.sdk")
 
@@ -52,6 +59,7 @@ class ModelInfo:
     batch_buckets: tuple[int, ...]
     fallback_reason: str | None = None
     detail: str = ""
+    npu_target: str | None = None  # "vendor:SOC" when an artifact compiled for this SoC's NPU runs
 
 
 def _trusted(keys: Sequence[Ed25519PublicKey | str | os.PathLike[str]] | Ed25519PublicKey) -> list[Ed25519PublicKey]:
@@ -105,9 +113,14 @@ class EdgeModel:
         precision: str | None = None,
         strict_vocab: bool = False,
         limits: PackageLimits | None = None,
+        capabilities: DeviceCapabilities | None = None,
     ) -> EdgeModel:
         """Verify a package and load its model.
 
+        The artifact is the best this device can run (:func:`load_plan`): one
+        compiled ahead of time for this SoC's NPU, else the package's generic
+        artifacts; ``capabilities`` describes the device (default: this one,
+        :func:`~edgerec.sdk.capabilities.device_capabilities`).
         ``accelerator`` "gpu" or "npu" falls back to the CPU with one warning
         when it cannot run the model; ``info`` tells what is actually used.
         Raises PackageError subclasses for untrusted packages, DecryptionError
@@ -117,8 +130,8 @@ class EdgeModel:
         package = source if isinstance(source, Package) else Package.open(source, _trusted(trusted_keys), limits)
         recipient = _recipient(recipient_key, recipient_id)
         m = package.manifest
-        group = _choose_artifacts(m, backend, precision)
-        engine = backend_for_format(group[0].format)()
+        caps = capabilities if capabilities is not None else device_capabilities()
+        plan = load_plan(m, accelerator, backend, precision, caps)
         envs = list(envelopes)
 
         def model_bytes(art: Artifact) -> Blob:
@@ -128,21 +141,23 @@ class EdgeModel:
                 return decrypt_artifact(package, art.path, recipient, envs)
             return package.stored_bytes(art.path)
 
-        sessions, used, reason = _load_sessions(engine, group, accelerator, threads, model_bytes)
+        sessions, attempt, reason = _load_sessions(plan, accelerator, threads, model_bytes)
         first = sessions[0].info
+        target = attempt.artifacts[0].npu_target
         info = ModelInfo(
             name=m.name,
             version=m.version,
-            backend=engine.name,
-            format=group[0].format,
-            precision=group[0].precision,
+            backend=first.backend,
+            format=attempt.artifacts[0].format,
+            precision=attempt.artifacts[0].precision,
             requested_accelerator=accelerator,
-            accelerator=used,
+            accelerator=attempt.accelerator,
             fully_delegated=first.fully_delegated,
-            artifacts=tuple(a.path for a in group),
+            artifacts=attempt.group,
             batch_buckets=tuple(sorted(s.batch for s in sessions if s.batch is not None)),
             fallback_reason=reason,
             detail=first.detail,
+            npu_target=f"{target.vendor}:{target.soc}" if target is not None else None,
         )
         features = {f.input: f for f in m.features}
         vocabs = {f.input: package.vocabulary(f.vocabulary) for f in m.features if f.vocabulary}
@@ -274,51 +289,85 @@ def _recipient(key: X25519PrivateKey | Recipient | None, rid: str | None) -> Rec
     return Recipient(rid, key)
 
 
-def _choose_artifacts(m: Manifest, backend: BackendChoice, precision: str | None) -> list[Artifact]:
-    """Artifacts of the first (format, precision) this machine can run, in manifest order."""
+@dataclass(frozen=True)
+class LoadAttempt:
+    """One way to load a package: ``artifacts`` on ``accelerator`` (``group``: the artifacts it was chosen from)."""
+
+    accelerator: Device
+    artifacts: tuple[Artifact, ...]
+    group: tuple[str, ...]
+
+
+def load_plan(
+    m: Manifest, accelerator: Accelerator = "auto", backend: BackendChoice = "auto", precision: str | None = None,
+    capabilities: DeviceCapabilities | None = None,
+) -> list[LoadAttempt]:
+    """The ways to load ``m`` on a device, best first; the last one runs on the CPU.
+
+    1. With ``accelerator`` auto or npu: the artifacts compiled ahead of time for
+       the device's SoC (``npu_target`` matches ``capabilities``), on the NPU.
+    2. The first (format, precision) group of generic artifacts an installed
+       backend runs, in manifest order: on the GPU and/or NPU (auto: those the
+       group's hints name; gpu/npu: that one), fixed-batch artifacts first.
+    3. That group on the CPU: its dynamic-batch artifact, else its fixed ones.
+    """
     backend = parse_backend(backend)  # callers without a type checker may pass any str
-    usable = []
-    for art in m.artifacts:
+
+    def usable(art: Artifact) -> bool:
         cls = backend_for_format(art.format)
-        if backend not in ("auto", cls.name) or not cls.available():
-            continue
-        if precision is not None and art.precision != precision:
-            continue
-        usable.append(art)
-    if not usable:
+        return backend in ("auto", cls.name) and cls.available() and precision in (None, art.precision)
+
+    attempts = []
+    if accelerator in ("auto", "npu") and capabilities is not None:
+        compiled = [a for a in m.artifacts if a.npu_target is not None and usable(a)
+                    and capabilities.can_run_target(a.npu_target.vendor, a.npu_target.soc)]
+        if compiled:
+            mine = tuple(a for a in compiled if a.precision == compiled[0].precision)
+            attempts.append(LoadAttempt("npu", mine, tuple(a.path for a in mine)))
+    group = [a for a in m.artifacts if a.npu_target is None and usable(a)]
+    if not group:
         what = f"backend {backend}" + (f", precision {precision}" if precision else "")
         have = ", ".join(f"{a.path} ({a.format}, {a.precision})" for a in m.artifacts)
-        raise EdgeRecError(f"{m.name}: no artifact for {what}; the package has {have}")
-    first = usable[0]
-    return [a for a in usable if (a.format, a.precision) == (first.format, first.precision)]
-
-
-def _load_sessions(
-    engine: Backend, group: list[Artifact], accelerator: Accelerator, threads: int | None,
-    model_bytes: Callable[[Artifact], Blob],
-) -> tuple[list[Session], Device, str | None]:
-    fixed = [a for a in group if isinstance(a.batch, int)]
-    dynamic = [a for a in group if a.batch == "dynamic"][:1]
+        raise RuntimeBackendError(f"{m.name}: no artifact for {what}; the package has {have}")
+    group = [a for a in group if (a.format, a.precision) == (group[0].format, group[0].precision)]
+    paths = tuple(a.path for a in group)
+    fixed = tuple(a for a in group if isinstance(a.batch, int))
+    dynamic = tuple(a for a in group if a.batch == "dynamic")[:1]
     tries: list[Device]
     if accelerator == "auto":
         tries = [acc for acc in _ACCELERATED if any(acc in a.accelerators for a in group)]
-    elif accelerator == "cpu":
-        tries = []
     else:
-        tries = [accelerator]
+        tries = [] if accelerator == "cpu" else [accelerator]
+    # Accelerators want fixed shapes (DESIGN.md): buckets first, else the dynamic artifact.
+    attempts += [LoadAttempt(acc, fixed or dynamic, paths) for acc in tries]
+    attempts.append(LoadAttempt("cpu", dynamic or fixed, paths))
+    return attempts
+
+
+def _load_sessions(
+    plan: list[LoadAttempt], accelerator: Accelerator, threads: int | None, model_bytes: Callable[[Artifact], Blob]
+) -> tuple[list[Session], LoadAttempt, str | None]:
+    """Sessions of the first attempt that loads; the CPU attempt (the last) raises what it meets."""
     reasons = []
-    for acc in tries:
-        # Accelerators want fixed shapes (DESIGN.md): buckets first, else the dynamic artifact.
-        chosen = fixed or dynamic
+    for attempt in plan[:-1]:
+        engine = backend_for_format(attempt.artifacts[0].format)()
+        sessions: list[Session] = []
         try:
-            return [engine.load(model_bytes(a), a, acc, threads) for a in chosen], acc, None
+            for a in attempt.artifacts:
+                sessions.append(engine.load(model_bytes(a), a, attempt.accelerator, threads))
+            return sessions, attempt, None
         except AcceleratorUnavailableError as exc:
-            reasons.append(str(exc))
+            for loaded in sessions:
+                loaded.close()
+            target = attempt.artifacts[0].npu_target
+            where = f" ({target.vendor}:{target.soc} artifact)" if target is not None else ""
+            reasons.append(f"{exc}{where}")
     reason = "; ".join(reasons) or None
     if accelerator in ("gpu", "npu"):
         log.warning("%s unavailable, running on the CPU: %s", accelerator, reason)
-    chosen = dynamic or fixed
-    return [engine.load(model_bytes(a), a, "cpu", threads) for a in chosen], "cpu", reason
+    cpu = plan[-1]
+    engine = backend_for_format(cpu.artifacts[0].format)()
+    return [engine.load(model_bytes(a), a, "cpu", threads) for a in cpu.artifacts], cpu, reason
 
 
 def _batch_size(encoded: Arrays) -> int:
@@ -335,4 +384,7 @@ def _pad(arr: npt.NDArray[Any], size: int) -> npt.NDArray[Any]:
 
 
 
-__all__ = ["ACCELERATOR_CHOICES", "Accelerator", "EdgeModel", "ModelInfo", "SessionInfo", "parse_accelerator"]
+__all__ = [
+    "ACCELERATOR_CHOICES", "Accelerator", "EdgeModel", "LoadAttempt", "ModelInfo", "SessionInfo", "load_plan",
+    "parse_accelerator",
+]

@@ -10,7 +10,8 @@ So a command-line process calls :func:`quiet` once, first thing (``edgerec`` doe
 and so does each edge server worker). It
 
 * sets the switches the libraries have: ``TF_CPP_MIN_LOG_LEVEL=3`` (unless the user
-  set it) and the ``tensorflow`` and ``absl`` Python loggers to ERROR;
+  set it), the ``tensorflow`` and ``absl`` Python loggers to ERROR, and no Python
+  warnings from TensorFlow's own modules (deprecations its converter triggers);
 * moves Python's own ``sys.stderr`` onto a duplicate of fd 2, so that what Python
   writes (rich output, log records of every thread, tracebacks) no longer goes
   through fd 2;
@@ -37,11 +38,15 @@ import logging
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
+from typing import Any, cast
 
 ENV = "EDGEREC_LOG_NATIVE"
 _OFF = {"", "0", "false", "no", "off"}
 _PY_LOGGERS = ("tensorflow", "absl")
+# Deprecation notices TensorFlow's own converter code triggers: nothing a user can act on.
+_PY_WARNINGS = r"(tensorflow|keras|tf_keras|tf2onnx)(\.|$)"
 
 
 class _State:
@@ -49,6 +54,7 @@ class _State:
     quiet = False
     switched = False  # quiet() set the library switches
     tf_env_set = False
+    warning_filter: Any = None
     depth = 0  # nested or concurrent silenced() blocks
     saved_fd: int | None = None
 
@@ -151,12 +157,16 @@ def _hide_at_exit() -> None:
 
 
 def _set_library_switches() -> None:
+    if _State.switched:
+        return
     _State.switched = True
     if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
         _State.tf_env_set = True
     for name in _PY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=_PY_WARNINGS)
+    _State.warning_filter = warnings.filters[0]
 
 
 def _unset_library_switches() -> None:
@@ -168,6 +178,9 @@ def _unset_library_switches() -> None:
         _State.tf_env_set = False
     for name in _PY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET)
+    with contextlib.suppress(ValueError):
+        cast(list[Any], warnings.filters).remove(_State.warning_filter)
+    _State.warning_filter = None
 
 
 __all__ = ["ENV", "quiet", "show", "shown", "silenced"]

@@ -57,6 +57,7 @@ from .manifest import (
     Format,
     Manifest,
     ModelSignature,
+    NpuTarget,
     canonical_json,
     check_name,
     check_path,
@@ -146,7 +147,9 @@ class PackageBuilder:
         self._features: list[FeatureSpec] = []
         self._blobs: dict[str, bytes] = {}
         self._item_table: str | None = None
-        self._item_id_field = "item_id"
+        # The request fields naming an item and a user (the converter sets them from the feature roles).
+        self.item_id_field = "item_id"
+        self.user_id_field: str | None = None
         self._warmup: str | None = None
 
     def _put(self, path: str, data: bytes) -> None:
@@ -166,8 +169,9 @@ class PackageBuilder:
         accelerators: Sequence[Device] = ("cpu",),
         runtime: Mapping[str, str] | None = None,
         extra: Mapping[str, Any] | None = None,
+        npu_target: NpuTarget | None = None,
     ) -> Artifact:
-        """Add a model file (``tflite``, ``ort`` or ``onnx``)."""
+        """Add a model file (``tflite``, ``ort`` or ``onnx``); ``npu_target``: compiled for that SoC's NPU."""
         self._put(path, data)
         art = Artifact(
             path=path,
@@ -179,6 +183,7 @@ class PackageBuilder:
             accelerators=tuple(accelerators),
             runtime=dict(runtime or {}),
             extra=dict(extra or {}),
+            npu_target=npu_target,
         )
         self._artifacts.append(art)
         return art
@@ -205,7 +210,7 @@ class PackageBuilder:
         if id_field not in arrays:
             raise PackageError(f"item table: missing id column {id_field!r}")
         self.add_file("items.npz", _npz(arrays), kind="item_table")
-        self._item_table, self._item_id_field = "items.npz", id_field
+        self._item_table, self.item_id_field = "items.npz", id_field
 
     def set_warmup(self, samples: Mapping[str, npt.ArrayLike]) -> None:
         """Inputs a server runs before it swaps a new version in."""
@@ -236,7 +241,8 @@ class PackageBuilder:
             producer=dict(self.producer),
             score_output=self.score_output,
             item_table=self._item_table,
-            item_id_field=self._item_id_field,
+            item_id_field=self.item_id_field,
+            user_id_field=self.user_id_field,
             warmup=self._warmup,
             eval_report=self.eval_report,
             score_distribution=self.score_distribution,

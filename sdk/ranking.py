@@ -119,15 +119,24 @@ def _candidate_columns(
     if ids_fast is not None:
         return _id_columns(*ids_fast, id_field, item_lookup)
     if all(isinstance(c, Mapping) for c in candidates):
-        fields = {f.field for f in manifest.features if f.role == "item"} | {id_field}
-        cols = {f: [c.get(f) for c in candidates] for f in fields}
-        for f, vals in list(cols.items()):
-            if any(v is None for v in vals):
-                if f != id_field and any(v is not None for v in vals):
-                    raise InvalidInputError(f"candidates.{f}", "missing in some rows")
-                del cols[f]
-        return cols, _plain_list(cols.get(id_field, range(len(candidates))))
+        return _row_columns(manifest, candidates, id_field)
     raise InvalidInputError("candidates", "expected item ids (all numbers or all strings) or feature rows, not a mix")
+
+
+def _row_columns(manifest: Manifest, candidates: Sequence[Mapping[str, Any]],
+                 id_field: str) -> tuple[dict[str, Any], list[Any]]:
+    """Columns of candidate objects; each is named by its id field, or all by position when none has one."""
+    fields = {f.field for f in manifest.features if f.role == "item"} | {id_field}
+    cols = {f: [c.get(f) for c in candidates] for f in fields}
+    for f, vals in list(cols.items()):
+        missing = [i for i, v in enumerate(vals) if v is None]
+        if len(missing) == len(vals):
+            del cols[f]
+        elif missing:
+            # An answer that named some candidates by id and others by position would be ambiguous.
+            why = f"missing, and other candidates have it{' (their id)' if f == id_field else ''}"
+            raise InvalidInputError(f"candidates[{missing[0]}].{f}", why)
+    return cols, _plain_list(cols.get(id_field, range(len(candidates))))
 
 
 def _plain_list(values: Any) -> list[Any]:

@@ -177,8 +177,9 @@ def _loop(fleet: Fleet, work: Path, say: Say) -> dict[str, Any]:
     say(f"3. node {escape(node_id)} enrolled (Ed25519 + X25519 keys made on the node); edge server on "
         f"{escape(edge_url)}")
 
+    # A short health window: the demo sends no traffic of its own while the daemon watches a new version.
     node_run: list[str | Path] = ["node", "run", "--state-dir", work / "node", "--model-dir", work / "models",
-                "--edge-server", edge_url, "--control-token-file", control, "--once"]
+                "--edge-server", edge_url, "--control-token-file", control, "--health-window", "2", "--once"]
     ranks = {}
     for version in (1, 2):
         fleet.run(f"publish v{version}", "admin", "publish", work / f"ctr-{version}.edgepkg", "--channel", "stable")

@@ -20,7 +20,7 @@ class AbsolutePath(click.Path):
         rv = super().convert(value, param, ctx)
         if self.allow_dash and rv in ("-", b"-"):
             return rv
-        return self.coerce_path_result(os.path.abspath(rv))
+        return self.coerce_path_result(os.path.abspath(os.fsdecode(rv)))
 
 
 __all__ = ["AbsolutePath"]

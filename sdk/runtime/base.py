@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import importlib
+import importlib.metadata
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -81,16 +83,22 @@ class Backend(abc.ABC):
 
     name: ClassVar[BackendName]
     formats: ClassVar[tuple[Format, ...]]
+    module: ClassVar[str]  # what must import for the engine to run here
+    distribution: ClassVar[str]  # the installed package whose version a report names
 
     @classmethod
-    @abc.abstractmethod
     def available(cls) -> bool:
         """Whether the engine's Python package imports here."""
+        try:
+            importlib.import_module(cls.module)
+        except ImportError:
+            return False
+        return True
 
     @abc.abstractmethod
     def load(self, model: Blob, artifact: Artifact, accelerator: Device, threads: int | None) -> Session:
         """Load model bytes (never a file on disk) onto ``accelerator`` ("cpu", "gpu" or "npu")."""
 
     def version(self) -> str:
-        return ""
+        return importlib.metadata.version(self.distribution)
 

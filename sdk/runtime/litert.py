@@ -10,9 +10,10 @@ present; both are turned into :class:`AcceleratorUnavailableError` here.
 
 from __future__ import annotations
 
-import importlib.metadata
+import os
 import re
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -64,12 +65,13 @@ class _CompiledSession(Session):
         from ai_edge_litert.hardware_accelerator import HardwareAccelerator as Accel
 
         flags = {"cpu": Accel.CPU, "gpu": Accel.GPU | Accel.CPU, "npu": Accel.NPU | Accel.CPU}[accelerator]
+        env = _npu_environment() if accelerator == "npu" else None
         try:
             with model_source(model) as source, silenced():
                 if isinstance(source, str):
-                    self._model = CompiledModel.from_file(source, hardware_accel=flags)
+                    self._model = CompiledModel.from_file(source, hardware_accel=flags, environment=env)
                 else:
-                    self._model = CompiledModel.from_buffer(source, hardware_accel=flags)
+                    self._model = CompiledModel.from_buffer(source, hardware_accel=flags, environment=env)
         except (RuntimeError, ValueError) as exc:
             _drop_frames(exc)
             if accelerator == "cpu":
@@ -128,6 +130,8 @@ class _CompiledSession(Session):
 
     def _release(self) -> None:
         # Dropping the model destroys its LiteRT environment, which logs every accelerator it drops.
+        if self._model is None:
+            return  # closed already
         with silenced():
             self._model.close()
             self._model = None
@@ -144,6 +148,23 @@ def _drop_frames(exc: BaseException) -> None:
 _LOCATION = re.compile(r"\b(?:INFO|WARNING|ERROR): \[[^\]]*\]")
 
 
+def _npu_environment() -> Any:
+    """A LiteRT environment whose NPU dispatch library comes from ``EDGEREC_LITERT_DISPATCH_DIR``, if set.
+
+    By default LiteRT looks for a vendor dispatch library inside its own
+    package (``ai_edge_litert/vendors/<vendor>/dispatch``); on a device whose
+    vendor runtime lives elsewhere, that variable names the folder.
+    """
+    folder = os.environ.get("EDGEREC_LITERT_DISPATCH_DIR")
+    if not folder:
+        return None
+    import ai_edge_litert
+    from ai_edge_litert.environment import Environment
+
+    return Environment.create(runtime_path=os.path.dirname(os.path.abspath(ai_edge_litert.__file__)),
+                              dispatch_library_path=folder)
+
+
 def _first_line(exc: BaseException) -> str:
     # LiteRT's messages are multi-line source traces; one line is enough to report.
     text = " ".join(_LOCATION.sub(" ", str(exc)).replace("└", " ").split())
@@ -155,17 +176,9 @@ class LiteRTBackend(Backend):
 
     name = "litert"
     formats = ("tflite",)
+    module = "ai_edge_litert.interpreter"
+    distribution = "ai-edge-litert"
 
-    @classmethod
-    def available(cls) -> bool:
-        try:
-            import ai_edge_litert.interpreter  # noqa: F401
-        except ImportError:
-            return False
-        return True
-
-    def version(self) -> str:
-        return importlib.metadata.version("ai-edge-litert")
 
     def load(self, model: Blob, artifact: Artifact, accelerator: Device, threads: int | None) -> Session:
         if accelerator != "cpu":

@@ -7,7 +7,6 @@ last so unsupported nodes fall back inside ONNX Runtime.
 
 from __future__ import annotations
 
-import importlib.metadata
 from typing import Any
 
 from ..errors import AcceleratorUnavailableError, RuntimeBackendError
@@ -63,17 +62,9 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     formats = ("ort", "onnx")
+    module = "onnxruntime"
+    distribution = "onnxruntime"
 
-    @classmethod
-    def available(cls) -> bool:
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            return False
-        return True
-
-    def version(self) -> str:
-        return importlib.metadata.version("onnxruntime")
 
     def load(self, model: Blob, artifact: Artifact, accelerator: Device, threads: int | None) -> Session:
         import onnxruntime as ort
@@ -98,7 +89,25 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:
             if accelerator != "cpu":
                 raise AcceleratorUnavailableError(f"onnxruntime {accelerator}: {exc}") from exc
-            raise RuntimeBackendError(f"onnxruntime could not load {artifact.path}: {exc}") from exc
+            why = f"{exc}{_hint(exc, artifact)}"
+            raise RuntimeBackendError(f"onnxruntime could not load {artifact.path}: {why}") from exc
         if accelerator != "cpu" and session.get_providers()[0] == "CPUExecutionProvider":
             raise AcceleratorUnavailableError(f"onnxruntime {accelerator}: the provider did not initialise")
         return _OrtSession(session, accelerator, artifact)
+
+
+# Contrib ops the converter's 4-bit precisions use (int4-rows, int4, mixed).
+_CONTRIB = ("GatherBlockQuantized", "MatMulNBits", "com.microsoft")
+
+
+def _hint(exc: BaseException, artifact: Artifact) -> str:
+    """What to do when the failure is a missing contrib op (a minimal or reduced onnxruntime build)."""
+    text = str(exc)
+    if any(name in text for name in _CONTRIB):
+        return (
+            f" ({artifact.precision} artifacts use onnxruntime contrib ops (com.microsoft "
+            "GatherBlockQuantized, MatMulNBits): use the full onnxruntime package, or a minimal build "
+            "made from the package's required_operators.config)"
+        )
+    return ""
+

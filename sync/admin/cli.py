@@ -35,6 +35,7 @@ from .client import (
     load_credentials,
     save_credentials,
 )
+from .metrics_cli import register as register_metrics
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -78,6 +79,36 @@ def _failure(f: dict[str, Any] | None) -> str:
     if not f:
         return ""
     return f"v{_v(f.get('version'))}: {f.get('reason', '')}"[:120]
+
+
+_THRESHOLD = re.compile(r"^(\d+(?:\.\d+)?)(%?)$")
+
+
+def parse_threshold(text: str | None) -> tuple[int | None, float | None]:
+    """``--max-failures``: ``3`` (nodes) or ``10%`` (of the rollout's nodes) -> (count, percent)."""
+    if text is None:
+        return None, None
+    m = _THRESHOLD.match(text.strip())
+    if not m or (not m.group(2) and "." in m.group(1)):
+        raise ConfigError(f"--max-failures {text!r}: expected a number of nodes (3) or a percentage (10%)")
+    if m.group(2):
+        pct = float(m.group(1))
+        if pct >= 100:
+            raise ConfigError(f"--max-failures {text!r}: a percentage must be under 100")
+        return None, pct
+    return int(m.group(1)), None
+
+
+def _seen(row: dict[str, Any]) -> str:
+    return ago(row.get("last_seen")) + (" (stale)" if row.get("stale") else "")
+
+
+def _serving(row: dict[str, Any]) -> str:
+    if row.get("edge") == "down" or row.get("state") == "not_serving":
+        return "not serving"
+    if row.get("edge") in (None, "none"):
+        return "-"
+    return _v(row.get("serving_version"))
 
 
 @click.group()
@@ -274,8 +305,16 @@ def _print_summary(doc: dict[str, Any], what: str, as_json: bool) -> None:
         return
     tags = f" tags {','.join(doc['tags'])}" if doc["tags"] else ""
     console.print(f"{what}: {doc['model']} v{doc['version']} on {doc['channel']} at {doc['percent']:g}%{tags}, "
-                  f"{doc['state']}; {doc['changed']} node(s) changed, {doc.get('envelopes', 0)} node envelope(s) "
-                  "sealed", markup=False)
+                  f"{doc['state']}{_limit(doc)}; {doc['changed']} node(s) changed, {doc.get('envelopes', 0)} node "
+                  "envelope(s) sealed", markup=False, highlight=False)
+
+
+def _limit(doc: dict[str, Any]) -> str:
+    if doc.get("max_failures") is not None:
+        return f", pauses past {doc['max_failures']} failed node(s)"
+    if doc.get("max_failure_percent") is not None:
+        return f", pauses past {doc['max_failure_percent']:g}% failed nodes"
+    return ""
 
 
 @admin.command()
@@ -284,13 +323,30 @@ def _print_summary(doc: dict[str, Any], what: str, as_json: bool) -> None:
 @click.option("--channel", required=True)
 @click.option("--percent", type=click.FloatRange(0, 100, min_open=True), default=100.0, show_default=True)
 @click.option("--tags", default=None, help="Only nodes with all these tags (comma-separated).")
+@click.option("--max-failures", default=None,
+              help="Pause the rollout once more nodes than this (3) or this share of its nodes (10%) "
+                   "roll the version back.")
+@click.option("--phases", default=None, help="Gated phases in percent, e.g. 5,25,100 (needs --gate).")
+@click.option("--gate", "gates", multiple=True, help="Outcome gate per phase, e.g. 'ctr>=-1%' or 'errors<=1%'.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def rollout(ctx: click.Context, name: str, version: int, channel: str, percent: float, tags: str | None,
-            as_json: bool) -> None:
-    """Roll VERSION of model NAME out to a share of the nodes (deterministic buckets)."""
+            max_failures: str | None, phases: str | None, gates: tuple[str, ...], as_json: bool) -> None:
+    """Roll VERSION of model NAME out to a share of the nodes (deterministic buckets).
+
+    With --phases and --gate, each phase advances only when the nodes' private
+    figures pass the gates (an always-valid sequential test); otherwise the
+    rollout halts and the canaries go back to the current version."""
+    if phases is not None or gates:
+        from .metrics_cli import gated_rollout
+
+        gated_rollout(ctx, _client, checked(name, "model"), version, checked(channel, "channel"), phases, gates,
+                      parse_tags(tags), as_json)
+        return
+    count, pct = parse_threshold(max_failures)
     with _client(ctx) as c:
-        doc = c.rollout(checked(name, "model"), version, checked(channel, "channel"), percent, parse_tags(tags))
+        doc = c.rollout(checked(name, "model"), version, checked(channel, "channel"), percent, parse_tags(tags),
+                        count, pct)
     _print_summary(doc, "rollout", as_json)
 
 
@@ -340,16 +396,44 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    t = Table("node", "name", "tags", "last seen", "accelerator", "health", "models (desired/installed)",
-              "last failure", title=f"{len(rows)} node(s)")
+    t = Table("node", "name", "tags", "last seen", "edge server", "health", "models (desired/serving)",
+              "failure", title=f"{len(rows)} node(s)")
     for n in rows:
-        models = ", ".join(f"{m['model']} {_v(m['desired_version'])}/{_v(m['installed_version'])}"
-                           for m in n["models"])
+        models = ", ".join(f"{m['model']} {_v(m['desired_version'])}/{_serving(m)}" for m in n["models"])
         fail = next((_failure(m["last_failure"]) for m in n["models"] if m["last_failure"]), "")
         name = n["name"] + (" (revoked)" if n["revoked"] else "")
-        t.add_row(*text_row(n["node_id"], name, ",".join(n["tags"]), ago(n["last_seen"]), _v(n["accelerator"]),
-                            _v(n["health"]), models, fail))
+        t.add_row(*text_row(n["node_id"], name, ",".join(n["tags"]), _seen(n), _v(n.get("edge")), _v(n["health"]),
+                            models, fail))
     console.print(t)
+
+
+@admin.command("node")
+@click.argument("node_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def node_cmd(ctx: click.Context, node_id: str, as_json: bool) -> None:
+    """One node: what its edge server serves per model, whether it is stale, and its failure history."""
+    with _client(ctx) as c:
+        doc = c.node(checked(node_id, "node id"))
+    if as_json:
+        print_json(doc)
+        return
+    flags = [f"last seen {_seen(doc)}", f"edge server {_v(doc.get('edge'))}", f"health {_v(doc.get('health'))}"]
+    if doc["revoked"]:
+        flags.append("revoked")
+    console.print(f"node {doc['node_id']} ({doc['name']}, tags {','.join(doc['tags']) or '-'}): {', '.join(flags)}",
+                  markup=False, highlight=False)
+    t = Table("model", "desired", "current", "serving", "state", "accelerator", "failure")
+    for m in doc["models"]:
+        t.add_row(*text_row(m["model"], _v(m["desired_version"]) + (" (rollback)" if m["rollback"] else ""),
+                            _v(m["installed_version"]), _serving(m), _v(m["state"]), _v(m["accelerator"]),
+                            _failure(m["last_failure"])))
+    console.print(t)
+    h = Table("when", "model", "version", "bad", "reason", title=f"failure history ({len(doc['failures'])})")
+    for f in doc["failures"]:
+        h.add_row(*text_row(ago(f["at"]), f["model"], _v(f["version"]), "yes" if f["bad"] else "",
+                            f["reason"][:200]))
+    console.print(h)
 
 
 @admin.command()
@@ -367,19 +451,31 @@ def status(ctx: click.Context, name: str, as_json: bool) -> None:
     if r:
         tags = f" tags {','.join(r['tags'])}" if r["tags"] else ""
         kind = "rollback" if r["rollback"] else "rollout"
+        why = f" ({r['paused_reason']})" if r["state"] == "paused" and r.get("paused_reason") else ""
         console.print(f"{doc['model']}: {kind} of v{r['version']} on {r['channel']} at {r['percent']:g}%{tags}, "
-                      f"{r['state']}", markup=False)
+                      f"{r['state']}{why}{_limit(r)}", markup=False, highlight=False)
     else:
         console.print(f"{doc['model']}: no rollout in progress", markup=False)
     rows = doc["nodes"]
-    done = sum(1 for n in rows if n["desired_version"] is not None and n["desired_version"] == n["installed_version"])
-    t = Table("node", "name", "desired", "installed", "state", "last seen", "accelerator", "health", "last failure",
-              title=f"{done} of {len(rows)} node(s) run their desired version")
+    done = sum(1 for n in rows if n["desired_version"] is not None and n["desired_version"] == _served(n))
+    down = sum(1 for n in rows if n.get("state") == "not_serving")
+    stale = sum(1 for n in rows if n.get("stale"))
+    extra = "".join(f", {k} {w}" for k, w in ((down, "not serving"), (stale, "stale")) if k)
+    t = Table("node", "name", "desired", "current", "serving", "state", "last seen", "accelerator", "health",
+              "failure", title=f"{done} of {len(rows)} node(s) serve their desired version{extra}")
     for n in rows:
         desired = _v(n["desired_version"]) + (" (rollback)" if n["rollback"] else "")
-        t.add_row(*text_row(n["node_id"], n["name"], desired, _v(n["installed_version"]), _v(n["state"]),
-                            ago(n["last_seen"]), _v(n["accelerator"]), _v(n["health"]), _failure(n["last_failure"])))
+        t.add_row(*text_row(n["node_id"], n["name"], desired, _v(n["installed_version"]), _serving(n),
+                            _v(n["state"]), _seen(n), _v(n["accelerator"]), _v(n["health"]),
+                            _failure(n["last_failure"])))
     console.print(t)
+
+
+def _served(n: dict[str, Any]) -> Any:
+    """The version a node runs: what its edge server serves, or (no edge server) what it installed."""
+    if n.get("edge") in (None, "none"):
+        return n.get("installed_version")
+    return n.get("serving_version")
 
 
 @admin.command()
@@ -395,5 +491,8 @@ def revoke(ctx: click.Context, node_id: str, as_json: bool) -> None:
     else:
         console.print(f"revoked {doc['node_id']}", markup=False)
 
+
+# The fleet metrics commands (ab-report, experiment, alerts, gates) live in their own module.
+register_metrics(admin, _client)
 
 __all__ = ["admin", "default_config_path"]

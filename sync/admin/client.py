@@ -140,8 +140,10 @@ class AdminClient:
     def packages(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/api/v1/admin/packages")["packages"])
 
-    def rollout(self, model: str, version: int, channel: str, percent: float, tags: list[str]) -> dict[str, Any]:
-        doc = {"model": model, "version": version, "channel": channel, "percent": percent, "tags": tags}
+    def rollout(self, model: str, version: int, channel: str, percent: float, tags: list[str],
+                max_failures: int | None = None, max_failure_percent: float | None = None) -> dict[str, Any]:
+        doc = {"model": model, "version": version, "channel": channel, "percent": percent, "tags": tags,
+               "max_failures": max_failures, "max_failure_percent": max_failure_percent}
         return dict(self._call("POST", "/api/v1/admin/rollouts", json=doc))
 
     def pause(self, model: str) -> dict[str, Any]:
@@ -157,6 +159,9 @@ class AdminClient:
     def nodes(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/api/v1/admin/nodes")["nodes"])
 
+    def node(self, node_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/api/v1/admin/nodes/{node_id}"))
+
     def status(self, model: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/api/v1/admin/models/{model}"))
 
@@ -168,3 +173,43 @@ class AdminClient:
         if kind:
             params["kind"] = kind
         return list(self._call("GET", "/api/v1/admin/reports", params=params)["reports"])
+
+    # -- fleet metrics (issue 10) ------------------------------------------------------
+
+    def ab_report(self, experiment: str, variants: list[str] | None = None, control: str | None = None,
+                  since: float = 0) -> dict[str, Any]:
+        params: dict[str, Any] = {"since": since}
+        if variants:
+            params["variants"] = ",".join(variants)
+        if control:
+            params["control"] = control
+        return dict(self._call("GET", f"/api/v1/admin/experiments/{experiment}/report", params=params))
+
+    def fleet_metrics(self, model: str | None = None, since: float = 0) -> dict[str, Any]:
+        params: dict[str, Any] = {"since": since}
+        if model:
+            params["model"] = model
+        return dict(self._call("GET", "/api/v1/admin/fleet-metrics", params=params))
+
+    def create_experiment(self, name: str, model: str, variants: list[dict[str, Any]], tags: list[str],
+                          salt: str | None) -> dict[str, Any]:
+        doc = {"name": name, "model": model, "variants": variants, "tags": tags, "salt": salt}
+        return dict(self._call("POST", "/api/v1/admin/experiments", json=doc))
+
+    def experiments(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api/v1/admin/experiments")["experiments"])
+
+    def stop_experiment(self, name: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/api/v1/admin/experiments/{name}/stop"))
+
+    def alerts(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/api/v1/admin/alerts"))
+
+    def gated_rollout(self, model: str, version: int, channel: str, phases: list[float], gates: list[str],
+                      tags: list[str], alpha: float = 0.05, max_windows: int = 24) -> dict[str, Any]:
+        doc = {"model": model, "version": version, "channel": channel, "phases": phases, "gates": gates,
+               "tags": tags, "alpha": alpha, "max_windows": max_windows}
+        return dict(self._call("POST", "/api/v1/admin/gated-rollouts", json=doc))
+
+    def gated_rollouts(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api/v1/admin/gated-rollouts")["gated_rollouts"])

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
+import shlex
+import signal
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -14,12 +20,35 @@ from edgerec.sdk.cli.secret_input import read_secret, refused_argument
 from edgerec.sdk.model import ACCELERATOR_CHOICES, parse_accelerator
 from edgerec.sync.protocol.errors import ConfigError
 
+from .forget_cli import forget_user
+
 ENROLL_TOKEN_ENV = "EDGEREC_ENROLL_TOKEN"  # noqa: S105 - the variable's name, not a secret
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)$")
+
+
+def parse_rate(text: str | None) -> float | None:
+    """``500k``, ``2M``, ``1000000`` (bytes per second) -> bytes per second."""
+    if text is None:
+        return None
+    m = _RATE.match(text.strip().lower())
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"--download-rate {text!r}: expected bytes per second, e.g. 500k or 2M")
+    return float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)]
+
+
+def _logging() -> None:
+    logger = logging.getLogger("edgerec")
+    logger.setLevel(logging.INFO)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
 
 
 @click.group()
 def node() -> None:
-    """Edge node daemon: enroll once, then poll, verify, install and report."""
+    """Edge node daemon: enroll once, then poll, verify, install, watch and report."""
 
 
 @node.command()
@@ -51,86 +80,187 @@ def enroll(server: str, token_file: Path | None, state_dir: Path, name: str | No
 
 @node.command()
 @click.option("--state-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
-@click.option("--model-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
-@click.option("--edge-server", default=None, help="Edge server URL; without it models are only installed.")
+@click.option("--model-dir", type=AbsolutePath(file_okay=False, path_type=Path), default=None,
+              help="Where models are installed (NAME/VERSION.edgepkg, NAME/current); remembered for later runs.")
+@click.option("--edge-server", default=None, help="URL of an edge server this daemon drives (not with --serve).")
 @click.option("--control-token-file", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="File holding the edge server's control token.")
-@click.option("--interval", type=click.FloatRange(min=1), default=30.0, show_default=True,
-              help="Seconds between polls.")
+              help="File holding that edge server's control token.")
+@click.option("--serve", is_flag=True, help="Run the edge server on the model directory as a supervised child.")
+@click.option("--serve-host", default="127.0.0.1", show_default=True, help="With --serve: listen address.")
+@click.option("--serve-port", type=click.IntRange(1, 65535), default=8080, show_default=True,
+              help="With --serve: port.")
+@click.option("--serve-config", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="With --serve: edge server settings file (TOML or JSON, as 'edgerec serve --config').")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds between polls (+-10 % jitter).")
+@click.option("--max-backoff", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="Longest wait between tries while the sync service is unreachable.")
+@click.option("--health-window", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds a new version is watched after its swap before the node commits to it.")
+@click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="Share of failed requests to a new version that rolls it back.")
+@click.option("--max-p99-ms", type=click.FloatRange(min=0, min_open=True), default=1000.0, show_default=True,
+              help="p99 latency of a new version that rolls it back.")
+@click.option("--download-rate", default=None, help="Cap on download bytes per second (e.g. 500k, 2M).")
 @click.option("--accelerator", type=click.Choice(ACCELERATOR_CHOICES), default="auto", show_default=True)
 @click.option("--once", is_flag=True, help="Run one cycle and exit (1 if anything failed).")
-def run(state_dir: Path, model_dir: Path, edge_server: str | None, control_token_file: Path | None,
-        interval: float, accelerator: str, once: bool) -> None:
-    """Poll assignments, fetch through TUF, verify, install atomically and report."""
+def run(state_dir: Path, model_dir: Path | None, edge_server: str | None, control_token_file: Path | None,
+        serve: bool, serve_host: str, serve_port: int, serve_config: Path | None, interval: float,
+        max_backoff: float, health_window: float, max_error_rate: float, max_p99_ms: float,
+        download_rate: str | None, accelerator: str, once: bool) -> None:
+    """Poll assignments, fetch through TUF, verify, install atomically, watch, report."""
     from .daemon import DaemonConfig, NodeDaemon
-    from .edge_control import EdgeControl
+    from .health import HealthPolicy
     from .state import NodeState
 
-    logging.getLogger("edgerec").setLevel(logging.INFO)
-    edge = None
-    if edge_server:
-        if control_token_file is None:
-            raise ConfigError("--edge-server needs --control-token-file")
-        edge = EdgeControl(edge_server, control_token_file.read_text().strip())
-    config = DaemonConfig(interval, parse_accelerator(accelerator, "--accelerator"))
-    daemon = NodeDaemon(NodeState(state_dir), model_dir, edge, config)
+    _logging()
+    if serve and edge_server:
+        raise ConfigError("--serve runs its own edge server; leave out --edge-server")
+    if serve and once:
+        raise ConfigError("--serve runs the edge server for as long as the daemon runs; it does not go with --once")
+    if edge_server and control_token_file is None:
+        raise ConfigError("--edge-server needs --control-token-file")
+    state = NodeState(state_dir)
+    state.identity()  # not enrolled: one clear line, before anything starts
+    if model_dir is None:
+        recorded = state.db.setting("model_dir")
+        if recorded is None:
+            raise ConfigError("--model-dir is needed on the first run")
+        model_dir = Path(recorded)
+    config = DaemonConfig(interval, parse_accelerator(accelerator, "--accelerator"), health=HealthPolicy(
+        window_s=health_window, max_error_rate=max_error_rate, max_p99_ms=max_p99_ms),
+        max_backoff_s=max_backoff, download_rate=parse_rate(download_rate))
+    child, edge = _edge(state, model_dir, edge_server, control_token_file, serve, serve_host, serve_port,
+                        serve_config)
+    daemon = NodeDaemon(state, model_dir, edge, config, on_trust_change=child.restart if child else None)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     try:
+        if child is not None:
+            child.start()
         if once:
-            result = daemon.run_once()
-            for m, v in result.installed:
-                console.print(f"installed {m} v{v}", markup=False)
-            for m, why in result.failures.items():
-                console.print(f"[red]failed[/] {plain(m)}: {plain(why)}", highlight=False)
-            if not result.reachable:
-                raise ConfigError(f"cannot reach the sync service at {daemon.ident.server}")
-            if result.failures:
-                raise SystemExit(1)
+            _once(daemon)
         else:
             daemon.run_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        if child is not None:
+            child.stop()
         daemon.close()
+        state.close()
+
+
+def _edge(state: Any, model_dir: Path, edge_server: str | None, control_token_file: Path | None, serve: bool,
+          host: str, port: int, serve_config: Path | None) -> tuple[Any, Any]:
+    """The supervised edge server (with --serve) and the control client of the edge server, if any."""
+    from .edge_control import EdgeControl
+    from .supervise import EdgeChild, edge_argv, edge_flags, make_token_env
+
+    if serve:
+        token = state.control_token()
+        model_dir.mkdir(parents=True, exist_ok=True)
+        argv = [*edge_argv(edge_flags(state, model_dir)), "--host", host, "--port", str(port),
+                "--control-token-file", str(state.control_token_file.resolve())]
+        if serve_config is not None:
+            argv += ["--config", str(serve_config.resolve())]
+        return EdgeChild(argv, make_token_env()), EdgeControl(f"http://{_connect_host(host)}:{port}", token)
+    if edge_server:
+        assert control_token_file is not None
+        return None, EdgeControl(edge_server, control_token_file.read_text().strip())
+    return None, None
+
+
+def _connect_host(host: str) -> str:
+    """Where the daemon reaches a server listening on ``host`` (loopback for a wildcard)."""
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if addr.is_unspecified:
+        return "127.0.0.1" if addr.version == 4 else "[::1]"
+    return f"[{host}]" if addr.version == 6 else host
+
+
+def _once(daemon: Any) -> None:
+    result = daemon.run_once()
+    for m, v in result.repaired:
+        console.print(f"edge server serves current {m} v{v} again", markup=False)
+    for m, v in result.installed:
+        console.print(f"installed {m} v{v}", markup=False)
+    for m, v, why in result.rolled_back:
+        console.print(f"[red]rolled back[/] {plain(m)} v{v}: {plain(why)}", highlight=False)
+    for m, why in result.failures.items():
+        console.print(f"[red]failed[/] {plain(m)}: {plain(why)}", highlight=False)
+    if not result.reachable:
+        raise ConfigError(f"cannot reach the sync service at {daemon.ident.server} (reports stay queued)")
+    if result.failures:
+        raise SystemExit(1)
 
 
 @node.command("status")
 @click.option("--state-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
 @click.option("--json", "as_json", is_flag=True)
 def status_cmd(state_dir: Path, as_json: bool) -> None:
-    """What this node has installed and its last failures (local view)."""
-    from .state import NodeState
+    """What this node has installed, its failures, bad versions and queued reports (local view)."""
+    from edgerec.sdk.modeldir import ModelDir
 
-    st = NodeState(state_dir)
-    ident, status = st.identity(), st.load_status()
-    doc = {"node_id": ident.node_id, "server": ident.server, **status.to_dict()}
-    doc.pop("pending_reports")
-    if as_json:
-        print_json(doc)
-        return
-    t = Table("model", "desired", "installed", "last failure", title=plain(f"node {ident.node_id}"))
-    for m in sorted(set(status.accepted) | set(status.installed) | set(status.failures)):
-        a, i, f = status.accepted.get(m), status.installed.get(m), status.failures.get(m)
-        t.add_row(*text_row(m, a.version if a else "-", i.version if i else "-", f.reason[:100] if f else ""))
-    console.print(t)
-
-
-@node.command("edge-config")
-@click.option("--state-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
-@click.option("--json", "as_json", is_flag=True)
-def edge_config(state_dir: Path, as_json: bool) -> None:
-    """The edge server flags that let it open what this node installs (keys stay in place)."""
     from .state import NodeState
 
     st = NodeState(state_dir)
     ident = st.identity()
-    keys = sorted(str(p.resolve()) for p in st.trust_dir.glob("*.pub"))
-    if not keys:
-        raise ConfigError(f"{state_dir}: no publisher keys exported yet; run 'edgerec node run --once' first")
-    doc = {"trusted_keys": keys, "recipient_key": str((st.keys / "recipient.key").resolve()),
-           "recipient_id": ident.node_id}
+    db = st.db
+    recorded = db.setting("model_dir")
+    current = ModelDir(recorded).pointers() if recorded else {}
+    doc = {"node_id": ident.node_id, "server": ident.server, "model_dir": recorded, "current": current,
+           **db.to_dict()}
     if as_json:
         print_json(doc)
         return
-    flags = [*(f"--trusted-key {k}" for k in keys), f"--recipient-key {doc['recipient_key']}",
-             f"--recipient-id {ident.node_id}"]
-    click.echo(" ".join(flags))
+    accepted, failures, bad = db.accepted(), db.failures(), db.bad_versions()
+    t = Table("model", "desired", "current", "bad versions", "failure",
+              title=plain(f"node {ident.node_id} ({doc['pending_reports']} report(s) queued)"))
+    for m in sorted(set(accepted) | set(current) | set(failures)):
+        a, f = accepted.get(m), failures.get(m)
+        t.add_row(*text_row(m, a.version if a else "-", current.get(m, "-"),
+                            ",".join(str(v) for v in sorted(bad.get(m, {}))) or "-", f.reason[:100] if f else ""))
+    console.print(t)
+
+
+@node.command("retry")
+@click.option("--state-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
+@click.argument("model")
+@click.option("--version", type=click.IntRange(min=0), default=None, help="Only this version (default: all).")
+def retry_cmd(state_dir: Path, model: str, version: int | None) -> None:
+    """Forget that versions of MODEL were marked bad here, so the daemon tries them again."""
+    from .state import NodeState
+
+    st = NodeState(state_dir)
+    st.identity()
+    n = st.db.forget_bad(model, version)
+    console.print(f"{model}: {n} bad mark(s) forgotten; the next cycle tries the assigned version again",
+                  markup=False)
+
+
+@node.command("edge-config")
+@click.option("--state-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
+@click.option("--model-dir", type=AbsolutePath(file_okay=False, path_type=Path), default=None,
+              help="Default: the one 'node run' recorded.")
+@click.option("--json", "as_json", is_flag=True)
+def edge_config(state_dir: Path, model_dir: Path | None, as_json: bool) -> None:
+    """The 'edgerec serve' flags that serve what this node installs ('node run --serve' uses the same)."""
+    from .state import NodeState
+    from .supervise import edge_argv, edge_flags
+
+    st = NodeState(state_dir)
+    doc = edge_flags(st, model_dir)
+    if as_json:
+        print_json(doc)
+        return
+    click.echo(shlex.join(edge_argv(doc)))
+
+
+node.add_command(forget_user)

@@ -1,66 +1,88 @@
-"""The node daemon's cycle: poll, refresh TUF, verify, fetch, check, install, report.
+"""The node daemon's cycle: look at the edge server, report, check in, install, watch, commit.
 
 Each cycle:
 
-1. check in: send the current status report and get the node's signed
-   assignments back (one RFC 9421 signed request);
-2. refresh TUF metadata with ``tuf.ngclient.Updater(bootstrap=<pinned root>)``;
-   the trusted root also carries the publisher and assignment keys;
-3. check each assignment (signature, addressed here, expiry, serial never
-   going back, no downgrade unless a signed rollback: :mod:`..assignments`);
-4. for a version not installed: find its target through TUF (arbitrary,
-   rollback, freeze and mix-and-match protection), download it (resumable),
-   fetch this node's key envelopes, add them to the package, verify the
-   publisher signature, check the model opens with the node's X25519 key,
-   write it into the model directory, have the edge server load it (when
-   one is configured) and only then point ``current`` at it;
-5. report installed versions and failures with their reasons at once when
-   anything changed (otherwise the next check-in carries the status).
+1. ask the edge server what it serves (its control API); if a model's
+   ``current`` pointer names a version it does not serve (it restarted, or
+   a version was rolled back), load that version into it again;
+2. queue a status report when what the node serves changed (SQLite, with an
+   id), send the queue oldest first (the service stores each id once), then
+   check in: the newest status out, the signed assignments back;
+3. refresh TUF metadata (``Updater(bootstrap=<pinned root>)``; the trusted
+   root also carries the publisher and assignment keys) and check each
+   assignment (signature, addressed here, expiry, serial, no downgrade
+   unless a signed rollback);
+4. for a version not current and not marked bad here: download its target
+   (resumable), add this node's key envelopes, verify the publisher
+   signature, open and warm it up locally (the warm-up scores are kept),
+   write it into the model directory (atomic, durable), have the edge
+   server swap to it, and watch it for the health window (:mod:`.health`);
+5. healthy: move ``current`` to it (atomic, durable) and prune; unhealthy:
+   swap the edge server back to the current version, mark the version bad
+   (never tried again on this node) and report why.
 
-A failure leaves the previous version in place and is reported.
+Nothing before step 5 touches ``current``, so a kill at any point leaves the
+previous version serving after any restart. While the service cannot be
+reached the node keeps serving, retries with exponential backoff and jitter,
+and keeps its reports queued.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tuf.api.exceptions import DownloadError, RepositoryError
 from tuf.api.metadata import Metadata, Root
 from tuf.ngclient import Updater
 
 from edgerec.sdk import __version__
+from edgerec.sdk.capabilities import device_capabilities
 from edgerec.sdk.encryption import Envelope, Recipient, add_envelopes
 from edgerec.sdk.errors import EdgeRecError
 from edgerec.sdk.keys import public_pem
+from edgerec.sdk.manifest import canonical_json
 from edgerec.sdk.model import Accelerator, EdgeModel
+from edgerec.sdk.modeldir import ModelDir
 from edgerec.sdk.package import Package
 from edgerec.sync.protocol.assignments import Accepted, Assignment, verify_assignment
 from edgerec.sync.protocol.errors import ApiError, AssignmentError, InstallError, ServerUnreachableError
 from edgerec.sync.protocol.trust import TrustInfo
 
 from .client import NodeClient, http_client
-from .edge_control import EdgeControl
+from .edge_control import EdgeControl, EdgeRefusedError, EdgeUnreachableError
 from .fetcher import HttpxFetcher
-from .installer import Installer
-from .state import Failure, Installed, NodeState, NodeStatus
+from .health import HealthPolicy, Probe, watch
+from .state import Failure, Installed, NodeState
 
 log = logging.getLogger("edgerec.sync.node")
 AGENT = f"edgerec-node/{__version__}"
+# What a status says (not its id or time): a report is queued when this changes.
+SAID = ("health", "accelerator", "agent", "models", "edge", "interval_s")
 
 
 @dataclass(frozen=True)
 class DaemonConfig:
     interval_s: float = 30.0
     accelerator: Accelerator = "auto"
-    keep_versions: int = 2
     timeout_s: float = 60.0
+    health: HealthPolicy = field(default_factory=HealthPolicy)
+    # Backoff while the service is unreachable: base * 2^(n-1), capped, with jitter (half to all of it).
+    retry_base_s: float = 1.0
+    max_backoff_s: float = 300.0
+    download_rate: float | None = None
+    # The edge server dying during this many activations of one version marks it bad (a crash loop).
+    # A killed daemon does not count: it holds no model, and a kill -9 must not make a version bad.
+    max_edge_deaths: int = 3
 
 
 @dataclass
@@ -69,64 +91,142 @@ class CycleResult:
 
     installed: list[tuple[str, int]] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
+    rolled_back: list[tuple[str, int, str]] = field(default_factory=list)
+    repaired: list[tuple[str, int]] = field(default_factory=list)
     reported: bool = False
     reachable: bool = True
+
+
+class _BadVersionError(InstallError):
+    """A failure that says the version itself is bad on this node (warm-up, health, edge refusal)."""
+
+
+@dataclass(frozen=True)
+class _Verified:
+    data: bytes
+    accelerator: str
+    probe: Probe | None
 
 
 class NodeDaemon:
     def __init__(
         self, state: NodeState, model_dir: Path, edge: EdgeControl | None = None,
         config: DaemonConfig | None = None, client: NodeClient | None = None,
+        on_trust_change: Callable[[], None] | None = None,
     ) -> None:
         self.state = state
+        self.db = state.db
         self.config = config or DaemonConfig()
         self.ident = state.identity()
         self.http = http_client(self.ident.server, self.ident.ca_cert, self.config.timeout_s)
         self.client = client or NodeClient(self.http, self.ident.node_id, state.signing_key())
         self.recipient = Recipient(self.ident.node_id, state.recipient_key())
-        self.installer = Installer(model_dir, self.config.keep_versions)
-        self.fetcher = HttpxFetcher(self.http, state.partial_dir)
+        self.models = ModelDir(model_dir)
+        self.models.root.mkdir(parents=True, exist_ok=True)
+        self.models.clean()  # temporary files of a killed write, old pointer files
+        self.db.set_setting("model_dir", str(self.models.root.resolve()))
+        self.fetcher = HttpxFetcher(self.http, state.partial_dir, self.config.download_rate)
         self.edge = edge
+        self.on_trust_change = on_trust_change
+        self._sync_installed()
 
     def close(self) -> None:
         self.http.close()
         if self.edge is not None:
             self.edge.close()
 
-    # -- the cycle -----------------------------------------------------------------------
+    def _sync_installed(self) -> None:
+        """The pointers are the truth; the ``installed`` table follows them (after a kill between the two)."""
+        have = self.db.installed()
+        for name, version in self.models.pointers().items():
+            if have.get(name) is None or have[name].version != version:
+                self.db.set_installed(name, Installed(version, str(self.models.path_for(name, version)),
+                                                      time.time(), None))
+
+    # -- the loop ------------------------------------------------------------------------
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
+        misses = 0
         while not stop.is_set():
             try:
-                self.run_once()
-            except EdgeRecError as exc:  # configuration or local disk trouble: log, retry
+                ok = self.run_once().reachable
+            except EdgeRecError as exc:  # local trouble (disk, configuration): log, retry
                 log.error("cycle failed: %s", exc)
-            stop.wait(self.config.interval_s)
+                ok = False
+            misses = 0 if ok else misses + 1
+            delay = self.next_delay(misses)
+            if misses:
+                log.warning("sync service unreachable (%d tries); next try in %.2f s", misses, delay)
+            stop.wait(delay)
+
+    def next_delay(self, misses: int, rng: Callable[[float, float], float] = random.uniform) -> float:
+        """Seconds to the next cycle: the poll interval (+-10 %), or the backoff after ``misses`` failures.
+
+        The jitter keeps a fleet that lost its service at the same moment
+        from coming back at the same moment too.
+        """
+        c = self.config
+        if misses == 0:
+            return rng(0.9 * c.interval_s, 1.1 * c.interval_s)
+        ceiling = min(c.max_backoff_s, c.retry_base_s * 2 ** min(misses - 1, 30))
+        return rng(ceiling / 2, ceiling)
 
     def run_once(self) -> CycleResult:
-        status = self.state.load_status()
         result = CycleResult()
-        before = self.status_report(status)
+        view = self._edge_view()
+        if view is not None:
+            self._repair(view, result)
+            view = self._edge_view()
+        self._queue_status(view)
+        if not self._flush():
+            result.reachable = False
+            return result
+        last = self.db.last_report()
         try:
-            # The check-in carries the status as it is and brings the assignments back.
-            docs = self.client.checkin(before)
+            docs = self.client.checkin(last.body if last else self._status(view))
         except (ServerUnreachableError, ApiError) as exc:
             log.warning("cannot check in: %s", exc)
             result.reachable = False
             return result
         updater, trust, refresh_error = self._refresh()
         for doc in docs:
-            self._handle(doc, updater, trust, refresh_error, status, result)
-        self.state.save_status(status)
-        after = self.status_report(status)
-        if after["models"] != before["models"] or status.pending_reports:
-            # Something changed this cycle: tell the service now, not at the next check-in.
-            result.reported = self._report(status, after)
-        else:
-            result.reported = True
-        self.state.save_status(status)
+            self._handle(doc, updater, trust, refresh_error, result)
+        self._queue_status(self._edge_view())
+        result.reported = self._flush()
         return result
+
+    # -- the edge server --------------------------------------------------------------------
+
+    def _edge_view(self) -> dict[str, dict[str, Any]] | None:
+        """What the edge server serves, by model; None without one, or while it is down or still loading."""
+        if self.edge is None or not self.edge.ready():
+            return None
+        try:
+            return self.edge.serving()
+        except EdgeRecError as exc:
+            log.warning("edge server: %s", exc)
+            return None
+
+    def _repair(self, view: dict[str, dict[str, Any]], result: CycleResult) -> None:
+        """Load what ``current`` names into an edge server that does not serve it."""
+        assert self.edge is not None
+        for name, version in self.models.pointers().items():
+            if view.get(name, {}).get("version") == version:
+                continue
+            path = self.models.path_for(name, version)
+            try:
+                self.edge.load(path)
+            except EdgeRecError as exc:
+                log.error("%s: the edge server does not load current v%d: %s", name, version, exc)
+                self.db.set_failure(name, Failure(version, f"the edge server does not load current v{version}: "
+                                                  f"{exc}", time.time()))
+                continue
+            log.info("%s: the edge server serves current v%d again", name, version)
+            self._clear_failure(name, version)
+            result.repaired.append((name, version))
+
+    # -- TUF and assignments ------------------------------------------------------------------
 
     def _refresh(self) -> tuple[Updater, TrustInfo, str | None]:
         self.state.tuf_dir.mkdir(parents=True, exist_ok=True)
@@ -144,50 +244,90 @@ class NodeDaemon:
         root_file = self.state.tuf_dir / "root.json"
         data = root_file.read_bytes() if root_file.exists() else self.state.pinned_root()
         trust = TrustInfo.from_root(Metadata[Root].from_bytes(data).signed)
-        self.state.export_publisher_keys({kid: public_pem(k) for kid, k in trust.publisher_keys.items()})
+        changed = self.state.export_publisher_keys({kid: public_pem(k) for kid, k in trust.publisher_keys.items()})
+        if changed and self.on_trust_change is not None:
+            self.on_trust_change()  # a supervised edge server restarts with the new keys
         return updater, trust, error
 
     def _handle(
-        self, doc: bytes, updater: Updater, trust: TrustInfo, refresh_error: str | None,
-        status: NodeStatus, result: CycleResult,
+        self, doc: bytes, updater: Updater, trust: TrustInfo, refresh_error: str | None, result: CycleResult,
     ) -> None:
         model = _claimed_model(doc)
-        installed = status.installed.get(model)
+        current = self.models.current(model) if model != "unknown" else None
         try:
-            a = verify_assignment(doc, trust.assignment_keys, self.ident.node_id, status.accepted.get(model),
-                                  installed.version if installed else None, time.time())
+            a = verify_assignment(doc, trust.assignment_keys, self.ident.node_id, self.db.accepted().get(model),
+                                  current, time.time())
         except AssignmentError as exc:
-            self._fail(status, result, model, None, f"assignment refused: {type(exc).__name__}: {exc}")
+            self._fail(result, model, None, f"assignment refused: {type(exc).__name__}: {exc}")
             return
-        status.accepted[a.model] = Accepted(a.serial, a.version)
-        if installed is not None and installed.version == a.version:
+        self.db.set_accepted(a.model, Accepted(a.serial, a.version))
+        if current == a.version:
+            self._clear_failure(a.model, a.version)
+            return
+        bad = self.db.bad(a.model, a.version)
+        if bad is not None:
+            # Marked bad here: not tried again (no reinstall loop). The failure is reported as it was
+            # (same time), so the service's history holds it once however often it is assigned again.
+            if self.db.failures().get(a.model) != bad:
+                self.db.set_failure(a.model, bad)
             return
         if refresh_error is not None:
-            self._fail(status, result, a.model, a.version, refresh_error)
+            self._fail(result, a.model, a.version, refresh_error)
+            return
+        if self.edge is not None and self._edge_view() is None:
+            # Not a failure of the version: the status already says the edge server is not serving.
+            log.info("%s: v%d waits until the edge server is up", a.model, a.version)
             return
         try:
-            path, accel = self._install(a, updater, trust)
+            self._install(a, updater, trust, result)
+        except _BadVersionError as exc:
+            self.db.mark_bad(a.model, a.version, str(exc))
+            result.failures[a.model] = str(exc)
+            log.error("%s v%d marked bad on this node: %s", a.model, a.version, exc)
         except (EdgeRecError, RepositoryError, DownloadError, OSError) as exc:
             if isinstance(exc, RepositoryError | DownloadError):
                 self.fetcher.discard_partials()
-            self._fail(status, result, a.model, a.version, f"{type(exc).__name__}: {exc}")
-            return
-        status.installed[a.model] = Installed(a.version, str(path), time.time(), accel)
+            self._fail(result, a.model, a.version, f"{type(exc).__name__}: {exc}")
+
+    def _clear_failure(self, model: str, version: int) -> None:
+        """Forget a model's failure now that ``version`` is current (a bad mark of another version stays)."""
+        f = self.db.failures().get(model)
+        if f is not None and not (f.bad and f.version != version):
+            self.db.clear_failure(model)
+
+    def _fail(self, result: CycleResult, model: str, version: int | None, reason: str) -> None:
+        log.warning("%s: %s", model, reason)
+        self.db.set_failure(model, Failure(version, reason[:2000], time.time()))
+        result.failures[model] = reason
+
+    # -- install, watch, commit ---------------------------------------------------------------
+
+    def _install(self, a: Assignment, updater: Updater, trust: TrustInfo, result: CycleResult) -> None:
+        verified = self._fetch_and_verify(a, updater, trust)
+        previous = self.models.current(a.model)
+        dest = self.models.write(a.model, a.version, verified.data)
+        accel = verified.accelerator
+        if self.edge is not None:
+            accel = self._activate(a, dest, previous, verified, result) or accel
+        self.models.set_current(a.model, a.version)
+        self.db.end_activation(a.model)
+        self.db.set_installed(a.model, Installed(a.version, str(dest), time.time(), accel))
+        self.db.clear_failure(a.model)
+        self.models.prune(a.model, {a.version} | ({previous} if previous is not None else set()))
         result.installed.append((a.model, a.version))
         log.info("installed %s version %d (%s)", a.model, a.version, accel)
 
-    def _fail(
-        self, status: NodeStatus, result: CycleResult, model: str, version: int | None, reason: str
-    ) -> None:
-        log.warning("%s: %s", model, reason)
-        status.failures[model] = Failure(version, reason[:2000], time.time())
-        result.failures[model] = reason
-
-    def _install(self, a: Assignment, updater: Updater, trust: TrustInfo) -> tuple[Path, str]:
+    def _fetch_and_verify(self, a: Assignment, updater: Updater, trust: TrustInfo) -> _Verified:
         info = updater.get_targetinfo(a.target)
         if info is None:
             raise InstallError(f"target {a.target} is not in the signed TUF metadata")
-        path = updater.find_cached_target(info) or updater.download_target(info)
+        before = self.fetcher.fetched_bytes
+        path = updater.find_cached_target(info)
+        if path is None:
+            resumed = self.fetcher.resumed_bytes
+            path = updater.download_target(info)
+            log.info("downloaded %s: %d bytes fetched, %d resumed from a partial download", a.target,
+                     self.fetcher.fetched_bytes - before, self.fetcher.resumed_bytes - resumed)
         envelopes = [Envelope.from_bytes(e) for e in self.client.envelopes(a.model, a.version)]
         mine = [e for e in envelopes if e.recipient == self.ident.node_id]
         if not mine:
@@ -198,54 +338,139 @@ class NodeDaemon:
             raise InstallError(
                 f"target holds {pkg.manifest.name} v{pkg.manifest.version}, not {a.model} v{a.version}"
             )
-        # The check that matters: this node's key opens the model and the plaintext
-        # matches the publisher's signed hashes.
+        # This node's key opens the model and the plaintext matches the publisher's signed hashes.
         with EdgeModel.load(pkg, recipient_key=self.recipient, accelerator=self.config.accelerator) as model:
-            model.warmup()
-            accel: str = model.info.accelerator  # reported as text, the edge server's word below
-        dest = self.installer.write(a.model, a.version, data)
-        if self.edge is not None:
+            samples = model.warmup_samples()
+            try:
+                expected = model.scores(model.predict(samples)) if samples else None
+            except EdgeRecError as exc:
+                raise _BadVersionError(f"v{a.version} failed its warm-up: {exc}") from exc
+            accel = model.info.accelerator
+            probe = None if expected is None or samples is None else Probe(
+                samples, np.asarray(expected, dtype=np.float64), model.manifest.output_name)
+        return _Verified(data, accel, probe)
+
+    def _activate(self, a: Assignment, dest: Path, previous: int | None, verified: _Verified,
+                  result: CycleResult) -> str | None:
+        """Swap the edge server to ``dest`` and watch it; raises _Bad (after swapping back) if it fails."""
+        assert self.edge is not None
+        self.db.begin_activation(a.model, a.version)
+        try:
             loaded = self.edge.load(dest)
-            accel = str(loaded.get("accelerator") or accel)
-        previous = self.installer.current(a.model)
-        self.installer.activate(a.model, a.version)
-        self.installer.prune(a.model, {a.version} | ({previous} if previous is not None else set()))
-        return dest, accel
+            log.info("the edge server serves %s v%d; watching it for %.1f s", a.model, a.version,
+                     self.config.health.window_s)
+            reason = watch(self.edge, a.model, a.version, self.config.health, verified.probe)
+        except EdgeRefusedError as exc:
+            self.db.end_activation(a.model)
+            self.models.remove(a.model, a.version)
+            if exc.kind == "load_refused" and "verification failed" not in str(exc):
+                raise _BadVersionError(f"v{a.version} refused by the edge server: {exc}") from exc
+            raise
+        except EdgeUnreachableError as exc:
+            # A supervised edge server comes back with what ``current`` names. It may have died of this
+            # version or of something else: tried again, until it happened max_edge_deaths times.
+            deaths = self.db.edge_died(a.model, a.version)
+            what = f"the edge server stopped answering while v{a.version} was swapped in ({deaths} time(s))"
+            if deaths >= self.config.max_edge_deaths:
+                raise _BadVersionError(f"v{a.version}: {what}") from exc
+            raise InstallError(f"{what}; tried again: {exc}") from exc
+        if reason is None:
+            return str(loaded.get("accelerator") or "") or None
+        self._swap_back(a.model, a.version, previous)
+        self.models.remove(a.model, a.version)
+        result.rolled_back.append((a.model, a.version, reason))
+        raise _BadVersionError(f"v{a.version} rolled back: {reason}")
 
-    # -- reports --------------------------------------------------------------------------
+    def _swap_back(self, name: str, version: int, previous: int | None) -> None:
+        assert self.edge is not None
+        try:
+            if previous is not None:
+                self.edge.load(self.models.path_for(name, previous))
+                log.warning("%s: swapped back to v%d", name, previous)
+            else:
+                self.edge.unload(name, version)
+                log.warning("%s: unloaded v%d (no earlier version)", name, version)
+        except EdgeUnreachableError as exc:
+            # A supervised edge server comes back with what ``current`` names; the next cycle repairs others.
+            log.warning("%s: cannot swap back now: %s", name, exc)
+        except EdgeRecError as exc:
+            log.error("%s: swapping back failed: %s", name, exc)
 
-    def status_report(self, status: NodeStatus) -> dict[str, Any]:
-        models = sorted(set(status.accepted) | set(status.installed) | set(status.failures))
+    # -- reports ------------------------------------------------------------------------------
+
+    def _status(self, view: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+        """A status report: per model desired, current, and what the edge server actually serves."""
+        accepted, installed, failures = self.db.accepted(), self.db.installed(), self.db.failures()
+        pointers = self.models.pointers()
         rows = []
-        for m in models:
-            inst, acc, fail = status.installed.get(m), status.accepted.get(m), status.failures.get(m)
-            state = "serving" if inst and (acc is None or acc.version == inst.version) else (
-                "failed" if fail and acc and fail.version == acc.version else "pending")
+        for m in sorted(set(accepted) | set(pointers) | set(failures)):
+            acc, cur, fail = accepted.get(m), pointers.get(m), failures.get(m)
+            desired = acc.version if acc else None
+            if fail is not None and fail.version is not None and fail.version != desired:
+                self.db.clear_failure(m)  # about a version no longer wanted: history at the service
+                fail = None
+            served = (view or {}).get(m, {})
+            serving = served.get("version") if view is not None else None
+            if fail is not None and (fail.bad or cur != desired):
+                state = "failed"
+            elif self.edge is None:
+                state = "installed" if cur is not None and cur == desired else "pending"
+            elif serving is None:
+                state = "not_serving"
+            else:
+                state = "serving" if desired is None or serving == desired else "pending"
+            inst = installed.get(m)
+            accel = served.get("accelerator") or (inst.accelerator if inst and inst.version == cur else None)
             rows.append({
-                "name": m, "installed_version": inst.version if inst else None,
-                "desired_version": acc.version if acc else None, "state": state,
-                "accelerator": inst.accelerator if inst else None,
-                "failure": None if fail is None else {"version": fail.version, "reason": fail.reason, "at": fail.at},
+                "name": m, "desired_version": desired, "installed_version": cur, "serving_version": serving,
+                "state": state,
+                "accelerator": accel,
+                "failure": None if fail is None else {"version": fail.version, "reason": fail.reason, "at": fail.at,
+                                                      "bad": fail.bad},
             })
         accels = {str(r["accelerator"]) for r in rows if r["accelerator"]}
-        healthy = all(r["state"] != "failed" for r in rows)
+        edge = "none" if self.edge is None else "down" if view is None else "up"
+        health = "ok"
+        if any(r["state"] == "failed" for r in rows):
+            health = "degraded"
+        if edge == "down" or any(r["state"] == "not_serving" for r in rows):
+            health = "not_serving"
         return {
             "report_id": uuid.uuid4().hex, "kind": "status", "time": time.time(), "agent": AGENT,
-            "health": "ok" if healthy else "degraded",
+            "health": health, "edge": edge, "interval_s": self.config.interval_s,
             "accelerator": ",".join(sorted(accels)) if accels else None, "models": rows,
+            # What this node can run (SoC, accelerators, runtime versions), from the SDK (issue 13).
+            "capabilities": device_capabilities().to_dict(),
         }
 
-    def _report(self, status: NodeStatus, report: dict[str, Any]) -> bool:
-        status.pending_reports.append(report)
-        while status.pending_reports:
+    def _queue_status(self, view: dict[str, dict[str, Any]] | None) -> None:
+        """Queue a status report if it says something the last one did not."""
+        doc = self._status(view)
+        last = self.db.last_report()
+        if last is None or _said(last.body) != _said(doc):
+            self.db.enqueue(doc)
+
+    def _flush(self) -> bool:
+        """Send queued reports, oldest first; False if the service cannot be reached (they stay queued)."""
+        for q in self.db.pending():
             try:
-                self.client.report(status.pending_reports[0])
-            except (ServerUnreachableError, ApiError) as exc:
-                # Kept with the same report id: the service accepts a retry once.
-                log.warning("report not sent: %s", exc)
+                self.client.report(q.body)
+            except ServerUnreachableError as exc:
+                log.warning("reports stay queued (%d): %s", len(self.db.pending()), exc)
                 return False
-            status.pending_reports.pop(0)
+            except ApiError as exc:
+                if exc.status in (400, 413, 422):
+                    # The service will never take this one: drop it rather than block the queue.
+                    log.error("report %s refused, dropped: %s", q.report_id, exc)
+                else:
+                    log.warning("reports stay queued: %s", exc)
+                    return False
+            self.db.mark_sent(q.report_id)
         return True
+
+
+def _said(doc: dict[str, Any]) -> bytes:
+    return canonical_json({k: doc.get(k) for k in SAID})
 
 
 def _claimed_model(doc: bytes) -> str:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from tuf.api.metadata import Metadata, Root
 
+from edgerec.sdk.keys import public_pem
 from edgerec.sync.protocol.errors import ConfigError
+from edgerec.sync.protocol.trust import TrustInfo
 
 from .client import enroll_request, http_client
 from .state import NodeIdentity, NodeState
@@ -34,7 +36,10 @@ def enroll_node(
             metadata_url=server + str(doc["metadata_path"]), targets_url=server + str(doc["targets_path"]),
             tags=list(doc.get("tags", [])), ca_cert=ca_cert,
         )
+        trust = TrustInfo.from_root(md.signed)
     except Exception as exc:
         raise ConfigError(f"enrollment answer is not usable: {exc}") from exc
     state.save_identity(ident, root)
+    # The edge server can start (offline, too) with the publisher keys of the pinned root.
+    state.export_publisher_keys({kid: public_pem(k) for kid, k in trust.publisher_keys.items()})
     return ident

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,15 +22,18 @@ from tuf.api.exceptions import DownloadError, DownloadHTTPError
 from tuf.ngclient import FetcherInterface
 
 CHUNK = 64 * 1024
+log = logging.getLogger("edgerec.sync.node.fetcher")
 
 
 class HttpxFetcher(FetcherInterface):
     """Fetches with an ``httpx.Client``; resumes URLs under ``/targets/`` via ``partial_dir``."""
 
-    def __init__(self, client: httpx.Client, partial_dir: Path | None = None) -> None:
+    def __init__(self, client: httpx.Client, partial_dir: Path | None = None, rate: float | None = None) -> None:
         self.client = client
         self.partial_dir = partial_dir
+        self.rate = rate  # bytes per second for target downloads (a thin link's share); None: no limit
         self.resumed_bytes = 0  # bytes taken from partial files (for tests and logs)
+        self.fetched_bytes = 0  # target bytes that came over the network
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         if self.partial_dir is not None and "/targets/" in url:
@@ -47,12 +52,21 @@ class HttpxFetcher(FetcherInterface):
         return resp
 
     def _chunks(self, resp: httpx.Response, url: str, sink: Path | None) -> Iterator[bytes]:
+        start, got = time.monotonic(), 0
         try:
             with open(sink, "ab") if sink else contextlib.nullcontext() as out:
                 for chunk in resp.iter_bytes(CHUNK):
                     if out is not None:
+                        # Flushed chunk by chunk: a killed daemon resumes from what reached the file
+                        # (TUF checks the whole later, so a torn tail costs a retry, not trust).
                         out.write(chunk)
                         out.flush()
+                        self.fetched_bytes += len(chunk)
+                        got += len(chunk)
+                        if self.rate:
+                            ahead = got / self.rate - (time.monotonic() - start)
+                            if ahead > 0:
+                                time.sleep(ahead)
                     yield chunk
         except httpx.HTTPError as exc:
             raise DownloadError(f"{url}: {exc}") from exc
@@ -71,6 +85,8 @@ class HttpxFetcher(FetcherInterface):
             # The server sent the whole file: start over.
             part.unlink(missing_ok=True)
             have = 0
+        if have:
+            log.info("resuming %s at byte %d", url, have)
         self.resumed_bytes += have
         return self._complete(part, resp, url)
 

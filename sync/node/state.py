@@ -1,4 +1,4 @@
-"""A node's state directory: its keys, identity, pinned root and what it has installed.
+"""A node's state directory: its keys, identity, pinned root, and one SQLite file of what it knows.
 
 ::
 
@@ -6,18 +6,30 @@
     DIR/keys/recipient.key    X25519, opens model key envelopes (0600)
     DIR/node.json             node id and server URLs (0600)
     DIR/root.json             the TUF root pinned at enrollment (the trust anchor)
+    DIR/node.db               SQLite: accepted assignments, installs, failures, bad versions,
+                              activations in progress, the report queue, settings
+    DIR/control.token         the edge server's control token (0600, made by ``node run --serve``)
     DIR/tuf/                  TUF metadata cache (python-tuf's Updater)
     DIR/targets/              verified target files (ciphertext packages)
     DIR/partial/              interrupted downloads, resumed with HTTP ranges
-    DIR/status.json           accepted assignments, installed versions, failures
     DIR/trust/<keyid>.pub     the publisher keys the verified TUF root trusts, for the edge
                               server's ``--trusted-key`` (rewritten when the root rotates them)
+
+What serves is not in the database: it is the model directory's ``current``
+pointers (:mod:`edgerec.sdk.modeldir`). The ``installed`` table only adds
+when and on which accelerator a version was activated.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +37,16 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edgerec.sdk.files import write_atomic
+from edgerec.sdk.files import make_dirs, write_atomic
 from edgerec.sdk.keys import generate_keypair, load_recipient_key, load_signing_key, public_pem
 from edgerec.sync.protocol.assignments import Accepted
 from edgerec.sync.protocol.errors import ConfigError
 
-MAX_PENDING_REPORTS = 20
+#: Sent reports kept in the queue table (for ``node status`` and tests); older ones go.
+KEEP_SENT_REPORTS = 200
+#: Unsent reports kept while the service is unreachable; the oldest go first past this.
+MAX_PENDING_REPORTS = 10_000
+SCHEMA = 1
 
 
 @dataclass(frozen=True)
@@ -56,33 +72,232 @@ class Failure:
     version: int | None
     reason: str
     at: float
+    bad: bool = False  # the version is marked bad on this node: it is not tried again
 
 
-@dataclass
-class NodeStatus:
-    """What the daemon remembers between cycles (and across restarts)."""
+@dataclass(frozen=True)
+class QueuedReport:
+    seq: int
+    report_id: str
+    body: dict[str, Any]
+    created: float
+    sent_at: float | None
 
-    accepted: dict[str, Accepted] = field(default_factory=dict)
-    installed: dict[str, Installed] = field(default_factory=dict)
-    failures: dict[str, Failure] = field(default_factory=dict)
-    pending_reports: list[dict[str, Any]] = field(default_factory=list)
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS accepted (model TEXT PRIMARY KEY, serial INTEGER NOT NULL, version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS installed (model TEXT PRIMARY KEY, version INTEGER NOT NULL, path TEXT NOT NULL,
+    at REAL NOT NULL, accelerator TEXT);
+CREATE TABLE IF NOT EXISTS failures (model TEXT PRIMARY KEY, version INTEGER, reason TEXT NOT NULL,
+    at REAL NOT NULL, bad INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS bad_versions (model TEXT NOT NULL, version INTEGER NOT NULL, reason TEXT NOT NULL,
+    at REAL NOT NULL, PRIMARY KEY (model, version));
+CREATE TABLE IF NOT EXISTS activations (model TEXT PRIMARY KEY, version INTEGER NOT NULL, started REAL NOT NULL,
+    attempts INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS reports (seq INTEGER PRIMARY KEY AUTOINCREMENT, report_id TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL, created REAL NOT NULL, sent_at REAL);
+CREATE INDEX IF NOT EXISTS reports_unsent ON reports (sent_at, seq);
+"""
+
+
+_REPORTS = "SELECT seq, report_id, body, created, sent_at FROM reports"
+
+
+class NodeDB:
+    """The node's durable state in one SQLite file (rollback journal, ``synchronous=FULL``).
+
+    Every method is one transaction; a kill at any point leaves the state
+    before or after it. One connection, guarded by a lock (the daemon has
+    one thread that writes; the CLI reads).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        make_dirs(self.path.parent)
+        existed = self.path.exists()
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._lock = threading.RLock()
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.executescript(_TABLES)
+        if not existed:
+            os.chmod(self.path, 0o600)
+        with self.tx() as c:
+            c.execute("INSERT OR IGNORE INTO settings VALUES ('schema', ?)", (str(SCHEMA),))
+            found = int(c.execute("SELECT value FROM settings WHERE key='schema'").fetchone()[0])
+        if found > SCHEMA:
+            raise ConfigError(f"{self.path}: state schema {found} is newer than this node knows ({SCHEMA})")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    # -- settings ------------------------------------------------------------------
+
+    def setting(self, key: str) -> str | None:
+        rows = self._rows("SELECT value FROM settings WHERE key=?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self.tx() as c:
+            c.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                      (key, value))
+
+    # -- assignments, installs, failures --------------------------------------------
+
+    def accepted(self) -> dict[str, Accepted]:
+        return {m: Accepted(s, v) for m, s, v in self._rows("SELECT model, serial, version FROM accepted")}
+
+    def set_accepted(self, model: str, a: Accepted) -> None:
+        with self.tx() as c:
+            c.execute("INSERT INTO accepted VALUES (?, ?, ?) ON CONFLICT(model) DO UPDATE SET "
+                      "serial=excluded.serial, version=excluded.version", (model, a.serial, a.version))
+
+    def installed(self) -> dict[str, Installed]:
+        rows = self._rows("SELECT model, version, path, at, accelerator FROM installed")
+        return {m: Installed(v, p, at, acc) for m, v, p, at, acc in rows}
+
+    def set_installed(self, model: str, inst: Installed) -> None:
+        with self.tx() as c:
+            c.execute("INSERT INTO installed VALUES (?, ?, ?, ?, ?) ON CONFLICT(model) DO UPDATE SET "
+                      "version=excluded.version, path=excluded.path, at=excluded.at, "
+                      "accelerator=excluded.accelerator", (model, inst.version, inst.path, inst.at, inst.accelerator))
+
+    def failures(self) -> dict[str, Failure]:
+        rows = self._rows("SELECT model, version, reason, at, bad FROM failures")
+        return {m: Failure(v, r, at, bool(b)) for m, v, r, at, b in rows}
+
+    def set_failure(self, model: str, f: Failure) -> None:
+        with self.tx() as c:
+            c.execute("INSERT INTO failures VALUES (?, ?, ?, ?, ?) ON CONFLICT(model) DO UPDATE SET "
+                      "version=excluded.version, reason=excluded.reason, at=excluded.at, bad=excluded.bad",
+                      (model, f.version, f.reason[:2000], f.at, int(f.bad)))
+
+    def clear_failure(self, model: str) -> None:
+        with self.tx() as c:
+            c.execute("DELETE FROM failures WHERE model=?", (model,))
+
+    # -- bad versions ----------------------------------------------------------------
+
+    def bad(self, model: str, version: int) -> Failure | None:
+        """The failure that marked ``version`` bad here, or None."""
+        rows = self._rows("SELECT reason, at FROM bad_versions WHERE model=? AND version=?", (model, version))
+        return Failure(version, str(rows[0][0]), float(rows[0][1]), bad=True) if rows else None
+
+    def bad_versions(self) -> dict[str, dict[int, str]]:
+        out: dict[str, dict[int, str]] = {}
+        for m, v, r in self._rows("SELECT model, version, reason FROM bad_versions ORDER BY model, version"):
+            out.setdefault(m, {})[v] = r
+        return out
+
+    def mark_bad(self, model: str, version: int, reason: str, at: float | None = None) -> Failure:
+        """Mark ``version`` bad (never tried again here) and make it the model's current failure."""
+        f = Failure(version, reason[:2000], time.time() if at is None else at, bad=True)
+        with self.tx() as c:
+            c.execute("INSERT OR REPLACE INTO bad_versions VALUES (?, ?, ?, ?)", (model, version, f.reason, f.at))
+            c.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, 1)", (model, version, f.reason, f.at))
+            c.execute("DELETE FROM activations WHERE model=?", (model,))
+        return f
+
+    def forget_bad(self, model: str, version: int | None = None) -> int:
+        with self.tx() as c:
+            if version is None:
+                return c.execute("DELETE FROM bad_versions WHERE model=?", (model,)).rowcount
+            return c.execute("DELETE FROM bad_versions WHERE model=? AND version=?", (model, version)).rowcount
+
+    # -- activations in progress: which version, and how often the edge server died during one ----
+
+    def begin_activation(self, model: str, version: int) -> None:
+        """Record that ``version`` is being swapped in and watched (a restart mid-window finds it)."""
+        with self.tx() as c:
+            row = c.execute("SELECT version FROM activations WHERE model=?", (model,)).fetchone()
+            if row is None or row[0] != version:
+                c.execute("INSERT OR REPLACE INTO activations VALUES (?, ?, ?, 0)", (model, version, time.time()))
+
+    def edge_died(self, model: str, version: int) -> int:
+        """Count one death of the edge server during ``version``'s activation; returns how many so far."""
+        with self.tx() as c:
+            c.execute("UPDATE activations SET attempts = attempts + 1 WHERE model=? AND version=?", (model, version))
+            row = c.execute("SELECT attempts FROM activations WHERE model=? AND version=?", (model, version)).fetchone()
+        return int(row[0]) if row else 1
+
+    def activation(self, model: str) -> tuple[int, int] | None:
+        """(version, edge server deaths) of the activation under way, if any."""
+        rows = self._rows("SELECT version, attempts FROM activations WHERE model=?", (model,))
+        return (int(rows[0][0]), int(rows[0][1])) if rows else None
+
+    def end_activation(self, model: str) -> None:
+        with self.tx() as c:
+            c.execute("DELETE FROM activations WHERE model=?", (model,))
+
+    # -- the report queue ---------------------------------------------------------------
+
+    def enqueue(self, report: dict[str, Any]) -> None:
+        with self.tx() as c:
+            c.execute("INSERT INTO reports (report_id, body, created, sent_at) VALUES (?, ?, ?, NULL)",
+                      (report["report_id"], json.dumps(report), time.time()))
+            # A node offline for weeks keeps the newest reports; the oldest unsent ones go.
+            c.execute("DELETE FROM reports WHERE sent_at IS NULL AND seq NOT IN (SELECT seq FROM reports "
+                      "WHERE sent_at IS NULL ORDER BY seq DESC LIMIT ?)", (MAX_PENDING_REPORTS,))
+
+    def pending(self) -> list[QueuedReport]:
+        return self._reports(_REPORTS + " WHERE sent_at IS NULL ORDER BY seq")
+
+    def reports(self) -> list[QueuedReport]:
+        """Every report still in the table (sent ones too), oldest first."""
+        return self._reports(_REPORTS + " ORDER BY seq")
+
+    def last_report(self) -> QueuedReport | None:
+        got = self._reports(_REPORTS + " ORDER BY seq DESC LIMIT 1")
+        return got[0] if got else None
+
+    def _reports(self, sql: str) -> list[QueuedReport]:
+        return [QueuedReport(s, r, json.loads(b), c, t) for s, r, b, c, t in self._rows(sql)]
+
+    def mark_sent(self, report_id: str) -> None:
+        with self.tx() as c:
+            c.execute("UPDATE reports SET sent_at=? WHERE report_id=?", (time.time(), report_id))
+            c.execute("DELETE FROM reports WHERE sent_at IS NOT NULL AND seq NOT IN (SELECT seq FROM reports "
+                      "WHERE sent_at IS NOT NULL ORDER BY seq DESC LIMIT ?)", (KEEP_SENT_REPORTS,))
+
+    # -- a view for the CLI -------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "accepted": {k: asdict(v) for k, v in self.accepted.items()},
-            "installed": {k: asdict(v) for k, v in self.installed.items()},
-            "failures": {k: asdict(v) for k, v in self.failures.items()},
-            "pending_reports": self.pending_reports[-MAX_PENDING_REPORTS:],
+            "accepted": {k: asdict(v) for k, v in self.accepted().items()},
+            "installed": {k: asdict(v) for k, v in self.installed().items()},
+            "failures": {k: asdict(v) for k, v in self.failures().items()},
+            "bad_versions": {m: {str(v): r for v, r in vs.items()} for m, vs in self.bad_versions().items()},
+            "pending_reports": len(self.pending()),
         }
 
-    @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> NodeStatus:
-        return cls(
-            accepted={k: Accepted(**v) for k, v in doc.get("accepted", {}).items()},
-            installed={k: Installed(**v) for k, v in doc.get("installed", {}).items()},
-            failures={k: Failure(**v) for k, v in doc.get("failures", {}).items()},
-            pending_reports=list(doc.get("pending_reports", [])),
-        )
+    def import_legacy(self, doc: dict[str, Any]) -> None:
+        """Take over a ``status.json`` of an older node (accepted, installed, failures, pending reports)."""
+        for m, a in doc.get("accepted", {}).items():
+            self.set_accepted(m, Accepted(int(a["serial"]), int(a["version"])))
+        for m, i in doc.get("installed", {}).items():
+            self.set_installed(m, Installed(int(i["version"]), str(i["path"]), float(i["at"]), i.get("accelerator")))
+        for m, f in doc.get("failures", {}).items():
+            self.set_failure(m, Failure(f.get("version"), str(f["reason"]), float(f["at"])))
+        for r in doc.get("pending_reports", []):
+            if isinstance(r, dict) and isinstance(r.get("report_id"), str):
+                self.enqueue(r)
 
 
 class NodeState:
@@ -90,6 +305,7 @@ class NodeState:
 
     def __init__(self, folder: Path) -> None:
         self.dir = Path(folder)
+        self._db: NodeDB | None = None
 
     @property
     def keys(self) -> Path:
@@ -104,8 +320,16 @@ class NodeState:
         return self.dir / "root.json"
 
     @property
-    def status_file(self) -> Path:
+    def db_file(self) -> Path:
+        return self.dir / "node.db"
+
+    @property
+    def legacy_status_file(self) -> Path:
         return self.dir / "status.json"
+
+    @property
+    def control_token_file(self) -> Path:
+        return self.dir / "control.token"
 
     @property
     def tuf_dir(self) -> Path:
@@ -123,9 +347,29 @@ class NodeState:
     def trust_dir(self) -> Path:
         return self.dir / "trust"
 
+
     @property
     def enrolled(self) -> bool:
         return self.identity_file.exists()
+
+    @property
+    def db(self) -> NodeDB:
+        """The state database (opened on first use; a ``status.json`` of an older node is taken over)."""
+        if self._db is None:
+            self._db = NodeDB(self.db_file)
+            legacy = self.legacy_status_file
+            if legacy.exists():
+                try:
+                    self._db.import_legacy(json.loads(legacy.read_text()))
+                except (OSError, ValueError, TypeError, KeyError) as exc:
+                    raise ConfigError(f"{legacy}: unreadable ({exc})") from exc
+                legacy.unlink()
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def ensure_keys(self) -> tuple[bytes, bytes]:
         """The public PEMs of the node's keys, made on first use (private files 0600)."""
@@ -142,6 +386,16 @@ class NodeState:
 
     def recipient_key(self) -> X25519PrivateKey:
         return load_recipient_key(self.keys / "recipient.key")
+
+    def control_token(self) -> str:
+        """The edge server's control token, made on first use (file 0600)."""
+        path = self.control_token_file
+        if not path.exists():
+            write_atomic(path, secrets.token_urlsafe(32).encode(), mode=0o600)
+        token = path.read_text().strip()
+        if len(token) < 16:
+            raise ConfigError(f"{path}: the control token must be at least 16 characters")
+        return token
 
     def save_identity(self, ident: NodeIdentity, root: bytes) -> None:
         write_atomic(self.root_file, root, mode=0o600)
@@ -161,24 +415,19 @@ class NodeState:
         except OSError as exc:
             raise ConfigError(f"{self.root_file}: cannot read the pinned root ({exc.strerror})") from exc
 
-    def export_publisher_keys(self, keys: dict[str, bytes]) -> list[Path]:
-        """Keep ``trust/<keyid>.pub`` equal to ``keys`` (key id -> PEM); returns the files."""
-        self.trust_dir.mkdir(parents=True, exist_ok=True)
+    def export_publisher_keys(self, keys: dict[str, bytes]) -> bool:
+        """Keep ``trust/<keyid>.pub`` equal to ``keys`` (key id -> PEM); returns whether anything changed."""
+        make_dirs(self.trust_dir)
         wanted = {self.trust_dir / f"{kid}.pub": pem for kid, pem in keys.items()}
+        changed = False
         for path, pem in wanted.items():
             if not path.exists() or path.read_bytes() != pem:
                 write_atomic(path, pem, mode=0o644)
+                changed = True
         for stale in set(self.trust_dir.glob("*.pub")) - set(wanted):
             stale.unlink(missing_ok=True)
-        return sorted(wanted)
+            changed = True
+        return changed
 
-    def load_status(self) -> NodeStatus:
-        try:
-            return NodeStatus.from_dict(json.loads(self.status_file.read_text()))
-        except FileNotFoundError:
-            return NodeStatus()
-        except (OSError, ValueError, TypeError) as exc:
-            raise ConfigError(f"{self.status_file}: unreadable ({exc})") from exc
-
-    def save_status(self, status: NodeStatus) -> None:
-        write_atomic(self.status_file, json.dumps(status.to_dict(), indent=2).encode(), mode=0o600)
+    def publisher_key_files(self) -> list[Path]:
+        return sorted(self.trust_dir.glob("*.pub"))

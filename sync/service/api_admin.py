@@ -96,9 +96,13 @@ def rollout() -> Any:
     percent = doc.get("percent", 100)
     if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 < percent <= 100:
         raise BadRequestError("expected a number > 0 and <= 100", field="percent")
+    max_failures = None if doc.get("max_failures") is None else _int(doc, "max_failures")
+    max_pct = doc.get("max_failure_percent")
+    if max_pct is not None and (isinstance(max_pct, bool) or not isinstance(max_pct, int | float)):
+        raise BadRequestError("expected a number", field="max_failure_percent")
     s = service().rollout(
         name_arg(doc.get("model"), "model"), _int(doc, "version"), name_arg(doc.get("channel"), "channel"),
-        float(percent), _tags(doc.get("tags")),
+        float(percent), _tags(doc.get("tags")), max_failures, None if max_pct is None else float(max_pct),
     )
     return jsonify(summary_doc(s)), 201
 
@@ -132,6 +136,11 @@ def model_status(model: str) -> Any:
 @bp.get("/nodes")
 def nodes() -> Any:
     return jsonify(nodes=service().nodes())
+
+
+@bp.get("/nodes/<node_id>")
+def node(node_id: str) -> Any:
+    return jsonify(service().node(node_id))
 
 
 @bp.post("/nodes/<node_id>/revoke")

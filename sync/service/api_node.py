@@ -19,6 +19,7 @@ from edgerec.sync.protocol.errors import BadRequestError, PayloadTooLargeError
 
 from .app import service
 from .core import AuthedNode
+from .fleet_metrics import policy_of, store_metrics
 
 bp = Blueprint("node", __name__, url_prefix="/api/v1")
 
@@ -113,5 +114,9 @@ def reports() -> Any:
     body = read_body(svc.config.max_report_bytes)
     with svc.db.write() as session:
         node = authenticated(session, body)
-        result = svc.report(session, node, json_body(body))
+        doc = json_body(body)
+        result = svc.report(session, node, doc)
+        if not result.duplicate and doc.get("kind") == "metrics" and ("releases" in doc or "ops" in doc):
+            # fleet metrics (issue 10): the node's private releases and operational windows
+            store_metrics(svc.db, session, node.id, doc, policy_of(svc.config))
     return jsonify(report_id=result.report_id, duplicate=result.duplicate), 200 if result.duplicate else 201

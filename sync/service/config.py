@@ -38,15 +38,37 @@ class ServiceConfig:
     enroll_token_expiry_s: int = 86400
     # background work: refresh expiring metadata, forget old nonces
     maintenance_interval_s: float = 30.0
+    # a node is flagged stale after this many of its poll intervals without a signed request
+    stale_intervals: int = 3
+    # the poll interval assumed for a node that has not reported its own
+    default_poll_interval_s: float = 30.0
     # waitress worker threads: few, as the GIL serialises Python work anyway (measured in
     # bench/sync.py: 4 beat 16 on tail latency); raise it for a remote, slow database
     threads: int = 4
+    # fleet metrics (nodes' private releases): a figure needs this many nodes; the reports' test level;
+    # noise-free (test only) releases are refused unless this is set
+    metrics_min_nodes: int = 5
+    metrics_alpha: float = 0.05
+    metrics_accept_noise_free: bool = False
+    # alerts: p99 latency SLO (ms), error rate, score drift (PSI), silence and desired-version mismatch (s)
+    alert_p99_ms: float = 250.0
+    alert_error_rate: float = 0.01
+    alert_psi: float = 0.2
+    alert_min_requests: int = 100
+    alert_silent_s: float = 900.0
+    alert_mismatch_s: float = 3600.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.type in ("bool", bool):
+                if not isinstance(value, bool):
+                    raise ConfigError(f"ServiceConfig.{f.name} must be true or false, got {value!r}")
+                continue
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"ServiceConfig.{f.name} must be a number > 0, got {value!r}")
+        if not self.metrics_alpha < 1:
+            raise ConfigError(f"ServiceConfig.metrics_alpha must be in (0, 1), got {self.metrics_alpha!r}")
         if self.timestamp_expiry_s > self.snapshot_expiry_s:
             raise ConfigError("ServiceConfig: timestamp_expiry_s must not exceed snapshot_expiry_s")
 
@@ -58,6 +80,11 @@ class ServiceConfig:
         for f in fields(cls):
             raw = os.environ.get(ENV_PREFIX + f.name.upper())
             if raw is None:
+                continue
+            if f.type in ("bool", bool):
+                if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}: {raw!r} is not true or false")
+                changes[f.name] = raw.lower() in ("1", "true", "yes")
                 continue
             try:
                 changes[f.name] = float(raw) if f.type in ("float", float) else int(raw)

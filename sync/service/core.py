@@ -33,6 +33,7 @@ from edgerec.sync.service.store.models import (
     Assignment,
     ChannelTarget,
     Node,
+    NodeFailure,
     NodeModel,
     Nonce,
     PackageVersion,
@@ -138,8 +139,17 @@ class SyncService:
                 session.execute(delete(Nonce).where(Nonce.created <= (horizon if edge is None else edge)))
             if edge is None:
                 break
+        self.step_outcome_gates(now)
         self.db.checkpoint()
         return len(written)
+
+    def step_outcome_gates(self, now: float | None = None) -> int:
+        """Fleet metrics (issue 10): advance, halt or hold the rollouts gated on outcomes."""
+        from .fleet_metrics import policy_of
+        from .gated_rollouts import step_gated
+
+        with self.db.write() as session:
+            return step_gated(session, self.rollouts, policy_of(self.config), now)
 
     # -- admin -------------------------------------------------------------------------
 
@@ -159,9 +169,11 @@ class SyncService:
         finally:
             upload.unlink(missing_ok=True)
 
-    def rollout(self, model: str, version: int, channel: str, percent: float, tags: list[str]) -> RolloutSummary:
+    def rollout(self, model: str, version: int, channel: str, percent: float, tags: list[str],
+                max_failures: int | None = None, max_failure_percent: float | None = None) -> RolloutSummary:
         with self.db.write() as session:
-            return self.rollouts.start(session, model, version, channel, percent, tags)
+            return self.rollouts.start(session, model, version, channel, percent, tags, max_failures,
+                                       max_failure_percent)
 
     def pause(self, model: str) -> RolloutSummary:
         with self.db.write() as session:
@@ -198,12 +210,40 @@ class SyncService:
             ]
 
     def nodes(self) -> list[dict[str, Any]]:
+        now = time.time()
         with self.db.read() as session:
             nodes = session.execute(select(Node).order_by(Node.enrolled)).scalars().all()
             seen = last_seen(session, nodes)
             desired = _by_node(session.execute(select(Assignment)).scalars())
             installed = _by_node(session.execute(select(NodeModel)).scalars())
-            return [_node_doc(n, seen[n.id], desired.get(n.id, {}), installed.get(n.id, {})) for n in nodes]
+            return [_node_doc(n, self._liveness(n, seen[n.id], now), desired.get(n.id, {}), installed.get(n.id, {}))
+                    for n in nodes]
+
+    def node(self, node_id: str, history: int = 50) -> dict[str, Any]:
+        """One node: what it serves per model, its stale flag, and its failure history (newest first)."""
+        node_id = name_arg(node_id, "node id")
+        with self.db.read() as session:
+            n = session.get(Node, node_id)
+            if n is None:
+                raise NotFoundError(f"unknown node {node_id!r}")
+            seen = last_seen(session, [n])[n.id]
+            desired = {a.model: a for a in session.execute(select(Assignment).where(Assignment.node_id == n.id))
+                       .scalars()}
+            installed = {r.model: r for r in session.execute(select(NodeModel).where(NodeModel.node_id == n.id))
+                         .scalars()}
+            failures = session.execute(
+                select(NodeFailure).where(NodeFailure.node_id == n.id)
+                .order_by(NodeFailure.at.desc(), NodeFailure.id.desc()).limit(history)
+            ).scalars().all()
+            doc = _node_doc(n, self._liveness(n, seen, time.time()), desired, installed)
+            doc["failures"] = [{"model": f.model, "version": f.version, "reason": f.reason, "at": f.at,
+                                "bad": f.bad, "received": f.received} for f in failures]
+            return doc
+
+    def _liveness(self, n: Node, seen: float | None, now: float) -> Liveness:
+        interval = n.poll_interval_s or self.config.default_poll_interval_s
+        stale_after = self.config.stale_intervals * interval
+        return Liveness(seen, seen is None or now - seen > stale_after, stale_after, n.edge)
 
     def model_status(self, model: str) -> dict[str, Any]:
         model = name_arg(model, "model")
@@ -221,8 +261,9 @@ class SyncService:
                 select(NodeModel).where(NodeModel.model == model)).scalars()}
             nodes = session.execute(select(Node).order_by(Node.enrolled)).scalars().all()
             seen = last_seen(session, nodes)
+            now = time.time()
             rows = [
-                _model_row(n, seen[n.id], desired.get(n.id), installed.get(n.id))
+                _model_row(n, self._liveness(n, seen[n.id], now), desired.get(n.id), installed.get(n.id))
                 for n in nodes if n.id in desired or n.id in installed
             ]
         return {
@@ -345,7 +386,12 @@ class SyncService:
         if isinstance(node, str):
             digest = session.execute(select(Node.status_digest).where(Node.id == node)).scalar_one()
             node = AuthedNode(node, digest)
-        return store_report(self.db, session, node.id, node.status_digest, doc)
+        result = store_report(self.db, session, node.id, node.status_digest, doc)
+        for model, version in result.new_bad:
+            paused = self.rollouts.check_failures(session, model, version)
+            if paused is not None:
+                log.warning("%s: %s", model, paused.paused_reason)
+        return result
 
 
 def _signed_reason(exc: RequestRefusedError, asked: Sequence[str], found: dict[str, Any]) -> str:
@@ -401,28 +447,48 @@ def _by_node(rows: Iterable[Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+@dataclass(frozen=True)
+class Liveness:
+    """When a node was last seen, whether that is too long ago, and its edge server's state."""
+
+    seen: float | None
+    stale: bool
+    stale_after_s: float
+    edge: str | None
+
+
 def _node_doc(
-    n: Node, seen: float | None, desired: dict[str, Assignment], installed: dict[str, NodeModel]
+    n: Node, live: Liveness, desired: dict[str, Assignment], installed: dict[str, NodeModel]
 ) -> dict[str, Any]:
     models = sorted(set(desired) | set(installed))
     return {
-        "node_id": n.id, "name": n.name, "tags": n.tags, "enrolled": n.enrolled, "last_seen": seen,
+        "node_id": n.id, "name": n.name, "tags": n.tags, "enrolled": n.enrolled, "last_seen": live.seen,
+        "stale": live.stale, "stale_after_s": live.stale_after_s, "poll_interval_s": n.poll_interval_s,
+        # None: no edge server that the node reports on (or an older node that does not say).
+        "edge": n.edge, "serving": None if n.edge in (None, "none") else n.edge == "up",
         "revoked": n.revoked_at is not None, "accelerator": n.accelerator, "health": n.health,
-        "models": [_model_row(n, seen, desired.get(m), installed.get(m), m) for m in models],
+        "models": [_model_row(n, live, desired.get(m), installed.get(m), m) for m in models],
     }
 
 
 def _model_row(
-    n: Node, seen: float | None, a: Assignment | None, r: NodeModel | None, model: str | None = None
+    n: Node, live: Liveness, a: Assignment | None, r: NodeModel | None, model: str | None = None
 ) -> dict[str, Any]:
     failure = None
     if r is not None and r.failure_reason:
-        failure = {"version": r.failure_version, "reason": r.failure_reason, "at": r.failure_at}
+        failure = {"version": r.failure_version, "reason": r.failure_reason, "at": r.failure_at,
+                   "bad": bool(r.failure_bad)}
+    # What serves is what the node's edge server said it serves; an edge server that is down serves nothing.
+    state = r.state if r else None
+    serving = r.serving_version if r else None
+    if n.edge == "down":
+        state, serving = "not_serving", None
     return {
         "node_id": n.id, "name": n.name, "model": model or (a.model if a else r.model if r else None),
         "desired_version": a.version if a else None, "rollback": bool(a and a.rollback),
-        "installed_version": r.installed_version if r else None, "state": r.state if r else None,
-        "last_seen": seen, "accelerator": (r.accelerator if r and r.accelerator else n.accelerator),
+        "installed_version": r.installed_version if r else None, "serving_version": serving, "state": state,
+        "edge": n.edge, "last_seen": live.seen, "stale": live.stale,
+        "accelerator": (r.accelerator if r and r.accelerator else n.accelerator),
         "health": (r.health if r and r.health else n.health), "last_failure": failure,
         "revoked": n.revoked_at is not None,
     }
@@ -430,7 +496,9 @@ def _model_row(
 
 def _rollout_doc(r: Rollout) -> dict[str, Any]:
     return {"id": r.id, "version": r.version, "channel": r.channel, "percent": r.percent, "tags": r.tags,
-            "state": r.state, "rollback": r.rollback, "created": r.created, "updated": r.updated}
+            "state": r.state, "rollback": r.rollback, "created": r.created, "updated": r.updated,
+            "max_failures": r.max_failures, "max_failure_percent": r.max_failure_percent,
+            "paused_reason": r.paused_reason}
 
 
 def summary_doc(s: RolloutSummary) -> dict[str, Any]:

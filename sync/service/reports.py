@@ -1,10 +1,13 @@
-"""Node reports: status (installed versions, health, failures) and metrics.
+"""Node reports: status (current and served versions, health, failures) and metrics.
 
 Reports are stored as sent, keyed by the node's report id, so a retried
 report is accepted once and a duplicate answers "already have it". A status
-report also updates the per-node, per-model view the admin commands show;
-a status that repeats the last stored one (a heartbeat) only marks the node
-seen. The metrics service reads the stored ``metrics`` reports.
+report also updates the per-node, per-model view the admin commands show:
+what the node's edge server serves, whether it is up, and the model's
+failure while it is current (a report without one clears it); every failure
+also lands once in the history (``node_failures``). A status that repeats
+the last stored one (a heartbeat) only marks the node seen. The metrics
+service reads the stored ``metrics`` reports.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from sqlalchemy.orm import Session
 from edgerec.sdk.errors import PackageError
 from edgerec.sdk.manifest import canonical_json, check_name
 from edgerec.sync.protocol.errors import BadRequestError
-from edgerec.sync.service.store.models import MAX_BIGINT, Node, NodeModel, Report
+from edgerec.sync.service.store.models import MAX_BIGINT, Node, NodeFailure, NodeModel, Report
 
 from .store import Database
 
 KINDS = ("status", "metrics")
+EDGE_STATES = ("up", "down", "none")
 _MAX_MODELS = 256
 
 
@@ -33,6 +37,8 @@ class ReportResult:
     report_id: str
     duplicate: bool
     stored: bool = True
+    # (model, version) of failures first reported here that marked the version bad on the node
+    new_bad: tuple[tuple[str, int], ...] = ()
 
 
 def _short(value: Any, limit: int, what: str) -> str | None:
@@ -75,7 +81,7 @@ def check_report(doc: Any) -> tuple[str, str]:
 
 def status_digest(doc: dict[str, Any]) -> str:
     """What a status report says (not its id or time), hashed."""
-    said = {k: doc.get(k) for k in ("health", "accelerator", "agent", "models")}
+    said = {k: doc.get(k) for k in ("health", "accelerator", "agent", "models", "edge", "interval_s")}
     return hashlib.sha256(canonical_json(said)).hexdigest()
 
 
@@ -104,16 +110,46 @@ def store_report(
         return ReportResult(rid, False, stored=True)
     node: dict[str, Any] = {k: v for k, v in (("accelerator", _short(doc.get("accelerator"), 32, "accelerator")),
                                               ("health", _short(doc.get("health"), 32, "health")),
-                                              ("agent", _short(doc.get("agent"), 64, "agent"))) if v is not None}
+                                              ("agent", _short(doc.get("agent"), 64, "agent")),
+                                              ("edge", _edge(doc.get("edge"))),
+                                              ("poll_interval_s", _interval(doc.get("interval_s"))))
+                            if v is not None}
     node["status_digest"] = digest
     conn.execute(update(Node).where(Node.id == node_id).values(**node))
+    new_bad: list[tuple[str, int]] = []
     for name, values in rows:
         values["updated"] = now
         conn.execute(
             db.insert(NodeModel).values(node_id=node_id, model=name, **values)
             .on_conflict_do_update(index_elements=["node_id", "model"], set_=values)
         )
-    return ReportResult(rid, False, stored=True)
+        if values["failure_reason"] is None:
+            continue
+        added = conn.execute(
+            db.insert(NodeFailure).on_conflict_do_nothing().returning(NodeFailure.id),
+            {"node_id": node_id, "model": name, "version": values["failure_version"],
+             "reason": values["failure_reason"], "at": values["failure_at"], "bad": bool(values["failure_bad"]),
+             "received": now},
+        )
+        if added.first() is not None and values["failure_bad"] and values["failure_version"] is not None:
+            new_bad.append((name, values["failure_version"]))
+    return ReportResult(rid, False, stored=True, new_bad=tuple(new_bad))
+
+
+def _edge(value: Any) -> str | None:
+    if value is None:
+        return None
+    if value not in EDGE_STATES:
+        raise BadRequestError(f"edge: expected one of {', '.join(EDGE_STATES)}")
+    return str(value)
+
+
+def _interval(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 7 * 86400:
+        raise BadRequestError("interval_s: expected a number of seconds > 0 and <= 604800")
+    return float(value)
 
 
 def _status_rows(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -129,17 +165,24 @@ def _status_rows(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
                                   field=f"models[{i}].name") from exc
         values: dict[str, Any] = {
             "installed_version": _version(m.get("installed_version"), f"models[{i}].installed_version"),
+            "serving_version": _version(m.get("serving_version"), f"models[{i}].serving_version"),
             "state": _short(m.get("state"), 32, f"models[{i}].state"),
             "accelerator": _short(m.get("accelerator"), 32, f"models[{i}].accelerator"),
             "health": _short(m.get("health"), 32, f"models[{i}].health"),
+            # A failure is shown while the node reports it; a report without one clears it.
+            "failure_version": None, "failure_reason": None, "failure_at": None, "failure_bad": None,
         }
         failure = m.get("failure")
         if isinstance(failure, dict):
-            at = failure.get("at")
+            at, bad = failure.get("at"), failure.get("bad", False)
+            if not isinstance(bad, bool):
+                raise BadRequestError(f"models[{i}].failure.bad: expected true or false")
+            reason = _short(failure.get("reason"), 2000, f"models[{i}].failure.reason")
             values.update(
                 failure_version=_version(failure.get("version"), f"models[{i}].failure.version"),
-                failure_reason=_short(failure.get("reason"), 2000, f"models[{i}].failure.reason"),
+                failure_reason=reason or "(no reason given)",
                 failure_at=_time(at),
+                failure_bad=bad,
             )
         elif failure is not None:
             raise BadRequestError("expected an object or null", field=f"models[{i}].failure")

@@ -13,6 +13,10 @@ Each change also has the node's key envelopes for that version sealed (the
 ``sealer``): envelopes follow assignments, and nothing else seals them.
 ``pause`` holds back nodes that have not installed the version yet;
 ``rollback`` sends every node to an older version as a signed rollback.
+A rollout with a failure threshold (``max_failures`` nodes, or
+``max_failure_percent`` of the nodes it sent the version to) pauses itself
+once more nodes than that report the version bad (failed its warm-up or its
+health window and rolled back), and says so in ``paused_reason``.
 """
 
 from __future__ import annotations
@@ -23,11 +27,19 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from edgerec.sync.protocol.errors import BadRequestError, ConflictError, NotFoundError
-from edgerec.sync.service.store.models import Assignment, ChannelTarget, Node, NodeModel, PackageVersion, Rollout
+from edgerec.sync.service.store.models import (
+    Assignment,
+    ChannelTarget,
+    Node,
+    NodeFailure,
+    NodeModel,
+    PackageVersion,
+    Rollout,
+)
 
 from .store import Database
 
@@ -81,12 +93,15 @@ class RolloutSummary:
     rollback: bool
     changed: int
     envelopes: int = 0  # node envelopes sealed by this change
+    max_failures: int | None = None
+    max_failure_percent: float | None = None
+    paused_reason: str | None = None
 
     @classmethod
     def of(cls, r: Rollout, changed: int, session: Session | None = None) -> RolloutSummary:
         sealed = int(session.info.get(_SEALED, 0)) if session is not None else 0
         return cls(r.id, r.model, r.version, r.channel, r.percent, list(r.tags), r.state, r.rollback, changed,
-                   sealed)
+                   sealed, r.max_failures, r.max_failure_percent, r.paused_reason)
 
 
 class Rollouts:
@@ -109,11 +124,19 @@ class Rollouts:
         ).scalar_one_or_none()
 
     def start(
-        self, session: Session, model: str, version: int, channel: str, percent: float, tags: list[str]
+        self, session: Session, model: str, version: int, channel: str, percent: float, tags: list[str],
+        max_failures: int | None = None, max_failure_percent: float | None = None,
     ) -> RolloutSummary:
-        """Roll ``version`` out to ``percent`` of the nodes with ``tags`` (or grow a rollout)."""
+        """Roll ``version`` out to ``percent`` of the nodes with ``tags`` (or grow a rollout).
+
+        Growing a rollout keeps its failure threshold unless new ones are given.
+        """
         if not 0 < percent <= 100:
             raise BadRequestError("percent: must be > 0 and <= 100")
+        if max_failures is not None and max_failures < 0:
+            raise BadRequestError("max_failures: must be >= 0")
+        if max_failure_percent is not None and not 0 <= max_failure_percent < 100:
+            raise BadRequestError("max_failure_percent: must be >= 0 and < 100")
         self._lock(session)
         self._published(session, model, version, channel)
         now = time.time()
@@ -127,22 +150,33 @@ class Rollouts:
                     "(use pause or rollback)"
                 )
             cur.percent, cur.updated = percent, now
+            if max_failures is not None or max_failure_percent is not None:
+                cur.max_failures, cur.max_failure_percent = max_failures, max_failure_percent
             rollout = cur
         else:
             if cur is not None:
                 cur.state, cur.updated = SUPERSEDED, now
             rollout = Rollout(model=model, version=version, channel=channel, percent=percent, tags=sorted(tags),
-                              state=ACTIVE, rollback=False, created=now, updated=now)
+                              state=ACTIVE, rollback=False, created=now, updated=now, max_failures=max_failures,
+                              max_failure_percent=max_failure_percent)
             session.add(rollout)
             session.flush()
         return RolloutSummary.of(rollout, self._apply(session, rollout), session)
 
-    def pause(self, session: Session, model: str) -> RolloutSummary:
-        """Stop a rollout: nodes that have not installed its version go back to what they had."""
+    def pause(self, session: Session, model: str, reason: str | None = None) -> RolloutSummary:
+        """Stop a rollout: nodes that have not installed its version go back to what they had.
+
+        "What they had" is the previous assignment, unless the node reported
+        that version bad: then the version it runs.
+        """
         self._lock(session)
         cur = self._require(session, model, ACTIVE)
-        cur.state, cur.updated = PAUSED, time.time()
+        cur.state, cur.updated, cur.paused_reason = PAUSED, time.time(), reason or "paused by an admin"
         installed = self._installed(session, model)
+        bad = {(n, v) for n, v in session.execute(
+            select(NodeFailure.node_id, NodeFailure.version).where(NodeFailure.model == model,
+                                                                   NodeFailure.bad.is_(True))
+        )}
         changed = 0
         rows = session.execute(
             select(Assignment).where(Assignment.model == model, Assignment.rollout_id == cur.id)
@@ -150,18 +184,48 @@ class Rollouts:
         for a in list(rows):
             if a.version != cur.version or installed.get(a.node_id) == cur.version:
                 continue
-            if a.previous_version is None:
+            back = a.previous_version
+            if back is not None and (a.node_id, back) in bad:
+                back = installed.get(a.node_id)
+            if back is None:
                 session.execute(delete(Assignment).where(Assignment.node_id == a.node_id, Assignment.model == model))
             else:
-                self._set(session, a.node_id, model, a.previous_version, a.channel, False, None)
+                self._set(session, a.node_id, model, back, a.channel, False, None)
             changed += 1
         return RolloutSummary.of(cur, changed, session)
 
     def resume(self, session: Session, model: str) -> RolloutSummary:
         self._lock(session)
         cur = self._require(session, model, PAUSED)
-        cur.state, cur.updated = ACTIVE, time.time()
+        cur.state, cur.updated, cur.paused_reason = ACTIVE, time.time(), None
         return RolloutSummary.of(cur, self._apply(session, cur), session)
+
+    def check_failures(self, session: Session, model: str, version: int) -> RolloutSummary | None:
+        """Pause the active rollout of ``model`` at ``version`` if its nodes' failures passed its threshold."""
+        cur = self.current(session, model)
+        if (cur is None or cur.state != ACTIVE or cur.rollback or cur.version != version
+                or (cur.max_failures is None and cur.max_failure_percent is None)):
+            return None
+        failed = session.execute(
+            select(func.count(func.distinct(NodeFailure.node_id)))
+            .where(NodeFailure.model == model, NodeFailure.version == version, NodeFailure.bad.is_(True),
+                   NodeFailure.received >= cur.created)
+        ).scalar_one()
+        sent = session.execute(
+            select(func.count()).select_from(Assignment)
+            .where(Assignment.model == model, Assignment.rollout_id == cur.id)
+        ).scalar_one()
+        sent = max(sent, failed)
+        limits = []
+        if cur.max_failures is not None and failed > cur.max_failures:
+            limits.append(f"max {cur.max_failures}")
+        if cur.max_failure_percent is not None and sent and failed * 100 / sent > cur.max_failure_percent:
+            limits.append(f"{failed * 100 / sent:.0f}% > max {cur.max_failure_percent:g}%")
+        if not limits:
+            return None
+        reason = (f"paused automatically: {failed} of {sent} node(s) failed v{version} and rolled back "
+                  f"({', '.join(limits)})")
+        return self.pause(session, model, reason)
 
     def rollback(self, session: Session, model: str, version: int, channel: str | None) -> RolloutSummary:
         """Send every node to ``version``; nodes above it get a signed rollback."""

@@ -74,13 +74,13 @@ def _custom_op_model(path):
     [
         ("corrupt_keras", "not a readable Keras model"),
         ("corrupt_onnx", "not a valid ONNX model"),
-        ("unsupported_type", "unsupported model type '.pt'"),
+        ("unsupported_type", "unsupported model type '.h5' (a Keras 2 HDF5 file: load it with keras.models"),
         ("int8_without_calibration", "--quantize int8 needs --calibration"),
         ("missing_calibration_file", "missing.npz: no such file"),
         ("names_do_not_match", "no column or array for model input(s) user_id, ctx"),
         ("salted_hashing_layer", "layer 'user_hash' (Hashing): salted hashing cannot be lifted"),
         ("custom_op", "Frobnicate"),
-        ("tflite_from_onnx", "LiteRT artifacts come from Keras or SavedModel sources"),
+        ("tflite_from_onnx", "LiteRT artifacts come from Keras, SavedModel or PyTorch sources"),
         ("auto_without_eval", "--quantize auto needs --eval"),
         ("bad_feature_role", "ctx.role 'device' is not one of user, item, context"),
     ],
@@ -95,7 +95,7 @@ def test_bad_input_fails_in_one_line_and_leaves_nothing(files, tmp_path, case, e
         src = tmp_path / "m.onnx"
         src.write_bytes(b"\x08\x07garbage")
     elif case == "unsupported_type":
-        src = tmp_path / "m.pt"
+        src = tmp_path / "m.h5"
         src.write_bytes(b"x")
     elif case == "int8_without_calibration":
         extra = ["--quantize", "int8"]

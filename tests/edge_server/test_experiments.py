@@ -60,6 +60,21 @@ def test_config_file_with_experiments(tmp_path):
         ServerConfig.file_values(path)
 
 
+@pytest.mark.parametrize(("setting", "message"), [
+    ('accelerator = "tpu"', "accelerator: 'tpu' is not one of auto, cpu, gpu, npu"),
+    ('backend = "tensorflow"', "backend: 'tensorflow' is not one of auto, litert, onnxruntime"),
+])
+def test_config_file_accelerator_and_backend_are_checked_at_start(tmp_path, setting, message):
+    path = tmp_path / "edge.toml"
+    path.write_text(f"[model]\n{setting}\n")
+    with pytest.raises(ConfigError, match=message) as exc:
+        ServerConfig(**ServerConfig.file_values(path))
+    assert exc.value.field == setting.split(" ")[0]
+    path.write_text('[model]\naccelerator = "gpu"\nbackend = "onnxruntime"\n')
+    config = ServerConfig(**ServerConfig.file_values(path))
+    assert (config.accelerator, config.backend) == ("gpu", "onnxruntime")
+
+
 def test_server_splits_users_between_versions(serve, packages, tmp_path):
     model_dir = tmp_path / "models"
     model_dir.mkdir()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -18,9 +20,10 @@ from edgerec.sdk.testing import sample_inputs
 EDGEREC = shutil.which("edgerec", path=str(Path(sys.executable).parent)) or "edgerec"
 
 
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([EDGEREC, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if k != "EDGEREC_LOG_NATIVE"}  # quiet unless a test asks
+    full.update({"COLUMNS": "200", **(env or {})})
+    return subprocess.run([EDGEREC, *args], capture_output=True, text=True, cwd=cwd, env=full, timeout=300)
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -131,6 +134,14 @@ def test_bench_json(pkg, keys):
     one_line_error(run("bench", str(pkg), "-k", str(keys / "pub.pub"), "--batch-sizes", "x"), "--batch-sizes")
 
 
+def test_usage_errors_are_one_line():
+    proc = run("keys", "generate", "--kind", "rsa")
+    one_line_error(proc, "--kind", "rsa", "edgerec keys generate --help")
+    assert proc.returncode == 2
+    proc = run("package")  # a group without its subcommand: click's help, as before
+    assert proc.returncode == 2 and "Commands:" in proc.stdout + proc.stderr and "error" not in proc.stderr
+
+
 def test_missing_extra_is_one_line():
     # Every lazily loaded group names the extra it needs when its import fails, as text:
     # rich must not eat "[edge]" as a style tag.
@@ -158,6 +169,33 @@ def test_demo_device_json(tmp_path):
     assert all(r["accelerator"] == "cpu" for r in rows)
     assert len({tuple(i for i, _ in r["top3"]) for r in rows}) == 1  # every backend ranks the same
     assert stat.S_IMODE((tmp_path / "device" / "publisher.key").stat().st_mode) == 0o600
+
+
+# LiteRT's C++ logger, TensorFlow's absl lines, LiteRT's source traces and its destructors at exit.
+NATIVE_LOG = re.compile(r"^(INFO|WARNING|ERROR|FATAL): |^[IWEF]\d{4} |DestroyAccelerator|XNNPACK|absl::"
+                        r"|^=== Source Location Trace")
+
+
+def native_lines(*texts: str) -> list[str]:
+    return [line for text in texts for line in text.splitlines() if NATIVE_LOG.search(line)]
+
+
+def test_demo_device_prints_only_its_story(tmp_path):
+    # A relative --workdir, from the working directory.
+    proc = run("demo", "--device", "--workdir", "work", "--repeats", "5", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert native_lines(proc.stdout, proc.stderr) == []
+    assert proc.stderr == ""  # no progress when stderr is not a terminal, no fallback warnings: the story says it
+    assert "4. verified, decrypted in memory, loaded, ranked" in proc.stdout
+    assert (tmp_path / "work" / "device" / "ctr-1.edgepkg").is_file()
+    if importlib.util.find_spec("tensorflow") is None:
+        return  # no LiteRT artifacts, so no LiteRT to hear from
+    # The switch brings them back: the check above can fail.
+    loud = run("demo", "--device", "--workdir", "work", "--repeats", "5", "--json", cwd=tmp_path,
+               env={"EDGEREC_LOG_NATIVE": "1"})
+    assert loud.returncode == 0, loud.stderr[-2000:]
+    assert any("DestroyAccelerator" in line for line in native_lines(loud.stderr))
+    assert native_lines(loud.stdout) == [] and json.loads(loud.stdout)["device"]["results"]
 
 
 @pytest.mark.slow

@@ -77,17 +77,18 @@ def test_publish_rollout_and_fleet_views(run, sync_env, tmp_path):
     assert [(n["node_id"], n["name"], n["tags"]) for n in nodes] == [(enrolled["node_id"], "edge-7",
                                                                        ["eu", "store-7"])]
     m = nodes[0]["models"][0]
-    assert (m["model"], m["desired_version"], m["installed_version"], m["state"]) == ("ctr", 1, 1, "serving")
+    assert (m["model"], m["desired_version"], m["installed_version"], m["state"]) == ("ctr", 1, 1, "installed")
     status = json.loads(run("admin", "status", "ctr", "--json").stdout)
     assert status["rollout"]["version"] == 1 and status["nodes"][0]["accelerator"] == "cpu"
     table = run("admin", "status", "ctr").stdout
-    assert enrolled["node_id"] in table and "1 of 1 node(s) run their desired version" in table
+    assert enrolled["node_id"] in table and "1 of 1 node(s) serve their desired version" in table
     assert enrolled["node_id"] in run("admin", "nodes").stdout
     assert json.loads(run("admin", "packages", "--json").stdout)[0]["target"] == "stable/ctr/1.edgepkg"
     local = json.loads(run("node", "status", "--state-dir", str(state), "--json").stdout)
     assert local["installed"]["ctr"]["version"] == 1
     edge = json.loads(run("node", "edge-config", "--state-dir", str(state), "--json").stdout)
     assert edge["recipient_id"] == enrolled["node_id"] and len(edge["trusted_keys"]) == 1
+    assert edge["model_dir"] == str((tmp_path / "models").resolve())  # recorded by 'node run'
     assert "--recipient-key" in run("node", "edge-config", "--state-dir", str(state)).stdout
 
 

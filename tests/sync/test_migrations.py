@@ -36,19 +36,45 @@ def test_fresh_database_is_created_and_stamped(db):
 def test_steps_bring_an_older_schema_up(db):
     migrate(db)
     calls: list[int] = []
+    nxt = SCHEMA_VERSION + 1
 
     def add_notes(conn: Connection) -> None:
-        calls.append(2)
+        calls.append(nxt)
         conn.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"))
 
-    assert migrate(db, head=2, steps={2: add_notes}) == 1
-    assert calls == [2] and _version(db) == 2
+    assert migrate(db, head=nxt, steps={nxt: add_notes}) == SCHEMA_VERSION
+    assert calls == [nxt] and _version(db) == nxt
     with db.engine.connect() as conn:
         assert inspect(conn).has_table("notes")
-    migrate(db, head=2, steps={2: add_notes})
-    assert calls == [2]
-    with pytest.raises(ConfigError, match="no migration to version 3"):
-        migrate(db, head=3, steps={})
+    migrate(db, head=nxt, steps={nxt: add_notes})
+    assert calls == [nxt]
+    with pytest.raises(ConfigError, match=f"no migration to version {nxt + 1}"):
+        migrate(db, head=nxt + 1, steps={})
+
+
+def test_a_version_1_database_gets_the_node_truth_columns(db):
+    """Schema 1 (before what nodes serve was recorded) steps up to 2 with its rows kept."""
+    v1 = {
+        "nodes": "poll_interval_s, edge", "node_models": "serving_version, failure_bad",
+        "rollouts": "max_failures, max_failure_percent, paused_reason",
+    }
+    migrate(db)
+    with db.engine.begin() as conn:
+        # Make the fresh schema what version 1 was: no node_failures, none of the new columns.
+        conn.execute(text("DROP TABLE node_failures"))
+        for table, cols in v1.items():
+            for col in cols.split(", "):
+                conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {col}"))
+        conn.execute(update(SchemaInfo).values(version=1))
+        conn.execute(text("INSERT INTO nodes (id, name, signing_key, recipient_key, tags, enrolled) "
+                          "VALUES ('n1', 'edge-1', 'k', 'k', '[]', 1.0)"))
+    assert migrate(db) == 1 and _version(db) == SCHEMA_VERSION
+    with db.engine.connect() as conn:
+        insp = inspect(conn)
+        assert insp.has_table("node_failures") and insp.has_table("metric_releases")
+        for table, cols in v1.items():
+            assert set(cols.split(", ")) <= {c["name"] for c in insp.get_columns(table)}, table
+        assert conn.execute(text("SELECT name, edge FROM nodes")).all() == [("edge-1", None)]
 
 
 def test_a_newer_schema_is_refused(db):
@@ -75,7 +101,7 @@ def test_processes_starting_together_migrate_once(db_url):
         t.start()
     for t in threads:
         t.join(30)
-    assert errors == [] and sorted(results) == [0, 1, 1, 1]
+    assert errors == [] and sorted(results) == [0, *[SCHEMA_VERSION] * 3]
     with dbs[0].read() as s:
         assert s.execute(select(SchemaInfo.version)).scalars().all() == [SCHEMA_VERSION]
     for d in dbs:

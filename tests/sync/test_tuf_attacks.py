@@ -51,7 +51,7 @@ def test_happy_path_install_through_tuf(sync_env, publisher, tmp_path):
     result = env.daemon(state).run_once()
     assert result.installed == [("ctr", 1)] and result.failures == {} and result.reported
     installed = state.dir / "models" / "ctr" / "1.edgepkg"
-    assert (state.dir / "models" / "ctr" / "current.edgepkg").resolve() == installed.resolve()
+    assert (state.dir / "models" / "ctr" / "current").resolve() == installed.resolve()
     node_id = state.identity().node_id
     with EdgeModel.load(installed, [load_verify_key(publisher.public_path)], recipient_key=state.recipient_key(),
                         recipient_id=node_id) as got, EdgeModel.load(
@@ -61,8 +61,10 @@ def test_happy_path_install_through_tuf(sync_env, publisher, tmp_path):
         np.testing.assert_allclose(got.scores(got.predict(batch)), want.scores(want.predict(batch)), rtol=1e-6)
 
     row = env.admin().status("ctr")["nodes"][0]
+    # No edge server here: installed, and nothing claims it serves.
     assert (row["node_id"], row["desired_version"], row["installed_version"], row["state"]) == (
-        node_id, 1, 1, "serving")
+        node_id, 1, 1, "installed")
+    assert row["serving_version"] is None and row["edge"] == "none" and row["stale"] is False
     assert row["accelerator"] == "cpu" and row["last_failure"] is None and row["last_seen"] > time.time() - 60
 
 
@@ -175,5 +177,5 @@ def test_replayed_assignment_is_refused(sync_env):
     client.replay = captured  # the old "run version 2" answer, validly signed
     result = daemon.run_once()
     assert result.installed == [] and "AssignmentReplayError" in result.failures["ctr"]
-    assert state.load_status().installed["ctr"].version == 1
-    assert (state.dir / "models" / "ctr" / "current.edgepkg").resolve().name == "1.edgepkg"
+    assert state.db.installed()["ctr"].version == 1
+    assert (state.dir / "models" / "ctr" / "current").resolve().name == "1.edgepkg"

@@ -18,13 +18,32 @@ from sqlalchemy import Connection, insert, inspect, select, text, update
 from edgerec.sync.protocol.errors import ConfigError
 
 from .db import Database
-from .models import Base, Counter, SchemaInfo
+from .models import FLEET_METRICS_TABLES, Base, Counter, NodeFailure, SchemaInfo
 
 log = logging.getLogger("edgerec.sync.service.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
+
+
+def _v2_node_truth(conn: Connection) -> None:
+    """What nodes serve, their edge server and poll interval, failure history, self-pausing rollouts."""
+    for table, column, kind in (
+        ("nodes", "poll_interval_s", "FLOAT"), ("nodes", "edge", "VARCHAR(16)"),
+        ("node_models", "serving_version", "BIGINT"), ("node_models", "failure_bad", "BOOLEAN"),
+        ("rollouts", "max_failures", "INTEGER"), ("rollouts", "max_failure_percent", "FLOAT"),
+        ("rollouts", "paused_reason", "TEXT"),
+    ):
+        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+    NodeFailure.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
+def _add_fleet_metrics(conn: Connection) -> None:
+    """3: the nodes' private releases (``metric_releases``, ``metric_counts``), ``ops_windows``, ``experiments``."""
+    Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in FLEET_METRICS_TABLES])
+
+
 #: ``STEPS[n]`` brings a database from version ``n - 1`` to ``n``.
-STEPS: dict[int, Callable[[Connection], None]] = {}
+STEPS: dict[int, Callable[[Connection], None]] = {2: _v2_node_truth, 3: _add_fleet_metrics}
 COUNTERS = ("repository", "serial")
 # Any 64-bit key, the same for every process of every edgerec service.
 _PG_LOCK_KEY = 0x65646765726563

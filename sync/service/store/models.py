@@ -85,6 +85,9 @@ class Node(Base):
     agent: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # SHA-256 of the last status stored, so unchanged heartbeats are not stored again.
     status_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Schema 2: the node's poll interval (for the stale flag) and its edge server: up, down or none.
+    poll_interval_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    edge: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class Nonce(Base):
@@ -157,6 +160,10 @@ class Rollout(Base):
     rollback: Mapped[bool] = mapped_column(Boolean, default=False)
     created: Mapped[float] = mapped_column(Float)
     updated: Mapped[float] = mapped_column(Float)
+    # Schema 2: the rollout pauses itself past this many failed nodes, or this share of its nodes.
+    max_failures: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_failure_percent: Mapped[float | None] = mapped_column(Float, nullable=True)
+    paused_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Assignment(Base):
@@ -175,7 +182,7 @@ class Assignment(Base):
 
 
 class NodeModel(Base):
-    """What one node reports of one model: installed version, health, last failure."""
+    """What one node reports of one model: current and served version, health, its current failure."""
 
     __tablename__ = "node_models"
     node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
@@ -188,6 +195,27 @@ class NodeModel(Base):
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     failure_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     updated: Mapped[float] = mapped_column(Float)
+    # Schema 2: what the node's edge server actually serves (None: down, or not loaded).
+    serving_version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    failure_bad: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+
+
+class NodeFailure(Base):
+    """Every failure a node reported, once each (schema 2): the history ``admin node`` shows."""
+
+    __tablename__ = "node_failures"
+    __table_args__ = (
+        UniqueConstraint("node_id", "model", "at"),
+        Index("ix_node_failures_model_version", "model", "version"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), index=True)
+    model: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    at: Mapped[float] = mapped_column(Float)
+    bad: Mapped[bool] = mapped_column(Boolean, default=False)
+    received: Mapped[float] = mapped_column(Float)
 
 
 class Report(Base):
@@ -215,3 +243,99 @@ class TufMetadata(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
     expires: Mapped[float] = mapped_column(Float)
     created: Mapped[float] = mapped_column(Float)
+
+
+# -- fleet metrics (issue 10): the nodes' private releases and operational windows ----------------
+
+
+class MetricRelease(Base):
+    """One node's business release for one window: its noise and budget; the counts are in ``metric_counts``.
+
+    A node that had spent its day's privacy budget sends a release with status
+    ``budget_exhausted`` and no counts.
+    """
+
+    __tablename__ = "metric_releases"
+    __table_args__ = (
+        UniqueConstraint("node_id", "window_start", "window_seconds"),
+        Index("ix_metric_releases_window", "window_start"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"))
+    window_start: Mapped[int] = mapped_column(BigInteger)
+    window_seconds: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    mechanism: Mapped[str] = mapped_column(String(32))
+    epsilon: Mapped[float] = mapped_column(Float)
+    sensitivity: Mapped[int] = mapped_column(Integer)
+    noise_variance: Mapped[float] = mapped_column(Float)
+    bounds: Mapped[dict[str, int]] = mapped_column(JSON)
+    budget_day: Mapped[str] = mapped_column(String(10))
+    budget_limit: Mapped[float] = mapped_column(Float)
+    budget_spent: Mapped[float] = mapped_column(Float)
+    received: Mapped[float] = mapped_column(Float, index=True)
+
+
+class MetricCount(Base):
+    """A released (noisy) count vector of one key in one node's window."""
+
+    __tablename__ = "metric_counts"
+    __table_args__ = (Index("ix_metric_counts_experiment", "experiment"), Index("ix_metric_counts_model", "model"))
+    release_id: Mapped[int] = mapped_column(ForeignKey("metric_releases.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    experiment: Mapped[str] = mapped_column(String(64), primary_key=True)
+    variant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    impressions: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    clicks: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    conversions: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class OpsWindowRow(Base):
+    """A node's operational figures for one window (no user data), kept as sent."""
+
+    __tablename__ = "ops_windows"
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id"), primary_key=True)
+    window_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    window_seconds: Mapped[int] = mapped_column(Integer, primary_key=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    received: Mapped[float] = mapped_column(Float, index=True)
+
+
+class ExperimentRow(Base):
+    """A centrally managed A/B experiment: variants are versions of one model, the first is the control."""
+
+    __tablename__ = "experiments"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(64))
+    variants: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # [{"name", "version", "weight"}]
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    salt: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16))  # "running" or "stopped"
+    created: Mapped[float] = mapped_column(Float)
+    stopped: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class GatedRollout(Base):
+    """A phased rollout of ``version`` against ``base_version`` that advances only when its outcome gates pass."""
+
+    __tablename__ = "gated_rollouts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    base_version: Mapped[int] = mapped_column(BigInteger)
+    channel: Mapped[str] = mapped_column(String(64))
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    phases: Mapped[list[float]] = mapped_column(JSON)
+    gates: Mapped[list[str]] = mapped_column(JSON)
+    alpha: Mapped[float] = mapped_column(Float)
+    max_windows: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[int] = mapped_column(Integer)
+    phase_started: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16))  # running, halted, held, completed, superseded
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    created: Mapped[float] = mapped_column(Float)
+    updated: Mapped[float] = mapped_column(Float)
+
+
+FLEET_METRICS_TABLES = ("metric_releases", "metric_counts", "ops_windows", "experiments", "gated_rollouts")

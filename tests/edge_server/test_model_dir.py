@@ -1,0 +1,72 @@
+"""The node layout at start: NAME/current serves exactly the version it names, and nothing stands in for it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from edgerec.edge_server import RunningServer, create_app
+from edgerec.sdk.modeldir import ModelDir
+
+
+def _serving(running: RunningServer) -> dict[str, int]:
+    running.edge.ready.wait(30)
+    return {mv.name: mv.version for mv in running.edge.repo.versions() if mv.serving}
+
+
+def _layout(tmp_path, packages) -> ModelDir:
+    layout = ModelDir(tmp_path / "models")
+    for v in (1, 2, 3):
+        src = packages["dir"] / "ctr-1.edgepkg" if v == 1 else packages[f"v{v}"]
+        layout.write("ctr", v, src.read_bytes())
+    return layout
+
+
+def test_the_pointer_wins_over_the_highest_version(tmp_path, packages, base_config):
+    layout = _layout(tmp_path, packages)
+    layout.set_current("ctr", 2)
+    assert os.readlink(tmp_path / "models" / "ctr" / "current") == "2.edgepkg"
+    config = base_config.replace(model_dir=layout.root)
+    running = RunningServer(create_app(config), config)
+    try:
+        assert _serving(running) == {"ctr": 2}  # not 3, the highest file there
+        assert [mv.version for mv in running.edge.repo.versions()] == [2]
+    finally:
+        running.close()
+    layout.set_current("ctr", 1)  # a rollback
+    running = RunningServer(create_app(config), config)
+    try:
+        assert _serving(running) == {"ctr": 1}
+    finally:
+        running.close()
+
+
+def test_a_broken_current_version_is_not_replaced_by_another(tmp_path, packages, base_config):
+    layout = _layout(tmp_path, packages)
+    layout.set_current("ctr", 3)
+    data = bytearray(layout.path_for("ctr", 3).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    layout.path_for("ctr", 3).write_bytes(bytes(data))
+    shutil.copy(packages["v2"], tmp_path / "models" / "ctr-2.edgepkg")  # a top-level package of the same name
+    config = base_config.replace(model_dir=layout.root)
+    running = RunningServer(create_app(config), config)
+    try:
+        assert _serving(running) == {}
+        failures = running.edge.load_failures
+        assert any("3.edgepkg" in f for f in failures), failures
+        assert any("ctr-2.edgepkg: ignored, ctr is served from its pointer ctr/current" in f for f in failures)
+    finally:
+        running.close()
+
+
+def test_temporary_and_legacy_files_are_cleaned(tmp_path, packages):
+    layout = _layout(tmp_path, packages)
+    folder = layout.folder("ctr")
+    (folder / ".2.edgepkg.abc.tmp").write_bytes(b"half a package")
+    os.symlink("2.edgepkg", folder / "current.edgepkg")  # the layout before pointers had one name
+    (folder / "current.json").write_text('{"version": 2}')
+    removed = {p.name for p in layout.clean()}
+    assert removed == {".2.edgepkg.abc.tmp", "current.edgepkg", "current.json"}
+    assert layout.current("ctr") == 2 and sorted(p.name for p in folder.iterdir()) == [
+        "1.edgepkg", "2.edgepkg", "3.edgepkg", "current"]
+    assert layout.prune("ctr", {3}) == [1] and layout.versions("ctr") == [3, 2]
