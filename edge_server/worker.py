@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerec.sdk.errors import EdgeRecError
-from edgerec.sdk.http_server import WSGIApp, metrics_after_fork
+from edgerec.sdk.http_server import WSGIApp, exit_with_server, metrics_after_fork
 
 from .config import ServerConfig
 from .server import CONFIG_FILE, RUN_ENV
@@ -35,6 +35,7 @@ def app() -> WSGIApp:
     from .json_logs import configure_logging
     from .repository import pin_mmap_threshold
 
+    exit_with_server()
     native_logs.quiet()
     metrics_after_fork()
     run_dir = Path(os.environ[RUN_ENV])

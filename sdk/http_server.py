@@ -37,6 +37,8 @@ import os
 import resource
 import socket
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +179,25 @@ def metrics_after_fork() -> None:
     from prometheus_client import values
 
     values.ValueClass = values.get_value_class()
+
+
+def exit_with_server(interval_s: float = 0.5) -> None:
+    """In a worker: exit as soon as the server process that started it is gone.
+
+    A ``kill -9`` of the server leaves its workers running, still accepting
+    on the inherited socket: a restarted server then shares the port with an
+    orphan that serves what the old process had loaded (seen in the node's
+    restart test). A thread that watches the parent pid is used rather than
+    ``PR_SET_PDEATHSIG``, which fires when the *thread* that forked exits.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="edgerec-exit-with-server", daemon=True).start()
 
 
 def build_granian(target: str, settings: HttpSettings, log_config: dict[str, Any] | None = None) -> Any:

@@ -29,7 +29,7 @@ from edgerec.sdk.testing import ctr_builder, sample_inputs
 EDGEREC = shutil.which("edgerec", path=str(Path(sys.executable).parent)) or "edgerec"
 PKG = ["-k", "pub.pub"]
 ENCRYPT = ["--recipient", "n=node.pub"]
-SERVER = ["--server", "http://127.0.0.1:9", "--token", "t"]
+SERVER = ["--server", "http://127.0.0.1:9", "--token-file", "tok"]  # tok: a 0600 file (secrets never on a command line)
 
 # (command line, the path the error must name). In each working directory: keys
 # pub.* (Ed25519) and node.* (X25519), ctr.edgepkg, in.npz, a folder "adir" and a
@@ -62,7 +62,7 @@ MISSING = [
     (["admin", "token", "--data-dir", "nodir"], "nodir"),
     (["admin", "root-update", "--data-dir", "nodir", "--keys-dir", "adir"], "nodir"),
     (["admin", "publish", "none.edgepkg", "--channel", "stable"], "none.edgepkg"),
-    (["admin", "--server", "http://127.0.0.1:9", "login", "--token", "t", "--ca-cert", "none.pem"], "none.pem"),
+    (["admin", "--server", "http://127.0.0.1:9", "login", "--token-file", "tok", "--ca-cert", "none.pem"], "none.pem"),
     (["node", "enroll", *SERVER, "--state-dir", "st", "--ca-cert", "none.pem"], "none.pem"),
     (["node", "run", "--state-dir", "nodir", "--model-dir", "m", "--once"], "nodir"),
     (["node", "run", "--state-dir", "adir", "--model-dir", "m", "--edge-server", "http://127.0.0.1:9",
@@ -103,7 +103,7 @@ WRONG_KIND = [
     (["admin", "token", "--data-dir", "afile"], "afile"),
     (["admin", "root-update", "--data-dir", "afile", "--keys-dir", "adir"], "afile"),
     (["admin", "publish", "adir", "--channel", "stable"], "adir"),
-    (["admin", "--server", "http://127.0.0.1:9", "login", "--token", "t", "--ca-cert", "afile"], "afile"),
+    (["admin", "--server", "http://127.0.0.1:9", "login", "--token-file", "tok", "--ca-cert", "afile"], "afile"),
     (["node", "enroll", *SERVER, "--state-dir", "afile"], "afile"),
     (["node", "run", "--state-dir", "afile", "--model-dir", "m", "--once"], "afile"),
     (["node", "run", "--state-dir", "adir", "--model-dir", "afile", "--once"], "afile"),
@@ -161,6 +161,8 @@ def cwd(files: Path, tmp_path: Path) -> Path:
     """A fresh working directory holding copies of ``files``."""
     work = tmp_path / "cwd"
     shutil.copytree(files, work)
+    (work / "tok").write_text("t")
+    (work / "tok").chmod(0o600)
     return work
 
 
@@ -208,7 +210,10 @@ def test_relative_paths_of_the_sync_service_admin_and_node(cwd: Path) -> None:
     with Running(cwd, "sync", "serve", "--data-dir", "sync", "--port", str(port)) as proc:
         assert wait_for(lambda: _answers(f"{url}/repository/metadata/timestamp.json", proc), 60)
         token = json.loads(ok(edgerec("admin", "enroll-token", "create", "--json", cwd=cwd)))["token"]
-        ok(edgerec("node", "enroll", "--server", url, "--token", token, "--state-dir", "node", cwd=cwd))
+        (cwd / "enroll.token").write_text(token)
+        (cwd / "enroll.token").chmod(0o600)
+        ok(edgerec("node", "enroll", "--server", url, "--token-file", "enroll.token", "--state-dir", "node",
+                   cwd=cwd))
         assert json.loads(ok(edgerec("node", "status", "--state-dir", "node", "--json", cwd=cwd)))["node_id"]
         ok(edgerec("node", "run", "--state-dir", "node", "--model-dir", "models", "--once", cwd=cwd))
         publish = edgerec("admin", "publish", "ctr.edgepkg", "--channel", "stable", "--json", cwd=cwd)

@@ -54,7 +54,7 @@ def plot_report(doc: dict[str, Any], path: Path) -> None:
         raise ConfigError("--plot: needs matplotlib (pip install 'edgerec[plot]')") from exc
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for variant in [r["variant"] for r in doc["variants"]]:
-        pts = [s for s in doc["series"] if s["variant"] == variant and s["ctr"] == s["ctr"]]
+        pts = [s for s in doc["series"] if s["variant"] == variant and s["ctr"] is not None]
         if not pts:
             continue
         x = [(s["window_start"] - pts[0]["window_start"]) / 3600 for s in pts]

@@ -127,7 +127,7 @@ class ABReport:
     series: tuple[dict[str, Any], ...]  # per window and variant: CTR with its interval, for plots
 
     def to_doc(self) -> dict[str, Any]:
-        def est(e: Estimate | None) -> dict[str, float] | None:
+        def est(e: Estimate | None) -> dict[str, float | None] | None:
             if e is None:
                 return None
             lo, hi = e.interval(self.alpha)
@@ -143,12 +143,17 @@ class ABReport:
                 "lift": est(r.lift), "p_value": None if r.p_value is None else _num(r.p_value),
                 "verdict": r.verdict, "windows": r.windows, "nodes": r.nodes,
             } for r in self.rows],
-            "series": list(self.series),
+            "series": [_finite(p) for p in self.series],
         }
 
 
-def _num(x: float) -> float:
-    return x if math.isfinite(x) else math.nan
+def _num(x: float) -> float | None:
+    """A figure for JSON: no estimate (no impressions yet, say) is null, never NaN."""
+    return x if math.isfinite(x) else None
+
+
+def _finite(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: _num(v) if isinstance(v, float) else v for k, v in doc.items()}
 
 
 def variant_ctr(impressions: float, clicks: float, noise_var: float) -> Estimate:

@@ -40,6 +40,7 @@ from edgerec.sdk.http_server import (
     WSGIApp,
     build_granian,
     drop_secret_env,
+    exit_with_server,
     held,
     listen_address,
     metrics_after_fork,
@@ -125,6 +126,7 @@ def worker_app() -> WSGIApp:
     """One worker's WSGI app (granian's factory target): the service, its maintenance loop, body deadlines."""
     from .app import create_app
 
+    exit_with_server()
     metrics_after_fork()
     spec = json.loads(Path(os.environ[RUN_ENV]).read_text())
     config = ServiceConfig(**spec["config"])
