@@ -1,16 +1,20 @@
-"""Edge server benchmark: edgerec against the raw runtime call, a bare Flask route and BentoML.
+"""Edge server benchmark: edgerec against the raw runtime call, two bare Flask floors and BentoML.
 
 All in one run, one after another, on this machine and the same ONNX model:
 
 1. the raw ONNX Runtime call in process (1 row, 100 rows);
 2. single-row infer and ``/v1/rank`` with 100 candidates at 1 and 32 concurrent
-   clients, for a bare Flask + waitress route that only makes that call,
-   BentoML with adaptive batching (its own venv: bench/peers/setup_bentoml.sh),
-   edgerec with batching off and edgerec with batching on;
+   clients, for a bare Flask route that only makes that call, on waitress (16
+   threads) and on granian (the settings ``edgerec serve`` uses), BentoML with
+   adaptive batching (its own venv: bench/peers/setup_bentoml.sh), edgerec
+   with batching off and edgerec with batching on (and ``--before DIR``: the
+   landed edgerec, e.g. on waitress);
 3. edgerec with 2 worker processes against 1;
 4. batching's gain at a fixed p99 budget for a light and a heavy model (and, for
    information, the heavy one on 2 workers and a heavier one);
-5. hot swap: 10 swaps of a >= 50 MB model under load.
+5. hot swap: 10 swaps of a >= 50 MB model under load;
+6. hostile clients: a normal client's latency while 2,000 slow connections are
+   open (idle ones, request heads and bodies trickled a byte at a time).
 
 edgerec runs in its measured configuration, every feature on: metrics,
 request ids and trace context (wrk sends a ``traceparent``), the JSON access
@@ -23,8 +27,9 @@ e.g. ``git archive``) as system ``before``, for a before/after in one run.
 
 Load comes from wrk (C, epoll) with a Lua script for the POST body; its CPU
 time is reported next to the server's. Every server gets 1 ONNX Runtime
-thread and 16 HTTP threads. Writes the ``edge_server`` section of
-docs/benchmarks.md; raw numbers go to build/bench/edge_server.json.
+thread; waitress servers 16 HTTP threads, granian ones the defaults of
+``edgerec serve``. Writes the ``edge_server`` section of docs/benchmarks.md;
+raw numbers go to build/bench/edge_server.json.
 
     python bench/edge_server.py [--seconds 5] [--rounds 3] [--quick] [--before DIR] [--only-compare]
 """
@@ -32,6 +37,7 @@ docs/benchmarks.md; raw numbers go to build/bench/edge_server.json.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import re
@@ -50,7 +56,10 @@ from typing import Any
 import httpx
 import numpy as np
 from _report import command, header, machine, write_section
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # tests/support: hostile clients
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from support.hostile import Slowloris, raise_fd_limit
 
 from edgerec.sdk.keys import public_pem
 from edgerec.sdk.manifest import FeatureSpec, ModelSignature, TensorSpec
@@ -76,6 +85,8 @@ BIG = {"users": 210_000, "items": 1000, "dim": 64, "hidden": []}  # 54 MB of emb
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 LOG_FLUSH_MS = float(os.environ.get("EDGEREC_BENCH_LOG_FLUSH_MS", "200"))  # access log lines batched this long
 EDGEREC_SYSTEMS = ("before", "edgerec-off", "edgerec-on")
+BARE_SYSTEMS = ("bare", "bare-granian")
+HOSTILE_SOCKETS = 2000
 
 
 # -- models ------------------------------------------------------------------------
@@ -163,7 +174,7 @@ ITEMS = list(range(0, 3 * CANDIDATES, 3))
 
 def bodies(system: str) -> dict[str, tuple[str, str]]:
     """case -> (path, JSON body)."""
-    if system == "bare":
+    if system in BARE_SYSTEMS:
         return {"infer": ("/infer", json.dumps({"user_id": [USER], "item_id": [ITEM], "ctx": [CTX]})),
                 "rank": ("/rank", json.dumps({"user_id": USER, "candidates": ITEMS, "ctx": CTX, "top_k": 10}))}
     if system == "bentoml":
@@ -324,9 +335,10 @@ def start(system: str, onnx: Path, model_dir: Path, pub: Path, *, workers: int =
           settings: Path | None = None, before: Path | None = None) -> Server:
     """A server under test; edgerec systems with ``settings`` (the measured configuration's file)."""
     port = free_port()
-    if system == "bare":
+    if system in BARE_SYSTEMS:
         path, body = bodies("bare")["infer"]
-        return Server([sys.executable, str(PEERS / "bare_flask.py"), str(onnx), str(port), str(HTTP_THREADS)],
+        server = "granian" if system == "bare-granian" else "waitress"
+        return Server([sys.executable, str(PEERS / "bare_flask.py"), str(onnx), str(port), str(HTTP_THREADS), server],
                       port, path, body=body)
     if system == "bentoml":
         return Server([str(BENTO / "bin" / "bentoml"), "serve", "bento_service:CTR", "--port", str(port),
@@ -339,11 +351,13 @@ def start(system: str, onnx: Path, model_dir: Path, pub: Path, *, workers: int =
             raise ValueError("the before system needs --before")
         env["PYTHONPATH"] = os.pathsep.join([str(before), os.environ.get("PYTHONPATH", "")])
     config = ["--config", str(settings)] if settings is not None else []
-    if system != "before":  # an option the older tree may not have
-        config += ["--log-flush-ms", str(LOG_FLUSH_MS)]
+    config += ["--log-flush-ms", str(LOG_FLUSH_MS)]
+    # The landed server ran on waitress with 16 HTTP threads (its default); the new one on granian with its
+    # defaults (a thread per connection at most).
+    threads = ["--http-threads", str(HTTP_THREADS)] if system == "before" else []
     # The access log is on (the default): one JSON line per request into the server's log file.
     return Server([*EDGEREC, "--model-dir", str(model_dir), "--port", str(port), "-k", str(pub), "--threads", "1",
-                   "--http-threads", str(HTTP_THREADS), "--log-level", "info", *config,
+                   *threads, "--log-level", "info", *config,
                    "--workers", str(workers), *batching, *extra], port, "/v2/health/ready", env=env)
 
 
@@ -405,6 +419,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     pub = work / "publisher.pub"
     pub.write_bytes(public_pem(key.public_key()))
     results: dict[str, Any] = {"seconds": secs, "rounds": args.rounds, "before": args.before is not None,
+                               "load": [os.getloadavg()[0]],
                                "run": {"machine": machine(), "date": f"{time.strftime('%Y-%m-%d', time.gmtime())}",
                                        "command": command()}}
     if args.only_swap:
@@ -433,7 +448,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
                       "heavy1": raw_call(heavy_onnx, 1, 500), "heavier1": raw_call(heavier_onnx, 1, 300)}
     print("raw", json.dumps(results["raw"]), flush=True)
 
-    systems = ["bare", "bentoml", "before", "edgerec-off", "edgerec-on"]
+    systems = ["bare", "bare-granian", "bentoml", "before", "edgerec-off", "edgerec-on"]
     if args.before is None:
         systems.remove("before")
     if not (BENTO / "bin" / "bentoml").exists():
@@ -470,18 +485,11 @@ def run(args: argparse.Namespace, work: Path) -> None:
         print("\n".join(compare_targets(results)))
         return
 
-    results["workers"] = {}
-    for workers in (1, 2):
-        srv = start("edgerec-on", light_onnx, dirs["light"], pub, workers=workers, settings=settings)
-        try:
-            r = measure(srv, bodies("edgerec")["infer"], 32, secs)
-            results["workers"][str(workers)] = r
-            print("workers", workers, _fmt(r), flush=True)
-        finally:
-            srv.stop()
-
+    results["workers"] = workers_compare(light_onnx, dirs, pub, secs, settings, args.rounds)
+    results["hostile"] = hostile(light_onnx, dirs, pub, secs, settings)
     results["batching"] = batching_sweep(dirs, pub, secs, args.quick, settings, min(args.rounds, 2))
     results["swap"] = hot_swap(work, key, pub, secs, args.quick)
+    results["load"].append(os.getloadavg()[0])
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "edge_server.json").write_text(json.dumps(results, indent=2))
     if not args.no_doc:
@@ -501,6 +509,73 @@ def _fmt(r: dict[str, float]) -> str:
             f"fail {r['non2xx'] + r['socket_errors']:.0f}")
 
 
+
+
+def workers_compare(onnx: Path, dirs: dict[str, Path], pub: Path, secs: float, settings: Path,
+                    rounds: int) -> dict[str, Any]:
+    """edgerec with 1 and 2 worker processes, both up, taking turns (single-row infer, 32 clients)."""
+    servers: dict[str, Server] = {}
+    runs: dict[str, list[dict[str, float]]] = {"1": [], "2": []}
+    try:
+        for workers in (1, 2):
+            servers[str(workers)] = start("edgerec-on", onnx, dirs["light"], pub, workers=workers, settings=settings)
+        time.sleep(2.0)  # the second worker's models loaded too
+        for i in range(rounds):
+            for w in (("1", "2") if i % 2 == 0 else ("2", "1")):
+                r = measure(servers[w], bodies("edgerec")["infer"], 32, secs)
+                runs[w].append(r)
+                print("workers", w, _fmt(r), flush=True)
+    finally:
+        for srv in servers.values():
+            srv.stop()
+    return {w: median_point(v) for w, v in runs.items()}
+
+
+def hostile(onnx: Path, dirs: dict[str, Path], pub: Path, secs: float, settings: Path) -> dict[str, Any]:
+    """A normal client (wrk, 4 keep-alive connections; and new connections one after another) without and
+    with ``HOSTILE_SOCKETS`` slow connections open: half idle, a quarter trickling a request head, a quarter
+    trickling a body (every feature on, one worker)."""
+    raise_fd_limit(HOSTILE_SOCKETS + 1000)
+    srv = start("edgerec-on", onnx, dirs["light"], pub, settings=settings)
+    path, body = bodies("edgerec")["infer"]
+    out: dict[str, Any] = {"sockets": HOSTILE_SOCKETS}
+
+    port = int(srv.url.rsplit(":", 1)[1])
+
+    def fresh(n: int = 200) -> dict[str, float]:
+        """A new connection for each request (http.client: no client-side set-up to time)."""
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            data = r.read()
+            conn.close()
+            times.append((time.perf_counter() - t0) * 1e3)
+            if r.status != 200:
+                raise RuntimeError(f"normal client refused: {r.status} {data[:200]!r}")
+        times.sort()
+        return {"p50": statistics.median(times), "p99": times[int(len(times) * 0.99)], "max": times[-1]}
+
+    try:
+        out["quiet"] = measure(srv, (path, body), 4, secs)
+        out["quiet_fresh"] = fresh()
+        n = HOSTILE_SOCKETS
+        attack = Slowloris("127.0.0.1", port, path, idle=n // 2, heads=n // 4,
+                           bodies=n - n // 2 - n // 4)
+        try:
+            time.sleep(12.0)  # past the header timeout (10 s): cut heads come back
+            out["attacked"] = measure(srv, (path, body), 4, secs)
+            out["attacked_fresh"] = fresh()
+            out["open"] = attack.open_count
+            out["heads_cut"] = attack.stats.closed["head"]
+        finally:
+            attack.close()
+        print("hostile", json.dumps(out, default=str)[:600], flush=True)
+        return out
+    finally:
+        srv.stop()
 
 
 def batching_sweep(dirs: dict[str, Path], pub: Path, secs: float, quick: bool, settings: Path,
@@ -594,8 +669,10 @@ def report(res: dict[str, Any]) -> str:
     lines.append(
         f"Models: synthetic CTR ONNX ({res['model_bytes']['light'] / 1e3:.0f} KB: user and item embeddings, "
         f"context, a 32-unit MLP; the MovieLens package of examples/movielens needs a TensorFlow training run, so "
-        f"the same-sized synthetic model keeps all five systems on one identical ONNX file). Every server: 1 ONNX "
-        f"Runtime thread, {HTTP_THREADS} HTTP threads, one worker process unless said. Load: wrk "
+        f"the same-sized synthetic model keeps every system on one identical ONNX file). Every server: 1 ONNX "
+        f"Runtime thread, one worker process unless said; waitress servers (bare, the landed edgerec as `before`) "
+        f"{HTTP_THREADS} HTTP threads, granian ones (bare-granian, edgerec) the defaults of `edgerec serve` (a Python "
+        f"thread per connection at most, made on demand). {res.get('load_note', '')} Load: wrk "
         f"({res['seconds']:.0f} s per point after 1 s of warm-up). The machine is a 2-core VM whose speed drifts "
         f"from minute to minute, so absolute numbers are noisy: in the comparison all systems were up at once and took "
         f"turns at each point, {res.get('rounds', 1)} rounds in a rotating order, and each figure is the median of "
@@ -603,6 +680,9 @@ def report(res: dict[str, Any]) -> str:
         "`traceparent`), the JSON access log (a line per request into the server's log file, written in batches "
         f"at most {LOG_FLUSH_MS:.0f} ms apart, `--log-flush-ms`), validation, an A/B experiment over two loaded "
         "versions (`/v1/rank` names it) and user profiles from SQLite behind the feature cache.\n")
+    if res.get("load"):
+        lines.append(f"Machine load (1-minute load average) at the start: {res['load'][0]:.2f}, at the end: "
+                     f"{res['load'][1]:.2f}.\n")
     lines.append(f"Raw ONNX Runtime call in process: 1 row p50 {raw['1']['p50'] * 1e3:.0f} us "
                  f"(p99 {raw['1']['p99'] * 1e3:.0f} us), 100 rows p50 {raw['100']['p50'] * 1e3:.0f} us; heavy model "
                  f"1 row p50 {raw['heavy1']['p50']:.2f} ms.\n")
@@ -625,38 +705,53 @@ def _ratio(a: float, b: float) -> str:
 
 
 def compare_targets(res: dict[str, Any]) -> list[str]:
-    """The single-worker targets; with a ``before`` system, its figure next to the new one."""
+    """The single-worker targets (edgerec with every feature on against the floors); with a ``before``
+    system (the landed edgerec), its figure next to the new one."""
     c, raw = res["compare"], res["raw"]
     before = "before" if any(k.startswith("before/") for k in c) else None
-    out = (["| target | before | measured | met |", "|---|---|---|---|"] if before
+    out = (["| target | landed edgerec | measured | met |", "|---|---|---|---|"] if before
            else ["| target | measured | met |", "|---|---|---|"])
 
     def row(name: str, value: Any, fmt: Any, ok: Any) -> None:
-        """``value(system)`` -> figure, ``fmt(figure)`` -> text, ``ok(figure)`` -> met."""
+        """``value(system)`` -> figure, ``fmt(figure)`` -> text, ``ok(figure)`` -> met (None: information)."""
         mine = value("edgerec-on")
         cells = [name, fmt(value(before)), fmt(mine)] if before else [name, fmt(mine)]
-        out.append("| " + " | ".join(cells) + f" | {'yes' if ok(mine) else 'no'} |")
+        met = ok(mine)
+        out.append("| " + " | ".join(cells) + f" | {'n/a' if met is None else 'yes' if met else 'no'} |")
 
     if "edgerec-on/infer/1" not in c or "bare/infer/32" not in c:
         return [*out, ""]
-    row("p50 overhead over the raw call, 1 client, single row <= 0.5 ms",
-        lambda sy: c[f"{sy}/infer/1"]["p50"] - raw["1"]["p50"], lambda v: f"{v:.3f} ms", lambda v: v <= 0.5)
-    for case in ("infer", "rank"):
-        row(f"32 clients: >= 0.9x the bare route's throughput ({case})",
-            lambda sy, case=case: c[f"{sy}/{case}/32"]["rps"] / c[f"bare/{case}/32"]["rps"],
-            lambda v: f"{v:.2f}x", lambda v: v >= 0.9)
+
+    def ratio(case: str, conns: int, floor: str) -> Any:
+        return lambda sy: c[f"{sy}/{case}/{conns}"]["rps"] / c[f"{floor}/{case}/{conns}"]["rps"]
+
+    def x(v: float) -> str:
+        return f"{v:.2f}x"
+
+    row("single-row infer, 32 clients: >= 1.6x the bare Flask + waitress route's throughput (moonshot 2x)",
+        ratio("infer", 32, "bare"), x, lambda v: v >= 1.6)
+    row("single-row infer, 32 clients: p99 <= 25 ms", lambda sy: c[f"{sy}/infer/32"]["p99"],
+        lambda v: f"{v:.1f} ms", lambda v: v <= 25)
+    row("single-row infer, 1 client: p50 <= 0.8x the bare Flask + waitress route's",
+        lambda sy: c[f"{sy}/infer/1"]["p50"] / c["bare/infer/1"]["p50"],
+        x, lambda v: v <= 0.8)
+    row("rank, 100 candidates, 32 clients: >= 1.4x the bare Flask + waitress route's throughput",
+        ratio("rank", 32, "bare"), x, lambda v: v >= 1.4)
+    if "bare-granian/infer/32" in c:
+        for case, conns in (("infer", 32), ("rank", 32)):
+            row(f"{case}, {conns} clients: throughput against bare Flask on granian (information)",
+                ratio(case, conns, "bare-granian"), x, lambda v: None)
+        row("single-row infer, 1 client: p50 against bare Flask on granian (information)",
+            lambda sy: c[f"{sy}/infer/1"]["p50"] / c["bare-granian/infer/1"]["p50"], x, lambda v: None)
+    row("p50 overhead over the raw call, 1 client, single row (information)",
+        lambda sy: c[f"{sy}/infer/1"]["p50"] - raw["1"]["p50"], lambda v: f"{v:.3f} ms", lambda v: None)
     if "bentoml/infer/32" in c:
         for case in ("infer", "rank"):
-            row(f"32 clients: >= 2.5x BentoML's throughput ({case})",
-                lambda sy, case=case: c[f"{sy}/{case}/32"]["rps"] / c[f"bentoml/{case}/32"]["rps"],
-                lambda v: f"{v:.2f}x", lambda v: v >= 2.5)
+            row(f"32 clients: throughput against BentoML ({case}; information)", ratio(case, 32, "bentoml"), x,
+                lambda v: None)
     for case in ("infer", "rank"):
-        row(f"32 clients: p99 <= 60 ms ({case})", lambda sy, case=case: c[f"{sy}/{case}/32"]["p99"],
-            lambda v: f"{v:.1f} ms", lambda v: v <= 60)
-    for case in ("infer", "rank"):
-        row(f"32 clients: server CPU per request <= 1.11x the bare route's ({case}; information)",
-            lambda sy, case=case: cpu_us(c[f"{sy}/{case}/32"]) / cpu_us(c[f"bare/{case}/32"]),
-            lambda v: f"{v:.2f}x", lambda v: v <= 1 / 0.9)
+        row(f"32 clients: server CPU per request against the bare waitress route's ({case}; information)",
+            lambda sy, case=case: cpu_us(c[f"{sy}/{case}/32"]) / cpu_us(c[f"bare/{case}/32"]), x, lambda v: None)
     return [*out, ""]
 
 
@@ -676,18 +771,31 @@ def targets(res: dict[str, Any]) -> list[str]:
         out.append("| " + " | ".join(cells) + f" | {'yes' if ok else 'no' if ok is not None else 'n/a'} |")
 
     w = res["workers"]
-    row("2 workers >= 1.5x one worker (infer, 32 clients)", _ratio(w["2"]["rps"], w["1"]["rps"]),
-        w["2"]["rps"] >= 1.5 * w["1"]["rps"])
+    row("2 workers >= 1.7x one worker (single-row infer, 32 clients)",
+        f"{_ratio(w['2']['rps'], w['1']['rps'])} ({w['2']['rps']:,.0f} vs {w['1']['rps']:,.0f} req/s)",
+        w["2"]["rps"] >= 1.7 * w["1"]["rps"])
+    h = res.get("hostile")
+    if h:
+        row(f"{h['sockets']:,} slow connections open: a normal client's p99 <= 1 s (wrk, 4 keep-alive connections)",
+            f"p50 {h['attacked']['p50']:.2f} ms, p99 {h['attacked']['p99']:.1f} ms (without them: "
+            f"{h['quiet']['p50']:.2f} / {h['quiet']['p99']:.1f} ms)", h["attacked"]["p99"] <= 1000)
+        row(f"{h['sockets']:,} slow connections open: new connections one after another, p99 <= 1 s",
+            f"p50 {h['attacked_fresh']['p50']:.2f} ms, p99 {h['attacked_fresh']['p99']:.1f} ms, max "
+            f"{h['attacked_fresh']['max']:.1f} ms (without them: {h['quiet_fresh']['p50']:.2f} / "
+            f"{h['quiet_fresh']['p99']:.1f} ms)", h["attacked_fresh"]["p99"] <= 1000)
     raw = res["raw"]
     compute = {"light": f"{raw['1']['p50'] * 1e3:.0f} us", "heavy": f"{raw['heavy1']['p50']:.1f} ms",
                "heavier": f"{raw['heavier1']['p50']:.1f} ms"}
+    # The target's model: the first that takes >= 1 ms a row on this machine (the issue's "heavy").
+    per_row = {"heavy": raw["heavy1"]["p50"], "heavier": raw["heavier1"]["p50"]}
+    target_model = next((m for m in ("heavy", "heavier") if per_row[m] >= 1.0), "heavier")
     for label, model, workers in SWEEP:
         off, on_ = res["batching"][f"{label}/edgerec-off"]["best"], res["batching"][f"{label}/edgerec-on"]["best"]
         if off and on_:
             gain = on_["rps"] / off["rps"]
             value = (f"{gain:.2f}x ({on_['rps']:,.0f} req/s at {on_['conns']} clients vs {off['rps']:,.0f} at "
                      f"{off['conns']})")
-            target = label == "heavy"
+            target = model == target_model and workers == 1
             on_workers = f", {workers} workers" if workers > 1 else ""
             row(f"batching gain at p99 <= {BUDGET_MS:.0f} ms, {model} model ({compute[model]} a row){on_workers}"
                 + (" (>= 2x)" if target else "; information"), value, gain >= 2 if target else None)

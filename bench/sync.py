@@ -376,11 +376,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def serve(data_dir: Path, log: Path, threads: int) -> tuple[subprocess.Popen, str]:
+def serve(data_dir: Path, log: Path, threads: int, source: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """``edgerec sync serve`` on a free port; ``source``: an older tree to run instead (DIR/edgerec/...)."""
     port = free_port()
     env = {**os.environ, "EDGEREC_SYNC_THREADS": str(threads)}
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-c", "from edgerec.sdk.cli import main; main()"]
     with open(log, "wb") as out:
-        proc = subprocess.Popen([EDGEREC, "sync", "serve", "--data-dir", str(data_dir), "--port", str(port)],
+        proc = subprocess.Popen([*cmd, "sync", "serve", "--data-dir", str(data_dir), "--port", str(port)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
 
@@ -541,6 +545,97 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(out) + "\n"
 
 
+def capacity_store(store: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Check-ins a second each server sustains (p99 <= 100 ms, no error): this tree's against ``--before``'s.
+
+    Both serve the same data directory and database (the service runs as several
+    processes on one database) and take turns at each rate, in alternating order.
+    """
+    work = Path(tempfile.mkdtemp(prefix=f"edgerec-capacity-{store}-"))
+    pg = LocalPostgres(fast=False).start() if store == "postgres" else None
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        pub = generate_keypair(work, "publisher")
+        key = load_signing_key(pub.private_path)
+        init = init_service(work / "data", work / "root-keys", [load_verify_key(pub.public_path)],
+                            pg.url if pg else None)
+        urls = {}
+        for name, source in (("granian", None), ("landed", args.before)):
+            if name == "landed" and source is None:
+                continue
+            procs[name], urls[name] = serve(init.data_dir, work / f"{name}.log", args.threads, source)
+        admin = AdminClient(Credentials(urls["granian"], init.admin_token))
+        nodes = asyncio.run(enroll_all([urls["granian"]], init.admin_token, args.nodes))
+        (work / "ctr-1.edgepkg").write_bytes(build_demo_package("ctr", 1, key, seed=1))
+        admin.publish(work / "ctr-1.edgepkg", "stable")
+        admin.rollout("ctr", 1, "stable", 100, [])
+        admin.close()
+        rows: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
+        for i, rate in enumerate(args.rates):
+            interval = len(nodes) / rate
+            for name in (list(urls) if i % 2 == 0 else list(urls)[::-1]):
+                cpu0, load0 = cpu_seconds(procs[name].pid), os.getloadavg()[0]
+                t0 = time.perf_counter()
+                stats = asyncio.run(steady([urls[name]], nodes, args.step, interval, "checkin"))
+                wall = time.perf_counter() - t0
+                for n in nodes:
+                    n.signed.clear()
+                lat = [x for v in stats.latency.values() for x in v]
+                checkins = stats.latency.get("checkin", [])
+                row = {"rate": rate, "checkins_per_s": len(checkins) / args.step,
+                       "requests_per_s": len(lat) / args.step,
+                       "errors": sum(stats.errors.values()), "error_samples": stats.error_samples[:3],
+                       "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99), "checkin_p99_ms": pct(checkins, 0.99),
+                       "server_cpu": (cpu_seconds(procs[name].pid) - cpu0) / wall,
+                       "loadavg": (load0 + os.getloadavg()[0]) / 2}
+                rows[name].append(row)
+                print(f"[{store}] {name} {rate}/s: {row['checkins_per_s']:.0f} check-ins/s, p50 {row['p50_ms']:.1f} "
+                      f"p99 {row['p99_ms']:.1f} ms, errors {row['errors']}, load {row['loadavg']:.1f}", flush=True)
+        best = {}
+        for name, rs in rows.items():
+            ok = [r for r in rs if r["errors"] == 0 and r["p99_ms"] <= 100]
+            best[name] = max(ok, key=lambda r: r["checkins_per_s"]) if ok else None
+        return {"store": store, "rows": rows, "best": best, "nodes": len(nodes), "step_s": args.step}
+    finally:
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if pg is not None:
+            pg.stop()
+
+
+def render_capacity(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    out = [header("Sync service: check-ins one process sustains, granian against the landed server").rstrip()
+           + "\n",
+           f"{results[0]['nodes']:,} simulated nodes check in (`POST /api/v1/node/checkin`, RFC 9421 signed ahead "
+           "of the run, each request with its own nonce) and poll TUF `timestamp.json`, spread evenly over the "
+           f"interval that gives each rate, {args.step:g} s per point. Two `edgerec sync serve` processes on the "
+           "same data directory and database: this tree (granian, one worker) and the landed server "
+           f"(`--before`: waitress, {args.threads} threads), taking turns at each rate in alternating order. "
+           "A rate is sustained when every request of it succeeded and the p99 of all requests (check-ins and "
+           "polls) stayed within 100 ms. Client and servers share the machine's 2 cores.\n",
+           "| store | server | offered check-ins/s | done check-ins/s | requests/s | errors | p50 ms | p99 ms "
+           "| server CPU (cores) | load avg |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        for name, rows in res["rows"].items():
+            for r in rows:
+                out.append(f"| {res['store']} | {name} | {r['rate']:,} | {r['checkins_per_s']:,.0f} "
+                           f"| {r['requests_per_s']:,.0f} | {r['errors']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+                           f"| {r['server_cpu']:.2f} | {r['loadavg']:.1f} |")
+    out += ["", "| store | granian sustains (check-ins/s) | landed sustains | ratio | >= 2x |", "|---|---|---|---|---|"]
+    for res in results:
+        g, landed = res["best"].get("granian"), res["best"].get("landed")
+        gv = g["checkins_per_s"] if g else 0.0
+        lv = landed["checkins_per_s"] if landed else 0.0
+        ratio = f"{gv / lv:.2f}x" if lv else "n/a"
+        out.append(f"| {res['store']} | {gv:,.0f} | {lv:,.0f} | {ratio} | {'yes' if lv and gv >= 2 * lv else 'no'} |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--store", choices=["sqlite", "postgres", "both"], default="both")
@@ -549,12 +644,27 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=10.0)
     ap.add_argument("--converge-nodes", type=int, default=200)
     ap.add_argument("--processes", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=4, help="waitress threads per service process (service default)")
+    ap.add_argument("--threads", type=int, default=4,
+                    help="EDGEREC_SYNC_THREADS: database connections per process (the landed server: its threads)")
     ap.add_argument("--protocols", default="checkin,separate",
                     help="comma-separated: checkin (one signed check-in per poll, as the daemon does) and/or "
                          "separate (a signed assignments GET and a signed report POST)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--capacity", action="store_true",
+                    help="Instead: check-ins a second sustained (p99 <= 100 ms, no error) at --rates, against the "
+                         "landed server of --before (a source tree DIR/edgerec/...), side by side.")
+    ap.add_argument("--before", type=Path, help="Source tree of the landed edgerec (DIR/edgerec/{sdk,sync}).")
+    ap.add_argument("--rates", default="100,200,400,600,800,1200", help="Offered check-ins a second (--capacity).")
+    ap.add_argument("--step", type=float, default=20.0, help="Seconds per rate (--capacity).")
     args = ap.parse_args()
+    if args.capacity:
+        args.rates = [int(r) for r in args.rates.split(",")]
+        stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
+        cap = [capacity_store(s, args) for s in stores]
+        print(json.dumps(cap, indent=2))
+        if not args.no_write:
+            write_section("sync_capacity", render_capacity(cap, args))
+        return
     args.protocols = [p for p in args.protocols.split(",") if p]
     if not args.protocols or set(args.protocols) - set(PROTOCOLS):
         ap.error(f"--protocols: choose from {', '.join(PROTOCOLS)}")

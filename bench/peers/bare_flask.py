@@ -1,6 +1,10 @@
-"""The bare baseline: Flask on waitress with one route per case that only parses JSON and calls the runtime.
+"""The bare baseline: Flask with one route per case that only parses JSON and calls the runtime.
 
-Usage: python bare_flask.py MODEL.onnx PORT HTTP_THREADS
+Usage: python bare_flask.py MODEL.onnx PORT HTTP_THREADS [waitress|granian]
+
+On waitress (the default) with HTTP_THREADS threads; on granian with the
+settings ``edgerec serve`` uses (edgerec.sdk.http_server's defaults: one
+worker, a thread per connection at most), HTTP_THREADS ignored.
 """
 
 from __future__ import annotations
@@ -43,5 +47,15 @@ def rank() -> Response:
     return Response(json.dumps({"items": out}), mimetype="application/json")
 
 
+def factory() -> Flask:
+    """granian's target: each worker imports this module (a session of its own) and takes the app."""
+    return app
+
+
 if __name__ == "__main__":
-    serve(app, host="127.0.0.1", port=port, threads=threads, ident="bare")
+    if sys.argv[4:5] == ["granian"]:
+        from edgerec.sdk.http_server import HttpSettings, build_granian
+
+        build_granian("bare_flask:factory", HttpSettings(port=port)).serve()
+    else:
+        serve(app, host="127.0.0.1", port=port, threads=threads, ident="bare")
