@@ -24,16 +24,22 @@ What granian 2.8 leaves open, and how the settings here answer it:
   idle), and a client that holds threads only holds its own; the cap
   (``max_connections``, granian's backpressure) bounds idle and slow clients
   together, and new connections wait in the kernel's accept queue when it is
-  reached.
+  reached;
+- where a few threads should run the application at once (the sync service:
+  its database pool), :class:`Admission` reads a request's body first, on the
+  connection's own thread and only up to the route's limit, then takes one of
+  a few slots: a slow body waits outside them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import ipaddress
 import logging
 import os
+import queue
 import resource
 import socket
 import sys
@@ -238,6 +244,39 @@ def build_granian(target: str, settings: HttpSettings, log_config: dict[str, Any
     return server
 
 
+class Admission:
+    """WSGI middleware: read a request's body (within its route's limit), then run the app in one of ``slots``.
+
+    ``body_limit(path)`` is the route's limit: a body of at most that many
+    bytes (by its Content-Length) is read first, on the thread granian gave
+    the connection, so a client that trickles it holds only that thread; a
+    larger one is left unread for the application to refuse. A route whose
+    limit is 0 (an upload the application authenticates before reading)
+    bypasses the slots altogether. Slots are tokens in a C queue: a waiting
+    thread blocks in C, without a Python semaphore's condition variable.
+    """
+
+    def __init__(self, app: WSGIApp, slots: int, body_limit: Callable[[str], int]) -> None:
+        self.app, self.body_limit = app, body_limit
+        self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(slots):
+            self._slots.put(None)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        limit = self.body_limit(environ.get("PATH_INFO", ""))
+        if limit == 0:
+            return self.app(environ, start_response)
+        length = environ.get("CONTENT_LENGTH")
+        if length and length.isdigit() and 0 < int(length) <= limit:
+            environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(int(length)))
+        slots = self._slots
+        slots.get()
+        try:
+            return self.app(environ, start_response)
+        finally:
+            slots.put(None)
+
+
 @contextlib.contextmanager
 def held(sock: socket.socket | None) -> Iterator[None]:
     """Close ``sock`` (a :func:`reserve_port` socket) when the block ends."""
@@ -250,6 +289,7 @@ def held(sock: socket.socket | None) -> Iterator[None]:
 
 __all__ = [
     "LOG_CONFIG",
+    "Admission",
     "SECRET_ENV",
     "HttpSettings",
     "QuietGranian",

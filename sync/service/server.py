@@ -5,11 +5,12 @@
 workers need to a private run file (mode 0600: it holds the database URL),
 and runs granian, whose worker processes each open the service
 (:func:`worker_app`), keep its TUF metadata fresh (:class:`Maintenance`) and
-share the port. Every open connection may hold a request thread (see
-:mod:`edgerec.sdk.http_server`); ``config.threads`` is the size of the
-database pool, which the requests share. An upload is read only after the
-admin token is checked (the admin blueprint's ``before_request``): nothing of
-an unauthenticated upload is read or stored.
+share the port. A request's body is read first, up to its route's limit
+(:func:`body_limit`), on its connection's own thread; then at most
+``config.threads`` requests run at once (:class:`~edgerec.sdk.http_server.
+Admission`), as many as the database pool holds. An upload is read only
+after the admin token is checked (the admin blueprint's ``before_request``):
+nothing of an unauthenticated upload is read or stored.
 
 :class:`RunningServer` runs the same in a child process, for tests.
 """
@@ -36,6 +37,7 @@ from typing import Any
 from edgerec.sdk.files import write_atomic
 from edgerec.sdk.http_server import (
     LOG_CONFIG,
+    Admission,
     HttpSettings,
     WSGIApp,
     build_granian,
@@ -78,6 +80,21 @@ class Maintenance(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=30)
+
+
+UPLOAD_PATH = "/api/v1/admin/packages"
+REPORT_PATHS = ("/api/v1/node/checkin", "/api/v1/node/reports")
+
+
+def body_limit(config: ServiceConfig) -> Any:
+    """The body a route reads, in bytes, for :class:`Admission`: 0 for the upload (read after the token)."""
+
+    def limit(path: str) -> int:
+        if path == UPLOAD_PATH:
+            return 0
+        return config.max_report_bytes if path in REPORT_PATHS else config.max_json_bytes
+
+    return limit
 
 
 def http_settings(config: ServiceConfig, host: str, port: int, tls: tuple[Path, Path] | None = None,
@@ -142,8 +159,7 @@ def worker_app() -> WSGIApp:
 
     # granian's worker ends through multiprocessing, which runs its finalizers but not atexit's.
     mp_util.Finalize(None, close, exitpriority=10)
-    wsgi: WSGIApp = create_app(service).wsgi_app
-    return wsgi
+    return Admission(create_app(service).wsgi_app, config.threads, body_limit(config))
 
 
 def main() -> None:
