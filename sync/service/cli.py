@@ -30,7 +30,8 @@ def sync_group() -> None:
               help="Serve HTTPS (TLS 1.2 or later) with this certificate chain (PEM); with --tls-key.")
 @click.option("--tls-key", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None)
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
-              help="Database connections per worker that requests share (default 4).")
+              help="Requests per worker that run at once, once their body is read, and its database "
+                   "connections (default 4).")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Worker processes sharing the port (one that dies is replaced; with 2 or more the port "
                    "never closes).")
