@@ -187,6 +187,19 @@ def metrics_after_fork() -> None:
     values.ValueClass = values.get_value_class()
 
 
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (a server's granian workers), from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return sorted(out)
+
+
 def exit_with_server(interval_s: float = 0.5) -> None:
     """In a worker: exit as soon as the server process that started it is gone.
 

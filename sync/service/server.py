@@ -41,6 +41,7 @@ from edgerec.sdk.http_server import (
     HttpSettings,
     WSGIApp,
     build_granian,
+    child_pids,
     drop_secret_env,
     exit_with_server,
     held,
@@ -267,15 +268,7 @@ class RunningServer:
 
     def worker_pids(self) -> list[int]:
         """The worker processes (granian's children of the server process)."""
-        out = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if self.proc is not None and int(fields[1]) == self.proc.pid and fields[0] != "Z":
-                out.append(int(stat.parent.name))
-        return sorted(out)
+        return child_pids(self.proc.pid) if self.proc is not None else []
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout_s``; the exit status."""
