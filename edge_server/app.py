@@ -22,6 +22,7 @@ from edgerec.sdk.errors import EdgeRecError
 from edgerec.sdk.keys import load_recipient_key, load_verify_key
 
 from . import api_rank, api_tfserving, api_users, api_v2, control, metrics_api, openapi
+from .api_keys import ApiKeys
 from .cache import open_cache
 from .config import ServerConfig, read_token
 from .context import STATE_KEY
@@ -157,7 +158,9 @@ def _install_hooks(app: Flask, srv: EdgeServer) -> None:
     def label(endpoint: str | None, values: dict[str, Any] | None) -> None:
         request.environ[STATE_KEY].endpoint = endpoint or "unmatched"
 
-    middleware = RequestMiddleware(app.wsgi_app, srv.metrics, srv.otel, srv.config.access_log, FastRoutes(srv))
+    keys = ApiKeys(srv.config.api_key_file) if srv.config.api_key_file is not None else None
+    middleware = RequestMiddleware(app.wsgi_app, srv.metrics, srv.otel, srv.config.access_log, FastRoutes(srv),
+                                   keys)
     app.wsgi_app = middleware  # type: ignore[method-assign]  # Flask's documented way to wrap its WSGI app
 
 

@@ -37,6 +37,15 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys"}
                    "demand; fewer lets clients that trickle a body hold them all).")
 @click.option("--header-timeout-s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
               help="Time a request head may take from its first byte; also an idle keep-alive connection's.")
+@click.option("--tls-cert", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None,
+              envvar="EDGEREC_TLS_CERT",
+              help="Serve HTTPS (TLS 1.2 or later) with this certificate chain (PEM); with --tls-key.")
+@click.option("--tls-key", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None,
+              envvar="EDGEREC_TLS_KEY", help="The certificate's private key (PEM, mode 0600).")
+@click.option("--api-key-file", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None,
+              envvar="EDGEREC_API_KEY_FILE",
+              help="Require an API key on the inference routes: the hashes made by `edgerec api-key add` "
+                   "(re-read when it changes). Health, /metrics and the control API are not affected.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads of the runtime per model (default: the runtime's choice).")
 @click.option("--accelerator", type=click.Choice(ACCELERATOR_CHOICES), default="auto", show_default=True)

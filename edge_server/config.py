@@ -4,7 +4,8 @@ Settings come from a TOML or JSON file (``--config``) and from command-line
 options, which win. The file groups settings in sections::
 
     [server]    host, port, workers, http_threads, access_log, log_level, log_flush_ms,
-                max_connections, header_timeout_s
+                max_connections, header_timeout_s, tls_cert, tls_key
+    [auth]      api_key_file
     [model]     model_dir, accelerator, threads, backend, trusted_keys, recipient_key, recipient_id
     [batching]  max_batch, max_delay_ms
     [limits]    max_body_bytes, max_rows, max_candidates, max_events, request_timeout_s
@@ -33,7 +34,8 @@ from .experiments import Experiment, parse_experiments
 
 _SECTIONS: dict[str, dict[str, str]] = {
     "server": {k: k for k in ("host", "port", "workers", "http_threads", "access_log", "log_level",
-                              "log_flush_ms", "max_connections", "header_timeout_s")},
+                              "log_flush_ms", "max_connections", "header_timeout_s", "tls_cert", "tls_key")},
+    "auth": {"api_key_file": "api_key_file"},
     "model": {k: k for k in ("model_dir", "accelerator", "threads", "backend", "trusted_keys",
                              "recipient_key", "recipient_id")},
     "batching": {"max_batch": "max_batch", "max_delay_ms": "max_delay_ms"},
@@ -47,7 +49,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "events": {"attribution_window_s": "attribution_window_s", "dedup_bytes": "events_dedup_bytes",
                "dedup_path": "events_dedup_path"},
 }
-_PATHS = ("model_dir", "recipient_key", "control_token_file", "events_dedup_path")
+_PATHS = ("model_dir", "recipient_key", "control_token_file", "events_dedup_path", "tls_cert", "tls_key",
+          "api_key_file")
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,11 @@ class ServerConfig:
     max_connections: int = 4096
     http_threads: int | None = None
     header_timeout_s: float = 10.0
+    # HTTPS with granian's own TLS (PEM chain and key; the key file 0600); None: plain HTTP.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Hashes of the keys the inference routes accept (edge_server/api_keys.py); None: no key needed.
+    api_key_file: Path | None = None
     accelerator: Accelerator = "auto"
     threads: int | None = None
     backend: BackendChoice = "auto"
@@ -128,6 +136,7 @@ class ServerConfig:
             (self.cache_max_entries >= 1, "cache_max_entries", "must be >= 1"),
             (self.attribution_window_s > 0, "attribution_window_s", "must be > 0"),
             (self.events_dedup_bytes >= 4096, "events_dedup_bytes", "must be >= 4096"),
+            ((self.tls_cert is None) == (self.tls_key is None), "tls_key", "--tls-cert and --tls-key go together"),
             (bool(self.recipient_key) == bool(self.recipient_id), "recipient_id",
              "--recipient-key and --recipient-id go together"),
             (0 <= self.log_flush_ms <= 10_000, "log_flush_ms", "must be 0..10000"),

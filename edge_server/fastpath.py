@@ -62,7 +62,7 @@ def error_parts(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]
         else:
             log.info("refused (%s): %s", err.code, bounded(str(exc)))
         if isinstance(exc, UnauthorizedError):
-            headers = {"WWW-Authenticate": 'Bearer realm="edgerec-control"'}
+            headers = {"WWW-Authenticate": 'Bearer realm="edgerec"'}
     status, doc = err.status, err.document()
     return status, doc, headers
 

@@ -14,24 +14,39 @@ from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import Any
 
+from .api_keys import ApiKeys, presented_key
 from .context import STATE_KEY, RequestState, bind_state
-from .fastpath import Answer
+from .errors import UnauthorizedError
+from .fastpath import Answer, error_parts, status_line
 from .json_logs import AccessLog
 from .metrics import Metrics
 from .random_hex import random_hex
 from .tracing import OpenTelemetry, new_trace
+from .wire import JSON, dumps
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 FastApp = Callable[[dict[str, Any], RequestState], Answer | None]
+# Open without an API key: probes, scraping, the API document, and what the control token guards.
+_OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics", "/openapi.json"})
+_CONTROL_PREFIX = "/control/"
+_USERS_PREFIX = "/v1/users/"  # DELETE: erasure, behind the control token
+
+
+def needs_api_key(method: str, path: str) -> bool:
+    """Whether a request must carry an API key when keys are configured (every data-plane route does)."""
+    if path in _OPEN_PATHS or path.startswith(_CONTROL_PREFIX):
+        return False
+    return not (method == "DELETE" and path.startswith(_USERS_PREFIX))
 
 
 class RequestMiddleware:
     """Wraps a WSGI app; views label the request through :class:`RequestState`."""
 
     def __init__(self, app: WSGIApp, metrics: Metrics, otel: OpenTelemetry | None, access: bool,
-                 fast: FastApp | None = None) -> None:
+                 fast: FastApp | None = None, api_keys: ApiKeys | None = None) -> None:
         self.app, self.metrics, self.otel, self.fast = app, metrics, otel, fast
+        self.api_keys = api_keys
         self.access = AccessLog() if access else None
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -52,7 +67,10 @@ class RequestMiddleware:
                 st.trace = trace
         code = 500
         try:
-            answer = self.fast(environ, st) if self.fast is not None else None
+            # Before any route reads a byte of the body.
+            answer = self._refuse_without_key(environ, st) if self.api_keys is not None else None
+            if answer is None and self.fast is not None:
+                answer = self.fast(environ, st)
             if answer is not None:
                 status, headers, body = answer
                 code = int(status[:3])
@@ -74,6 +92,24 @@ class RequestMiddleware:
                 code = codes[-1] if codes else 500
         finally:
             self._finish(environ, st, code, span, token)
+
+    def _refuse_without_key(self, environ: dict[str, Any], st: RequestState) -> Answer | None:
+        assert self.api_keys is not None
+        if not needs_api_key(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")):
+            return None
+        key = presented_key(environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_X_API_KEY"))
+        if self.api_keys.check(key) is not None:
+            return None
+        st.endpoint = "unauthorized"
+        status, doc, headers = error_parts(UnauthorizedError(
+            "missing or unknown API key (send Authorization: Bearer KEY or X-API-Key)", field="Authorization"))
+        self.metrics.error(st.endpoint, doc["error"])
+        body = dumps(doc).encode()
+        # The body stays unread, so the connection cannot carry another request: granian closes it
+        # after this answer, and saying so (a hop-by-hop header PEP 3333 leaves to servers; granian
+        # passes it on) keeps a client from sending its next request into a closing connection.
+        return (status_line(status), [("Content-Type", JSON), ("Content-Length", str(len(body))),
+                                      *(headers or {}).items(), ("Connection", "close")], body)
 
     def _finish(self, environ: dict[str, Any], st: RequestState, code: int, span: Any, token: Any) -> None:
         seconds = perf_counter() - st.started

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,7 @@ from edgerec.sdk.files import write_atomic
 from edgerec.sdk.http_server import (
     HttpSettings,
     build_granian,
+    check_tls_files,
     child_pids,
     drop_secret_env,
     granian_logging,
@@ -43,6 +45,7 @@ from edgerec.sdk.http_server import (
 )
 from edgerec.sdk.keys import load_recipient_key, load_verify_key
 
+from .api_keys import read_entries
 from .config import ServerConfig, read_token
 from .json_logs import configure_logging
 
@@ -57,7 +60,8 @@ LOG_CONFIG = granian_logging({"()": "edgerec.edge_server.json_logs.JsonFormatter
 
 def http_settings(config: ServerConfig) -> HttpSettings:
     return HttpSettings(host=config.host, port=config.port, workers=config.workers, threads=config.http_threads,
-                        max_connections=config.max_connections, header_timeout_s=config.header_timeout_s)
+                        max_connections=config.max_connections, header_timeout_s=config.header_timeout_s,
+                        tls_cert=config.tls_cert, tls_key=config.tls_key)
 
 
 def preflight(config: ServerConfig) -> ServerConfig:
@@ -66,6 +70,10 @@ def preflight(config: ServerConfig) -> ServerConfig:
         load_verify_key(key)
     if config.recipient_key is not None:
         load_recipient_key(config.recipient_key)
+    if config.tls_cert is not None and config.tls_key is not None:
+        check_tls_files(config.tls_cert, config.tls_key)
+    if config.api_key_file is not None:
+        read_entries(config.api_key_file)
     return config.replace(response_key=config.response_key or os.urandom(32),
                           control_token=config.control_token or read_token(config.control_token_file))
 
@@ -152,7 +160,7 @@ class RunningServer:
                                          env={**os.environ, **(env or {})}, start_new_session=True)
         self.port = self._wait_port(ready_timeout_s)
         host = f"[{config.host}]" if ":" in config.host else config.host
-        self.url = f"http://{host}:{self.port}"
+        self.url = f"{'https' if config.tls_cert else 'http'}://{host}:{self.port}"
         if wait_ready:
             self.wait_ready(ready_timeout_s)
 
@@ -194,13 +202,20 @@ class RunningServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the edge server exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
             try:
-                ok = httpx.get(self.url + "/v2/health/ready", timeout=2).status_code == 200
+                ok = httpx.get(self.url + "/v2/health/ready", timeout=2, verify=self.verify).status_code == 200
             except httpx.HTTPError:
                 ok = False
             if ok and (workers is None or len(self.worker_pids()) >= workers):
                 return
             time.sleep(0.1)
         raise RuntimeError(f"the edge server was not ready in {timeout_s:g} s:\n{self.log_text()[-3000:]}")
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an HTTPS client of this server trusts: its own certificate (the tests' self-signed one)."""
+        if self.config.tls_cert is None:
+            return True
+        return ssl.create_default_context(cafile=str(self.config.tls_cert))
 
     def worker_pids(self) -> list[int]:
         """The worker processes (granian's children of the server process)."""

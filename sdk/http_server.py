@@ -98,6 +98,26 @@ class HttpSettings:
         return dataclasses.replace(self, **changes)
 
 
+def check_tls_files(cert: Path, key: Path) -> None:
+    """A one-line error now for what granian would fail on in every worker: a certificate chain that is
+    not PEM, a key that is not a PEM private key, or a key file group or others may read."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from .keys import read_private_file
+
+    try:
+        x509.load_pem_x509_certificates(Path(cert).read_bytes())
+    except OSError as exc:
+        raise ConfigurationError(f"{cert}: cannot read the TLS certificate ({exc.strerror})") from exc
+    except ValueError as exc:
+        raise ConfigurationError(f"{cert}: not a PEM certificate chain") from exc
+    try:
+        serialization.load_pem_private_key(read_private_file(key), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"{key}: not an unencrypted PEM private key") from exc
+
+
 def listen_address(host: str) -> str:
     """``host`` as the IP address granian binds (it takes no host names)."""
     try:
@@ -301,6 +321,7 @@ def held(sock: socket.socket | None) -> Iterator[None]:
 
 
 __all__ = [
+    "check_tls_files",
     "LOG_CONFIG",
     "Admission",
     "SECRET_ENV",

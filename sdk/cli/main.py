@@ -19,6 +19,8 @@ from .predict import predict
 LAZY = {
     "convert": ("edgerec.converter.cli:convert", "converter", "Convert a Keras/SavedModel/ONNX model to a package."),
     "serve": ("edgerec.edge_server.cli:serve", "edge", "Run the edge inference server."),
+    "api-key": ("edgerec.edge_server.api_keys_cli:api_key", "edge",
+                "Make, list and revoke the edge server's inference API keys."),
     "sync": ("edgerec.sync.service.cli:sync_group", "sync", "Run the sync service."),
     "admin": ("edgerec.sync.admin.cli:admin", "sync", "Administer the sync service (publish, rollout, nodes)."),
     "node": ("edgerec.sync.node.cli:node", "node", "Run the edge node daemon (enroll, poll, install)."),

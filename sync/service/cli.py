@@ -43,6 +43,8 @@ def serve(data_dir: Path, db_url: str | None, host: str, port: int, tls_cert: Pa
           tls_key: Path | None, threads: int | None, workers: int, max_connections: int,
           header_timeout_s: float) -> None:
     """Serve the node and admin APIs and the TUF repository on granian."""
+    from edgerec.sdk.http_server import check_tls_files
+
     from .server import http_settings
     from .server import serve as run
 
@@ -53,6 +55,8 @@ def serve(data_dir: Path, db_url: str | None, host: str, port: int, tls_cert: Pa
     if threads:
         config = ServiceConfig(**{**config.__dict__, "threads": threads})
     tls = (tls_cert, tls_key) if tls_cert and tls_key else None
+    if tls:
+        check_tls_files(*tls)
     settings = http_settings(config, host, port, tls, workers, max_connections=max_connections,
                              header_timeout_s=header_timeout_s)
     run(data_dir, db_url, config, settings)

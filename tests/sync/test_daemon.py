@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import ipaddress
 import os
 from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
-from cryptography.x509.oid import NameOID
+from support.tls import self_signed
 from tuf.ngclient import Updater
 
 from edgerec.sync.node.daemon import NodeDaemon
@@ -110,29 +105,9 @@ def test_unreachable_service_is_survived(sync_env):
     env.server = RunningServer(env.service, maintenance=False).start()  # for the fixture's teardown
 
 
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    key = generate_private_key(SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgerec test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def test_tls_end_to_end(sync_env, tmp_path):
     env = sync_env
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     tls = RunningServer(env.service, tls=(cert, key), maintenance=False).start()
     try:
         assert tls.url.startswith("https://")

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import signal
 import socket
@@ -20,11 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
-from cryptography.x509.oid import NameOID
 from support.hostile import Slowloris, raise_fd_limit, timed_requests
+from support.tls import self_signed
 
 from edgerec.sdk.keys import load_verify_key
 from edgerec.sync.service.admin_init import InitResult, init_service
@@ -125,30 +120,10 @@ def test_header_timeout_and_upload_refused_before_its_body_is_read(service):
         assert server.stop() == 0
 
 
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    key = generate_private_key(SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgerec test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return cert_path, key_path
-
-
 @pytest.mark.slow
 def test_stalled_tls_handshakes_never_keep_a_normal_client_waiting(service, tmp_path):
     _, svc = service
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     server = _serve(svc, tls=(cert, key))
     ctx = ssl.create_default_context(cafile=str(cert))
     raise_fd_limit(2000)
