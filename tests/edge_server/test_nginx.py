@@ -1,0 +1,89 @@
+"""nginx (Debian's, started here) in front of two edge server processes, with the config in docs/operations.md."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+from support.net import free_port
+from support.nginx import ENV, Nginx, doc_config, find_nginx
+
+from edgerec.edge_server import RunningServer
+
+ROW = {"inputs": [
+    {"name": "user_id", "shape": [1], "datatype": "BYTES", "data": ["u1"]},
+    {"name": "item_id", "shape": [1], "datatype": "INT64", "data": [3]},
+    {"name": "ctx", "shape": [1, 4], "datatype": "FP32", "data": [0.1, 0.2, 0.3, 0.4]},
+]}
+
+
+@pytest.fixture
+def nginx_binary() -> str:
+    binary = find_nginx()
+    if binary is None:
+        if os.environ.get(ENV):
+            pytest.fail(f"{ENV} is set but names no nginx")
+        pytest.skip("no nginx (apt-get install nginx-light, as .ci/run does)")
+    return binary
+
+
+def _served(server: RunningServer) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == "edgerec_requests_total" and s.labels.get("endpoint") == "v2.infer")
+
+
+@pytest.mark.slow
+def test_requests_spread_and_a_killed_server_loses_none(base_config, nginx_binary):
+    backends = [RunningServer(base_config.replace(port=0)) for _ in range(2)]
+    front = free_port()
+    snippet = doc_config("edgerec-edge.conf")
+    for documented, server in zip(("127.0.0.1:8081", "127.0.0.1:8082"), backends, strict=True):
+        snippet = snippet.replace(documented, f"127.0.0.1:{server.port}")
+    snippet = snippet.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{front};")
+    proxy = Nginx(nginx_binary, snippet, [front])
+    url = f"http://127.0.0.1:{front}/v2/models/ctr/infer"
+    try:
+        with httpx.Client(timeout=30) as http:
+            codes = [http.post(url, json=ROW).status_code for _ in range(40)]
+            ids = {http.post(url, json=ROW).headers["X-Request-ID"] for _ in range(5)}
+        assert codes == [200] * 40
+        assert len(ids) == 5 and all(len(i) == 32 for i in ids)  # nginx's $request_id reached the server
+        spread = [_served(b) for b in backends]
+        assert min(spread) >= 5 and sum(spread) >= 45, spread  # both took a share
+
+        answers: list[int | str] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            with httpx.Client(timeout=30) as http:
+                while not stop.is_set():
+                    try:
+                        answers.append(http.post(url, json=ROW).status_code)
+                    except httpx.HTTPError as exc:
+                        answers.append(type(exc).__name__)
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        before = len(answers)
+        os.killpg(backends[0].pid, signal.SIGKILL)  # the server and its worker, at once
+        time.sleep(2.5)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        after_kill = answers[before:]
+        assert before > 20 and len(after_kill) > 20, (before, len(after_kill))
+        assert [a for a in answers if a != 200] == []  # not one request lost
+        assert backends[0].proc.wait(10) == -signal.SIGKILL
+    finally:
+        proxy.stop()
+        for b in backends:
+            b.close()
