@@ -71,6 +71,8 @@ class HttpSettings:
     max_header_bytes: int = 64 * 1024  # a request head must fit hyper's read buffer (else 431)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Mutual TLS: a client must present a certificate this CA bundle (PEM) issued, or the handshake fails.
+    tls_client_ca: Path | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -81,6 +83,8 @@ class HttpSettings:
             (0.1 <= self.header_timeout_s <= 3600, "header_timeout_s", "must be 0.1..3600 seconds"),
             (8192 <= self.max_header_bytes <= 16 * 1024 * 1024, "max_header_bytes", "must be 8 KiB..16 MiB"),
             ((self.tls_cert is None) == (self.tls_key is None), "tls_key", "a TLS certificate and key go together"),
+            (self.tls_client_ca is None or self.tls_cert is not None, "tls_client_ca",
+             "needs a TLS certificate and key (client certificates are checked in the TLS handshake)"),
         ]
         for ok, name, problem in checks:
             if not ok:
@@ -98,24 +102,31 @@ class HttpSettings:
         return dataclasses.replace(self, **changes)
 
 
-def check_tls_files(cert: Path, key: Path) -> None:
-    """A one-line error now for what granian would fail on in every worker: a certificate chain that is
-    not PEM, a key that is not a PEM private key, or a key file group or others may read."""
-    from cryptography import x509
+def check_tls_files(cert: Path, key: Path, client_ca: Path | None = None) -> None:
+    """A one-line error now for what granian would fail on in every worker: a certificate chain (or client
+    CA bundle) that is not PEM, a key that is not a PEM private key, or a key file group or others may read."""
     from cryptography.hazmat.primitives import serialization
 
     from .keys import read_private_file
 
-    try:
-        x509.load_pem_x509_certificates(Path(cert).read_bytes())
-    except OSError as exc:
-        raise ConfigurationError(f"{cert}: cannot read the TLS certificate ({exc.strerror})") from exc
-    except ValueError as exc:
-        raise ConfigurationError(f"{cert}: not a PEM certificate chain") from exc
+    for chain in (cert, client_ca):
+        if chain is not None:
+            _check_pem_certificates(chain)
     try:
         serialization.load_pem_private_key(read_private_file(key), password=None)
     except (ValueError, TypeError) as exc:
         raise ConfigurationError(f"{key}: not an unencrypted PEM private key") from exc
+
+
+def _check_pem_certificates(path: Path) -> None:
+    from cryptography import x509
+
+    try:
+        x509.load_pem_x509_certificates(Path(path).read_bytes())
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read the certificates ({exc.strerror})") from exc
+    except ValueError as exc:
+        raise ConfigurationError(f"{path}: not a PEM certificate chain") from exc
 
 
 def listen_address(host: str) -> str:
@@ -268,6 +279,8 @@ def build_granian(target: str, settings: HttpSettings, log_config: dict[str, Any
         ssl_cert=settings.tls_cert,
         ssl_key=settings.tls_key,
         ssl_protocol_min=SSLProtocols.tls12,
+        ssl_ca=settings.tls_client_ca,
+        ssl_client_verify=settings.tls_client_ca is not None,
         factory=True,
         respawn_failed_workers=True,
         workers_kill_timeout=15,

@@ -210,14 +210,21 @@ def root_update(data_dir: Path, keys_dir: Path, add_publisher: tuple[Path, ...],
 @refused_argument("--token", f"--token-file or {TOKEN_ENV}")
 @click.option("--ca-cert", type=AbsolutePath(dir_okay=False, exists=True), default=None,
               help="CA bundle for a private TLS CA.")
+@click.option("--client-cert", type=AbsolutePath(dir_okay=False, exists=True), default=None,
+              help="Mutual TLS: the admin's certificate (PEM); saved with the token.")
+@click.option("--client-key", type=AbsolutePath(dir_okay=False, exists=True), default=None,
+              help="Mutual TLS: the certificate's private key (PEM, mode 0600).")
 @click.pass_context
-def login(ctx: click.Context, token_file: Path | None, ca_cert: str | None) -> None:
+def login(ctx: click.Context, token_file: Path | None, ca_cert: str | None, client_cert: str | None,
+          client_key: str | None) -> None:
     """Check a server URL and an admin token, then save them (mode 0600)."""
     token = read_secret(token_file, TOKEN_ENV, "admin token")
     if token is None:
         raise ConfigError(f"no admin token: give --token-file or set {TOKEN_ENV}")
     server = ctx.obj.get("server") or DEFAULT_SERVER
-    creds = Credentials(server.rstrip("/"), token, ca_cert)
+    if (client_cert is None) != (client_key is None):
+        raise ConfigError("--client-cert and --client-key go together")
+    creds = Credentials(server.rstrip("/"), token, ca_cert, client_cert, client_key)
     with AdminClient(creds) as c:
         c.whoami()
     console.print(f"logged in to {creds.server}; saved to {save_credentials(creds, ctx.obj.get('config'))}",

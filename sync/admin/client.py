@@ -44,6 +44,8 @@ class Credentials:
     server: str
     token: str
     ca_cert: str | None = None
+    client_cert: str | None = None  # mutual TLS: certificate and key files
+    client_key: str | None = None
 
 
 def save_credentials(creds: Credentials, path: Path | None = None) -> Path:
@@ -82,7 +84,9 @@ def load_credentials(
         raise ConfigError(f"no server URL: set {SERVER_ENV} or run 'edgerec admin login' ({path})")
     if not token:
         raise ConfigError(f"no admin token: set {TOKEN_ENV} or run 'edgerec admin login' ({path})")
-    return Credentials(str(server).rstrip("/"), str(token), ca)
+    cert, key = doc.get("client_cert"), doc.get("client_key")
+    return Credentials(str(server).rstrip("/"), str(token), ca, str(cert) if cert else None,
+                       str(key) if key else None)
 
 
 class AdminClient:
@@ -91,7 +95,8 @@ class AdminClient:
     def __init__(self, creds: Credentials, timeout: float = 120.0) -> None:
         self.creds = creds
         self.client = httpx.Client(
-            base_url=creds.server, timeout=timeout, verify=client_verify(creds.ca_cert),
+            base_url=creds.server, timeout=timeout,
+            verify=client_verify(creds.ca_cert, creds.client_cert, creds.client_key),
             headers={"Authorization": f"Bearer {creds.token}", "User-Agent": "edgerec-admin/0.1"},
         )
 

@@ -61,16 +61,23 @@ def node() -> None:
 @click.option("--name", default=None, help="A name for this node (default: its id).")
 @click.option("--ca-cert", type=AbsolutePath(dir_okay=False, exists=True), default=None,
               help="CA bundle when the service uses a private TLS CA.")
+@click.option("--client-cert", type=AbsolutePath(dir_okay=False, exists=True), default=None,
+              help="Mutual TLS: this node's certificate (PEM), used for every call to the service.")
+@click.option("--client-key", type=AbsolutePath(dir_okay=False, exists=True), default=None,
+              help="Mutual TLS: the certificate's private key (PEM, mode 0600).")
 @click.option("--json", "as_json", is_flag=True)
 def enroll(server: str, token_file: Path | None, state_dir: Path, name: str | None, ca_cert: str | None,
-           as_json: bool) -> None:
+           client_cert: str | None, client_key: str | None, as_json: bool) -> None:
     """Make this node's keys (private files 0600, never sent) and enroll it."""
     from .enroll import enroll_node
 
     token = read_secret(token_file, ENROLL_TOKEN_ENV, "enrollment token")
     if token is None:
         raise ConfigError(f"no enrollment token: give --token-file or set {ENROLL_TOKEN_ENV}")
-    ident = enroll_node(state_dir, server, token, name, str(Path(ca_cert).resolve()) if ca_cert else None)
+    if (client_cert is None) != (client_key is None):
+        raise ConfigError("--client-cert and --client-key go together")
+    ident = enroll_node(state_dir, server, token, name, str(Path(ca_cert).resolve()) if ca_cert else None,
+                        client_cert, client_key)
     if as_json:
         print_json({"node_id": ident.node_id, "server": ident.server, "tags": ident.tags})
     else:

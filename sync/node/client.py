@@ -22,8 +22,10 @@ def error_of(resp: httpx.Response) -> ApiError:
     return ApiError(err.status, err.error, err.detail, err.field)
 
 
-def http_client(base_url: str, ca_cert: str | None = None, timeout: float = 30.0) -> httpx.Client:
-    return httpx.Client(base_url=base_url, verify=client_verify(ca_cert), timeout=timeout,
+def http_client(base_url: str, ca_cert: str | None = None, timeout: float = 30.0, client_cert: str | None = None,
+                client_key: str | None = None) -> httpx.Client:
+    """The node's HTTP client: the service's CA (or the system's), and its client certificate under mutual TLS."""
+    return httpx.Client(base_url=base_url, verify=client_verify(ca_cert, client_cert, client_key), timeout=timeout,
                         headers={"User-Agent": USER_AGENT})
 
 

@@ -118,7 +118,8 @@ class NodeDaemon:
         self.db = state.db
         self.config = config or DaemonConfig()
         self.ident = state.identity()
-        self.http = http_client(self.ident.server, self.ident.ca_cert, self.config.timeout_s)
+        self.http = http_client(self.ident.server, self.ident.ca_cert, self.config.timeout_s,
+                                self.ident.client_cert, self.ident.client_key)
         self.client = client or NodeClient(self.http, self.ident.node_id, state.signing_key())
         self.recipient = Recipient(self.ident.node_id, state.recipient_key())
         self.models = ModelDir(model_dir)

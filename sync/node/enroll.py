@@ -16,7 +16,8 @@ from .state import NodeIdentity, NodeState
 
 
 def enroll_node(
-    state_dir: Path, server: str, token: str, name: str | None = None, ca_cert: str | None = None
+    state_dir: Path, server: str, token: str, name: str | None = None, ca_cert: str | None = None,
+    client_cert: str | None = None, client_key: str | None = None,
 ) -> NodeIdentity:
     """Enroll with the service at ``server``; the private keys never leave ``state_dir``."""
     state = NodeState(state_dir)
@@ -24,7 +25,7 @@ def enroll_node(
         raise ConfigError(f"{state_dir}: already enrolled as {state.identity().node_id}")
     signing_pem, recipient_pem = state.ensure_keys()
     server = server.rstrip("/")
-    with http_client(server, ca_cert) as client:
+    with http_client(server, ca_cert, client_cert=client_cert, client_key=client_key) as client:
         doc = enroll_request(client, token, signing_pem, recipient_pem, name)
     try:
         root = base64.b64decode(doc["root"], validate=True)
@@ -34,7 +35,7 @@ def enroll_node(
         ident = NodeIdentity(
             node_id=str(doc["node_id"]), server=server,
             metadata_url=server + str(doc["metadata_path"]), targets_url=server + str(doc["targets_path"]),
-            tags=list(doc.get("tags", [])), ca_cert=ca_cert,
+            tags=list(doc.get("tags", [])), ca_cert=ca_cert, client_cert=client_cert, client_key=client_key,
         )
         trust = TrustInfo.from_root(md.signed)
     except Exception as exc:

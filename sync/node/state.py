@@ -57,6 +57,9 @@ class NodeIdentity:
     targets_url: str
     tags: list[str] = field(default_factory=list)
     ca_cert: str | None = None
+    # Mutual TLS: this node's certificate and key files (kept where the operator put them).
+    client_cert: str | None = None
+    client_key: str | None = None
 
 
 @dataclass

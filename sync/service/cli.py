@@ -29,6 +29,8 @@ def sync_group() -> None:
 @click.option("--tls-cert", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Serve HTTPS (TLS 1.2 or later) with this certificate chain (PEM); with --tls-key.")
 @click.option("--tls-key", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None)
+@click.option("--tls-client-ca", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Mutual TLS: accept only clients (nodes, admins) with a certificate from this CA bundle.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="Requests per worker that run at once, once their body is read, and its database "
                    "connections (default 4).")
@@ -40,8 +42,8 @@ def sync_group() -> None:
 @click.option("--header-timeout-s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
               help="Time a request head may take from its first byte; also an idle keep-alive connection's.")
 def serve(data_dir: Path, db_url: str | None, host: str, port: int, tls_cert: Path | None,
-          tls_key: Path | None, threads: int | None, workers: int, max_connections: int,
-          header_timeout_s: float) -> None:
+          tls_key: Path | None, tls_client_ca: Path | None, threads: int | None, workers: int,
+          max_connections: int, header_timeout_s: float) -> None:
     """Serve the node and admin APIs and the TUF repository on granian."""
     from edgerec.sdk.http_server import check_tls_files
 
@@ -50,14 +52,16 @@ def serve(data_dir: Path, db_url: str | None, host: str, port: int, tls_cert: Pa
 
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
+    if tls_client_ca is not None and tls_cert is None:
+        raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
     logging.getLogger("edgerec").setLevel(logging.INFO)
     config = ServiceConfig.from_env()
     if threads:
         config = ServiceConfig(**{**config.__dict__, "threads": threads})
     tls = (tls_cert, tls_key) if tls_cert and tls_key else None
     if tls:
-        check_tls_files(*tls)
-    settings = http_settings(config, host, port, tls, workers, max_connections=max_connections,
+        check_tls_files(*tls, tls_client_ca)
+    settings = http_settings(config, host, port, tls, workers, tls_client_ca, max_connections=max_connections,
                              header_timeout_s=header_timeout_s)
     run(data_dir, db_url, config, settings)
 

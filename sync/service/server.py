@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -99,10 +100,11 @@ def body_limit(config: ServiceConfig) -> Any:
 
 
 def http_settings(config: ServiceConfig, host: str, port: int, tls: tuple[Path, Path] | None = None,
-                  workers: int = 1, **limits: Any) -> HttpSettings:
-    """The HTTP tier's settings; ``limits`` as :class:`HttpSettings` fields."""
+                  workers: int = 1, client_ca: Path | None = None, **limits: Any) -> HttpSettings:
+    """The HTTP tier's settings; ``client_ca`` turns on mutual TLS; ``limits`` as :class:`HttpSettings` fields."""
     cert, key = tls if tls else (None, None)
-    return HttpSettings(host=host, port=port, workers=workers, tls_cert=cert, tls_key=key, **limits)
+    return HttpSettings(host=host, port=port, workers=workers, tls_cert=cert, tls_key=key, tls_client_ca=client_ca,
+                        **limits)
 
 
 def serve(data_dir: Path, db_url: str | None, config: ServiceConfig, settings: HttpSettings,
@@ -171,7 +173,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)  # as ``edgerec`` sets it up
     config = ServiceConfig(**spec["config"])
     tls = (Path(spec["tls"][0]), Path(spec["tls"][1])) if spec["tls"] else None
-    settings = http_settings(config, spec["host"], spec["port"], tls, spec["workers"], **spec["limits"])
+    client_ca = Path(spec["client_ca"]) if spec.get("client_ca") else None
+    settings = http_settings(config, spec["host"], spec["port"], tls, spec["workers"], client_ca, **spec["limits"])
     serve(Path(spec["data_dir"]), spec["db_url"], config, settings, spec["maintenance"])
 
 
@@ -183,13 +186,14 @@ class RunningServer:
     the same config. ``port`` 0 takes a free one; ``log_path`` receives its
     output; ``limits`` are :class:`HttpSettings` fields; ``python`` replaces
     the command that runs :func:`main` (given the spec file's path). ``start``
-    waits until it answers ``/api/v1/health``.
+    waits until it answers ``/api/v1/health``. ``client_ca`` turns on mutual
+    TLS; then ``probe_tls`` is the client context the readiness probe uses.
     """
 
     def __init__(self, service: SyncService, host: str = "127.0.0.1", port: int = 0,
                  tls: tuple[Path, Path] | None = None, maintenance: bool = True, workers: int = 1,
                  log_path: Path | None = None, env: dict[str, str] | None = None, python: list[str] | None = None,
-                 **limits: Any) -> None:
+                 client_ca: Path | None = None, probe_tls: ssl.SSLContext | None = None, **limits: Any) -> None:
         self.service = service
         self.host, self.port = host, port
         self.scheme = "https" if tls else "http"
@@ -200,10 +204,13 @@ class RunningServer:
                       "db_url": service.db.url.render_as_string(hide_password=False),
                       "config": dataclasses.asdict(service.config), "host": host, "port": port,
                       "tls": [str(tls[0]), str(tls[1])] if tls else None, "maintenance": maintenance,
-                      "workers": workers, "limits": limits}
+                      "workers": workers, "limits": limits, "client_ca": str(client_ca) if client_ca else None}
         self._env = env or {}
         self._python = python or [sys.executable, "-c", "from edgerec.sync.service.server import main; main()"]
         self._tls = tls
+        # What readiness probes trust and present: by default the server's own (self-signed) certificate;
+        # under mutual TLS the caller's context with a client certificate.
+        self._probe_tls = probe_tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -250,9 +257,9 @@ class RunningServer:
         import httpx
 
         verify: Any = True
-        if self._tls is not None:
-            import ssl
-
+        if self._probe_tls is not None:
+            verify = self._probe_tls
+        elif self._tls is not None:
             verify = ssl.create_default_context(cafile=str(self._tls[0]))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
