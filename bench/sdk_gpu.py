@@ -12,9 +12,9 @@ median latencies per batch size, GPU and CPU side by side in one run.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -107,9 +107,16 @@ def check(folder: Path) -> dict:
     return {"gpu_info": gpu.info.__dict__, "cpu_info": cpu.info.__dict__, "rows": rows}
 
 
-if __name__ == "__main__":
-    verb, folder = sys.argv[1], Path(sys.argv[2])
-    if verb == "build":
-        build(folder)
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("verb", choices=("build", "check"))
+    ap.add_argument("folder", type=Path)
+    args = ap.parse_args()
+    if args.verb == "build":
+        build(args.folder)
     else:
-        print(json.dumps(check(folder), indent=1, default=str))
+        print(json.dumps(check(args.folder), indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
