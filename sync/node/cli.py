@@ -65,9 +65,12 @@ def node() -> None:
               help="Mutual TLS: this node's certificate (PEM), used for every call to the service.")
 @click.option("--client-key", type=AbsolutePath(dir_okay=False, exists=True), default=None,
               help="Mutual TLS: the certificate's private key (PEM, mode 0600).")
+@click.option("--repo-url", default=None,
+              help="The TUF repository's static origin (URL/metadata/, URL/targets/); default: the one the "
+                   "service names, else the service itself.")
 @click.option("--json", "as_json", is_flag=True)
 def enroll(server: str, token_file: Path | None, state_dir: Path, name: str | None, ca_cert: str | None,
-           client_cert: str | None, client_key: str | None, as_json: bool) -> None:
+           client_cert: str | None, client_key: str | None, repo_url: str | None, as_json: bool) -> None:
     """Make this node's keys (private files 0600, never sent) and enroll it."""
     from .enroll import enroll_node
 
@@ -77,9 +80,10 @@ def enroll(server: str, token_file: Path | None, state_dir: Path, name: str | No
     if (client_cert is None) != (client_key is None):
         raise ConfigError("--client-cert and --client-key go together")
     ident = enroll_node(state_dir, server, token, name, str(Path(ca_cert).resolve()) if ca_cert else None,
-                        client_cert, client_key)
+                        client_cert, client_key, repo_url)
     if as_json:
-        print_json({"node_id": ident.node_id, "server": ident.server, "tags": ident.tags})
+        print_json({"node_id": ident.node_id, "server": ident.server, "tags": ident.tags,
+                    "metadata_url": ident.metadata_url, "targets_url": ident.targets_url})
     else:
         console.print(f"enrolled as {ident.node_id} with {ident.server}; root metadata pinned in {state_dir}",
                       markup=False)

@@ -9,6 +9,7 @@ from tuf.api.metadata import Metadata, Root
 
 from edgerec.sdk.keys import public_pem
 from edgerec.sync.protocol.errors import ConfigError
+from edgerec.sync.protocol.origin import check_repo_url, repository_urls
 from edgerec.sync.protocol.trust import TrustInfo
 
 from .client import enroll_request, http_client
@@ -17,9 +18,14 @@ from .state import NodeIdentity, NodeState
 
 def enroll_node(
     state_dir: Path, server: str, token: str, name: str | None = None, ca_cert: str | None = None,
-    client_cert: str | None = None, client_key: str | None = None,
+    client_cert: str | None = None, client_key: str | None = None, repo_url: str | None = None,
 ) -> NodeIdentity:
-    """Enroll with the service at ``server``; the private keys never leave ``state_dir``."""
+    """Enroll with the service at ``server``; the private keys never leave ``state_dir``.
+
+    The TUF repository comes from ``repo_url`` when given, else from the static origin the service
+    names in its answer, else from the service itself."""
+    if repo_url:
+        check_repo_url(repo_url, "--repo-url")
     state = NodeState(state_dir)
     if state.enrolled:
         raise ConfigError(f"{state_dir}: already enrolled as {state.identity().node_id}")
@@ -32,9 +38,13 @@ def enroll_node(
         md = Metadata[Root].from_bytes(root)
         # A root must be signed by a threshold of its own root keys to be pinned.
         md.signed.verify_delegate(Root.type, md.signed_bytes, md.signatures)
+        origin = repo_url or doc.get("repo_url")
+        if origin:
+            metadata_url, targets_url = repository_urls(str(origin))
+        else:
+            metadata_url, targets_url = server + str(doc["metadata_path"]), server + str(doc["targets_path"])
         ident = NodeIdentity(
-            node_id=str(doc["node_id"]), server=server,
-            metadata_url=server + str(doc["metadata_path"]), targets_url=server + str(doc["targets_path"]),
+            node_id=str(doc["node_id"]), server=server, metadata_url=metadata_url, targets_url=targets_url,
             tags=list(doc.get("tags", [])), ca_cert=ca_cert, client_cert=client_cert, client_key=client_key,
         )
         trust = TrustInfo.from_root(md.signed)

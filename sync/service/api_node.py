@@ -66,13 +66,11 @@ def enroll() -> Any:
     svc = service()
     doc = json_body(read_body(svc.config.max_json_bytes))
     out = svc.enroll(doc.get("token"), doc.get("signing_key"), doc.get("recipient_key"), doc.get("name"))
-    return jsonify(
-        node_id=out.node_id,
-        tags=out.tags,
-        root=base64.b64encode(out.root).decode(),
-        metadata_path="/repository/metadata/",
-        targets_path="/repository/targets/",
-    ), 201
+    answer = {"node_id": out.node_id, "tags": out.tags, "root": base64.b64encode(out.root).decode(),
+              "metadata_path": "/repository/metadata/", "targets_path": "/repository/targets/"}
+    if svc.config.repo_url:  # a static origin: nodes fetch the repository there, not from this API
+        answer["repo_url"] = svc.config.repo_url
+    return jsonify(answer), 201
 
 
 @bp.get("/node/assignments")

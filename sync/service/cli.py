@@ -31,6 +31,9 @@ def sync_group() -> None:
 @click.option("--tls-key", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None)
 @click.option("--tls-client-ca", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Mutual TLS: accept only clients (nodes, admins) with a certificate from this CA bundle.")
+@click.option("--repo-url", default=None, envvar="EDGEREC_SYNC_REPO_URL",
+              help="Public URL of the TUF repository's static origin (nginx or a CDN serving DATA_DIR/repository); "
+                   "pinned in each enrollment answer. Default: this service's /repository.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="Requests per worker that run at once, once their body is read, and its database "
                    "connections (default 4).")
@@ -42,8 +45,8 @@ def sync_group() -> None:
 @click.option("--header-timeout-s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
               help="Time a request head may take from its first byte; also an idle keep-alive connection's.")
 def serve(data_dir: Path, db_url: str | None, host: str, port: int, tls_cert: Path | None,
-          tls_key: Path | None, tls_client_ca: Path | None, threads: int | None, workers: int,
-          max_connections: int, header_timeout_s: float) -> None:
+          tls_key: Path | None, tls_client_ca: Path | None, repo_url: str | None, threads: int | None,
+          workers: int, max_connections: int, header_timeout_s: float) -> None:
     """Serve the node and admin APIs and the TUF repository on granian."""
     from edgerec.sdk.http_server import check_tls_files
 
@@ -58,6 +61,8 @@ def serve(data_dir: Path, db_url: str | None, host: str, port: int, tls_cert: Pa
     config = ServiceConfig.from_env()
     if threads:
         config = ServiceConfig(**{**config.__dict__, "threads": threads})
+    if repo_url:
+        config = ServiceConfig(**{**config.__dict__, "repo_url": repo_url})
     tls = (tls_cert, tls_key) if tls_cert and tls_key else None
     if tls:
         check_tls_files(*tls, tls_client_ca)

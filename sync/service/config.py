@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from edgerec.sync.protocol.errors import ConfigError
+from edgerec.sync.protocol.origin import check_repo_url
 
 ENV_PREFIX = "EDGEREC_SYNC_"
 
@@ -57,10 +58,15 @@ class ServiceConfig:
     alert_min_requests: int = 100
     alert_silent_s: float = 900.0
     alert_mismatch_s: float = 3600.0
+    # The public URL of the TUF repository's static origin (nginx or a CDN serving DIR/repository/:
+    # URL/metadata/, URL/targets/), pinned in each enrollment answer; "" means this API's /repository.
+    repo_url: str = ""
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.type in ("str", str):
+                continue
             if f.type in ("bool", bool):
                 if not isinstance(value, bool):
                     raise ConfigError(f"ServiceConfig.{f.name} must be true or false, got {value!r}")
@@ -71,6 +77,8 @@ class ServiceConfig:
             raise ConfigError(f"ServiceConfig.metrics_alpha must be in (0, 1), got {self.metrics_alpha!r}")
         if self.timestamp_expiry_s > self.snapshot_expiry_s:
             raise ConfigError("ServiceConfig: timestamp_expiry_s must not exceed snapshot_expiry_s")
+        if self.repo_url:
+            object.__setattr__(self, "repo_url", check_repo_url(self.repo_url, "ServiceConfig.repo_url"))
 
     @classmethod
     def from_env(cls, base: ServiceConfig | None = None) -> ServiceConfig:
@@ -80,6 +88,9 @@ class ServiceConfig:
         for f in fields(cls):
             raw = os.environ.get(ENV_PREFIX + f.name.upper())
             if raw is None:
+                continue
+            if f.type in ("str", str):
+                changes[f.name] = raw
                 continue
             if f.type in ("bool", bool):
                 if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
