@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from edgerec.sdk.errors import EdgeRecError
 from edgerec.sdk.keys import load_recipient_key, load_verify_key
+from edgerec.sdk.tracing import open_telemetry
 
 from . import api_rank, api_tfserving, api_users, api_v2, control, metrics_api, openapi
 from .api_keys import ApiKeys
@@ -34,7 +35,6 @@ from .metrics import Metrics
 from .middleware import RequestMiddleware
 from .repository import LoadSettings, Repository
 from .response_ids import ResponseIds
-from .tracing import open_telemetry
 from .wire import json_response
 
 log = logging.getLogger("edgerec.edge_server")

@@ -11,13 +11,14 @@ import click
 from edgerec.sdk.cli.paths import AbsolutePath
 from edgerec.sdk.model import ACCELERATOR_CHOICES
 from edgerec.sdk.runtime import BACKEND_CHOICES
+from edgerec.sdk.tracing import check_otlp_endpoint
 
 from .config import ServerConfig
 from .json_logs import configure_logging
 from .server import serve as run_server
 
 # CLI option -> ServerConfig field, where the names differ.
-_FIELDS = {"config_file": None, "trusted_key": "trusted_keys"}
+_FIELDS = {"config_file": None, "trusted_key": "trusted_keys", "otlp_endpoint": None}
 
 
 @click.command()
@@ -71,6 +72,9 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys"}
               envvar="EDGEREC_CONTROL_TOKEN_FILE",
               help="Bearer token of the control API (or env EDGEREC_CONTROL_TOKEN); none: control off.")
 @click.option("--control-allow-remote", is_flag=True, help="Let non-loopback callers reach the control API.")
+@click.option("--otlp-endpoint", default=None,
+              help="Export traces over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318); the same as "
+                   "OTEL_EXPORTER_OTLP_ENDPOINT, and the other OTEL_* variables apply.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
@@ -80,6 +84,8 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys"}
 def serve(**options: Any) -> None:
     """Serve verified model packages: Open Inference Protocol v2, TF-Serving predict, /v1/rank."""
     config = build_config(click.get_current_context(), options)
+    if options["otlp_endpoint"]:
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = check_otlp_endpoint(options["otlp_endpoint"])
     configure_logging(config.log_level, flush_ms=config.log_flush_ms)
     run_server(config)
 

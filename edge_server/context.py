@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from flask import current_app, request
 
-from .tracing import Trace
+from edgerec.sdk.tracing import Trace
 
 if TYPE_CHECKING:
     from .app import EdgeServer

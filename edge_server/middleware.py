@@ -14,14 +14,15 @@ from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import Any
 
+from edgerec.sdk.random_hex import random_hex
+from edgerec.sdk.tracing import OpenTelemetry, new_trace
+
 from .api_keys import ApiKeys, presented_key
 from .context import STATE_KEY, RequestState, bind_state
 from .errors import UnauthorizedError
 from .fastpath import Answer, error_parts, status_line
 from .json_logs import AccessLog
 from .metrics import Metrics
-from .random_hex import random_hex
-from .tracing import OpenTelemetry, new_trace
 from .wire import JSON, dumps
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")

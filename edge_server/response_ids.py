@@ -28,8 +28,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from edgerec.sdk.random_hex import random_hex
+
 from .errors import BadRequestError
-from .random_hex import random_hex
 
 _TAG = 16
 FINGERPRINT = 4

@@ -30,6 +30,7 @@ SYNC_KEY = "edgerec.workers"  # app.extensions key of this worker's WorkerSync
 def app() -> WSGIApp:
     """The WSGI app of this worker (granian's factory target)."""
     from edgerec.sdk import native_logs
+    from edgerec.sdk.tracing import configure_otlp
 
     from .app import EdgeServer, create_app
     from .json_logs import configure_logging
@@ -45,7 +46,8 @@ def app() -> WSGIApp:
     # The generation the first load reflects: read before it, so nothing after it is missed
     # (applying an operation twice is harmless: a load of a loaded version, an unload of a gone one).
     generation = _generation(run_dir)
-    flask_app = create_app(config, background=True)
+    provider = configure_otlp("edgerec-edge-server")  # with OTEL_EXPORTER_OTLP_ENDPOINT or --otlp-endpoint
+    flask_app = create_app(config, background=True, tracer_provider=provider)
     srv: EdgeServer = flask_app.extensions["edgerec"]
     sync = WorkerSync(run_dir, config.workers, lambda op: apply_op(srv, op),
                       lambda versions: apply_versions(srv, versions), srv.control_lock)

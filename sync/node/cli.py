@@ -120,9 +120,13 @@ def run(state_dir: Path, model_dir: Path | None, edge_server: str | None, contro
         max_backoff: float, health_window: float, max_error_rate: float, max_p99_ms: float,
         download_rate: str | None, accelerator: str, once: bool) -> None:
     """Poll assignments, fetch through TUF, verify, install atomically, watch, report."""
+    from edgerec.sdk.tracing import configure_otlp
+
     from .daemon import DaemonConfig, NodeDaemon
     from .health import HealthPolicy
     from .state import NodeState
+
+    configure_otlp("edgerec-node")  # with OTEL_EXPORTER_OTLP_ENDPOINT set (the supervised edge server inherits it)
 
     _logging()
     if serve and edge_server:

@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from edgerec.sdk.errors import EdgeRecError
 from edgerec.sdk.http_errors import RequestRefusedError, bounded, classify, http_status_error
 from edgerec.sdk.log_bounds import bound_logger
+from edgerec.sdk.tracing import new_trace, open_telemetry
 
 from .core import SyncService
 
@@ -56,17 +57,7 @@ def create_app(service: SyncService, test_config: dict[str, Any] | None = None) 
         body, content_type = metrics.render()
         return Response(body, content_type=content_type)
 
-    @app.before_request
-    def _started() -> None:
-        g.edgerec_started = time.perf_counter()
-
-    @app.after_request
-    def _count(resp: Response) -> Response:
-        started = g.get("edgerec_started")
-        if started is not None:
-            method = request.method if request.method in _METHODS else "other"
-            metrics.request(_endpoint(), method, resp.status_code, time.perf_counter() - started)
-        return resp
+    _install_trace_hooks(app, metrics)
 
     @app.errorhandler(EdgeRecError)
     def _refused(exc: EdgeRecError) -> Any:
@@ -95,6 +86,37 @@ def create_app(service: SyncService, test_config: dict[str, Any] | None = None) 
         return jsonify(error="internal", detail="internal server error"), 500
 
     return app
+
+
+def _install_trace_hooks(app: Flask, metrics: Any) -> None:
+    """Request metrics and trace context: a server span (with OTLP export configured) continuing the
+    caller's ``traceparent``, and our ``traceparent`` in every answer."""
+    otel = open_telemetry(None, "edgerec.sync.service")  # a tracer provider when OTLP export is configured
+
+    @app.before_request
+    def _started() -> None:
+        g.edgerec_started = time.perf_counter()
+        header = request.headers.get("traceparent")
+        g.edgerec_trace = new_trace(header)
+        if otel is not None:
+            span, token, trace = otel.start(f"{request.method} {_endpoint()}", {"traceparent": header or ""})
+            g.edgerec_span = (span, token)
+            if trace is not None:
+                g.edgerec_trace = trace
+
+    @app.after_request
+    def _count(resp: Response) -> Response:
+        started = g.get("edgerec_started")
+        if started is not None:
+            method = request.method if request.method in _METHODS else "other"
+            metrics.request(_endpoint(), method, resp.status_code, time.perf_counter() - started)
+        trace = g.get("edgerec_trace")
+        if trace is not None:
+            resp.headers["traceparent"] = trace.traceparent
+        span = g.pop("edgerec_span", None)
+        if span is not None and otel is not None:
+            otel.end(span[0], span[1], f"{request.method} {_endpoint()}", resp.status_code, {})
+        return resp
 
 
 def _endpoint() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import click
@@ -34,6 +35,9 @@ def sync_group() -> None:
 @click.option("--repo-url", default=None, envvar="EDGEREC_SYNC_REPO_URL",
               help="Public URL of the TUF repository's static origin (nginx or a CDN serving DATA_DIR/repository); "
                    "pinned in each enrollment answer. Default: this service's /repository.")
+@click.option("--otlp-endpoint", default=None,
+              help="Export traces over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318); the same as "
+                   "OTEL_EXPORTER_OTLP_ENDPOINT.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="Requests per worker that run at once, once their body is read, and its database "
                    "connections (default 4).")
@@ -45,10 +49,11 @@ def sync_group() -> None:
 @click.option("--header-timeout-s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
               help="Time a request head may take from its first byte; also an idle keep-alive connection's.")
 def serve(data_dir: Path, db_url: str | None, host: str, port: int, tls_cert: Path | None,
-          tls_key: Path | None, tls_client_ca: Path | None, repo_url: str | None, threads: int | None,
-          workers: int, max_connections: int, header_timeout_s: float) -> None:
+          tls_key: Path | None, tls_client_ca: Path | None, repo_url: str | None, otlp_endpoint: str | None,
+          threads: int | None, workers: int, max_connections: int, header_timeout_s: float) -> None:
     """Serve the node and admin APIs and the TUF repository on granian."""
     from edgerec.sdk.http_server import check_tls_files
+    from edgerec.sdk.tracing import check_otlp_endpoint
 
     from .server import http_settings
     from .server import serve as run
@@ -57,6 +62,8 @@ def serve(data_dir: Path, db_url: str | None, host: str, port: int, tls_cert: Pa
         raise ConfigError("--tls-cert and --tls-key go together")
     if tls_client_ca is not None and tls_cert is None:
         raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+    if otlp_endpoint:  # the workers read the standard variable
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = check_otlp_endpoint(otlp_endpoint)
     logging.getLogger("edgerec").setLevel(logging.INFO)
     config = ServiceConfig.from_env()
     if threads:

@@ -50,6 +50,7 @@ from edgerec.sdk.http_server import (
     metrics_after_fork,
     reserve_port,
 )
+from edgerec.sdk.tracing import configure_otlp
 
 from .config import ServiceConfig
 from .core import SyncService
@@ -148,6 +149,7 @@ def worker_app() -> WSGIApp:
 
     exit_with_server()
     metrics_after_fork()
+    configure_otlp("edgerec-sync")  # when OTEL_EXPORTER_OTLP_ENDPOINT (or sync serve --otlp-endpoint) is set
     spec = json.loads(Path(os.environ[RUN_ENV]).read_text())
     config = ServiceConfig(**spec["config"])
     service = SyncService.open(Path(spec["data_dir"]), spec["db_url"], config)

@@ -14,7 +14,7 @@ from edgerec.edge_server.config import ServerConfig
 from edgerec.edge_server.context import RequestState, bind_state
 from edgerec.edge_server.errors import ConfigError
 from edgerec.edge_server.json_logs import AccessLog, configure_logging
-from edgerec.edge_server.tracing import new_trace
+from edgerec.sdk.tracing import new_trace
 
 
 @pytest.fixture

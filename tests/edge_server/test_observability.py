@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from edgerec.edge_server.tracing import parse_traceparent
+from edgerec.sdk.tracing import parse_traceparent
 
 PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 ROW = {"inputs": [
@@ -71,6 +71,29 @@ def test_opentelemetry_spans(base_config):
     assert f"{span.parent.span_id:016x}" == "00f067aa0ba902b7"
     assert r.headers["traceparent"] == f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-01"
     assert span.attributes["edgerec.model"] == "ctr" and span.attributes["http.response.status_code"] == 200
+
+
+@pytest.mark.slow
+def test_edgerec_serve_exports_spans_over_otlp(base_config):
+    """``edgerec serve`` with the standard OTLP variable: its worker exports real spans, children of the caller's."""
+    from support.otlp import OtlpReceiver
+
+    from edgerec.edge_server import RunningServer
+
+    receiver = OtlpReceiver()
+    server = RunningServer(base_config.replace(port=0), env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+                                                             "OTEL_BSP_SCHEDULE_DELAY": "100"})
+    try:
+        r = httpx.post(server.url + "/v2/models/ctr/infer", json=ROW, headers={"traceparent": PARENT}, timeout=30)
+        assert r.status_code == 200
+        assert receiver.wait(lambda spans: any(s.name == "v2.infer" for s in spans)), receiver.spans
+        span = next(s for s in receiver.spans if s.name == "v2.infer")
+        assert (span.service, span.trace_id, span.parent_id, span.kind) == (
+            "edgerec-edge-server", "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", 2)
+        assert r.headers["traceparent"] == f"00-{span.trace_id}-{span.span_id}-01"
+    finally:
+        server.close()
+        receiver.close()
 
 
 def test_request_and_error_counters_move_exactly(live):
