@@ -13,15 +13,18 @@ from flask import Blueprint, jsonify, request
 
 from edgerec.sync.protocol.errors import BadRequestError
 
-from .alerts import AlertPolicy, fleet_alerts, ops_alerts, reference_histograms
+from .alerts import AlertPolicy, open_alerts
 from .api_node import json_body, read_body
 from .app import service
 from .core import name_arg
 from .experiments import create_experiment, get_experiment, list_experiments, stop_experiment
-from .fleet_metrics import experiment_report, fleet_windows, load_ops, policy_of
+from .fleet_metrics import experiment_report, fleet_windows, policy_of
 from .gated_rollouts import list_gated, start_gated
 
 bp = Blueprint("admin_metrics", __name__, url_prefix="/api/v1/admin")
+# The admin view of alerts judges a day of operational windows (/metrics, scraped often, judges
+# ServiceConfig.metrics_export_ops_s of them).
+ALERTS_LOOKBACK_S = 86400.0
 
 
 @bp.before_request
@@ -97,13 +100,9 @@ def stop(name: str) -> Any:
 def alerts() -> Any:
     """Open alerts, per node and for the fleet, with since-when (thresholds from the service configuration)."""
     svc = service()
-    c = svc.config
-    policy = AlertPolicy(c.alert_p99_ms, c.alert_error_rate, c.alert_psi, c.alert_min_requests, c.alert_silent_s,
-                         c.alert_mismatch_s)
-    now = time.time()
+    policy = AlertPolicy.of(svc.config)
     with svc.db.read() as session:
-        refs = reference_histograms(session, svc.blobs)
-        found = ops_alerts(load_ops(session, since=now - 86400), refs, policy) + fleet_alerts(session, policy, now)
+        found = open_alerts(session, svc.blobs, policy, time.time(), ALERTS_LOOKBACK_S)
     return jsonify(alerts=[a.to_doc() for a in found], thresholds=policy.__dict__)
 
 

@@ -57,6 +57,11 @@ class ServiceConfig:
     alert_min_requests: int = 100
     alert_silent_s: float = 900.0
     alert_mismatch_s: float = 3600.0
+    # /metrics (fleet_gauges.py): a key's latest released window is looked for among the windows that
+    # started this long ago or later; alerts there are judged from this long of operational windows
+    # (the admin view judges a day's)
+    metrics_export_lookback_s: float = 86400.0
+    metrics_export_ops_s: float = 3600.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
