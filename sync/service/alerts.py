@@ -75,17 +75,22 @@ class Alert:
         return asdict(self)
 
 
-def p99_ms(latency_counts: Sequence[int]) -> float:
-    """The upper edge of the bucket that holds the 99th percentile (inf in the overflow bucket)."""
+def percentile_ms(latency_counts: Sequence[int], q: float) -> float:
+    """The upper edge of the bucket that holds the ``q`` quantile (inf in the overflow bucket, nan if empty)."""
     n = sum(latency_counts)
     if n == 0:
         return math.nan
-    want, acc = 0.99 * n, 0
+    want, acc = q * n, 0
     for i, c in enumerate(latency_counts):
         acc += c
         if acc >= want:
             return LATENCY_EDGES_MS[i] if i < len(LATENCY_EDGES_MS) else math.inf
     return math.inf
+
+
+def p99_ms(latency_counts: Sequence[int]) -> float:
+    """The upper edge of the bucket that holds the 99th percentile (inf in the overflow bucket)."""
+    return percentile_ms(latency_counts, 0.99)
 
 
 def psi(actual: Sequence[int], expected: Sequence[int]) -> float:
@@ -100,7 +105,8 @@ def psi(actual: Sequence[int], expected: Sequence[int]) -> float:
     return total
 
 
-def _merge(figs: Iterable[OpsFigures]) -> tuple[int, int, list[int], list[int]]:
+def merge_figures(figs: Iterable[OpsFigures]) -> tuple[int, int, list[int], list[int]]:
+    """(requests, errors, latency histogram, score histogram) of several figures summed."""
     req = err = 0
     lat = [0] * (len(LATENCY_EDGES_MS) + 1)
     sc = [0] * (len(SCORE_EDGES) + 1)
@@ -148,7 +154,7 @@ def ops_alerts(ops: Sequence[tuple[str, OpsWindow]], references: Mapping[tuple[s
         for (model, version), windows in sorted(per_model.items()):
             ref = references.get((model, version))
             starts = sorted(windows)
-            judged = [(s, _judge(*_merge(windows[s]), ref, policy)) for s in starts]
+            judged = [(s, _judge(*merge_figures(windows[s]), ref, policy)) for s in starts]
             latest_start, latest = judged[-1]
             for kind, (value, threshold) in sorted(latest.items()):
                 since = latest_start
@@ -238,5 +244,5 @@ def open_alerts(session: Session, blobs: BlobStore, policy: AlertPolicy, now: fl
     return ops_alerts(load_ops(session, since=now - lookback_s), refs, policy) + fleet_alerts(session, policy, now)
 
 
-__all__ = ["ALERT_KINDS", "Alert", "AlertPolicy", "fleet_alerts", "open_alerts", "ops_alerts", "p99_ms", "psi",
-           "reference_histograms"]
+__all__ = ["ALERT_KINDS", "Alert", "AlertPolicy", "fleet_alerts", "merge_figures", "open_alerts", "ops_alerts",
+           "p99_ms", "percentile_ms", "psi", "reference_histograms"]
