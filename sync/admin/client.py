@@ -174,6 +174,9 @@ class AdminClient:
             params["kind"] = kind
         return list(self._call("GET", "/api/v1/admin/reports", params=params)["reports"])
 
+    def prune(self) -> dict[str, Any]:
+        return dict(self._call("POST", "/api/v1/admin/prune"))
+
     # -- fleet metrics (issue 10) ------------------------------------------------------
 
     def ab_report(self, experiment: str, variants: list[str] | None = None, control: str | None = None,

@@ -62,6 +62,12 @@ class ServiceConfig:
     # (the admin view judges a day's)
     metrics_export_lookback_s: float = 86400.0
     metrics_export_ops_s: float = 3600.0
+    # retention (retention.py): what the nodes sent is forgotten this long after it was received; a run
+    # happens at most once per interval over every worker and replica of the database
+    retention_reports_s: float = 30 * 86400
+    retention_releases_s: float = 400 * 86400
+    retention_ops_s: float = 14 * 86400
+    retention_interval_s: float = 3600.0
 
     def __post_init__(self) -> None:
         for f in fields(self):

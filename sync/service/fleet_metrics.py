@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, literal, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from edgerec.sync.protocol.errors import BadRequestError
@@ -210,19 +210,6 @@ def load_ops(session: Session, since: float = 0) -> list[tuple[str, OpsWindow]]:
     return [(r.node_id, parse_ops(r.body)) for r in rows]
 
 
-def prune_metrics(session: Session, before: float) -> int:
-    """Retention: forget releases and operational windows received before ``before``."""
-    old = select(MetricRelease.id).where(MetricRelease.received < before)
-    n = 0
-    for stmt in (delete(MetricCount).where(MetricCount.release_id.in_(old)),
-                 delete(MetricRelease).where(MetricRelease.received < before),
-                 delete(OpsWindowRow).where(OpsWindowRow.received < before)):
-        n += len(session.execute(stmt.returning(literal(1))).all())
-    return n
-
-
-
-
 def policy_of(config: ServiceConfig) -> MetricsPolicy:
     """The metrics policy the service was started with."""
     return MetricsPolicy(k=config.metrics_min_nodes, alpha=config.metrics_alpha,
@@ -231,4 +218,4 @@ def policy_of(config: ServiceConfig) -> MetricsPolicy:
 
 __all__ = ["LatestCell", "MetricsPolicy", "Stored", "experiment_report", "fleet_windows", "latest_released",
            "load_ops", "load_releases",
-           "policy_of", "prune_metrics", "store_metrics"]
+           "policy_of", "store_metrics"]
