@@ -74,6 +74,9 @@ def test_figures_per_node_and_fleet(sync_env, run, tmp_path):
     one = json.loads(run("admin", "metrics", "--node", a, "--max-nodes", "1", "--json").stdout)
     assert [n["node"] for n in one["nodes"]] == [a] and one["fleet"]["requests"] == 300
 
+    unwritable = run("admin", "metrics", "--plot", str(tmp_path / "missing" / "lat.png"), code=1)
+    assert unwritable.output.count("\n") == 1 and "--plot: cannot write" in unwritable.output
+
     table = run("admin", "metrics", "--windows", "2").stdout
     assert NAME in table and "fleet" in table and ">5000" in table and "0.40%" in table  # all models: 2 errors in 500
 
