@@ -9,7 +9,9 @@ released aggregates and its open alerts (:mod:`.fleet_gauges`) come from the
 database at scrape time, so any worker answers the same.
 
 Label values come from route names and fixed vocabularies (error codes,
-refusal reasons, node states), never from what a client sent.
+refusal reasons, node states), never from what a client sent; the fleet
+gauges' names (models, experiments, variants, node ids) were checked by the
+protocol, and their number is capped there.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from edgerec.sync.service.store.models import Node
 
 from .blobs import BlobStore
 from .config import ServiceConfig
+from .fleet_gauges import FleetGauges
 from .store import Database
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 10.0, 60.0)
@@ -83,8 +86,6 @@ class SyncMetrics:
 
     def export_fleet(self, blobs: BlobStore, config: ServiceConfig) -> None:
         """Add the fleet's released aggregates and open alerts (once; :mod:`.fleet_gauges`)."""
-        from .fleet_gauges import FleetGauges
-
         if not any(isinstance(c, FleetGauges) for c in self.scraped):
             gauges = FleetGauges(self.nodes.db, blobs, config)
             self.registry.register(gauges)
