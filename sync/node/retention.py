@@ -13,8 +13,9 @@ so a restart does not run it again at once). It removes:
   as the previous version in its model directory, or has accepted (about to
   install): those are never removed;
 * days of the privacy ledger (``privacy.sqlite``) more than ``ledger_days``
-  UTC days back (their budget can no longer be spent, and their releases
-  were sent or can no longer be).
+  UTC days back. A pruned day's spend is forgotten, so no window of that day
+  may be released afterwards (a late window would find the day's budget
+  unspent): the default month is far past any backlog a node releases.
 
 The node writes no log files (its logs go to stderr, so the service manager's
 journal keeps them for as long as it is configured to). Each part is
@@ -51,7 +52,7 @@ class NodeRetention:
 
     sent_reports_s: float = 7 * 86400
     targets_s: float = 7 * 86400
-    ledger_days: int = 2
+    ledger_days: int = 31  # see the module docstring: no window older than this is released later
     interval_s: float = 3600.0
 
     def __post_init__(self) -> None:
