@@ -499,7 +499,23 @@ def revoke(ctx: click.Context, node_id: str, as_json: bool) -> None:
         console.print(f"revoked {doc['node_id']}", markup=False)
 
 
-# The fleet metrics commands (ab-report, experiment, alerts, gates) live in their own module.
+@admin.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def prune(ctx: click.Context, as_json: bool) -> None:
+    """Run the service's retention once now: forget reports, releases and operational windows past their age."""
+    with _client(ctx) as c:
+        doc = c.prune()
+    if as_json:
+        print_json(doc)
+    else:
+        removed = ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in doc["removed"].items())
+        kept = ", ".join(f"{what.removesuffix('_s').replace('_', ' ')} {s / 86400:g} d"
+                         for what, s in doc["retention"].items())
+        console.print(f"removed {removed} (kept: {kept})", markup=False)
+
+
+# The fleet metrics commands (ab-report, experiment, alerts, gates, metrics) live in their own modules.
 register_metrics(admin, _client)
 
 __all__ = ["admin", "default_config_path"]

@@ -179,6 +179,9 @@ class AdminClient:
             params["kind"] = kind
         return list(self._call("GET", "/api/v1/admin/reports", params=params)["reports"])
 
+    def prune(self) -> dict[str, Any]:
+        return dict(self._call("POST", "/api/v1/admin/prune"))
+
     # -- fleet metrics (issue 10) ------------------------------------------------------
 
     def ab_report(self, experiment: str, variants: list[str] | None = None, control: str | None = None,
@@ -209,6 +212,15 @@ class AdminClient:
 
     def alerts(self) -> dict[str, Any]:
         return dict(self._call("GET", "/api/v1/admin/alerts"))
+
+    def ops_metrics(self, windows: int = 12, model: str | None = None, node: str | None = None,
+                    max_nodes: int = 100) -> dict[str, Any]:
+        params: dict[str, Any] = {"windows": windows, "max_nodes": max_nodes}
+        if model:
+            params["model"] = model
+        if node:
+            params["node"] = node
+        return dict(self._call("GET", "/api/v1/admin/ops-metrics", params=params))
 
     def gated_rollout(self, model: str, version: int, channel: str, phases: list[float], gates: list[str],
                       tags: list[str], alpha: float = 0.05, max_windows: int = 24) -> dict[str, Any]:

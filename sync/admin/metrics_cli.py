@@ -15,6 +15,8 @@ from edgerec.sync.protocol.errors import ConfigError
 from edgerec.sync.protocol.gates import check_gates
 
 from .client import AdminClient
+from .ops_cli import register_ops
+from .plots import pyplot, save_png, show
 
 
 def _pct(e: dict[str, Any] | None, digits: int = 2) -> str:
@@ -45,14 +47,7 @@ def render_report(doc: dict[str, Any]) -> None:
 
 def plot_report(doc: dict[str, Any], path: Path) -> None:
     """CTR per variant over time with its intervals, as a PNG (matplotlib, the [plot] extra)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ConfigError("--plot: needs matplotlib (pip install 'edgerec[plot]')") from exc
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = pyplot().subplots(figsize=(8, 4.5))
     for variant in [r["variant"] for r in doc["variants"]]:
         pts = [s for s in doc["series"] if s["variant"] == variant and s["ctr"] is not None]
         if not pts:
@@ -65,13 +60,7 @@ def plot_report(doc: dict[str, Any], path: Path) -> None:
     ax.set_ylabel(f"CTR % ({(1 - doc['alpha']) * 100:g}% interval, noise included)")
     ax.set_title(f"experiment {doc['experiment']}")
     ax.legend()
-    fig.tight_layout()
-    try:
-        fig.savefig(path, format="png", dpi=100)
-    except OSError as exc:
-        raise ConfigError(f"--plot: cannot write {path} ({exc.strerror})") from exc
-    finally:
-        plt.close(fig)
+    save_png(fig, path)
 
 
 def parse_variants(text: str) -> list[dict[str, Any]]:
@@ -139,12 +128,7 @@ def register(admin: click.Group, client: Any) -> None:
         with client(ctx) as c:
             doc = c.ab_report(checked(name, "experiment"), order or None,
                               checked(control, "control") if control else None)
-        if plot is not None:
-            plot_report(doc, plot)
-        if as_json:
-            print_json(doc)
-        else:
-            render_report(doc)
+        show(doc, as_json, render_report, plot, plot_report)
 
     @admin.command("alerts")
     @click.option("--json", "as_json", is_flag=True)
@@ -182,6 +166,7 @@ def register(admin: click.Group, client: Any) -> None:
                 console.print("  " + r, markup=False)
 
     _register_experiments(admin, client)
+    register_ops(admin, client)
 
 
 def _register_experiments(admin: click.Group, client: Any) -> None:

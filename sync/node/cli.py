@@ -114,16 +114,19 @@ def enroll(server: str, token_file: Path | None, state_dir: Path, name: str | No
               help="p99 latency of a new version that rolls it back.")
 @click.option("--download-rate", default=None, help="Cap on download bytes per second (e.g. 500k, 2M).")
 @click.option("--accelerator", type=click.Choice(ACCELERATOR_CHOICES), default="auto", show_default=True)
+@click.option("--retention-days", type=click.FloatRange(min=0, min_open=True), default=7.0, show_default=True,
+              help="Sent reports and cached downloads not installed, current or previous go after this many days.")
 @click.option("--once", is_flag=True, help="Run one cycle and exit (1 if anything failed).")
 def run(state_dir: Path, model_dir: Path | None, edge_server: str | None, control_token_file: Path | None,
         serve: bool, serve_host: str, serve_port: int, serve_config: Path | None, interval: float,
         max_backoff: float, health_window: float, max_error_rate: float, max_p99_ms: float,
-        download_rate: str | None, accelerator: str, once: bool) -> None:
+        download_rate: str | None, accelerator: str, retention_days: float, once: bool) -> None:
     """Poll assignments, fetch through TUF, verify, install atomically, watch, report."""
     from edgerec.sdk.tracing import configure_otlp
 
     from .daemon import DaemonConfig, NodeDaemon
     from .health import HealthPolicy
+    from .retention import NodeRetention
     from .state import NodeState
 
     configure_otlp("edgerec-node")  # with OTEL_EXPORTER_OTLP_ENDPOINT set (the supervised edge server inherits it)
@@ -144,7 +147,8 @@ def run(state_dir: Path, model_dir: Path | None, edge_server: str | None, contro
         model_dir = Path(recorded)
     config = DaemonConfig(interval, parse_accelerator(accelerator, "--accelerator"), health=HealthPolicy(
         window_s=health_window, max_error_rate=max_error_rate, max_p99_ms=max_p99_ms),
-        max_backoff_s=max_backoff, download_rate=parse_rate(download_rate))
+        max_backoff_s=max_backoff, download_rate=parse_rate(download_rate),
+        retention=NodeRetention(sent_reports_s=retention_days * 86400, targets_s=retention_days * 86400))
     child, edge = _edge(state, model_dir, edge_server, control_token_file, serve, serve_host, serve_port,
                         serve_config)
     daemon = NodeDaemon(state, model_dir, edge, config, on_trust_change=child.restart if child else None)

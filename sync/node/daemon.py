@@ -62,6 +62,7 @@ from .client import NodeClient, http_client
 from .edge_control import EdgeControl, EdgeRefusedError, EdgeUnreachableError
 from .fetcher import HttpxFetcher
 from .health import HealthPolicy, Probe, watch
+from .retention import NodeRetention, prune_node
 from .state import Failure, Installed, NodeState
 
 log = logging.getLogger("edgerec.sync.node")
@@ -83,6 +84,7 @@ class DaemonConfig:
     # The edge server dying during this many activations of one version marks it bad (a crash loop).
     # A killed daemon does not count: it holds no model, and a kill -9 must not make a version bad.
     max_edge_deaths: int = 3
+    retention: NodeRetention = field(default_factory=NodeRetention)  # sent reports, cached targets, ledger
 
 
 @dataclass
@@ -175,6 +177,7 @@ class NodeDaemon:
 
     def run_once(self) -> CycleResult:
         result = CycleResult()
+        prune_node(self.state, self.models, self.config.retention)  # at most once per its interval; never raises
         view = self._edge_view()
         if view is not None:
             self._repair(view, result)

@@ -279,6 +279,11 @@ class NodeDB:
             c.execute("DELETE FROM reports WHERE sent_at IS NOT NULL AND seq NOT IN (SELECT seq FROM reports "
                       "WHERE sent_at IS NOT NULL ORDER BY seq DESC LIMIT ?)", (KEEP_SENT_REPORTS,))
 
+    def prune_sent_reports(self, before: float) -> int:
+        """Forget reports sent before ``before`` (retention); unsent ones stay."""
+        with self.tx() as c:
+            return c.execute("DELETE FROM reports WHERE sent_at IS NOT NULL AND sent_at < ?", (before,)).rowcount
+
     # -- a view for the CLI -------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,9 +22,9 @@ a node that is checking in but serves no model.
 
 from __future__ import annotations
 
-import io
 import json
 import math
+import threading
 import zipfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,8 +37,12 @@ from edgerec.sync.protocol.releases import LATENCY_EDGES_MS, SCORE_EDGES, OpsFig
 from edgerec.sync.service.store.models import Assignment, Node, NodeModel, PackageVersion
 
 from .blobs import BlobStore
+from .config import ServiceConfig
+from .fleet_metrics import load_ops
 
 _FLOOR = 1e-4
+#: Every alert kind, in the order /metrics lists their counts.
+ALERT_KINDS = ("p99_latency", "error_rate", "score_drift", "node_silent", "version_mismatch", "serving_nothing")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,12 @@ class AlertPolicy:
     min_requests: int = 100
     silent_s: float = 900.0
     mismatch_s: float = 3600.0
+
+    @classmethod
+    def of(cls, c: ServiceConfig) -> AlertPolicy:
+        """The thresholds the service was started with."""
+        return cls(c.alert_p99_ms, c.alert_error_rate, c.alert_psi, c.alert_min_requests, c.alert_silent_s,
+                   c.alert_mismatch_s)
 
 
 @dataclass(frozen=True)
@@ -65,17 +75,22 @@ class Alert:
         return asdict(self)
 
 
-def p99_ms(latency_counts: Sequence[int]) -> float:
-    """The upper edge of the bucket that holds the 99th percentile (inf in the overflow bucket)."""
+def percentile_ms(latency_counts: Sequence[int], q: float) -> float:
+    """The upper edge of the bucket that holds the ``q`` quantile (inf in the overflow bucket, nan if empty)."""
     n = sum(latency_counts)
     if n == 0:
         return math.nan
-    want, acc = 0.99 * n, 0
+    want, acc = q * n, 0
     for i, c in enumerate(latency_counts):
         acc += c
         if acc >= want:
             return LATENCY_EDGES_MS[i] if i < len(LATENCY_EDGES_MS) else math.inf
     return math.inf
+
+
+def p99_ms(latency_counts: Sequence[int]) -> float:
+    """The upper edge of the bucket that holds the 99th percentile (inf in the overflow bucket)."""
+    return percentile_ms(latency_counts, 0.99)
 
 
 def psi(actual: Sequence[int], expected: Sequence[int]) -> float:
@@ -90,7 +105,8 @@ def psi(actual: Sequence[int], expected: Sequence[int]) -> float:
     return total
 
 
-def _merge(figs: Iterable[OpsFigures]) -> tuple[int, int, list[int], list[int]]:
+def merge_figures(figs: Iterable[OpsFigures]) -> tuple[int, int, list[int], list[int]]:
+    """(requests, errors, latency histogram, score histogram) of several figures summed."""
     req = err = 0
     lat = [0] * (len(LATENCY_EDGES_MS) + 1)
     sc = [0] * (len(SCORE_EDGES) + 1)
@@ -138,7 +154,7 @@ def ops_alerts(ops: Sequence[tuple[str, OpsWindow]], references: Mapping[tuple[s
         for (model, version), windows in sorted(per_model.items()):
             ref = references.get((model, version))
             starts = sorted(windows)
-            judged = [(s, _judge(*_merge(windows[s]), ref, policy)) for s in starts]
+            judged = [(s, _judge(*merge_figures(windows[s]), ref, policy)) for s in starts]
             latest_start, latest = judged[-1]
             for kind, (value, threshold) in sorted(latest.items()):
                 since = latest_start
@@ -183,19 +199,50 @@ def fleet_alerts(session: Session, policy: AlertPolicy, now: float) -> list[Aler
     return out
 
 
+# Reference histograms by package blob: a published blob never changes, so each process reads each
+# package's manifest once (bounded: one entry per published version, at most _MAX_REFS).
+_REFS: dict[str, list[int] | None] = {}
+_REFS_LOCK = threading.Lock()
+_MAX_REFS = 4096
+
+
+def _reference(blobs: BlobStore, sha256: str) -> list[int] | None:
+    with _REFS_LOCK:
+        if sha256 in _REFS:
+            return _REFS[sha256]
+    hist = None
+    try:  # the zip's directory and manifest only, not the whole (possibly large) package
+        with zipfile.ZipFile(blobs.path(sha256)) as zf:
+            manifest = json.loads(zf.read("manifest.json"))
+        hist = (manifest.get("score_distribution") or {}).get("histogram")
+    except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile):
+        return None  # not cached: a blob still being written is read again next time
+    if not (isinstance(hist, list) and len(hist) == len(SCORE_EDGES) and all(isinstance(h, int) for h in hist)):
+        hist = None
+    with _REFS_LOCK:
+        if len(_REFS) >= _MAX_REFS:
+            _REFS.clear()
+        _REFS[sha256] = hist
+    return hist
+
+
 def reference_histograms(session: Session, blobs: BlobStore) -> dict[tuple[str, int], list[int]]:
     """The converter's reference score histogram of each published version (read from its stored package)."""
     out: dict[tuple[str, int], list[int]] = {}
-    for p in session.execute(select(PackageVersion)).scalars():
-        try:
-            with zipfile.ZipFile(io.BytesIO(blobs.read(p.blob_sha256))) as zf:
-                manifest = json.loads(zf.read("manifest.json"))
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-            continue
-        hist = (manifest.get("score_distribution") or {}).get("histogram")
-        if isinstance(hist, list) and len(hist) == len(SCORE_EDGES) and all(isinstance(h, int) for h in hist):
-            out[(p.name, p.version)] = hist
+    for name, version, sha in session.execute(select(PackageVersion.name, PackageVersion.version,
+                                                     PackageVersion.blob_sha256)):
+        hist = _reference(blobs, sha)
+        if hist is not None:
+            out[(name, version)] = hist
     return out
 
 
-__all__ = ["Alert", "AlertPolicy", "fleet_alerts", "ops_alerts", "p99_ms", "psi", "reference_histograms"]
+def open_alerts(session: Session, blobs: BlobStore, policy: AlertPolicy, now: float, lookback_s: float) -> list[Alert]:
+    """Every open alert: from the operational windows of the last ``lookback_s`` (so an alert's "since"
+    reaches back at most that far), and from the fleet view."""
+    refs = reference_histograms(session, blobs)
+    return ops_alerts(load_ops(session, since=now - lookback_s), refs, policy) + fleet_alerts(session, policy, now)
+
+
+__all__ = ["ALERT_KINDS", "Alert", "AlertPolicy", "fleet_alerts", "merge_figures", "open_alerts", "ops_alerts",
+           "p99_ms", "percentile_ms", "psi", "reference_histograms"]

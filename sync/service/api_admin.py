@@ -14,6 +14,7 @@ from flask import Blueprint, jsonify, request
 from edgerec.sync.protocol.errors import BadRequestError, PayloadTooLargeError
 from edgerec.sync.service.store.models import MAX_BIGINT
 
+from . import retention
 from .api_node import json_body, read_body
 from .app import service
 from .core import name_arg, summary_doc
@@ -146,6 +147,16 @@ def node(node_id: str) -> Any:
 @bp.post("/nodes/<node_id>/revoke")
 def revoke(node_id: str) -> Any:
     return jsonify(service().revoke(name_arg(node_id, "node_id")))
+
+
+@bp.post("/prune")
+def prune_now() -> Any:
+    """Retention, once, now: what was removed, and the ages kept (``ServiceConfig.retention_*``)."""
+    svc = service()
+    c = svc.config
+    removed = retention.prune(svc.db, c)
+    return jsonify(removed=removed.to_doc(), retention={
+        "reports_s": c.retention_reports_s, "releases_s": c.retention_releases_s, "ops_s": c.retention_ops_s})
 
 
 @bp.get("/reports")

@@ -13,15 +13,19 @@ from flask import Blueprint, jsonify, request
 
 from edgerec.sync.protocol.errors import BadRequestError
 
-from .alerts import AlertPolicy, fleet_alerts, ops_alerts, reference_histograms
+from .alerts import AlertPolicy, open_alerts
 from .api_node import json_body, read_body
 from .app import service
 from .core import name_arg
 from .experiments import create_experiment, get_experiment, list_experiments, stop_experiment
-from .fleet_metrics import experiment_report, fleet_windows, load_ops, policy_of
+from .fleet_metrics import experiment_report, fleet_windows, policy_of
 from .gated_rollouts import list_gated, start_gated
+from .ops_figures import MAX_NODES, MAX_WINDOWS, ops_summary
 
 bp = Blueprint("admin_metrics", __name__, url_prefix="/api/v1/admin")
+# The admin view of alerts judges a day of operational windows (/metrics, scraped often, judges
+# ServiceConfig.metrics_export_ops_s of them).
+ALERTS_LOOKBACK_S = 86400.0
 
 
 @bp.before_request
@@ -97,14 +101,35 @@ def stop(name: str) -> Any:
 def alerts() -> Any:
     """Open alerts, per node and for the fleet, with since-when (thresholds from the service configuration)."""
     svc = service()
-    c = svc.config
-    policy = AlertPolicy(c.alert_p99_ms, c.alert_error_rate, c.alert_psi, c.alert_min_requests, c.alert_silent_s,
-                         c.alert_mismatch_s)
-    now = time.time()
+    policy = AlertPolicy.of(svc.config)
     with svc.db.read() as session:
-        refs = reference_histograms(session, svc.blobs)
-        found = ops_alerts(load_ops(session, since=now - 86400), refs, policy) + fleet_alerts(session, policy, now)
+        found = open_alerts(session, svc.blobs, policy, time.time(), ALERTS_LOOKBACK_S)
     return jsonify(alerts=[a.to_doc() for a in found], thresholds=policy.__dict__)
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise BadRequestError(f"expected an integer from {low} to {high}", field=name)
+    return value
+
+
+@bp.get("/ops-metrics")
+def ops_metrics() -> Any:
+    """Requests, error rate and latency percentiles per node and for the fleet over the last windows."""
+    model, node = request.args.get("model"), request.args.get("node")
+    windows = _int_arg("windows", 12, 1, MAX_WINDOWS)
+    max_nodes = _int_arg("max_nodes", 100, 1, MAX_NODES)
+    with service().db.read() as session:
+        doc = ops_summary(session, windows, None if model is None else name_arg(model, "model"),
+                          None if node is None else name_arg(node, "node"), max_nodes)
+    return jsonify(doc)
 
 
 @bp.post("/gated-rollouts")

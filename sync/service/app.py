@@ -51,6 +51,7 @@ def create_app(service: SyncService, test_config: dict[str, Any] | None = None) 
     app.register_blueprint(api_repo.bp)
     app.register_blueprint(api_metrics.bp)  # fleet metrics (issue 10)
     metrics = service.metrics
+    metrics.export_fleet(service.blobs, service.config)  # released aggregates and open alerts (issue 10)
 
     @app.get("/metrics")
     def _metrics() -> Response:

@@ -39,6 +39,12 @@ class ServiceConfig:
     enroll_token_expiry_s: int = 86400
     # background work: refresh expiring metadata, forget old nonces
     maintenance_interval_s: float = 30.0
+    # retention (retention.py): what the nodes sent is forgotten this long after it was received; a run
+    # happens at most once per interval over every worker and replica of the database
+    retention_reports_s: float = 30 * 86400
+    retention_releases_s: float = 400 * 86400
+    retention_ops_s: float = 14 * 86400
+    retention_interval_s: float = 3600.0
     # a node is flagged stale after this many of its poll intervals without a signed request
     stale_intervals: int = 3
     # the poll interval assumed for a node that has not reported its own
@@ -51,6 +57,11 @@ class ServiceConfig:
     metrics_min_nodes: int = 5
     metrics_alpha: float = 0.05
     metrics_accept_noise_free: bool = False
+    # /metrics (fleet_gauges.py): a key's latest released window is looked for among the windows that
+    # started this long ago or later; alerts there are judged from this long of operational windows
+    # (the admin view judges a day's)
+    metrics_export_lookback_s: float = 86400.0
+    metrics_export_ops_s: float = 3600.0
     # alerts: p99 latency SLO (ms), error rate, score drift (PSI), silence and desired-version mismatch (s)
     alert_p99_ms: float = 250.0
     alert_error_rate: float = 0.01

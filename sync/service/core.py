@@ -50,6 +50,7 @@ from .metrics import SyncMetrics
 from .online_keys import OnlineKeys
 from .publish import Publisher, PublishResult
 from .reports import ReportResult, store_report
+from .retention import prune_due
 from .rollout import Rollouts, RolloutSummary
 from .store import Database, migrate
 from .tokens import check_admin_token
@@ -140,6 +141,7 @@ class SyncService:
             if edge is None:
                 break
         self.step_outcome_gates(now)
+        prune_due(self.db, self.config, now)  # retention: at most once per interval over every replica
         self.db.checkpoint()
         return len(written)
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, literal, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from edgerec.sync.protocol.errors import BadRequestError
@@ -28,6 +28,8 @@ from .store import Database
 
 _COLUMNS = {"impression": "impressions", "click": "clicks", "conversion": "conversions"}
 MAX_WINDOWS_PER_REPORT = 64
+# latest_released reads at most this many grouped rows per key it may return.
+_LATEST_ROWS_PER_KEY = 8
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,46 @@ def fleet_windows(session: Session, policy: MetricsPolicy, experiment: str | Non
     return sum_rows(rows, dict(exhausted), policy.k)
 
 
+@dataclass(frozen=True)
+class LatestCell:
+    """A key's latest released window: fleet totals over the >= k nodes that contributed."""
+
+    key: Key
+    window_start: int
+    window_seconds: int
+    nodes: int
+    counts: dict[str, int]
+    noise_variance: float
+
+
+def latest_released(session: Session, k: int, since: float, limit: int) -> tuple[list[LatestCell], int]:
+    """Per key, its latest window released under the k-node threshold (windows starting at ``since`` or
+    later); the ``limit`` keys with the newest windows, and how many keys were left out.
+
+    The database sums (one GROUP BY over the windows since ``since``, only cells with >= k nodes), so
+    the rows read here are windows x keys, not nodes; a withheld cell never leaves the query.
+    """
+    R, C = MetricRelease, MetricCount  # noqa: N806 (table aliases)
+    nodes = func.count()
+    group = (C.model, C.version, C.experiment, C.variant, R.window_start, R.window_seconds)
+    q = (select(*group, nodes, func.sum(C.impressions), func.sum(C.clicks), func.sum(C.conversions),
+                func.sum(R.noise_variance))
+         .join(R, C.release_id == R.id).where(R.window_start >= since, R.status == "released")
+         .group_by(*group).having(nodes >= k)
+         .order_by(R.window_start.desc(), C.model, C.version, C.experiment, C.variant)
+         .limit(_LATEST_ROWS_PER_KEY * limit))  # newest first: a key's first row is its latest window
+    latest: dict[Key, LatestCell] = {}
+    for m, v, e, var, start, seconds, n, imp, clk, conv, nvar in session.execute(q):
+        key = Key(m, int(v), e, var)
+        if key in latest:
+            continue
+        counts = {kind: int(x) for kind, x in (("impression", imp), ("click", clk), ("conversion", conv))
+                  if x is not None}  # SUM of BIGINT is NUMERIC (Decimal) on PostgreSQL
+        latest[key] = LatestCell(key, int(start), int(seconds), int(n), counts, float(nvar or 0.0))
+    ordered = sorted(latest.values(), key=lambda c: (-c.window_start, c.key))
+    return ordered[:limit], max(0, len(ordered) - limit)
+
+
 def experiment_report(session: Session, name: str, policy: MetricsPolicy, variants: Sequence[str] | None = None,
                       control: str | None = None, since: float = 0) -> ABReport:
     """The A/B report of experiment ``name`` over the stored releases."""
@@ -168,24 +210,12 @@ def load_ops(session: Session, since: float = 0) -> list[tuple[str, OpsWindow]]:
     return [(r.node_id, parse_ops(r.body)) for r in rows]
 
 
-def prune_metrics(session: Session, before: float) -> int:
-    """Retention: forget releases and operational windows received before ``before``."""
-    old = select(MetricRelease.id).where(MetricRelease.received < before)
-    n = 0
-    for stmt in (delete(MetricCount).where(MetricCount.release_id.in_(old)),
-                 delete(MetricRelease).where(MetricRelease.received < before),
-                 delete(OpsWindowRow).where(OpsWindowRow.received < before)):
-        n += len(session.execute(stmt.returning(literal(1))).all())
-    return n
-
-
-
-
 def policy_of(config: ServiceConfig) -> MetricsPolicy:
     """The metrics policy the service was started with."""
     return MetricsPolicy(k=config.metrics_min_nodes, alpha=config.metrics_alpha,
                          accept_noise_free=config.metrics_accept_noise_free, clock_skew_s=config.clock_skew_s)
 
 
-__all__ = ["MetricsPolicy", "Stored", "experiment_report", "fleet_windows", "load_ops", "load_releases",
-           "policy_of", "prune_metrics", "store_metrics"]
+__all__ = ["LatestCell", "MetricsPolicy", "Stored", "experiment_report", "fleet_windows", "latest_released",
+           "load_ops", "load_releases",
+           "policy_of", "store_metrics"]

@@ -4,11 +4,14 @@ Request counters and latency are recorded per process. With several worker
 processes, set ``PROMETHEUS_MULTIPROC_DIR`` (an empty folder, the same for
 every worker, before they start): prometheus_client then keeps each
 process's values in files there and ``/metrics`` sums every worker's (its
-multiprocess mode, as the edge server uses). Nodes by state come from the
+multiprocess mode, as the edge server uses). Nodes by state, the fleet's
+released aggregates and its open alerts (:mod:`.fleet_gauges`) come from the
 database at scrape time, so any worker answers the same.
 
 Label values come from route names and fixed vocabularies (error codes,
-refusal reasons, node states), never from what a client sent.
+refusal reasons, node states), never from what a client sent; the fleet
+gauges' names (models, experiments, variants, node ids) were checked by the
+protocol, and their number is capped there.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from sqlalchemy import case, func, select
 
 from edgerec.sync.service.store.models import Node
 
+from .blobs import BlobStore
+from .config import ServiceConfig
+from .fleet_gauges import FleetGauges
 from .store import Database
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 10.0, 60.0)
@@ -76,6 +82,14 @@ class SyncMetrics:
                                 f"one of {', '.join(SIGNED_REASONS)}.", ("endpoint", "reason"), registry=r)
         self.nodes = NodeStates(db)
         r.register(self.nodes)
+        self.scraped: list[Collector] = [self.nodes]  # read from the database at each scrape
+
+    def export_fleet(self, blobs: BlobStore, config: ServiceConfig) -> None:
+        """Add the fleet's released aggregates and open alerts (once; :mod:`.fleet_gauges`)."""
+        if not any(isinstance(c, FleetGauges) for c in self.scraped):
+            gauges = FleetGauges(self.nodes.db, blobs, config)
+            self.registry.register(gauges)
+            self.scraped.append(gauges)
 
     def request(self, endpoint: str, method: str, code: int, seconds: float) -> None:
         self.requests.labels(endpoint, method, str(code)).inc()
@@ -91,7 +105,8 @@ class SyncMetrics:
 
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
-            registry.register(self.nodes)
+            for collector in self.scraped:
+                registry.register(collector)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 

@@ -34,6 +34,7 @@ from edgerec.sync.service.admin_init import InitResult, init_service
 from edgerec.sync.service.config import ServiceConfig
 from edgerec.sync.service.core import SyncService
 from edgerec.sync.service.server import RunningServer
+from edgerec.sync.service.store import Database, migrate
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ENV = "EDGEREC_TEST_POSTGRES_URL"
@@ -92,6 +93,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'sync.db'}"
     return str(request.getfixturevalue("pg_schema_url"))
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    """A migrated store, on SQLite and on PostgreSQL (a fresh schema)."""
+    d = Database(db_url)
+    migrate(d)
+    yield d
+    d.dispose()
 
 
 # -- keys and packages -------------------------------------------------------------------

@@ -13,7 +13,6 @@ from edgerec.sync.admin.client import Credentials, save_credentials
 from edgerec.sync.node.fleet_metrics import OpsRecorder, metrics_report
 from edgerec.sync.protocol.releases import LATENCY_EDGES_MS
 from edgerec.sync.service.alerts import AlertPolicy, fleet_alerts, ops_alerts, p99_ms, psi
-from edgerec.sync.service.store import Database, migrate
 from edgerec.sync.service.store.models import Assignment, Node, NodeModel
 
 from .helpers import node_client
@@ -69,14 +68,6 @@ def test_p99_and_psi_arithmetic():
     shifted = [100] * 10 + [0] * 10
     expected = 10 * (0.1 - 0.05) * math.log(0.1 / 0.05) + 10 * (1e-4 - 0.05) * math.log(1e-4 / 0.05)
     assert psi(shifted, FLAT) == pytest.approx(expected)
-
-
-@pytest.fixture
-def db(db_url):
-    d = Database(db_url)
-    migrate(d)
-    yield d
-    d.dispose()
 
 
 def test_fleet_alerts_raise_and_clear(db):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import inspect, text, update
+from sqlalchemy import func, inspect, select, text, update
 
 from edgerec.sync.node.fleet_metrics import OpsRecorder
 from edgerec.sync.node.privacy import PrivacyConfig
@@ -15,24 +15,16 @@ from edgerec.sync.service.fleet_metrics import (
     experiment_report,
     load_ops,
     load_releases,
-    prune_metrics,
     store_metrics,
 )
+from edgerec.sync.service.retention import prune_ops, prune_releases
 from edgerec.sync.service.store import SCHEMA_VERSION, Database, migrate
-from edgerec.sync.service.store.models import Node, SchemaInfo
+from edgerec.sync.service.store.models import MetricCount, Node, SchemaInfo
 
 HOUR = 3600
 DAY0 = 1_767_225_600
 NOW = DAY0 + 30 * HOUR
 CFG = PrivacyConfig(epsilon_per_window=0.5, bounds={"impression": 1, "click": 1, "conversion": 1})
-
-
-@pytest.fixture
-def db(db_url):
-    d = Database(db_url)
-    migrate(d)
-    yield d
-    d.dispose()
 
 
 def _nodes(db: Database, n: int) -> None:
@@ -109,8 +101,9 @@ def test_ops_windows_are_stored_and_pruned(db):
                       now=NOW + 100)
     with db.read() as s:
         assert load_ops(s) == [("node-0000", w)]
-    with db.write() as s:
-        assert prune_metrics(s, before=NOW + 50) == 1 + 2 + 1  # counts of one release, the release, the ops
+    assert (prune_releases(db, before=NOW + 50), prune_ops(db, before=NOW + 50)) == (1, 1)
+    with db.read() as s:
+        assert s.execute(select(func.count()).select_from(MetricCount)).scalar_one() == 2  # node-0001's only
     with db.read() as s:
         assert [n for n, _ in load_releases(s)] == ["node-0001"] and load_ops(s) == []
 
