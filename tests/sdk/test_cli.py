@@ -147,7 +147,7 @@ def test_missing_extra_is_one_line():
     # rich must not eat "[edge]" as a style tag.
     from edgerec.sdk.cli.main import LAZY
 
-    assert set(LAZY) == {"convert", "serve", "sync", "admin", "node", "demo"}
+    assert set(LAZY) == {"convert", "serve", "api-key", "sync", "admin", "node", "demo"}
     assert {v[1] for v in LAZY.values()} == {"converter", "edge", "sync", "node", "all"}
     code = ("import sys; sys.modules['flask'] = None; from edgerec.sdk.cli.main import main; "
             "sys.argv = ['edgerec', 'serve', '--help']; main()")
