@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from edgerec.sync.protocol.releases import LATENCY_EDGES_MS, SCORE_EDGES, OpsFigures, OpsWindow
 from edgerec.sync.service.store.models import Assignment, Node, NodeModel, PackageVersion
 
-from .blobs import BlobStore
+from .blobs import Blobs
 
 _FLOOR = 1e-4
 
@@ -183,7 +183,7 @@ def fleet_alerts(session: Session, policy: AlertPolicy, now: float) -> list[Aler
     return out
 
 
-def reference_histograms(session: Session, blobs: BlobStore) -> dict[tuple[str, int], list[int]]:
+def reference_histograms(session: Session, blobs: Blobs) -> dict[tuple[str, int], list[int]]:
     """The converter's reference score histogram of each published version (read from its stored package)."""
     out: dict[tuple[str, int], list[int]] = {}
     for p in session.execute(select(PackageVersion)).scalars():

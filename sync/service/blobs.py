@@ -10,12 +10,32 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 from edgerec.sdk.files import write_atomic
 from edgerec.sync.protocol.errors import PayloadTooLargeError
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1024 * 1024
+
+
+def check_sha256(sha256: str) -> str:
+    """``sha256`` if it is a lowercase SHA-256 hex digest; ValueError otherwise."""
+    if not _HEX64.match(sha256):
+        raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+    return sha256
+
+
+class Blobs(Protocol):
+    """What the service asks of a blob store: :class:`BlobStore` (files) or :class:`.db_blobs.DbBlobStore`."""
+
+    def receive(self, chunks: Iterable[bytes], limit: int) -> tuple[Path, str, int]: ...
+
+    def put_bytes(self, data: bytes) -> str: ...
+
+    def read(self, sha256: str) -> bytes: ...
+
+    def exists(self, sha256: str) -> bool: ...
 
 
 class BlobStore:
@@ -26,8 +46,7 @@ class BlobStore:
         self.tmp = tmp
 
     def path(self, sha256: str) -> Path:
-        if not _HEX64.match(sha256):
-            raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+        check_sha256(sha256)
         return self.root / "sha256" / sha256[:2] / sha256
 
     def exists(self, sha256: str) -> bool:
