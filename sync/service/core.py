@@ -45,6 +45,7 @@ from edgerec.sync.service.store.models import (
     PackageVersion,
     Report,
     Rollout,
+    WrappedKey,
 )
 
 from .blobs import Blobs, BlobStore
@@ -125,6 +126,13 @@ class SyncService:
         datadir = DataDir(Path(data_dir))
         db = Database(datadir.db_url(db_url), pool_size=(config or ServiceConfig()).threads)
         migrate(db)
+        with db.read() as session:
+            moved = session.execute(select(WrappedKey.kek_id).limit(1)).first() is not None
+        if moved:
+            db.dispose()
+            # Its blobs and keys now live in the database; files written beside them would be missed.
+            raise ConfigError("this database's state was moved into it ('sync migrate --to-database'): serve it "
+                              "with --key-file (a stateless replica), not --data-dir")
         service = cls(datadir, db, config or ServiceConfig())
         service.keys.private("timestamp")  # fail at start, not at the first request
         service.repo.materialize_all()

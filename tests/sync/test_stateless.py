@@ -60,6 +60,8 @@ def moved(db_url, tmp_path, publisher, packages):
     again = json.loads(_edgerec("sync", "migrate", "--data-dir", str(init.data_dir), "--db", db_url,
                                 "--to-database", "--key-file", str(key), "--json"))
     assert (again["keys"], again["blobs"], again["blobs_present"]) == (0, 0, 1)  # resumable: adds what is missing
+    with pytest.raises(ConfigError, match="serve it with --key-file"):
+        SyncService.open(init.data_dir)  # files written beside the database's state would be missed
     shutil.rmtree(init.data_dir)  # nothing of it is needed any more
     return init, key
 
