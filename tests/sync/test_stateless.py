@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from edgerec.sdk.cli.main import cli
-from edgerec.sdk.keys import load_verify_key
+from edgerec.sdk.keys import generate_keypair, load_verify_key
 from edgerec.sync.admin.client import AdminClient, Credentials
 from edgerec.sync.node.daemon import NodeDaemon
 from edgerec.sync.node.enroll import enroll_node
@@ -195,3 +195,30 @@ def test_blobs_are_chunked_streamed_and_stored_once(db_url, tmp_path):
             store.open("0" * 64)
     finally:
         db.dispose()
+
+
+def test_admin_token_and_root_update_need_only_the_database(moved, db_url, tmp_path):
+    _init, key_a = moved
+
+    token = _edgerec("admin", "token", "--db", db_url, "--name", "ops").strip()
+    second = generate_keypair(tmp_path / "pub2", "publisher2")
+    out = _edgerec("admin", "root-update", "--db", db_url, "--keys-dir", str(tmp_path / "rk"),
+                   "--add-publisher", str(second.public_path), "--key-file", str(key_a))
+    assert "version 2" in out
+    assert "--key-file" in _edgerec("admin", "root-update", "--db", db_url, "--keys-dir", str(tmp_path / "rk"),
+                                    code=1)
+    service, server = _replica(db_url, key_a, tmp_path / "work")
+    try:
+        root2 = httpx.get(server.url + "/repository/metadata/2.root.json")
+        assert root2.status_code == 200 and root2.json()["signed"]["version"] == 2
+        assert httpx.get(server.url + "/repository/metadata/root.json").json()["signed"]["version"] == 2
+        # Re-signed below root with the online keys from the database: a client walks 1 -> 2 and refreshes.
+        up = tuf_updater(server.url, httpx.get(server.url + "/repository/metadata/1.root.json").content,
+                         tmp_path / "tuf")
+        up.refresh()
+        assert up.get_targetinfo("stable/ctr/1.edgepkg") is not None
+        with AdminClient(Credentials(server.url, token)) as admin:  # the new token works on the replica
+            assert [p["version"] for p in admin.packages()] == [1]
+    finally:
+        server.stop()
+        service.close()
