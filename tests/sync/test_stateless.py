@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -27,7 +28,7 @@ from edgerec.sync.service.db_blobs import DbBlobStore
 from edgerec.sync.service.replica_keys import key_id
 from edgerec.sync.service.server import RunningServer
 from edgerec.sync.service.store import Database
-from edgerec.sync.service.store.models import BlobChunk, BlobRow, WrappedKey
+from edgerec.sync.service.store.models import BlobChunk, BlobRow, TufMetadata, WrappedKey
 
 from .helpers import tuf_updater
 
@@ -222,3 +223,58 @@ def test_admin_token_and_root_update_need_only_the_database(moved, db_url, tmp_p
     finally:
         server.stop()
         service.close()
+
+
+def test_replicas_signing_at_once_make_one_history(moved, db_url, tmp_path, packages):
+    """Publishes and expiry refreshes on two replicas at the same time: each role's versions stay 1..n."""
+    import threading
+
+    init, key_a = moved
+    key_b = tmp_path / "replica-b.key"
+    db = Database(db_url)
+    from edgerec.sync.service.replica_keys import add_replica_key
+
+    add_replica_key(db, key_a, key_b)
+    replicas = [_replica(db_url, k, tmp_path / f"work-{i}") for i, k in enumerate((key_a, key_b))]
+    try:
+        (svc_a, a), (svc_b, b) = replicas
+        for v in (2, 3):
+            (tmp_path / f"ctr-{v}.edgepkg").write_bytes(packages[v])
+        admins = [AdminClient(Credentials(r.url, init.admin_token)) for r in (a, b)]
+        with db.read() as s:
+            before = s.execute(select(func.max(TufMetadata.version)).where(TufMetadata.role == "timestamp")
+                               ).scalar_one()
+        # Both replicas' maintenance at once, a day later: each sees every role expiring.
+        later = time.time() + 86400 * 400
+        out: list[object] = []
+        calls = [lambda: admins[0].publish(tmp_path / "ctr-2.edgepkg", "stable"),
+                 lambda: admins[1].publish(tmp_path / "ctr-3.edgepkg", "beta"),
+                 lambda: svc_a.maintain(later), lambda: svc_b.maintain(later)]
+        threads = [threading.Thread(target=lambda c=c: out.append(c())) for c in calls]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert len(out) == 4
+        with db.read() as s:
+            rows = s.execute(select(TufMetadata.role, TufMetadata.version)).all()
+        versions: dict[str, list[int]] = {}
+        for role, v in rows:
+            versions.setdefault(role, []).append(v)
+        assert all(sorted(vs) == list(range(1, len(vs) + 1)) for vs in versions.values()), versions
+        # Two publishes sign two timestamps; a refresh signs one only if its role is still expiring once it
+        # holds the lock (a publish in between signs with today's expiry, so each refresh may sign once).
+        assert 2 <= max(versions["timestamp"]) - before <= 4
+        stamp = httpx.get(b.url + "/repository/metadata/timestamp.json").json()["signed"]
+        assert stamp["version"] == max(versions["timestamp"])
+        assert stamp["meta"]["snapshot.json"]["version"] == max(versions["snapshot"])
+        up = tuf_updater(a.url, httpx.get(a.url + "/repository/metadata/1.root.json").content, tmp_path / "tuf")
+        up.refresh()
+        assert up.get_targetinfo("stable/ctr/2.edgepkg") and up.get_targetinfo("beta/ctr/3.edgepkg")
+        for admin in admins:
+            admin.close()
+    finally:
+        db.dispose()
+        for svc, server in replicas:
+            server.stop()
+            svc.close()
