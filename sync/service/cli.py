@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import click
 
-from edgerec.sdk.cli.output import console
+from edgerec.sdk.cli.output import busy, console, print_json, progress_wanted
 from edgerec.sdk.cli.paths import AbsolutePath
 from edgerec.sdk.cli.secret_input import db_option
 from edgerec.sync.protocol.errors import ConfigError
@@ -95,11 +94,12 @@ def migrate(data_dir: Path | None, db_url: str | None, to_database: bool, key_fi
     if to_database:
         if data_dir is None or key_file is None:
             raise ConfigError("--to-database needs --data-dir (what to move) and --key-file (made if missing)")
-        moved = move_to_database(data_dir, db_url, key_file)
+        with busy("moving the data directory's keys and blobs into the database", progress_wanted(as_json)):
+            moved = move_to_database(data_dir, db_url, key_file)
         doc = {"keys": moved.keys, "blobs": moved.blobs, "blobs_present": moved.blobs_present,
                "key_id": moved.key_id, "key_created": moved.key_created}
         if as_json:
-            click.echo(json.dumps(doc))
+            print_json(doc)
         else:
             console.print(f"moved into the database: {moved.keys} online keys (replica key {moved.key_id}"
                           f"{', new file' if moved.key_created else ''}), {moved.blobs} blobs "
@@ -113,7 +113,7 @@ def migrate(data_dir: Path | None, db_url: str | None, to_database: bool, key_fi
     finally:
         db.dispose()
     if as_json:
-        click.echo(json.dumps({"before": before}))
+        print_json({"before": before})
     else:
         console.print(f"database schema at the current version (was {before or 'empty'})", markup=False)
 

@@ -202,6 +202,8 @@ class SyncService:
             if edge is None:
                 break
         self.step_outcome_gates(now)
+        if isinstance(self.blobs, DbBlobStore):
+            self.blobs.sweep_pending(now)  # uploads a killed replica left half written
         self.db.checkpoint()
         return len(written)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import secrets
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,6 +28,7 @@ from .blobs import CHUNK, BlobStore, check_sha256
 from .store import Database
 
 _CHUNKS_PER_TRANSACTION = 8
+PENDING = "pending-"  # chunks of an upload still being written are stored under this prefix, never a digest
 
 
 class DbBlobStore:
@@ -59,7 +61,8 @@ class DbBlobStore:
         The digest is known only at the end, so the chunks go under a temporary
         name first and are renamed with the ``blobs`` row in the last transaction.
         """
-        pending = "pending-" + hashlib.sha256(str(time.time_ns()).encode() + id(stream).to_bytes(8)).hexdigest()[:48]
+        # The start time in the name lets maintenance sweep what a killed replica left (sweep_pending).
+        pending = f"{PENDING}{int(time.time())}-{secrets.token_hex(16)}"
         digest, size, seq = hashlib.sha256(), 0, 0
         try:
             while True:
@@ -95,6 +98,19 @@ class DbBlobStore:
                 session.execute(delete(BlobChunk).where(BlobChunk.sha256 == pending))
             raise
 
+    def sweep_pending(self, now: float, older_than_s: float = 3600) -> int:
+        """Delete the chunks of uploads started before ``now - older_than_s`` that never finished
+        (their replica was killed mid-write); returns how many uploads went."""
+        with self.db.read() as session:
+            names = session.execute(
+                select(BlobChunk.sha256).where(BlobChunk.sha256.like(PENDING + "%")).distinct()
+            ).scalars().all()
+        stale = [n for n in names if _started(n) < now - older_than_s]
+        for name in stale:
+            with self.db.write() as session:
+                session.execute(delete(BlobChunk).where(BlobChunk.sha256 == name))
+        return len(stale)
+
     def read(self, sha256: str) -> bytes:
         """The whole blob (for small reads, such as a package's manifest check)."""
         with self.open(sha256) as reader:
@@ -108,6 +124,13 @@ class DbBlobStore:
         with self.db.read() as session:
             chunk_size = session.execute(select(BlobRow.chunk_size).where(BlobRow.sha256 == sha256)).scalar_one()
         return BlobReader(self.db, sha256, size, chunk_size)
+
+
+def _started(pending: str) -> float:
+    try:
+        return float(pending.removeprefix(PENDING).split("-", 1)[0])
+    except ValueError:
+        return 0.0  # not a name this module made: old enough to go
 
 
 class BlobReader(io.RawIOBase):

@@ -194,6 +194,18 @@ def test_blobs_are_chunked_streamed_and_stored_once(db_url, tmp_path):
         assert store.read(sha) == data
         with pytest.raises(FileNotFoundError):
             store.open("0" * 64)
+
+        # A replica killed mid-upload leaves chunks under a pending name: never served, swept when old.
+        from edgerec.sync.service.db_blobs import PENDING
+
+        now = time.time()
+        with db.write() as s:
+            s.add_all([BlobChunk(sha256=f"{PENDING}{int(now) - 7200}-dead", seq=0, data=b"x"),
+                       BlobChunk(sha256=f"{PENDING}{int(now)}-live", seq=0, data=b"y")])
+        assert store.sweep_pending(now) == 1
+        with db.read() as s:
+            left = set(s.execute(select(BlobChunk.sha256).distinct()).scalars())
+        assert left == {sha, f"{PENDING}{int(now)}-live"}
     finally:
         db.dispose()
 
