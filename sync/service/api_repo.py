@@ -88,12 +88,13 @@ def _blob_response(blobs: DbBlobStore, sha: str) -> Response:
         reader = blobs.open(sha)
     except FileNotFoundError as exc:
         raise NotFound() from exc
-    body = FileWrapper(io.BufferedReader(reader, CHUNK), CHUNK)
-    resp = Response(body, mimetype="application/octet-stream", direct_passthrough=True)
-    resp.content_length = reader.size
+    size = reader.seek(0, io.SEEK_END)
+    reader.seek(0)
+    resp = Response(FileWrapper(reader, CHUNK), mimetype="application/octet-stream", direct_passthrough=True)
+    resp.content_length = size
     resp.set_etag(sha)  # content-addressed: the digest is a strong validator
     # Werkzeug seeks the (seekable) reader to the range's start: a resumed download reads only what is left.
-    resp.make_conditional(request, accept_ranges=True, complete_length=reader.size)
+    resp.make_conditional(request, accept_ranges=True, complete_length=size)
     return resp
 
 

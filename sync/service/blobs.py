@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from edgerec.sdk.files import write_atomic
 from edgerec.sync.protocol.errors import PayloadTooLargeError
@@ -36,6 +36,8 @@ class Blobs(Protocol):
     def read(self, sha256: str) -> bytes: ...
 
     def exists(self, sha256: str) -> bool: ...
+
+    def open(self, sha256: str) -> BinaryIO: ...
 
 
 class BlobStore:
@@ -86,6 +88,10 @@ class BlobStore:
 
     def read(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()
+
+    def open(self, sha256: str) -> BinaryIO:
+        """The blob as a seekable binary file (a zip reader reads only its directory)."""
+        return self.path(sha256).open("rb")
 
     def link(self, sha256: str, dest: Path) -> None:
         """Expose a blob at ``dest`` (a hard link; a copy across file systems)."""

@@ -116,14 +116,15 @@ class DbBlobStore:
         with self.open(sha256) as reader:
             return reader.read()
 
-    def open(self, sha256: str) -> BlobReader:
-        """A seekable reader of a stored blob; FileNotFoundError when it is not stored."""
-        size = self.size(sha256)
-        if size is None:
-            raise FileNotFoundError(f"blob {sha256} is not stored")
+    def open(self, sha256: str) -> io.BufferedReader:
+        """A stored blob as a seekable binary file (reads a chunk at a time); FileNotFoundError when not stored."""
+        check_sha256(sha256)
         with self.db.read() as session:
-            chunk_size = session.execute(select(BlobRow.chunk_size).where(BlobRow.sha256 == sha256)).scalar_one()
-        return BlobReader(self.db, sha256, size, chunk_size)
+            row = session.execute(
+                select(BlobRow.size, BlobRow.chunk_size).where(BlobRow.sha256 == sha256)).one_or_none()
+        if row is None:
+            raise FileNotFoundError(f"blob {sha256} is not stored")
+        return io.BufferedReader(BlobReader(self.db, sha256, row.size, row.chunk_size), CHUNK)
 
 
 def _started(pending: str) -> float:
