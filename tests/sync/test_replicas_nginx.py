@@ -181,6 +181,8 @@ def test_rollout_converges_through_nginx_while_a_replica_is_killed(pg_schema_url
             t.join(30)
         assert errors == []
         assert installed == dict.fromkeys(range(NODES), 2)
+        # One more cycle each with both replicas up: every node reaches the service and has no report left queued.
+        assert all(d.run_once().reachable and d.db.pending() == [] for d in daemons)
         assert at_kill < NODES // 2, at_kill  # the kill came mid-rollout, not after it
 
         # Every replica (the restarted one too) reports the same: desired 2, installed 2, everywhere.
