@@ -123,6 +123,7 @@ def test_rollout_converges_through_nginx_while_a_replica_is_killed(pg_schema_url
     for documented, replica in zip(("127.0.0.1:8471", "127.0.0.1:8472"), replicas, strict=True):
         snippet = snippet.replace(documented, f"127.0.0.1:{replica.port}")
     snippet = snippet.replace("listen 127.0.0.1:8470;", f"listen 127.0.0.1:{front};")
+    snippet = snippet.replace("/var/cache/nginx/edgerec-tuf", str(tmp_path / "nginx-cache"))
     proxy: Nginx | None = None
     daemons: list[NodeDaemon] = []
     stop = threading.Event()
@@ -185,6 +186,16 @@ def test_rollout_converges_through_nginx_while_a_replica_is_killed(pg_schema_url
         assert all(d.run_once().reachable and d.db.pending() == [] for d in daemons)
         assert at_kill < NODES // 2, at_kill  # the kill came mid-rollout, not after it
 
+        # nginx is the TUF files' static origin: the package comes from its cache, timestamp.json never does.
+        target = next(p for p in admin.packages() if p["version"] == 2)
+        path = f"/repository/targets/stable/ctr/{target['sha256']}.2.edgepkg"
+        with httpx.Client(base_url=url, timeout=30) as http:
+            fetched = [http.get(path) for _ in range(2)]
+            stamps = [http.get("/repository/metadata/timestamp.json") for _ in range(2)]
+        assert [r.status_code for r in fetched + stamps] == [200] * 4
+        assert fetched[1].headers["X-Cache-Status"] == "HIT" and len(fetched[1].content) == target["size"]
+        assert "HIT" not in {r.headers.get("X-Cache-Status") for r in stamps}
+
         # Every replica (the restarted one too) reports the same: desired 2, installed 2, everywhere.
         for r in replicas:
             with AdminClient(Credentials(r.url, init.admin_token)) as direct:
@@ -200,6 +211,10 @@ def test_rollout_converges_through_nginx_while_a_replica_is_killed(pg_schema_url
         db.dispose()
         assert all(sorted(vs) == list(range(1, len(vs) + 1)) for vs in versions.values()), versions
         admin.close()
+        for r in replicas:
+            r.stop()
+        cached = httpx.get(url + path, timeout=30)  # every replica down: the origin still has the package
+        assert cached.status_code == 200 and cached.content == fetched[1].content
     finally:
         stop.set()
         for d in daemons:
