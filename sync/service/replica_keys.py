@@ -29,7 +29,7 @@ from edgerec.sdk.keys import read_private_file
 from edgerec.sync.protocol.errors import ConfigError
 from edgerec.sync.service.store.models import WrappedKey
 
-from .online_keys import OnlineKeys
+from .online_keys import OnlineKeys, key_files
 from .store import Database
 
 KEY_BYTES = 32
@@ -97,8 +97,13 @@ def unwrap_online_keys(db: Database, key: bytes) -> dict[str, bytes]:
 
 
 def database_keys(db: Database, key_file: Path) -> OnlineKeys:
-    """The online keys of a stateless replica, opened with its key file."""
-    return OnlineKeys(secrets=unwrap_online_keys(db, read_key_file(key_file)))
+    """The online keys of a stateless replica, opened with its key file (all of them, or ConfigError at start)."""
+    secrets = unwrap_online_keys(db, read_key_file(key_file))
+    missing = [name for name in key_files() if name not in secrets]
+    if missing:
+        raise ConfigError(f"the database lacks online keys {', '.join(missing)} for this replica key: "
+                          "finish the move with 'edgerec sync migrate --to-database'")
+    return OnlineKeys(secrets=secrets)
 
 
 def add_replica_key(db: Database, key_file: Path, new_key_file: Path) -> str:
@@ -112,11 +117,13 @@ def add_replica_key(db: Database, key_file: Path, new_key_file: Path) -> str:
 def remove_replica_key(db: Database, kid: str) -> int:
     """Drop every key wrapped for replica key ``kid``; refuses to drop the last replica key."""
     with db.write() as session:
+        mine = session.execute(select(func.count()).where(WrappedKey.kek_id == kid)).scalar_one()
+        if not mine:
+            raise ConfigError(f"replica key {kid!r} is not known to this database")
         others = session.execute(
             select(func.count(func.distinct(WrappedKey.kek_id))).where(WrappedKey.kek_id != kid)
         ).scalar_one()
         if not others:
             raise ConfigError(f"replica key {kid} is the only one: add another before removing it")
-        mine = session.execute(select(func.count()).where(WrappedKey.kek_id == kid)).scalar_one()
         session.execute(delete(WrappedKey).where(WrappedKey.kek_id == kid))
         return int(mine)

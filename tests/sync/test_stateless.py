@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from edgerec.sdk.cli.main import cli
 from edgerec.sdk.keys import generate_keypair, load_verify_key
@@ -151,6 +151,19 @@ def test_a_replica_key_is_private_known_and_retired(moved, db_url, tmp_path):
         SyncService.open_replica(db_url, short, tmp_path / "w")
     out = _edgerec("sync", "serve", "--db", db_url, "--key-file", str(short), code=1)
     assert "holds 32 bytes" in out and "Traceback" not in out
+
+    # A replica key whose keys were only partly stored (an interrupted move) fails at start, by name.
+    partial = tmp_path / "partial.key"
+    _edgerec("sync", "replica-key", "add", "--db", db_url, "--key-file", str(key_a), "--new-key-file", str(partial))
+    db = Database(db_url)
+    with db.write() as s:
+        s.execute(delete(WrappedKey).where(WrappedKey.kek_id == key_id(partial.read_bytes()),
+                                           WrappedKey.name == "kek.key"))
+    db.dispose()
+    with pytest.raises(ConfigError, match="lacks online keys kek.key"):
+        SyncService.open_replica(db_url, partial, tmp_path / "w")
+    _edgerec("sync", "replica-key", "remove", "--db", db_url, "--key-id", key_id(partial.read_bytes()))
+    assert "is not known" in _edgerec("sync", "replica-key", "remove", "--db", db_url, "--key-id", "f" * 16, code=1)
 
     # Rotation: a new key, then the old one retired; the last key is never removed.
     key_b = tmp_path / "replica-b.key"
