@@ -165,14 +165,15 @@ def init_cmd(ctx: click.Context, data_dir: Path, keys_dir: Path, publisher_keys:
 
 
 @admin.command("token")
-@click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
+@click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), default=None,
+              help="The service's data directory (none once its state is in the database: --db).")
 @click.option("--name", default="admin", show_default=True)
 @db_option
 @click.option("--save", is_flag=True, help="Save it in the credentials file instead of printing it.")
 @click.option("--out", type=AbsolutePath(dir_okay=False, path_type=Path), default=None,
               help="Write it to this file (mode 0600) instead of printing it.")
 @click.pass_context
-def token_cmd(ctx: click.Context, data_dir: Path, name: str, db_url: str | None, save: bool,
+def token_cmd(ctx: click.Context, data_dir: Path | None, name: str, db_url: str | None, save: bool,
               out: Path | None) -> None:
     """Make another admin token (on the server machine; only its hash is stored)."""
     from edgerec.sync.service.admin_init import new_admin_token
@@ -189,18 +190,21 @@ def token_cmd(ctx: click.Context, data_dir: Path, name: str, db_url: str | None,
 
 
 @admin.command("root-update")
-@click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
+@click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), default=None,
+              help="The service's data directory (none once its state is in the database: --db, --key-file).")
 @click.option("--keys-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
 @click.option("--add-publisher", type=AbsolutePath(dir_okay=False, path_type=Path), multiple=True)
 @click.option("--remove-publisher", multiple=True, metavar="KEYID", help="Key id (or a unique prefix).")
 @db_option
-def root_update(data_dir: Path, keys_dir: Path, add_publisher: tuple[Path, ...],
-                remove_publisher: tuple[str, ...], db_url: str | None) -> None:
+@click.option("--key-file", type=AbsolutePath(dir_okay=False, path_type=Path), default=None,
+              envvar="EDGEREC_SYNC_KEY_FILE", help="A replica key, to open the online keys kept in the database.")
+def root_update(data_dir: Path | None, keys_dir: Path, add_publisher: tuple[Path, ...],
+                remove_publisher: tuple[str, ...], db_url: str | None, key_file: Path | None) -> None:
     """Sign a new root version with changed publisher keys (nodes follow it through TUF)."""
     from edgerec.sync.service.admin_init import update_root
 
     version = update_root(data_dir, keys_dir, [load_verify_key(p) for p in add_publisher],
-                          list(remove_publisher), db_url)
+                          list(remove_publisher), db_url, key_file=key_file)
     console.print(f"root metadata is now version {version}")
 
 

@@ -25,6 +25,7 @@ from edgerec.sync.protocol.trust import EXTENSION, TrustInfo
 from .config import ServiceConfig
 from .datadir import DataDir
 from .online_keys import OnlineKeys, tuf_key
+from .replica_keys import database_keys
 from .store import Database, migrate
 from .tokens import create_admin_token
 from .tuf_repo import TufRepository, expires_in
@@ -97,21 +98,44 @@ def root_signing_keys(keys_dir: Path) -> list[Ed25519PrivateKey]:
     return [load_signing_key(f) for f in files]
 
 
+def _open_state(data_dir: Path | None, db_url: str | None, key_file: Path | None = None,
+                need_keys: bool = False) -> tuple[Database, DataDir | None, OnlineKeys | None]:
+    """The database, and the data directory (or, for stateless replicas, ``key_file``'s online keys)."""
+    if data_dir is not None:
+        dd = DataDir(Path(data_dir))
+        db = Database(dd.db_url(db_url))
+        migrate(db)
+        return db, dd, OnlineKeys(dd.keys)
+    if not db_url or (need_keys and key_file is None):
+        raise ConfigError("give --data-dir, or --db" + (" and --key-file (a replica key)" if need_keys else ""))
+    db = Database(db_url)
+    try:
+        migrate(db)
+        return db, None, database_keys(db, key_file) if key_file is not None else None
+    except BaseException:
+        db.dispose()
+        raise
+
+
 def update_root(
-    data_dir: Path,
+    data_dir: Path | None,
     keys_dir: Path,
     add_publishers: Sequence[Ed25519PublicKey] = (),
     remove_publishers: Sequence[str] = (),
     db_url: str | None = None,
     config: ServiceConfig | None = None,
+    key_file: Path | None = None,
 ) -> int:
-    """Sign and store the next root version with changed publisher keys; returns its version."""
+    """Sign and store the next root version with changed publisher keys; returns its version.
+
+    Without ``data_dir`` (state moved into the database) the online keys that
+    re-sign the roles below root are opened with the replica key ``key_file``.
+    """
     config = config or ServiceConfig()
-    dd = DataDir(Path(data_dir))
-    db = Database(dd.db_url(db_url))
+    db, dd, keys = _open_state(data_dir, db_url, key_file, need_keys=True)
+    assert keys is not None
     try:
-        migrate(db)
-        repo = TufRepository(db, dd, OnlineKeys(dd.keys), config)
+        repo = TufRepository(db, dd, keys, config)
         with db.read() as session:
             current = Metadata[Root].from_bytes(repo.root_bytes(session)).signed
         trust = TrustInfo.from_root(current)
@@ -136,12 +160,10 @@ def update_root(
         db.dispose()
 
 
-def new_admin_token(data_dir: Path, name: str, db_url: str | None = None) -> str:
+def new_admin_token(data_dir: Path | None, name: str, db_url: str | None = None) -> str:
     """Another admin token, made on the server machine (the service keeps only its hash)."""
-    dd = DataDir(Path(data_dir))
-    db = Database(dd.db_url(db_url))
+    db, _dd, _keys = _open_state(data_dir, db_url)
     try:
-        migrate(db)
         with db.write() as session:
             return create_admin_token(session, name)
     finally:

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from edgerec.sync.protocol.releases import LATENCY_EDGES_MS, SCORE_EDGES, OpsFigures, OpsWindow
 from edgerec.sync.service.store.models import Assignment, Node, NodeModel, PackageVersion
 
-from .blobs import BlobStore
+from .blobs import Blobs
 from .config import ServiceConfig
 from .fleet_metrics import load_ops
 
@@ -206,13 +206,13 @@ _REFS_LOCK = threading.Lock()
 _MAX_REFS = 4096
 
 
-def _reference(blobs: BlobStore, sha256: str) -> list[int] | None:
+def _reference(blobs: Blobs, sha256: str) -> list[int] | None:
     with _REFS_LOCK:
         if sha256 in _REFS:
             return _REFS[sha256]
     hist = None
     try:  # the zip's directory and manifest only, not the whole (possibly large) package
-        with zipfile.ZipFile(blobs.path(sha256)) as zf:
+        with blobs.open(sha256) as fh, zipfile.ZipFile(fh) as zf:
             manifest = json.loads(zf.read("manifest.json"))
         hist = (manifest.get("score_distribution") or {}).get("histogram")
     except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile):
@@ -226,7 +226,7 @@ def _reference(blobs: BlobStore, sha256: str) -> list[int] | None:
     return hist
 
 
-def reference_histograms(session: Session, blobs: BlobStore) -> dict[tuple[str, int], list[int]]:
+def reference_histograms(session: Session, blobs: Blobs) -> dict[tuple[str, int], list[int]]:
     """The converter's reference score histogram of each published version (read from its stored package)."""
     out: dict[tuple[str, int], list[int]] = {}
     for name, version, sha in session.execute(select(PackageVersion.name, PackageVersion.version,
@@ -237,7 +237,7 @@ def reference_histograms(session: Session, blobs: BlobStore) -> dict[tuple[str, 
     return out
 
 
-def open_alerts(session: Session, blobs: BlobStore, policy: AlertPolicy, now: float, lookback_s: float) -> list[Alert]:
+def open_alerts(session: Session, blobs: Blobs, policy: AlertPolicy, now: float, lookback_s: float) -> list[Alert]:
     """Every open alert: from the operational windows of the last ``lookback_s`` (so an alert's "since"
     reaches back at most that far), and from the fleet view."""
     refs = reference_histograms(session, blobs)

@@ -42,7 +42,7 @@ def create_app(service: SyncService, test_config: dict[str, Any] | None = None) 
 
     for name in ("edgerec.sync", "edgerec.sync.node"):
         bound_logger(name)  # no client input makes a log line longer than a few KiB
-    app = Flask(__name__, instance_path=str(service.datadir.root))
+    app = Flask(__name__, instance_path=str(service.work_dir))
     app.json = StrictJSONProvider(app)
     app.config.update(test_config or {})
     app.extensions[EXTENSION] = service

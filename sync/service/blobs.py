@@ -10,12 +10,34 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 from edgerec.sdk.files import write_atomic
 from edgerec.sync.protocol.errors import PayloadTooLargeError
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1024 * 1024
+
+
+def check_sha256(sha256: str) -> str:
+    """``sha256`` if it is a lowercase SHA-256 hex digest; ValueError otherwise."""
+    if not _HEX64.match(sha256):
+        raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+    return sha256
+
+
+class Blobs(Protocol):
+    """What the service asks of a blob store: :class:`BlobStore` (files) or :class:`.db_blobs.DbBlobStore`."""
+
+    def receive(self, chunks: Iterable[bytes], limit: int) -> tuple[Path, str, int]: ...
+
+    def put_bytes(self, data: bytes) -> str: ...
+
+    def read(self, sha256: str) -> bytes: ...
+
+    def exists(self, sha256: str) -> bool: ...
+
+    def open(self, sha256: str) -> BinaryIO: ...
 
 
 class BlobStore:
@@ -26,8 +48,7 @@ class BlobStore:
         self.tmp = tmp
 
     def path(self, sha256: str) -> Path:
-        if not _HEX64.match(sha256):
-            raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+        check_sha256(sha256)
         return self.root / "sha256" / sha256[:2] / sha256
 
     def exists(self, sha256: str) -> bool:
@@ -67,6 +88,10 @@ class BlobStore:
 
     def read(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()
+
+    def open(self, sha256: str) -> BinaryIO:
+        """The blob as a seekable binary file (a zip reader reads only its directory)."""
+        return self.path(sha256).open("rb")
 
     def link(self, sha256: str, dest: Path) -> None:
         """Expose a blob at ``dest`` (a hard link; a copy across file systems)."""

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import click
 
-from edgerec.sdk.cli.output import console
+from edgerec.sdk.cli.output import busy, console, print_json, progress_wanted
 from edgerec.sdk.cli.paths import AbsolutePath
 from edgerec.sdk.cli.secret_input import db_option
 from edgerec.sync.protocol.errors import ConfigError
 
 from .config import ServiceConfig
+from .store import Database
 
 
 @click.group("sync")
@@ -21,10 +22,19 @@ def sync_group() -> None:
     """Run the sync service (TUF repository, enrollment, rollouts, reports)."""
 
 
+_KEY_FILE = click.option(
+    "--key-file", type=AbsolutePath(dir_okay=False, path_type=Path), default=None, envvar="EDGEREC_SYNC_KEY_FILE",
+    help="A stateless replica's own key file (0600), which opens the online keys kept in the database; "
+         "with --db instead of --data-dir. Env: EDGEREC_SYNC_KEY_FILE.")
+
+
 @sync_group.command()
-@click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True,
-              help="Data directory made by 'edgerec admin init'.")
+@click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), default=None,
+              help="Data directory made by 'edgerec admin init' (or none: a stateless replica, --db and --key-file).")
 @db_option
+@_KEY_FILE
+@click.option("--work-dir", type=AbsolutePath(file_okay=False, path_type=Path), default=None,
+              help="A stateless replica's local folder for uploads in progress (default: a temporary one).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8470, show_default=True)
 @click.option("--tls-cert", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None,
@@ -48,9 +58,10 @@ def sync_group() -> None:
               help="Open connections per worker, idle ones included; more wait in the kernel's queue.")
 @click.option("--header-timeout-s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
               help="Time a request head may take from its first byte; also an idle keep-alive connection's.")
-def serve(data_dir: Path, db_url: str | None, host: str, port: int, tls_cert: Path | None,
-          tls_key: Path | None, tls_client_ca: Path | None, repo_url: str | None, otlp_endpoint: str | None,
-          threads: int | None, workers: int, max_connections: int, header_timeout_s: float) -> None:
+def serve(data_dir: Path | None, db_url: str | None, key_file: Path | None, work_dir: Path | None, host: str,
+          port: int, tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None, repo_url: str | None,
+          otlp_endpoint: str | None, threads: int | None, workers: int, max_connections: int,
+          header_timeout_s: float) -> None:
     """Serve the node and admin APIs and the TUF repository on granian."""
     from edgerec.sdk.http_server import check_tls_files
     from edgerec.sdk.tracing import check_otlp_endpoint
@@ -75,21 +86,91 @@ def serve(data_dir: Path, db_url: str | None, host: str, port: int, tls_cert: Pa
         check_tls_files(*tls, tls_client_ca)
     settings = http_settings(config, host, port, tls, workers, tls_client_ca, max_connections=max_connections,
                              header_timeout_s=header_timeout_s)
-    run(data_dir, db_url, config, settings)
+    run(data_dir, db_url, config, settings, key_file=key_file, work_dir=work_dir)
 
 
 @sync_group.command()
-@click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
+@click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), default=None)
 @db_option
-def migrate(data_dir: Path, db_url: str | None) -> None:
+@click.option("--to-database", is_flag=True,
+              help="Also move the data directory's online keys and package blobs into the database, so "
+                   "replicas need only --db and --key-file.")
+@_KEY_FILE
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+def migrate(data_dir: Path | None, db_url: str | None, to_database: bool, key_file: Path | None,
+            as_json: bool) -> None:
     """Create or upgrade the database schema (the service also does this at start)."""
     from .datadir import DataDir
-    from .store import Database
+    from .move_state import move_to_database
     from .store import migrate as run_migrations
 
-    db = Database(DataDir(data_dir).db_url(db_url))
+    if to_database:
+        if data_dir is None or key_file is None:
+            raise ConfigError("--to-database needs --data-dir (what to move) and --key-file (made if missing)")
+        with busy("moving the data directory's keys and blobs into the database", progress_wanted(as_json)):
+            moved = move_to_database(data_dir, db_url, key_file)
+        doc = {"keys": moved.keys, "blobs": moved.blobs, "blobs_present": moved.blobs_present,
+               "key_id": moved.key_id, "key_created": moved.key_created}
+        if as_json:
+            print_json(doc)
+        else:
+            console.print(f"moved into the database: {moved.keys} online keys (replica key {moved.key_id}"
+                          f"{', new file' if moved.key_created else ''}), {moved.blobs} blobs "
+                          f"({moved.blobs_present} were there)", markup=False)
+        return
+    if data_dir is None and not db_url:
+        raise ConfigError("give --data-dir or --db")
+    db = Database(DataDir(data_dir).db_url(db_url) if data_dir else str(db_url))
     try:
         before = run_migrations(db)
     finally:
         db.dispose()
-    console.print(f"database schema at the current version (was {before or 'empty'})", markup=False)
+    if as_json:
+        print_json({"before": before})
+    else:
+        console.print(f"database schema at the current version (was {before or 'empty'})", markup=False)
+
+
+@sync_group.group("replica-key")
+def replica_key() -> None:
+    """Replica keys: each stateless replica's own key file, which opens the online keys in the database."""
+
+
+@replica_key.command("add")
+@db_option
+@_KEY_FILE
+@click.option("--new-key-file", type=AbsolutePath(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the new key (0600; refused if it exists).")
+def replica_key_add(db_url: str | None, key_file: Path | None, new_key_file: Path) -> None:
+    """Make a key file for another replica (or a rotation), opening the online keys with --key-file."""
+    from .replica_keys import add_replica_key
+
+    if key_file is None:
+        raise ConfigError("--key-file: a replica key the database knows is needed to open the online keys")
+    db = _database(db_url)
+    try:
+        kid = add_replica_key(db, key_file, new_key_file)
+    finally:
+        db.dispose()
+    console.print(f"replica key {kid} written to {new_key_file}", markup=False)
+
+
+@replica_key.command("remove")
+@db_option
+@click.option("--key-id", required=True, help="The replica key to retire (as 'add' printed it).")
+def replica_key_remove(db_url: str | None, key_id: str) -> None:
+    """Retire a replica key: its file opens nothing any more (the last key is never removed)."""
+    from .replica_keys import remove_replica_key
+
+    db = _database(db_url)
+    try:
+        removed = remove_replica_key(db, key_id)
+    finally:
+        db.dispose()
+    console.print(f"replica key {key_id}: {removed} wrapped keys removed", markup=False)
+
+
+def _database(db_url: str | None) -> Database:
+    if not db_url:
+        raise ConfigError("--db (or EDGEREC_DB_URL) is needed")
+    return Database(db_url)

@@ -26,7 +26,13 @@ from edgerec.sdk.keys import public_key_from_pem
 from edgerec.sdk.manifest import check_name
 from edgerec.sync.protocol.assignments import Assignment as SignedAssignment
 from edgerec.sync.protocol.assignments import sign_assignment
-from edgerec.sync.protocol.errors import BadRequestError, ForbiddenError, NotFoundError, ReplayError
+from edgerec.sync.protocol.errors import (
+    BadRequestError,
+    ConfigError,
+    ForbiddenError,
+    NotFoundError,
+    ReplayError,
+)
 from edgerec.sync.protocol.httpsig import RequestVerifier
 from edgerec.sync.service.store.models import (
     MAX_BIGINT,
@@ -39,11 +45,13 @@ from edgerec.sync.service.store.models import (
     PackageVersion,
     Report,
     Rollout,
+    WrappedKey,
 )
 
-from .blobs import BlobStore
+from .blobs import Blobs, BlobStore
 from .config import ServiceConfig
 from .datadir import DataDir
+from .db_blobs import DbBlobStore
 from .enrollment import create_token, enroll
 from .envelopes import seal_missing
 from .metrics import SyncMetrics
@@ -82,15 +90,30 @@ class Enrolled:
 
 
 class SyncService:
-    """Everything one service process needs, built from a data directory."""
+    """Everything one service process needs, built from a data directory, or from the database alone.
 
-    def __init__(self, datadir: DataDir, db: Database, config: ServiceConfig) -> None:
+    With ``datadir`` None the service is a stateless replica: its online keys
+    are ``keys`` (opened from the database with its replica key), package
+    ciphertexts and TUF metadata are read from the database, and ``work_dir``
+    (local, private to the replica) only spools uploads.
+    """
+
+    def __init__(self, datadir: DataDir | None, db: Database, config: ServiceConfig,
+                 keys: OnlineKeys | None = None, work_dir: Path | None = None) -> None:
         self.datadir = datadir
         self.db = db
         self.config = config
-        self.keys = OnlineKeys(datadir.keys)
+        self.blobs: Blobs
+        if datadir is None:
+            if keys is None or work_dir is None:
+                raise ValueError("a service without a data directory needs its keys and a work directory")
+            self.keys, self.work_dir = keys, work_dir
+            self.blobs = DbBlobStore(db, work_dir / "tmp")
+        else:
+            self.keys, self.work_dir = OnlineKeys(datadir.keys), datadir.root
+            self.blobs = BlobStore(datadir.blobs, datadir.tmp)
+        self.key_file: Path | None = None  # a stateless replica's own key file
         self.repo = TufRepository(db, datadir, self.keys, config)
-        self.blobs = BlobStore(datadir.blobs, datadir.tmp)
         self.publisher = Publisher(db, self.repo, self.blobs, self.keys)
         self.rollouts = Rollouts(db, self._seal)
         self.verifier = RequestVerifier(config.signature_max_age_s, config.clock_skew_s)
@@ -104,10 +127,49 @@ class SyncService:
         datadir = DataDir(Path(data_dir))
         db = Database(datadir.db_url(db_url), pool_size=(config or ServiceConfig()).threads)
         migrate(db)
+        with db.read() as session:
+            moved = session.execute(select(WrappedKey.kek_id).limit(1)).first() is not None
+        if moved:
+            db.dispose()
+            # Its blobs and keys now live in the database; files written beside them would be missed.
+            raise ConfigError("this database's state was moved into it ('sync migrate --to-database'): serve it "
+                              "with --key-file (a stateless replica), not --data-dir")
         service = cls(datadir, db, config or ServiceConfig())
         service.keys.private("timestamp")  # fail at start, not at the first request
         service.repo.materialize_all()
         return service
+
+    @classmethod
+    def open_replica(cls, db_url: str, key_file: Path, work_dir: Path,
+                     config: ServiceConfig | None = None) -> SyncService:
+        """A stateless replica: the database (migrated) and this replica's own key file; nothing shared on disk."""
+        from .replica_keys import database_keys
+
+        config = config or ServiceConfig()
+        db = Database(db_url, pool_size=config.threads)
+        try:
+            migrate(db)
+            keys = database_keys(db, key_file)
+            keys.private("timestamp")
+        except BaseException:
+            db.dispose()
+            raise
+        work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        service = cls(None, db, config, keys, work_dir)
+        service.key_file = key_file
+        return service
+
+    @classmethod
+    def open_any(cls, data_dir: Path | None, db_url: str | None, config: ServiceConfig,
+                 key_file: Path | None = None, work_dir: Path | None = None) -> SyncService:
+        """:meth:`open` a data directory, or :meth:`open_replica` when there is none (``--db`` and ``--key-file``)."""
+        if data_dir is not None:
+            if key_file is not None:
+                raise ConfigError("--key-file is for a stateless replica: give it --db instead of --data-dir")
+            return cls.open(data_dir, db_url, config)
+        if not db_url or key_file is None or work_dir is None:
+            raise ConfigError("give --data-dir, or --db and --key-file (a stateless replica)")
+        return cls.open_replica(db_url, key_file, work_dir, config)
 
     def close(self) -> None:
         self.db.dispose()
@@ -142,6 +204,8 @@ class SyncService:
                 break
         self.step_outcome_gates(now)
         prune_due(self.db, self.config, now)  # retention: at most once per interval over every replica
+        if isinstance(self.blobs, DbBlobStore):
+            self.blobs.sweep_pending(now)  # uploads a killed replica left half written
         self.db.checkpoint()
         return len(written)
 

@@ -13,6 +13,11 @@
 
 The root keys are not here: ``edgerec admin init`` writes them where the admin
 keeps them.
+
+Several replicas do not share this folder: ``edgerec sync migrate --to-database``
+moves the keys (wrapped with a replica key) and the blobs into the database
+(schema 4), after which each replica runs with ``--db`` and its own
+``--key-file`` and keeps nothing here (:mod:`.replica_keys`, :mod:`.db_blobs`).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 
 from .aggregate import variant_ctr
 from .alerts import ALERT_KINDS, AlertPolicy, open_alerts
-from .blobs import BlobStore
+from .blobs import Blobs
 from .config import ServiceConfig
 from .fleet_metrics import latest_released
 from .store import Database
@@ -76,7 +76,7 @@ def _families() -> dict[str, GaugeMetricFamily]:
 class FleetGauges(Collector):
     """Released fleet aggregates and open alerts, from the database at each scrape."""
 
-    def __init__(self, db: Database, blobs: BlobStore, config: ServiceConfig) -> None:
+    def __init__(self, db: Database, blobs: Blobs, config: ServiceConfig) -> None:
         self.db = db
         self.blobs = blobs
         self.config = config

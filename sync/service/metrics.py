@@ -27,7 +27,7 @@ from sqlalchemy import case, func, select
 
 from edgerec.sync.service.store.models import Node
 
-from .blobs import BlobStore
+from .blobs import Blobs
 from .config import ServiceConfig
 from .fleet_gauges import FleetGauges
 from .store import Database
@@ -84,7 +84,7 @@ class SyncMetrics:
         r.register(self.nodes)
         self.scraped: list[Collector] = [self.nodes]  # read from the database at each scrape
 
-    def export_fleet(self, blobs: BlobStore, config: ServiceConfig) -> None:
+    def export_fleet(self, blobs: Blobs, config: ServiceConfig) -> None:
         """Add the fleet's released aggregates and open alerts (once; :mod:`.fleet_gauges`)."""
         if not any(isinstance(c, FleetGauges) for c in self.scraped):
             gauges = FleetGauges(self.nodes.db, blobs, config)

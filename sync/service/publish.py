@@ -30,7 +30,7 @@ from edgerec.sync.protocol.errors import BadRequestError, ConflictError, Untrust
 from edgerec.sync.protocol.trust import TrustInfo
 from edgerec.sync.service.store.models import MAX_BIGINT, ChannelTarget, DataKey, PackageVersion
 
-from .blobs import BlobStore
+from .blobs import Blobs, BlobStore
 from .envelopes import wrap_data_key
 from .online_keys import OnlineKeys
 from .store import Database
@@ -55,7 +55,7 @@ def trust_info(repo: TufRepository, session: Session) -> TrustInfo:
 
 
 class Publisher:
-    def __init__(self, db: Database, repo: TufRepository, blobs: BlobStore, keys: OnlineKeys) -> None:
+    def __init__(self, db: Database, repo: TufRepository, blobs: Blobs, keys: OnlineKeys) -> None:
         self.db = db
         self.repo = repo
         self.blobs = blobs
@@ -82,8 +82,9 @@ class Publisher:
             sha, size, keys = self.blobs.put_bytes(enc.data), len(enc.data), enc.data_keys
         else:
             sha, size, keys = existing.blob_sha256, existing.size, {}
-        # The target file exists before any metadata names it.
-        self.blobs.link(sha, self.repo.datadir.targets / channel / m.name / f"{sha}.{m.version}.edgepkg")
+        # The target file exists before any metadata names it (a stateless replica serves it from the database).
+        if self.repo.datadir is not None and isinstance(self.blobs, BlobStore):
+            self.blobs.link(sha, self.repo.datadir.targets / channel / m.name / f"{sha}.{m.version}.edgepkg")
         try:
             with self.db.write() as session:
                 package = existing or self._add_version(session, pkg, manifest_sha, sha, size, keys)

@@ -108,24 +108,36 @@ def http_settings(config: ServiceConfig, host: str, port: int, tls: tuple[Path, 
                         **limits)
 
 
-def serve(data_dir: Path, db_url: str | None, config: ServiceConfig, settings: HttpSettings,
-          maintenance: bool = True) -> None:
-    """Serve until SIGTERM or SIGINT; prints one line with the URL once the port is taken."""
+def serve(data_dir: Path | None, db_url: str | None, config: ServiceConfig, settings: HttpSettings,
+          maintenance: bool = True, key_file: Path | None = None, work_dir: Path | None = None) -> None:
+    """Serve until SIGTERM or SIGINT; prints one line with the URL once the port is taken.
+
+    Without ``data_dir`` it is a stateless replica: ``db_url`` and its own ``key_file``;
+    ``work_dir`` (default: a temporary folder) only spools uploads.
+    """
     from edgerec.sdk.cli.output import console
 
-    service = SyncService.open(data_dir, db_url, config)  # migrates; fails here, once, if anything is wrong
-    try:
-        url = service.db.url.render_as_string(hide_password=False)
-        dialect = service.db.dialect
-    finally:
-        service.close()  # the workers open their own, after the fork
-    address = listen_address(settings.host)
-    port, holder = reserve_port(address, settings.port)
     run_dir = Path(tempfile.mkdtemp(prefix="edgerec-sync-"))
+    if data_dir is None and work_dir is None:
+        work_dir = run_dir / "work"
+    try:
+        # Migrates, opens the keys: fails here, once, if anything is wrong.
+        service = SyncService.open_any(data_dir, db_url, config, key_file, work_dir)
+        try:
+            url = service.db.url.render_as_string(hide_password=False)
+            dialect = service.db.dialect
+        finally:
+            service.close()  # the workers open their own, after the fork
+        address = listen_address(settings.host)
+        port, holder = reserve_port(address, settings.port)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     try:
         with held(holder):
-            spec = {"data_dir": str(data_dir), "db_url": url, "config": dataclasses.asdict(config),
-                    "maintenance": maintenance}
+            spec = {"data_dir": str(data_dir) if data_dir else None, "db_url": url,
+                    "config": dataclasses.asdict(config), "maintenance": maintenance,
+                    "key_file": str(key_file) if key_file else None, "work_dir": str(work_dir) if work_dir else None}
             run_file = write_atomic(run_dir / "run.json", json.dumps(spec).encode(), mode=0o600)
             os.environ[RUN_ENV] = str(run_file)
             if settings.workers > 1:
@@ -152,7 +164,8 @@ def worker_app() -> WSGIApp:
     configure_otlp("edgerec-sync")  # when OTEL_EXPORTER_OTLP_ENDPOINT (or sync serve --otlp-endpoint) is set
     spec = json.loads(Path(os.environ[RUN_ENV]).read_text())
     config = ServiceConfig(**spec["config"])
-    service = SyncService.open(Path(spec["data_dir"]), spec["db_url"], config)
+    service = SyncService.open_any(_path(spec, "data_dir"), spec["db_url"], config, _path(spec, "key_file"),
+                                   _path(spec, "work_dir"))
     maint = Maintenance(service, config.maintenance_interval_s) if spec["maintenance"] else None
     if maint is not None:
         maint.start()
@@ -167,6 +180,10 @@ def worker_app() -> WSGIApp:
     return Admission(create_app(service).wsgi_app, config.threads, body_limit(config))
 
 
+def _path(spec: dict[str, Any], name: str) -> Path | None:
+    return Path(spec[name]) if spec.get(name) else None
+
+
 def main() -> None:
     """``python -c 'from edgerec.sync.service.server import main; main()' SPEC.json``: what RunningServer runs."""
     path = Path(sys.argv[1])
@@ -177,7 +194,8 @@ def main() -> None:
     tls = (Path(spec["tls"][0]), Path(spec["tls"][1])) if spec["tls"] else None
     client_ca = Path(spec["client_ca"]) if spec.get("client_ca") else None
     settings = http_settings(config, spec["host"], spec["port"], tls, spec["workers"], client_ca, **spec["limits"])
-    serve(Path(spec["data_dir"]), spec["db_url"], config, settings, spec["maintenance"])
+    serve(_path(spec, "data_dir"), spec["db_url"], config, settings, spec["maintenance"], _path(spec, "key_file"),
+          _path(spec, "work_dir"))
 
 
 class RunningServer:
@@ -202,7 +220,10 @@ class RunningServer:
         self._tmp = Path(tempfile.mkdtemp(prefix="edgerec-sync-running-"))
         self._own_log = log_path is None  # removed with the rest at stop()
         self.log_path = log_path or self._tmp / "server.log"
-        self._spec = {"data_dir": str(service.datadir.root),
+        stateless = service.datadir is None
+        self._spec = {"data_dir": None if stateless else str(service.work_dir),
+                      "key_file": str(service.key_file) if stateless else None,
+                      "work_dir": str(service.work_dir) if stateless else None,
                       "db_url": service.db.url.render_as_string(hide_password=False),
                       "config": dataclasses.asdict(service.config), "host": host, "port": port,
                       "tls": [str(tls[0]), str(tls[1])] if tls else None, "maintenance": maintenance,

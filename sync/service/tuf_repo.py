@@ -6,7 +6,8 @@ service processes on one database produce one linear history. After commit
 the new versions are written to ``repository/metadata`` as static files
 (consistent snapshots: ``N.role.json``; only ``timestamp.json`` is
 unversioned, and it is written last and never replaced by an older one), so a
-CDN or object store can serve them.
+CDN or object store can serve them. A stateless replica (no data directory)
+writes no files: it serves every version from the table (:meth:`TufRepository.file`).
 
 Roles: root (offline, threshold of admin keys), targets, snapshot and
 timestamp (online keys), and one delegated role per channel,
@@ -21,6 +22,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -149,7 +151,7 @@ class _DbRepository(Repository):
 class TufRepository:
     """Changes to the TUF repository, and the static files they produce."""
 
-    def __init__(self, db: Database, datadir: DataDir, keys: OnlineKeys, config: ServiceConfig) -> None:
+    def __init__(self, db: Database, datadir: DataDir | None, keys: OnlineKeys, config: ServiceConfig) -> None:
         self.db = db
         self.datadir = datadir
         self.keys = keys
@@ -271,14 +273,32 @@ class TufRepository:
         ).all()
         return [(r, v, d) for r, v, d in rows]
 
+    def file(self, name: str) -> bytes | None:
+        """The bytes of one metadata file as the static folder names it (``N.role.json``,
+        ``timestamp.json``, ``root.json``), read from the database; None if there is none."""
+        if name in ("timestamp.json", "root.json"):
+            role, version = name.removesuffix(".json"), None
+        else:
+            m = _VERSIONED.match(name)
+            if m is None:
+                return None
+            role, version = m[2], int(m[1])
+        if role == Timestamp.type and version is not None:
+            return None  # consistent snapshots: only the unversioned timestamp.json
+        q = select(TufMetadata.data).where(TufMetadata.role == role)
+        q = q.order_by(TufMetadata.version.desc()).limit(1) if version is None else q.where(
+            TufMetadata.version == version)
+        with self.db.read() as session:
+            return session.execute(q).scalar_one_or_none()
+
     # -- files --------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _file_lock(self) -> Iterator[None]:
+    def _file_lock(self, datadir: DataDir) -> Iterator[None]:
         # Processes on one data dir write files in turn, so an older timestamp
         # can never replace a newer one.
-        self.datadir.lock_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.datadir.lock_file, "a+b") as fh:
+        datadir.lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(datadir.lock_file, "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -286,13 +306,13 @@ class TufRepository:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def materialize(self, written: Written) -> None:
-        """Write committed metadata versions as files; timestamp last, never backwards."""
-        if not written:
+        """Write committed metadata versions as files; timestamp last, never backwards (no-op without files)."""
+        if not written or self.datadir is None:
             return
         folder = self.datadir.metadata
         folder.mkdir(parents=True, exist_ok=True)
         order = {Root.type: 0, Timestamp.type: 2}
-        with self._file_lock():
+        with self._file_lock(self.datadir):
             for role, version, data in sorted(written, key=lambda w: (order.get(w[0], 1), w[1])):
                 path = folder / metadata_filename(role, version)
                 if role == Timestamp.type:
@@ -306,6 +326,8 @@ class TufRepository:
 
     def materialize_all(self) -> None:
         """Write the newest version of every role (a service start heals a crash)."""
+        if self.datadir is None:
+            return
         with self.db.read() as session:
             written = self.latest(session)
             # Clients walk root versions one by one from the root they pinned.
@@ -313,6 +335,9 @@ class TufRepository:
                 select(TufMetadata.version, TufMetadata.data).where(TufMetadata.role == Root.type)
             ).all()
         self.materialize(written + [(Root.type, v, d) for v, d in roots])
+
+
+_VERSIONED = re.compile(r"^([1-9][0-9]{0,17})\.([A-Za-z0-9_.-]{1,128})\.json$")
 
 
 def _file_version(path: Path) -> int:

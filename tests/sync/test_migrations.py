@@ -77,6 +77,23 @@ def test_a_version_1_database_gets_the_node_truth_columns(db):
         assert conn.execute(text("SELECT name, edge FROM nodes")).all() == [("edge-1", None)]
 
 
+def test_a_version_3_database_gets_the_stateless_replica_tables(db):
+    """Schema 3 (state in a data directory) steps up to 4: blobs, their chunks and wrapped keys; rows kept."""
+    migrate(db)
+    with db.engine.begin() as conn:
+        for table in ("wrapped_keys", "blob_chunks", "blobs"):
+            conn.execute(text(f"DROP TABLE {table}"))
+        conn.execute(update(SchemaInfo).values(version=3))
+        conn.execute(text("INSERT INTO nodes (id, name, signing_key, recipient_key, tags, enrolled) "
+                          "VALUES ('n1', 'edge-1', 'k', 'k', '[]', 1.0)"))
+    assert migrate(db) == 3 and _version(db) == SCHEMA_VERSION == 4
+    with db.engine.begin() as conn:
+        assert {"blobs", "blob_chunks", "wrapped_keys"} <= set(inspect(conn).get_table_names())
+        conn.execute(text("INSERT INTO blob_chunks (sha256, seq, data) VALUES ('a', 0, :d)"), {"d": b"\x00\xff"})
+        assert conn.execute(text("SELECT data FROM blob_chunks")).scalar_one() == b"\x00\xff"
+        assert conn.execute(text("SELECT name FROM nodes")).scalars().all() == ["edge-1"]
+
+
 def test_a_newer_schema_is_refused(db):
     migrate(db)
     with db.write() as s:

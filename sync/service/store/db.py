@@ -40,7 +40,10 @@ def private_sqlite_file(database: str | None) -> None:
         return
     path = os.path.abspath(database)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    # Never open (and close) an existing database file: closing any descriptor of it drops every POSIX
+    # lock this process holds on it, including those of SQLite connections open here (which corrupts it).
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     for name in (path, path + "-wal", path + "-shm", path + "-journal"):
         try:
             mode = os.stat(name).st_mode

@@ -18,11 +18,11 @@ from sqlalchemy import Connection, insert, inspect, select, text, update
 from edgerec.sync.protocol.errors import ConfigError
 
 from .db import Database
-from .models import FLEET_METRICS_TABLES, Base, Counter, NodeFailure, SchemaInfo
+from .models import FLEET_METRICS_TABLES, STATELESS_TABLES, Base, Counter, NodeFailure, SchemaInfo
 
 log = logging.getLogger("edgerec.sync.service.store")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _v2_node_truth(conn: Connection) -> None:
@@ -42,8 +42,15 @@ def _add_fleet_metrics(conn: Connection) -> None:
     Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in FLEET_METRICS_TABLES])
 
 
+def _add_stateless_state(conn: Connection) -> None:
+    """4: package ciphertexts (``blobs``, ``blob_chunks``) and wrapped online keys (``wrapped_keys``)."""
+    Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in STATELESS_TABLES])
+
+
 #: ``STEPS[n]`` brings a database from version ``n - 1`` to ``n``.
-STEPS: dict[int, Callable[[Connection], None]] = {2: _v2_node_truth, 3: _add_fleet_metrics}
+STEPS: dict[int, Callable[[Connection], None]] = {
+    2: _v2_node_truth, 3: _add_fleet_metrics, 4: _add_stateless_state,
+}
 COUNTERS = ("repository", "serial")
 # Any 64-bit key, the same for every process of every edgerec service.
 _PG_LOCK_KEY = 0x65646765726563

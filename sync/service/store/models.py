@@ -245,6 +245,45 @@ class TufMetadata(Base):
     created: Mapped[float] = mapped_column(Float)
 
 
+# -- stateless replicas (schema 4): what a data directory held, kept in the database --------------
+
+
+class BlobRow(Base):
+    """A stored package ciphertext, named by its SHA-256; its bytes are the rows of ``blob_chunks``.
+
+    The row is inserted in the transaction that inserts the last chunk, so a blob
+    listed here is complete.
+    """
+
+    __tablename__ = "blobs"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    chunk_size: Mapped[int] = mapped_column(Integer)
+    created: Mapped[float] = mapped_column(Float)
+
+
+class BlobChunk(Base):
+    """``chunk_size`` bytes of a blob (the last one shorter): a range read fetches only the rows it covers."""
+
+    __tablename__ = "blob_chunks"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class WrappedKey(Base):
+    """An online key (as its key file's bytes) wrapped with one replica key; ``kek_id`` names that key."""
+
+    __tablename__ = "wrapped_keys"
+    kek_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    created: Mapped[float] = mapped_column(Float)
+
+
+STATELESS_TABLES = ("blobs", "blob_chunks", "wrapped_keys")
+
+
 # -- fleet metrics (issue 10): the nodes' private releases and operational windows ----------------
 
 

@@ -1,0 +1,78 @@
+"""``edgerec sync migrate --to-database``: move a data directory's files into the database.
+
+What a data directory holds besides the database (see :mod:`.datadir`): the
+online keys go into ``wrapped_keys`` wrapped with a replica key (its file is
+made when missing), the package ciphertexts into ``blobs``/``blob_chunks``
+(streamed, one chunk in memory), each checked against its name. The TUF
+metadata is in the database already; its files are only a rendering. Run
+again, it adds only what is missing, so it can finish an interrupted move.
+Afterwards replicas run with ``--db`` and ``--key-file`` alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgerec.sync.protocol.errors import ConfigError
+
+from .blobs import CHUNK, check_sha256
+from .datadir import DataDir
+from .db_blobs import DbBlobStore
+from .online_keys import OnlineKeys
+from .replica_keys import create_key_file, key_id, read_key_file, wrap_online_keys
+from .store import Database, migrate
+
+
+@dataclass(frozen=True)
+class Moved:
+    """What one run moved: keys newly wrapped, blobs newly stored (and those already there), the key's id."""
+
+    keys: int
+    blobs: int
+    blobs_present: int
+    key_id: str
+    key_created: bool
+
+
+def move_to_database(data_dir: Path, db_url: str | None, key_file: Path) -> Moved:
+    """Copy the online keys and blobs of ``data_dir`` into its database (or ``db_url``)."""
+    dd = DataDir(data_dir)
+    db = Database(dd.db_url(db_url))
+    try:
+        migrate(db)
+        secrets = OnlineKeys(dd.keys).all()  # every key readable before anything is written
+        created = not key_file.exists()
+        if created:
+            create_key_file(key_file)
+        key = read_key_file(key_file)
+        wrapped = wrap_online_keys(db, key, secrets)
+        store = DbBlobStore(db, dd.tmp)
+        moved = present = 0
+        for path in sorted((dd.blobs / "sha256").glob("*/*")):
+            try:
+                sha = check_sha256(path.name)
+            except ValueError:
+                continue  # not a blob (a temporary file of an interrupted write)
+            if store.exists(sha):
+                present += 1
+                continue
+            if _digest(path) != sha:
+                raise ConfigError(f"{path}: its content does not match its name (a damaged blob); not moved")
+            with path.open("rb") as fh:
+                stored = store.put_stream(fh)
+            if stored != sha:  # changed while being read
+                raise ConfigError(f"{path}: changed while it was moved")
+            moved += 1
+        return Moved(wrapped, moved, present, key_id(key), created)
+    finally:
+        db.dispose()
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while piece := fh.read(CHUNK):
+            h.update(piece)
+    return h.hexdigest()

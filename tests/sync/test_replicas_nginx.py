@@ -1,0 +1,225 @@
+"""Debian's nginx (the config in docs/operations.md) in front of two stateless sync replicas over one PostgreSQL.
+
+Each replica is an ``edgerec sync serve`` process with only the database URL,
+its own key file and its own empty work folder. Twenty node daemons follow a
+rollout through nginx while one replica is killed with SIGKILL and started
+again: every node converges on the new version and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+from support.net import free_port, wait_for
+from support.nginx import ENV, Nginx, doc_config, find_nginx
+
+from edgerec.sdk.keys import load_verify_key
+from edgerec.sync.admin.client import AdminClient, Credentials
+from edgerec.sync.node.daemon import NodeDaemon
+from edgerec.sync.node.enroll import enroll_node
+from edgerec.sync.node.state import NodeState
+from edgerec.sync.service.admin_init import init_service
+from edgerec.sync.service.move_state import move_to_database
+from edgerec.sync.service.replica_keys import add_replica_key
+from edgerec.sync.service.store import Database
+from edgerec.sync.service.store.models import TufMetadata
+
+EDGEREC = str(Path(sys.executable).parent / "edgerec")
+NODES = 20
+
+
+@pytest.fixture
+def nginx_binary() -> str:
+    binary = find_nginx()
+    if binary is None:
+        if os.environ.get(ENV):
+            pytest.fail(f"{ENV} is set but names no nginx")
+        pytest.skip("no nginx (apt-get install nginx-light, as .ci/run does)")
+    return binary
+
+
+class Replica:
+    """``edgerec sync serve --key-file K --work-dir W`` with the database URL in its environment only."""
+
+    def __init__(self, db_url: str, key: Path, work: Path, port: int, log: Path) -> None:
+        self.db_url, self.key, self.work, self.port, self.log = db_url, key, work, port, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Replica:
+        env = {**os.environ, "EDGEREC_DB_URL": self.db_url, "EDGEREC_SYNC_THREADS": "4",
+               "EDGEREC_SYNC_MAINTENANCE_INTERVAL_S": "1"}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [EDGEREC, "sync", "serve", "--key-file", str(self.key), "--work-dir", str(self.work),
+                 "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+        def up() -> bool:
+            try:
+                return httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return self.proc is None or self.proc.poll() is not None
+        assert wait_for(up, timeout=60, interval=0.1) and self.proc.poll() is None, self.log.read_text()[-3000:]
+        return self
+
+    def checkins(self) -> float:
+        """Check-ins this process answered (its own counter: it starts again at 0 after a restart)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+                   if s.name == "edgerec_sync_requests_total" and s.labels.get("endpoint") == "node.checkin")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)  # the server and its worker at once, no cleanup
+        assert self.proc.wait(10) == -signal.SIGKILL
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_rollout_converges_through_nginx_while_a_replica_is_killed(pg_schema_url, tmp_path, publisher, packages,
+                                                                  nginx_binary):
+    db_url = pg_schema_url
+    # The admin's machine: a data directory, moved into the database, then gone.
+    init = init_service(tmp_path / "admin" / "data", tmp_path / "admin" / "root-keys",
+                        [load_verify_key(publisher.public_path)], db_url)
+    keys = [tmp_path / "a" / "replica.key", tmp_path / "b" / "replica.key"]
+    for k in keys:
+        k.parent.mkdir()
+    move_to_database(init.data_dir, db_url, keys[0])
+    db = Database(db_url)
+    add_replica_key(db, keys[0], keys[1])
+    db.dispose()
+    import shutil
+
+    shutil.rmtree(init.data_dir)
+
+    replicas = [Replica(db_url, k, k.parent / "work", free_port(), k.parent / "serve.log") for k in keys]
+    front = free_port()
+    snippet = doc_config("edgerec-sync.conf")
+    for documented, replica in zip(("127.0.0.1:8471", "127.0.0.1:8472"), replicas, strict=True):
+        snippet = snippet.replace(documented, f"127.0.0.1:{replica.port}")
+    snippet = snippet.replace("listen 127.0.0.1:8470;", f"listen 127.0.0.1:{front};")
+    snippet = snippet.replace("/var/cache/nginx/edgerec-tuf", str(tmp_path / "nginx-cache"))
+    proxy: Nginx | None = None
+    daemons: list[NodeDaemon] = []
+    stop = threading.Event()
+    try:
+        for r in replicas:
+            r.start()
+        assert [p for r in replicas for p in r.work.rglob("*") if p.is_file()] == []  # nothing kept locally
+        proxy = Nginx(nginx_binary, snippet, [front])
+        url = f"http://127.0.0.1:{front}"
+        admin = AdminClient(Credentials(url, init.admin_token))
+        for v in (1, 2):
+            pkg = tmp_path / f"ctr-{v}.edgepkg"
+            pkg.write_bytes(packages[v])
+            admin.publish(pkg, "stable")
+        for i in range(NODES):
+            enroll_node(tmp_path / "nodes" / str(i), url, admin.create_enroll_token([], 600)["token"], f"n{i}")
+            daemons.append(NodeDaemon(NodeState(tmp_path / "nodes" / str(i)), tmp_path / "nodes" / str(i) / "m"))
+        admin.rollout("ctr", 1, "stable", 100, [])
+
+        installed: dict[int, int] = {}
+        unreachable = [0] * NODES
+        errors: list[str] = []
+
+        def follow(i: int) -> None:
+            rng = random.Random(i)
+            while not stop.is_set():
+                try:
+                    result = daemons[i].run_once()
+                except Exception as exc:  # recorded: a node must never crash on a dying replica
+                    errors.append(f"node {i}: {type(exc).__name__}: {exc}")
+                    return
+                for _model, version in result.installed:
+                    installed[i] = version
+                unreachable[i] += not result.reachable
+                stop.wait(0.5 + rng.random())  # a poll with jitter: the rollout spreads over seconds
+
+        threads = [threading.Thread(target=follow, args=(i,), daemon=True) for i in range(NODES)]
+        for t in threads:
+            t.start()
+        assert wait_for(lambda: sum(v == 1 for v in installed.values()) == NODES or bool(errors), 60), installed
+        assert errors == []
+
+        assert all(r.checkins() > 0 for r in replicas)  # nginx spreads the nodes over both
+
+        admin.rollout("ctr", 2, "stable", 100, [])
+        assert wait_for(lambda: sum(v == 2 for v in installed.values()) >= 2, 30)  # under way
+        replicas[0].kill()
+        at_kill = sum(v == 2 for v in installed.values())
+        time.sleep(1.5)  # nodes keep following through the other replica meanwhile
+        replicas[0].start()
+        assert wait_for(lambda: sum(v == 2 for v in installed.values()) == NODES or bool(errors), 60), installed
+        # nginx tries the restarted replica again once its fail_timeout (10 s) is over; nodes keep polling.
+        assert wait_for(lambda: replicas[0].checkins() > 0, 20, interval=0.5)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert errors == []
+        assert installed == dict.fromkeys(range(NODES), 2)
+        # One more cycle each with both replicas up: every node reaches the service and has no report left queued.
+        assert all(d.run_once().reachable and d.db.pending() == [] for d in daemons)
+        assert at_kill < NODES // 2, at_kill  # the kill came mid-rollout, not after it
+
+        # nginx is the TUF files' static origin: the package comes from its cache, timestamp.json never does.
+        target = next(p for p in admin.packages() if p["version"] == 2)
+        path = f"/repository/targets/stable/ctr/{target['sha256']}.2.edgepkg"
+        with httpx.Client(base_url=url, timeout=30) as http:
+            fetched = [http.get(path) for _ in range(2)]
+            stamps = [http.get("/repository/metadata/timestamp.json") for _ in range(2)]
+        assert [r.status_code for r in fetched + stamps] == [200] * 4
+        assert fetched[1].headers["X-Cache-Status"] == "HIT" and len(fetched[1].content) == target["size"]
+        assert "HIT" not in {r.headers.get("X-Cache-Status") for r in stamps}
+
+        # Every replica (the restarted one too) reports the same: desired 2, installed 2, everywhere.
+        for r in replicas:
+            with AdminClient(Credentials(r.url, init.admin_token)) as direct:
+                rows = direct.status("ctr")["nodes"]
+            assert len(rows) == NODES
+            assert {(row["desired_version"], row["installed_version"]) for row in rows} == {(2, 2)}
+        # One linear TUF history: each role's versions are 1..n with no gap and no fork.
+        db = Database(db_url)
+        with db.read() as s:
+            versions: dict[str, list[int]] = {}
+            for role, v in s.execute(select(TufMetadata.role, TufMetadata.version)):
+                versions.setdefault(role, []).append(v)
+        db.dispose()
+        assert all(sorted(vs) == list(range(1, len(vs) + 1)) for vs in versions.values()), versions
+        admin.close()
+        for r in replicas:
+            r.stop()
+        cached = httpx.get(url + path, timeout=30)  # every replica down: the origin still has the package
+        assert cached.status_code == 200 and cached.content == fetched[1].content
+    finally:
+        stop.set()
+        for d in daemons:
+            d.close()
+        if proxy is not None:
+            proxy.stop()
+        for r in replicas:
+            r.stop()
