@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import io
 import ipaddress
+import json
 import logging
 import os
 import queue
@@ -290,6 +291,26 @@ def build_granian(target: str, settings: HttpSettings, log_config: dict[str, Any
     return server
 
 
+@dataclass(frozen=True)
+class Shedding:
+    """When :class:`Admission` refuses work instead of queueing it (503 with ``Retry-After``).
+
+    Past what the slots can serve, a queue only adds waiting: every answer
+    gets later, clients time out and retry, and throughput falls. So at most
+    ``max_waiting`` requests wait for a slot (more are refused at once) and
+    none waits longer than ``max_wait_s``; a refused client is told to come
+    back after ``retry_after_s`` seconds (nodes add their own jitter).
+    """
+
+    max_waiting: int = 64
+    max_wait_s: float = 0.5
+    retry_after_s: int = 10
+
+    def __post_init__(self) -> None:
+        if self.max_waiting < 0 or not self.max_wait_s > 0 or self.retry_after_s < 1:
+            raise ConfigurationError("shedding: max_waiting >= 0, max_wait_s > 0 and retry_after_s >= 1")
+
+
 class Admission:
     """WSGI middleware: read a request's body (within its route's limit), then run the app in one of ``slots``.
 
@@ -300,13 +321,18 @@ class Admission:
     limit is 0 (an upload the application authenticates before reading)
     bypasses the slots altogether. Slots are tokens in a C queue: a waiting
     thread blocks in C, without a Python semaphore's condition variable.
+    With ``shedding``, overload is refused at the door (:class:`Shedding`);
+    ``on_shed(path)`` counts each refusal.
     """
 
-    def __init__(self, app: WSGIApp, slots: int, body_limit: Callable[[str], int]) -> None:
-        self.app, self.body_limit = app, body_limit
+    def __init__(self, app: WSGIApp, slots: int, body_limit: Callable[[str], int], shedding: Shedding | None = None,
+                 on_shed: Callable[[str], None] | None = None) -> None:
+        self.app, self.body_limit, self.shedding, self.on_shed = app, body_limit, shedding, on_shed
         self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
         for _ in range(slots):
             self._slots.put(None)
+        self._waiting = 0
+        self._lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         limit = self.body_limit(environ.get("PATH_INFO", ""))
@@ -316,11 +342,39 @@ class Admission:
         if length and length.isdigit() and 0 < int(length) <= limit:
             environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(int(length)))
         slots = self._slots
-        slots.get()
+        if self.shedding is None:
+            slots.get()
+        elif not self._admit(self.shedding):
+            return self._refuse(environ, start_response, self.shedding)
         try:
             return self.app(environ, start_response)
         finally:
             slots.put(None)
+
+    def _admit(self, shedding: Shedding) -> bool:
+        with self._lock:
+            if self._waiting >= shedding.max_waiting:
+                return False
+            self._waiting += 1
+        try:
+            self._slots.get(timeout=shedding.max_wait_s)
+            return True
+        except queue.Empty:
+            return False
+        finally:
+            with self._lock:
+                self._waiting -= 1
+
+    def _refuse(self, environ: dict[str, Any], start_response: Callable[..., Any],
+                shedding: Shedding) -> Iterable[bytes]:
+        if self.on_shed is not None:
+            self.on_shed(environ.get("PATH_INFO", ""))
+        body = json.dumps({"error": "unavailable", "detail": f"overloaded: retry after {shedding.retry_after_s} s",
+                           "field": None}).encode()
+        start_response("503 SERVICE UNAVAILABLE", [("Content-Type", "application/json"),
+                                                   ("Content-Length", str(len(body))),
+                                                   ("Retry-After", str(shedding.retry_after_s))])
+        return [body]
 
 
 @contextlib.contextmanager
@@ -337,6 +391,7 @@ __all__ = [
     "check_tls_files",
     "LOG_CONFIG",
     "Admission",
+    "Shedding",
     "SECRET_ENV",
     "HttpSettings",
     "QuietGranian",

@@ -38,7 +38,7 @@ class StrictJSONProvider(DefaultJSONProvider):
 
 def create_app(service: SyncService, test_config: dict[str, Any] | None = None) -> Flask:
     """The WSGI application for one :class:`SyncService`."""
-    from . import api_admin, api_metrics, api_node, api_repo
+    from . import api_admin, api_metrics, api_node, api_repo, openapi
 
     for name in ("edgerec.sync", "edgerec.sync.node"):
         bound_logger(name)  # no client input makes a log line longer than a few KiB
@@ -50,6 +50,7 @@ def create_app(service: SyncService, test_config: dict[str, Any] | None = None) 
     app.register_blueprint(api_admin.bp)
     app.register_blueprint(api_repo.bp)
     app.register_blueprint(api_metrics.bp)  # fleet metrics (issue 10)
+    app.register_blueprint(openapi.bp)
     metrics = service.metrics
     metrics.export_fleet(service.blobs, service.config)  # released aggregates and open alerts (issue 10)
 

@@ -1,0 +1,73 @@
+"""Admission with shedding, through a real granian server: past its slots and queue, a request is refused at once
+with 503 and Retry-After; one that waited too long is refused at the deadline; what is admitted is served."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from support.net import free_port, wait_for
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def _serve(admission: str, seconds: float) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "SLOW_APP_SECONDS": str(seconds), "PYTHONPATH": str(TESTS)}
+    proc = subprocess.Popen([sys.executable, "-c", "from support.slow_app import main; main()", str(port), admission],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(url, timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    assert wait_for(up, 30), "the slow app did not start"
+    return proc, url
+
+
+def _burst(url: str, n: int) -> list[tuple[int, float, httpx.Response]]:
+    def one(_: int) -> tuple[int, float, httpx.Response]:
+        started = time.monotonic()
+        r = httpx.post(url, content=b"{}", timeout=30)
+        return r.status_code, time.monotonic() - started, r
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+@pytest.mark.slow
+def test_past_the_queue_requests_are_refused_at_once():
+    proc, url = _serve("1,2,5,7", 0.5)  # one slot, two may wait (up to 5 s), retry after 7 s
+    try:
+        answers = _burst(url, 10)
+        served = [a for a in answers if a[0] == 200]
+        refused = [a for a in answers if a[0] == 503]
+        assert len(served) == 3 and len(refused) == 7, [a[:2] for a in answers]
+        assert max(t for _, t, _ in refused) < 0.4  # at once, not after waiting
+        assert all(r.headers["Retry-After"] == "7" and r.json()["error"] == "unavailable" for _, _, r in refused)
+        assert max(t for _, t, _ in served) >= 1.4  # the third waited for the two before it
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+@pytest.mark.slow
+def test_a_request_that_waits_too_long_is_refused_at_the_deadline():
+    proc, url = _serve("1,8,0.2,3", 0.6)  # one slot; waiting at most 0.2 s
+    try:
+        answers = _burst(url, 3)
+        assert sorted(a[0] for a in answers) == [200, 503, 503]
+        waited = [t for code, t, _ in answers if code == 503]
+        assert all(0.2 <= t < 0.55 for t in waited), waited
+    finally:
+        proc.terminate()
+        proc.wait(15)
