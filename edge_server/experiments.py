@@ -9,7 +9,6 @@ integer cut points so the split is exact and platform independent.
 from __future__ import annotations
 
 import hashlib
-import math
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,8 +126,8 @@ def _variant(doc: Any, where: str) -> Variant:
         raise ExperimentConfigError(f"{where}.name: expected a lower-case name")
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
         raise ExperimentConfigError(f"{where}.version: expected an integer >= 0")
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < math.inf:
-        raise ExperimentConfigError(f"{where}.weight: expected a number > 0")
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 1e-6 <= weight <= 1e6:
+        raise ExperimentConfigError(f"{where}.weight: expected a number from 0.000001 to 1000000")
     return Variant(name, version, float(weight))
 
 

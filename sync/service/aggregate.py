@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgerec.sync.protocol.errors import BadRequestError
 from edgerec.sync.protocol.releases import Key, Release
 
 from .stats import Estimate, ctr, difference, relative_lift, verdict, z_test
@@ -175,6 +176,8 @@ def ab_report(fleet: FleetWindows, experiment: str, variants: Sequence[str] | No
     if not order:
         return ABReport(experiment, control or "", alpha, fleet.k, (), 0, 0, 0.0, ())
     control = control or order[0]
+    if control not in order:
+        raise BadRequestError(f"not one of the variants ({', '.join(order)})", field="control")
     totals: dict[str, dict[str, float]] = {v: defaultdict(float) for v in order}
     versions: dict[str, set[int]] = defaultdict(set)
     windows: dict[str, set[tuple[int, int]]] = defaultdict(set)

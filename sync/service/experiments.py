@@ -8,7 +8,6 @@ between experiments (the edge server hashes salt and user id).
 
 from __future__ import annotations
 
-import math
 import secrets
 import time
 from typing import Any
@@ -40,8 +39,9 @@ def check_variants(raw: Any) -> list[dict[str, Any]]:
         version, weight = v.get("version"), v.get("weight", 1)
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
             raise BadRequestError(f"variants[{i}].version: expected an integer >= 0")
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < math.inf:
-            raise BadRequestError(f"variants[{i}].weight: expected a number > 0")
+        # Bounded both ways: a denormal weight made the split (and the report's shares) divide by ~0.
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 1e-6 <= weight <= 1e6:
+            raise BadRequestError(f"variants[{i}].weight: expected a number from 0.000001 to 1000000")
         out.append({"name": _name(v.get("name", f"v{version}"), f"variants[{i}].name"), "version": version,
                     "weight": float(weight)})
     if len({v["name"] for v in out}) != len(out):

@@ -69,7 +69,8 @@ def _paths() -> dict[str, Any]:
     experiment = _obj({"name": NAME, "model": NAME, "tags": TAGS, "salt": {"type": "string", "maxLength": 128},
                        "variants": {"type": "array", "maxItems": 16, "items": _obj(
                            {"name": NAME, "version": {"type": "integer", "minimum": 1},
-                            "weight": positive}, ("name", "version", "weight"))}},
+                            "weight": {"type": "number", "minimum": 1e-6, "maximum": 1e6}},
+                           ("name", "version", "weight"))}},
                       ("name", "model", "variants"))
     signed = {"description": "Signed by the node (HTTP message signatures); unsigned calls get 401."}
     return {

@@ -71,6 +71,16 @@ def test_fewer_than_k_nodes_are_withheld_through_the_service(sync_env):
     assert cells and all(c["released"] is False and c["counts"] is None and c["nodes"] is None for c in cells)
 
 
+def test_a_control_that_is_not_a_variant_is_a_400_naming_it(sync_env):
+    """Found by schemathesis: it was a KeyError and a 500."""
+    env = sync_env
+    _send(env, 5, windows=1)
+    with pytest.raises(ApiError) as caught:
+        env.admin().ab_report("exp", control="nope")
+    assert (caught.value.status, caught.value.field) == (400, "control")
+    assert "control" in str(caught.value) and "treatment" in str(caught.value)
+
+
 def test_noise_free_releases_are_refused_by_default(sync_env):
     env = sync_env
     with pytest.raises(ApiError) as exc:
