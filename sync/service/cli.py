@@ -131,6 +131,34 @@ def migrate(data_dir: Path | None, db_url: str | None, to_database: bool, key_fi
         console.print(f"database schema at the current version (was {before or 'empty'})", markup=False)
 
 
+@sync_group.command()
+@click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), default=None,
+              help="The service's data directory (or none: --db and --key-file, as a stateless replica).")
+@db_option
+@_KEY_FILE
+@click.option("--json", "as_json", is_flag=True)
+def resign(data_dir: Path | None, db_url: str | None, key_file: Path | None, as_json: bool) -> None:
+    """After restoring a backup: re-sign the TUF metadata past any version nodes may have seen since it was taken.
+
+    Run it once, with the service stopped or running, before nodes poll the restored service: they refuse
+    metadata older than what they trust, so without it they stop following until it is re-signed.
+    """
+    import tempfile
+
+    from .core import SyncService
+
+    with tempfile.TemporaryDirectory(prefix="edgerec-resign-") as work:
+        service = SyncService.open_any(data_dir, db_url, ServiceConfig.from_env(), key_file, Path(work))
+        try:
+            versions = service.resign_after_restore()
+        finally:
+            service.close()
+    if as_json:
+        print_json(versions)
+    else:
+        console.print("re-signed: " + ", ".join(f"{r} v{v}" for r, v in sorted(versions.items())), markup=False)
+
+
 @sync_group.group("replica-key")
 def replica_key() -> None:
     """Replica keys: each stateless replica's own key file, which opens the online keys in the database."""

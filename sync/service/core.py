@@ -176,6 +176,14 @@ class SyncService:
 
     # -- maintenance ----------------------------------------------------------------
 
+    def resign_after_restore(self, now: float | None = None) -> dict[str, int]:
+        """Re-sign the online TUF roles past any version served before a backup was restored; role -> version."""
+        now = time.time() if now is None else now
+        with self.db.write() as session:
+            written = self.repo.resign_past(session, int(now), now)
+        self.repo.materialize(written)
+        return {role: version for role, version, _ in written}
+
     def maintain(self, now: float | None = None) -> int:
         """Re-sign expiring metadata and forget nonces past the replay window."""
         now = time.time() if now is None else now

@@ -90,6 +90,7 @@ class _DbRepository(Repository):
         self.config = config
         self.now = now
         self.written: Written = []
+        self.version_floor = 0  # see TufRepository.resign_past
 
     def _latest(self, role: str) -> TufMetadata | None:
         return self.session.execute(
@@ -122,7 +123,7 @@ class _DbRepository(Repository):
     def close(self, role: str, md: Metadata[Any]) -> None:
         if role == Root.type:
             raise ConfigError("root metadata is signed offline by the admin keys")
-        md.signed.version = self.latest_version(role) + 1
+        md.signed.version = max(self.latest_version(role) + 1, self.version_floor)
         md.signed.expires = _utc(self.now + self.expiry_s(role))
         md.sign(self.keys.signer(role))
         self.store(role, md.signed.version, md.to_bytes(), md.signed.expires.timestamp())
@@ -214,6 +215,29 @@ class TufRepository:
             chan.targets[path] = TargetFile(length, {"sha256": sha256}, path)
         repo.do_snapshot()
         repo.do_timestamp()
+        return repo.written
+
+    def resign_past(self, session: Session, floor: int, now: float | None = None) -> Written:
+        """Re-sign every online role (channels, targets, snapshot, timestamp) at version ``floor`` or above.
+
+        After a backup is restored, the repository may be older than what nodes
+        saw: metadata signed after the backup was taken. A TUF client refuses a
+        version below one it trusts (a rollback attack looks the same), so the
+        restored service must sign past anything it could have signed since;
+        the caller passes the current time in seconds, which no version counted
+        up one by one reaches.
+        """
+        repo = self._repo(session, now)
+        repo.version_floor = floor
+        for role in repo.delegated_roles():
+            with repo.edit_targets(role):
+                pass
+        with repo.edit_targets():
+            pass
+        repo.do_snapshot(force=True)
+        repo.do_timestamp(force=True)
+        log.info("re-signed TUF metadata past version %d: %s", floor,
+                 ", ".join(f"{r} v{v}" for r, v, _ in repo.written))
         return repo.written
 
     def refresh(self, session: Session, now: float | None = None) -> Written:

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import select
 from support.net import free_port, wait_for
 from support.nginx import ENV, Nginx, doc_config, find_nginx
+from support.sync_replica import Replica
 
 from edgerec.sdk.keys import load_verify_key
 from edgerec.sync.admin.client import AdminClient, Credentials
@@ -34,7 +31,6 @@ from edgerec.sync.service.replica_keys import add_replica_key
 from edgerec.sync.service.store import Database
 from edgerec.sync.service.store.models import TufMetadata
 
-EDGEREC = str(Path(sys.executable).parent / "edgerec")
 NODES = 20
 
 
@@ -46,56 +42,6 @@ def nginx_binary() -> str:
             pytest.fail(f"{ENV} is set but names no nginx")
         pytest.skip("no nginx (apt-get install nginx-light, as .ci/run does)")
     return binary
-
-
-class Replica:
-    """``edgerec sync serve --key-file K --work-dir W`` with the database URL in its environment only."""
-
-    def __init__(self, db_url: str, key: Path, work: Path, port: int, log: Path) -> None:
-        self.db_url, self.key, self.work, self.port, self.log = db_url, key, work, port, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Replica:
-        env = {**os.environ, "EDGEREC_DB_URL": self.db_url, "EDGEREC_SYNC_THREADS": "4",
-               "EDGEREC_SYNC_MAINTENANCE_INTERVAL_S": "1"}
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [EDGEREC, "sync", "serve", "--key-file", str(self.key), "--work-dir", str(self.work),
-                 "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-        def up() -> bool:
-            try:
-                return httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return self.proc is None or self.proc.poll() is not None
-        assert wait_for(up, timeout=60, interval=0.1) and self.proc.poll() is None, self.log.read_text()[-3000:]
-        return self
-
-    def checkins(self) -> float:
-        """Check-ins this process answered (its own counter: it starts again at 0 after a restart)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        text = httpx.get(self.url + "/metrics", timeout=10).text
-        return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-                   if s.name == "edgerec_sync_requests_total" and s.labels.get("endpoint") == "node.checkin")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)  # the server and its worker at once, no cleanup
-        assert self.proc.wait(10) == -signal.SIGKILL
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
 
 
 @pytest.mark.slow
