@@ -13,7 +13,8 @@ after the other on ``--threads`` threads, ``--rounds`` times. Reported: CPU
 microseconds per check-in in this process (median and minimum of the rounds;
 PostgreSQL's own CPU is not in it), wall microseconds (median), and SQL
 statements per check-in (counted on the engine in a round of their own:
-what goes through a cursor, so BEGIN on SQLite but not COMMIT). ``--profile N`` prints cProfile's N most expensive
+what goes through a cursor, so BEGIN on SQLite but not COMMIT); then the
+CPU of the ``timestamp.json`` poll a node sends with each check-in. ``--profile N`` prints cProfile's N most expensive
 functions (cumulative) of one run. This isolates the service's own cost
 from the HTTP server and the load generator, which share the machine in
 ``bench/sync.py --capacity``; it is what the check-in optimisations were
@@ -151,7 +152,18 @@ def measure(store: str, args: argparse.Namespace) -> dict[str, Any]:
             bad = [s for s in statuses if not s.startswith("200")]
             if bad:
                 raise SystemExit(f"{len(bad)} check-ins failed: {bad[:3]}")
+        # the TUF timestamp poll a node sends with each check-in
+        poll_us = []
+        for _ in range(args.rounds):
+            envs = [EnvironBuilder(path="/repository/metadata/timestamp.json").get_environ()
+                    for _ in range(args.requests)]
+            c0 = time.process_time()
+            statuses = run(app, envs, args.threads)
+            poll_us.append((time.process_time() - c0) / args.requests * 1e6)
+            if any(not s.startswith("200") for s in statuses):
+                raise SystemExit(f"timestamp.json failed: {statuses[:3]}")
         out = {"store": store, "requests": args.requests, "rounds": args.rounds,
+               "timestamp_cpu_us_median": statistics.median(poll_us),
                "cpu_us_median": statistics.median(cpu_us), "cpu_us_min": min(cpu_us),
                "wall_us_median": statistics.median(wall_us), "statements": statements[0] / len(signers),
                "loadavg": os.getloadavg()[0]}

@@ -1,10 +1,11 @@
-"""What a service process keeps between check-ins never outlives a change another process made."""
+"""What a service process keeps between requests never outlives a change another process made."""
 
 from __future__ import annotations
 
 import json
 import time
 
+import httpx
 import pytest
 
 from edgerec.sync.node.client import NodeClient, http_client
@@ -82,3 +83,29 @@ def test_signed_documents_are_reused_within_the_bound_and_bounded_in_number():
         cache.get(("n2", "ctr", n, "stable", "t", n, False), 1000, sign)
     assert len(cache) == 3  # the oldest signed went first
     assert cache.get(key, 1000, sign) == "doc@1000" and signed[-1] == 1000 and len(signed) == 10
+
+
+def test_metadata_is_the_file_another_process_wrote(sync_env):
+    env = sync_env
+    second = RunningServer(env.service, maintenance=False).start()
+    try:
+        path = env.data_dir / "repository" / "metadata" / "timestamp.json"
+        old = path.read_bytes()
+        for url in (env.url, second.url):  # both processes hold it in memory now
+            got = httpx.get(url + "/repository/metadata/timestamp.json")
+            assert got.status_code == 200 and got.content == old
+            assert httpx.get(url + "/repository/metadata/timestamp.json",
+                             headers={"If-None-Match": got.headers["ETag"]}).status_code == 304
+        etag = got.headers["ETag"]
+        env.publish(1)  # through the first process, which writes new metadata
+        new = path.read_bytes()
+        assert new != old
+        for url in (second.url, env.url):
+            fresh = httpx.get(url + "/repository/metadata/timestamp.json", headers={"If-None-Match": etag})
+            assert fresh.status_code == 200 and fresh.content == new
+            ranged = httpx.get(url + "/repository/metadata/timestamp.json", headers={"Range": "bytes=0-9"})
+            assert ranged.status_code == 206 and ranged.content == new[:10]
+        for bad in (".hidden.json", "timestamp.txt", "none.json", "%2e%2e%2fservice.json"):
+            assert httpx.get(env.url + "/repository/metadata/" + bad).status_code == 404
+    finally:
+        second.stop()
