@@ -56,12 +56,16 @@ from edgerec.sync.service.core import SyncService
 try:
     from edgerec.sync.service.server import service_app
 except ImportError:  # an older tree (PYTHONPATH=DIR with DIR/edgerec/...), for before/after numbers
-    from edgerec.sdk.http_server import Admission
     from edgerec.sync.service.app import create_app
-    from edgerec.sync.service.server import body_limit
 
     def service_app(service: SyncService) -> Any:
+        try:
+            from edgerec.sdk.http_server import Admission
+            from edgerec.sync.service.server import body_limit
+        except ImportError:  # the landed waitress-based tree: nothing in front of the app
+            return create_app(service).wsgi_app
         return Admission(create_app(service).wsgi_app, service.config.threads, body_limit(service.config))
+
 
 PATH = "/api/v1/node/checkin"
 

@@ -57,9 +57,8 @@ def signed_url() -> str:
     return "http://edgerec" + quote(request.path) + (f"?{query}" if query else "")
 
 
-def authenticated(session: Session, body: bytes, with_assignments: bool = False) -> AuthedNode:
-    return service().authenticate_node(session, request.method, signed_url(), request.headers, body,
-                                       with_assignments)
+def authenticated(session: Session, body: bytes) -> AuthedNode:
+    return service().authenticate_node(session, request.method, signed_url(), request.headers, body)
 
 
 @bp.post("/enroll")
@@ -90,16 +89,9 @@ def checkin() -> Any:
     """One signed round trip per poll: the node's status report in, its signed assignments out."""
     svc = service()
     body = read_body(svc.config.max_report_bytes)
-    with svc.db.write() as session:
-        node = authenticated(session, body, with_assignments=True)
-        doc = json_body(body)
-        if doc.get("kind") != "status":
-            raise BadRequestError("a check-in carries a status report (kind 'status')", field="kind")
-        result = svc.report(session, node, doc)
-        # A failure that marks a version bad may pause its rollout (new assignments): read them again then.
-        docs = svc.signed_assignments(session, node.id, None if result.new_bad else node.assignments)
-    return jsonify(node_id=node.id, assignments=docs,
-                   report={"report_id": result.report_id, "duplicate": result.duplicate})
+    out = svc.checkin(request.method, signed_url(), request.headers, body, json_body)
+    return jsonify(node_id=out.node_id, assignments=out.assignments,
+                   report={"report_id": out.report.report_id, "duplicate": out.report.duplicate})
 
 
 @bp.get("/node/envelopes/<model>/<int:version>")

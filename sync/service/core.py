@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from edgerec.sdk.errors import PackageError
@@ -309,7 +310,7 @@ class SyncService:
         """The id of the node that signed this request; refuses bad signatures, replays and revoked nodes."""
         return self.authenticate_node(session, method, url, headers, body).id
 
-    def authenticate_node(self, session: Session, method: str, url: str, headers: Any, body: bytes,
+    def authenticate_node(self, session: Session | Connection, method: str, url: str, headers: Any, body: bytes,
                           with_assignments: bool = False) -> AuthedNode:
         """:meth:`authenticate`, with the node's last stored status digest (and its assignments).
 
@@ -320,7 +321,7 @@ class SyncService:
         the same statement as its key (a check-in answers with them), used only
         once the signature verified.
         """
-        conn = session.connection()
+        conn = _connection(session)
         found: dict[str, Any] = {}
 
         asked: list[str] = []
@@ -356,14 +357,15 @@ class SyncService:
         assigned = tuple(r for r in rows if r.target_path is not None) if with_assignments else None
         return AuthedNode(node_id, rows[0].status_digest, assigned)
 
-    def signed_assignments(self, session: Session, node_id: str, rows: Sequence[Any] | None = None) -> list[str]:
+    def signed_assignments(self, session: Session | Connection, node_id: str,
+                           rows: Sequence[Any] | None = None) -> list[str]:
         """The node's assignments, signed (:class:`.signed_cache.SignedAssignmentCache`: at most a minute ago).
 
         ``rows``: the node's assignment rows if already read in this transaction (else read here).
         """
         now = int(time.time())
         if rows is None:
-            rows = session.connection().execute(_ASSIGNMENTS, {"nid": node_id}).all()
+            rows = _connection(session).execute(_ASSIGNMENTS, {"nid": node_id}).all()
         key, expiry = self.keys.assignment, self.config.assignment_expiry_s
 
         def signer(a: Any) -> Callable[[int], str]:
@@ -405,11 +407,51 @@ class SyncService:
             digest = session.execute(select(Node.status_digest).where(Node.id == node)).scalar_one()
             node = AuthedNode(node, digest)
         result = store_report(self.db, session, node.id, node.status_digest, doc)
+        self._failures_reported(session, result)
+        return result
+
+    def _failures_reported(self, session: Session, result: ReportResult) -> None:
         for model, version in result.new_bad:
             paused = self.rollouts.check_failures(session, model, version)
             if paused is not None:
                 log.warning("%s: %s", model, paused.paused_reason)
-        return result
+
+    def checkin(self, method: str, url: str, headers: Any, body: bytes,
+                parse: Callable[[bytes], dict[str, Any]]) -> Checkin:
+        """A node's check-in: its signed status report in (``parse`` reads the body), its signed assignments out.
+
+        One write transaction on a bare connection, three statements when the
+        status repeats the stored one (a heartbeat, the usual case): the node's
+        key with its assignments, the nonce, the commit. An ORM session joins
+        the transaction only when a reported failure may pause a rollout (and
+        the assignments are read again after it).
+        """
+        with self.db.write_connection() as conn:
+            node = self.authenticate_node(conn, method, url, headers, body, with_assignments=True)
+            doc = parse(body)
+            if doc.get("kind") != "status":
+                raise BadRequestError("a check-in carries a status report (kind 'status')", field="kind")
+            result = store_report(self.db, conn, node.id, node.status_digest, doc)
+            rows = node.assignments
+            if result.new_bad:
+                with Session(bind=conn) as session:  # joins conn's transaction; commits nothing itself
+                    self._failures_reported(session, result)
+                    session.flush()
+                rows = None
+            return Checkin(node.id, self.signed_assignments(conn, node.id, rows), result)
+
+
+@dataclass(frozen=True)
+class Checkin:
+    """What a check-in answers: the node, its signed assignments, what became of its report."""
+
+    node_id: str
+    assignments: list[str]
+    report: ReportResult
+
+
+def _connection(session: Session | Connection) -> Connection:
+    return session if isinstance(session, Connection) else session.connection()
 
 
 def _signed_reason(exc: RequestRefusedError, asked: Sequence[str], found: dict[str, Any]) -> str:

@@ -109,3 +109,26 @@ def test_metadata_is_the_file_another_process_wrote(sync_env):
             assert httpx.get(env.url + "/repository/metadata/" + bad).status_code == 404
     finally:
         second.stop()
+
+
+def test_a_checkin_whose_failure_pauses_the_rollout_answers_with_the_assignment_after_it(sync_env):
+    env = sync_env
+    state = env.enroll("edge-1")
+    env.publish(1)
+    env.publish(2)
+    admin = env.admin()
+    admin.rollout("ctr", 1, "stable", 100, [])
+    client = _client(env.url, state)
+    assert json.loads(client.checkin(_report(1))[0])["signed"]["version"] == 1
+    admin.rollout("ctr", 2, "stable", 100, [], max_failures=0)
+    assert json.loads(client.checkin(_report(2))[0])["signed"]["version"] == 2
+    failed = {"report_id": "cache-fail-1", "kind": "status", "health": "ok",
+              "models": [{"name": "ctr", "installed_version": 1, "state": "failed",
+                          "failure": {"version": 2, "reason": "v2 failed its warm-up", "at": 2000.0, "bad": True}}]}
+    # The same check-in that reports v2 bad pauses the rollout and gets v1 back, not the v2 it was read with.
+    signed = json.loads(client.checkin(failed)[0])["signed"]
+    assert (signed["version"], signed["serial"] > 0) == (1, True)
+    status = admin.status("ctr")
+    assert status["rollout"]["state"] == "paused" and status["rollout"]["paused_reason"].startswith(
+        "paused automatically: 1 of 1 node(s) failed v2")
+    assert status["nodes"][0]["last_failure"]["version"] == 2
