@@ -48,6 +48,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -740,6 +741,7 @@ def capacity_store(store: str, args: argparse.Namespace) -> dict[str, Any]:
                 p.kill()
         if pg is not None:
             pg.stop()
+        shutil.rmtree(work, ignore_errors=True)  # data directories, databases, the exported landed tree
 
 
 def render_capacity(results: list[dict[str, Any]], args: argparse.Namespace) -> str:

@@ -29,6 +29,7 @@ import io
 import json
 import os
 import pstats
+import shutil
 import statistics
 import sys
 import tempfile
@@ -180,6 +181,7 @@ def measure(store: str, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if pg is not None:
             pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
