@@ -2,6 +2,8 @@
 
     python bench/sync.py [--store sqlite|postgres|both] [--nodes 1000] [--duration 120] [--interval 10]
                          [--converge-nodes 200] [--processes 1] [--no-write]
+    python bench/sync.py --capacity --before REV|DIR [--store ...] [--start 200] [--rounds 3] [--step 10]
+                         [--precision 0.05] [--client-cpus last|LIST|none]
 
 For each store, on loopback:
 
@@ -26,6 +28,16 @@ connections): simulated nodes share connections, the server sees the same
 requests. The PostgreSQL cluster is a local one with default durability
 (fsync and synchronous_commit on). Results go to docs/benchmarks.md (sync
 section) unless ``--no-write``.
+
+``--capacity`` measures instead the check-ins a second one process sustains
+(p99 <= 100 ms, no error, the offered rate done), this tree's server against
+the landed one (``--before``: a git revision such as ``2692ecf``, the last
+waitress-based tree, or a directory holding ``edgerec/``), side by side on
+one database: each server's rate is found by doubling then bisection, with
+medians of rounds taken in turns (:func:`capacity_store`); latency is
+open-loop (from each check-in's scheduled time), and the load generator is
+pinned to one CPU and the servers to the others so that neither starves the
+other (``--client-cpus``). Results go to the ``sync_capacity`` section.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -62,6 +75,7 @@ from support.postgres import LocalPostgres
 from tuf.api.metadata import Metadata, Root
 from tuf.ngclient import Updater
 
+from edgerec.sdk.http_server import child_pids
 from edgerec.sdk.keys import generate_keypair, load_signing_key, load_verify_key, public_pem
 from edgerec.sdk.testing import build_demo_package
 from edgerec.sync.admin.client import AdminClient, Credentials
@@ -137,12 +151,15 @@ class Stats:
     sign_s: list[float] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
     by_second: dict[int, float] = field(default_factory=dict)
+    lag: list[float] = field(default_factory=list)  # how late the client's event loop woke for a scheduled poll
     t0: float = field(default_factory=time.perf_counter)
 
     async def call(self, pool: Pool, kind: str, method: str, path: str, headers: dict[str, str],
-                   body: bytes = b"") -> bytes | None:
+                   body: bytes = b"", due: float | None = None) -> bytes | None:
+        """One request; its latency from ``due`` (its scheduled ``perf_counter`` time) when given, so that
+        waiting for a free connection or a late event loop counts, else from its first byte sent."""
         async with pool.conn() as c:
-            t0 = time.perf_counter()
+            t0 = time.perf_counter() if due is None else min(due, time.perf_counter())
             try:
                 status, data = await c.request(method, path, headers, body)
             except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
@@ -210,8 +227,10 @@ class SimNode:
                 "models": [{"name": "ctr", "installed_version": self.held or 1, "state": "serving",
                             "accelerator": "cpu"}]}
 
-    async def cycle(self, pool: Pool, stats: Stats, protocol: str) -> bytes | None:
-        """One poll: a check-in (report in, assignments out), or a poll and a report apart; and TUF."""
+    async def cycle(self, pool: Pool, stats: Stats, protocol: str, due: float | None = None) -> bytes | None:
+        """One poll: a check-in (report in, assignments out), or a poll and a report apart; and TUF.
+
+        ``due``: when the poll was scheduled (:meth:`Stats.call`), for its first request."""
         if self.signed:
             poll, body, report = self.signed.pop(0)
         else:
@@ -220,9 +239,9 @@ class SimNode:
             path = "/api/v1/node/checkin" if protocol == "checkin" else "/api/v1/node/reports"
             report = self.sign(stats, "POST", path, body)
         if protocol == "checkin":
-            data = await stats.call(pool, "checkin", "POST", "/api/v1/node/checkin", report, body)
+            data = await stats.call(pool, "checkin", "POST", "/api/v1/node/checkin", report, body, due)
         else:
-            data = await stats.call(pool, "assignments", "GET", "/api/v1/node/assignments", poll)
+            data = await stats.call(pool, "assignments", "GET", "/api/v1/node/assignments", poll, due=due)
         await stats.call(pool, "timestamp.json", "GET", "/repository/metadata/timestamp.json", {})
         if protocol != "checkin":
             await stats.call(pool, "reports", "POST", "/api/v1/node/reports", report, body)
@@ -256,13 +275,17 @@ async def enroll_all(urls: list[str], admin_token: str, n: int) -> list[SimNode]
     return list(nodes)
 
 
-async def steady(urls: list[str], nodes: list[SimNode], duration: float, interval: float, protocol: str) -> Stats:
+async def steady(urls: list[str], nodes: list[SimNode], duration: float, interval: float, protocol: str,
+                 from_schedule: bool = False) -> Stats:
+    """Every node polls every ``interval`` s for ``duration`` s at its own phase; ``from_schedule``: latency of a
+    poll's first request from its scheduled time (an open-loop measure: a server that falls behind cannot hide
+    the queue in the client's connection pool)."""
     pool = Pool(urls, POOL)
     stats = Stats()
     cycles = int(duration // interval) + 1
     for n in nodes:
         n.presign(stats, cycles, protocol)
-    start = time.monotonic() + 1.0
+    start = time.perf_counter() + 1.0
     end = start + duration
 
     async def run(node: SimNode, phase: float) -> None:
@@ -271,8 +294,9 @@ async def steady(urls: list[str], nodes: list[SimNode], duration: float, interva
             at = start + phase + k * interval
             if at >= end:
                 return
-            await asyncio.sleep(max(0.0, at - time.monotonic()))
-            await node.cycle(pool, stats, protocol)
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            stats.lag.append(time.perf_counter() - at)
+            await node.cycle(pool, stats, protocol, at if from_schedule else None)
             k += 1
 
     rnd = random.Random(7)
@@ -376,13 +400,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def serve(data_dir: Path, log: Path, threads: int, source: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """``edgerec sync serve`` on a free port; ``source``: an older tree to run instead (DIR/edgerec/...)."""
+def serve(data_dir: Path, log: Path, threads: int, source: Path | None = None,
+          cpus: set[int] | None = None) -> tuple[subprocess.Popen, str]:
+    """``edgerec sync serve`` on a free port; ``source``: an older tree to run instead (DIR/edgerec/...);
+    ``cpus``: the CPUs it and every process and thread it starts may run on."""
     port = free_port()
     env = {**os.environ, "EDGEREC_SYNC_THREADS": str(threads)}
     if source is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-c", "from edgerec.sdk.cli import main; main()"]
+    if cpus is not None:  # taskset execs the command: same pid, and its threads and workers inherit the mask
+        cmd = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *cmd]
     with open(log, "wb") as out:
         proc = subprocess.Popen([*cmd, "sync", "serve", "--data-dir", str(data_dir), "--port", str(port)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -545,58 +573,165 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(out) + "\n"
 
 
+@dataclass
+class Search:
+    """One server's search for the highest sustained rate: doubling from ``start`` to a first failure, then
+    bisection between the highest rate that passed and the lowest that failed, to within ``precision``."""
+
+    start: int
+    precision: float
+    ceiling: int
+    passed: int = 0
+    failed: int | None = None
+
+    def next_rate(self) -> int | None:
+        if self.failed is None:
+            rate = self.passed * 2 if self.passed else self.start
+            return rate if rate <= self.ceiling else None
+        if self.failed - self.passed <= max(10, self.precision * self.passed):
+            return None
+        return round((self.passed + self.failed) / 2 / 10) * 10
+
+    def record(self, rate: int, ok: bool) -> None:
+        if ok:
+            self.passed = max(self.passed, rate)
+        else:
+            self.failed = rate if self.failed is None else min(self.failed, rate)
+
+
+def before_tree(source: str, work: Path) -> Path:
+    """``--before``: a source tree (DIR/edgerec/{sdk,sync}) or a git revision, exported to ``work``."""
+    if Path(source).is_dir():
+        return Path(source)
+    root = Path(__file__).resolve().parent.parent
+    out = work / "before"
+    (out / "edgerec").mkdir(parents=True)
+    tar = subprocess.run(["git", "-C", str(root), "archive", source, "sdk", "sync", "edge_server", "converter"],
+                         check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(out / "edgerec")], input=tar, check=True)
+    return out
+
+
+def init_with(tree: Path | None, work: Path, publisher_pub: Path, db_url: str | None) -> tuple[Path, str]:
+    """A data directory and database initialised by ``tree``'s own code (this tree's when None): each server
+    gets its own, as the landed one knows an older schema. Returns the data directory and an admin token."""
+    code = ("import json, sys; from pathlib import Path; from edgerec.sdk.keys import load_verify_key; "
+            "from edgerec.sync.service.admin_init import init_service; a = sys.argv[1:]; "
+            "r = init_service(Path(a[0]), Path(a[1]), [load_verify_key(Path(a[2]))], a[3] or None); "
+            "print(json.dumps({'data_dir': str(r.data_dir), 'token': r.admin_token}))")
+    env = {**os.environ}
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code, str(work / "data"), str(work / "root-keys"),
+                          str(publisher_pub), db_url or ""], env=env, check=True, capture_output=True, text=True)
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    return Path(doc["data_dir"]), str(doc["token"])
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a server process and its workers (granian's worker processes are its children)."""
+    total = 0.0
+    for p in [pid, *child_pids(pid)]:
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(p)
+    return total
+
+
+def capacity_round(name: str, url: str, proc: subprocess.Popen, nodes: list[SimNode], rate: int,
+                   args: argparse.Namespace) -> dict[str, Any]:
+    """One round at ``rate`` check-ins a second against one server; passes when every request succeeded, the p99
+    of all requests stayed within 100 ms (check-ins from their scheduled time) and >= 97 % of the offered
+    check-ins were done."""
+    cpu0, load0, busy0 = tree_cpu_seconds(proc.pid), os.getloadavg()[0], machine_busy_seconds()
+    mine0 = time.process_time()
+    t0 = time.perf_counter()
+    stats = asyncio.run(steady([url], nodes, args.step, len(nodes) / rate, "checkin", from_schedule=True))
+    wall = time.perf_counter() - t0
+    for n in nodes:
+        n.signed.clear()
+    lat = [x for v in stats.latency.values() for x in v]
+    checkins = stats.latency.get("checkin", [])
+    row = {"server": name, "rate": rate, "checkins_per_s": len(checkins) / args.step,
+           "requests_per_s": len(lat) / args.step, "errors": sum(stats.errors.values()),
+           "error_samples": stats.error_samples[:3], "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99),
+           "checkin_p99_ms": pct(checkins, 0.99), "client_lag_p99_ms": pct(stats.lag, 0.99),
+           "server_cpu": (tree_cpu_seconds(proc.pid) - cpu0) / wall,
+           "client_cpu": (time.process_time() - mine0) / wall,
+           "machine_busy": (machine_busy_seconds() - busy0) / wall, "loadavg": (load0 + os.getloadavg()[0]) / 2}
+    row["ok"] = row["errors"] == 0 and row["p99_ms"] <= 100 and row["checkins_per_s"] >= 0.97 * rate
+    print(f"  {name} {rate}/s: {row['checkins_per_s']:.0f} done, p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} ms "
+          f"(client loop lag p99 {row['client_lag_p99_ms']:.1f}), errors {row['errors']}, server CPU "
+          f"{row['server_cpu']:.2f}, load {row['loadavg']:.1f}: {'pass' if row['ok'] else 'FAIL'}",
+          file=sys.stderr, flush=True)
+    return row
+
+
 def capacity_store(store: str, args: argparse.Namespace) -> dict[str, Any]:
     """Check-ins a second each server sustains (p99 <= 100 ms, no error): this tree's against ``--before``'s.
 
-    Both serve the same data directory and database (the service runs as several
-    processes on one database) and take turns at each rate, in alternating order.
+    Each serves its own data directory and database (on PostgreSQL: two databases
+    of one cluster), with the same number of enrolled nodes and the same
+    published model rolled out to all. Each server has its own :class:`Search`; at each
+    step both run their next rate, ``--rounds`` rounds each, taking turns round by
+    round in alternating order; a rate is sustained when most of its rounds pass.
     """
     work = Path(tempfile.mkdtemp(prefix=f"edgerec-capacity-{store}-"))
     pg = LocalPostgres(fast=False).start() if store == "postgres" else None
     procs: dict[str, subprocess.Popen] = {}
+    everything = os.sched_getaffinity(0)
     try:
         pub = generate_keypair(work, "publisher")
         key = load_signing_key(pub.private_path)
-        init = init_service(work / "data", work / "root-keys", [load_verify_key(pub.public_path)],
-                            pg.url if pg else None)
-        urls = {}
+        (work / "ctr-1.edgepkg").write_bytes(build_demo_package("ctr", 1, key, seed=1))
+        urls: dict[str, str] = {}
+        nodes: dict[str, list[SimNode]] = {}
         for name, source in (("granian", None), ("landed", args.before)):
             if name == "landed" and source is None:
                 continue
-            procs[name], urls[name] = serve(init.data_dir, work / f"{name}.log", args.threads, source)
-        admin = AdminClient(Credentials(urls["granian"], init.admin_token))
-        nodes = asyncio.run(enroll_all([urls["granian"]], init.admin_token, args.nodes))
-        (work / "ctr-1.edgepkg").write_bytes(build_demo_package("ctr", 1, key, seed=1))
-        admin.publish(work / "ctr-1.edgepkg", "stable")
-        admin.rollout("ctr", 1, "stable", 100, [])
-        admin.close()
-        rows: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
-        for i, rate in enumerate(args.rates):
-            interval = len(nodes) / rate
-            for name in (list(urls) if i % 2 == 0 else list(urls)[::-1]):
-                cpu0, load0 = cpu_seconds(procs[name].pid), os.getloadavg()[0]
-                t0 = time.perf_counter()
-                stats = asyncio.run(steady([urls[name]], nodes, args.step, interval, "checkin"))
-                wall = time.perf_counter() - t0
-                for n in nodes:
-                    n.signed.clear()
-                lat = [x for v in stats.latency.values() for x in v]
-                checkins = stats.latency.get("checkin", [])
-                row = {"rate": rate, "checkins_per_s": len(checkins) / args.step,
-                       "requests_per_s": len(lat) / args.step,
-                       "errors": sum(stats.errors.values()), "error_samples": stats.error_samples[:3],
-                       "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99), "checkin_p99_ms": pct(checkins, 0.99),
-                       "server_cpu": (cpu_seconds(procs[name].pid) - cpu0) / wall,
-                       "loadavg": (load0 + os.getloadavg()[0]) / 2}
-                rows[name].append(row)
-                print(f"[{store}] {name} {rate}/s: {row['checkins_per_s']:.0f} check-ins/s, p50 {row['p50_ms']:.1f} "
-                      f"p99 {row['p99_ms']:.1f} ms, errors {row['errors']}, load {row['loadavg']:.1f}", flush=True)
-        best = {}
-        for name, rs in rows.items():
-            ok = [r for r in rs if r["errors"] == 0 and r["p99_ms"] <= 100]
-            best[name] = max(ok, key=lambda r: r["checkins_per_s"]) if ok else None
-        return {"store": store, "rows": rows, "best": best, "nodes": len(nodes), "step_s": args.step}
+            tree = before_tree(source, work) if source is not None else None
+            db_url = pg.create_database(name) if pg else None
+            data_dir, token = init_with(tree, work / name, pub.public_path, db_url)
+            procs[name], urls[name] = serve(data_dir, work / f"{name}.log", args.threads, tree,
+                                            args.server_cpus if args.client_cpus else None)
+            nodes[name] = asyncio.run(enroll_all([urls[name]], token, args.nodes))
+            with AdminClient(Credentials(urls[name], token)) as admin:
+                admin.publish(work / "ctr-1.edgepkg", "stable")
+                admin.rollout("ctr", 1, "stable", 100, [])
+        if args.client_cpus:  # PostgreSQL (started above) keeps every CPU; the servers were started on theirs
+            os.sched_setaffinity(0, args.client_cpus)
+        searches = {name: Search(args.start, args.precision, args.max_rate) for name in urls}
+        rows: list[dict[str, Any]] = []
+        verdicts: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
+        step = 0
+        while True:
+            todo = {name: r for name, s in searches.items() if (r := s.next_rate()) is not None}
+            if not todo:
+                break
+            print(f"[{store}] step {step}: " + ", ".join(f"{n} at {r}/s" for n, r in todo.items()), file=sys.stderr,
+                  flush=True)
+            got: dict[str, list[dict[str, Any]]] = {name: [] for name in todo}
+            for k in range(args.rounds):
+                order = list(todo) if (step + k) % 2 == 0 else list(todo)[::-1]
+                for name in order:
+                    row = capacity_round(name, urls[name], procs[name], nodes[name], todo[name], args)
+                    row["step"], row["round"] = step, k
+                    got[name].append(row)
+                    rows.append(row)
+            for name, rs in got.items():
+                ok = sum(r["ok"] for r in rs) * 2 > len(rs)
+                searches[name].record(todo[name], ok)
+                verdicts[name].append({"rate": todo[name], "ok": ok, "rounds": len(rs),
+                                       "passed_rounds": sum(r["ok"] for r in rs),
+                                       "p99_ms_median": statistics.median(r["p99_ms"] for r in rs),
+                                       "checkins_per_s_median": statistics.median(r["checkins_per_s"] for r in rs),
+                                       "server_cpu_median": statistics.median(r["server_cpu"] for r in rs),
+                                       "errors": sum(r["errors"] for r in rs)})
+            step += 1
+        return {"store": store, "rows": rows, "verdicts": verdicts,
+                "sustained": {name: s.passed for name, s in searches.items()},
+                "failed": {name: s.failed for name, s in searches.items()}, "nodes": args.nodes}
     finally:
+        os.sched_setaffinity(0, everything)
         for p in procs.values():
             p.send_signal(signal.SIGTERM)
         for p in procs.values():
@@ -606,33 +741,55 @@ def capacity_store(store: str, args: argparse.Namespace) -> dict[str, Any]:
                 p.kill()
         if pg is not None:
             pg.stop()
+        shutil.rmtree(work, ignore_errors=True)  # data directories, databases, the exported landed tree
 
 
 def render_capacity(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    pinning = (f"the load generator pinned to CPU {sorted(args.client_cpus)} (`sched_setaffinity`), so it uses "
+               f"at most that core, and the two servers (`taskset`, inherited by their workers and threads) to CPU "
+               f"{sorted(args.server_cpus)}; PostgreSQL unpinned" if args.client_cpus else "nothing pinned")
     out = [header("Sync service: check-ins one process sustains, granian against the landed server").rstrip()
            + "\n",
            f"{results[0]['nodes']:,} simulated nodes check in (`POST /api/v1/node/checkin`, RFC 9421 signed ahead "
            "of the run, each request with its own nonce) and poll TUF `timestamp.json`, spread evenly over the "
-           f"interval that gives each rate, {args.step:g} s per point. Two `edgerec sync serve` processes on the "
-           "same data directory and database: this tree (granian, one worker) and the landed server "
-           f"(`--before`: waitress, {args.threads} threads), taking turns at each rate in alternating order. "
-           "A rate is sustained when every request of it succeeded and the p99 of all requests (check-ins and "
-           "polls) stayed within 100 ms. Client and servers share the machine's 2 cores.\n",
-           "| store | server | offered check-ins/s | done check-ins/s | requests/s | errors | p50 ms | p99 ms "
-           "| server CPU (cores) | load avg |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "interval that gives each rate. Two `edgerec sync serve` processes, each on its own data directory and "
+           "database (initialised by its own code; on PostgreSQL two databases of one local cluster with default "
+           "durability) with the same nodes enrolled and v1 rolled out: this tree (granian, one worker) and the "
+           f"landed server (`--before {args.before}`: waitress, {args.threads} threads). Each server's sustained "
+           "rate is searched on its own: offered load doubles "
+           f"from {args.start}/s to a first failure, then bisection between the highest rate that passed and the "
+           f"lowest that failed, down to {args.precision:.0%} (or 10/s); at each step both servers run their "
+           f"rate, {args.rounds} rounds of {args.step:g} s each, taking turns round by round in alternating order, "
+           "and a rate is sustained when most of its rounds pass. A round passes when every request succeeded, "
+           "the p99 of all requests stayed within 100 ms and at least 97 % of the offered check-ins were done. "
+           "Latency is open-loop: a check-in's from the time it was scheduled (waiting for one of the client's 64 "
+           "connections or a late event loop counts), a `timestamp.json` poll's from its first byte sent. "
+           f"Machine: {pinning}.\n",
+           "| store | server | sustained check-ins/s | lowest failed | ratio to landed | >= 2x |",
+           "|---|---|---|---|---|---|"]
     for res in results:
-        for name, rows in res["rows"].items():
-            for r in rows:
-                out.append(f"| {res['store']} | {name} | {r['rate']:,} | {r['checkins_per_s']:,.0f} "
-                           f"| {r['requests_per_s']:,.0f} | {r['errors']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
-                           f"| {r['server_cpu']:.2f} | {r['loadavg']:.1f} |")
-    out += ["", "| store | granian sustains (check-ins/s) | landed sustains | ratio | >= 2x |", "|---|---|---|---|---|"]
+        landed = res["sustained"].get("landed") or 0
+        for name, v in res["sustained"].items():
+            ratio = f"{v / landed:.2f}x" if landed and name != "landed" else "-"
+            meets = ("yes" if v >= 2 * landed else "no") if landed and name != "landed" else "-"
+            out.append(f"| {res['store']} | {name} | {v:,} | {res['failed'][name] or '-'} | {ratio} | {meets} |")
+    out += ["", "Each rate tried (medians of its rounds):", "",
+            "| store | server | offered/s | rounds passed | done check-ins/s | p99 ms | errors | server CPU (cores) |",
+            "|---|---|---|---|---|---|---|---|"]
     for res in results:
-        g, landed = res["best"].get("granian"), res["best"].get("landed")
-        gv = g["checkins_per_s"] if g else 0.0
-        lv = landed["checkins_per_s"] if landed else 0.0
-        ratio = f"{gv / lv:.2f}x" if lv else "n/a"
-        out.append(f"| {res['store']} | {gv:,.0f} | {lv:,.0f} | {ratio} | {'yes' if lv and gv >= 2 * lv else 'no'} |")
+        for name, vs in res["verdicts"].items():
+            for v in sorted(vs, key=lambda v: v["rate"]):
+                out.append(f"| {res['store']} | {name} | {v['rate']:,} | {v['passed_rounds']}/{v['rounds']} | "
+                           f"{v['checkins_per_s_median']:,.0f} | {v['p99_ms_median']:.1f} | {v['errors']} | "
+                           f"{v['server_cpu_median']:.2f} |")
+    loads = [r["loadavg"] for res in results for r in res["rows"]]
+    lags = [r["client_lag_p99_ms"] for res in results for r in res["rows"]]
+    clients = [r["client_cpu"] for res in results for r in res["rows"]]
+    out.append(f"\nLoad average during the rounds: {min(loads):.1f} to {max(loads):.1f} ({os.cpu_count()} cores; "
+               f"other agents' tests ran at the same time). Load generator: at most {max(clients):.2f} cores; the p99 "
+               f"of how late a poll started after its scheduled time (a busy client, or the node's previous poll "
+               f"still waiting on the server) {statistics.median(lags):.1f} ms (median of rounds), {max(lags):.1f} "
+               "ms at worst.")
     return "\n".join(out) + "\n"
 
 
@@ -651,14 +808,32 @@ def main() -> None:
                          "separate (a signed assignments GET and a signed report POST)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--capacity", action="store_true",
-                    help="Instead: check-ins a second sustained (p99 <= 100 ms, no error) at --rates, against the "
-                         "landed server of --before (a source tree DIR/edgerec/...), side by side.")
-    ap.add_argument("--before", type=Path, help="Source tree of the landed edgerec (DIR/edgerec/{sdk,sync}).")
-    ap.add_argument("--rates", default="100,200,400,600,800,1200", help="Offered check-ins a second (--capacity).")
-    ap.add_argument("--step", type=float, default=20.0, help="Seconds per rate (--capacity).")
+                    help="Instead: check-ins a second sustained (p99 <= 100 ms, no error), searched by bisection, "
+                         "against the landed server of --before, side by side.")
+    ap.add_argument("--before", help="The landed edgerec: a source tree (DIR/edgerec/{sdk,sync}) or a git "
+                                     "revision of this repository (exported with git archive).")
+    ap.add_argument("--start", type=int, default=200, help="First offered check-ins a second (--capacity).")
+    ap.add_argument("--max-rate", type=int, default=6400, help="Highest offered rate tried (--capacity).")
+    ap.add_argument("--precision", type=float, default=0.05, help="Bisection stops within this fraction.")
+    ap.add_argument("--rounds", type=int, default=3, help="Rounds per rate and server (--capacity).")
+    ap.add_argument("--step", type=float, default=10.0, help="Seconds per round (--capacity).")
+    ap.add_argument("--client-cpus", default="last",
+                    help="CPUs of the load generator (--capacity): 'last' (the highest-numbered one), a comma list, "
+                         "or 'none' (no pinning).")
+    ap.add_argument("--server-cpus", choices=["rest", "all"], default="rest",
+                    help="CPUs of the servers (--capacity): those the load generator does not have, or all of them "
+                         "(they may then run beside the load generator).")
     args = ap.parse_args()
     if args.capacity:
-        args.rates = [int(r) for r in args.rates.split(",")]
+        cpus = os.sched_getaffinity(0)
+        if args.client_cpus == "none" or len(cpus) < 2:
+            args.client_cpus, args.server_cpus = set(), cpus
+        else:
+            args.client_cpus = {max(cpus)} if args.client_cpus == "last" else {
+                int(c) for c in args.client_cpus.split(",")}
+            args.server_cpus = cpus if args.server_cpus == "all" else cpus - args.client_cpus
+            if not args.server_cpus or not args.client_cpus <= cpus:
+                ap.error("--client-cpus: leave the servers at least one of this process's CPUs")
         stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
         cap = [capacity_store(s, args) for s in stores]
         print(json.dumps(cap, indent=2))

@@ -87,15 +87,9 @@ def checkin() -> Any:
     """One signed round trip per poll: the node's status report in, its signed assignments out."""
     svc = service()
     body = read_body(svc.config.max_report_bytes)
-    with svc.db.write() as session:
-        node = authenticated(session, body)
-        doc = json_body(body)
-        if doc.get("kind") != "status":
-            raise BadRequestError("a check-in carries a status report (kind 'status')", field="kind")
-        result = svc.report(session, node, doc)
-        docs = svc.signed_assignments(session, node.id)
-    return jsonify(node_id=node.id, assignments=docs,
-                   report={"report_id": result.report_id, "duplicate": result.duplicate})
+    out = svc.checkin(request.method, signed_url(), request.headers, body, json_body)
+    return jsonify(node_id=out.node_id, assignments=out.assignments,
+                   report={"report_id": out.report.report_id, "duplicate": out.report.duplicate})
 
 
 @bp.get("/node/envelopes/<model>/<int:version>")

@@ -7,34 +7,90 @@ they are immutable; ``timestamp.json`` must be revalidated. A stateless
 replica (no data directory) answers the same URLs from the database: metadata
 from ``tuf_metadata``, targets streamed chunk by chunk from ``blob_chunks``,
 with the same byte ranges (:func:`_blob_response`).
+
+Every node polls ``timestamp.json`` as often as it checks in, so with a data
+directory metadata files are answered from memory (:class:`MetadataFiles`),
+checked against the file with one ``stat`` per request: a file that any
+process replaced (they are written atomically: a new inode) is read again, so
+nothing served is older than the file on disk.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import re
+import stat
+import threading
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, send_from_directory
+from flask import Blueprint, Response, current_app, jsonify, request, send_from_directory
+from flask.blueprints import BlueprintSetupState
 from sqlalchemy import select
 from werkzeug.exceptions import NotFound
 from werkzeug.wsgi import FileWrapper
 
 from edgerec.sync.service.store.models import ChannelTarget, PackageVersion
 
-from .app import service
+from .app import EXTENSION, service
 from .blobs import CHUNK
 from .db_blobs import DbBlobStore
 
 bp = Blueprint("repository", __name__)
 _IMMUTABLE = "public, max-age=31536000, immutable"
+_FILES = "edgerec_metadata_files"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,250}\.json")
+
+
+class MetadataFiles:
+    """The metadata folder's files in memory: at most ``max_entries`` files of at most ``max_bytes`` each."""
+
+    def __init__(self, folder: Path, max_entries: int = 256, max_bytes: int = 1 << 20) -> None:
+        self.folder, self.max_entries, self.max_bytes = folder, max_entries, max_bytes
+        self._files: dict[str, tuple[tuple[int, int, int], bytes, str, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> tuple[bytes, str, float] | None:
+        """(content, ETag, mtime) of a metadata file; None if it is not a regular file here or too large."""
+        try:
+            st = os.stat(self.folder / name)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_size > self.max_bytes:
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        hit = self._files.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1], hit[2], hit[3]
+        try:
+            data = (self.folder / name).read_bytes()
+        except OSError:
+            return None
+        # If the file was replaced between the stat and the read, the next request's stat differs: read again.
+        entry = (key, data, hashlib.sha256(data).hexdigest()[:32], st.st_mtime)
+        with self._lock:
+            self._files.pop(name, None)
+            self._files[name] = entry
+            while len(self._files) > self.max_entries:
+                del self._files[next(iter(self._files))]
+        return entry[1], entry[2], entry[3]
+
+
+@bp.record_once
+def _files(state: BlueprintSetupState) -> None:
+    datadir = state.app.extensions[EXTENSION].datadir
+    if datadir is not None:  # a stateless replica reads the database instead
+        state.app.extensions[_FILES] = MetadataFiles(datadir.metadata)
 
 
 @bp.get("/repository/metadata/<name>")
 def metadata(name: str) -> Any:
-    if not name.endswith(".json"):
+    if not _NAME.fullmatch(name):
         raise NotFound()
     svc = service()
+    cache_control = "no-cache" if name in ("timestamp.json", "root.json") else _IMMUTABLE
     if svc.datadir is None:
         data = svc.repo.file(name)
         if data is None:
@@ -43,8 +99,16 @@ def metadata(name: str) -> Any:
         resp.add_etag()
         resp.make_conditional(request)
     else:
-        resp = send_from_directory(svc.datadir.metadata, name, conditional=True, max_age=0)
-    resp.headers["Cache-Control"] = "no-cache" if name in ("timestamp.json", "root.json") else _IMMUTABLE
+        found = current_app.extensions[_FILES].get(name)
+        if found is None:  # not there (404), or larger than what is kept in memory
+            resp = send_from_directory(svc.datadir.metadata, name, conditional=True, max_age=0)
+        else:
+            data, etag, mtime = found
+            resp = Response(data, mimetype="application/json")
+            resp.set_etag(etag)
+            resp.last_modified = mtime
+            resp.make_conditional(request, accept_ranges=True, complete_length=len(data))  # changes resp itself
+    resp.headers["Cache-Control"] = cache_control
     return resp
 
 

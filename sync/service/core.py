@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from edgerec.sdk.errors import PackageError
@@ -60,6 +61,7 @@ from .publish import Publisher, PublishResult
 from .reports import ReportResult, store_report
 from .retention import prune_due
 from .rollout import Rollouts, RolloutSummary
+from .signed_cache import SignedAssignmentCache
 from .store import Database, migrate
 from .tokens import check_admin_token
 from .tuf_repo import TufRepository
@@ -80,6 +82,8 @@ def name_arg(value: object, what: str) -> str:
 class AuthedNode:
     id: str
     status_digest: str | None
+    # the node's assignment rows (as _ASSIGNMENTS reads them), when read with the node's key
+    assignments: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,8 @@ class SyncService:
         self.verifier = RequestVerifier(config.signature_max_age_s, config.clock_skew_s)
         self.metrics = SyncMetrics(db)
         self._keys: dict[str, Ed25519PublicKey] = {}
+        # A signature is reused for at most a minute (a tenth of the lifetime, if that is shorter).
+        self.signed_docs = SignedAssignmentCache(min(60, config.assignment_expiry_s // 10))
         self._nonce_insert = db.insert(Nonce).on_conflict_do_nothing().returning(Nonce.nonce)
 
     @classmethod
@@ -378,15 +384,18 @@ class SyncService:
         """The id of the node that signed this request; refuses bad signatures, replays and revoked nodes."""
         return self.authenticate_node(session, method, url, headers, body).id
 
-    def authenticate_node(self, session: Session, method: str, url: str, headers: Any, body: bytes) -> AuthedNode:
-        """:meth:`authenticate`, with the node's last stored status digest.
+    def authenticate_node(self, session: Session | Connection, method: str, url: str, headers: Any, body: bytes,
+                          with_assignments: bool = False) -> AuthedNode:
+        """:meth:`authenticate`, with the node's last stored status digest (and its assignments).
 
         Every node request passes here, so it is two statements on the session's
         connection: read the node's key, record the nonce. The nonce row is also
         the node's "last seen" (see :func:`last_seen`), so the request writes
-        nothing else.
+        nothing else. ``with_assignments`` reads the node's assignment rows in
+        the same statement as its key (a check-in answers with them), used only
+        once the signature verified.
         """
-        conn = session.connection()
+        conn = _connection(session)
         found: dict[str, Any] = {}
 
         asked: list[str] = []
@@ -395,16 +404,16 @@ class SyncService:
             asked.append(kid)
             if not _NODE_ID.match(kid):
                 return None  # not a node id: no query with it
-            row = conn.execute(_NODE_KEY, {"id": kid}).first()
-            if row is None:
+            rows = conn.execute(_NODE_KEY_ASSIGNMENTS if with_assignments else _NODE_KEY, {"id": kid}).all()
+            if not rows:
                 return None
-            found[kid] = row
-            return self._public_key(row.signing_key)
+            found[kid] = rows
+            return self._public_key(rows[0].signing_key)
 
         try:
             verified = self.verifier.verify(method, url, headers, body, lookup)
             node_id = verified.key_id
-            if found[node_id].revoked_at is not None:
+            if found[node_id][0].revoked_at is not None:
                 raise ForbiddenError(f"node {node_id} is revoked")
             now = time.time()
             # RETURNING rather than rowcount: psycopg reports -1 for ON CONFLICT DO NOTHING.
@@ -418,21 +427,32 @@ class SyncService:
                         bounded(asked[-1]) if asked else "-", method, bounded(urlsplit(url).path), bounded(str(exc)))
             exc.reason, exc.logged = reason, True  # for the service's error handler
             raise
-        return AuthedNode(node_id, found[node_id].status_digest)
+        rows = found[node_id]
+        assigned = tuple(r for r in rows if r.target_path is not None) if with_assignments else None
+        return AuthedNode(node_id, rows[0].status_digest, assigned)
 
-    def signed_assignments(self, session: Session, node_id: str) -> list[str]:
-        """The node's assignments, freshly signed (expiry from now)."""
+    def signed_assignments(self, session: Session | Connection, node_id: str,
+                           rows: Sequence[Any] | None = None) -> list[str]:
+        """The node's assignments, signed (:class:`.signed_cache.SignedAssignmentCache`: at most a minute ago).
+
+        ``rows``: the node's assignment rows if already read in this transaction (else read here).
+        """
         now = int(time.time())
-        rows = session.connection().execute(_ASSIGNMENTS, {"nid": node_id}).all()
-        key = self.keys.assignment
+        if rows is None:
+            rows = _connection(session).execute(_ASSIGNMENTS, {"nid": node_id}).all()
+        key, expiry = self.keys.assignment, self.config.assignment_expiry_s
+
+        def signer(a: Any) -> Callable[[int], str]:
+            def sign(issued: int) -> str:
+                doc = SignedAssignment(node_id, a.model, a.version, a.channel, a.target_path, a.serial, a.rollback,
+                                       issued, issued + expiry)
+                return sign_assignment(doc, key).decode()
+            return sign
+
         return [
-            sign_assignment(
-                SignedAssignment(node_id, a.model, a.version, a.channel, path, a.serial, a.rollback, now,
-                                 now + self.config.assignment_expiry_s),
-                key,
-            ).decode()
+            self.signed_docs.get((node_id, a.model, a.version, a.channel, a.target_path, a.serial, a.rollback),
+                                 now, signer(a))
             for a in rows
-            for path in [a.target_path]
         ]
 
     def node_envelopes(self, session: Session, node_id: str, model: str, version: int) -> list[str]:
@@ -461,11 +481,51 @@ class SyncService:
             digest = session.execute(select(Node.status_digest).where(Node.id == node)).scalar_one()
             node = AuthedNode(node, digest)
         result = store_report(self.db, session, node.id, node.status_digest, doc)
+        self._failures_reported(session, result)
+        return result
+
+    def _failures_reported(self, session: Session, result: ReportResult) -> None:
         for model, version in result.new_bad:
             paused = self.rollouts.check_failures(session, model, version)
             if paused is not None:
                 log.warning("%s: %s", model, paused.paused_reason)
-        return result
+
+    def checkin(self, method: str, url: str, headers: Any, body: bytes,
+                parse: Callable[[bytes], dict[str, Any]]) -> Checkin:
+        """A node's check-in: its signed status report in (``parse`` reads the body), its signed assignments out.
+
+        One write transaction on a bare connection, three statements when the
+        status repeats the stored one (a heartbeat, the usual case): the node's
+        key with its assignments, the nonce, the commit. An ORM session joins
+        the transaction only when a reported failure may pause a rollout (and
+        the assignments are read again after it).
+        """
+        with self.db.write_connection() as conn:
+            node = self.authenticate_node(conn, method, url, headers, body, with_assignments=True)
+            doc = parse(body)
+            if doc.get("kind") != "status":
+                raise BadRequestError("a check-in carries a status report (kind 'status')", field="kind")
+            result = store_report(self.db, conn, node.id, node.status_digest, doc)
+            rows = node.assignments
+            if result.new_bad:
+                with Session(bind=conn) as session:  # joins conn's transaction; commits nothing itself
+                    self._failures_reported(session, result)
+                    session.flush()
+                rows = None
+            return Checkin(node.id, self.signed_assignments(conn, node.id, rows), result)
+
+
+@dataclass(frozen=True)
+class Checkin:
+    """What a check-in answers: the node, its signed assignments, what became of its report."""
+
+    node_id: str
+    assignments: list[str]
+    report: ReportResult
+
+
+def _connection(session: Session | Connection) -> Connection:
+    return session if isinstance(session, Connection) else session.connection()
 
 
 def _signed_reason(exc: RequestRefusedError, asked: Sequence[str], found: dict[str, Any]) -> str:
@@ -487,13 +547,24 @@ def _package(session: Session, model: str, version: int) -> PackageVersion | Non
 
 _NODE_ID = re.compile(r"^[a-z0-9]{1,32}$")
 _NODE_KEY = select(Node.signing_key, Node.revoked_at, Node.status_digest).where(Node.id == bindparam("id"))
+_ASSIGNED = (Assignment.model, Assignment.version, Assignment.channel, Assignment.serial, Assignment.rollback,
+             ChannelTarget.target_path)
+_PACKAGE_OF = (PackageVersion.name == Assignment.model) & (PackageVersion.version == Assignment.version)
+_TARGET_OF = (ChannelTarget.package_id == PackageVersion.id) & (ChannelTarget.channel == Assignment.channel)
 _ASSIGNMENTS = (
-    select(Assignment.model, Assignment.version, Assignment.channel, Assignment.serial, Assignment.rollback,
-           ChannelTarget.target_path)
-    .join(PackageVersion, (PackageVersion.name == Assignment.model) & (PackageVersion.version == Assignment.version))
-    .join(ChannelTarget,
-          (ChannelTarget.package_id == PackageVersion.id) & (ChannelTarget.channel == Assignment.channel))
+    select(*_ASSIGNED).join(PackageVersion, _PACKAGE_OF).join(ChannelTarget, _TARGET_OF)
     .where(Assignment.node_id == bindparam("nid"))
+    .order_by(Assignment.model)
+)
+# The node's key and its assignments in one statement: a row per assignment (the node's columns repeated),
+# one row with NULL assignment columns for none; rows without a target are what _ASSIGNMENTS' inner joins drop.
+_NODE_KEY_ASSIGNMENTS = (
+    select(Node.signing_key, Node.revoked_at, Node.status_digest, *_ASSIGNED)
+    .select_from(Node)
+    .outerjoin(Assignment, Assignment.node_id == Node.id)
+    .outerjoin(PackageVersion, _PACKAGE_OF)
+    .outerjoin(ChannelTarget, _TARGET_OF)
+    .where(Node.id == bindparam("id"))
     .order_by(Assignment.model)
 )
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from edgerec.sdk.errors import PackageError
@@ -86,7 +87,7 @@ def status_digest(doc: dict[str, Any]) -> str:
 
 
 def store_report(
-    db: Database, session: Session, node_id: str, last_digest: str | None, doc: dict[str, Any]
+    db: Database, session: Session | Connection, node_id: str, last_digest: str | None, doc: dict[str, Any]
 ) -> ReportResult:
     """Store a report once (the node's request nonce already marks it seen).
 
@@ -98,7 +99,7 @@ def store_report(
     rid, kind = check_report(doc)
     rows = _status_rows(doc) if kind == "status" else []
     now = time.time()
-    conn = session.connection()
+    conn = session if isinstance(session, Connection) else session.connection()
     digest = status_digest(doc) if kind == "status" else None
     if digest is not None and digest == last_digest:
         return ReportResult(rid, False, stored=False)

@@ -157,8 +157,6 @@ def serve(data_dir: Path | None, db_url: str | None, config: ServiceConfig, sett
 
 def worker_app() -> WSGIApp:
     """One worker's WSGI app (granian's factory target): the service, its maintenance loop, body deadlines."""
-    from .app import create_app
-
     exit_with_server()
     metrics_after_fork()
     configure_otlp("edgerec-sync")  # when OTEL_EXPORTER_OTLP_ENDPOINT (or sync serve --otlp-endpoint) is set
@@ -177,7 +175,14 @@ def worker_app() -> WSGIApp:
 
     # granian's worker ends through multiprocessing, which runs its finalizers but not atexit's.
     mp_util.Finalize(None, close, exitpriority=10)
-    return Admission(create_app(service).wsgi_app, config.threads, body_limit(config))
+    return service_app(service)
+
+
+def service_app(service: SyncService) -> WSGIApp:
+    """The WSGI app a worker serves for ``service``: :class:`Admission` in front of the Flask app."""
+    from .app import create_app
+
+    return Admission(create_app(service).wsgi_app, service.config.threads, body_limit(service.config))
 
 
 def _path(spec: dict[str, Any], name: str) -> Path | None:
@@ -317,4 +322,5 @@ class RunningServer:
         return self.proc.returncode
 
 
-__all__ = ["LOG_FORMAT", "READY_LINE", "Maintenance", "RunningServer", "http_settings", "main", "serve", "worker_app"]
+__all__ = ["LOG_FORMAT", "READY_LINE", "Maintenance", "RunningServer", "http_settings", "main", "serve", "service_app",
+           "worker_app"]
