@@ -52,6 +52,10 @@ class ServiceConfig:
     # waitress worker threads: few, as the GIL serialises Python work anyway (measured in
     # bench/sync.py: 4 beat 16 on tail latency); raise it for a remote, slow database
     threads: int = 4
+    # overload: requests that may wait for one of those threads, for how long, and the Retry-After of a refusal
+    shed_max_waiting: int = 64
+    shed_max_wait_s: float = 0.5
+    shed_retry_after_s: int = 10
     # fleet metrics (nodes' private releases): a figure needs this many nodes; the reports' test level;
     # noise-free (test only) releases are refused unless this is set
     metrics_min_nodes: int = 5
