@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from edgerec.sdk.errors import EdgeRecError
 from edgerec.sdk.keys import load_recipient_key, load_verify_key
+from edgerec.sdk.user_keys import read_user_key
 
 from . import api_rank, api_tfserving, api_users, api_v2, control, metrics_api, openapi
 from .cache import open_cache
@@ -27,6 +28,7 @@ from .config import ServerConfig, read_token
 from .context import STATE_KEY
 from .dataplane import DataPlane
 from .event_dedup import EventDedup
+from .event_spool import EventSpool
 from .fastpath import FastRoutes, error_parts
 from .features import FeatureStore, open_source
 from .metrics import Metrics
@@ -73,9 +75,13 @@ class EdgeServer:
         # caught whichever worker it reaches.
         dedup_path = config.events_dedup_path or config.run_dir
         self.dedup = EventDedup(config.events_dedup_bytes, config.attribution_window_s, dedup_path)
+        self.spool = None
+        if config.events_spool_dir is not None and config.user_key_file is not None:
+            self.spool = EventSpool(config.events_spool_dir, config.events_spool_bytes,
+                                    read_user_key(config.user_key_file), self.metrics)
         self.dataplane = DataPlane(self.repo, {e.name: e for e in config.experiments}, self.features,
                                    self.metrics, self.ids, max_rows=config.max_rows,
-                                   user_id_field=config.user_id_field, dedup=self.dedup)
+                                   user_id_field=config.user_id_field, dedup=self.dedup, spool=self.spool)
         self.control_token = config.control_token or read_token(config.control_token_file)
         self.control_lock = threading.Lock()
         self.ready = threading.Event()
@@ -89,6 +95,8 @@ class EdgeServer:
 
     def start(self, background: bool = False) -> None:
         """Load the model directory (or a restarted worker's last state), then become ready."""
+        if self.spool is not None:
+            self.spool.start()
         if background:
             self._loader = threading.Thread(target=self._initial_load, name="initial-load", daemon=True)
             self._loader.start()
@@ -130,6 +138,8 @@ class EdgeServer:
         if self.features is not None:
             self.features.close()
         self.dedup.close()
+        if self.spool is not None:
+            self.spool.close()
 
 
 def create_app(config: ServerConfig | None = None, *, tracer_provider: Any = None, start: bool = True,
@@ -157,7 +167,8 @@ def _install_hooks(app: Flask, srv: EdgeServer) -> None:
     def label(endpoint: str | None, values: dict[str, Any] | None) -> None:
         request.environ[STATE_KEY].endpoint = endpoint or "unmatched"
 
-    middleware = RequestMiddleware(app.wsgi_app, srv.metrics, srv.otel, srv.config.access_log, FastRoutes(srv))
+    middleware = RequestMiddleware(app.wsgi_app, srv.metrics, srv.otel, srv.config.access_log, FastRoutes(srv),
+                                   srv.spool)
     app.wsgi_app = middleware  # type: ignore[method-assign]  # Flask's documented way to wrap its WSGI app
 
 

@@ -62,6 +62,11 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys"}
               envvar="EDGEREC_CONTROL_TOKEN_FILE",
               help="Bearer token of the control API (or env EDGEREC_CONTROL_TOKEN); none: control off.")
 @click.option("--control-allow-remote", is_flag=True, help="Let non-loopback callers reach the control API.")
+@click.option("--events-spool", "events_spool_dir", type=AbsolutePath(file_okay=False, path_type=Path),
+              help="Folder where accepted events and operational figures are spooled for the node daemon "
+                   "(with --user-key-file; 'edgerec node run --serve' sets both).")
+@click.option("--user-key-file", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path),
+              help="The node's key of user fingerprints in the spool (0600; made by the node).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)

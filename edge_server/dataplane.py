@@ -10,7 +10,9 @@ batcher, which validates and encodes them with the SDK once per merged batch.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgerec.sdk.errors import InvalidInputError
+from edgerec.sdk.event_spool import SpooledEvent
 from edgerec.sdk.ranking import build_rank_batch
 
 from .batching import Arrays
@@ -31,6 +34,7 @@ from .errors import (
     VersionNotFoundError,
 )
 from .event_dedup import EventDedup
+from .event_spool import EventSpool
 from .experiments import Experiment
 from .features import FeatureStore
 from .metrics import EVENT_TYPES, Metrics
@@ -71,8 +75,9 @@ class DataPlane:
 
     def __init__(self, repo: Repository, experiments: Mapping[str, Experiment], features: FeatureStore | None,
                  metrics: Metrics, ids: ResponseIds, *, max_rows: int, user_id_field: str = "user_id",
-                 dedup: EventDedup | None = None) -> None:
+                 dedup: EventDedup | None = None, spool: EventSpool | None = None) -> None:
         self.repo, self.experiments, self.features = repo, experiments, features
+        self.spool = spool
         self.metrics, self.ids = metrics, ids
         self.max_rows = max_rows
         self.user_id_field = user_id_field
@@ -131,10 +136,17 @@ class DataPlane:
         if req.top_k is not None:
             order = order[: req.top_k]
         exp_name = experiment.name if experiment else ""
-        top = zip(order.tolist(), scores[order].tolist(), strict=True)
-        items = [{"item": _plain(ids[i]), "score": score, "rank": r} for r, (i, score) in enumerate(top, 1)]
+        top_scores = scores[order].tolist()
+        items = [{"item": _plain(ids[i]), "score": score, "rank": r}
+                 for r, (i, score) in enumerate(zip(order.tolist(), top_scores, strict=True), 1)]
+        user_key = ""
+        if self.spool is not None:
+            self.spool.scores(mv.name, mv.version, top_scores)
+            if req.user_id is not None:
+                user_key = self.spool.fingerprint(str(req.user_id))
         return {
-            "response_id": self.ids.issue(mv.name, mv.version, exp_name, variant, [it["item"] for it in items]),
+            "response_id": self.ids.issue(mv.name, mv.version, exp_name, variant, [it["item"] for it in items],
+                                          user_key),
             "model": mv.name,
             "version": mv.label,
             "variant": variant,
@@ -207,10 +219,14 @@ class DataPlane:
     def forget_user(self, user_id: str) -> dict[str, int]:
         """Erase what this process holds of a user: cached profile and experiment assignments.
 
-        Event dedup keys are (response id, type, item): response ids name the
-        serving model and variant, never the user, so they hold nothing of theirs."""
+        Event dedup keys are digests of (response id, type, item), which name
+        nobody. The event spool holds the user's fingerprint: this process
+        moves on to a new spool file, so every file written before is final
+        and the node can rewrite it without the user (``node forget-user``)."""
         profile = self.features.forget(user_id) if self.features is not None else 0
         assignments = sum(e.forget(user_id) for e in self.experiments.values())
+        if self.spool is not None:
+            self.spool.rotate()
         return {"profiles": profile, "assignments": assignments}
 
     def record_events(self, events: Sequence[Event]) -> dict[str, int]:
@@ -238,13 +254,28 @@ class DataPlane:
         keys = [(_event_key(s, e), s.issued) for e, s in zip(events, served, strict=True)]
         outcomes = self.dedup.admit(keys)
         counts = {"accepted": 0, "duplicates": 0, "expired": 0}
+        spooled: list[SpooledEvent] = []
+        now = time.time()
         for e, s, outcome in zip(events, served, outcomes, strict=True):
             if outcome == "new":
                 self.metrics.event(s.model, str(s.version), s.experiment, s.variant, e.type)
                 counts["accepted"] += 1
+                if self.spool is not None:
+                    spooled.append(_spooled(now, e, s))
             else:
                 counts["duplicates" if outcome == "duplicate" else "expired"] += 1
+        if spooled:
+            assert self.spool is not None
+            self.spool.events(spooled)
         return counts
+
+
+def _spooled(now: float, e: Event, s: Served) -> SpooledEvent:
+    """The spool's record of an accepted event. An anonymous ranking's events count as one user of their own
+    (its response): nothing ties anonymous responses together, so no bound can span them."""
+    user = s.user or base64.urlsafe_b64encode(s.tag[:12]).decode()
+    # Outside an experiment the release's key has no variant (the server's label "default" is not one).
+    return SpooledEvent(now, e.type, s.model, s.version, s.experiment, s.variant if s.experiment else "", user)
 
 
 def _event_key(served: Served, e: Event) -> bytes:

@@ -42,6 +42,7 @@ from edgerec.sdk.http_server import (
     reserve_port,
 )
 from edgerec.sdk.keys import load_recipient_key, load_verify_key
+from edgerec.sdk.user_keys import read_user_key
 
 from .config import ServerConfig, read_token
 from .json_logs import configure_logging
@@ -66,6 +67,8 @@ def preflight(config: ServerConfig) -> ServerConfig:
         load_verify_key(key)
     if config.recipient_key is not None:
         load_recipient_key(config.recipient_key)
+    if config.user_key_file is not None:
+        read_user_key(config.user_key_file)
     return config.replace(response_key=config.response_key or os.urandom(32),
                           control_token=config.control_token or read_token(config.control_token_file))
 

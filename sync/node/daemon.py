@@ -21,6 +21,12 @@ Each cycle:
    swap the edge server back to the current version, mark the version bad
    (never tried again on this node) and report why.
 
+Fleet metrics (with ``DaemonConfig.metrics``): before checking in, each cycle
+drains the edge server's event spool into windows, releases the closed ones
+privately and queues them as metrics reports with the status reports
+(:mod:`.metrics_feed`); ``node forget-user`` requests are carried out within a
+second, between cycles too.
+
 Nothing before step 5 touches ``current``, so a kill at any point leaves the
 previous version serving after any restart. While the service cannot be
 reached the node keeps serving, retries with exponential backoff and jitter,
@@ -29,8 +35,11 @@ and keeps its reports queued.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -56,12 +65,14 @@ from edgerec.sdk.modeldir import ModelDir
 from edgerec.sdk.package import Package
 from edgerec.sync.protocol.assignments import Accepted, Assignment, verify_assignment
 from edgerec.sync.protocol.errors import ApiError, AssignmentError, InstallError, ServerUnreachableError
+from edgerec.sync.protocol.releases import Key
 from edgerec.sync.protocol.trust import TrustInfo
 
 from .client import NodeClient, http_client
 from .edge_control import EdgeControl, EdgeRefusedError, EdgeUnreachableError
 from .fetcher import HttpxFetcher
 from .health import HealthPolicy, Probe, watch
+from .metrics_feed import MetricsConfig, MetricsFeed
 from .state import Failure, Installed, NodeState
 
 log = logging.getLogger("edgerec.sync.node")
@@ -83,6 +94,8 @@ class DaemonConfig:
     # The edge server dying during this many activations of one version marks it bad (a crash loop).
     # A killed daemon does not count: it holds no model, and a kill -9 must not make a version bad.
     max_edge_deaths: int = 3
+    # Fleet metrics from the edge server's event spool (None: off).
+    metrics: MetricsConfig | None = None
 
 
 @dataclass
@@ -129,11 +142,20 @@ class NodeDaemon:
         self.edge = edge
         self.on_trust_change = on_trust_change
         self._sync_installed()
+        # Held while the daemon runs: `node forget-user` then asks it (through node.db) rather than
+        # rewriting the spool under its feet.
+        self._lock_fd = os.open(state.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self.feed = MetricsFeed(state, self.config.metrics) if self.config.metrics is not None else None
 
     def close(self) -> None:
         self.http.close()
         if self.edge is not None:
             self.edge.close()
+        if self.feed is not None:
+            self.feed.close()
+        with contextlib.suppress(OSError):
+            os.close(self._lock_fd)
 
     def _sync_installed(self) -> None:
         """The pointers are the truth; the ``installed`` table follows them (after a kill between the two)."""
@@ -158,7 +180,11 @@ class NodeDaemon:
             delay = self.next_delay(misses)
             if misses:
                 log.warning("sync service unreachable (%d tries); next try in %.2f s", misses, delay)
-            stop.wait(delay)
+            deadline = time.monotonic() + delay
+            while not stop.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+                self.erasures()  # a forget-user waits for this, not for the next cycle
+                if time.monotonic() >= deadline:
+                    break
 
     def next_delay(self, misses: int, rng: Callable[[float, float], float] = random.uniform) -> float:
         """Seconds to the next cycle: the poll interval (+-10 %), or the backoff after ``misses`` failures.
@@ -178,6 +204,7 @@ class NodeDaemon:
         if view is not None:
             self._repair(view, result)
             view = self._edge_view()
+        self._metrics(view)
         self._queue_status(view)
         if not self._flush():
             result.reachable = False
@@ -195,6 +222,35 @@ class NodeDaemon:
         self._queue_status(self._edge_view())
         result.reported = self._flush()
         return result
+
+    # -- fleet metrics ------------------------------------------------------------------------
+
+    def _metrics(self, view: dict[str, dict[str, Any]] | None) -> None:
+        """Drain the spool, release closed windows and queue them (they go out with the status reports)."""
+        if self.feed is None:
+            return
+        self.erasures()
+        if view is not None:
+            self.feed.declare(Key(m, int(doc["version"]), "", "") for m, doc in view.items())
+        try:
+            done = self.feed.run()
+        except (OSError, ValueError) as exc:  # a full disk, an unreadable file: the spool keeps the events
+            log.error("fleet metrics: %s", exc)
+            return
+        if done.releases or done.ops:
+            log.info("fleet metrics: %d release(s) and %d operational window(s) queued",
+                     len(done.releases), len(done.ops))
+
+    def erasures(self) -> int:
+        """Carry out the forget-user requests queued in node.db; returns how many."""
+        if self.feed is None:
+            return 0
+        requests = self.db.forget_requests()
+        for seq, fingerprint, files in requests:
+            n = self.feed.erase(fingerprint, files)
+            self.db.forget_done(seq)
+            log.info("erased a user from the open windows and the spool (%d event(s))", n)
+        return len(requests)
 
     # -- the edge server --------------------------------------------------------------------
 
