@@ -59,8 +59,8 @@ class EdgeServer:
             max_delay_s=config.max_delay_ms / 1000,
             timeout_s=config.request_timeout_s,
         )
-        pinned = {(e.model, v.version) for e in config.experiments for v in e.variants}
-        self.repo = Repository(settings, self.metrics, pinned=lambda: pinned)
+        # Experiment variants stay loaded while their experiment runs (set at start or by the control API).
+        self.repo = Repository(settings, self.metrics, pinned=self._pinned)
         source = open_source(config.feature_source)
         self.features = None
         if source is not None:
@@ -79,7 +79,7 @@ class EdgeServer:
         if config.events_spool_dir is not None and config.user_key_file is not None:
             self.spool = EventSpool(config.events_spool_dir, config.events_spool_bytes,
                                     read_user_key(config.user_key_file), self.metrics)
-        self.dataplane = DataPlane(self.repo, {e.name: e for e in config.experiments}, self.features,
+        self.dataplane: DataPlane = DataPlane(self.repo, {e.name: e for e in config.experiments}, self.features,
                                    self.metrics, self.ids, max_rows=config.max_rows,
                                    user_id_field=config.user_id_field, dedup=self.dedup, spool=self.spool)
         self.control_token = config.control_token or read_token(config.control_token_file)
@@ -90,6 +90,9 @@ class EdgeServer:
         self.max_elements = 1 << 24
         self.openapi_cache: tuple[int, dict[str, Any]] | None = None
         self._loader: threading.Thread | None = None
+
+    def _pinned(self) -> set[tuple[str, int]]:
+        return self.dataplane.pinned()  # built after the repository, which asks only later
 
     # -- start-up -----------------------------------------------------------------
 
@@ -125,11 +128,14 @@ class EdgeServer:
         return self.config.run_dir / STATE_FILE if self.config.run_dir else None
 
     def _load_state(self, path: Path) -> None:
-        for entry in json.loads(path.read_text())["versions"]:
+        doc = json.loads(path.read_text())
+        for entry in doc["versions"]:
             try:
                 self.repo.load(entry["path"], serve=entry["serving"])
             except EdgeRecError as exc:
                 self.load_failures.append(f"{entry['path']}: {exc}")
+        if doc.get("experiments") is not None:
+            self.dataplane.replace_experiments(doc["experiments"])
 
     def close(self) -> None:
         if self._loader is not None:

@@ -35,7 +35,7 @@ from .errors import (
 )
 from .event_dedup import EventDedup
 from .event_spool import EventSpool
-from .experiments import Experiment
+from .experiments import Experiment, ExperimentConfigError, parse_experiments
 from .features import FeatureStore
 from .metrics import EVENT_TYPES, Metrics
 from .repository import Lease, ModelVersion, Repository
@@ -73,7 +73,7 @@ class Event:
 class DataPlane:
     """Scoring and event recording, shared by every API."""
 
-    def __init__(self, repo: Repository, experiments: Mapping[str, Experiment], features: FeatureStore | None,
+    def __init__(self, repo: Repository, experiments: dict[str, Experiment], features: FeatureStore | None,
                  metrics: Metrics, ids: ResponseIds, *, max_rows: int, user_id_field: str = "user_id",
                  dedup: EventDedup | None = None, spool: EventSpool | None = None) -> None:
         self.repo, self.experiments, self.features = repo, experiments, features
@@ -82,6 +82,55 @@ class DataPlane:
         self.max_rows = max_rows
         self.user_id_field = user_id_field
         self.dedup = dedup or EventDedup(4 * 1024 * 1024, 86400.0)
+
+    # -- experiments (settings file, or the control API) ---------------------------
+
+    def pinned(self) -> set[tuple[str, int]]:
+        """The (model, version) pairs running experiments need loaded."""
+        return {(e.model, v.version) for e in list(self.experiments.values()) for v in e.variants}
+
+    def set_experiment(self, doc: Any, check_loaded: bool = True) -> Experiment:
+        """Run (or replace) the experiment ``doc`` describes; every variant's version must be loaded."""
+        try:
+            exp = parse_experiments([doc])[0]
+        except ExperimentConfigError as exc:
+            raise BadRequestError(str(exc).removeprefix("experiments[0]").lstrip(".: ") or str(exc),
+                                  field="experiment") from exc
+        if check_loaded:
+            for v in exp.variants:
+                try:
+                    self.repo.get(exp.model, v.version)
+                except (ModelNotFoundError, VersionNotFoundError) as e:
+                    raise VersionNotFoundError(f"variant {v.name} needs {exp.model} v{v.version}, which is not "
+                                               "loaded", field="variants") from e
+        self.experiments[exp.name] = exp
+        return exp
+
+    def clear_experiment(self, name: str) -> bool:
+        """Stop an experiment; its variants' versions that nothing else needs and that do not serve are unloaded."""
+        exp = self.experiments.pop(name, None)
+        if exp is None:
+            return False
+        keep = self.pinned()
+        for v in exp.variants:
+            if (exp.model, v.version) in keep:
+                continue
+            try:
+                mv = self.repo.get(exp.model, v.version)
+            except (ModelNotFoundError, VersionNotFoundError):
+                continue
+            if not mv.serving:
+                self.repo.unload(exp.model, v.version)
+        return True
+
+    def replace_experiments(self, docs: Sequence[Any]) -> None:
+        """Run exactly ``docs`` (a worker that starts or fell behind takes the shared list)."""
+        wanted = {e.name: e for e in parse_experiments(list(docs))}
+        self.experiments.clear()
+        self.experiments.update(wanted)
+
+    def experiments_doc(self) -> list[dict[str, Any]]:
+        return [e.to_dict() for _, e in sorted(self.experiments.items())]
 
     # -- tensors -------------------------------------------------------------------
 
