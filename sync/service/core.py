@@ -46,6 +46,7 @@ from .config import ServiceConfig
 from .datadir import DataDir
 from .enrollment import create_token, enroll
 from .envelopes import seal_missing
+from .experiments import experiment_versions, node_experiments
 from .metrics import SyncMetrics
 from .online_keys import OnlineKeys
 from .publish import Publisher, PublishResult
@@ -354,11 +355,12 @@ class SyncService:
         return [
             sign_assignment(
                 SignedAssignment(node_id, a.model, a.version, a.channel, path, a.serial, a.rollback, now,
-                                 now + self.config.assignment_expiry_s),
+                                 now + self.config.assignment_expiry_s, tuple(exps), tuple(extras)),
                 key,
             ).decode()
             for a in rows
             for path in [a.target_path]
+            for exps, extras in [node_experiments(session, node_id, a.model, a.version, a.channel)]
         ]
 
     def node_envelopes(self, session: Session, node_id: str, model: str, version: int) -> list[str]:
@@ -370,7 +372,8 @@ class SyncService:
         if package is None:
             raise NotFoundError(f"unknown model version {model} {version}", field="version")
         assigned = session.get(Assignment, (node_id, model))
-        if assigned is None or assigned.version != version:
+        if assigned is None or (assigned.version != version
+                                and version not in experiment_versions(session, node_id, model)):
             raise ForbiddenError(f"{model} version {version} is not assigned to this node", field="version")
         envelopes, _ = seal_missing(session, self.keys.kek, node, package)
         return [e.decode() for e in envelopes]
