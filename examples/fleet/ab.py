@@ -30,8 +30,8 @@ WINDOW_S = 60  # the shortest window a node allows: the demo waits for one to cl
 EPSILON = 4.0  # per window; a demo's few thousand users need a looser budget than the default 0.5
 
 
-def run_ab(fleet: Fleet, work: Path, say: Say, sync_url: str) -> dict[str, Any]:
-    """Two nodes, one experiment, simulated users, the private A/B report; what happened, for ``--json``."""
+def start_ab_nodes(fleet: Fleet, work: Path, sync_url: str) -> list[tuple[str, str, Path]]:
+    """Enroll the two A/B nodes and start their daemons (each with its edge server): (name, edge URL, state)."""
     edges = []
     for i in (1, 2):
         name = f"ab-{i}"
@@ -48,6 +48,11 @@ def run_ab(fleet: Fleet, work: Path, say: Say, sync_url: str) -> dict[str, Any]:
                     "--epsilon", str(EPSILON), "--daily-budget", str(EPSILON * 24),
                     ready=f"{edge}/v2/health/live")
         edges.append((name, edge, state))
+    return edges
+
+
+def run_ab(fleet: Fleet, work: Path, say: Say, edges: list[tuple[str, str, Path]]) -> dict[str, Any]:
+    """One experiment on the nodes ``start_ab_nodes`` started, simulated users, the private A/B report."""
     fleet.run("experiment create", "admin", "experiment", "create", "ab", "--model", "ctr", "--variants",
               ",".join(f"{a.variant}={a.version}:1" for a in ARMS), "--tags", "ab")
     for name, edge, state in edges:
@@ -68,14 +73,15 @@ def run_ab(fleet: Fleet, work: Path, say: Say, sync_url: str) -> dict[str, Any]:
             f"{v} {c['click']}/{c['impression']}" for v, c in sent.items())))
 
     last_window = int(time.time() // WINDOW_S) * WINDOW_S  # the window of the last event
+    t1 = time.monotonic()
     with busy(f"waiting for the window to close ({last_window + WINDOW_S + 3 - time.time():.0f} s) and the "
               "nodes' releases to arrive", fleet.progress):
         report = _wait_report(fleet, last_window, deadline=last_window + 2 * WINDOW_S + 30)
     plot = work / "ab.png"
     table = fleet.run("ab-report plot", "admin", "ab-report", "ab", "--plot", plot)
-    say("9. the nodes released their windows (each user's clicks bounded, OpenDP discrete Laplace noise at "
-        f"epsilon {EPSILON:g} per window); the service summed them over k = 2 nodes. [bold]edgerec admin ab-report "
-        "ab[/]:")
+    say(f"9. the {WINDOW_S} s window closed and the nodes released it ({time.monotonic() - t1:.0f} s later): each "
+        f"user's clicks bounded, OpenDP discrete Laplace noise at epsilon {EPSILON:g}; the service summed the "
+        "nodes (k = 2). [bold]edgerec admin ab-report ab[/]:")
     say(escape(table.rstrip()))
     say(f"   plot: {escape(str(plot))}")
     return {"sent": sent, "report": report, "plot": str(plot)}

@@ -179,6 +179,9 @@ def _loop(fleet: Fleet, work: Path, say: Say) -> dict[str, Any]:
                 ready=f"{edge_url}/v2/health/live")
     say(f"3. node {escape(node_id)} enrolled (Ed25519 + X25519 keys made on the node); edge server on "
         f"{escape(edge_url)}")
+    from .ab import run_ab, start_ab_nodes  # here, not at the top: .ab imports this module
+
+    ab_nodes = start_ab_nodes(fleet, work, sync_url)  # they start (and install what is rolled out) meanwhile
 
     # A short health window: the demo sends no traffic of its own while the daemon watches a new version.
     node_run: list[str | Path] = ["node", "run", "--state-dir", work / "node", "--model-dir", work / "models",
@@ -212,9 +215,7 @@ def _loop(fleet: Fleet, work: Path, say: Say) -> dict[str, Any]:
                f"{node_id}: desired v{row.get('desired_version')}, installed v{row.get('installed_version')}, "
                f"accelerator {row.get('accelerator')}"))
     out.update({"node_id": node_id, "status": row, "sync_url": sync_url, "edge_url": edge_url})
-    from .ab import run_ab  # here, not at the top: .ab imports this module
-
-    out["ab"] = run_ab(fleet, work, say, sync_url)
+    out["ab"] = run_ab(fleet, work, say, ab_nodes)
     return out
 
 
