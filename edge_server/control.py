@@ -106,10 +106,11 @@ def list_experiments() -> Response:
     return json_response({"experiments": server().dataplane.experiments_doc()})
 
 
-@bp.put("/experiments/<name>")
-def set_experiment(name: str) -> Response:
+@bp.put("/experiments/<experiment>")
+def set_experiment(experiment: str) -> Response:
     """Run an experiment (or replace the one of that name) on every worker; its variants' versions must be
     loaded (``models/load`` with ``"serve": false`` loads one without serving it)."""
+    name = experiment
     doc = loads_object(request.get_data(cache=False))
     if doc.get("name", name) != name:
         raise BadRequestError("the name in the body differs from the one in the path", field="name")
@@ -122,9 +123,9 @@ def set_experiment(name: str) -> Response:
     return json_response({**exp.to_dict(), "workers": workers})
 
 
-@bp.delete("/experiments/<name>")
-def clear_experiment(name: str) -> Response:
-    srv = server()
+@bp.delete("/experiments/<experiment>")
+def clear_experiment(experiment: str) -> Response:
+    name, srv = experiment, server()
     if name not in srv.dataplane.experiments:
         raise NotFoundError(f"no experiment {name!r} runs here", field="name")
     _, workers = _everywhere(lambda: srv.dataplane.clear_experiment(name),
