@@ -270,14 +270,16 @@ def retry_cmd(state_dir: Path, model: str, version: int | None) -> None:
 @click.option("--state-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
 @click.option("--model-dir", type=AbsolutePath(file_okay=False, path_type=Path), default=None,
               help="Default: the one 'node run' recorded.")
+@click.option("--metrics/--no-metrics", default=True, show_default=True,
+              help="Spool accepted events for the daemon's fleet metrics (as 'node run --metrics').")
 @click.option("--json", "as_json", is_flag=True)
-def edge_config(state_dir: Path, model_dir: Path | None, as_json: bool) -> None:
+def edge_config(state_dir: Path, model_dir: Path | None, metrics: bool, as_json: bool) -> None:
     """The 'edgerec serve' flags that serve what this node installs ('node run --serve' uses the same)."""
     from .state import NodeState
     from .supervise import edge_argv, edge_flags
 
     st = NodeState(state_dir)
-    doc = edge_flags(st, model_dir)
+    doc = edge_flags(st, model_dir, metrics)
     if as_json:
         print_json(doc)
         return
