@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 from edgerec.sdk.errors import EdgeRecError
 from edgerec.sdk.keys import load_recipient_key, load_verify_key
 from edgerec.sdk.tracing import open_telemetry
+from edgerec.sdk.user_keys import read_user_key
 
 from . import api_rank, api_tfserving, api_users, api_v2, control, metrics_api, openapi
 from .api_keys import ApiKeys
@@ -29,6 +30,7 @@ from .config import ServerConfig, read_token
 from .context import STATE_KEY
 from .dataplane import DataPlane
 from .event_dedup import EventDedup
+from .event_spool import EventSpool
 from .fastpath import FastRoutes, error_parts
 from .features import FeatureStore, open_source
 from .metrics import Metrics
@@ -58,8 +60,8 @@ class EdgeServer:
             max_delay_s=config.max_delay_ms / 1000,
             timeout_s=config.request_timeout_s,
         )
-        pinned = {(e.model, v.version) for e in config.experiments for v in e.variants}
-        self.repo = Repository(settings, self.metrics, pinned=lambda: pinned)
+        # Experiment variants stay loaded while their experiment runs (set at start or by the control API).
+        self.repo = Repository(settings, self.metrics, pinned=self._pinned)
         source = open_source(config.feature_source)
         self.features = None
         if source is not None:
@@ -74,9 +76,13 @@ class EdgeServer:
         # caught whichever worker it reaches.
         dedup_path = config.events_dedup_path or config.run_dir
         self.dedup = EventDedup(config.events_dedup_bytes, config.attribution_window_s, dedup_path)
-        self.dataplane = DataPlane(self.repo, {e.name: e for e in config.experiments}, self.features,
+        self.spool = None
+        if config.events_spool_dir is not None and config.user_key_file is not None:
+            self.spool = EventSpool(config.events_spool_dir, config.events_spool_bytes,
+                                    read_user_key(config.user_key_file), self.metrics)
+        self.dataplane: DataPlane = DataPlane(self.repo, {e.name: e for e in config.experiments}, self.features,
                                    self.metrics, self.ids, max_rows=config.max_rows,
-                                   user_id_field=config.user_id_field, dedup=self.dedup)
+                                   user_id_field=config.user_id_field, dedup=self.dedup, spool=self.spool)
         self.control_token = config.control_token or read_token(config.control_token_file)
         self.control_lock = threading.Lock()
         self.ready = threading.Event()
@@ -86,10 +92,15 @@ class EdgeServer:
         self.openapi_cache: tuple[int, dict[str, Any]] | None = None
         self._loader: threading.Thread | None = None
 
+    def _pinned(self) -> set[tuple[str, int]]:
+        return self.dataplane.pinned()  # built after the repository, which asks only later
+
     # -- start-up -----------------------------------------------------------------
 
     def start(self, background: bool = False) -> None:
         """Load the model directory (or a restarted worker's last state), then become ready."""
+        if self.spool is not None:
+            self.spool.start()
         if background:
             self._loader = threading.Thread(target=self._initial_load, name="initial-load", daemon=True)
             self._loader.start()
@@ -118,11 +129,14 @@ class EdgeServer:
         return self.config.run_dir / STATE_FILE if self.config.run_dir else None
 
     def _load_state(self, path: Path) -> None:
-        for entry in json.loads(path.read_text())["versions"]:
+        doc = json.loads(path.read_text())
+        for entry in doc["versions"]:
             try:
                 self.repo.load(entry["path"], serve=entry["serving"])
             except EdgeRecError as exc:
                 self.load_failures.append(f"{entry['path']}: {exc}")
+        if doc.get("experiments") is not None:
+            self.dataplane.replace_experiments(doc["experiments"])
 
     def close(self) -> None:
         if self._loader is not None:
@@ -131,6 +145,8 @@ class EdgeServer:
         if self.features is not None:
             self.features.close()
         self.dedup.close()
+        if self.spool is not None:
+            self.spool.close()
 
 
 def create_app(config: ServerConfig | None = None, *, tracer_provider: Any = None, start: bool = True,
@@ -160,7 +176,7 @@ def _install_hooks(app: Flask, srv: EdgeServer) -> None:
 
     keys = ApiKeys(srv.config.api_key_file) if srv.config.api_key_file is not None else None
     middleware = RequestMiddleware(app.wsgi_app, srv.metrics, srv.otel, srv.config.access_log, FastRoutes(srv),
-                                   keys)
+                                   srv.spool, keys)
     app.wsgi_app = middleware  # type: ignore[method-assign]  # Flask's documented way to wrap its WSGI app
 
 

@@ -75,6 +75,11 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys", "otlp_endpoint": 
 @click.option("--otlp-endpoint", default=None,
               help="Export traces over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318); the same as "
                    "OTEL_EXPORTER_OTLP_ENDPOINT, and the other OTEL_* variables apply.")
+@click.option("--events-spool", "events_spool_dir", type=AbsolutePath(file_okay=False, path_type=Path),
+              help="Folder where accepted events and operational figures are spooled for the node daemon "
+                   "(with --user-key-file; 'edgerec node run --serve' sets both).")
+@click.option("--user-key-file", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path),
+              help="The node's key of user fingerprints in the spool (0600; made by the node).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)

@@ -12,7 +12,7 @@ options, which win. The file groups settings in sections::
     [cache]     url, ttl_s, negative_ttl_s, max_entries
     [features]  source, user_id_field
     [control]   token_file, allow_remote, timeout_s
-    [events]    attribution_window_s, dedup_bytes, dedup_path
+    [events]    attribution_window_s, dedup_bytes, dedup_path, spool_dir, spool_bytes, user_key_file
     [[experiments]]  name, model, salt, [[experiments.variants]] name, version, weight
 """
 
@@ -47,10 +47,11 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "control": {"token_file": "control_token_file", "allow_remote": "control_allow_remote",
                 "timeout_s": "control_timeout_s"},
     "events": {"attribution_window_s": "attribution_window_s", "dedup_bytes": "events_dedup_bytes",
-               "dedup_path": "events_dedup_path"},
+               "dedup_path": "events_dedup_path", "spool_dir": "events_spool_dir",
+               "spool_bytes": "events_spool_bytes", "user_key_file": "user_key_file"},
 }
 _PATHS = ("model_dir", "recipient_key", "control_token_file", "events_dedup_path", "tls_cert", "tls_key",
-          "api_key_file")
+          "api_key_file", "events_spool_dir", "user_key_file")
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,11 @@ class ServerConfig:
     # it (a folder or file; default: run_dir in multi-worker mode, else this process's memory).
     events_dedup_bytes: int = 32 * 1024 * 1024
     events_dedup_path: Path | None = None
+    # The spool of accepted events and operational figures the node daemon reads (off when None), its
+    # size cap in bytes, and the key of the users' fingerprints in it (both made by the node).
+    events_spool_dir: Path | None = None
+    events_spool_bytes: int = 256 * 1024 * 1024
+    user_key_file: Path | None = None
     response_key: bytes | None = field(default=None, repr=False)
     access_log: bool = True
     log_level: str = "info"
@@ -137,6 +143,9 @@ class ServerConfig:
             (self.attribution_window_s > 0, "attribution_window_s", "must be > 0"),
             (self.events_dedup_bytes >= 4096, "events_dedup_bytes", "must be >= 4096"),
             ((self.tls_cert is None) == (self.tls_key is None), "tls_key", "--tls-cert and --tls-key go together"),
+            (self.events_spool_bytes >= 65536, "events_spool_bytes", "must be >= 65536"),
+            ((self.events_spool_dir is None) == (self.user_key_file is None), "user_key_file",
+             "--events-spool and --user-key-file go together"),
             (bool(self.recipient_key) == bool(self.recipient_id), "recipient_id",
              "--recipient-key and --recipient-id go together"),
             (0 <= self.log_flush_ms <= 10_000, "log_flush_ms", "must be 0..10000"),
@@ -219,7 +228,8 @@ class ServerConfig:
 
 
 _INTS = ("port", "workers", "http_threads", "max_connections", "threads", "max_batch", "max_body_bytes",
-         "max_rows", "max_candidates", "max_events", "cache_max_entries", "events_dedup_bytes")
+         "max_rows", "max_candidates", "max_events", "cache_max_entries", "events_dedup_bytes",
+         "events_spool_bytes")
 _FLOATS = ("max_delay_ms", "request_timeout_s", "header_timeout_s", "control_timeout_s",
            "cache_ttl_s", "cache_negative_ttl_s", "attribution_window_s", "log_flush_ms")
 _BOOLS = ("access_log", "control_allow_remote")

@@ -1,4 +1,4 @@
-"""The local control API the node daemon drives: load, unload and list model versions.
+"""The local control API the node daemon drives: load, unload and list model versions; set and clear experiments.
 
 Loopback callers only (unless ``control_allow_remote``), ``Authorization:
 Bearer <token>`` compared in constant time; no token configured means the API
@@ -17,12 +17,12 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, request
 
 from .context import server
-from .errors import BadRequestError, ForbiddenError, UnauthorizedError, UnavailableError
+from .errors import BadRequestError, ForbiddenError, NotFoundError, UnauthorizedError, UnavailableError
 from .repository import ModelVersion
 from .wire import json_response, loads_object
 from .worker import SYNC_KEY, versions_doc
@@ -30,6 +30,7 @@ from .worker_sync import Outcome, WorkerSync
 
 bp = Blueprint("control", __name__, url_prefix="/control/v1")
 log = logging.getLogger("edgerec.edge_server.control")
+T = TypeVar("T")
 
 
 class WorkersOutOfStepError(UnavailableError):
@@ -85,7 +86,7 @@ def load() -> Response:
     path, serve = _load_body()
     srv = server()
     mv, workers = _everywhere(lambda: srv.repo.load(path, serve=serve),
-                              lambda mv: {"op": "load", "path": mv.source, "serve": serve})
+                              lambda mv: {"op": "load", "path": mv.source, "serve": serve}, f"load of {path}")
     log.info("loaded %s v%s from %s (%s)", mv.name, mv.version, path, mv.state)
     return json_response({**_answer(mv), "workers": workers})
 
@@ -94,13 +95,48 @@ def load() -> Response:
 def unload(name: str, version: str) -> Response:
     srv = server()
     mv, workers = _everywhere(lambda: srv.repo.unload(name, version),
-                              lambda mv: {"op": "unload", "name": mv.name, "version": mv.version})
+                              lambda mv: {"op": "unload", "name": mv.name, "version": mv.version},
+                              f"unload of {name} v{version}")
     log.info("unloaded %s v%s", mv.name, mv.version)
     return json_response({"name": mv.name, "version": mv.version, "state": "unloaded", "workers": workers})
 
 
-def _everywhere(here: Callable[[], ModelVersion], op: Callable[[ModelVersion], dict[str, Any]]) -> tuple[
-        ModelVersion, int]:
+@bp.get("/experiments")
+def list_experiments() -> Response:
+    return json_response({"experiments": server().dataplane.experiments_doc()})
+
+
+@bp.put("/experiments/<experiment>")
+def set_experiment(experiment: str) -> Response:
+    """Run an experiment (or replace the one of that name) on every worker; its variants' versions must be
+    loaded (``models/load`` with ``"serve": false`` loads one without serving it)."""
+    name = experiment
+    doc = loads_object(request.get_data(cache=False))
+    if doc.get("name", name) != name:
+        raise BadRequestError("the name in the body differs from the one in the path", field="name")
+    doc = {**doc, "name": name}
+    srv = server()
+    exp, workers = _everywhere(lambda: srv.dataplane.set_experiment(doc),
+                               lambda exp: {"op": "set_experiment", "experiment": exp.to_dict()},
+                               f"experiment {name}", experiments=True)
+    log.info("experiment %s runs: %s", exp.name, ", ".join(f"{v.name}=v{v.version}" for v in exp.variants))
+    return json_response({**exp.to_dict(), "workers": workers})
+
+
+@bp.delete("/experiments/<experiment>")
+def clear_experiment(experiment: str) -> Response:
+    name, srv = experiment, server()
+    if name not in srv.dataplane.experiments:
+        raise NotFoundError(f"no experiment {name!r} runs here", field="name")
+    _, workers = _everywhere(lambda: srv.dataplane.clear_experiment(name),
+                             lambda _: {"op": "clear_experiment", "name": name}, f"experiment {name}",
+                             experiments=True)
+    log.info("experiment %s stopped", name)
+    return json_response({"name": name, "state": "stopped", "workers": workers})
+
+
+def _everywhere(here: Callable[[], T], op: Callable[[T], dict[str, Any]], what: str,
+                experiments: bool = False) -> tuple[T, int]:
     """Run ``here`` in this worker, then have every other worker apply ``op`` of its result."""
     srv = server()
     sync: WorkerSync | None = current_app.extensions.get(SYNC_KEY)
@@ -110,13 +146,14 @@ def _everywhere(here: Callable[[], ModelVersion], op: Callable[[ModelVersion], d
     with sync.exclusive():
         with srv.control_lock:
             sync.catch_up()
-            mv = here()
-            generation = sync.publish(op(mv), versions_doc(srv))
+            result = here()
+            generation = sync.publish(op(result), versions_doc(srv),
+                                      srv.dataplane.experiments_doc() if experiments else None)
         outcome = sync.wait(generation, srv.config.control_timeout_s)
     if not outcome.complete:
-        log.error("%s v%s: not every worker applied it: %s", mv.name, mv.version, outcome.describe())
+        log.error("%s: not every worker applied it: %s", what, outcome.describe())
         raise WorkersOutOfStepError(out_of_step(outcome), field="workers")
-    return mv, len(outcome.reached)
+    return result, len(outcome.reached)
 
 
 def out_of_step(outcome: Outcome) -> str:

@@ -10,7 +10,9 @@ batcher, which validates and encodes them with the SDK once per merged batch.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgerec.sdk.errors import InvalidInputError
+from edgerec.sdk.event_spool import SpooledEvent
 from edgerec.sdk.ranking import build_rank_batch
 
 from .batching import Arrays
@@ -31,7 +34,8 @@ from .errors import (
     VersionNotFoundError,
 )
 from .event_dedup import EventDedup
-from .experiments import Experiment
+from .event_spool import EventSpool
+from .experiments import Experiment, ExperimentConfigError, parse_experiments
 from .features import FeatureStore
 from .metrics import EVENT_TYPES, Metrics
 from .repository import Lease, ModelVersion, Repository
@@ -69,14 +73,64 @@ class Event:
 class DataPlane:
     """Scoring and event recording, shared by every API."""
 
-    def __init__(self, repo: Repository, experiments: Mapping[str, Experiment], features: FeatureStore | None,
+    def __init__(self, repo: Repository, experiments: dict[str, Experiment], features: FeatureStore | None,
                  metrics: Metrics, ids: ResponseIds, *, max_rows: int, user_id_field: str = "user_id",
-                 dedup: EventDedup | None = None) -> None:
+                 dedup: EventDedup | None = None, spool: EventSpool | None = None) -> None:
         self.repo, self.experiments, self.features = repo, experiments, features
+        self.spool = spool
         self.metrics, self.ids = metrics, ids
         self.max_rows = max_rows
         self.user_id_field = user_id_field
         self.dedup = dedup or EventDedup(4 * 1024 * 1024, 86400.0)
+
+    # -- experiments (settings file, or the control API) ---------------------------
+
+    def pinned(self) -> set[tuple[str, int]]:
+        """The (model, version) pairs running experiments need loaded."""
+        return {(e.model, v.version) for e in list(self.experiments.values()) for v in e.variants}
+
+    def set_experiment(self, doc: Any, check_loaded: bool = True) -> Experiment:
+        """Run (or replace) the experiment ``doc`` describes; every variant's version must be loaded."""
+        try:
+            exp = parse_experiments([doc])[0]
+        except ExperimentConfigError as exc:
+            raise BadRequestError(str(exc).removeprefix("experiments[0]").lstrip(".: ") or str(exc),
+                                  field="experiment") from exc
+        if check_loaded:
+            for v in exp.variants:
+                try:
+                    self.repo.get(exp.model, v.version)
+                except (ModelNotFoundError, VersionNotFoundError) as e:
+                    raise VersionNotFoundError(f"variant {v.name} needs {exp.model} v{v.version}, which is not "
+                                               "loaded", field="variants") from e
+        self.experiments[exp.name] = exp
+        return exp
+
+    def clear_experiment(self, name: str) -> bool:
+        """Stop an experiment; its variants' versions that nothing else needs and that do not serve are unloaded."""
+        exp = self.experiments.pop(name, None)
+        if exp is None:
+            return False
+        keep = self.pinned()
+        for v in exp.variants:
+            if (exp.model, v.version) in keep:
+                continue
+            try:
+                mv = self.repo.get(exp.model, v.version)
+            except (ModelNotFoundError, VersionNotFoundError):
+                continue
+            if not mv.serving:
+                self.repo.unload(exp.model, v.version)
+        return True
+
+    def replace_experiments(self, docs: Sequence[Any]) -> None:
+        """Run exactly ``docs`` (a worker that starts or fell behind takes the shared list)."""
+        wanted = {e.name: e for e in parse_experiments(list(docs))}
+        self.experiments.clear()
+        self.experiments.update(wanted)
+
+    def experiments_doc(self) -> list[dict[str, Any]]:
+        return [e.to_dict() for _, e in sorted(self.experiments.items())]
 
     # -- tensors -------------------------------------------------------------------
 
@@ -131,10 +185,17 @@ class DataPlane:
         if req.top_k is not None:
             order = order[: req.top_k]
         exp_name = experiment.name if experiment else ""
-        top = zip(order.tolist(), scores[order].tolist(), strict=True)
-        items = [{"item": _plain(ids[i]), "score": score, "rank": r} for r, (i, score) in enumerate(top, 1)]
+        top_scores = scores[order].tolist()
+        items = [{"item": _plain(ids[i]), "score": score, "rank": r}
+                 for r, (i, score) in enumerate(zip(order.tolist(), top_scores, strict=True), 1)]
+        user_key = ""
+        if self.spool is not None:
+            self.spool.scores(mv.name, mv.version, top_scores)
+            if req.user_id is not None:
+                user_key = self.spool.fingerprint(str(req.user_id))
         return {
-            "response_id": self.ids.issue(mv.name, mv.version, exp_name, variant, [it["item"] for it in items]),
+            "response_id": self.ids.issue(mv.name, mv.version, exp_name, variant, [it["item"] for it in items],
+                                          user_key),
             "model": mv.name,
             "version": mv.label,
             "variant": variant,
@@ -207,10 +268,14 @@ class DataPlane:
     def forget_user(self, user_id: str) -> dict[str, int]:
         """Erase what this process holds of a user: cached profile and experiment assignments.
 
-        Event dedup keys are (response id, type, item): response ids name the
-        serving model and variant, never the user, so they hold nothing of theirs."""
+        Event dedup keys are digests of (response id, type, item), which name
+        nobody. The event spool holds the user's fingerprint: this process
+        moves on to a new spool file, so every file written before is final
+        and the node can rewrite it without the user (``node forget-user``)."""
         profile = self.features.forget(user_id) if self.features is not None else 0
         assignments = sum(e.forget(user_id) for e in self.experiments.values())
+        if self.spool is not None:
+            self.spool.rotate()
         return {"profiles": profile, "assignments": assignments}
 
     def record_events(self, events: Sequence[Event]) -> dict[str, int]:
@@ -238,13 +303,28 @@ class DataPlane:
         keys = [(_event_key(s, e), s.issued) for e, s in zip(events, served, strict=True)]
         outcomes = self.dedup.admit(keys)
         counts = {"accepted": 0, "duplicates": 0, "expired": 0}
+        spooled: list[SpooledEvent] = []
+        now = time.time()
         for e, s, outcome in zip(events, served, outcomes, strict=True):
             if outcome == "new":
                 self.metrics.event(s.model, str(s.version), s.experiment, s.variant, e.type)
                 counts["accepted"] += 1
+                if self.spool is not None:
+                    spooled.append(_spooled(now, e, s))
             else:
                 counts["duplicates" if outcome == "duplicate" else "expired"] += 1
+        if spooled:
+            assert self.spool is not None
+            self.spool.events(spooled)
         return counts
+
+
+def _spooled(now: float, e: Event, s: Served) -> SpooledEvent:
+    """The spool's record of an accepted event. An anonymous ranking's events count as one user of their own
+    (its response): nothing ties anonymous responses together, so no bound can span them."""
+    user = s.user or base64.urlsafe_b64encode(s.tag[:12]).decode()
+    # Outside an experiment the release's key has no variant (the server's label "default" is not one).
+    return SpooledEvent(now, e.type, s.model, s.version, s.experiment, s.variant if s.experiment else "", user)
 
 
 def _event_key(served: Served, e: Event) -> bytes:

@@ -65,6 +65,9 @@ class Metrics:
                                     "Feature lookups that went to the source.", ("kind", "cache"), registry=r)
         self.events = Counter("edgerec_events", "Business events by the variant that served them.",
                               ("model", "version", "experiment", "variant", "type"), registry=r)
+        self.spool_dropped = Counter("edgerec_events_spool_dropped",
+                                     "Spool lines (events, operational figures) dropped: the spool was full.",
+                                     registry=r)
         self.errors = Counter("edgerec_errors", "Error responses by kind.", ("endpoint", "kind"), registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
         self._info: dict[tuple[str, str], tuple[str, ...]] = {}

@@ -20,6 +20,7 @@ from edgerec.sdk.tracing import OpenTelemetry, new_trace
 from .api_keys import ApiKeys, presented_key
 from .context import STATE_KEY, RequestState, bind_state
 from .errors import UnauthorizedError
+from .event_spool import EventSpool
 from .fastpath import Answer, error_parts, status_line
 from .json_logs import AccessLog
 from .metrics import Metrics
@@ -45,8 +46,9 @@ class RequestMiddleware:
     """Wraps a WSGI app; views label the request through :class:`RequestState`."""
 
     def __init__(self, app: WSGIApp, metrics: Metrics, otel: OpenTelemetry | None, access: bool,
-                 fast: FastApp | None = None, api_keys: ApiKeys | None = None) -> None:
-        self.app, self.metrics, self.otel, self.fast = app, metrics, otel, fast
+                 fast: FastApp | None = None, spool: EventSpool | None = None,
+                 api_keys: ApiKeys | None = None) -> None:
+        self.app, self.metrics, self.otel, self.fast, self.spool = app, metrics, otel, fast, spool
         self.api_keys = api_keys
         self.access = AccessLog() if access else None
 
@@ -116,6 +118,8 @@ class RequestMiddleware:
         seconds = perf_counter() - st.started
         bind_state(None)
         self.metrics.request(st.endpoint, st.model, st.version, st.variant, code, seconds)
+        if self.spool is not None and st.model and st.version.isdigit():
+            self.spool.request(st.model, int(st.version), code, seconds)
         if self.access is not None and self.access.enabled():
             self.access.write(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""), code, st, seconds)
         if span is not None and self.otel is not None:

@@ -93,6 +93,8 @@ def build(models: list[str], examples: dict[str, Any] | None = None) -> dict[str
     """The whole document for the models loaded now; ``examples`` are request bodies that work."""
     examples = examples or {}
     control_params = _path_params(models, True)
+    experiment = {"name": "experiment", "in": "path", "required": True,
+                  "schema": {"type": "string", "minLength": 1, "maxLength": 64}}
     paths: dict[str, Any] = {
         "/v2/health/live": {"get": _op("Server liveness", "v2", _json({"type": "object", "required": ["live"],
                                                                       "properties": {"live": {"type": "boolean"}}}))},
@@ -115,6 +117,17 @@ def build(models: list[str], examples: dict[str, Any] | None = None) -> dict[str
             body=_ref("LoadRequest"), secure=True)},
         "/control/v1/models/{model_name}/versions/{model_version}/unload": {"post": _op(
             "Release a version", "control", _json(_ref("UnloadResponse")), params=control_params, secure=True)},
+        "/control/v1/experiments": {"get": _op("Running experiments", "control", _json({
+            "type": "object", "required": ["experiments"],
+            "properties": {"experiments": {"type": "array", "items": _ref("Experiment")}}}), secure=True)},
+        "/control/v1/experiments/{experiment}": {
+            "put": _op("Run an experiment (or replace it) on every worker; its variants' versions must be loaded",
+                       "control", _json(_ref("Experiment")), body=_ref("ExperimentRequest"),
+                       params=[experiment], secure=True),
+            "delete": _op("Stop an experiment on every worker", "control", _json({
+                "type": "object", "required": ["name", "state", "workers"], "properties": {
+                    "name": {"type": "string"}, "state": {"type": "string"}, "workers": {"type": "integer"}}}),
+                params=[experiment], secure=True)},
         "/v1/users/{user_id}": {"delete": _op(
             "Erase a user's cached profile and experiment assignments (every worker)", "control",
             _json({"type": "object", "required": ["erased", "workers"], "properties": {
@@ -228,6 +241,18 @@ SCHEMAS: dict[str, Any] = {
         "path": {"type": "string", "description": "Absolute path of a .edgepkg file"},
         "serve": {"type": "boolean", "default": True}}},
     "LoadResponse": _VERSION,
+    "ExperimentRequest": {"type": "object", "required": ["model", "variants"], "properties": {
+        "name": {"type": "string"}, "model": {"type": "string"}, "salt": {"type": "string"},
+        "variants": {"type": "array", "items": {"type": "object", "required": ["name", "version"], "properties": {
+            "name": {"type": "string"}, "version": {"type": "integer", "minimum": 0},
+            "weight": {"type": "number", "minimum": 0, "exclusiveMinimum": True}}}}}},
+    "Experiment": {"type": "object", "required": ["name", "model", "salt", "variants"], "properties": {
+        "name": {"type": "string"}, "model": {"type": "string"}, "salt": {"type": "string"},
+        "variants": {"type": "array", "items": {"type": "object", "required": ["name", "version", "weight"],
+                                                "properties": {"name": {"type": "string"},
+                                                               "version": {"type": "integer"},
+                                                               "weight": {"type": "number"}}}},
+        "workers": {"type": "integer"}}},
     "UnloadResponse": {"type": "object", "required": ["name", "version", "state"], "properties": {
         "name": {"type": "string"}, "version": {"type": "integer"}, "state": {"type": "string"}}},
 }

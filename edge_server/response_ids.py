@@ -1,7 +1,9 @@
 """Response ids that carry who served a ranking and what it returned, so events can be attributed.
 
 A response id is ``r2.<payload>.<items>.<tag>``: the payload names model,
-version, experiment and variant (plus issue time and a nonce); ``items`` is a
+version, experiment and variant (plus issue time, a nonce and, when the
+server spools events for its node, the keyed fingerprint of the user it
+ranked for, so each event can be charged to its user without the id); ``items`` is a
 4-byte keyed fingerprint of each item the answer returned; the tag is an HMAC
 under the server's key over both. Any worker process (they share the key) can
 attribute an event, and check that its item was returned, without shared
@@ -62,6 +64,7 @@ class Served:
     nonce: str = ""
     items: bytes = b""  # the returned items' fingerprints, FINGERPRINT bytes each
     tag: bytes = b""  # unique to the response
+    user: str = ""  # the keyed fingerprint of the user (sdk.user_keys), "" when not spooling
 
 
 class ResponseIds:
@@ -76,9 +79,10 @@ class ResponseIds:
         # payload (bounded by the names in it) and the fingerprints, in base64
         self.max_length = 600 + (max_items * FINGERPRINT * 4 + 2) // 3
 
-    def issue(self, model: str, version: int, experiment: str, variant: str, items: Iterable[object] = ()) -> str:
-        # The payload is the JSON array [model, version, experiment, variant, issued, nonce]; its
-        # first four members repeat, so their JSON is made once.
+    def issue(self, model: str, version: int, experiment: str, variant: str, items: Iterable[object] = (),
+              user: str = "") -> str:
+        # The payload is the JSON array [model, version, experiment, variant, issued, nonce, user]; its
+        # first four members repeat, so their JSON is made once (user is base64, needs no escaping).
         key = (model, version, experiment, variant)
         prefix = self._prefixes.get(key)
         if prefix is None:
@@ -86,7 +90,7 @@ class ResponseIds:
             if len(self._prefixes) < 10_000:  # label values come from loaded models and the settings
                 self._prefixes[key] = prefix
         nonce = random_hex(6)
-        payload = f'{prefix}{int(time.time())},"{nonce}"]'.encode()
+        payload = f'{prefix}{int(time.time())},"{nonce}","{user}"]'.encode()
         salted = self._salted(nonce)
         fingerprints = b"".join([self._fingerprint(salted, item_bytes(i)) for i in items])
         return f"{_PREFIX}.{_b64(payload)}.{_b64(fingerprints)}.{_b64(self._tag(payload, fingerprints))}"
@@ -122,10 +126,10 @@ class ResponseIds:
             raise BadRequestError("not a response id issued by this server", field=field) from exc
         if not hmac.compare_digest(tag, self._tag(payload, fingerprints)):
             raise BadRequestError("not a response id issued by this server", field=field)
-        model, version, experiment, variant, issued, nonce = json.loads(payload)
+        model, version, experiment, variant, issued, nonce, user = json.loads(payload)
         if time.time() - issued > self._window:
             raise BadRequestError("the response is older than the attribution window", field=field)
-        return Served(model, version, experiment, variant, issued, nonce, fingerprints, tag)
+        return Served(model, version, experiment, variant, issued, nonce, fingerprints, tag, user)
 
     def returned(self, served: Served, item: object) -> bool:
         """Whether the response ``served`` names returned ``item``."""

@@ -44,6 +44,7 @@ from edgerec.sdk.http_server import (
     reserve_port,
 )
 from edgerec.sdk.keys import load_recipient_key, load_verify_key
+from edgerec.sdk.user_keys import read_user_key
 
 from .api_keys import read_entries
 from .config import ServerConfig, read_token
@@ -74,6 +75,8 @@ def preflight(config: ServerConfig) -> ServerConfig:
         check_tls_files(config.tls_cert, config.tls_key)
     if config.api_key_file is not None:
         read_entries(config.api_key_file)
+    if config.user_key_file is not None:
+        read_user_key(config.user_key_file)
     return config.replace(response_key=config.response_key or os.urandom(32),
                           control_token=config.control_token or read_token(config.control_token_file))
 

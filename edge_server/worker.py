@@ -50,7 +50,7 @@ def app() -> WSGIApp:
     flask_app = create_app(config, background=True, tracer_provider=provider)
     srv: EdgeServer = flask_app.extensions["edgerec"]
     sync = WorkerSync(run_dir, config.workers, lambda op: apply_op(srv, op),
-                      lambda versions: apply_versions(srv, versions), srv.control_lock)
+                      lambda state: apply_state(srv, state), srv.control_lock)
     flask_app.extensions[SYNC_KEY] = sync
 
     def follow() -> None:
@@ -87,8 +87,19 @@ def apply_op(srv: Any, op: dict[str, Any]) -> None:
             srv.repo.unload(op["name"], op["version"])
     elif op["op"] == "forget_user":
         srv.dataplane.forget_user(op["user"])
+    elif op["op"] == "set_experiment":
+        srv.dataplane.set_experiment(op["experiment"])
+    elif op["op"] == "clear_experiment":
+        srv.dataplane.clear_experiment(op["name"])
     else:
         raise ValueError(f"unknown operation {op['op']!r}")
+
+
+def apply_state(srv: Any, state: dict[str, Any]) -> None:
+    """Serve exactly the shared state's versions and run its experiments: for a worker too far behind."""
+    if state.get("experiments") is not None:  # first: the old ones may pin versions about to go
+        srv.dataplane.replace_experiments(state["experiments"])
+    apply_versions(srv, state.get("versions") or [])
 
 
 def apply_versions(srv: Any, versions: list[dict[str, Any]]) -> None:
@@ -111,4 +122,4 @@ def versions_doc(srv: Any) -> list[dict[str, Any]]:
     return [{"path": mv.source, "serving": mv.serving} for mv in ordered]
 
 
-__all__ = ["SYNC_KEY", "app", "apply_op", "apply_versions", "versions_doc"]
+__all__ = ["SYNC_KEY", "app", "apply_op", "apply_state", "apply_versions", "versions_doc"]

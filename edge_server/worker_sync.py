@@ -79,7 +79,7 @@ class WorkerSync:
     """One worker's view of the shared state; ``apply(op)`` carries an operation out locally."""
 
     def __init__(self, run_dir: Path, workers: int, apply: Callable[[Op], None],
-                 snapshot: Callable[[list[dict[str, Any]]], None], lock: threading.Lock) -> None:
+                 snapshot: Callable[[dict[str, Any]], None], lock: threading.Lock) -> None:
         self.run_dir, self.workers = run_dir, workers
         self.apply, self.snapshot, self.lock = apply, snapshot, lock
         self.pid = os.getpid()
@@ -140,8 +140,8 @@ class WorkerSync:
             return
         ops = [op for op in state["ops"] if op["generation"] > self.generation]
         if not ops or ops[0]["generation"] != self.generation + 1:
-            # Fell further behind than the kept operations reach: take the list of versions.
-            self.snapshot(state["versions"] or [])
+            # Fell further behind than the kept operations reach: take the list of versions (and experiments).
+            self.snapshot(state)
             self.generation = target
         for op in ops:
             try:
@@ -169,12 +169,16 @@ class WorkerSync:
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
-    def publish(self, op: Op, versions: list[dict[str, Any]]) -> int:
-        """Record ``op`` (already applied here) as the next generation; caller holds :meth:`exclusive`."""
+    def publish(self, op: Op, versions: list[dict[str, Any]], experiments: list[dict[str, Any]] | None = None) -> int:
+        """Record ``op`` (already applied here) as the next generation; caller holds :meth:`exclusive`.
+
+        ``experiments``: the experiments that run after it, when ``op`` changed them (else the file keeps
+        its list), for workers that start later or fell behind."""
         state = self.read_state()
         generation = int(state["generation"]) + 1
         ops = [*state["ops"], {**op, "generation": generation}][-KEEP_OPS:]
-        doc = {"generation": generation, "versions": versions, "ops": ops}
+        doc = {"generation": generation, "versions": versions, "ops": ops,
+               "experiments": experiments if experiments is not None else state.get("experiments")}
         write_atomic(self.state_path, json.dumps(doc).encode())
         self.generation = generation
         self.report()

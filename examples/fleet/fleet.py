@@ -2,7 +2,8 @@
 
 convert -> admin init -> sync serve -> enroll a node -> edge server -> publish ->
 rollout -> node daemon installs (verify, decrypt, hot-swap into the edge server)
--> rank and events over HTTP -> a second version -> report.
+-> rank and events over HTTP -> a second version -> report -> an A/B experiment on
+two more nodes with private fleet metrics (:mod:`.ab`).
 
 Everything runs as separate ``edgerec`` processes on loopback, so this module
 imports nothing from the converter, the edge server or the sync service: it
@@ -37,7 +38,7 @@ class FleetError(EdgeRecError):
     """A step of the fleet demo failed; the message names the step and its output."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -54,6 +55,8 @@ class Fleet:
                     "PYTHONUNBUFFERED": "1"}
         for var in ("EDGEREC_SERVER", "EDGEREC_ADMIN_TOKEN", "EDGEREC_TRUSTED_KEYS"):
             self.env.pop(var, None)
+        # The demo's A/B part has two nodes: the service shows a figure from two on (default: five).
+        self.env["EDGEREC_SYNC_METRICS_MIN_NODES"] = "2"
         self.procs: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
         self.exe = [sys.executable, "-m", "edgerec.sdk.cli"]
 
@@ -151,7 +154,7 @@ def _loop(fleet: Fleet, work: Path, say: Say) -> dict[str, Any]:
     out["artifacts"] = [{k: a[k] for k in ("path", "format", "precision", "batch", "size")}
                         for a in report["artifacts"]]
 
-    sync_port, edge_port = _free_port(), _free_port()
+    sync_port, edge_port = free_port(), free_port()
     sync_url, edge_url = f"http://127.0.0.1:{sync_port}", f"http://127.0.0.1:{edge_port}"
     init = fleet.run_json("admin init", "admin", "init", "--data-dir", work / "sync", "--keys-dir",
                           work / "root-keys", "--publisher-key", work / "publisher.pub", "--server-url", sync_url)
@@ -176,6 +179,9 @@ def _loop(fleet: Fleet, work: Path, say: Say) -> dict[str, Any]:
                 ready=f"{edge_url}/v2/health/live")
     say(f"3. node {escape(node_id)} enrolled (Ed25519 + X25519 keys made on the node); edge server on "
         f"{escape(edge_url)}")
+    from .ab import run_ab, start_ab_nodes  # here, not at the top: .ab imports this module
+
+    ab_nodes = start_ab_nodes(fleet, work, sync_url)  # they start (and install what is rolled out) meanwhile
 
     # A short health window: the demo sends no traffic of its own while the daemon watches a new version.
     node_run: list[str | Path] = ["node", "run", "--state-dir", work / "node", "--model-dir", work / "models",
@@ -209,6 +215,7 @@ def _loop(fleet: Fleet, work: Path, say: Say) -> dict[str, Any]:
                f"{node_id}: desired v{row.get('desired_version')}, installed v{row.get('installed_version')}, "
                f"accelerator {row.get('accelerator')}"))
     out.update({"node_id": node_id, "status": row, "sync_url": sync_url, "edge_url": edge_url})
+    out["ab"] = run_ab(fleet, work, say, ab_nodes)
     return out
 
 

@@ -116,16 +116,34 @@ def enroll(server: str, token_file: Path | None, state_dir: Path, name: str | No
 @click.option("--accelerator", type=click.Choice(ACCELERATOR_CHOICES), default="auto", show_default=True)
 @click.option("--retention-days", type=click.FloatRange(min=0, min_open=True), default=7.0, show_default=True,
               help="Sent reports and cached downloads not installed, current or previous go after this many days.")
+@click.option("--metrics/--no-metrics", default=True, show_default=True,
+              help="Release private fleet metrics from the edge server's event spool (STATE/events).")
+@click.option("--metrics-window", type=click.IntRange(60, 86400), default=3600, show_default=True,
+              help="Seconds per business window (a divisor of a day).")
+@click.option("--ops-window", type=click.IntRange(60, 86400), default=300, show_default=True,
+              help="Seconds per operational window (a multiple of 60).")
+@click.option("--metrics-grace", type=click.FloatRange(0, 3600), default=60.0, show_default=True,
+              help="Seconds a window waits for late events after its end.")
+@click.option("--epsilon", type=click.FloatRange(0, 10, min_open=True), default=0.5, show_default=True,
+              help="Privacy cost of one window's release.")
+@click.option("--daily-budget", type=click.FloatRange(0, 1000, min_open=True), default=12.0, show_default=True,
+              help="Epsilon a node may spend per UTC day; releases stop when it is spent.")
+@click.option("--noise-free-for-tests", is_flag=True, hidden=True,
+              help="Release exact counts (tests only; the sync service refuses them unless told otherwise).")
 @click.option("--once", is_flag=True, help="Run one cycle and exit (1 if anything failed).")
 def run(state_dir: Path, model_dir: Path | None, edge_server: str | None, control_token_file: Path | None,
         serve: bool, serve_host: str, serve_port: int, serve_config: Path | None, interval: float,
         max_backoff: float, health_window: float, max_error_rate: float, max_p99_ms: float,
-        download_rate: str | None, accelerator: str, retention_days: float, once: bool) -> None:
+        download_rate: str | None, accelerator: str, retention_days: float, metrics: bool, metrics_window: int,
+        ops_window: int, metrics_grace: float, epsilon: float, daily_budget: float, noise_free_for_tests: bool,
+        once: bool) -> None:
     """Poll assignments, fetch through TUF, verify, install atomically, watch, report."""
     from edgerec.sdk.tracing import configure_otlp
 
     from .daemon import DaemonConfig, NodeDaemon
     from .health import HealthPolicy
+    from .metrics_feed import MetricsConfig
+    from .privacy import PrivacyConfig
     from .retention import NodeRetention
     from .state import NodeState
 
@@ -148,9 +166,12 @@ def run(state_dir: Path, model_dir: Path | None, edge_server: str | None, contro
     config = DaemonConfig(interval, parse_accelerator(accelerator, "--accelerator"), health=HealthPolicy(
         window_s=health_window, max_error_rate=max_error_rate, max_p99_ms=max_p99_ms),
         max_backoff_s=max_backoff, download_rate=parse_rate(download_rate),
-        retention=NodeRetention(sent_reports_s=retention_days * 86400, targets_s=retention_days * 86400))
+        retention=NodeRetention(sent_reports_s=retention_days * 86400, targets_s=retention_days * 86400),
+        metrics=MetricsConfig(PrivacyConfig(epsilon, daily_budget, window_seconds=metrics_window,
+                                            mechanism="none" if noise_free_for_tests else "discrete_laplace"),
+                              ops_window, metrics_grace) if metrics else None)
     child, edge = _edge(state, model_dir, edge_server, control_token_file, serve, serve_host, serve_port,
-                        serve_config)
+                        serve_config, metrics)
     daemon = NodeDaemon(state, model_dir, edge, config, on_trust_change=child.restart if child else None)
 
     def stop(signum: int, frame: Any) -> None:
@@ -174,7 +195,7 @@ def run(state_dir: Path, model_dir: Path | None, edge_server: str | None, contro
 
 
 def _edge(state: Any, model_dir: Path, edge_server: str | None, control_token_file: Path | None, serve: bool,
-          host: str, port: int, serve_config: Path | None) -> tuple[Any, Any]:
+          host: str, port: int, serve_config: Path | None, metrics: bool) -> tuple[Any, Any]:
     """The supervised edge server (with --serve) and the control client of the edge server, if any."""
     from .edge_control import EdgeControl
     from .supervise import EdgeChild, edge_argv, edge_flags, make_token_env
@@ -182,7 +203,7 @@ def _edge(state: Any, model_dir: Path, edge_server: str | None, control_token_fi
     if serve:
         token = state.control_token()
         model_dir.mkdir(parents=True, exist_ok=True)
-        argv = [*edge_argv(edge_flags(state, model_dir)), "--host", host, "--port", str(port),
+        argv = [*edge_argv(edge_flags(state, model_dir, metrics)), "--host", host, "--port", str(port),
                 "--control-token-file", str(state.control_token_file.resolve())]
         if serve_config is not None:
             argv += ["--config", str(serve_config.resolve())]
@@ -268,14 +289,16 @@ def retry_cmd(state_dir: Path, model: str, version: int | None) -> None:
 @click.option("--state-dir", type=AbsolutePath(file_okay=False, path_type=Path), required=True)
 @click.option("--model-dir", type=AbsolutePath(file_okay=False, path_type=Path), default=None,
               help="Default: the one 'node run' recorded.")
+@click.option("--metrics/--no-metrics", default=True, show_default=True,
+              help="Spool accepted events for the daemon's fleet metrics (as 'node run --metrics').")
 @click.option("--json", "as_json", is_flag=True)
-def edge_config(state_dir: Path, model_dir: Path | None, as_json: bool) -> None:
+def edge_config(state_dir: Path, model_dir: Path | None, metrics: bool, as_json: bool) -> None:
     """The 'edgerec serve' flags that serve what this node installs ('node run --serve' uses the same)."""
     from .state import NodeState
     from .supervise import edge_argv, edge_flags
 
     st = NodeState(state_dir)
-    doc = edge_flags(st, model_dir)
+    doc = edge_flags(st, model_dir, metrics)
     if as_json:
         print_json(doc)
         return

@@ -21,6 +21,12 @@ Each cycle:
    swap the edge server back to the current version, mark the version bad
    (never tried again on this node) and report why.
 
+Fleet metrics (with ``DaemonConfig.metrics``): before checking in, each cycle
+drains the edge server's event spool into windows, releases the closed ones
+privately and queues them as metrics reports with the status reports
+(:mod:`.metrics_feed`); ``node forget-user`` requests are carried out within a
+second, between cycles too.
+
 Nothing before step 5 touches ``current``, so a kill at any point leaves the
 previous version serving after any restart. While the service cannot be
 reached the node keeps serving, retries with exponential backoff and jitter,
@@ -29,8 +35,12 @@ and keeps its reports queued.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -55,13 +65,15 @@ from edgerec.sdk.model import Accelerator, EdgeModel
 from edgerec.sdk.modeldir import ModelDir
 from edgerec.sdk.package import Package
 from edgerec.sync.protocol.assignments import Accepted, Assignment, verify_assignment
-from edgerec.sync.protocol.errors import ApiError, AssignmentError, InstallError, ServerUnreachableError
+from edgerec.sync.protocol.errors import ApiError, AssignmentError, ConfigError, InstallError, ServerUnreachableError
+from edgerec.sync.protocol.releases import Key
 from edgerec.sync.protocol.trust import TrustInfo
 
 from .client import NodeClient, http_client
 from .edge_control import EdgeControl, EdgeRefusedError, EdgeUnreachableError
 from .fetcher import HttpxFetcher
 from .health import HealthPolicy, Probe, watch
+from .metrics_feed import MetricsConfig, MetricsFeed
 from .retention import NodeRetention, prune_node
 from .state import Failure, Installed, NodeState
 
@@ -85,6 +97,8 @@ class DaemonConfig:
     # A killed daemon does not count: it holds no model, and a kill -9 must not make a version bad.
     max_edge_deaths: int = 3
     retention: NodeRetention = field(default_factory=NodeRetention)  # sent reports, cached targets, ledger
+    # Fleet metrics from the edge server's event spool (None: off).
+    metrics: MetricsConfig | None = None
 
 
 @dataclass
@@ -132,11 +146,29 @@ class NodeDaemon:
         self.edge = edge
         self.on_trust_change = on_trust_change
         self._sync_installed()
+        self._lock_fd: int | None = None
+        self.feed: MetricsFeed | None = None
+        if self.config.metrics is not None:
+            # Held while the daemon reads the spool: `node forget-user` then asks it (through node.db)
+            # rather than rewriting files under its read offsets.
+            self._lock_fd = os.open(state.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                os.close(self._lock_fd)
+                raise ConfigError(f"{state.dir}: another node daemon runs on this state directory") from exc
+            self.feed = MetricsFeed(state, self.config.metrics)
 
     def close(self) -> None:
         self.http.close()
         if self.edge is not None:
             self.edge.close()
+        if self.feed is not None:
+            self.feed.close()
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _sync_installed(self) -> None:
         """The pointers are the truth; the ``installed`` table follows them (after a kill between the two)."""
@@ -161,7 +193,11 @@ class NodeDaemon:
             delay = self.next_delay(misses)
             if misses:
                 log.warning("sync service unreachable (%d tries); next try in %.2f s", misses, delay)
-            stop.wait(delay)
+            deadline = time.monotonic() + delay
+            while not stop.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+                self.erasures()  # a forget-user waits for this, not for the next cycle
+                if time.monotonic() >= deadline:
+                    break
 
     def next_delay(self, misses: int, rng: Callable[[float, float], float] = random.uniform) -> float:
         """Seconds to the next cycle: the poll interval (+-10 %), or the backoff after ``misses`` failures.
@@ -182,6 +218,8 @@ class NodeDaemon:
         if view is not None:
             self._repair(view, result)
             view = self._edge_view()
+        self._metrics(view)
+        self._apply_experiments(view)
         self._queue_status(view)
         if not self._flush():
             result.reachable = False
@@ -196,9 +234,111 @@ class NodeDaemon:
         updater, trust, refresh_error = self._refresh()
         for doc in docs:
             self._handle(doc, updater, trust, refresh_error, result)
-        self._queue_status(self._edge_view())
+        self._drop_unassigned_experiments(docs)
+        view = self._edge_view()
+        self._apply_experiments(view)
+        self._queue_status(view)
         result.reported = self._flush()
         return result
+
+    # -- fleet metrics ------------------------------------------------------------------------
+
+    def _metrics(self, view: dict[str, dict[str, Any]] | None) -> None:
+        """Drain the spool, release closed windows and queue them (they go out with the status reports)."""
+        if self.feed is None:
+            return
+        self.erasures()
+        if view is not None:
+            self.feed.declare([*(Key(m, int(doc["version"]), "", "") for m, doc in view.items()),
+                               *self._experiment_keys()])
+        try:
+            done = self.feed.run()
+        except (OSError, ValueError) as exc:  # a full disk, an unreadable file: the spool keeps the events
+            log.error("fleet metrics: %s", exc)
+            return
+        if done.releases or done.ops:
+            log.info("fleet metrics: %d release(s) and %d operational window(s) queued",
+                     len(done.releases), len(done.ops))
+
+    def erasures(self) -> int:
+        """Carry out the forget-user requests queued in node.db; returns how many."""
+        if self.feed is None:
+            return 0
+        requests = self.db.forget_requests()
+        for seq, fingerprint, files in requests:
+            n = self.feed.erase(fingerprint, files)
+            self.db.forget_done(seq)
+            log.info("erased a user from the open windows and the spool (%d event(s))", n)
+        return len(requests)
+
+    # -- experiments (signed, inside the assignments) ---------------------------------------
+
+    def _want_experiments(self, a: Assignment) -> None:
+        """Remember the experiments ``a`` (verified) carries for its model: they run until an assignment drops them."""
+        self.db.set_setting(f"{_EXPERIMENTS}{a.model}", json.dumps(list(a.experiments), sort_keys=True))
+
+    def _drop_unassigned_experiments(self, docs: list[bytes]) -> None:
+        """A model no longer assigned here runs no experiment."""
+        assigned = {_claimed_model(d) for d in docs}
+        for model in self._wanted_experiments():
+            if model not in assigned:
+                self.db.set_setting(f"{_EXPERIMENTS}{model}", "[]")
+
+    def _wanted_experiments(self) -> dict[str, list[dict[str, Any]]]:
+        """Per model, the experiments its last verified assignment carried."""
+        models = set(self.db.accepted()) | set(self.models.pointers())
+        out = {}
+        for model in models:
+            raw = self.db.setting(f"{_EXPERIMENTS}{model}")
+            if raw:
+                out[model] = json.loads(raw)
+        return out
+
+    def _install_extras(self, a: Assignment, updater: Updater, trust: TrustInfo, result: CycleResult) -> None:
+        """Fetch, verify and keep (not serve) the other versions the model's experiments need."""
+        for x in a.extras:
+            if x.version == a.version or self.models.path_for(a.model, x.version).exists():
+                continue
+            try:
+                verified = self._fetch_and_verify(dataclasses.replace(a, version=x.version, target=x.target,
+                                                                      experiments=(), extras=()), updater, trust)
+                self.models.write(a.model, x.version, verified.data)
+                log.info("%s: v%d installed for an experiment (not serving)", a.model, x.version)
+            except (EdgeRecError, RepositoryError, DownloadError, OSError) as exc:
+                self._fail(result, a.model, x.version, f"experiment version v{x.version}: {type(exc).__name__}: {exc}")
+
+    def _experiment_keys(self) -> list[Key]:
+        return [Key(model, int(v["version"]), e["name"], v["name"])
+                for model, exps in self._wanted_experiments().items() for e in exps for v in e["variants"]]
+
+    def _apply_experiments(self, view: dict[str, dict[str, Any]] | None) -> None:
+        """Make the edge server run exactly the signed experiments (those the daemon set; local ones stay)."""
+        if self.edge is None or view is None:
+            return
+        wanted = {e["name"]: {"name": e["name"], "model": model, "salt": e["salt"], "variants": e["variants"]}
+                  for model, exps in self._wanted_experiments().items() for e in exps}
+        managed = set(json.loads(self.db.setting(_EDGE_EXPERIMENTS) or "[]"))
+        try:
+            running = {e.get("name"): e for e in self.edge.experiments()}
+            for name, doc in sorted(wanted.items()):
+                if _same_experiment(running.get(name), doc):
+                    continue
+                loaded = {(m.get("name"), m.get("version")) for m in self.edge.models()}
+                for v in doc["variants"]:
+                    path = self.models.path_for(doc["model"], int(v["version"]))
+                    if (doc["model"], v["version"]) not in loaded and path.exists():
+                        self.edge.load(path, serve=False)
+                self.edge.set_experiment(doc)
+                log.info("experiment %s runs on the edge server", name)
+            for name in sorted(managed - set(wanted)):
+                if name in running:
+                    self.edge.clear_experiment(name)
+                    log.info("experiment %s stopped on the edge server", name)
+        except EdgeRecError as exc:
+            log.warning("experiments: %s", exc)
+            return
+        if managed != set(wanted):
+            self.db.set_setting(_EDGE_EXPERIMENTS, json.dumps(sorted(wanted)))
 
     # -- the edge server --------------------------------------------------------------------
 
@@ -265,6 +405,9 @@ class NodeDaemon:
             self._fail(result, model, None, f"assignment refused: {type(exc).__name__}: {exc}")
             return
         self.db.set_accepted(a.model, Accepted(a.serial, a.version))
+        self._want_experiments(a)
+        if refresh_error is None and a.extras:
+            self._install_extras(a, updater, trust, result)
         if current == a.version:
             self._clear_failure(a.model, a.version)
             return
@@ -317,7 +460,8 @@ class NodeDaemon:
         self.db.end_activation(a.model)
         self.db.set_installed(a.model, Installed(a.version, str(dest), time.time(), accel))
         self.db.clear_failure(a.model)
-        self.models.prune(a.model, {a.version} | ({previous} if previous is not None else set()))
+        keep = {a.version} | {x.version for x in a.extras} | ({previous} if previous is not None else set())
+        self.models.prune(a.model, keep)
         result.installed.append((a.model, a.version))
         log.info("installed %s version %d (%s)", a.model, a.version, accel)
 
@@ -471,6 +615,19 @@ class NodeDaemon:
                     return False
             self.db.mark_sent(q.report_id)
         return True
+
+
+_EXPERIMENTS = "experiments."  # node.db setting per model: the experiments its assignment carries
+_EDGE_EXPERIMENTS = "edge.experiments"  # the experiments this daemon set on the edge server
+
+
+def _same_experiment(running: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
+    if running is None:
+        return False
+    variants = [(v["name"], int(v["version"]), float(v["weight"])) for v in wanted["variants"]]
+    return (running.get("model"), running.get("salt"), [(v.get("name"), v.get("version"), v.get("weight"))
+                                                        for v in running.get("variants", [])]) == (
+        wanted["model"], wanted["salt"], variants)
 
 
 def _said(doc: dict[str, Any]) -> bytes:

@@ -71,9 +71,10 @@ class EdgeControl:
 
     # -- control API -------------------------------------------------------------------
 
-    def load(self, path: Path) -> dict[str, Any]:
-        """Ask the edge server to load (and swap to) the package at ``path``."""
-        out = self._call("POST", "/control/v1/models/load", {"path": str(Path(path).resolve())}, "model")
+    def load(self, path: Path, serve: bool = True) -> dict[str, Any]:
+        """Ask the edge server to load (and swap to, with ``serve``) the package at ``path``."""
+        out = self._call("POST", "/control/v1/models/load", {"path": str(Path(path).resolve()), "serve": serve},
+                         "model")
         if not isinstance(out, dict):
             raise EdgeControlError("edge server: unexpected answer to load")
         return out
@@ -84,6 +85,21 @@ class EdgeControl:
         if not isinstance(out, dict):
             raise EdgeControlError("edge server: unexpected answer to the erasure")
         return out
+
+    def experiments(self) -> list[dict[str, Any]]:
+        """The experiments the edge server runs (``GET /control/v1/experiments``)."""
+        doc = self._call("GET", "/control/v1/experiments", timeout=10)
+        found = doc.get("experiments") if isinstance(doc, dict) else None
+        if not isinstance(found, list):
+            raise EdgeControlError("edge server: /control/v1/experiments did not list experiments")
+        return [e for e in found if isinstance(e, dict)]
+
+    def set_experiment(self, doc: dict[str, Any]) -> None:
+        """Run the experiment ``doc`` (name, model, salt, variants) on every worker."""
+        self._call("PUT", f"/control/v1/experiments/{quote(str(doc['name']), safe='')}", doc, "experiment")
+
+    def clear_experiment(self, name: str) -> None:
+        self._call("DELETE", f"/control/v1/experiments/{quote(name, safe='')}", None, "experiment stop")
 
     def unload(self, name: str, version: int) -> None:
         self._call("POST", f"/control/v1/models/{name}/versions/{int(version)}/unload", {}, "unload")

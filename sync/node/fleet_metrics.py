@@ -106,6 +106,16 @@ class OpsRecorder:
         if error is not None:
             f.errors[error] += 1
 
+    def add(self, ts: float, model: str, version: int, requests: int, errors: dict[str, int],
+            latency: Sequence[int], scores: Sequence[int]) -> None:
+        """Figures already tallied over a few seconds (the edge server's spool lines), added to ``ts``'s window."""
+        f = self._figures(ts, model, version)
+        f.requests += requests
+        for kind, n in errors.items():
+            f.errors[kind] += n
+        f.latency = [a + b for a, b in zip(f.latency, latency, strict=True)]
+        f.scores = [a + b for a, b in zip(f.scores, scores, strict=True)]
+
     def closed(self, now: float) -> list[OpsWindow]:
         due = sorted(s for s in self._open if s + self.window_seconds + self.grace_s <= now)
         out = []

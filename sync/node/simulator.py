@@ -4,13 +4,16 @@ Used by the tests, the benchmark and the demo: each simulated node runs the
 node's own :class:`~.privacy.Releaser` (OpenDP noise, contribution bounds,
 budget ledger), so what comes out is exactly what a node would send.
 
-Two ways in:
+Three ways in:
 
 * :func:`user_events` yields one event at a time with a user id, for feeding
   :class:`~.fleet_metrics.EventWindows` (bounding is exercised);
 * :func:`bounded_totals` draws a window's bounded totals directly (numpy),
   which is what bounding leaves when each user has at most ``L`` of each
-  kind; used for fleets of hundreds of nodes over many seeds.
+  kind; used for fleets of hundreds of nodes over many seeds;
+* :func:`drive_edge` plays the users against a real edge server over HTTP
+  (its experiment picks each user's variant; the user clicks at that arm's
+  planted rate), so the events take the node's real path.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import httpx
 import numpy as np
 
+from edgerec.sdk.errors import EdgeRecError
 from edgerec.sync.protocol.releases import KINDS, Key, Release
 
 from .privacy import MemoryBudgetLedger, PrivacyConfig, Releaser, opendp_laplace
@@ -160,4 +165,37 @@ def make_fleet(seed: int, nodes: int, arms: Sequence[Arm], users: int, impressio
     return Fleet(model, experiment, sims, np.random.default_rng(seed))
 
 
-__all__ = ["KINDS", "Arm", "Fleet", "PrefetchedNoise", "SimNode", "bounded_totals", "make_fleet", "user_events"]
+def drive_edge(client: httpx.Client, experiment: str, arms: Sequence[Arm], users: int, rng: np.random.Generator,
+               user_prefix: str = "u", candidates: int = 20) -> dict[str, dict[str, int]]:
+    """Each user ranks once in ``experiment`` on the edge server ``client`` points at, sees the top item
+    (an impression) and clicks it at the planted rate of the variant the server chose; per variant, the
+    impressions and clicks sent (the edge server accepted all of them, or EdgeRecError says why)."""
+    rates = {a.variant: a.ctr for a in arms}
+    sent: dict[str, dict[str, int]] = {a.variant: {"impression": 0, "click": 0} for a in arms}
+    ctx = {"ctx": [0.1, 0.2, 0.3, 0.4]}
+    for u in range(users):
+        r = client.post("/v1/rank", json={"experiment": experiment, "user": {"id": f"{user_prefix}{u}"},
+                                          "candidates": list(range(candidates)), "context": ctx, "top_k": 1})
+        if r.status_code != 200:
+            raise SimulationError(f"rank: HTTP {r.status_code}: {r.text[:200]}")
+        doc = r.json()
+        variant, rid, item = doc["variant"], doc["response_id"], doc["items"][0]["item"]
+        if variant not in rates:
+            raise SimulationError(f"the edge server chose variant {variant!r}, which has no planted rate")
+        events = [{"type": "impression", "response_id": rid, "item": item}]
+        if rng.random() < rates[variant]:
+            events.append({"type": "click", "response_id": rid, "item": item})
+        r = client.post("/v1/events", json={"events": events})
+        if r.status_code != 200 or r.json().get("accepted") != len(events):
+            raise SimulationError(f"events: HTTP {r.status_code}: {r.text[:200]}")
+        for e in events:
+            sent[variant][e["type"]] += 1
+    return sent
+
+
+class SimulationError(EdgeRecError):
+    """The edge server refused what the simulated users sent."""
+
+
+__all__ = ["KINDS", "Arm", "Fleet", "PrefetchedNoise", "SimNode", "SimulationError", "bounded_totals",
+           "drive_edge", "make_fleet", "user_events"]

@@ -9,6 +9,10 @@
     DIR/node.db               SQLite: accepted assignments, installs, failures, bad versions,
                               activations in progress, the report queue, settings
     DIR/control.token         the edge server's control token (0600, made by ``node run --serve``)
+    DIR/keys/user.key         the key of user fingerprints in the event spool (0600)
+    DIR/events/               the edge server's event spool (:mod:`.event_spool`)
+    DIR/privacy.sqlite        the privacy budget ledger (:mod:`.privacy`)
+    DIR/daemon.lock           held (flock) by a running daemon
     DIR/tuf/                  TUF metadata cache (python-tuf's Updater)
     DIR/targets/              verified target files (ciphertext packages)
     DIR/partial/              interrupted downloads, resumed with HTTP ranges
@@ -101,6 +105,8 @@ CREATE TABLE IF NOT EXISTS activations (model TEXT PRIMARY KEY, version INTEGER 
 CREATE TABLE IF NOT EXISTS reports (seq INTEGER PRIMARY KEY AUTOINCREMENT, report_id TEXT NOT NULL UNIQUE,
     body TEXT NOT NULL, created REAL NOT NULL, sent_at REAL);
 CREATE INDEX IF NOT EXISTS reports_unsent ON reports (sent_at, seq);
+CREATE TABLE IF NOT EXISTS forget_requests (seq INTEGER PRIMARY KEY AUTOINCREMENT, fingerprint TEXT NOT NULL,
+    files TEXT NOT NULL, at REAL NOT NULL);
 """
 
 
@@ -122,6 +128,8 @@ class NodeDB:
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         self._lock = threading.RLock()
         self._conn.execute("PRAGMA synchronous=FULL")
+        # Erasure: deleted rows (a user's fingerprint in a forget request) are overwritten, not left in free pages.
+        self._conn.execute("PRAGMA secure_delete=ON")
         self._conn.executescript(_TABLES)
         if not existed:
             os.chmod(self.path, 0o600)
@@ -251,8 +259,12 @@ class NodeDB:
 
     # -- the report queue ---------------------------------------------------------------
 
-    def enqueue(self, report: dict[str, Any]) -> None:
+    def enqueue(self, report: dict[str, Any], settings: dict[str, str] | None = None) -> None:
+        """Queue ``report``; ``settings`` change in the same transaction (a metrics cursor moves with it)."""
         with self.tx() as c:
+            for key, value in (settings or {}).items():
+                c.execute("INSERT INTO settings VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                          (key, value))
             c.execute("INSERT INTO reports (report_id, body, created, sent_at) VALUES (?, ?, ?, NULL)",
                       (report["report_id"], json.dumps(report), time.time()))
             # A node offline for weeks keeps the newest reports; the oldest unsent ones go.
@@ -266,12 +278,33 @@ class NodeDB:
         """Every report still in the table (sent ones too), oldest first."""
         return self._reports(_REPORTS + " ORDER BY seq")
 
-    def last_report(self) -> QueuedReport | None:
-        got = self._reports(_REPORTS + " ORDER BY seq DESC LIMIT 1")
+    def last_report(self, kind: str = "status") -> QueuedReport | None:
+        """The newest queued report of ``kind`` (status reports and metrics reports share the queue)."""
+        got = self._reports(_REPORTS + " WHERE json_extract(body, '$.kind') = ? ORDER BY seq DESC LIMIT 1", (kind,))
         return got[0] if got else None
 
-    def _reports(self, sql: str) -> list[QueuedReport]:
-        return [QueuedReport(s, r, json.loads(b), c, t) for s, r, b, c, t in self._rows(sql)]
+    def _reports(self, sql: str, args: tuple[Any, ...] = ()) -> list[QueuedReport]:
+        return [QueuedReport(s, r, json.loads(b), c, t) for s, r, b, c, t in self._rows(sql, args)]
+
+    # -- erasure requests for the daemon ---------------------------------------------------
+
+    def request_forget(self, fingerprint: str, files: list[str]) -> int:
+        """Ask the running daemon to erase a user (by fingerprint) from its windows and these spool files."""
+        with self.tx() as c:
+            cur = c.execute("INSERT INTO forget_requests (fingerprint, files, at) VALUES (?, ?, ?)",
+                            (fingerprint, json.dumps(files), time.time()))
+        return int(cur.lastrowid or 0)
+
+    def forget_requests(self) -> list[tuple[int, str, list[str]]]:
+        return [(int(s), str(f), json.loads(n)) for s, f, n in
+                self._rows("SELECT seq, fingerprint, files FROM forget_requests ORDER BY seq")]
+
+    def forget_done(self, seq: int) -> None:
+        with self.tx() as c:
+            c.execute("DELETE FROM forget_requests WHERE seq=?", (seq,))
+
+    def forget_pending(self, seq: int) -> bool:
+        return bool(self._rows("SELECT 1 FROM forget_requests WHERE seq=?", (seq,)))
 
     def mark_sent(self, report_id: str) -> None:
         with self.tx() as c:
@@ -354,6 +387,22 @@ class NodeState:
     @property
     def trust_dir(self) -> Path:
         return self.dir / "trust"
+
+    @property
+    def user_key_file(self) -> Path:
+        return self.keys / "user.key"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.dir / "events"
+
+    @property
+    def ledger_file(self) -> Path:
+        return self.dir / "privacy.sqlite"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.dir / "daemon.lock"
 
 
     @property

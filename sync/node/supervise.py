@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgerec.sdk.files import make_dirs
+from edgerec.sdk.user_keys import ensure_user_key
 from edgerec.sync.protocol.errors import ConfigError
 
 from .state import NodeState
@@ -29,8 +31,9 @@ log = logging.getLogger("edgerec.sync.node.supervise")
 PARENT_ENV = "EDGEREC_EXIT_WITH_PARENT"  # read by the edge server (edgerec.edge_server.server)
 
 
-def edge_flags(state: NodeState, model_dir: Path | None = None) -> dict[str, Any]:
-    """What ``edgerec serve`` needs to open what this node installs (keys stay where they are)."""
+def edge_flags(state: NodeState, model_dir: Path | None = None, metrics: bool = True) -> dict[str, Any]:
+    """What ``edgerec serve`` needs to open what this node installs (keys stay where they are), and where it
+    spools accepted events for the daemon's fleet metrics (with the key of the users' fingerprints)."""
     ident = state.identity()
     keys = [str(p.resolve()) for p in state.publisher_key_files()]
     if not keys:
@@ -40,8 +43,13 @@ def edge_flags(state: NodeState, model_dir: Path | None = None) -> dict[str, Any
         if recorded is None:
             raise ConfigError(f"{state.dir}: no model directory recorded yet; give --model-dir")
         model_dir = Path(recorded)
-    return {"model_dir": str(Path(model_dir).resolve()), "trusted_keys": keys,
-            "recipient_key": str((state.keys / "recipient.key").resolve()), "recipient_id": ident.node_id}
+    out = {"model_dir": str(Path(model_dir).resolve()), "trusted_keys": keys,
+           "recipient_key": str((state.keys / "recipient.key").resolve()), "recipient_id": ident.node_id}
+    if metrics:
+        ensure_user_key(state.user_key_file)
+        make_dirs(state.spool_dir)
+        out |= {"events_spool": str(state.spool_dir.resolve()), "user_key_file": str(state.user_key_file.resolve())}
+    return out
 
 
 def edge_argv(flags: dict[str, Any]) -> list[str]:
@@ -49,7 +57,10 @@ def edge_argv(flags: dict[str, Any]) -> list[str]:
     out = ["--model-dir", flags["model_dir"]]
     for k in flags["trusted_keys"]:
         out += ["--trusted-key", k]
-    return [*out, "--recipient-key", flags["recipient_key"], "--recipient-id", flags["recipient_id"]]
+    out += ["--recipient-key", flags["recipient_key"], "--recipient-id", flags["recipient_id"]]
+    if "events_spool" in flags:
+        out += ["--events-spool", flags["events_spool"], "--user-key-file", flags["user_key_file"]]
+    return out
 
 
 class EdgeChild:

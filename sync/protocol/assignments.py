@@ -4,8 +4,16 @@ An assignment is canonical JSON, signed with the service's online assignment
 key (whose public half the offline root lists, see :mod:`.trust`)::
 
     {"signed": {"type": "edgerec/assignment/v1", "node", "model", "version",
-                "channel", "target", "serial", "rollback", "issued", "expires"},
+                "channel", "target", "serial", "rollback", "issued", "expires",
+                ["experiments": [{"name", "salt", "variants": [{"name", "version", "weight"}]}],
+                 "extras": [{"version", "target"}]]},
      "signatures": [{"keyid", "sig"}]}
+
+``experiments`` are the A/B experiments of this model the node runs, and
+``extras`` the other versions they need installed next to ``version`` (each
+with its target); both are left out when empty, so an assignment without
+experiments is the same document as before they existed. The signature
+covers them: a node runs only experiments its service signed.
 
 ``serial`` grows with every change of any node's desired state, so a node
 refuses an assignment older than one it accepted (a replay). A lower version
@@ -36,6 +44,16 @@ from .errors import (
 )
 
 TYPE = "edgerec/assignment/v1"
+MAX_EXPERIMENTS = 16
+MAX_VARIANTS = 16
+
+
+@dataclass(frozen=True)
+class Extra:
+    """Another version of the model the node keeps installed (an experiment's variant)."""
+
+    version: int
+    target: str
 
 
 @dataclass(frozen=True)
@@ -51,9 +69,18 @@ class Assignment:
     rollback: bool
     issued: int
     expires: int
+    # [{"name", "salt", "variants": [{"name", "version", "weight"}]}]: the edge server's experiment documents
+    experiments: tuple[dict[str, Any], ...] = ()
+    extras: tuple[Extra, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": TYPE, **asdict(self)}
+        doc = {"type": TYPE, **asdict(self)}
+        for key in ("experiments", "extras"):
+            if doc[key]:
+                doc[key] = list(doc[key])
+            else:
+                del doc[key]
+        return doc
 
     @classmethod
     def from_dict(cls, doc: Any) -> Assignment:
@@ -66,12 +93,46 @@ class Assignment:
                 target=_typed(doc, "target", str), serial=_typed(doc, "serial", int),
                 rollback=_typed(doc, "rollback", bool), issued=_typed(doc, "issued", int),
                 expires=_typed(doc, "expires", int),
+                experiments=_experiments(doc.get("experiments", [])), extras=_extras(doc.get("extras", [])),
             )
         except KeyError as exc:
             raise AssignmentError(f"assignment: missing field {exc}") from exc
-        if set(doc) != {"type", *asdict(out)}:
+        optional = {"experiments", "extras"}
+        if not {"type", *asdict(out)} - optional <= set(doc) <= {"type", *asdict(out)}:
             raise AssignmentError("assignment: unexpected fields")
         return out
+
+
+def _experiments(raw: Any) -> tuple[dict[str, Any], ...]:
+    """The experiments' shape (the edge server checks names and weights again when it runs them)."""
+    if not isinstance(raw, list) or len(raw) > MAX_EXPERIMENTS:
+        raise AssignmentError(f"assignment.experiments: expected a list of at most {MAX_EXPERIMENTS}")
+    out = []
+    for i, e in enumerate(raw):
+        where = f"assignment.experiments[{i}]"
+        if not isinstance(e, dict) or set(e) != {"name", "salt", "variants"} or not isinstance(e["name"], str) \
+                or not isinstance(e["salt"], str):
+            raise AssignmentError(f"{where}: expected name, salt and variants")
+        variants = e["variants"]
+        if not isinstance(variants, list) or not 1 <= len(variants) <= MAX_VARIANTS or not all(
+                isinstance(v, dict) and set(v) == {"name", "version", "weight"} and isinstance(v["name"], str)
+                and isinstance(v["version"], int) and not isinstance(v["version"], bool)
+                and isinstance(v["weight"], int | float) and not isinstance(v["weight"], bool) for v in variants):
+            raise AssignmentError(f"{where}.variants: expected up to {MAX_VARIANTS} of name, version, weight")
+        out.append(e)
+    return tuple(out)
+
+
+def _extras(raw: Any) -> tuple[Extra, ...]:
+    if not isinstance(raw, list) or len(raw) > MAX_EXPERIMENTS * MAX_VARIANTS:
+        raise AssignmentError("assignment.extras: expected a list")
+    out = []
+    for i, x in enumerate(raw):
+        if not isinstance(x, dict) or set(x) != {"version", "target"} or not isinstance(x["target"], str) \
+                or not isinstance(x["version"], int) or isinstance(x["version"], bool):
+            raise AssignmentError(f"assignment.extras[{i}]: expected version and target")
+        out.append(Extra(x["version"], x["target"]))
+    return tuple(out)
 
 
 def _typed(doc: dict[str, Any], key: str, kind: type) -> Any:

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from edgerec.sdk.event_spool import LATENCY_EDGES_MS, SCORE_EDGES  # the edge server's spool uses them too
 from edgerec.sdk.manifest import NAME_RE
 
 from .errors import BadRequestError
@@ -31,10 +32,6 @@ OPS_FORMAT = "edgerec.ops/1"
 KINDS = ("impression", "click", "conversion")
 MECHANISMS = ("discrete_laplace", "none")
 STATUSES = ("released", "budget_exhausted")
-#: Upper edges (milliseconds) of the latency histogram buckets; one overflow bucket follows.
-LATENCY_EDGES_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0)
-#: Upper edges of the prediction-score histogram (scores in [0, 1]): twenty equal bins.
-SCORE_EDGES = tuple(round(0.05 * i, 2) for i in range(1, 21))
 MAX_ROWS = 4096
 _MAX_COUNT = 1 << 53
 

@@ -7,6 +7,7 @@ transport.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -55,6 +56,7 @@ from .datadir import DataDir
 from .db_blobs import DbBlobStore
 from .enrollment import create_token, enroll
 from .envelopes import seal_missing
+from .experiments import experiment_versions, node_experiments
 from .metrics import SyncMetrics
 from .online_keys import OnlineKeys
 from .publish import Publisher, PublishResult
@@ -442,18 +444,22 @@ class SyncService:
             rows = _connection(session).execute(_ASSIGNMENTS, {"nid": node_id}).all()
         key, expiry = self.keys.assignment, self.config.assignment_expiry_s
 
-        def signer(a: Any) -> Callable[[int], str]:
+        def signer(a: Any, exps: tuple[Any, ...], extras: tuple[Any, ...]) -> Callable[[int], str]:
             def sign(issued: int) -> str:
                 doc = SignedAssignment(node_id, a.model, a.version, a.channel, a.target_path, a.serial, a.rollback,
-                                       issued, issued + expiry)
+                                       issued, issued + expiry, exps, extras)
                 return sign_assignment(doc, key).decode()
             return sign
 
-        return [
-            self.signed_docs.get((node_id, a.model, a.version, a.channel, a.target_path, a.serial, a.rollback),
-                                 now, signer(a))
-            for a in rows
-        ]
+        out = []
+        for a in rows:
+            docs, extra_list = node_experiments(session, node_id, a.model, a.version, a.channel)
+            exps, extras = tuple(docs), tuple(extra_list)
+            # Keyed by everything the document says (experiments included, as JSON), so a change shows at once.
+            content = (node_id, a.model, a.version, a.channel, a.target_path, a.serial, a.rollback,
+                       json.dumps(docs, sort_keys=True), tuple((e.version, e.target) for e in extra_list))
+            out.append(self.signed_docs.get(content, now, signer(a, exps, extras)))
+        return out
 
     def node_envelopes(self, session: Session, node_id: str, model: str, version: int) -> list[str]:
         """The node's key envelopes for a version assigned to it now (403 for any other, 404 if unknown)."""
@@ -464,7 +470,8 @@ class SyncService:
         if package is None:
             raise NotFoundError(f"unknown model version {model} {version}", field="version")
         assigned = session.get(Assignment, (node_id, model))
-        if assigned is None or assigned.version != version:
+        if assigned is None or (assigned.version != version
+                                and version not in experiment_versions(session, node_id, model)):
             raise ForbiddenError(f"{model} version {version} is not assigned to this node", field="version")
         envelopes, _ = seal_missing(session, self.keys.kek, node, package)
         return [e.decode() for e in envelopes]

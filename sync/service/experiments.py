@@ -13,11 +13,13 @@ import time
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from edgerec.sdk.manifest import NAME_RE
+from edgerec.sync.protocol.assignments import Extra
 from edgerec.sync.protocol.errors import BadRequestError, ConflictError, NotFoundError
-from edgerec.sync.service.store.models import ExperimentRow
+from edgerec.sync.service.store.models import ChannelTarget, ExperimentRow, Node, PackageVersion
 
 MAX_VARIANTS = 16
 
@@ -91,4 +93,59 @@ def stop_experiment(session: Session, name: str) -> dict[str, Any]:
     return _doc(row)
 
 
-__all__ = ["check_variants", "create_experiment", "get_experiment", "list_experiments", "stop_experiment"]
+# -- delivery to nodes (inside their signed assignments) -------------------------------------------
+
+
+def _running_for(session: Session | Connection, node_id: str) -> list[Any]:
+    """Running experiments whose tags the node carries (all of them; no tags: every node).
+
+    Column selects, not entities: the check-in runs on a bare connection (one query when none runs)."""
+    rows = list(session.execute(
+        select(ExperimentRow.name, ExperimentRow.model, ExperimentRow.variants, ExperimentRow.tags,
+               ExperimentRow.salt).where(ExperimentRow.state == "running")).all())
+    if not rows:
+        return []
+    node_tags = session.execute(select(Node.tags).where(Node.id == node_id)).scalar_one_or_none()
+    tags = set(node_tags or ())
+    return [r for r in rows if set(r.tags) <= tags]
+
+
+def _targets(session: Session | Connection, model: str, versions: set[int], channel: str) -> dict[int, str]:
+    """A TUF target per published version (the assignment's channel preferred)."""
+    rows = session.execute(select(PackageVersion.version, ChannelTarget.channel, ChannelTarget.target_path)
+                           .join(ChannelTarget, ChannelTarget.package_id == PackageVersion.id)
+                           .where(PackageVersion.name == model, PackageVersion.version.in_(versions))).all()
+    out: dict[int, str] = {}
+    for version, _ch, path in sorted(rows, key=lambda r: r[1] != channel, reverse=True):  # preferred last: wins
+        out[int(version)] = str(path)
+    return out
+
+
+def node_experiments(session: Session | Connection, node_id: str, model: str, version: int,
+                     channel: str) -> tuple[list[dict[str, Any]], list[Extra]]:
+    """What a node's assignment of ``model`` carries: the experiments it runs and the other versions they need.
+
+    An experiment with a variant whose version is not published is left out (the node could not run it)."""
+    rows = [r for r in _running_for(session, node_id) if r.model == model]
+    if not rows:
+        return [], []
+    wanted = {int(v["version"]) for r in rows for v in r.variants}
+    targets = _targets(session, model, wanted, channel)
+    docs, extras = [], set()
+    for r in sorted(rows, key=lambda r: r.name):
+        versions = {int(v["version"]) for v in r.variants}
+        if not versions <= set(targets):
+            continue
+        docs.append({"name": r.name, "salt": r.salt, "variants": [
+            {"name": v["name"], "version": int(v["version"]), "weight": float(v["weight"])} for v in r.variants]})
+        extras |= versions - {version}
+    return docs, [Extra(v, targets[v]) for v in sorted(extras)]
+
+
+def experiment_versions(session: Session, node_id: str, model: str) -> set[int]:
+    """Versions of ``model`` the node's running experiments need (their key envelopes may be fetched)."""
+    return {int(v["version"]) for r in _running_for(session, node_id) if r.model == model for v in r.variants}
+
+
+__all__ = ["check_variants", "create_experiment", "experiment_versions", "get_experiment", "list_experiments",
+           "node_experiments", "stop_experiment"]

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
-# (node, model, version, channel, target, serial, rollback)
-Key = tuple[str, str, int, str, str, int, bool]
+Key = tuple[Any, ...]  # everything the signed document says (see SyncService.signed_assignments)
 
 
 class SignedAssignmentCache:

@@ -193,3 +193,40 @@ def test_encrypted_package_with_the_node_key(serve, packages, signing_key, node_
     plain = serve()
     r = plain.control("POST", "/models/load", json={"path": str(path)})
     assert r.status_code == 422 and "recipient key" in r.json()["detail"]
+
+
+def _variants(live, users: int) -> dict[str, int]:
+    seen: dict[str, int] = {}
+    for i in range(users):
+        r = live.post("/v1/rank", json={"experiment": "ab", "user": {"id": f"user-{i}"}, "candidates": [1, 2, 3],
+                                        "context": {"ctx": [0.1, 0.2, 0.3, 0.4]}})
+        assert r.status_code == 200, r.text
+        seen[r.json()["variant"]] = seen.get(r.json()["variant"], 0) + 1
+    return seen
+
+
+def test_experiments_set_and_cleared_through_control_on_every_worker(serve, packages):
+    live = serve(workers=2)
+    live.running.wait_ready(workers=2)
+    body = {"model": "ctr", "salt": "s1", "variants": [{"name": "control", "version": 1, "weight": 3},
+                                                        {"name": "treatment", "version": 2, "weight": 1}]}
+    missing = live.control("PUT", "/experiments/ab", json=body)
+    assert missing.status_code == 404 and missing.json()["field"] == "variants" and "v2" in missing.json()["detail"]
+    r = live.control("POST", "/models/load", json={"path": str(packages["v2"]), "serve": False})
+    assert r.status_code == 200 and r.json()["workers"] == 2, r.text
+    r = live.control("PUT", "/experiments/ab", json=body)
+    assert r.status_code == 200 and r.json()["workers"] == 2 and r.json()["name"] == "ab", r.text
+    assert [e["name"] for e in live.control("GET", "/experiments").json()["experiments"]] == ["ab"]
+    seen = _variants(live, 400)  # requests land on both workers; the split is by weight, sticky per user
+    assert set(seen) == {"control", "treatment"} and 250 <= seen["control"] <= 350, seen
+    assert _variants(live, 400) == seen
+    bad = live.control("PUT", "/experiments/ab", json={**body, "variants": [{"name": "X", "version": 1}]})
+    assert bad.status_code == 400 and bad.json()["field"] == "experiment"
+    r = live.control("DELETE", "/experiments/ab")
+    assert r.status_code == 200 and r.json()["workers"] == 2
+    for _ in range(10):  # every worker stopped it
+        gone = live.post("/v1/rank", json={"experiment": "ab", "candidates": [1]})
+        assert gone.status_code == 404 and gone.json()["field"] == "experiment"
+    for _ in range(10):  # v2 served nothing but the experiment: unloaded on every worker
+        assert [m["version"] for m in live.versions()] == [1]
+    assert live.control("DELETE", "/experiments/ab").status_code == 404

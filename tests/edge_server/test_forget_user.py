@@ -62,3 +62,37 @@ def test_node_forget_user_command_erases_on_the_edge_server(serve, features_pkg,
     bad = runner.invoke(cli, ["node", "forget-user", "bob", "--edge-server", live.url, "--control-token-file",
                               str(token)])
     assert bad.exit_code != 0 and "HTTP 401" in bad.output and bad.output.count("\n") == 1
+
+
+def test_forget_user_with_no_daemon_running_rewrites_the_spool_itself(serve, packages, tmp_path):
+    """Two workers spool the user's events; ``node forget-user --state-dir`` (no daemon holds the lock) leaves
+    no trace of the id or its fingerprint in the node's state directory, and keeps everyone else's events."""
+    from click.testing import CliRunner
+
+    from edgerec.sdk.cli.main import cli
+    from edgerec.sdk.event_spool import parse_line
+    from edgerec.sdk.user_keys import ensure_user_key, user_fingerprint
+    from edgerec.sync.node.state import NodeState
+
+    state = NodeState(tmp_path / "state")
+    key = ensure_user_key(state.user_key_file)
+    live = serve(workers=2, events_spool_dir=state.spool_dir, user_key_file=state.user_key_file)
+    live.running.wait_ready(workers=2)
+    for user in ("erin", "frank") * 10:
+        rank = live.post("/v1/rank", json={"user": {"id": user}, "candidates": [1, 2, 3]}).json()
+        r = live.post("/v1/events", json={"type": "click", "response_id": rank["response_id"],
+                                          "item": rank["items"][0]["item"]})
+        assert r.status_code == 200 and r.json()["accepted"] == 1
+    token = tmp_path / "control.token"
+    token.write_text(TOKEN + "\n")
+    out = CliRunner().invoke(cli, ["node", "forget-user", "erin", "--state-dir", str(state.dir), "--edge-server",
+                                   live.url, "--control-token-file", str(token), "--json"])
+    assert out.exit_code == 0, out.output
+    assert "10 erased from the spool" in out.stdout
+    gone = user_fingerprint(key, "erin").encode()
+    for p in state.dir.rglob("*"):
+        if p.is_file():
+            assert b"erin" not in p.read_bytes() and gone not in p.read_bytes(), p
+    users = [rec.user for p in state.spool_dir.iterdir() for raw in p.read_bytes().splitlines()
+             for rec in [parse_line(raw)] if hasattr(rec, "user")]
+    assert users == [user_fingerprint(key, "frank")] * 10

@@ -210,5 +210,13 @@ def test_demo_runs_the_whole_fleet_loop(tmp_path):
     assert (fleet["status"]["desired_version"], fleet["status"]["installed_version"]) == (2, 2)
     assert {a["format"] for a in fleet["artifacts"]} == {"tflite", "ort"}
     assert {a["batch"] for a in fleet["artifacts"]} == {"dynamic", 16, 64}
+    # the A/B part: two nodes' private releases of the simulated users' events, summed by the service
+    ab = fleet["ab"]
+    report = {v["variant"]: v for v in ab["report"]["variants"]}
+    assert set(report) == {"control", "treatment"} and ab["report"]["windows_released"] >= 1
+    for variant, sent in ab["sent"].items():  # noise: sd ~ 14 per count and window over two nodes
+        assert abs(report[variant]["impressions"] - sent["impression"]) < 120, (variant, report, sent)
+        assert abs(report[variant]["clicks"] - sent["click"]) < 120, (variant, report, sent)
+    assert Path(ab["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the node's private keys stayed private, and nothing was left running
     assert stat.S_IMODE((tmp_path / "fleet" / "node" / "keys" / "recipient.key").stat().st_mode) == 0o600

@@ -187,14 +187,14 @@ class Node:
                               str(self.model_dir)], capture_output=True, text=True, check=True, timeout=60)
         return out.stdout.split()
 
-    def start_edge(self, timeout: float = 90) -> Proc:
+    def start_edge(self, *extra: str, timeout: float = 90) -> Proc:
         self.model_dir.mkdir(parents=True, exist_ok=True)
         # After a kill -9 of the server, its workers notice within half a second and exit; until then
         # they still answer on the port, and a readiness check would see them instead of the new server.
         if not wait_for(lambda: _get(f"{self.edge_url}/v2/health/ready") == 0, 10):
             raise RuntimeError(f"something still answers on {self.edge_url}")
         self.edge = Proc(["serve", *self.edge_flags(), "--port", str(self.edge_port), "--control-token-file",
-                          str(self.token_file), "--no-access-log", "--max-delay-ms", "1"],
+                          str(self.token_file), "--no-access-log", "--max-delay-ms", "1", *extra],
                          self.root / "edge.log")
         if not wait_for(lambda: _get(f"{self.edge_url}/v2/health/ready") == 200 or not self.edge.alive, timeout) \
                 or not self.edge.alive:

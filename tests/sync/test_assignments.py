@@ -65,3 +65,31 @@ def test_a_changed_field_breaks_the_signature():
     doc["signed"]["rollback"] = True  # turn a downgrade into a "rollback"
     with pytest.raises(AssignmentSignatureError):
         verify_assignment(json.dumps(doc).encode(), TRUSTED, "n1", None, 3, NOW)
+
+
+EXP = {"name": "ab", "salt": "s1", "variants": [{"name": "control", "version": 3, "weight": 1.0},
+                                                 {"name": "new", "version": 4, "weight": 1.0}]}
+
+
+def test_experiments_travel_signed_and_are_left_out_when_empty():
+    from edgerec.sync.protocol.assignments import Extra
+
+    plain = make()
+    assert "experiments" not in plain.to_dict() and "extras" not in plain.to_dict()
+    a = make(experiments=(EXP,), extras=(Extra(4, "stable/ctr/4.edgepkg"),))
+    got = verify_assignment(sign_assignment(a, KEY), TRUSTED, "n1", None, None, NOW)
+    assert got.experiments == (EXP,) and got.extras == (Extra(4, "stable/ctr/4.edgepkg"),)
+    doc = json.loads(sign_assignment(a, KEY))
+    doc["signed"]["experiments"][0]["variants"][1]["weight"] = 99.0  # a tampered split
+    with pytest.raises(AssignmentSignatureError):
+        verify_assignment(json.dumps(doc).encode(), TRUSTED, "n1", None, None, NOW)
+
+
+@pytest.mark.parametrize("bad", [
+    {"experiments": "ab"}, {"experiments": [{"name": "ab"}]}, {"extras": [{"version": True, "target": "t"}]},
+    {"experiments": [{**EXP, "variants": [{"name": "a", "version": "3", "weight": 1}]}]},
+])
+def test_malformed_experiments_are_refused(bad):
+    doc = {**make().to_dict(), **bad}
+    with pytest.raises(AssignmentError):
+        Assignment.from_dict(doc)
