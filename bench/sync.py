@@ -485,11 +485,14 @@ def run_store(store: str, args: argparse.Namespace) -> dict[str, Any]:
                 "machine_busy_cores": busy / wall,
                 "loadavg": (load0 + os.getloadavg()[0]) / 2,
             })
-        print(f"[{store}] convergence: {args.converge_nodes} nodes ...", flush=True)
-        root = (init.data_dir / "repository" / "metadata" / "1.root.json").read_bytes()
-        conv = asyncio.run(converge(urls, nodes[: args.converge_nodes], work / "tuf", admin,
-                                    work / "ctr-2.edgepkg", args.interval, root, args.interval * 10))
+        conv = None
+        if args.converge_nodes > 0:  # 0: the steady-state rates only
+            print(f"[{store}] convergence: {args.converge_nodes} nodes ...", flush=True)
+            root = (init.data_dir / "repository" / "metadata" / "1.root.json").read_bytes()
+            conv = asyncio.run(converge(urls, nodes[: args.converge_nodes], work / "tuf", admin,
+                                        work / "ctr-2.edgepkg", args.interval, root, args.interval * 10))
         admin.close()
+        nan = float("nan")
         return {
             "store": store,
             "processes": args.processes,
@@ -499,11 +502,11 @@ def run_store(store: str, args: argparse.Namespace) -> dict[str, Any]:
             "enroll_s": enroll_s,
             "steady": steady_rows,
             "converge_nodes": args.converge_nodes,
-            "publish_s": conv.publish_s,
-            "rollout_s": conv.rollout_s,
-            "all_hold_s": conv.all_hold_s,
-            "median_hold_s": statistics.median(conv.per_node_s) if conv.per_node_s else float("nan"),
-            "converge_failures": conv.failures[:5],
+            "publish_s": conv.publish_s if conv else nan,
+            "rollout_s": conv.rollout_s if conv else nan,
+            "all_hold_s": conv.all_hold_s if conv else nan,
+            "median_hold_s": statistics.median(conv.per_node_s) if conv and conv.per_node_s else nan,
+            "converge_failures": conv.failures[:5] if conv else [],
         }
     finally:
         for p in procs:
@@ -558,6 +561,8 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             cells = [f"{st['by_kind'][k]['p50_ms']:.1f} / {st['by_kind'][k]['p99_ms']:.1f}"
                      if k in st["by_kind"] else "-" for k in kinds]
             out.append(f"| {r['store']} | {st['protocol']} | " + " | ".join(cells) + " |")
+    if not results[0]["converge_nodes"]:
+        return "\n".join(out) + "\n"
     out.append(f"\nConvergence: {results[0]['converge_nodes']} of the nodes check in and run the node-side checks "
                "for real (assignment signature, python-tuf ngclient refresh, target download and hash check, "
                f"envelope fetch) every {args.interval:g} s. Clock from the start of `publish` (upload, encryption, "
