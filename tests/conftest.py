@@ -71,3 +71,15 @@ def bucket_only_pkg(ctr_weights, signing_key, tmp_path_factory) -> bytes:
                        batch=n, accelerators=("gpu", "cpu"))
     return b.build(signing_key)
 
+
+@pytest.fixture
+def nginx_binary() -> str:
+    """Debian's nginx for the tests that start it; a failure where .ci/run named it, else a skip."""
+    from support.nginx import ENV, find_nginx
+
+    binary = find_nginx()
+    if binary is None:
+        if os.environ.get(ENV):
+            pytest.fail(f"{ENV} is set but names no nginx")
+        pytest.skip("no nginx (apt-get install nginx-light, as .ci/run does)")
+    return binary

@@ -149,6 +149,17 @@ class _DbRepository(Repository):
         return MetaFile(version=self.latest_version(Snapshot.type))
 
 
+def _resign_online_roles(repo: _DbRepository) -> None:
+    """A new version of every role below root: the channels, targets, snapshot and timestamp."""
+    for role in repo.delegated_roles():
+        with repo.edit_targets(role):
+            pass
+    with repo.edit_targets():
+        pass
+    repo.do_snapshot(force=True)
+    repo.do_timestamp(force=True)
+
+
 class TufRepository:
     """Changes to the TUF repository, and the static files they produce."""
 
@@ -189,13 +200,7 @@ class TufRepository:
         new.signed.verify_delegate(Root.type, new.signed_bytes, new.signatures)
         repo.store(Root.type, new.signed.version, root_bytes, new.signed.expires.timestamp())
         # Online keys may have changed: re-sign everything below root with them.
-        for role in repo.delegated_roles():
-            with repo.edit_targets(role):
-                pass
-        with repo.edit_targets():
-            pass
-        repo.do_snapshot(force=True)
-        repo.do_timestamp(force=True)
+        _resign_online_roles(repo)
         return repo.written
 
     def add_target(self, session: Session, channel: str, path: str, length: int, sha256: str) -> Written:
@@ -229,13 +234,7 @@ class TufRepository:
         """
         repo = self._repo(session, now)
         repo.version_floor = floor
-        for role in repo.delegated_roles():
-            with repo.edit_targets(role):
-                pass
-        with repo.edit_targets():
-            pass
-        repo.do_snapshot(force=True)
-        repo.do_timestamp(force=True)
+        _resign_online_roles(repo)
         log.info("re-signed TUF metadata past version %d: %s", floor,
                  ", ".join(f"{r} v{v}" for r, v, _ in repo.written))
         return repo.written

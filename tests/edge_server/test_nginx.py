@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 from support.net import free_port
-from support.nginx import ENV, Nginx, doc_config, find_nginx
+from support.nginx import Nginx, doc_config
 
 from edgerec.edge_server import RunningServer
 
@@ -20,15 +20,6 @@ ROW = {"inputs": [
     {"name": "ctx", "shape": [1, 4], "datatype": "FP32", "data": [0.1, 0.2, 0.3, 0.4]},
 ]}
 
-
-@pytest.fixture
-def nginx_binary() -> str:
-    binary = find_nginx()
-    if binary is None:
-        if os.environ.get(ENV):
-            pytest.fail(f"{ENV} is set but names no nginx")
-        pytest.skip("no nginx (apt-get install nginx-light, as .ci/run does)")
-    return binary
 
 
 def _served(server: RunningServer) -> float:

@@ -8,7 +8,6 @@ again: every node converges on the new version and nothing is lost.
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -17,7 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 from support.net import free_port, wait_for
-from support.nginx import ENV, Nginx, doc_config, find_nginx
+from support.nginx import Nginx, doc_config
 from support.sync_replica import Replica
 
 from edgerec.sdk.keys import load_verify_key
@@ -33,15 +32,6 @@ from edgerec.sync.service.store.models import TufMetadata
 
 NODES = 20
 
-
-@pytest.fixture
-def nginx_binary() -> str:
-    binary = find_nginx()
-    if binary is None:
-        if os.environ.get(ENV):
-            pytest.fail(f"{ENV} is set but names no nginx")
-        pytest.skip("no nginx (apt-get install nginx-light, as .ci/run does)")
-    return binary
 
 
 @pytest.mark.slow

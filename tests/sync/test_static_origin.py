@@ -6,19 +6,11 @@ from __future__ import annotations
 import httpx
 import pytest
 from support.net import free_port
-from support.nginx import Nginx, doc_config, find_nginx
+from support.nginx import Nginx, doc_config
 
 from edgerec.sync.node.enroll import enroll_node
 from edgerec.sync.node.state import NodeState
 from edgerec.sync.protocol.errors import ConfigError
-
-
-@pytest.fixture
-def nginx_binary() -> str:
-    binary = find_nginx()
-    if binary is None:
-        pytest.skip("no nginx (apt-get install nginx-light, as .ci/run does)")
-    return binary
 
 
 @pytest.mark.slow
