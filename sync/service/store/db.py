@@ -10,6 +10,7 @@ need order take a row lock with :meth:`Database.lock`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import stat
@@ -114,6 +115,26 @@ class Database:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
+
+    @contextmanager
+    def schema_lock(self) -> Iterator[None]:
+        """Serialise schema changes across processes on one SQLite file.
+
+        A fresh file's first connections switch it to WAL while another creates
+        tables; SQLite can answer SQLITE_BUSY there without calling the busy
+        handler, so processes starting together take this file lock first.
+        PostgreSQL uses an advisory lock inside the migration instead.
+        """
+        database = self.url.database
+        if self.dialect != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+            yield
+            return
+        fd = os.open(os.path.abspath(database) + ".migrate-lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -67,7 +67,7 @@ def migrate(
     db: Database, head: int = SCHEMA_VERSION, steps: Mapping[int, Callable[[Connection], None]] = STEPS
 ) -> int:
     """Create or upgrade the schema to ``head``; return the version it was at (0 if new)."""
-    with db.engine.connect() as conn:
+    with db.schema_lock(), db.engine.connect() as conn:
         # edgerec_write: on SQLite the begin hook issues BEGIN IMMEDIATE (the write lock).
         conn.execution_options(edgerec_write=True)
         with conn.begin():
