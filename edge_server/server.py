@@ -42,6 +42,7 @@ from edgerec.sdk.http_server import (
     held,
     listen_address,
     reserve_port,
+    stop_server_process,
 )
 from edgerec.sdk.keys import load_recipient_key, load_verify_key
 from edgerec.sdk.user_keys import read_user_key
@@ -226,16 +227,9 @@ class RunningServer:
 
     def close(self, timeout_s: float = 30.0) -> int:
         """SIGTERM, then SIGKILL after ``timeout_s``; the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        code = stop_server_process(self.proc, timeout_s)
         shutil.rmtree(self._tmp, ignore_errors=True)
-        return self.proc.returncode
+        return code
 
 
 __all__ = ["CONFIG_FILE", "RUN_ENV", "RunningServer", "http_settings", "main", "preflight", "serve"]

@@ -42,7 +42,9 @@ import logging
 import os
 import queue
 import resource
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -230,6 +232,20 @@ def child_pids(pid: int) -> list[int]:
         if int(fields[1]) == pid and fields[0] != "Z":
             out.append(int(stat.parent.name))
     return sorted(out)
+
+
+def stop_server_process(proc: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """SIGTERM to a server started in its own process group, SIGKILL to the group after ``timeout_s``;
+    the exit status. The group: a SIGKILL of the server alone would leave its workers serving the port."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
 
 
 def exit_with_server(interval_s: float = 0.5) -> None:

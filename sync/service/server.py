@@ -17,14 +17,12 @@ nothing of an unauthenticated upload is read or stored.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import os
 import re
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -50,6 +48,7 @@ from edgerec.sdk.http_server import (
     listen_address,
     metrics_after_fork,
     reserve_port,
+    stop_server_process,
 )
 from edgerec.sdk.tracing import configure_otlp
 
@@ -316,17 +315,10 @@ class RunningServer:
         """SIGTERM, then SIGKILL after ``timeout_s``; the exit status."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        code = stop_server_process(self.proc, timeout_s)
         if self._own_log:
             shutil.rmtree(self._tmp, ignore_errors=True)
-        return self.proc.returncode
+        return code
 
 
 __all__ = ["LOG_FORMAT", "READY_LINE", "Maintenance", "RunningServer", "http_settings", "main", "serve", "service_app",
