@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import re
 import shlex
@@ -248,6 +249,7 @@ def status_cmd(state_dir: Path, as_json: bool) -> None:
     """What this node has installed, its failures, bad versions and queued reports (local view)."""
     from edgerec.sdk.modeldir import ModelDir
 
+    from .origin import REFUSED
     from .state import NodeState
 
     st = NodeState(state_dir)
@@ -255,11 +257,16 @@ def status_cmd(state_dir: Path, as_json: bool) -> None:
     db = st.db
     recorded = db.setting("model_dir")
     current = ModelDir(recorded).pointers() if recorded else {}
-    doc = {"node_id": ident.node_id, "server": ident.server, "model_dir": recorded, "current": current,
+    refused = json.loads(db.setting(REFUSED) or "null")
+    doc = {"node_id": ident.node_id, "server": ident.server, "metadata_url": ident.metadata_url,
+           "targets_url": ident.targets_url, "origin_refused": refused, "model_dir": recorded, "current": current,
            **db.to_dict()}
     if as_json:
         print_json(doc)
         return
+    console.print(f"repository metadata: {plain(ident.metadata_url)}")
+    if refused:
+        console.print(f"[yellow]origin switch refused[/]: {plain(refused['url'])}: {plain(refused['reason'])}")
     accepted, failures, bad = db.accepted(), db.failures(), db.bad_versions()
     t = Table("model", "desired", "current", "bad versions", "failure",
               title=plain(f"node {ident.node_id} ({doc['pending_reports']} report(s) queued)"))
