@@ -60,7 +60,7 @@ from .experiments import experiment_versions, node_experiments
 from .metrics import SyncMetrics
 from .online_keys import OnlineKeys
 from .publish import Publisher, PublishResult
-from .repo_origin import RepoOriginSetting
+from .repo_origin import ORIGIN_COLUMN, RepoOriginSetting
 from .reports import ReportResult, store_report
 from .retention import prune_due
 from .rollout import Rollouts, RolloutSummary
@@ -445,7 +445,8 @@ class SyncService:
         if rows is None:
             rows = _connection(session).execute(_ASSIGNMENTS, {"nid": node_id}).all()
         key, expiry = self.keys.assignment, self.config.assignment_expiry_s
-        repo_url = self.origin.current(session).url if rows else ""
+        # The admin's origin setting comes in the same read as the assignments (a column of each row).
+        repo_url = self.origin.resolve(rows[0].repo_origin).url if rows else ""
 
         def signer(a: Any, exps: tuple[Any, ...], extras: tuple[Any, ...]) -> Callable[[int], str]:
             def sign(issued: int) -> str:
@@ -558,7 +559,7 @@ def _package(session: Session, model: str, version: int) -> PackageVersion | Non
 _NODE_ID = re.compile(r"^[a-z0-9]{1,32}$")
 _NODE_KEY = select(Node.signing_key, Node.revoked_at, Node.status_digest).where(Node.id == bindparam("id"))
 _ASSIGNED = (Assignment.model, Assignment.version, Assignment.channel, Assignment.serial, Assignment.rollback,
-             ChannelTarget.target_path)
+             ChannelTarget.target_path, ORIGIN_COLUMN)
 _PACKAGE_OF = (PackageVersion.name == Assignment.model) & (PackageVersion.version == Assignment.version)
 _TARGET_OF = (ChannelTarget.package_id == PackageVersion.id) & (ChannelTarget.channel == Assignment.channel)
 _ASSIGNMENTS = (

@@ -4,19 +4,18 @@ Nodes learn the origin (:mod:`edgerec.sync.protocol.origin`) from the
 enrollment answer and then from every signed assignment (``repo_url``). It is
 the admin's setting (``edgerec admin repo-url set``) when there is one, else
 ``sync serve --repo-url``, else none (nodes keep the origin they have). The
-setting lives in the database so that every replica names the same origin;
-each process reads it again at most every :data:`CACHE_S` seconds, so a change
-reaches all replicas' answers within that.
+setting lives in the database, so every replica names the same origin; a
+check-in reads it in the same statement as the node's assignments
+(:data:`ORIGIN_COLUMN`), so no process answers with an origin the database
+no longer holds.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, select
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
 from edgerec.sync.protocol.origin import check_origin
 
@@ -24,8 +23,10 @@ from .store import Database
 from .store.models import ServiceSetting
 
 SETTING = "repo_url"
-#: Seconds a process answers with the origin it read last (a check-in then costs no extra statement).
-CACHE_S = 5.0
+#: The admin's origin (or NULL) as a column of another query: ``row.repo_origin``.
+ORIGIN_COLUMN = (
+    select(ServiceSetting.value).where(ServiceSetting.name == SETTING).scalar_subquery().label("repo_origin")
+)
 
 
 @dataclass(frozen=True)
@@ -40,31 +41,17 @@ class RepoOrigin:
 
 
 class RepoOriginSetting:
-    """Reads (cached for :data:`CACHE_S`) and changes the admin's repository origin."""
+    """Reads and changes the admin's repository origin (``configured``: the ``sync serve --repo-url`` one)."""
 
-    def __init__(self, db: Database, configured: str, cache_s: float = CACHE_S) -> None:
+    def __init__(self, db: Database, configured: str) -> None:
         self.db = db
         self.configured = configured
-        self.cache_s = cache_s
-        self._cached: tuple[float, RepoOrigin] | None = None
-        self._lock = threading.Lock()
 
-    def current(self, conn: Session | Connection | None = None) -> RepoOrigin:
-        """The origin to name now (read on ``conn`` when the cached one is older than ``cache_s``)."""
-        hit = self._cached
-        now = time.monotonic()
-        if hit is not None and now - hit[0] < self.cache_s:
-            return hit[1]
-        query = select(ServiceSetting.value).where(ServiceSetting.name == SETTING)
-        if conn is None:
-            with self.db.read() as session:
-                stored = session.execute(query).scalar_one_or_none()
-        else:
-            stored = conn.execute(query).scalar_one_or_none()
-        origin = self._resolve(stored)
-        with self._lock:
-            self._cached = (now, origin)
-        return origin
+    def current(self) -> RepoOrigin:
+        """The origin to name now."""
+        with self.db.read() as session:
+            stored = session.execute(select(ServiceSetting.value).where(ServiceSetting.name == SETTING))
+            return self.resolve(stored.scalar_one_or_none())
 
     def set(self, url: str | None) -> RepoOrigin:
         """Store ``url`` (checked: :func:`~edgerec.sync.protocol.origin.check_origin`), or drop the setting
@@ -76,14 +63,13 @@ class RepoOriginSetting:
                 if row is not None:
                     session.delete(row)
             else:
-                values = {"name": SETTING, "value": value, "updated": time.time()}
-                session.execute(self.db.insert(ServiceSetting).values(**values).on_conflict_do_update(
-                    index_elements=["name"], set_={"value": value, "updated": values["updated"]}))
-        with self._lock:
-            self._cached = None  # this process answers with the new origin at once
-        return self._resolve(value)
+                now = time.time()
+                session.execute(self.db.insert(ServiceSetting).values(name=SETTING, value=value, updated=now)
+                                .on_conflict_do_update(index_elements=["name"], set_={"value": value, "updated": now}))
+        return self.resolve(value)
 
-    def _resolve(self, stored: str | None) -> RepoOrigin:
+    def resolve(self, stored: str | None) -> RepoOrigin:
+        """The origin named given the admin's stored setting (None: not set)."""
         if stored:
             return RepoOrigin(stored, "admin")
         if self.configured:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 from click.testing import CliRunner
-from support.net import free_port, wait_for
+from support.net import free_port
 from support.nginx import Nginx, doc_config
 
 from edgerec.sdk.cli.main import cli
@@ -210,19 +210,31 @@ def test_admin_repo_url_show_and_set(make_env, tmp_path, monkeypatch):
 
     assert json.loads(run("show", "--json")) == {"repo_url": "https://origin.example.com", "source": "serve"}
     assert "https://origin.example.com (sync serve --repo-url)" in run("show")
-    assert json.loads(run("set", "https://cdn.example.com/fleet/", "--json")) == {
-        "repo_url": "https://cdn.example.com/fleet", "source": "admin"}
-    # Every replica names the same origin: another service process on the same database.
+    # Every replica names the same origin: another service process on the same database, asked before and after.
     replica = RunningServer(env.service, maintenance=False).start()
+    http = http_client(replica.url)
     try:
-        def named() -> object:
-            return httpx.get(replica.url + "/api/v1/admin/repo-url", timeout=10,
-                             headers={"Authorization": f"Bearer {env.init.admin_token}"}).json()["repo_url"]
-        assert wait_for(lambda: named() == "https://cdn.example.com/fleet", 15)
+        ident = enroll_node(tmp_path / "n1", replica.url, env.token(), "n1")
+        assert ident.metadata_url == "https://origin.example.com/metadata/"
+        env.publish(1)
+        env.admin().rollout("ctr", 1, "stable", 100, [])
+        client = NodeClient(http, ident.node_id, NodeState(tmp_path / "n1").signing_key())
+
+        def signed_origins() -> set[str | None]:
+            return {json.loads(d)["signed"].get("repo_url") for d in client.assignments()}
+
+        assert signed_origins() == {"https://origin.example.com"}
+        assert json.loads(run("set", "https://cdn.example.com/fleet/", "--json")) == {
+            "repo_url": "https://cdn.example.com/fleet", "source": "admin"}
+        assert signed_origins() == {"https://cdn.example.com/fleet"}
+        shown = httpx.get(replica.url + "/api/v1/admin/repo-url", timeout=10,
+                          headers={"Authorization": f"Bearer {env.init.admin_token}"}).json()
+        assert shown == {"repo_url": "https://cdn.example.com/fleet", "source": "admin"}
         # New nodes pin the admin's origin at enrollment.
-        ident = enroll_node(tmp_path / "node", replica.url, env.token(), "n")
+        ident = enroll_node(tmp_path / "n2", replica.url, env.token(), "n2")
         assert ident.metadata_url == "https://cdn.example.com/fleet/metadata/"
     finally:
+        http.close()
         replica.stop()
     assert "the service's own /repository (set with admin repo-url set)" in run("set", "--api")
     assert json.loads(run("set", "--clear", "--json"))["source"] == "serve"
