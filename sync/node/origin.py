@@ -42,6 +42,7 @@ from .state import NodeIdentity, NodeState
 log = logging.getLogger("edgerec.sync.node")
 #: node.db setting: the last origin switch refused ({"url", "reason", "at"}), cleared once the origin is followed.
 REFUSED = "origin.refused"
+_PROBE = ".origin-probe-"  # the probe's scratch folders in the state directory
 
 
 def wanted_origin(assignments: Sequence[Assignment]) -> str | None:
@@ -80,7 +81,9 @@ def follow_origin(state: NodeState, ident: NodeIdentity, assignments: Sequence[A
 def probe_origin(state: NodeState, metadata_url: str, targets_url: str, fetcher: FetcherInterface) -> None:
     """Raise unless the origin serves the repository under the node's trusted roots, not older than the
     node's trusted metadata (python-tuf's errors, or :class:`OriginRefusedError`)."""
-    with tempfile.TemporaryDirectory(dir=state.dir, prefix=".origin-probe-") as tmp:
+    for stale in state.dir.glob(f"{_PROBE}*"):  # left by a daemon killed while probing
+        shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(dir=state.dir, prefix=_PROBE) as tmp:
         meta = Path(tmp) / "metadata"
         # Only the roots: the new origin's timestamp, snapshot and targets are all fetched and verified.
         history = state.tuf_dir / "root_history"

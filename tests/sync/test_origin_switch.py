@@ -107,7 +107,9 @@ def test_the_node_follows_a_new_origin_once_it_serves_the_repository(make_env, n
         # Origin 2 lags behind (a copy from before v3 was published on beta): older than what the node has.
         _mirror(env.data_dir / "repository", cdn_root)
         env.publish(3, "beta")
+        (tmp_path / "node" / ".origin-probe-killed").mkdir()  # a daemon killed while probing left it
         result = daemon.run_once()
+        assert not list((tmp_path / "node").glob(".origin-probe-*"))
         assert result.installed == [] and result.failures == {}
         assert _origin_of(tmp_path / "node")[0] == one.url + "/metadata/"
         assert "older than version" in json.loads(daemon.db.setting(REFUSED) or "null")["reason"]
