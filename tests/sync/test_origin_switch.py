@@ -139,10 +139,14 @@ def test_the_node_follows_a_new_origin_once_it_serves_the_repository(make_env, n
         doc = json.loads(status.stdout)
         assert (doc["metadata_url"], doc["origin_refused"]) == (two.url + "/metadata/", None)
 
-        # Back to the service's own /repository (admin repo-url set --api).
+        # Origin 2 goes away, then the service sends nodes back to its own /repository (repo-url set --api):
+        # the cycle's refresh from origin 2 fails, the switch does not, and the rollback installs from the API.
+        two.stop()
         assert admin.set_repo_url("/repository")["repo_url"] == "/repository"
+        admin.rollback("ctr", 2, "stable")
         daemon = env.daemon(NodeState(tmp_path / "node"))
-        assert daemon.run_once().failures == {}
+        result = daemon.run_once()
+        assert result.installed == [("ctr", 2)] and result.failures == {}
         assert _origin_of(tmp_path / "node") == (env.url + "/repository/metadata/",
                                                  env.url + "/repository/targets/")
     finally:
