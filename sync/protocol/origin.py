@@ -33,11 +33,12 @@ def check_repo_url(url: str, field: str = "repo_url") -> str:
     if not url.isprintable() or " " in url:
         raise ConfigError(f"{field}: a URL must not hold spaces or control characters")
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise ConfigError(f"{field}: expected an http(s) URL without query or fragment, got {url!r}")
-    # No credentials in a URL that is stored, logged and signed into every node's assignments.
+    # No credentials in a URL that is stored, logged and signed into every node's assignments (checked
+    # first: the error below shows the URL).
     if "@" in parts.netloc:
         raise ConfigError(f"{field}: a repository URL must not hold a user name or password")
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(f"{field}: expected an http(s) URL without query or fragment, got {url!r}")
     return url.rstrip("/")
 
 

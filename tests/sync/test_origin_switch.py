@@ -246,9 +246,10 @@ def test_admin_repo_url_show_and_set(make_env, tmp_path, monkeypatch):
     assert json.loads(run("set", "--clear", "--json"))["source"] == "serve"
 
     # Bad input: one line naming what is wrong, a non-zero exit, nothing stored.
-    for bad in ("ftp://cdn.example.com", "https://user:secret@cdn.example.com", "cdn.example.com"):
+    for bad in ("ftp://cdn.example.com", "https://user:secret@cdn.example.com", "ftp://u:secret@cdn", "cdn.org"):
         out = run("set", bad, code=1)
         assert out.startswith("error: URL:") and out.count("\n") == 1 and "Traceback" not in out
+        assert "secret" not in out
     assert run("set", code=1).startswith("error: give exactly one of URL, --api or --clear")
     assert run("set", "https://a.example.com", "--api", code=1).startswith("error: give exactly one")
     # The API checks too (a client that skips the CLI's checks).
