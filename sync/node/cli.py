@@ -68,7 +68,7 @@ def node() -> None:
               help="Mutual TLS: the certificate's private key (PEM, mode 0600).")
 @click.option("--repo-url", default=None,
               help="The TUF repository's static origin (URL/metadata/, URL/targets/); default: the one the "
-                   "service names, else the service itself.")
+                   "service names, else the service itself. An origin the service signs later replaces it.")
 @click.option("--json", "as_json", is_flag=True)
 def enroll(server: str, token_file: Path | None, state_dir: Path, name: str | None, ca_cert: str | None,
            client_cert: str | None, client_key: str | None, repo_url: str | None, as_json: bool) -> None:
