@@ -60,7 +60,7 @@ def follow_origin(state: NodeState, ident: NodeIdentity, assignments: Sequence[A
         return None
     metadata_url, targets_url = origin_urls(origin, ident.server)
     if (metadata_url, targets_url) == (ident.metadata_url, ident.targets_url):
-        if state.db.setting(REFUSED) is not None:
+        if state.db.setting(REFUSED):  # the service named this one again: an earlier refusal is moot
             state.db.set_setting(REFUSED, "")
         return None
     try:
