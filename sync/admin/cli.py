@@ -36,6 +36,7 @@ from .client import (
     save_credentials,
 )
 from .metrics_cli import register as register_metrics
+from .origin_cli import register as register_origin
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -519,7 +520,8 @@ def prune(ctx: click.Context, as_json: bool) -> None:
         console.print(f"removed {removed} (kept: {kept})", markup=False)
 
 
-# The fleet metrics commands (ab-report, experiment, alerts, gates, metrics) live in their own modules.
+# The fleet metrics commands (ab-report, experiment, alerts, gates, metrics) and repo-url live in their own modules.
 register_metrics(admin, _client)
+register_origin(admin, _client)
 
 __all__ = ["admin", "default_config_path"]

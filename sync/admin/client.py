@@ -182,6 +182,13 @@ class AdminClient:
     def prune(self) -> dict[str, Any]:
         return dict(self._call("POST", "/api/v1/admin/prune"))
 
+    def repo_url(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/api/v1/admin/repo-url"))
+
+    def set_repo_url(self, url: str | None) -> dict[str, Any]:
+        """Set the fleet's repository origin (a URL or ``/repository``); None drops the admin setting."""
+        return dict(self._call("PUT", "/api/v1/admin/repo-url", json={"repo_url": url}))
+
     # -- fleet metrics (issue 10) ------------------------------------------------------
 
     def ab_report(self, experiment: str, variants: list[str] | None = None, control: str | None = None,

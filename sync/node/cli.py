@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import re
 import shlex
@@ -67,7 +68,7 @@ def node() -> None:
               help="Mutual TLS: the certificate's private key (PEM, mode 0600).")
 @click.option("--repo-url", default=None,
               help="The TUF repository's static origin (URL/metadata/, URL/targets/); default: the one the "
-                   "service names, else the service itself.")
+                   "service names, else the service itself. An origin the service signs later replaces it.")
 @click.option("--json", "as_json", is_flag=True)
 def enroll(server: str, token_file: Path | None, state_dir: Path, name: str | None, ca_cert: str | None,
            client_cert: str | None, client_key: str | None, repo_url: str | None, as_json: bool) -> None:
@@ -248,6 +249,7 @@ def status_cmd(state_dir: Path, as_json: bool) -> None:
     """What this node has installed, its failures, bad versions and queued reports (local view)."""
     from edgerec.sdk.modeldir import ModelDir
 
+    from .origin import REFUSED
     from .state import NodeState
 
     st = NodeState(state_dir)
@@ -255,11 +257,16 @@ def status_cmd(state_dir: Path, as_json: bool) -> None:
     db = st.db
     recorded = db.setting("model_dir")
     current = ModelDir(recorded).pointers() if recorded else {}
-    doc = {"node_id": ident.node_id, "server": ident.server, "model_dir": recorded, "current": current,
+    refused = json.loads(db.setting(REFUSED) or "null")
+    doc = {"node_id": ident.node_id, "server": ident.server, "metadata_url": ident.metadata_url,
+           "targets_url": ident.targets_url, "origin_refused": refused, "model_dir": recorded, "current": current,
            **db.to_dict()}
     if as_json:
         print_json(doc)
         return
+    console.print(f"repository metadata: {plain(ident.metadata_url)}")
+    if refused:
+        console.print(f"[yellow]origin switch refused[/]: {plain(refused['url'])}: {plain(refused['reason'])}")
     accepted, failures, bad = db.accepted(), db.failures(), db.bad_versions()
     t = Table("model", "desired", "current", "bad versions", "failure",
               title=plain(f"node {ident.node_id} ({doc['pending_reports']} report(s) queued)"))

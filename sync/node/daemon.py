@@ -11,7 +11,9 @@ Each cycle:
 3. refresh TUF metadata (``Updater(bootstrap=<pinned root>)``; the trusted
    root also carries the publisher and assignment keys) and check each
    assignment (signature, addressed here, expiry, serial, no downgrade
-   unless a signed rollback);
+   unless a signed rollback); if the verified assignments name another
+   repository origin, switch to it once it serves the repository
+   (:mod:`.origin`) and refresh from there;
 4. for a version not current and not marked bad here: download its target
    (resumable), add this node's key envelopes, verify the publisher
    signature, open and warm it up locally (the warm-up scores are kept),
@@ -74,6 +76,7 @@ from .edge_control import EdgeControl, EdgeRefusedError, EdgeUnreachableError
 from .fetcher import HttpxFetcher
 from .health import HealthPolicy, Probe, watch
 from .metrics_feed import MetricsConfig, MetricsFeed
+from .origin import follow_origin
 from .retention import NodeRetention, prune_node
 from .state import Failure, Installed, NodeState
 
@@ -232,6 +235,8 @@ class NodeDaemon:
             result.reachable = False
             return result
         updater, trust, refresh_error = self._refresh()
+        if self._follow_origin(docs, trust):
+            updater, trust, refresh_error = self._refresh()  # this cycle installs from the new origin
         for doc in docs:
             self._handle(doc, updater, trust, refresh_error, result)
         self._drop_unassigned_experiments(docs)
@@ -393,14 +398,33 @@ class NodeDaemon:
             self.on_trust_change()  # a supervised edge server restarts with the new keys
         return updater, trust, error
 
+    def _verify(self, doc: bytes, trust: TrustInfo) -> Assignment:
+        """``doc`` checked (signature first, then addressee, expiry, serial, downgrade), or an AssignmentError."""
+        model = _claimed_model(doc)
+        current = self.models.current(model) if model != "unknown" else None
+        return verify_assignment(doc, trust.assignment_keys, self.ident.node_id, self.db.accepted().get(model),
+                                 current, time.time())
+
+    def _follow_origin(self, docs: list[bytes], trust: TrustInfo) -> bool:
+        """Move to the repository origin the verified assignments name, once it serves the repository
+        (:mod:`.origin`); True if the node switched. Refused documents name nothing (``_handle`` reports them)."""
+        verified = []
+        for doc in docs:
+            with contextlib.suppress(AssignmentError):
+                verified.append(self._verify(doc, trust))
+        new = follow_origin(self.state, self.ident, verified, self.fetcher)
+        if new is None:
+            return False
+        self.ident = new
+        return True
+
     def _handle(
         self, doc: bytes, updater: Updater, trust: TrustInfo, refresh_error: str | None, result: CycleResult,
     ) -> None:
         model = _claimed_model(doc)
         current = self.models.current(model) if model != "unknown" else None
         try:
-            a = verify_assignment(doc, trust.assignment_keys, self.ident.node_id, self.db.accepted().get(model),
-                                  current, time.time())
+            a = self._verify(doc, trust)
         except AssignmentError as exc:
             self._fail(result, model, None, f"assignment refused: {type(exc).__name__}: {exc}")
             return

@@ -9,7 +9,7 @@ from tuf.api.metadata import Metadata, Root
 
 from edgerec.sdk.keys import public_pem
 from edgerec.sync.protocol.errors import ConfigError
-from edgerec.sync.protocol.origin import check_repo_url, repository_urls
+from edgerec.sync.protocol.origin import check_repo_url, origin_urls
 from edgerec.sync.protocol.trust import TrustInfo
 
 from .client import enroll_request, http_client
@@ -40,7 +40,7 @@ def enroll_node(
         md.signed.verify_delegate(Root.type, md.signed_bytes, md.signatures)
         origin = repo_url or doc.get("repo_url")
         if origin:
-            metadata_url, targets_url = repository_urls(str(origin))
+            metadata_url, targets_url = origin_urls(str(origin), server)
         else:
             metadata_url, targets_url = server + str(doc["metadata_path"]), server + str(doc["targets_path"])
         ident = NodeIdentity(

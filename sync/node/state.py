@@ -4,7 +4,8 @@
 
     DIR/keys/signing.key      Ed25519, signs requests (0600; never leaves the node)
     DIR/keys/recipient.key    X25519, opens model key envelopes (0600)
-    DIR/node.json             node id and server URLs (0600)
+    DIR/node.json             node id, server and repository URLs (0600; the repository URLs
+                              follow the signed assignments, see :mod:`.origin`)
     DIR/root.json             the TUF root pinned at enrollment (the trust anchor)
     DIR/node.db               SQLite: accepted assignments, installs, failures, bad versions,
                               activations in progress, the report queue, settings
@@ -456,6 +457,10 @@ class NodeState:
 
     def save_identity(self, ident: NodeIdentity, root: bytes) -> None:
         write_atomic(self.root_file, root, mode=0o600)
+        self.save_origin(ident)
+
+    def save_origin(self, ident: NodeIdentity) -> None:
+        """Rewrite ``node.json`` with ``ident`` (another repository origin), atomically; the pinned root stays."""
         write_atomic(self.identity_file, json.dumps(asdict(ident), indent=2).encode(), mode=0o600)
 
     def identity(self) -> NodeIdentity:

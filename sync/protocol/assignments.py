@@ -6,7 +6,7 @@ key (whose public half the offline root lists, see :mod:`.trust`)::
     {"signed": {"type": "edgerec/assignment/v1", "node", "model", "version",
                 "channel", "target", "serial", "rollback", "issued", "expires",
                 ["experiments": [{"name", "salt", "variants": [{"name", "version", "weight"}]}],
-                 "extras": [{"version", "target"}]]},
+                 "extras": [{"version", "target"}], "repo_url"]},
      "signatures": [{"keyid", "sig"}]}
 
 ``experiments`` are the A/B experiments of this model the node runs, and
@@ -14,6 +14,12 @@ key (whose public half the offline root lists, see :mod:`.trust`)::
 with its target); both are left out when empty, so an assignment without
 experiments is the same document as before they existed. The signature
 covers them: a node runs only experiments its service signed.
+
+``repo_url`` is where the service wants its nodes to fetch the TUF
+repository (:mod:`.origin`: a static origin's URL, or ``/repository`` for the
+service itself); left out when the service names none. Being signed, only the
+service can move a node to another origin, and the node still checks that
+origin through TUF before it switches (:mod:`edgerec.sync.node.origin`).
 
 ``serial`` grows with every change of any node's desired state, so a node
 refuses an assignment older than one it accepted (a replay). A lower version
@@ -40,8 +46,10 @@ from .errors import (
     AssignmentExpiredError,
     AssignmentReplayError,
     AssignmentSignatureError,
+    ConfigError,
     DowngradeError,
 )
+from .origin import check_origin
 
 TYPE = "edgerec/assignment/v1"
 MAX_EXPERIMENTS = 16
@@ -72,12 +80,13 @@ class Assignment:
     # [{"name", "salt", "variants": [{"name", "version", "weight"}]}]: the edge server's experiment documents
     experiments: tuple[dict[str, Any], ...] = ()
     extras: tuple[Extra, ...] = ()
+    repo_url: str = ""  # the repository origin the service names (edgerec.sync.protocol.origin); "" for none
 
     def to_dict(self) -> dict[str, Any]:
         doc = {"type": TYPE, **asdict(self)}
-        for key in ("experiments", "extras"):
+        for key in OPTIONAL:
             if doc[key]:
-                doc[key] = list(doc[key])
+                doc[key] = list(doc[key]) if isinstance(doc[key], tuple) else doc[key]
             else:
                 del doc[key]
         return doc
@@ -94,13 +103,28 @@ class Assignment:
                 rollback=_typed(doc, "rollback", bool), issued=_typed(doc, "issued", int),
                 expires=_typed(doc, "expires", int),
                 experiments=_experiments(doc.get("experiments", [])), extras=_extras(doc.get("extras", [])),
+                repo_url=_repo_url(doc.get("repo_url", "")),
             )
         except KeyError as exc:
             raise AssignmentError(f"assignment: missing field {exc}") from exc
-        optional = {"experiments", "extras"}
-        if not {"type", *asdict(out)} - optional <= set(doc) <= {"type", *asdict(out)}:
+        if not {"type", *asdict(out)} - set(OPTIONAL) <= set(doc) <= {"type", *asdict(out)}:
             raise AssignmentError("assignment: unexpected fields")
         return out
+
+
+#: Fields left out of the document when empty: an assignment without them is the document it was before them.
+OPTIONAL = ("experiments", "extras", "repo_url")
+
+
+def _repo_url(raw: Any) -> str:
+    if raw == "":
+        return ""
+    if not isinstance(raw, str):
+        raise AssignmentError("assignment.repo_url: expected a string")
+    try:
+        return check_origin(raw, "assignment.repo_url")
+    except ConfigError as exc:
+        raise AssignmentError(str(exc)) from exc
 
 
 def _experiments(raw: Any) -> tuple[dict[str, Any], ...]:

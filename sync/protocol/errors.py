@@ -85,6 +85,10 @@ class DowngradeError(AssignmentError):
     """A lower version than installed, without an explicit signed rollback."""
 
 
+class OriginRefusedError(SyncError, ProtocolError):
+    """A repository origin the node will not switch to: it serves no valid repository, or an older one."""
+
+
 class InstallError(SyncError):
     """A model could not be fetched, verified, opened or installed."""
 
@@ -128,6 +132,7 @@ __all__ = [
     "ForbiddenError",
     "InstallError",
     "NotFoundError",
+    "OriginRefusedError",
     "PayloadTooLargeError",
     "ReplayError",
     "RequestRefusedError",

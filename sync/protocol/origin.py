@@ -5,6 +5,13 @@ service writes under ``DIR/repository``: ``URL/metadata/*.json`` and
 ``URL/targets/*``. TUF makes the origin untrusted: a node verifies every file
 against its pinned root, so an origin can withhold updates (which timestamp
 expiry bounds) but never change one.
+
+The origin nodes use is part of the service's signed configuration: the
+enrollment answer names it, and every signed assignment carries it as
+``repo_url`` (an origin's URL, or :data:`API_ORIGIN` for the service's own
+``/repository``), so an operator can move the fleet to another origin (a CDN)
+with ``edgerec admin repo-url set`` and each node follows on its next cycle
+once the new origin serves the repository.
 """
 
 from __future__ import annotations
@@ -14,16 +21,38 @@ from urllib.parse import urlsplit
 from .errors import ConfigError
 
 MAX_URL_CHARS = 2048
+#: ``repo_url`` meaning "the service's own ``/repository``", relative to the service URL a node talks to.
+API_ORIGIN = "/repository"
 
 
 def check_repo_url(url: str, field: str = "repo_url") -> str:
     """``url`` as a repository base (http or https, a host, no query or fragment, no trailing slash)."""
     if len(url) > MAX_URL_CHARS:
         raise ConfigError(f"{field}: longer than {MAX_URL_CHARS} characters")
+    # urlsplit drops tabs and newlines silently; a stored, logged URL must not hold them.
+    if not url.isprintable() or " " in url:
+        raise ConfigError(f"{field}: a URL must not hold spaces or control characters")
     parts = urlsplit(url)
+    # No credentials in a URL that is stored, logged and signed into every node's assignments (checked
+    # first: the error below shows the URL).
+    if "@" in parts.netloc:
+        raise ConfigError(f"{field}: a repository URL must not hold a user name or password")
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise ConfigError(f"{field}: expected an http(s) URL without query or fragment, got {url!r}")
     return url.rstrip("/")
+
+
+def check_origin(value: str, field: str = "repo_url") -> str:
+    """A signed ``repo_url``: :data:`API_ORIGIN`, or a checked repository base (:func:`check_repo_url`)."""
+    return API_ORIGIN if value == API_ORIGIN else check_repo_url(value, field)
+
+
+def origin_urls(origin: str, server: str) -> tuple[str, str]:
+    """(metadata URL, targets URL) of ``origin`` (:func:`check_origin`) for a node of the service at ``server``."""
+    if check_origin(origin) == API_ORIGIN:
+        base = server.rstrip("/") + API_ORIGIN
+        return base + "/metadata/", base + "/targets/"
+    return repository_urls(origin)
 
 
 def repository_urls(repo_url: str) -> tuple[str, str]:
@@ -32,4 +61,4 @@ def repository_urls(repo_url: str) -> tuple[str, str]:
     return base + "/metadata/", base + "/targets/"
 
 
-__all__ = ["check_repo_url", "repository_urls"]
+__all__ = ["API_ORIGIN", "check_origin", "check_repo_url", "origin_urls", "repository_urls"]

@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
-from edgerec.sync.protocol.errors import BadRequestError, PayloadTooLargeError
+from edgerec.sync.protocol.errors import BadRequestError, ConfigError, PayloadTooLargeError
 from edgerec.sync.service.store.models import MAX_BIGINT
 
 from . import retention
@@ -157,6 +157,25 @@ def prune_now() -> Any:
     removed = retention.prune(svc.db, c)
     return jsonify(removed=removed.to_doc(), retention={
         "reports_s": c.retention_reports_s, "releases_s": c.retention_releases_s, "ops_s": c.retention_ops_s})
+
+
+@bp.get("/repo-url")
+def repo_url() -> Any:
+    """The repository origin nodes are told (the admin's setting, else ``sync serve --repo-url``)."""
+    return jsonify(service().origin.current().to_dict())
+
+
+@bp.put("/repo-url")
+def set_repo_url() -> Any:
+    """Set the origin (a URL, or ``/repository`` for this service's API); ``null`` drops the setting."""
+    value = _body().get("repo_url")
+    if value is not None and not isinstance(value, str):
+        raise BadRequestError("expected a URL, '/repository' or null", field="repo_url")
+    try:
+        origin = service().origin.set(value)
+    except ConfigError as exc:
+        raise BadRequestError(str(exc).removeprefix("repo_url: "), field="repo_url") from exc
+    return jsonify(origin.to_dict())
 
 
 @bp.get("/reports")

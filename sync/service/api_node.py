@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from edgerec.sdk.http_errors import parse_json
 from edgerec.sync.protocol.errors import BadRequestError, PayloadTooLargeError
+from edgerec.sync.protocol.origin import API_ORIGIN
 
 from .app import service
 from .core import AuthedNode
@@ -68,8 +69,9 @@ def enroll() -> Any:
     out = svc.enroll(doc.get("token"), doc.get("signing_key"), doc.get("recipient_key"), doc.get("name"))
     answer = {"node_id": out.node_id, "tags": out.tags, "root": base64.b64encode(out.root).decode(),
               "metadata_path": "/repository/metadata/", "targets_path": "/repository/targets/"}
-    if svc.config.repo_url:  # a static origin: nodes fetch the repository there, not from this API
-        answer["repo_url"] = svc.config.repo_url
+    origin = svc.origin.current().url
+    if origin and origin != API_ORIGIN:  # a static origin: nodes fetch the repository there, not from this API
+        answer["repo_url"] = origin
     return jsonify(answer), 201
 
 

@@ -44,7 +44,8 @@ _KEY_FILE = click.option(
               help="Mutual TLS: accept only clients (nodes, admins) with a certificate from this CA bundle.")
 @click.option("--repo-url", default=None, envvar="EDGEREC_SYNC_REPO_URL",
               help="Public URL of the TUF repository's static origin (nginx or a CDN serving DATA_DIR/repository); "
-                   "pinned in each enrollment answer. Default: this service's /repository.")
+                   "pinned in each enrollment answer and signed into each assignment, unless "
+                   "'edgerec admin repo-url set' named another. Default: this service's /repository.")
 @click.option("--otlp-endpoint", default=None,
               help="Export traces over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318); the same as "
                    "OTEL_EXPORTER_OTLP_ENDPOINT.")

@@ -60,6 +60,7 @@ from .experiments import experiment_versions, node_experiments
 from .metrics import SyncMetrics
 from .online_keys import OnlineKeys
 from .publish import Publisher, PublishResult
+from .repo_origin import ORIGIN_COLUMN, RepoOriginSetting
 from .reports import ReportResult, store_report
 from .retention import prune_due
 from .rollout import Rollouts, RolloutSummary
@@ -127,6 +128,7 @@ class SyncService:
         self._keys: dict[str, Ed25519PublicKey] = {}
         # A signature is reused for at most a minute (a tenth of the lifetime, if that is shorter).
         self.signed_docs = SignedAssignmentCache(min(60, config.assignment_expiry_s // 10))
+        self.origin = RepoOriginSetting(db, config.repo_url)
         self._nonce_insert = db.insert(Nonce).on_conflict_do_nothing().returning(Nonce.nonce)
 
     @classmethod
@@ -443,11 +445,13 @@ class SyncService:
         if rows is None:
             rows = _connection(session).execute(_ASSIGNMENTS, {"nid": node_id}).all()
         key, expiry = self.keys.assignment, self.config.assignment_expiry_s
+        # The admin's origin setting comes in the same read as the assignments (a column of each row).
+        repo_url = self.origin.resolve(rows[0].repo_origin).url if rows else ""
 
         def signer(a: Any, exps: tuple[Any, ...], extras: tuple[Any, ...]) -> Callable[[int], str]:
             def sign(issued: int) -> str:
                 doc = SignedAssignment(node_id, a.model, a.version, a.channel, a.target_path, a.serial, a.rollback,
-                                       issued, issued + expiry, exps, extras)
+                                       issued, issued + expiry, exps, extras, repo_url)
                 return sign_assignment(doc, key).decode()
             return sign
 
@@ -457,7 +461,7 @@ class SyncService:
             exps, extras = tuple(docs), tuple(extra_list)
             # Keyed by everything the document says (experiments included, as JSON), so a change shows at once.
             content = (node_id, a.model, a.version, a.channel, a.target_path, a.serial, a.rollback,
-                       json.dumps(docs, sort_keys=True), tuple((e.version, e.target) for e in extra_list))
+                       json.dumps(docs, sort_keys=True), tuple((e.version, e.target) for e in extra_list), repo_url)
             out.append(self.signed_docs.get(content, now, signer(a, exps, extras)))
         return out
 
@@ -555,7 +559,7 @@ def _package(session: Session, model: str, version: int) -> PackageVersion | Non
 _NODE_ID = re.compile(r"^[a-z0-9]{1,32}$")
 _NODE_KEY = select(Node.signing_key, Node.revoked_at, Node.status_digest).where(Node.id == bindparam("id"))
 _ASSIGNED = (Assignment.model, Assignment.version, Assignment.channel, Assignment.serial, Assignment.rollback,
-             ChannelTarget.target_path)
+             ChannelTarget.target_path, ORIGIN_COLUMN)
 _PACKAGE_OF = (PackageVersion.name == Assignment.model) & (PackageVersion.version == Assignment.version)
 _TARGET_OF = (ChannelTarget.package_id == PackageVersion.id) & (ChannelTarget.channel == Assignment.channel)
 _ASSIGNMENTS = (

@@ -120,6 +120,11 @@ def _paths() -> dict[str, Any]:
             "kind": {"type": "string", "enum": ["status", "metrics"]}, "since": SECONDS,
             "limit": {"type": "integer", "minimum": 1, "maximum": 10000}})},
         f"{a}/prune": {"post": _op("Apply retention now", "admin")},
+        f"{a}/repo-url": {
+            "get": _op("The repository origin nodes are told", "admin"),
+            "put": _op("Move the fleet to another repository origin", "admin", body=_obj(
+                {"repo_url": {"type": "string", "maxLength": 2048, "nullable": True}}, ("repo_url",))),
+        },
         f"{a}/experiments": {"get": _op("Experiments", "metrics"),
                              "post": _op("Create an experiment", "metrics", status="201", body=experiment)},
         f"{a}/experiments/{{name}}/stop": {"post": _op("Stop an experiment", "metrics", path=("name",))},

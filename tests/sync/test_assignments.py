@@ -93,3 +93,26 @@ def test_malformed_experiments_are_refused(bad):
     doc = {**make().to_dict(), **bad}
     with pytest.raises(AssignmentError):
         Assignment.from_dict(doc)
+
+
+def test_the_repo_url_travels_signed_and_is_left_out_when_empty():
+    assert "repo_url" not in make().to_dict()
+    a = make(repo_url="https://cdn.example.com/fleet")
+    assert verify_assignment(sign_assignment(a, KEY), TRUSTED, "n1", None, None, NOW).repo_url == a.repo_url
+    api = make(repo_url="/repository")  # the service's own API
+    assert verify_assignment(sign_assignment(api, KEY), TRUSTED, "n1", None, None, NOW).repo_url == "/repository"
+    doc = json.loads(sign_assignment(a, KEY))
+    doc["signed"]["repo_url"] = "https://evil.example.com"  # a tampered origin
+    with pytest.raises(AssignmentSignatureError):
+        verify_assignment(json.dumps(doc).encode(), TRUSTED, "n1", None, None, NOW)
+    unsigned = json.loads(sign_assignment(make(), KEY))
+    unsigned["signed"]["repo_url"] = "https://evil.example.com"  # added to a document signed without one
+    with pytest.raises(AssignmentSignatureError):
+        verify_assignment(json.dumps(unsigned).encode(), TRUSTED, "n1", None, None, NOW)
+
+
+@pytest.mark.parametrize("bad", ["ftp://cdn", "https://user:pw@cdn.example.com", "https://cdn/?q=1", "/other",
+                                 "https://cdn.example.com/\nx", 7, "https://" + "a" * 2050])
+def test_a_malformed_repo_url_is_refused(bad):
+    with pytest.raises(AssignmentError, match="repo_url"):
+        Assignment.from_dict({**make().to_dict(), "repo_url": bad})

@@ -86,11 +86,26 @@ def test_a_version_3_database_gets_the_stateless_replica_tables(db):
         conn.execute(update(SchemaInfo).values(version=3))
         conn.execute(text("INSERT INTO nodes (id, name, signing_key, recipient_key, tags, enrolled) "
                           "VALUES ('n1', 'edge-1', 'k', 'k', '[]', 1.0)"))
-    assert migrate(db) == 3 and _version(db) == SCHEMA_VERSION == 4
+    assert migrate(db) == 3 and _version(db) == SCHEMA_VERSION
     with db.engine.begin() as conn:
         assert {"blobs", "blob_chunks", "wrapped_keys"} <= set(inspect(conn).get_table_names())
         conn.execute(text("INSERT INTO blob_chunks (sha256, seq, data) VALUES ('a', 0, :d)"), {"d": b"\x00\xff"})
         assert conn.execute(text("SELECT data FROM blob_chunks")).scalar_one() == b"\x00\xff"
+        assert conn.execute(text("SELECT name FROM nodes")).scalars().all() == ["edge-1"]
+
+
+def test_a_version_4_database_gets_the_service_settings_table(db):
+    """Schema 4 steps up to 5: ``service_settings`` (the admin's repository origin), rows elsewhere kept."""
+    migrate(db)
+    with db.engine.begin() as conn:
+        conn.execute(text("DROP TABLE service_settings"))
+        conn.execute(update(SchemaInfo).values(version=4))
+        conn.execute(text("INSERT INTO nodes (id, name, signing_key, recipient_key, tags, enrolled) "
+                          "VALUES ('n1', 'edge-1', 'k', 'k', '[]', 1.0)"))
+    assert migrate(db) == 4 and _version(db) == SCHEMA_VERSION == 5
+    with db.engine.begin() as conn:
+        conn.execute(text("INSERT INTO service_settings (name, value, updated) VALUES ('repo_url', 'x', 1.0)"))
+        assert conn.execute(text("SELECT value FROM service_settings")).scalar_one() == "x"
         assert conn.execute(text("SELECT name FROM nodes")).scalars().all() == ["edge-1"]
 
 

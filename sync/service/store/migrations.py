@@ -18,11 +18,19 @@ from sqlalchemy import Connection, insert, inspect, select, text, update
 from edgerec.sync.protocol.errors import ConfigError
 
 from .db import Database
-from .models import FLEET_METRICS_TABLES, STATELESS_TABLES, Base, Counter, NodeFailure, SchemaInfo
+from .models import (
+    FLEET_METRICS_TABLES,
+    STATELESS_TABLES,
+    Base,
+    Counter,
+    NodeFailure,
+    SchemaInfo,
+    ServiceSetting,
+)
 
 log = logging.getLogger("edgerec.sync.service.store")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _v2_node_truth(conn: Connection) -> None:
@@ -47,9 +55,14 @@ def _add_stateless_state(conn: Connection) -> None:
     Base.metadata.create_all(conn, tables=[Base.metadata.tables[t] for t in STATELESS_TABLES])
 
 
+def _add_service_settings(conn: Connection) -> None:
+    """5: ``service_settings`` (the repository origin an admin set with ``admin repo-url set``)."""
+    Base.metadata.create_all(conn, tables=[Base.metadata.tables[ServiceSetting.__tablename__]])
+
+
 #: ``STEPS[n]`` brings a database from version ``n - 1`` to ``n``.
 STEPS: dict[int, Callable[[Connection], None]] = {
-    2: _v2_node_truth, 3: _add_fleet_metrics, 4: _add_stateless_state,
+    2: _v2_node_truth, 3: _add_fleet_metrics, 4: _add_stateless_state, 5: _add_service_settings,
 }
 COUNTERS = ("repository", "serial")
 # Any 64-bit key, the same for every process of every edgerec service.

@@ -378,3 +378,12 @@ class GatedRollout(Base):
 
 
 FLEET_METRICS_TABLES = ("metric_releases", "metric_counts", "ops_windows", "experiments", "gated_rollouts")
+
+
+class ServiceSetting(Base):
+    """A fleet-wide setting an admin changed at run time (in the database, so every replica sees the same)."""
+
+    __tablename__ = "service_settings"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated: Mapped[float] = mapped_column(Float)
