@@ -18,7 +18,7 @@ from edgerec.sdk.cli.output import console, plain, print_json, text_row
 from edgerec.sdk.cli.paths import AbsolutePath
 from edgerec.sdk.cli.secret_input import read_secret, refused_argument
 from edgerec.sdk.model import ACCELERATOR_CHOICES, parse_accelerator
-from edgerec.sync.protocol.errors import ConfigError
+from edgerec.sync.protocol.errors import ConfigError, ServerUnreachableError
 
 from .forget_cli import forget_user
 
@@ -237,6 +237,10 @@ def _once(daemon: Any) -> None:
         console.print(f"[red]failed[/] {plain(m)}: {plain(why)}", highlight=False)
     if not result.reachable:
         raise ConfigError(f"cannot reach the sync service at {daemon.ident.server} (reports stay queued)")
+    if result.overloaded:
+        after = "" if result.retry_after_s is None else f"; it asks to retry after {result.retry_after_s:g} s"
+        raise ServerUnreachableError(f"the sync service at {daemon.ident.server} refused for overload{after} "
+                                     "(reports stay queued)")
     if result.failures:
         raise SystemExit(1)
 
