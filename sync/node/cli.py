@@ -105,7 +105,8 @@ def enroll(server: str, token_file: Path | None, state_dir: Path, name: str | No
 @click.option("--interval", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Seconds between polls (+-10 % jitter).")
 @click.option("--max-backoff", type=click.FloatRange(min=1), default=300.0, show_default=True,
-              help="Longest wait between tries while the sync service is unreachable.")
+              help="Longest wait between tries while the sync service is unreachable, and the longest "
+                   "Retry-After honoured when it refuses for overload (plus up to half of it of jitter).")
 @click.option("--health-window", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Seconds a new version is watched after its swap before the node commits to it.")
 @click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.05, show_default=True,
