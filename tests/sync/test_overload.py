@@ -128,7 +128,7 @@ def test_refused_nodes_come_back_after_retry_after_and_spread(sync_env, caplog):
             d.close()
 
     # After each 503 a node sent nothing for Retry-After seconds, then came back within half as long again
-    # (plus a second for a busy machine), at a different moment from the others.
+    # (plus 1.5 s for a busy machine), at a different moment from the others.
     late = []
     for seen in traffic:
         for k, (what, at, status, header) in enumerate(seen):
@@ -139,7 +139,7 @@ def test_refused_nodes_come_back_after_retry_after_and_spread(sync_env, caplog):
                 late.append(after - at - retry_after)
     refused_nodes = sum(any(s == 503 for _, _, s, _ in seen) for seen in traffic)
     assert refused_nodes >= 6 and len(late) >= 12, (refused_nodes, late)
-    assert min(late) >= 0 and max(late) <= 0.5 * retry_after + 1.0, late
+    assert min(late) >= 0 and max(late) <= 0.5 * retry_after + 1.5, late
     assert max(late) - min(late) >= 0.2 * retry_after, late  # jitter: uniform over 0..1 s here
 
     # Logged once per episode (a refused cycle after one that got through), never as an outage.
