@@ -6,14 +6,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.net import wait_for
 
+from edgerec.sync.node.client import NodeClient, http_client
 from edgerec.sync.node.daemon import CycleResult, DaemonConfig, NodeDaemon, next_delay
+from edgerec.sync.node.fetcher import HttpxFetcher, RefusedDownloadError
+from edgerec.sync.protocol.errors import OverloadedError
 from edgerec.sync.service.server import RunningServer
 
 
@@ -91,6 +97,8 @@ def test_refused_nodes_come_back_after_retry_after_and_spread(sync_env, caplog):
     env = sync_env
     retry_after = 2.0
     caplog.set_level(logging.INFO, logger="edgerec.sync.node")
+    env.publish(1)  # installing it during the flood: TUF, the target and the envelopes get refused too
+    env.admin().rollout("ctr", 1, "stable", 100, [])
     config = DaemonConfig(interval_s=1.0, retry_base_s=0.1, max_backoff_s=30)
     daemons = [_CountingDaemon(s, s.dir / "models", config=config) for s in (env.enroll(f"n{i}") for i in range(8))]
     traffic = [_record_requests(d) for d in daemons]
@@ -116,9 +124,10 @@ def test_refused_nodes_come_back_after_retry_after_and_spread(sync_env, caplog):
         flooding.clear()
         for t in flooders:
             t.join(30)
-        # Once the flood is over every node gets through: its queued reports arrive, a cycle passes.
-        assert wait_for(lambda: all(d.cycles and not d.cycles[-1][1] and not d.db.pending() for d in daemons), 30), \
-            [d.cycles[-3:] for d in daemons]
+        # Once the flood is over every node gets through: v1 installed, its queued reports sent, a cycle passed.
+        assert wait_for(lambda: all(d.cycles and not d.cycles[-1][1] and not d.db.pending()
+                                    and d.models.current("ctr") == 1 for d in daemons), 60), \
+            [(d.cycles[-3:], d.db.failures()) for d in daemons]
     finally:
         flooding.clear()
         stop.set()
@@ -152,4 +161,53 @@ def test_refused_nodes_come_back_after_retry_after_and_spread(sync_env, caplog):
         assert sum("sync service overloaded (Retry-After 2 s)" in m for m in said) == episodes, said
         assert sum("answers again" in m for m in said) == episodes, said
         assert {ra for _, over, ra in d.cycles if over} <= {retry_after}
-        assert d.db.failures() == {}  # a refusal is no failure of anything
+        assert d.db.failures() == {} and d.db.bad("ctr", 1) is None  # a refusal is no failure of the version
+
+
+@pytest.fixture
+def refusing_server() -> Iterator[tuple[str, list[str]]]:
+    """A loopback HTTP server that answers every request 503 with the Retry-After values it is given, in turn
+    (an overloaded proxy in front of the service)."""
+    values: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _refuse(self) -> None:
+            body = b'{"error": "unavailable", "detail": "overloaded", "field": null}'
+            self.send_response(503)
+            if values:
+                self.send_header("Retry-After", values.pop(0))
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _refuse
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", values
+    server.shutdown()
+    server.server_close()
+
+
+def test_node_client_and_tuf_fetcher_carry_retry_after(refusing_server):
+    url, values = refusing_server
+    values += ["7", "Tue, 14 Nov 2023 22:14:05 GMT", "in a while", "12"]
+    with http_client(url) as http:
+        client = NodeClient(http, "node-1", Ed25519PrivateKey.generate())
+        with pytest.raises(OverloadedError) as refused:
+            client.checkin({"report_id": "r1"})
+        assert (refused.value.status, refused.value.error, refused.value.retry_after_s) == (503, "unavailable", 7.0)
+        with pytest.raises(OverloadedError) as refused:
+            client.report({"report_id": "r2"})
+        assert refused.value.retry_after_s == 0.0  # a date already past: now
+        with pytest.raises(OverloadedError) as refused:
+            client.assignments()
+        assert refused.value.retry_after_s is None  # unreadable: ignored
+        with pytest.raises(RefusedDownloadError) as dropped:  # python-tuf's fetcher, the same answer
+            HttpxFetcher(http).fetch(url + "/repository/metadata/timestamp.json")
+        assert (dropped.value.status_code, dropped.value.retry_after_s) == (503, 12.0)
