@@ -856,10 +856,11 @@ async def _send(pool: Pool, out: OverloadStats, method: str, path: str, headers:
             out.error_samples.append(f"{path}: {type(exc).__name__}: {exc}")
             return 0, time.perf_counter() - t0, None
         took = time.perf_counter() - t0
+        after = c.headers.get("retry-after")  # before the connection goes back to the pool
     if not 200 <= status < 300 and status not in OVERLOAD_STATUSES:
         out.errors += 1
         out.error_samples.append(f"{path}: HTTP {status} {data[:200]!r}")
-    return status, took, c.headers.get("retry-after")
+    return status, took, after
 
 
 async def overload_step(url: str, nodes: list[SimNode], rate: float, duration: float) -> OverloadStats:
