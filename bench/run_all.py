@@ -29,6 +29,9 @@ RUNS: list[tuple[str, list[str]]] = [
     ("edge_server", ["edge_server.py"]),
     ("sync", ["sync.py", "--store", "both"]),
     ("sync_capacity", ["sync.py", "--capacity", "--store", "both"]),
+    # about 5 minutes: the sustained rate searched in 5 s rounds, then two 20 s steps at twice it
+    ("sync_overload", ["sync.py", "--overload", "--store", "sqlite", "--rounds", "1", "--step", "5",
+                       "--overload-step", "20"]),
     ("metrics", ["metrics.py", "--store", "both"]),
     ("node", ["node.py"]),
 ]

@@ -11,11 +11,14 @@ answer back into :class:`~edgerec.sdk.errors.ServiceAnswerError` with
 
 from __future__ import annotations
 
+import email.utils
 import json
 import math
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 from .errors import (
@@ -174,6 +177,30 @@ def answer_error(status: int, body: bytes | str, reason: str = "") -> ServiceAns
         return ServiceAnswerError(status, "http_error", bounded(text.strip()) or reason or f"HTTP {status}")
 
 
+# A Retry-After longer than this is not read (an HTTP-date is 29 characters, delta-seconds a few digits).
+MAX_RETRY_AFTER_CHARS = 64
+# Statuses whose Retry-After says when to come back after overload (RFC 9110 15.6.4, RFC 6585 4).
+OVERLOAD_STATUSES = (429, 503)
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """A ``Retry-After`` header as seconds from ``now`` (default: the clock): delta-seconds or an HTTP-date
+    (one in the past gives 0); None when absent or unreadable, so that garbage changes nothing. Not capped:
+    the caller bounds the wait by its own limit."""
+    if value is None or len(value) > MAX_RETRY_AFTER_CHARS:
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; a date without a zone is read as such
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -233,6 +260,8 @@ __all__ = [
     "ForbiddenError",
     "MAX_DETAIL",
     "MAX_JSON_DEPTH",
+    "MAX_RETRY_AFTER_CHARS",
+    "OVERLOAD_STATUSES",
     "STRICT_DECODER",
     "MalformedBodyError",
     "NotFoundError",
@@ -248,4 +277,5 @@ __all__ = [
     "http_status_error",
     "json_depth_within",
     "parse_json",
+    "retry_after_seconds",
 ]

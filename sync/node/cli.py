@@ -19,7 +19,7 @@ from edgerec.sdk.cli.output import console, plain, print_json, text_row
 from edgerec.sdk.cli.paths import AbsolutePath
 from edgerec.sdk.cli.secret_input import read_secret, refused_argument
 from edgerec.sdk.model import ACCELERATOR_CHOICES, parse_accelerator
-from edgerec.sync.protocol.errors import ConfigError
+from edgerec.sync.protocol.errors import ConfigError, ServerUnreachableError
 
 from .forget_cli import forget_user
 
@@ -106,7 +106,8 @@ def enroll(server: str, token_file: Path | None, state_dir: Path, name: str | No
 @click.option("--interval", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Seconds between polls (+-10 % jitter).")
 @click.option("--max-backoff", type=click.FloatRange(min=1), default=300.0, show_default=True,
-              help="Longest wait between tries while the sync service is unreachable.")
+              help="Longest wait between tries while the sync service is unreachable, and the longest "
+                   "Retry-After honoured when it refuses for overload (plus up to half of it of jitter).")
 @click.option("--health-window", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Seconds a new version is watched after its swap before the node commits to it.")
 @click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.05, show_default=True,
@@ -238,6 +239,10 @@ def _once(daemon: Any) -> None:
         console.print(f"[red]failed[/] {plain(m)}: {plain(why)}", highlight=False)
     if not result.reachable:
         raise ConfigError(f"cannot reach the sync service at {daemon.ident.server} (reports stay queued)")
+    if result.overloaded:
+        after = "" if result.retry_after_s is None else f"; it asks to retry after {result.retry_after_s:g} s"
+        raise ServerUnreachableError(f"the sync service at {daemon.ident.server} refused for overload{after} "
+                                     "(reports stay queued)")
     if result.failures:
         raise SystemExit(1)
 

@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgerec.sdk.http_errors import answer_error
+from edgerec.sdk.http_errors import OVERLOAD_STATUSES, answer_error, retry_after_seconds
 from edgerec.sdk.tracing import client_span
-from edgerec.sync.protocol.errors import ApiError, ServerUnreachableError
+from edgerec.sync.protocol.errors import ApiError, OverloadedError, ServerUnreachableError
 from edgerec.sync.protocol.httpsig import RequestSigner
 from edgerec.sync.protocol.tls import client_verify
 
@@ -18,8 +18,12 @@ USER_AGENT = "edgerec-node/0.1"
 
 
 def error_of(resp: httpx.Response) -> ApiError:
-    """An ApiError from a service error answer (``{"error", "detail", "field"}``)."""
+    """An ApiError from a service error answer (``{"error", "detail", "field"}``); an overload refusal (503,
+    429) is an :class:`OverloadedError` carrying its ``Retry-After``."""
     err = answer_error(resp.status_code, resp.content, resp.reason_phrase)
+    if err.status in OVERLOAD_STATUSES:
+        return OverloadedError(err.status, err.error, err.detail, err.field,
+                               retry_after_seconds(resp.headers.get("Retry-After")))
     return ApiError(err.status, err.error, err.detail, err.field)
 
 

@@ -32,7 +32,10 @@ second, between cycles too.
 Nothing before step 5 touches ``current``, so a kill at any point leaves the
 previous version serving after any restart. While the service cannot be
 reached the node keeps serving, retries with exponential backoff and jitter,
-and keeps its reports queued.
+and keeps its reports queued. While it refuses for overload (503 or 429) the
+node waits at least its ``Retry-After`` (up to ``max_backoff_s``) plus up to
+half as long again, so that nodes refused together do not come back together;
+that is logged once per episode, not as an outage.
 """
 
 from __future__ import annotations
@@ -67,13 +70,20 @@ from edgerec.sdk.model import Accelerator, EdgeModel
 from edgerec.sdk.modeldir import ModelDir
 from edgerec.sdk.package import Package
 from edgerec.sync.protocol.assignments import Accepted, Assignment, verify_assignment
-from edgerec.sync.protocol.errors import ApiError, AssignmentError, ConfigError, InstallError, ServerUnreachableError
+from edgerec.sync.protocol.errors import (
+    ApiError,
+    AssignmentError,
+    ConfigError,
+    InstallError,
+    OverloadedError,
+    ServerUnreachableError,
+)
 from edgerec.sync.protocol.releases import Key
 from edgerec.sync.protocol.trust import TrustInfo
 
 from .client import NodeClient, http_client
 from .edge_control import EdgeControl, EdgeRefusedError, EdgeUnreachableError
-from .fetcher import HttpxFetcher
+from .fetcher import HttpxFetcher, RefusedDownloadError
 from .health import HealthPolicy, Probe, watch
 from .metrics_feed import MetricsConfig, MetricsFeed
 from .origin import follow_origin
@@ -92,7 +102,8 @@ class DaemonConfig:
     accelerator: Accelerator = "auto"
     timeout_s: float = 60.0
     health: HealthPolicy = field(default_factory=HealthPolicy)
-    # Backoff while the service is unreachable: base * 2^(n-1), capped, with jitter (half to all of it).
+    # Backoff while the service is unreachable: base * 2^(n-1), capped, with jitter (half to all of it);
+    # while it refuses for overload: its Retry-After, capped, plus up to half of that again (:func:`next_delay`).
     retry_base_s: float = 1.0
     max_backoff_s: float = 300.0
     download_rate: float | None = None
@@ -114,10 +125,39 @@ class CycleResult:
     repaired: list[tuple[str, int]] = field(default_factory=list)
     reported: bool = False
     reachable: bool = True
+    # The service refused for overload (503, 429): up, but the cycle stopped there; ``retry_after_s`` is its
+    # Retry-After (None when absent or unreadable).
+    overloaded: bool = False
+    retry_after_s: float | None = None
 
 
 class _BadVersionError(InstallError):
     """A failure that says the version itself is bad on this node (warm-up, health, edge refusal)."""
+
+
+# What ends a cycle as an overload refusal (not an outage, not a failure of the model being installed).
+_REFUSED = (OverloadedError, RefusedDownloadError)
+
+
+def next_delay(config: DaemonConfig, misses: int, retry_after_s: float | None = None,
+               rng: Callable[[float, float], float] = random.uniform) -> float:
+    """Seconds to the next cycle: the poll interval (+-10 %), or the backoff after ``misses`` failed cycles.
+
+    The jitter keeps a fleet that lost its service at the same moment from
+    coming back at the same moment too. After an overload refusal with a
+    ``Retry-After`` the wait is at least that (capped at ``max_backoff_s``, and
+    not below the backoff's own lower bound, so that ``Retry-After: 0`` is no
+    busy loop) plus up to half as much again: a fleet refused in the same
+    second comes back spread over half the time it was asked to wait.
+    """
+    c = config
+    if misses == 0:
+        return rng(0.9 * c.interval_s, 1.1 * c.interval_s)
+    ceiling = min(c.max_backoff_s, c.retry_base_s * 2 ** min(misses - 1, 30))
+    if retry_after_s is None:
+        return rng(ceiling / 2, ceiling)
+    wait = min(c.max_backoff_s, max(retry_after_s, ceiling / 2))
+    return rng(wait, 1.5 * wait)
 
 
 @dataclass(frozen=True)
@@ -185,37 +225,45 @@ class NodeDaemon:
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
-        misses = 0
+        misses = refusals = 0
         while not stop.is_set():
+            result = CycleResult(reachable=False)
             try:
-                ok = self.run_once().reachable
+                result = self.run_once()
             except EdgeRecError as exc:  # local trouble (disk, configuration): log, retry
                 log.error("cycle failed: %s", exc)
-                ok = False
+            ok = result.reachable and not result.overloaded
             misses = 0 if ok else misses + 1
-            delay = self.next_delay(misses)
-            if misses:
+            delay = next_delay(self.config, misses, result.retry_after_s if result.overloaded else None)
+            if result.overloaded:
+                # Once per episode: a fleet turned away for minutes must not write a warning per node per try.
+                refusals += 1
+                if refusals == 1:
+                    log.info("sync service overloaded (Retry-After %s); next try in %.2f s, later refusals not "
+                             "logged until it answers", "none" if result.retry_after_s is None
+                             else f"{result.retry_after_s:g} s", delay)
+            elif misses:
                 log.warning("sync service unreachable (%d tries); next try in %.2f s", misses, delay)
+            if ok and refusals:
+                log.info("sync service answers again after %d overload refusal(s)", refusals)
+                refusals = 0
             deadline = time.monotonic() + delay
             while not stop.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
                 self.erasures()  # a forget-user waits for this, not for the next cycle
                 if time.monotonic() >= deadline:
                     break
 
-    def next_delay(self, misses: int, rng: Callable[[float, float], float] = random.uniform) -> float:
-        """Seconds to the next cycle: the poll interval (+-10 %), or the backoff after ``misses`` failures.
-
-        The jitter keeps a fleet that lost its service at the same moment
-        from coming back at the same moment too.
-        """
-        c = self.config
-        if misses == 0:
-            return rng(0.9 * c.interval_s, 1.1 * c.interval_s)
-        ceiling = min(c.max_backoff_s, c.retry_base_s * 2 ** min(misses - 1, 30))
-        return rng(ceiling / 2, ceiling)
-
     def run_once(self) -> CycleResult:
+        """One cycle; an overload refusal ends it early with ``overloaded`` set (reports stay queued)."""
         result = CycleResult()
+        try:
+            self._cycle(result)
+        except _REFUSED as exc:
+            result.overloaded, result.retry_after_s = True, exc.retry_after_s
+            log.debug("sync service refused for overload: %s", exc)
+        return result
+
+    def _cycle(self, result: CycleResult) -> None:
         prune_node(self.state, self.models, self.config.retention)  # at most once per its interval; never raises
         view = self._edge_view()
         if view is not None:
@@ -226,14 +274,16 @@ class NodeDaemon:
         self._queue_status(view)
         if not self._flush():
             result.reachable = False
-            return result
+            return
         last = self.db.last_report()
         try:
             docs = self.client.checkin(last.body if last else self._status(view))
+        except OverloadedError:
+            raise
         except (ServerUnreachableError, ApiError) as exc:
             log.warning("cannot check in: %s", exc)
             result.reachable = False
-            return result
+            return
         updater, trust, refresh_error = self._refresh()
         if self._follow_origin(docs, trust):
             updater, trust, refresh_error = self._refresh()  # this cycle installs from the new origin
@@ -244,7 +294,6 @@ class NodeDaemon:
         self._apply_experiments(view)
         self._queue_status(view)
         result.reported = self._flush()
-        return result
 
     # -- fleet metrics ------------------------------------------------------------------------
 
@@ -309,6 +358,8 @@ class NodeDaemon:
                                                                       experiments=(), extras=()), updater, trust)
                 self.models.write(a.model, x.version, verified.data)
                 log.info("%s: v%d installed for an experiment (not serving)", a.model, x.version)
+            except _REFUSED:
+                raise
             except (EdgeRecError, RepositoryError, DownloadError, OSError) as exc:
                 self._fail(result, a.model, x.version, f"experiment version v{x.version}: {type(exc).__name__}: {exc}")
 
@@ -386,6 +437,8 @@ class NodeDaemon:
         error = None
         try:
             updater.refresh()
+        except RefusedDownloadError:
+            raise
         except (RepositoryError, DownloadError, OSError) as exc:
             error = f"TUF metadata refresh failed: {type(exc).__name__}: {exc}"
             log.warning("%s", error)
@@ -455,6 +508,8 @@ class NodeDaemon:
             self.db.mark_bad(a.model, a.version, str(exc))
             result.failures[a.model] = str(exc)
             log.error("%s v%d marked bad on this node: %s", a.model, a.version, exc)
+        except _REFUSED:
+            raise  # the version is not at fault: the cycle ends, the next one tries again
         except (EdgeRecError, RepositoryError, DownloadError, OSError) as exc:
             if isinstance(exc, RepositoryError | DownloadError):
                 self.fetcher.discard_partials()
@@ -630,6 +685,8 @@ class NodeDaemon:
             except ServerUnreachableError as exc:
                 log.warning("reports stay queued (%d): %s", len(self.db.pending()), exc)
                 return False
+            except OverloadedError:
+                raise  # they stay queued; the cycle ends as refused (run_once)
             except ApiError as exc:
                 if exc.status in (400, 413, 422):
                     # The service will never take this one: drop it rather than block the queue.

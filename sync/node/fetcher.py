@@ -21,8 +21,19 @@ import httpx
 from tuf.api.exceptions import DownloadError, DownloadHTTPError
 from tuf.ngclient import FetcherInterface
 
+from edgerec.sdk.http_errors import OVERLOAD_STATUSES, retry_after_seconds
+
 CHUNK = 64 * 1024
 log = logging.getLogger("edgerec.sync.node.fetcher")
+
+
+class RefusedDownloadError(DownloadHTTPError):
+    """An overload refusal (503, 429) of a metadata or target request; ``retry_after_s`` as the service said
+    (None when absent or unreadable). A ``DownloadHTTPError``, as python-tuf expects of a fetcher."""
+
+    def __init__(self, message: str, status_code: int, retry_after_s: float | None) -> None:
+        super().__init__(message, status_code)
+        self.retry_after_s = retry_after_s
 
 
 class HttpxFetcher(FetcherInterface):
@@ -46,6 +57,10 @@ class HttpxFetcher(FetcherInterface):
             resp = self.client.send(self.client.build_request("GET", url, headers=headers), stream=True)
         except httpx.HTTPError as exc:
             raise DownloadError(f"{url}: {exc}") from exc
+        if resp.status_code in OVERLOAD_STATUSES:
+            resp.close()
+            raise RefusedDownloadError(f"{url}: HTTP {resp.status_code}", resp.status_code,
+                                       retry_after_seconds(resp.headers.get("Retry-After")))
         if resp.status_code >= 400 and resp.status_code != 416:
             resp.close()
             raise DownloadHTTPError(f"{url}: HTTP {resp.status_code}", resp.status_code)

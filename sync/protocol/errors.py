@@ -116,6 +116,16 @@ class ApiError(SyncError, ServiceAnswerError):
     """The server answered with an error; ``status``, ``error``, ``detail`` and ``field`` say which."""
 
 
+class OverloadedError(ApiError):
+    """The service (or a proxy before it) refused for overload (503 or 429): it is up, and asks to come back
+    later. ``retry_after_s``: its ``Retry-After`` in seconds, None when absent or unreadable."""
+
+    def __init__(self, status: int, error: str, detail: str, field: str | None = None,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(status, error, detail, field)
+        self.retry_after_s = retry_after_s
+
+
 __all__ = [
     "ApiError",
     "AssignmentError",
@@ -133,6 +143,7 @@ __all__ = [
     "InstallError",
     "NotFoundError",
     "OriginRefusedError",
+    "OverloadedError",
     "PayloadTooLargeError",
     "ReplayError",
     "RequestRefusedError",

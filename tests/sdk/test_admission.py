@@ -14,6 +14,8 @@ import httpx
 import pytest
 from support.net import free_port, wait_for
 
+from edgerec.sdk.http_errors import retry_after_seconds
+
 TESTS = Path(__file__).resolve().parents[1]
 
 
@@ -54,6 +56,7 @@ def test_past_the_queue_requests_are_refused_at_once():
         assert len(served) == 3 and len(refused) == 7, [a[:2] for a in answers]
         assert max(t for _, t, _ in refused) < 0.4  # at once, not after waiting
         assert all(r.headers["Retry-After"] == "7" and r.json()["error"] == "unavailable" for _, _, r in refused)
+        assert {retry_after_seconds(r.headers["Retry-After"]) for _, _, r in refused} == {7.0}  # as clients read it
         assert max(t for _, t, _ in served) >= 1.4  # the third waited for the two before it
     finally:
         proc.terminate()
@@ -71,3 +74,13 @@ def test_a_request_that_waits_too_long_is_refused_at_the_deadline():
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_retry_after_reads_seconds_and_dates_and_ignores_garbage():
+    now = 1_700_000_000.0  # 2023-11-14 22:13:20 GMT
+    assert retry_after_seconds("120", now) == 120.0
+    assert retry_after_seconds(" 3 ", now) == 3.0
+    assert retry_after_seconds("Tue, 14 Nov 2023 22:14:05 GMT", now) == 45.0  # an HTTP-date, 45 s on
+    assert retry_after_seconds("Tue, 14 Nov 2023 22:00:00 GMT", now) == 0.0  # already past: now
+    for garbage in (None, "", "-5", "1.5", "soon", "\u0663", "9" * 65, "Tue, 99 Nov 2023 25:00:00 GMT"):
+        assert retry_after_seconds(garbage, now) is None, garbage
