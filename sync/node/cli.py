@@ -14,9 +14,11 @@ from typing import Any
 import click
 from rich.table import Table
 
+from edgerec.sdk.cli.log_options import log_options
 from edgerec.sdk.cli.output import console, plain, print_json, text_row
 from edgerec.sdk.cli.paths import AbsolutePath
 from edgerec.sdk.cli.secret_input import read_secret, refused_argument
+from edgerec.sdk.json_logs import LogSettings
 from edgerec.sdk.model import ACCELERATOR_CHOICES, parse_accelerator
 from edgerec.sync.protocol.errors import ConfigError
 
@@ -36,14 +38,15 @@ def parse_rate(text: str | None) -> float | None:
     return float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)]
 
 
-def _logging() -> None:
+def _logging(logs: LogSettings) -> None:
+    """The daemon's lines on stderr: plain text with the time (the default), or JSON lines."""
     logger = logging.getLogger("edgerec")
-    logger.setLevel(logging.INFO)
-    if not logger.handlers:
+    if logs.format == "text" and not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
+    logs.apply()
 
 
 @click.group()
@@ -131,12 +134,13 @@ def enroll(server: str, token_file: Path | None, state_dir: Path, name: str | No
 @click.option("--noise-free-for-tests", is_flag=True, hidden=True,
               help="Release exact counts (tests only; the sync service refuses them unless told otherwise).")
 @click.option("--once", is_flag=True, help="Run one cycle and exit (1 if anything failed).")
+@log_options("text", access=False)
 def run(state_dir: Path, model_dir: Path | None, edge_server: str | None, control_token_file: Path | None,
         serve: bool, serve_host: str, serve_port: int, serve_config: Path | None, interval: float,
         max_backoff: float, health_window: float, max_error_rate: float, max_p99_ms: float,
         download_rate: str | None, accelerator: str, retention_days: float, metrics: bool, metrics_window: int,
         ops_window: int, metrics_grace: float, epsilon: float, daily_budget: float, noise_free_for_tests: bool,
-        once: bool) -> None:
+        once: bool, log_format: str, log_level: str, log_flush_ms: float) -> None:
     """Poll assignments, fetch through TUF, verify, install atomically, watch, report."""
     from edgerec.sdk.tracing import configure_otlp
 
@@ -149,7 +153,7 @@ def run(state_dir: Path, model_dir: Path | None, edge_server: str | None, contro
 
     configure_otlp("edgerec-node")  # with OTEL_EXPORTER_OTLP_ENDPOINT set (the supervised edge server inherits it)
 
-    _logging()
+    _logging(LogSettings(log_format, log_level, log_flush_ms, access=False))
     if serve and edge_server:
         raise ConfigError("--serve runs its own edge server; leave out --edge-server")
     if serve and once:

@@ -60,16 +60,18 @@ from edgerec.sdk.capabilities import device_capabilities
 from edgerec.sdk.encryption import Envelope, Recipient, add_envelopes
 from edgerec.sdk.errors import EdgeRecError
 from edgerec.sdk.keys import public_pem
+from edgerec.sdk.log_context import LogScope, log_scope
 from edgerec.sdk.manifest import canonical_json
 from edgerec.sdk.model import Accelerator, EdgeModel
 from edgerec.sdk.modeldir import ModelDir
 from edgerec.sdk.package import Package
+from edgerec.sdk.tracing import local_span
 from edgerec.sync.protocol.assignments import Accepted, Assignment, verify_assignment
 from edgerec.sync.protocol.errors import ApiError, AssignmentError, ConfigError, InstallError, ServerUnreachableError
 from edgerec.sync.protocol.releases import Key
 from edgerec.sync.protocol.trust import TrustInfo
 
-from .client import NodeClient, http_client
+from .client import INSTRUMENTATION, NodeClient, http_client
 from .edge_control import EdgeControl, EdgeRefusedError, EdgeUnreachableError
 from .fetcher import HttpxFetcher
 from .health import HealthPolicy, Probe, watch
@@ -212,6 +214,11 @@ class NodeDaemon:
         return rng(ceiling / 2, ceiling)
 
     def run_once(self) -> CycleResult:
+        """One cycle, in a span of its own: its log lines and its calls to the service carry one trace id."""
+        with local_span("node cycle", INSTRUMENTATION) as trace, log_scope(LogScope("", trace)):
+            return self._cycle()
+
+    def _cycle(self) -> CycleResult:
         result = CycleResult()
         prune_node(self.state, self.models, self.config.retention)  # at most once per its interval; never raises
         view = self._edge_view()
