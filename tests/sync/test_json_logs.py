@@ -67,6 +67,9 @@ def test_one_trace_id_joins_the_node_cycle_and_the_service_lines(traced, tmp_pat
     service = _lines(err.read_text())
     checkin = next(d for d in service if d["logger"] == "edgerec.access" and d["msg"] == f"POST {CHECKIN} 200")
     assert checkin["trace_id"] == trace_id and checkin["endpoint"] == "node.checkin"
+    # The whole cycle is one trace: its reports, envelopes and TUF downloads too.
+    cycle = {d["endpoint"] for d in service if d.get("trace_id") == trace_id}
+    assert {"node.reports", "node.checkin", "node.envelopes", "repository.metadata", "repository.targets"} <= cycle
     assert len(checkin["span_id"]) == 16 and len(checkin["request_id"]) == 16 and checkin["duration_ms"] >= 0
     # The trace is the one the check-in's client span carried to the service (exported by both processes).
     assert receiver.wait(lambda spans: any(
