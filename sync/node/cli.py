@@ -175,7 +175,7 @@ def run(state_dir: Path, model_dir: Path | None, edge_server: str | None, contro
                                             mechanism="none" if noise_free_for_tests else "discrete_laplace"),
                               ops_window, metrics_grace) if metrics else None)
     child, edge = _edge(state, model_dir, edge_server, control_token_file, serve, serve_host, serve_port,
-                        serve_config, metrics)
+                        serve_config, metrics, _given_log_flags(click.get_current_context()))
     daemon = NodeDaemon(state, model_dir, edge, config, on_trust_change=child.restart if child else None)
 
     def stop(signum: int, frame: Any) -> None:
@@ -198,8 +198,18 @@ def run(state_dir: Path, model_dir: Path | None, edge_server: str | None, contro
         state.close()
 
 
+def _given_log_flags(ctx: click.Context) -> list[str]:
+    """The log options given on the command line, for the supervised edge server (which otherwise keeps its own
+    defaults, JSON lines, and its settings file's)."""
+    out = []
+    for name in ("log_format", "log_level", "log_flush_ms"):
+        if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None):
+            out += ["--" + name.replace("_", "-"), str(ctx.params[name])]
+    return out
+
+
 def _edge(state: Any, model_dir: Path, edge_server: str | None, control_token_file: Path | None, serve: bool,
-          host: str, port: int, serve_config: Path | None, metrics: bool) -> tuple[Any, Any]:
+          host: str, port: int, serve_config: Path | None, metrics: bool, log_flags: list[str]) -> tuple[Any, Any]:
     """The supervised edge server (with --serve) and the control client of the edge server, if any."""
     from .edge_control import EdgeControl
     from .supervise import EdgeChild, edge_argv, edge_flags, make_token_env
@@ -211,6 +221,7 @@ def _edge(state: Any, model_dir: Path, edge_server: str | None, control_token_fi
                 "--control-token-file", str(state.control_token_file.resolve())]
         if serve_config is not None:
             argv += ["--config", str(serve_config.resolve())]
+        argv += log_flags  # one --log-format for the daemon and its edge server
         return EdgeChild(argv, make_token_env()), EdgeControl(f"http://{_connect_host(host)}:{port}", token)
     if edge_server:
         assert control_token_file is not None

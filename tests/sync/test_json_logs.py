@@ -95,3 +95,18 @@ def test_request_ids_are_echoed_logged_and_bounded(traced):
     text = err.read_text()
     assert "x" * 1000 not in text and "a b<c>" not in text
     assert max(len(line) for line in text.splitlines()) < 10_000
+
+
+def test_node_run_serve_gives_its_edge_server_the_log_format_it_was_given(traced, tmp_path):
+    svc = traced[0]
+    node = enroll(svc, tmp_path / "n1", "edge-1")
+    try:
+        daemon = node.run("--log-format", "text", serve=True, interval=0.5)
+        assert wait_for(lambda: node.serving() == {"ctr": 1}, 90), daemon.text()
+        assert daemon.stop() == 0
+    finally:
+        node.stop()
+    text = daemon.text()  # the daemon's lines and its edge server's, which writes JSON unless told otherwise
+    assert "INFO _granian: Spawning worker-1" in text
+    assert "INFO edgerec.sync.node: the edge server serves ctr v1" in text
+    assert not [line for line in text.splitlines() if line.startswith("{")]
