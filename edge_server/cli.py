@@ -8,13 +8,13 @@ from typing import Any
 
 import click
 
+from edgerec.sdk.cli.log_options import log_options
 from edgerec.sdk.cli.paths import AbsolutePath
 from edgerec.sdk.model import ACCELERATOR_CHOICES
 from edgerec.sdk.runtime import BACKEND_CHOICES
 from edgerec.sdk.tracing import check_otlp_endpoint
 
 from .config import ServerConfig
-from .json_logs import configure_logging
 from .server import serve as run_server
 
 # CLI option -> ServerConfig field, where the names differ.
@@ -80,18 +80,13 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys", "otlp_endpoint": 
                    "(with --user-key-file; 'edgerec node run --serve' sets both).")
 @click.option("--user-key-file", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path),
               help="The node's key of user fingerprints in the spool (0600; made by the node).")
-@click.option("--access-log/--no-access-log", default=True, show_default=True)
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
-              show_default=True)
-@click.option("--log-flush-ms", type=click.FloatRange(0, 10_000), default=0.0, show_default=True,
-              help="Write log lines (the access log's too) in batches at most this many ms apart; "
-                   "0 writes each line at once. Warnings and errors are always written at once.")
+@log_options("json")
 def serve(**options: Any) -> None:
     """Serve verified model packages: Open Inference Protocol v2, TF-Serving predict, /v1/rank."""
     config = build_config(click.get_current_context(), options)
     if options["otlp_endpoint"]:
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = check_otlp_endpoint(options["otlp_endpoint"])
-    configure_logging(config.log_level, flush_ms=config.log_flush_ms)
+    config.logs().apply()
     run_server(config)
 
 

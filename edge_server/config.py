@@ -3,7 +3,7 @@
 Settings come from a TOML or JSON file (``--config``) and from command-line
 options, which win. The file groups settings in sections::
 
-    [server]    host, port, workers, http_threads, access_log, log_level, log_flush_ms,
+    [server]    host, port, workers, http_threads, access_log, log_format, log_level, log_flush_ms,
                 max_connections, header_timeout_s, tls_cert, tls_key
     [auth]      api_key_file
     [model]     model_dir, accelerator, threads, backend, trusted_keys, recipient_key, recipient_id
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerec.sdk.errors import InvalidInputError
+from edgerec.sdk.json_logs import LOG_FORMATS, LOG_LEVELS, LogSettings
 from edgerec.sdk.model import Accelerator, parse_accelerator
 from edgerec.sdk.runtime import BackendChoice, parse_backend
 
@@ -33,7 +34,7 @@ from .errors import ConfigError
 from .experiments import Experiment, parse_experiments
 
 _SECTIONS: dict[str, dict[str, str]] = {
-    "server": {k: k for k in ("host", "port", "workers", "http_threads", "access_log", "log_level",
+    "server": {k: k for k in ("host", "port", "workers", "http_threads", "access_log", "log_format", "log_level",
                               "log_flush_ms", "max_connections", "header_timeout_s", "tls_cert", "tls_key")},
     "auth": {"api_key_file": "api_key_file"},
     "model": {k: k for k in ("model_dir", "accelerator", "threads", "backend", "trusted_keys",
@@ -110,6 +111,7 @@ class ServerConfig:
     user_key_file: Path | None = None
     response_key: bytes | None = field(default=None, repr=False)
     access_log: bool = True
+    log_format: str = "json"
     log_level: str = "info"
     # > 0: log lines are written in batches at most this many ms apart (warnings and errors at once).
     log_flush_ms: float = 0.0
@@ -149,8 +151,8 @@ class ServerConfig:
             (bool(self.recipient_key) == bool(self.recipient_id), "recipient_id",
              "--recipient-key and --recipient-id go together"),
             (0 <= self.log_flush_ms <= 10_000, "log_flush_ms", "must be 0..10000"),
-            (self.log_level.lower() in ("debug", "info", "warning", "error"), "log_level",
-             "one of debug, info, warning, error"),
+            (self.log_level.lower() in LOG_LEVELS, "log_level", "one of " + ", ".join(LOG_LEVELS)),
+            (self.log_format in LOG_FORMATS, "log_format", "one of " + ", ".join(LOG_FORMATS)),
         ]
         for ok, name, problem in checks:
             if not ok:
@@ -162,6 +164,10 @@ class ServerConfig:
     @property
     def batching(self) -> bool:
         return self.max_batch > 1 and self.max_delay_ms > 0
+
+    def logs(self) -> LogSettings:
+        """The log settings, for :meth:`LogSettings.apply` in each process."""
+        return LogSettings(self.log_format, self.log_level, self.log_flush_ms, self.access_log)
 
     def replace(self, **changes: Any) -> ServerConfig:
         return dataclasses.replace(self, **changes)

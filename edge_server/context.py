@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,7 +14,6 @@ if TYPE_CHECKING:
 
 
 STATE_KEY = "edgerec.request"
-_current = threading.local()
 
 
 @dataclass(slots=True)
@@ -34,17 +32,6 @@ class RequestState:
         self.model, self.version, self.variant = model, version, variant
 
 
-def bind_state(st: RequestState | None) -> None:
-    """Make ``st`` this thread's current request (None: no request), for log records."""
-    _current.state = st
-
-
-def current_state() -> RequestState | None:
-    """The request this thread is answering, if any (also outside Flask's request context)."""
-    st: RequestState | None = getattr(_current, "state", None)
-    return st
-
-
 def state() -> RequestState:
     st: RequestState = request.environ[STATE_KEY]
     return st
@@ -55,4 +42,4 @@ def server() -> EdgeServer:
     return srv
 
 
-__all__ = ["STATE_KEY", "RequestState", "bind_state", "current_state", "server", "state"]
+__all__ = ["STATE_KEY", "RequestState", "server", "state"]

@@ -9,16 +9,16 @@ Flask.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import Any
 
+from edgerec.sdk.log_context import REQUEST_ID, bind_scope
 from edgerec.sdk.random_hex import random_hex
 from edgerec.sdk.tracing import OpenTelemetry, new_trace
 
 from .api_keys import ApiKeys, presented_key
-from .context import STATE_KEY, RequestState, bind_state
+from .context import STATE_KEY, RequestState
 from .errors import UnauthorizedError
 from .event_spool import EventSpool
 from .fastpath import Answer, error_parts, status_line
@@ -26,7 +26,6 @@ from .json_logs import AccessLog
 from .metrics import Metrics
 from .wire import JSON, dumps
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 FastApp = Callable[[dict[str, Any], RequestState], Answer | None]
 # Open without an API key: probes, scraping, the API document, and what the control token guards.
@@ -56,11 +55,11 @@ class RequestMiddleware:
         started = perf_counter()
         ids = random_hex(32)  # request id, trace id, span id
         rid = environ.get("HTTP_X_REQUEST_ID")
-        if rid is None or not _REQUEST_ID.match(rid):
+        if rid is None or not REQUEST_ID.match(rid):
             rid = ids[48:]
         st = RequestState(rid, new_trace(environ.get("HTTP_TRACEPARENT"), ids), started)
         environ[STATE_KEY] = st
-        bind_state(st)
+        bind_scope(st)
         otel = self.otel
         span = token = None
         if otel is not None:
@@ -116,7 +115,7 @@ class RequestMiddleware:
 
     def _finish(self, environ: dict[str, Any], st: RequestState, code: int, span: Any, token: Any) -> None:
         seconds = perf_counter() - st.started
-        bind_state(None)
+        bind_scope(None)
         self.metrics.request(st.endpoint, st.model, st.version, st.variant, code, seconds)
         if self.spool is not None and st.model and st.version.isdigit():
             self.spool.request(st.model, int(st.version), code, seconds)

@@ -38,7 +38,7 @@ from edgerec.sdk.http_server import (
     check_tls_files,
     child_pids,
     drop_secret_env,
-    granian_logging,
+    granian_log_config,
     held,
     listen_address,
     reserve_port,
@@ -49,15 +49,12 @@ from edgerec.sdk.user_keys import read_user_key
 
 from .api_keys import read_entries
 from .config import ServerConfig, read_token
-from .json_logs import configure_logging
 
 log = logging.getLogger("edgerec.edge_server.server")
 RUN_ENV = "EDGEREC_RUN_DIR"
 CONFIG_FILE = "config.json"
 PROMETHEUS_DIR = "prometheus"
 TARGET = "edgerec.edge_server.worker:app"
-# granian's own lines (worker spawned, died, replaced) as JSON lines on stderr, like the server's.
-LOG_CONFIG = granian_logging({"()": "edgerec.edge_server.json_logs.JsonFormatter"})
 
 
 def http_settings(config: ServerConfig) -> HttpSettings:
@@ -116,8 +113,8 @@ def serve(config: ServerConfig) -> None:
             if config.workers > 1:
                 _multiprocess_metrics(run_dir / PROMETHEUS_DIR)
             drop_secret_env()  # the workers read the token from the run folder
-            server = build_granian(TARGET, settings.replace(port=port), LOG_CONFIG)
-            configure_logging(config.log_level, flush_ms=config.log_flush_ms)  # granian reset the handlers
+            server = build_granian(TARGET, settings.replace(port=port), granian_log_config(config.log_format))
+            config.logs().apply()  # granian reset the handlers
             log.info("edge server listening on %s://%s:%s", settings.scheme, config.host, port,
                      extra={"port": port, "workers": config.workers})
             server.serve()
@@ -139,7 +136,7 @@ def main() -> None:
     config = ServerConfig.from_json(path.read_text())
     path.unlink()
     native_logs.quiet()
-    configure_logging(config.log_level, flush_ms=config.log_flush_ms)
+    config.logs().apply()
     serve(config)
 
 

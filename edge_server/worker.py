@@ -33,7 +33,6 @@ def app() -> WSGIApp:
     from edgerec.sdk.tracing import configure_otlp
 
     from .app import EdgeServer, create_app
-    from .json_logs import configure_logging
     from .repository import pin_mmap_threshold
 
     exit_with_server()
@@ -41,7 +40,7 @@ def app() -> WSGIApp:
     metrics_after_fork()
     run_dir = Path(os.environ[RUN_ENV])
     config = ServerConfig.from_json((run_dir / CONFIG_FILE).read_text()).replace(worker_index=os.getpid())
-    configure_logging(config.log_level, flush_ms=config.log_flush_ms)
+    config.logs().apply()
     pin_mmap_threshold()
     # The generation the first load reflects: read before it, so nothing after it is missed
     # (applying an operation twice is harmless: a load of a loaded version, an unload of a gone one).

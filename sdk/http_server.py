@@ -204,6 +204,13 @@ def granian_logging(formatter: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 LOG_CONFIG = granian_logging()
+# granian's own lines as JSON lines, like the process's (``--log-format json``).
+JSON_LOG_CONFIG = granian_logging({"()": "edgerec.sdk.json_logs.JsonFormatter"})
+
+
+def granian_log_config(log_format: str) -> dict[str, Any]:
+    """granian's logging setup for a process writing ``log_format`` lines (json or text)."""
+    return JSON_LOG_CONFIG if log_format == "json" else LOG_CONFIG
 
 
 def metrics_after_fork() -> None:
@@ -405,6 +412,7 @@ def held(sock: socket.socket | None) -> Iterator[None]:
 
 __all__ = [
     "check_tls_files",
+    "JSON_LOG_CONFIG",
     "LOG_CONFIG",
     "Admission",
     "Shedding",
@@ -414,6 +422,7 @@ __all__ = [
     "WSGIApp",
     "build_granian",
     "drop_secret_env",
+    "granian_log_config",
     "granian_logging",
     "held",
     "listen_address",

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
+from .log_context import current_scope
 from .random_hex import random_hex
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
@@ -125,12 +126,14 @@ def client_span(name: str, instrumentation: str, attributes: dict[str, Any] | No
     """A client span around an outgoing call; yields the ``traceparent`` to send with it.
 
     With a tracer provider configured the span is real (a child of the current
-    one, exported); without, the header still carries ids made here, so the
-    callee's logs can be joined to ours.
+    one, exported); without, the header still carries ids made here (in the
+    trace of this thread's log scope, if one is bound), so the callee's logs
+    can be joined to ours.
     """
     bridge = open_telemetry(None, instrumentation)
     if bridge is None:
-        yield new_trace(None).traceparent
+        scope = current_scope()
+        yield new_trace(scope.trace.traceparent if scope is not None else None).traceparent
         return
     from opentelemetry import propagate, trace
 
@@ -143,6 +146,29 @@ def client_span(name: str, instrumentation: str, attributes: dict[str, Any] | No
         except Exception as exc:
             span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
             raise
+
+
+@contextlib.contextmanager
+def local_span(name: str, instrumentation: str) -> Iterator[Trace]:
+    """A span of work this process starts itself (a node's cycle); yields its ids.
+
+    Bind them as the thread's log scope: the block's log lines carry its trace
+    id, and so do the calls :func:`client_span` makes inside it (their spans
+    are its children), whether OpenTelemetry is configured or not.
+    """
+    bridge = open_telemetry(None, instrumentation)
+    if bridge is None:
+        yield new_trace(None)
+        return
+    from opentelemetry import trace
+
+    tracer = trace.get_tracer(instrumentation)
+    with tracer.start_as_current_span(name, kind=trace.SpanKind.INTERNAL) as span:
+        sc = span.get_span_context()
+        if not sc.is_valid:  # not recorded: ids of our own, as without OpenTelemetry
+            yield new_trace(None)
+            return
+        yield Trace(f"{sc.trace_id:032x}", f"{sc.span_id:016x}", None, f"{int(sc.trace_flags):02x}")
 
 
 OTLP_ENV = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -195,4 +221,4 @@ def configure_otlp(service_name: str, endpoint: str | None = None) -> Any:
 
 
 __all__ = ["OTLP_ENV", "OpenTelemetry", "Trace", "check_otlp_endpoint", "client_span", "configure_otlp",
-           "new_trace", "open_telemetry", "parse_traceparent"]
+           "local_span", "new_trace", "open_telemetry", "parse_traceparent"]

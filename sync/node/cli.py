@@ -15,9 +15,11 @@ from typing import Any
 import click
 from rich.table import Table
 
+from edgerec.sdk.cli.log_options import log_options
 from edgerec.sdk.cli.output import console, plain, print_json, text_row
 from edgerec.sdk.cli.paths import AbsolutePath
 from edgerec.sdk.cli.secret_input import read_secret, refused_argument
+from edgerec.sdk.json_logs import LogSettings
 from edgerec.sdk.model import ACCELERATOR_CHOICES, parse_accelerator
 from edgerec.sync.protocol.errors import ConfigError, ServerUnreachableError
 
@@ -37,14 +39,15 @@ def parse_rate(text: str | None) -> float | None:
     return float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)]
 
 
-def _logging() -> None:
+def _logging(logs: LogSettings) -> None:
+    """The daemon's lines on stderr: plain text with the time (the default), or JSON lines."""
     logger = logging.getLogger("edgerec")
-    logger.setLevel(logging.INFO)
-    if not logger.handlers:
+    if logs.format == "text" and not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
+    logs.apply()
 
 
 @click.group()
@@ -133,12 +136,13 @@ def enroll(server: str, token_file: Path | None, state_dir: Path, name: str | No
 @click.option("--noise-free-for-tests", is_flag=True, hidden=True,
               help="Release exact counts (tests only; the sync service refuses them unless told otherwise).")
 @click.option("--once", is_flag=True, help="Run one cycle and exit (1 if anything failed).")
+@log_options("text", access=False)
 def run(state_dir: Path, model_dir: Path | None, edge_server: str | None, control_token_file: Path | None,
         serve: bool, serve_host: str, serve_port: int, serve_config: Path | None, interval: float,
         max_backoff: float, health_window: float, max_error_rate: float, max_p99_ms: float,
         download_rate: str | None, accelerator: str, retention_days: float, metrics: bool, metrics_window: int,
         ops_window: int, metrics_grace: float, epsilon: float, daily_budget: float, noise_free_for_tests: bool,
-        once: bool) -> None:
+        once: bool, log_format: str, log_level: str, log_flush_ms: float) -> None:
     """Poll assignments, fetch through TUF, verify, install atomically, watch, report."""
     from edgerec.sdk.tracing import configure_otlp
 
@@ -151,7 +155,7 @@ def run(state_dir: Path, model_dir: Path | None, edge_server: str | None, contro
 
     configure_otlp("edgerec-node")  # with OTEL_EXPORTER_OTLP_ENDPOINT set (the supervised edge server inherits it)
 
-    _logging()
+    _logging(LogSettings(log_format, log_level, log_flush_ms, access=False))
     if serve and edge_server:
         raise ConfigError("--serve runs its own edge server; leave out --edge-server")
     if serve and once:
@@ -173,7 +177,7 @@ def run(state_dir: Path, model_dir: Path | None, edge_server: str | None, contro
                                             mechanism="none" if noise_free_for_tests else "discrete_laplace"),
                               ops_window, metrics_grace) if metrics else None)
     child, edge = _edge(state, model_dir, edge_server, control_token_file, serve, serve_host, serve_port,
-                        serve_config, metrics)
+                        serve_config, metrics, _given_log_flags(click.get_current_context()))
     daemon = NodeDaemon(state, model_dir, edge, config, on_trust_change=child.restart if child else None)
 
     def stop(signum: int, frame: Any) -> None:
@@ -196,8 +200,18 @@ def run(state_dir: Path, model_dir: Path | None, edge_server: str | None, contro
         state.close()
 
 
+def _given_log_flags(ctx: click.Context) -> list[str]:
+    """The log options given on the command line, for the supervised edge server (which otherwise keeps its own
+    defaults, JSON lines, and its settings file's)."""
+    out = []
+    for name in ("log_format", "log_level", "log_flush_ms"):
+        if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None):
+            out += ["--" + name.replace("_", "-"), str(ctx.params[name])]
+    return out
+
+
 def _edge(state: Any, model_dir: Path, edge_server: str | None, control_token_file: Path | None, serve: bool,
-          host: str, port: int, serve_config: Path | None, metrics: bool) -> tuple[Any, Any]:
+          host: str, port: int, serve_config: Path | None, metrics: bool, log_flags: list[str]) -> tuple[Any, Any]:
     """The supervised edge server (with --serve) and the control client of the edge server, if any."""
     from .edge_control import EdgeControl
     from .supervise import EdgeChild, edge_argv, edge_flags, make_token_env
@@ -209,6 +223,7 @@ def _edge(state: Any, model_dir: Path, edge_server: str | None, control_token_fi
                 "--control-token-file", str(state.control_token_file.resolve())]
         if serve_config is not None:
             argv += ["--config", str(serve_config.resolve())]
+        argv += log_flags  # one --log-format for the daemon and its edge server
         return EdgeChild(argv, make_token_env()), EdgeControl(f"http://{_connect_host(host)}:{port}", token)
     if edge_server:
         assert control_token_file is not None

@@ -15,6 +15,7 @@ from edgerec.sync.protocol.httpsig import RequestSigner
 from edgerec.sync.protocol.tls import client_verify
 
 USER_AGENT = "edgerec-node/0.1"
+INSTRUMENTATION = "edgerec.sync.node"  # the node's spans (OpenTelemetry's instrumentation scope)
 
 
 def error_of(resp: httpx.Response) -> ApiError:
@@ -53,7 +54,7 @@ class NodeClient:
         headers = {"Content-Type": "application/json"} if doc is not None else {}
         headers = self.signer.sign(method, url, body, headers)
         # The trace context rides outside the signature: it names a trace, it grants nothing.
-        with client_span(f"{method} {_route(path)}", "edgerec.sync.node", {"edgerec.node_id": self.node_id}) as tp:
+        with client_span(f"{method} {_route(path)}", INSTRUMENTATION, {"edgerec.node_id": self.node_id}) as tp:
             headers["traceparent"] = tp
             try:
                 resp = self.client.request(method, url, content=body or None, headers=headers)

@@ -65,10 +65,12 @@ from edgerec.sdk.capabilities import device_capabilities
 from edgerec.sdk.encryption import Envelope, Recipient, add_envelopes
 from edgerec.sdk.errors import EdgeRecError
 from edgerec.sdk.keys import public_pem
+from edgerec.sdk.log_context import LogScope, log_scope
 from edgerec.sdk.manifest import canonical_json
 from edgerec.sdk.model import Accelerator, EdgeModel
 from edgerec.sdk.modeldir import ModelDir
 from edgerec.sdk.package import Package
+from edgerec.sdk.tracing import local_span
 from edgerec.sync.protocol.assignments import Accepted, Assignment, verify_assignment
 from edgerec.sync.protocol.errors import (
     ApiError,
@@ -81,7 +83,7 @@ from edgerec.sync.protocol.errors import (
 from edgerec.sync.protocol.releases import Key
 from edgerec.sync.protocol.trust import TrustInfo
 
-from .client import NodeClient, http_client
+from .client import INSTRUMENTATION, NodeClient, http_client
 from .edge_control import EdgeControl, EdgeRefusedError, EdgeUnreachableError
 from .fetcher import HttpxFetcher, RefusedDownloadError
 from .health import HealthPolicy, Probe, watch
@@ -254,13 +256,15 @@ class NodeDaemon:
                     break
 
     def run_once(self) -> CycleResult:
-        """One cycle; an overload refusal ends it early with ``overloaded`` set (reports stay queued)."""
+        """One cycle, in a span of its own (its log lines and its calls to the service carry one trace id);
+        an overload refusal ends it early with ``overloaded`` set (reports stay queued)."""
         result = CycleResult()
-        try:
-            self._cycle(result)
-        except _REFUSED as exc:
-            result.overloaded, result.retry_after_s = True, exc.retry_after_s
-            log.debug("sync service refused for overload: %s", exc)
+        with local_span("node cycle", INSTRUMENTATION) as trace, log_scope(LogScope("", trace)):
+            try:
+                self._cycle(result)
+            except _REFUSED as exc:
+                result.overloaded, result.retry_after_s = True, exc.retry_after_s
+                log.debug("sync service refused for overload: %s", exc)
         return result
 
     def _cycle(self, result: CycleResult) -> None:

@@ -22,6 +22,9 @@ from tuf.api.exceptions import DownloadError, DownloadHTTPError
 from tuf.ngclient import FetcherInterface
 
 from edgerec.sdk.http_errors import OVERLOAD_STATUSES, retry_after_seconds
+from edgerec.sdk.tracing import client_span
+
+from .client import INSTRUMENTATION
 
 CHUNK = 64 * 1024
 log = logging.getLogger("edgerec.sync.node.fetcher")
@@ -53,8 +56,12 @@ class HttpxFetcher(FetcherInterface):
         return self._chunks(resp, url, None)
 
     def _open(self, url: str, headers: dict[str, str]) -> httpx.Response:
+        # In the cycle's trace too, so the origin's log lines for these files join the node's.
+        kind = "targets" if "/targets/" in url else "metadata"
         try:
-            resp = self.client.send(self.client.build_request("GET", url, headers=headers), stream=True)
+            with client_span(f"GET TUF {kind}", INSTRUMENTATION) as tp:
+                request = self.client.build_request("GET", url, headers={**headers, "traceparent": tp})
+                resp = self.client.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise DownloadError(f"{url}: {exc}") from exc
         if resp.status_code in OVERLOAD_STATUSES:

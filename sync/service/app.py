@@ -18,7 +18,9 @@ from werkzeug.exceptions import HTTPException
 
 from edgerec.sdk.errors import EdgeRecError
 from edgerec.sdk.http_errors import RequestRefusedError, bounded, classify, http_status_error
+from edgerec.sdk.json_logs import AccessLog
 from edgerec.sdk.log_bounds import bound_logger
+from edgerec.sdk.log_context import LogScope, bind_scope, request_id
 from edgerec.sdk.tracing import new_trace, open_telemetry
 
 from .core import SyncService
@@ -36,8 +38,8 @@ class StrictJSONProvider(DefaultJSONProvider):
         return super().dumps(obj, **kwargs)
 
 
-def create_app(service: SyncService, test_config: dict[str, Any] | None = None) -> Flask:
-    """The WSGI application for one :class:`SyncService`."""
+def create_app(service: SyncService, test_config: dict[str, Any] | None = None, access_log: bool = True) -> Flask:
+    """The WSGI application for one :class:`SyncService`; ``access_log``: one ``edgerec.access`` line a request."""
     from . import api_admin, api_metrics, api_node, api_repo, openapi
 
     for name in ("edgerec.sync", "edgerec.sync.node"):
@@ -59,7 +61,7 @@ def create_app(service: SyncService, test_config: dict[str, Any] | None = None) 
         body, content_type = metrics.render()
         return Response(body, content_type=content_type)
 
-    _install_trace_hooks(app, metrics)
+    _install_trace_hooks(app, metrics, AccessLog() if access_log else None)
 
     @app.errorhandler(EdgeRecError)
     def _refused(exc: EdgeRecError) -> Any:
@@ -90,35 +92,49 @@ def create_app(service: SyncService, test_config: dict[str, Any] | None = None) 
     return app
 
 
-def _install_trace_hooks(app: Flask, metrics: Any) -> None:
-    """Request metrics and trace context: a server span (with OTLP export configured) continuing the
-    caller's ``traceparent``, and our ``traceparent`` in every answer."""
+def _install_trace_hooks(app: Flask, metrics: Any, access: AccessLog | None) -> None:
+    """Request metrics, ids and trace context: a server span (with OTLP export configured) continuing the
+    caller's ``traceparent``; the request id and trace ids bound for the request's log lines; our
+    ``traceparent`` and ``X-Request-ID`` in every answer, and its access line."""
     otel = open_telemetry(None, "edgerec.sync.service")  # a tracer provider when OTLP export is configured
 
     @app.before_request
     def _started() -> None:
         g.edgerec_started = time.perf_counter()
         header = request.headers.get("traceparent")
-        g.edgerec_trace = new_trace(header)
+        scope = LogScope(request_id(request.headers.get("X-Request-ID")), new_trace(header))
+        g.edgerec_scope = scope
+        bind_scope(scope)
         if otel is not None:
             span, token, trace = otel.start(f"{request.method} {_endpoint()}", {"traceparent": header or ""})
             g.edgerec_span = (span, token)
             if trace is not None:
-                g.edgerec_trace = trace
+                scope.trace = trace
 
     @app.after_request
     def _count(resp: Response) -> Response:
         started = g.get("edgerec_started")
+        seconds = time.perf_counter() - started if started is not None else 0.0
         if started is not None:
             method = request.method if request.method in _METHODS else "other"
-            metrics.request(_endpoint(), method, resp.status_code, time.perf_counter() - started)
-        trace = g.get("edgerec_trace")
-        if trace is not None:
-            resp.headers["traceparent"] = trace.traceparent
+            metrics.request(_endpoint(), method, resp.status_code, seconds)
+        scope = g.get("edgerec_scope")
+        if scope is not None:
+            resp.headers["traceparent"] = scope.trace.traceparent
+            resp.headers["X-Request-ID"] = scope.request_id
+            if access is not None and access.enabled():
+                access.log(request.method, request.path, resp.status_code, {
+                    "request_id": scope.request_id, "trace_id": scope.trace.trace_id,
+                    "span_id": scope.trace.span_id, "endpoint": _endpoint(), "status": resp.status_code,
+                    "duration_ms": round(seconds * 1e3, 3)})
         span = g.pop("edgerec_span", None)
         if span is not None and otel is not None:
             otel.end(span[0], span[1], f"{request.method} {_endpoint()}", resp.status_code, {})
         return resp
+
+    @app.teardown_request
+    def _unbind(exc: BaseException | None) -> None:
+        bind_scope(None)  # the thread's next request, or a line logged between requests, is not this one's
 
 
 def _endpoint() -> str:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 import click
 
+from edgerec.sdk.cli.log_options import log_options
 from edgerec.sdk.cli.output import busy, console, print_json, progress_wanted
 from edgerec.sdk.cli.paths import AbsolutePath
 from edgerec.sdk.cli.secret_input import db_option
@@ -59,12 +59,14 @@ _KEY_FILE = click.option(
               help="Open connections per worker, idle ones included; more wait in the kernel's queue.")
 @click.option("--header-timeout-s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
               help="Time a request head may take from its first byte; also an idle keep-alive connection's.")
+@log_options("text")
 def serve(data_dir: Path | None, db_url: str | None, key_file: Path | None, work_dir: Path | None, host: str,
           port: int, tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None, repo_url: str | None,
           otlp_endpoint: str | None, threads: int | None, workers: int, max_connections: int,
-          header_timeout_s: float) -> None:
+          header_timeout_s: float, access_log: bool, log_format: str, log_level: str, log_flush_ms: float) -> None:
     """Serve the node and admin APIs and the TUF repository on granian."""
     from edgerec.sdk.http_server import check_tls_files
+    from edgerec.sdk.json_logs import LogSettings
     from edgerec.sdk.tracing import check_otlp_endpoint
 
     from .server import http_settings
@@ -76,7 +78,8 @@ def serve(data_dir: Path | None, db_url: str | None, key_file: Path | None, work
         raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
     if otlp_endpoint:  # the workers read the standard variable
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = check_otlp_endpoint(otlp_endpoint)
-    logging.getLogger("edgerec").setLevel(logging.INFO)
+    logs = LogSettings(log_format, log_level, log_flush_ms, access_log)
+    logs.apply()
     config = ServiceConfig.from_env()
     if threads:
         config = ServiceConfig(**{**config.__dict__, "threads": threads})
@@ -87,7 +90,7 @@ def serve(data_dir: Path | None, db_url: str | None, key_file: Path | None, work
         check_tls_files(*tls, tls_client_ca)
     settings = http_settings(config, host, port, tls, workers, tls_client_ca, max_connections=max_connections,
                              header_timeout_s=header_timeout_s)
-    run(data_dir, db_url, config, settings, key_file=key_file, work_dir=work_dir)
+    run(data_dir, db_url, config, settings, key_file=key_file, work_dir=work_dir, logs=logs)
 
 
 @sync_group.command()

@@ -35,7 +35,6 @@ from typing import Any
 
 from edgerec.sdk.files import write_atomic
 from edgerec.sdk.http_server import (
-    LOG_CONFIG,
     Admission,
     HttpSettings,
     Shedding,
@@ -44,12 +43,14 @@ from edgerec.sdk.http_server import (
     child_pids,
     drop_secret_env,
     exit_with_server,
+    granian_log_config,
     held,
     listen_address,
     metrics_after_fork,
     reserve_port,
     stop_server_process,
 )
+from edgerec.sdk.json_logs import LogSettings
 from edgerec.sdk.tracing import configure_otlp
 
 from .config import ServiceConfig
@@ -60,6 +61,7 @@ RUN_ENV = "EDGEREC_SYNC_RUN_FILE"
 TARGET = "edgerec.sync.service.server:worker_app"
 READY_LINE = "edgerec sync serving on"
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+TEXT_LOGS = LogSettings(format="text")  # what `edgerec sync serve` writes unless told otherwise
 
 
 class Maintenance(threading.Thread):
@@ -109,11 +111,13 @@ def http_settings(config: ServiceConfig, host: str, port: int, tls: tuple[Path, 
 
 
 def serve(data_dir: Path | None, db_url: str | None, config: ServiceConfig, settings: HttpSettings,
-          maintenance: bool = True, key_file: Path | None = None, work_dir: Path | None = None) -> None:
+          maintenance: bool = True, key_file: Path | None = None, work_dir: Path | None = None,
+          logs: LogSettings = TEXT_LOGS) -> None:
     """Serve until SIGTERM or SIGINT; prints one line with the URL once the port is taken.
 
     Without ``data_dir`` it is a stateless replica: ``db_url`` and its own ``key_file``;
-    ``work_dir`` (default: a temporary folder) only spools uploads.
+    ``work_dir`` (default: a temporary folder) only spools uploads. ``logs``: how the
+    server and its workers write their lines.
     """
     from edgerec.sdk.cli.output import console
 
@@ -137,15 +141,16 @@ def serve(data_dir: Path | None, db_url: str | None, config: ServiceConfig, sett
         with held(holder):
             spec = {"data_dir": str(data_dir) if data_dir else None, "db_url": url,
                     "config": dataclasses.asdict(config), "maintenance": maintenance,
-                    "key_file": str(key_file) if key_file else None, "work_dir": str(work_dir) if work_dir else None}
+                    "key_file": str(key_file) if key_file else None, "work_dir": str(work_dir) if work_dir else None,
+                    "logs": dataclasses.asdict(logs)}
             run_file = write_atomic(run_dir / "run.json", json.dumps(spec).encode(), mode=0o600)
             os.environ[RUN_ENV] = str(run_file)
             if settings.workers > 1:
                 (run_dir / "prometheus").mkdir()
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "prometheus")
             drop_secret_env()
-            server = build_granian(TARGET, settings.replace(port=port), LOG_CONFIG)
-            logging.getLogger("edgerec").setLevel(logging.INFO)
+            server = build_granian(TARGET, settings.replace(port=port), granian_log_config(logs.format))
+            logs.apply()  # granian's logging setup closed the handlers
             host = f"[{settings.host}]" if ":" in settings.host else settings.host
             # One line a supervisor (or a test) can wait for.
             console.print(f"{READY_LINE} {settings.scheme}://{host}:{port} (database {dialect})",
@@ -159,8 +164,10 @@ def worker_app() -> WSGIApp:
     """One worker's WSGI app (granian's factory target): the service, its maintenance loop, body deadlines."""
     exit_with_server()
     metrics_after_fork()
-    configure_otlp("edgerec-sync")  # when OTEL_EXPORTER_OTLP_ENDPOINT (or sync serve --otlp-endpoint) is set
     spec = json.loads(Path(os.environ[RUN_ENV]).read_text())
+    logs = LogSettings(**spec["logs"])
+    logs.apply()  # after the fork: a batching handler's timer thread does not survive it
+    configure_otlp("edgerec-sync")  # when OTEL_EXPORTER_OTLP_ENDPOINT (or sync serve --otlp-endpoint) is set
     config = ServiceConfig(**spec["config"])
     service = SyncService.open_any(_path(spec, "data_dir"), spec["db_url"], config, _path(spec, "key_file"),
                                    _path(spec, "work_dir"))
@@ -175,10 +182,10 @@ def worker_app() -> WSGIApp:
 
     # granian's worker ends through multiprocessing, which runs its finalizers but not atexit's.
     mp_util.Finalize(None, close, exitpriority=10)
-    return service_app(service)
+    return service_app(service, logs.access)
 
 
-def service_app(service: SyncService) -> WSGIApp:
+def service_app(service: SyncService, access_log: bool = True) -> WSGIApp:
     """The WSGI app a worker serves for ``service``: :class:`Admission` in front of the Flask app."""
     from .app import create_app
 
@@ -187,7 +194,7 @@ def service_app(service: SyncService) -> WSGIApp:
     # Past its slots and a short queue the service refuses at once (503, Retry-After) instead of letting every
     # answer get later: measured on the landed service, 2x the sustainable check-in rate dropped it to 0.65x.
     shedding = Shedding(c.shed_max_waiting, c.shed_max_wait_s, c.shed_retry_after_s)
-    return Admission(create_app(service).wsgi_app, c.threads, body_limit(c), shedding,
+    return Admission(create_app(service, access_log=access_log).wsgi_app, c.threads, body_limit(c), shedding,
                      lambda path: metrics.refusal("admission", "overloaded"))
 
 
@@ -206,7 +213,7 @@ def main() -> None:
     client_ca = Path(spec["client_ca"]) if spec.get("client_ca") else None
     settings = http_settings(config, spec["host"], spec["port"], tls, spec["workers"], client_ca, **spec["limits"])
     serve(_path(spec, "data_dir"), spec["db_url"], config, settings, spec["maintenance"], _path(spec, "key_file"),
-          _path(spec, "work_dir"))
+          _path(spec, "work_dir"), LogSettings(**spec["logs"]) if spec.get("logs") else TEXT_LOGS)
 
 
 class RunningServer:
@@ -321,5 +328,5 @@ class RunningServer:
         return code
 
 
-__all__ = ["LOG_FORMAT", "READY_LINE", "Maintenance", "RunningServer", "http_settings", "main", "serve", "service_app",
-           "worker_app"]
+__all__ = ["LOG_FORMAT", "READY_LINE", "TEXT_LOGS", "Maintenance", "RunningServer", "http_settings", "main", "serve",
+           "service_app", "worker_app"]

@@ -110,3 +110,19 @@ def test_usage_errors(tmp_path, packages):
     r = subprocess.run([*EDGEREC, "serve", "--config", str(bad), "-k", str(bad)], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 1 and "max_batch" in r.stderr
+
+
+@pytest.mark.slow
+def test_serve_writes_plain_lines_with_log_format_text(packages, trusted_key, tmp_path, unused_port):
+    url = f"http://127.0.0.1:{unused_port}"
+    proc, log = _start(["--model-dir", str(packages["dir"]), "--port", str(unused_port), "-k", str(trusted_key),
+                        "--threads", "1", "--log-format", "text"], tmp_path)
+    try:
+        _wait_ready(url, proc, log)
+        assert httpx.post(f"{url}/v2/models/ctr/infer", json=ROW).status_code == 200
+    finally:
+        assert _stop(proc) == 0
+    text = log.read_text()
+    assert "INFO edgerec.access: POST /v2/models/ctr/infer 200" in text
+    assert "INFO _granian: Spawning worker-1" in text
+    assert not [line for line in text.splitlines() if line.startswith("{")]

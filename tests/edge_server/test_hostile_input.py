@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from edgerec.edge_server.event_dedup import MIN_BYTES, EventDedup
-from edgerec.edge_server.json_logs import configure_logging
 from edgerec.edge_server.response_ids import ResponseIds
 from edgerec.sdk import testing as demo
+from edgerec.sdk.json_logs import configure_logging
 from edgerec.sdk.log_bounds import MAX_LOG_MESSAGE, MAX_LOG_TRACEBACK
 
 USER = "u3"

@@ -11,9 +11,11 @@ from collections.abc import Iterator
 import pytest
 
 from edgerec.edge_server.config import ServerConfig
-from edgerec.edge_server.context import RequestState, bind_state
+from edgerec.edge_server.context import RequestState
 from edgerec.edge_server.errors import ConfigError
-from edgerec.edge_server.json_logs import AccessLog, configure_logging
+from edgerec.edge_server.json_logs import AccessLog
+from edgerec.sdk.json_logs import configure_logging
+from edgerec.sdk.log_context import bind_scope
 from edgerec.sdk.tracing import new_trace
 
 
@@ -93,11 +95,11 @@ def test_batched_lines_are_written_within_the_interval_and_at_close(logs):
 def test_records_inside_a_request_carry_its_ids(logs):
     stream, handlers = logs
     handlers.append(configure_logging("info", stream))
-    bind_state(_state())
+    bind_scope(_state())
     try:
         logging.getLogger("edgerec.edge_server").info("refused (x): y")
     finally:
-        bind_state(None)
+        bind_scope(None)
     logging.getLogger("edgerec.edge_server").info("outside")
     inside, outside = (json.loads(x) for x in stream.getvalue().splitlines())
     assert inside["request_id"] == "req-1" and inside["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -71,12 +71,14 @@ def infer_body(rows: int, seed: int = 0) -> dict[str, Any]:
 
 
 class Proc:
-    """A subprocess with its output in a log file."""
+    """A subprocess with its output in a log file (its stderr in ``err_log`` instead, when given)."""
 
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None,
+                 err_log: Path | None = None) -> None:
         self.log = log
         self._fh: IO[bytes] = log.open("ab")
-        self.popen = subprocess.Popen([*EDGEREC, *args], stdout=self._fh, stderr=subprocess.STDOUT,
+        self._err: IO[bytes] | None = err_log.open("ab") if err_log is not None else None
+        self.popen = subprocess.Popen([*EDGEREC, *args], stdout=self._fh, stderr=self._err or subprocess.STDOUT,
                                       env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
     @property
@@ -87,7 +89,7 @@ class Proc:
         if self.alive:
             self.popen.send_signal(signal.SIGKILL)
         self.popen.wait(30)
-        self._fh.close()
+        self._close()
 
     def stop(self, timeout: float = 20) -> int:
         if self.alive:
@@ -97,8 +99,13 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
-        self._fh.close()
+        self._close()
         return int(self.popen.returncode)
+
+    def _close(self) -> None:
+        self._fh.close()
+        if self._err is not None:
+            self._err.close()
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -123,9 +130,10 @@ class SyncService:
         self.proc: Proc | None = None
         self.admin = AdminClient(Credentials(self.url, self.init.admin_token))
 
-    def start(self, timeout: float = 60) -> SyncService:
-        self.proc = Proc(["sync", "serve", "--data-dir", str(self.init.data_dir), "--port", str(self.port)],
-                         self.root / "sync.log", self.env)
+    def start(self, *extra: str, timeout: float = 60, err_log: Path | None = None) -> SyncService:
+        """Start it with ``extra`` flags; its stderr goes to ``err_log`` when given, else into sync.log."""
+        self.proc = Proc(["sync", "serve", "--data-dir", str(self.init.data_dir), "--port", str(self.port), *extra],
+                         self.root / "sync.log", self.env, err_log)
         if not wait_for(lambda: _get(f"{self.url}/api/v1/health") == 200 or not self.proc.alive, timeout) \
                 or not self.proc.alive:
             raise RuntimeError(f"sync service did not start:\n{self.proc.text()[-3000:]}")

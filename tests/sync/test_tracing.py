@@ -35,9 +35,13 @@ def test_a_checkin_is_one_trace_from_node_to_service(sync_env, tmp_path):
 
         assert receiver.wait(joined), receiver.spans
         checkin = next(s for s in receiver.spans if s.name == "POST /api/v1/node/checkin")
-        served = next(s for s in receiver.spans if s.service == "edgerec-sync" and s.trace_id == checkin.trace_id)
+        # The cycle's calls share its trace (its span is their parent): the check-in's own is its child.
+        served = next(s for s in receiver.spans if s.service == "edgerec-sync" and s.parent_id == checkin.span_id)
         assert (checkin.kind, served.kind) == (3, 2)  # client, server
         assert served.name == "POST node.checkin"
+        assert receiver.wait(lambda spans: any(s.name == "node cycle" for s in spans)), receiver.spans
+        cycle = next(s for s in receiver.spans if s.service == "edgerec-node" and s.name == "node cycle")
+        assert (checkin.parent_id, checkin.trace_id) == (cycle.span_id, cycle.trace_id)
     finally:
         traced.stop()
         receiver.close()
