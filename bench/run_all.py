@@ -29,6 +29,7 @@ RUNS: list[tuple[str, list[str]]] = [
     ("edge_server", ["edge_server.py"]),
     ("sync", ["sync.py", "--store", "both"]),
     ("sync_capacity", ["sync.py", "--capacity", "--store", "both"]),
+    ("sync_scale", ["sync.py", "--scale", "--replicas", "2"]),
     ("metrics", ["metrics.py", "--store", "both"]),
     ("node", ["node.py"]),
 ]
