@@ -14,6 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -165,15 +166,25 @@ def test_rollout_converges_through_nginx_while_a_replica_is_killed(pg_schema_url
 
 
 class _Upstream(ThreadingHTTPServer):
-    """A replica stand-in on loopback: each answer takes 0.3 s, with the service's cache headers; it records how
-    many requests it held at once."""
+    """A replica stand-in on loopback: each answer takes ``delay_s``, with the service's cache headers, or is a
+    503 as the service sheds load (``shedding``); it records how many requests it held at once."""
 
     daemon_threads = True
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.3, shedding: bool = False) -> None:
         super().__init__(("127.0.0.1", 0), _UpstreamHandler)
+        self.delay_s, self.shedding = delay_s, shedding
         self.lock = threading.Lock()
         self.inflight = self.most = self.served = 0
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
 
 
 class _UpstreamHandler(BaseHTTPRequestHandler):
@@ -186,11 +197,13 @@ class _UpstreamHandler(BaseHTTPRequestHandler):
             srv.inflight += 1
             srv.most = max(srv.most, srv.inflight)
             srv.served += 1
-        time.sleep(0.3)
+        time.sleep(srv.delay_s)
         with srv.lock:
             srv.inflight -= 1
         fresh = self.path.endswith(("/timestamp.json", "/root.json"))
-        self.send_response(200)
+        self.send_response(503 if srv.shedding else 200)
+        if srv.shedding:
+            self.send_header("Retry-After", "10")
         self.send_header("Cache-Control", "no-cache" if fresh else "public, max-age=31536000, immutable")
         self.send_header("Content-Length", "2")
         self.end_headers()
@@ -200,6 +213,17 @@ class _UpstreamHandler(BaseHTTPRequestHandler):
         pass
 
 
+def _sync_nginx(nginx_binary: str, tmp_path: Path, upstreams: list[_Upstream]) -> tuple[Nginx, str]:
+    """docs/operations.md's edgerec-sync.conf in front of ``upstreams``; returns it and its URL."""
+    front = free_port()
+    snippet = doc_config("edgerec-sync.conf").replace("listen 127.0.0.1:8470;", f"listen 127.0.0.1:{front};")
+    documented = re.findall(r"\n *server 127\.0\.0\.1:847[12] .*", snippet)
+    snippet = snippet.replace("".join(documented), "".join(
+        documented[0].replace("127.0.0.1:8471", f"127.0.0.1:{u.port}") for u in upstreams))
+    snippet = snippet.replace("/var/cache/nginx/edgerec-tuf", str(tmp_path / "cache"))
+    return Nginx(nginx_binary, snippet, [front]), f"http://127.0.0.1:{front}"
+
+
 @pytest.mark.parametrize(("path", "upstream_at_once"), [("/repository/metadata/timestamp.json", 6),
                                                         ("/repository/metadata/3.snapshot.json", 1)])
 def test_nginx_sends_concurrent_timestamp_polls_on_at_once(nginx_binary, tmp_path, path, upstream_at_once):
@@ -207,19 +231,29 @@ def test_nginx_sends_concurrent_timestamp_polls_on_at_once(nginx_binary, tmp_pat
     # no-cache files: under it, concurrent timestamp.json polls went to a replica one at a time, each waiter
     # re-checking every 500 ms (bench/sync.py --scale measured a p99 of seconds at 20 polls a second).
     upstream = _Upstream()
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    front = free_port()
-    snippet = doc_config("edgerec-sync.conf").replace("listen 127.0.0.1:8470;", f"listen 127.0.0.1:{front};")
-    snippet = snippet.replace("server 127.0.0.1:8471 ", f"server 127.0.0.1:{upstream.server_address[1]} ")
-    snippet = re.sub(r"\n *server 127\.0\.0\.1:8472 .*", "", snippet)
-    snippet = snippet.replace("/var/cache/nginx/edgerec-tuf", str(tmp_path / "cache"))
-    proxy = Nginx(nginx_binary, snippet, [front])
+    proxy, url = _sync_nginx(nginx_binary, tmp_path, [upstream])
     try:
         with ThreadPoolExecutor(6) as pool:
-            answers = list(pool.map(lambda _: httpx.get(f"http://127.0.0.1:{front}{path}", timeout=30), range(6)))
+            answers = list(pool.map(lambda _: httpx.get(url + path, timeout=30), range(6)))
         assert [(a.status_code, a.content) for a in answers] == [(200, b"{}")] * 6
         assert (upstream.most, upstream.served) == (upstream_at_once, upstream_at_once)
     finally:
         proxy.stop()
-        upstream.shutdown()
-        upstream.server_close()
+        upstream.close()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/node/assignments", "/repository/metadata/timestamp.json"])
+def test_a_replica_shedding_load_stays_in_nginx_rotation(nginx_binary, tmp_path, path):
+    # A 503 (the service shedding load, Retry-After) goes to the node as it is. Counted as a failure, it took the
+    # replica out for 10 s and moved its load onto the other, which then shed too: 502 for everything.
+    shedding, fine = _Upstream(0.0, shedding=True), _Upstream(0.0)
+    proxy, url = _sync_nginx(nginx_binary, tmp_path, [shedding, fine])
+    try:
+        with httpx.Client(timeout=30) as http:
+            got = sorted(http.get(url + path).status_code for _ in range(6))
+        # round robin, the shedding one kept: half its answers, and never retried on the other
+        assert (got, shedding.served, fine.served) == ([200] * 3 + [503] * 3, 3, 3)
+    finally:
+        proxy.stop()
+        shedding.close()
+        fine.close()
