@@ -29,7 +29,8 @@ RUNS: list[tuple[str, list[str]]] = [
     ("edge_server", ["edge_server.py"]),
     ("sync", ["sync.py", "--store", "both"]),
     ("sync_capacity", ["sync.py", "--capacity", "--store", "both"]),
-    ("sync_scale", ["sync.py", "--scale", "--replicas", "2"]),
+    ("sync_scale", ["sync.py", "--scale", "--replicas", "2", "--nodes", "500", "--start", "25", "--rounds", "3",
+                    "--step", "6", "--precision", "0.1"]),
     ("metrics", ["metrics.py", "--store", "both"]),
     ("node", ["node.py"]),
 ]

@@ -4,6 +4,7 @@
                          [--converge-nodes 200] [--processes 1] [--no-write]
     python bench/sync.py --capacity --before REV|DIR [--store ...] [--start 200] [--rounds 3] [--step 10]
                          [--precision 0.05] [--client-cpus last|LIST|none]
+    python bench/sync.py --scale [--replicas 2] [--nodes 500] [--start 25] [--rounds 3] [--step 6] [--precision 0.1]
 
 For each store, on loopback:
 
@@ -38,6 +39,16 @@ medians of rounds taken in turns (:func:`capacity_store`); latency is
 open-loop (from each check-in's scheduled time), and the load generator is
 pinned to one CPU and the servers to the others so that neither starves the
 other (``--client-cpus``). Results go to the ``sync_capacity`` section.
+
+``--scale`` measures the same way, over one PostgreSQL holding all state
+(``sync migrate --to-database``): one stateless replica (``sync serve
+--key-file``) directly, the same replica behind nginx, and ``--replicas``
+replicas behind nginx (docs/operations.md's ``edgerec-sync.conf``), the three
+searched side by side; each round also records every process's CPU and the
+database's transactions, rows written and WAL bytes. Then ``timestamp.json``
+with wrk: from the static origin (``edgerec-origin.conf`` over a data
+directory) and through the replicas' nginx. Results go to ``sync_scale``, and
+docs/operations.md's sizing table is worked out from them by hand.
 """
 
 from __future__ import annotations
