@@ -83,7 +83,7 @@ from _report import header, write_section
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from support.net import free_port, wait_for
-from support.nginx import Nginx, doc_config, find_nginx
+from support.nginx import Nginx, doc_config, find_nginx, sync_config
 from support.postgres import LocalPostgres
 from support.sync_replica import Replica
 from tuf.api.metadata import Metadata, Root
@@ -841,16 +841,6 @@ def split_cpus(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
         ap.error("--client-cpus: leave the servers at least one of this process's CPUs")
 
 
-def sync_proxy_snippet(ports: list[int], front: int, cache: Path) -> str:
-    """docs/operations.md's ``edgerec-sync.conf`` with one upstream line per replica port, listening on ``front``."""
-    snippet = doc_config("edgerec-sync.conf")
-    servers = re.findall(r"^ *server 127\.0\.0\.1:847[12] .*\n", snippet, re.M)
-    upstream = "".join(servers[0].replace("127.0.0.1:8471", f"127.0.0.1:{p}") for p in ports)
-    snippet = snippet.replace("".join(servers), upstream)
-    snippet = snippet.replace("listen 127.0.0.1:8470;", f"listen 127.0.0.1:{front};")
-    return snippet.replace("/var/cache/nginx/edgerec-tuf", str(cache))
-
-
 def pin_tree(pid: int, cpus: set[int]) -> None:
     """Pin a started process and its children (nginx's master and workers: one thread each) to ``cpus``."""
     if cpus:
@@ -960,7 +950,7 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
         fronts: list[int] = []
         for n in (1, args.replicas):
             fronts.append(free_port())
-            snippet = sync_proxy_snippet([r.port for r in rig.replicas[:n]], fronts[-1], work / f"cache{n}")
+            snippet = sync_config([r.port for r in rig.replicas[:n]], fronts[-1], work / f"cache{n}")
             rig.proxies.append(Nginx(nginx, snippet, [fronts[-1]]))
             pin_tree(rig.proxies[-1].proc.pid, args.server_cpus if args.client_cpus else set())
         direct = rig.replicas[0].url

@@ -9,7 +9,6 @@ again: every node converges on the new version and nothing is lost.
 from __future__ import annotations
 
 import random
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 from support.net import free_port, wait_for
-from support.nginx import Nginx, doc_config
+from support.nginx import Nginx, sync_config
 from support.sync_replica import Replica
 
 from edgerec.sdk.keys import load_verify_key
@@ -59,11 +58,7 @@ def test_rollout_converges_through_nginx_while_a_replica_is_killed(pg_schema_url
 
     replicas = [Replica(db_url, k, k.parent / "work", free_port(), k.parent / "serve.log") for k in keys]
     front = free_port()
-    snippet = doc_config("edgerec-sync.conf")
-    for documented, replica in zip(("127.0.0.1:8471", "127.0.0.1:8472"), replicas, strict=True):
-        snippet = snippet.replace(documented, f"127.0.0.1:{replica.port}")
-    snippet = snippet.replace("listen 127.0.0.1:8470;", f"listen 127.0.0.1:{front};")
-    snippet = snippet.replace("/var/cache/nginx/edgerec-tuf", str(tmp_path / "nginx-cache"))
+    snippet = sync_config([r.port for r in replicas], front, tmp_path / "nginx-cache")
     proxy: Nginx | None = None
     daemons: list[NodeDaemon] = []
     stop = threading.Event()
@@ -216,12 +211,8 @@ class _UpstreamHandler(BaseHTTPRequestHandler):
 def _sync_nginx(nginx_binary: str, tmp_path: Path, upstreams: list[_Upstream]) -> tuple[Nginx, str]:
     """docs/operations.md's edgerec-sync.conf in front of ``upstreams``; returns it and its URL."""
     front = free_port()
-    snippet = doc_config("edgerec-sync.conf").replace("listen 127.0.0.1:8470;", f"listen 127.0.0.1:{front};")
-    documented = re.findall(r"\n *server 127\.0\.0\.1:847[12] .*", snippet)
-    snippet = snippet.replace("".join(documented), "".join(
-        documented[0].replace("127.0.0.1:8471", f"127.0.0.1:{u.port}") for u in upstreams))
-    snippet = snippet.replace("/var/cache/nginx/edgerec-tuf", str(tmp_path / "cache"))
-    return Nginx(nginx_binary, snippet, [front]), f"http://127.0.0.1:{front}"
+    proxy = Nginx(nginx_binary, sync_config([u.port for u in upstreams], front, tmp_path / "cache"), [front])
+    return proxy, f"http://127.0.0.1:{front}"
 
 
 @pytest.mark.parametrize(("path", "upstream_at_once"), [("/repository/metadata/timestamp.json", 6),
