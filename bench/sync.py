@@ -920,6 +920,9 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
     """Check-ins a second sustained by one replica directly, one behind nginx and ``--replicas`` behind nginx,
     all over one PostgreSQL, searched side by side (:class:`Search`, rounds in turns as :func:`capacity_store`);
     then ``timestamp.json`` requests a second from the static origin and through the replicas' nginx (wrk)."""
+    nginx = find_nginx()
+    if nginx is None or shutil.which("wrk") is None:
+        raise SystemExit("--scale needs nginx (on PATH, in /usr/sbin, or $EDGEREC_TEST_NGINX) and wrk on PATH")
     work = Path(tempfile.mkdtemp(prefix="edgerec-scale-"))
     everything = os.sched_getaffinity(0)
     pg = LocalPostgres(fast=False).start()
@@ -944,9 +947,6 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
         for k in keys:
             rig.replicas.append(Replica(pg.url, k, k.parent / "work", free_port(), k.parent / "serve.log",
                                         args.server_cpus if args.client_cpus else None, env).start())
-        nginx = find_nginx()
-        if nginx is None:
-            raise SystemExit("--scale needs nginx (on PATH, in /usr/sbin, or $EDGEREC_TEST_NGINX)")
         fronts: list[int] = []
         for n in (1, args.replicas):
             fronts.append(free_port())
@@ -974,7 +974,8 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
         rows, verdicts, searches = search_side_by_side(
             list(setups), args, "[scale]",
             lambda name, rate: scale_round(name, *setups[name], rig, nodes, rate, args))
-        # timestamp.json: the static origin (docs' edgerec-origin.conf over the files init wrote), then the
+        # timestamp.json: the static origin (docs' edgerec-origin.conf over the files init wrote: older than the
+        # database's, as large), then the
         # replicas' nginx (no-cache there: every request reaches a replica and the database)
         port = free_port()
         snippet = doc_config("edgerec-origin.conf").replace("listen 127.0.0.1:8480;", f"listen 127.0.0.1:{port};")
