@@ -32,6 +32,8 @@ RUNS: list[tuple[str, list[str]]] = [
     # about 5 minutes: the sustained rate searched in 5 s rounds, then two 20 s steps at twice it
     ("sync_overload", ["sync.py", "--overload", "--store", "sqlite", "--rounds", "1", "--step", "5",
                        "--overload-step", "20"]),
+    ("sync_scale", ["sync.py", "--scale", "--replicas", "2", "--nodes", "500", "--start", "25", "--rounds", "3",
+                    "--step", "6", "--precision", "0.1"]),
     ("metrics", ["metrics.py", "--store", "both"]),
     ("node", ["node.py"]),
 ]

@@ -4,6 +4,7 @@
                          [--converge-nodes 200] [--processes 1] [--no-write]
     python bench/sync.py --capacity --before REV|DIR [--store ...] [--start 200] [--rounds 3] [--step 10]
                          [--precision 0.05] [--client-cpus last|LIST|none]
+    python bench/sync.py --scale [--replicas 2] [--nodes 500] [--start 25] [--rounds 3] [--step 6] [--precision 0.1]
 
 For each store, on loopback:
 
@@ -43,6 +44,15 @@ other (``--client-cpus``). Results go to the ``sync_capacity`` section.
 (shedding on; or takes ``--rate``), then offers twice it with shedding off and
 on, simulated nodes honouring Retry-After with the daemon's jitter
 (:func:`overload_store`). Results go to the ``sync_overload`` section.
+``--scale`` measures the same way, over one PostgreSQL holding all state
+(``sync migrate --to-database``): one stateless replica (``sync serve
+--key-file``) directly, the same replica behind nginx, and ``--replicas``
+replicas behind nginx (docs/operations.md's ``edgerec-sync.conf``), the three
+searched side by side; each round also records every process's CPU and the
+database's transactions, rows written and WAL bytes. Then ``timestamp.json``
+with wrk: from the static origin (``edgerec-origin.conf`` over a data
+directory) and through the replicas' nginx. Results go to ``sync_scale``, and
+docs/operations.md's sizing table is worked out from them by hand.
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -61,7 +72,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +87,9 @@ from _report import header, write_section
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from support.net import free_port, wait_for
+from support.nginx import Nginx, doc_config, find_nginx, sync_config
 from support.postgres import LocalPostgres
+from support.sync_replica import Replica
 from tuf.api.metadata import Metadata, Root
 from tuf.ngclient import Updater
 
@@ -92,6 +105,9 @@ from edgerec.sync.protocol.httpsig import RequestSigner
 from edgerec.sync.protocol.trust import TrustInfo
 from edgerec.sync.service.admin_init import init_service
 from edgerec.sync.service.config import ServiceConfig
+from edgerec.sync.service.move_state import move_to_database
+from edgerec.sync.service.replica_keys import add_replica_key
+from edgerec.sync.service.store import Database
 
 EDGEREC = str(Path(sys.executable).parent / "edgerec")
 POOL = 64
@@ -262,10 +278,10 @@ class SimNode:
 # -- phases ---------------------------------------------------------------------------------
 
 
-async def enroll_all(urls: list[str], admin_token: str, n: int) -> list[SimNode]:
-    pool = Pool(urls, 16)
+async def enroll_all(urls: list[str], admin_token: str, n: int, concurrency: int = 16) -> list[SimNode]:
+    pool = Pool(urls, concurrency)
     stats = Stats()
-    sem = asyncio.Semaphore(16)
+    sem = asyncio.Semaphore(concurrency)
     auth = {"Authorization": f"Bearer {admin_token}", "Content-Type": "application/json"}
 
     async def one(i: int) -> SimNode:
@@ -406,9 +422,11 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """CPU seconds of ``pid``; ``reaped``: with its children that exited (PostgreSQL backends whose connection
+    closed: their time moves to the postmaster once it has waited for them)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(x) for x in fields[11:15 if reaped else 13]) / os.sysconf("SC_CLK_TCK")
 
 
 def serve(data_dir: Path, log: Path, threads: int, source: Path | None = None,
@@ -682,6 +700,39 @@ def capacity_round(name: str, url: str, proc: subprocess.Popen, nodes: list[SimN
     return row
 
 
+def search_side_by_side(names: list[str], args: argparse.Namespace, label: str,
+                        run_round: Callable[[str, int], dict[str, Any]]) -> tuple[
+                            list[dict[str, Any]], dict[str, list[dict[str, Any]]], dict[str, Search]]:
+    """Each of ``names`` its own :class:`Search`; at each step all run their next rate, ``--rounds`` rounds each
+    (``run_round(name, rate)``), taking turns round by round in alternating order; a rate is sustained when most
+    of its rounds pass. Returns every round, each rate's verdict by name, and the searches."""
+    searches = {name: Search(args.start, args.precision, args.max_rate) for name in names}
+    rows: list[dict[str, Any]] = []
+    verdicts: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    step = 0
+    while todo := {name: r for name, s in searches.items() if (r := s.next_rate()) is not None}:
+        print(f"{label} step {step}: " + ", ".join(f"{n} at {r}/s" for n, r in todo.items()), file=sys.stderr,
+              flush=True)
+        got: dict[str, list[dict[str, Any]]] = {name: [] for name in todo}
+        for k in range(args.rounds):
+            for name in list(todo) if (step + k) % 2 == 0 else list(todo)[::-1]:
+                row = run_round(name, todo[name])
+                row["step"], row["round"] = step, k
+                got[name].append(row)
+                rows.append(row)
+        for name, rs in got.items():
+            ok = sum(r["ok"] for r in rs) * 2 > len(rs)
+            searches[name].record(todo[name], ok)
+            verdicts[name].append({"rate": todo[name], "ok": ok, "rounds": len(rs),
+                                   "passed_rounds": sum(r["ok"] for r in rs),
+                                   "p99_ms_median": statistics.median(r["p99_ms"] for r in rs),
+                                   "checkins_per_s_median": statistics.median(r["checkins_per_s"] for r in rs),
+                                   "server_cpu_median": statistics.median(r["server_cpu"] for r in rs),
+                                   "errors": sum(r["errors"] for r in rs)})
+        step += 1
+    return rows, verdicts, searches
+
+
 def capacity_store(store: str, args: argparse.Namespace) -> dict[str, Any]:
     """Check-ins a second each server sustains (p99 <= 100 ms, no error): this tree's against ``--before``'s.
 
@@ -715,34 +766,9 @@ def capacity_store(store: str, args: argparse.Namespace) -> dict[str, Any]:
                 admin.rollout("ctr", 1, "stable", 100, [])
         if args.client_cpus:  # PostgreSQL (started above) keeps every CPU; the servers were started on theirs
             os.sched_setaffinity(0, args.client_cpus)
-        searches = {name: Search(args.start, args.precision, args.max_rate) for name in urls}
-        rows: list[dict[str, Any]] = []
-        verdicts: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
-        step = 0
-        while True:
-            todo = {name: r for name, s in searches.items() if (r := s.next_rate()) is not None}
-            if not todo:
-                break
-            print(f"[{store}] step {step}: " + ", ".join(f"{n} at {r}/s" for n, r in todo.items()), file=sys.stderr,
-                  flush=True)
-            got: dict[str, list[dict[str, Any]]] = {name: [] for name in todo}
-            for k in range(args.rounds):
-                order = list(todo) if (step + k) % 2 == 0 else list(todo)[::-1]
-                for name in order:
-                    row = capacity_round(name, urls[name], procs[name], nodes[name], todo[name], args)
-                    row["step"], row["round"] = step, k
-                    got[name].append(row)
-                    rows.append(row)
-            for name, rs in got.items():
-                ok = sum(r["ok"] for r in rs) * 2 > len(rs)
-                searches[name].record(todo[name], ok)
-                verdicts[name].append({"rate": todo[name], "ok": ok, "rounds": len(rs),
-                                       "passed_rounds": sum(r["ok"] for r in rs),
-                                       "p99_ms_median": statistics.median(r["p99_ms"] for r in rs),
-                                       "checkins_per_s_median": statistics.median(r["checkins_per_s"] for r in rs),
-                                       "server_cpu_median": statistics.median(r["server_cpu"] for r in rs),
-                                       "errors": sum(r["errors"] for r in rs)})
-            step += 1
+        rows, verdicts, searches = search_side_by_side(
+            list(urls), args, f"[{store}]",
+            lambda name, rate: capacity_round(name, urls[name], procs[name], nodes[name], rate, args))
         return {"store": store, "rows": rows, "verdicts": verdicts,
                 "sustained": {name: s.passed for name, s in searches.items()},
                 "failed": {name: s.failed for name, s in searches.items()}, "nodes": args.nodes}
@@ -1109,6 +1135,259 @@ def render_overload(results: list[dict[str, Any]], args: argparse.Namespace) -> 
                f"to {max(loads):.1f} ({os.cpu_count()} cores, shared with other agents' work). \"Service "
                "counted\": the service's own `edgerec_sync_refusals_total{reason=\"overloaded\"}` over the step "
                "(check-ins and polls).")
+# -- --scale: stateless replicas behind nginx over one PostgreSQL -----------------------------
+
+
+def split_cpus(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
+    """``--client-cpus`` and ``--server-cpus`` as sets: the load generator on its CPUs, the servers on the rest
+    (or on all of them); nothing pinned with one CPU or ``none``."""
+    cpus = os.sched_getaffinity(0)
+    if args.client_cpus == "none" or len(cpus) < 2:
+        args.client_cpus, args.server_cpus = set(), cpus
+        return
+    args.client_cpus = {max(cpus)} if args.client_cpus == "last" else {int(c) for c in args.client_cpus.split(",")}
+    args.server_cpus = cpus if args.server_cpus == "all" else cpus - args.client_cpus
+    if not args.server_cpus or not args.client_cpus <= cpus:
+        ap.error("--client-cpus: leave the servers at least one of this process's CPUs")
+
+
+def pin_tree(pid: int, cpus: set[int]) -> None:
+    """Pin a started process and its children (nginx's master and workers: one thread each) to ``cpus``."""
+    if cpus:
+        for p in [pid, *child_pids(pid)]:
+            os.sched_setaffinity(p, cpus)
+
+
+PG_COUNTERS = ("xact_commit", "xact_rollback", "tup_inserted", "tup_updated", "tup_deleted")
+
+
+def pg_counters(dsn: str) -> dict[str, int]:
+    """This database's transaction and row counters (pg_stat_database) and the cluster's WAL bytes (pg_stat_wal).
+
+    A backend reports its counts when it goes idle, at most once a second: read them a second after the load."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(f"SELECT {', '.join(PG_COUNTERS)} FROM pg_stat_database "
+                           "WHERE datname = current_database()").fetchone()
+        wal = conn.execute("SELECT wal_bytes FROM pg_stat_wal").fetchone()
+    assert row is not None and wal is not None
+    return {**dict(zip(PG_COUNTERS, map(int, row), strict=True)), "wal_bytes": int(wal[0])}
+
+
+def wrk(url: str, cpus: set[int], seconds: int = 10, connections: int = 32) -> dict[str, Any]:
+    """``wrk -t1 -cN -dS --latency URL`` (on ``cpus``): requests a second, p50/p99 ms, non-2xx and socket errors."""
+    pin = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
+    out = subprocess.run([*pin, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+                         capture_output=True, text=True, timeout=seconds + 30, check=True).stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if m is None:
+            return float("nan")
+        return float(m[1]) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m[2]]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {"url": url, "requests_per_s": float(rps[1]) if rps else float("nan"),
+            "requests": int(total[1]) if total else 0, "p50_ms": ms("50"), "p99_ms": ms("99"),
+            "errors": (int(bad[1]) if bad else 0) + (sum(map(int, sock.groups())) if sock else 0),
+            "connections": connections, "seconds": seconds}
+
+
+@dataclass
+class ScaleRig:
+    """What ``--scale`` runs: replicas (each its own key file), the nginx in front of them, PostgreSQL."""
+
+    pg: LocalPostgres
+    replicas: list[Replica]
+    proxies: list[Nginx] = field(default_factory=list)
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far of each replica (process and workers), every nginx together, and PostgreSQL."""
+        postmaster = int((self.pg.dir / "data" / "postmaster.pid").read_text().split()[0])
+        out = {f"replica {i + 1}": tree_cpu_seconds(r.proc.pid) for i, r in enumerate(self.replicas) if r.proc}
+        out["nginx"] = sum(tree_cpu_seconds(p.proc.pid) for p in self.proxies)
+        out["postgres"] = tree_cpu_seconds(postmaster) + cpu_seconds(postmaster, reaped=True) - cpu_seconds(postmaster)
+        return out
+
+
+def scale_round(name: str, url: str, proc: subprocess.Popen, rig: ScaleRig, nodes: list[SimNode], rate: int,
+                args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`capacity_round` with each process's CPU seconds and the database's counters around it."""
+    cpu0, db0 = rig.cpu(), pg_counters(rig.pg.url.replace("+psycopg", ""))
+    row = capacity_round(name, url, proc, nodes, rate, args)
+    time.sleep(1.1)  # the backends' counters reach pg_stat_database once they are idle (at most once a second)
+    row["cpu_s"] = {k: v - cpu0[k] for k, v in rig.cpu().items()}
+    row["db"] = {k: v - db0[k] for k, v in pg_counters(rig.pg.url.replace("+psycopg", "")).items()}
+    row["checkins"] = round(row["checkins_per_s"] * args.step)
+    return row
+
+
+def run_scale(args: argparse.Namespace) -> dict[str, Any]:
+    """Check-ins a second sustained by one replica directly, one behind nginx and ``--replicas`` behind nginx,
+    all over one PostgreSQL, searched side by side (:class:`Search`, rounds in turns as :func:`capacity_store`);
+    then ``timestamp.json`` requests a second from the static origin and through the replicas' nginx (wrk)."""
+    nginx = find_nginx()
+    if nginx is None or shutil.which("wrk") is None:
+        raise SystemExit("--scale needs nginx (on PATH, in /usr/sbin, or $EDGEREC_TEST_NGINX) and wrk on PATH")
+    work = Path(tempfile.mkdtemp(prefix="edgerec-scale-"))
+    everything = os.sched_getaffinity(0)
+    pg = LocalPostgres(fast=False).start()
+    rig = ScaleRig(pg, [])
+    origin: Nginx | None = None
+    try:
+        pub = generate_keypair(work, "publisher")
+        (work / "ctr-1.edgepkg").write_bytes(build_demo_package("ctr", 1, load_signing_key(pub.private_path),
+                                                                seed=1))
+        init = init_service(work / "admin" / "data", work / "admin" / "root-keys",
+                            [load_verify_key(pub.public_path)], pg.url)
+        keys = [work / f"replica{i + 1}" / "replica.key" for i in range(args.replicas)]
+        for k in keys:
+            k.parent.mkdir()
+        move_to_database(init.data_dir, pg.url, keys[0])
+        db = Database(pg.url)
+        for k in keys[1:]:
+            add_replica_key(db, keys[0], k)
+        db.dispose()
+        # the service's own defaults (maintenance every 30 s), not the tests' 1 s; threads as --threads
+        env = {"EDGEREC_SYNC_THREADS": str(args.threads), "EDGEREC_SYNC_MAINTENANCE_INTERVAL_S": "30"}
+        for k in keys:
+            rig.replicas.append(Replica(pg.url, k, k.parent / "work", free_port(), k.parent / "serve.log",
+                                        args.server_cpus if args.client_cpus else None, env).start())
+        fronts: list[int] = []
+        for n in (1, args.replicas):
+            fronts.append(free_port())
+            snippet = sync_config([r.port for r in rig.replicas[:n]], fronts[-1], work / f"cache{n}")
+            rig.proxies.append(Nginx(nginx, snippet, [fronts[-1]]))
+            pin_tree(rig.proxies[-1].proc.pid, args.server_cpus if args.client_cpus else set())
+        direct = rig.replicas[0].url
+        # 4 at a time: a replica pinned to one core sheds 16 (503 after 0.5 s waiting), and this is set-up
+        nodes = asyncio.run(enroll_all([direct], init.admin_token, args.nodes, concurrency=4))
+        with AdminClient(Credentials(direct, init.admin_token)) as admin:
+            admin.publish(work / "ctr-1.edgepkg", "stable")
+            admin.rollout("ctr", 1, "stable", 100, [])
+        # every node's first status report is stored (later ones are heartbeats): sent once here, not in a round
+        asyncio.run(steady([direct], nodes, args.nodes / 100, args.nodes / 100, "checkin"))
+        for n in nodes:
+            n.signed.clear()
+        first = rig.replicas[0].proc
+        assert first is not None
+        setups: dict[str, tuple[str, subprocess.Popen]] = {
+            "1 replica, direct": (direct, first),
+            "1 replica, nginx": (f"http://127.0.0.1:{fronts[0]}", rig.proxies[0].proc),
+            f"{args.replicas} replicas, nginx": (f"http://127.0.0.1:{fronts[1]}", rig.proxies[1].proc)}
+        if args.client_cpus:  # PostgreSQL keeps every CPU; the replicas and nginx were put on theirs
+            os.sched_setaffinity(0, args.client_cpus)
+        rows, verdicts, searches = search_side_by_side(
+            list(setups), args, "[scale]",
+            lambda name, rate: scale_round(name, *setups[name], rig, nodes, rate, args))
+        # timestamp.json: the static origin (docs' edgerec-origin.conf over the files init wrote: older than the
+        # database's, as large), then the
+        # replicas' nginx (no-cache there: every request reaches a replica and the database)
+        port = free_port()
+        snippet = doc_config("edgerec-origin.conf").replace("listen 127.0.0.1:8480;", f"listen 127.0.0.1:{port};")
+        origin = Nginx(nginx, snippet.replace("/var/lib/edgerec/sync/repository", str(init.data_dir / "repository")),
+                       [port])
+        pin_tree(origin.proc.pid, args.server_cpus if args.client_cpus else set())
+        cpu0 = tree_cpu_seconds(origin.proc.pid)
+        stamps = {"static origin (nginx, a file)": wrk(f"http://127.0.0.1:{port}/metadata/timestamp.json",
+                                                       args.client_cpus)}
+        stamps["static origin (nginx, a file)"]["cpu_s"] = {"nginx": tree_cpu_seconds(origin.proc.pid) - cpu0}
+        rig_cpu0 = rig.cpu()
+        name = f"{args.replicas} replicas, nginx (no-cache)"
+        # 8 connections: 32 make every replica shed (4 threads each), which measures the 503s
+        stamps[name] = wrk(f"http://127.0.0.1:{fronts[1]}/repository/metadata/timestamp.json", args.client_cpus,
+                           connections=8)
+        stamps[name]["cpu_s"] = {k: v - rig_cpu0[k] for k, v in rig.cpu().items()}
+        return {"rows": rows, "verdicts": verdicts, "sustained": {n: s.passed for n, s in searches.items()},
+                "failed": {n: s.failed for n, s in searches.items()}, "nodes": args.nodes,
+                "replicas": args.replicas, "timestamp": stamps}
+    finally:
+        os.sched_setaffinity(0, everything)
+        for proxy in [*rig.proxies, *([origin] if origin else [])]:
+            proxy.stop()
+        for r in rig.replicas:
+            r.stop()
+        pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def at_sustained(res: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The rounds of setup ``name`` at its sustained rate (at its lowest rate tried when none passed)."""
+    mine = [r for r in res["rows"] if r["server"] == name]
+    rate = res["sustained"][name] or min(r["rate"] for r in mine)
+    return [r for r in mine if r["rate"] == rate]
+
+
+def per_checkin(rows: list[dict[str, Any]], get: Any) -> float:
+    """Median over ``rows`` of ``get(row)`` divided by that round's check-ins."""
+    return statistics.median(get(r) / max(1, r["checkins"]) for r in rows)
+
+
+def render_scale(res: dict[str, Any], args: argparse.Namespace) -> str:
+    n = res["replicas"]
+    pinning = (f"the load generator and wrk pinned to CPU {sorted(args.client_cpus)}, the replicas (`taskset`, "
+               f"inherited by their workers and threads) and nginx (master and worker, `sched_setaffinity`) to CPU "
+               f"{sorted(args.server_cpus)}; PostgreSQL unpinned" if args.client_cpus else "nothing pinned")
+    names = list(res["sustained"])
+    base = res["sustained"][names[0]] or 0
+    out = [header(f"Sync service: {n} stateless replicas behind nginx over one PostgreSQL").rstrip() + "\n",
+           f"{res['nodes']:,} simulated nodes check in and poll `timestamp.json` as in the capacity section "
+           "(open-loop latency, RFC 9421 signed ahead, a round passes with no error, p99 <= 100 ms and >= 97 % of "
+           "the offered check-ins done). One local PostgreSQL cluster (default durability) holds everything: "
+           "`edgerec admin init`, `sync migrate --to-database`, one replica key per replica; each replica is "
+           f"`edgerec sync serve --key-file` (granian, one worker, {args.threads} threads, maintenance every 30 s). "
+           f"Three setups on that one database and the same enrolled nodes: replica 1 directly, replica 1 behind "
+           f"nginx, and {n} replicas behind nginx (docs/operations.md's `edgerec-sync.conf`, one nginx worker; "
+           "`timestamp.json` is `no-cache` there, so every poll reaches a replica). Each setup's rate is searched on "
+           f"its own (doubling from {args.start}/s, then bisection to {args.precision:.0%}), {args.rounds} rounds of "
+           f"{args.step:g} s per rate and setup, the setups taking turns round by round in alternating order. "
+           f"Machine: {pinning}. CPU per check-in: each process's CPU seconds over the round divided by the "
+           "check-ins done (the `timestamp.json` poll that goes with each included); database: "
+           "`pg_stat_database` and `pg_stat_wal` deltas over the round.\n",
+           "| setup | sustained check-ins/s | lowest failed | ratio to 1 direct | >= 1.5x | replica CPU us/check-in "
+           "| nginx us | PostgreSQL us | replica cores | nginx cores | PostgreSQL cores | load generator cores | "
+           "transactions/check-in | rows written/check-in | WAL bytes/check-in |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        v, rs = res["sustained"][name], at_sustained(res, name)
+        reps = [k for k in rs[0]["cpu_s"] if k.startswith("replica")]
+        ratio = f"{v / base:.2f}x" if base and name != names[0] else "-"
+        meets = ("yes" if v >= 1.5 * base else "no") if name == names[-1] and base else "-"
+
+        def cores(key: str, rows: list[dict[str, Any]] = rs) -> str:
+            return f"{statistics.median(r['cpu_s'][key] for r in rows) / args.step:.2f}"
+
+        out.append(
+            f"| {name} | {v:,} | {res['failed'][name] or '-'} | {ratio} | {meets} | "
+            f"{per_checkin(rs, lambda r, ks=reps: sum(r['cpu_s'][k] for k in ks)) * 1e6:,.0f} | "
+            f"{per_checkin(rs, lambda r: r['cpu_s']['nginx']) * 1e6:,.0f} | "
+            f"{per_checkin(rs, lambda r: r['cpu_s']['postgres']) * 1e6:,.0f} | "
+            f"{' + '.join(cores(k) for k in reps)} | {cores('nginx')} | {cores('postgres')} | "
+            f"{statistics.median(r['client_cpu'] for r in rs):.2f} | "
+            f"{per_checkin(rs, lambda r: r['db']['xact_commit'] + r['db']['xact_rollback']):.2f} | "
+            f"{per_checkin(rs, lambda r: sum(r['db'][k] for k in PG_COUNTERS[2:])):.2f} | "
+            f"{per_checkin(rs, lambda r: r['db']['wal_bytes']):,.0f} |")
+    out += ["", "Each rate tried (medians of its rounds):", "",
+            "| setup | offered/s | rounds passed | done check-ins/s | p99 ms | errors |", "|---|---|---|---|---|---|"]
+    for name, vs in res["verdicts"].items():
+        for v in sorted(vs, key=lambda v: v["rate"]):
+            out.append(f"| {name} | {v['rate']:,} | {v['passed_rounds']}/{v['rounds']} | "
+                       f"{v['checkins_per_s_median']:,.0f} | {v['p99_ms_median']:.1f} | {v['errors']} |")
+    out += ["", "`timestamp.json` alone (`wrk -t1 -cN -d10s --latency`, wrk on the load generator's CPU):", "",
+            "| origin | connections | requests/s | p50 ms | p99 ms | errors (non-2xx, socket) | CPU us/request |",
+            "|---|---|---|---|---|---|---|"]
+    for name, w in res["timestamp"].items():
+        us = {k: v / max(1, w["requests"]) * 1e6 for k, v in w["cpu_s"].items()}
+        parts = ", ".join(f"{k} {v:,.0f}" for k, v in us.items() if v >= 0.5)
+        out.append(f"| {name} | {w['connections']} | {w['requests_per_s']:,.0f} | {w['p50_ms']:.2f} | "
+                   f"{w['p99_ms']:.2f} | {w['errors']} | {sum(us.values()):,.0f} ({parts}) |")
+    loads = [r["loadavg"] for r in res["rows"]]
+    out.append(f"\nLoad average during the rounds: {min(loads):.1f} to {max(loads):.1f} ({os.cpu_count()} cores; "
+               "other agents' processes ran at the same time).")
     return "\n".join(out) + "\n"
 
 
@@ -1147,7 +1426,13 @@ def main() -> None:
                          "shedding off, then on; nodes honour Retry-After.")
     ap.add_argument("--rate", type=int, help="Sustained check-ins a second (--overload); default: searched.")
     ap.add_argument("--overload-step", type=float, default=30.0, help="Seconds of each overload step.")
+    ap.add_argument("--scale", action="store_true",
+                    help="Instead: check-ins a second sustained by one replica directly, one behind nginx and "
+                         "--replicas behind nginx over one PostgreSQL, side by side; timestamp.json through nginx.")
+    ap.add_argument("--replicas", type=int, default=2, help="Replicas behind nginx (--scale).")
     args = ap.parse_args()
+    if args.scale and args.replicas < 2:
+        ap.error("--replicas: at least 2")
     if args.overload:
         stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
         over = [overload_store(s, args) for s in stores]
@@ -1155,16 +1440,15 @@ def main() -> None:
         if not args.no_write:
             write_section("sync_overload", render_overload(over, args))
         return
+    if args.scale:
+        split_cpus(args, ap)
+        res = run_scale(args)
+        print(json.dumps(res, indent=2))
+        if not args.no_write:
+            write_section("sync_scale", render_scale(res, args))
+        return
     if args.capacity:
-        cpus = os.sched_getaffinity(0)
-        if args.client_cpus == "none" or len(cpus) < 2:
-            args.client_cpus, args.server_cpus = set(), cpus
-        else:
-            args.client_cpus = {max(cpus)} if args.client_cpus == "last" else {
-                int(c) for c in args.client_cpus.split(",")}
-            args.server_cpus = cpus if args.server_cpus == "all" else cpus - args.client_cpus
-            if not args.server_cpus or not args.client_cpus <= cpus:
-                ap.error("--client-cpus: leave the servers at least one of this process's CPUs")
+        split_cpus(args, ap)
         stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
         cap = [capacity_store(s, args) for s in stores]
         print(json.dumps(cap, indent=2))

@@ -36,6 +36,17 @@ def doc_config(name: str) -> str:
     return m[1]
 
 
+def sync_config(ports: list[int], front: int, cache: Path) -> str:
+    """``edgerec-sync.conf`` with one upstream line per replica port (the documented line's settings), listening
+    on ``front``, its TUF cache in ``cache``."""
+    snippet = doc_config("edgerec-sync.conf")
+    documented = re.findall(r"^ *server 127\.0\.0\.1:847[12] .*\n", snippet, re.M)
+    snippet = snippet.replace("".join(documented), "".join(
+        documented[0].replace("127.0.0.1:8471", f"127.0.0.1:{p}") for p in ports))
+    snippet = snippet.replace("listen 127.0.0.1:8470;", f"listen 127.0.0.1:{front};")
+    return snippet.replace("/var/cache/nginx/edgerec-tuf", str(cache))
+
+
 class Nginx:
     """nginx in the foreground with ``snippet`` inside its ``http`` block."""
 

@@ -19,8 +19,12 @@ EDGEREC = str(Path(sys.executable).parent / "edgerec")
 class Replica:
     """``edgerec sync serve --key-file K --work-dir W`` with the database URL in its environment only."""
 
-    def __init__(self, db_url: str, key: Path, work: Path, port: int, log: Path) -> None:
+    def __init__(self, db_url: str, key: Path, work: Path, port: int, log: Path, cpus: set[int] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        """``cpus``: the CPUs it and its workers and threads may run on (bench/sync.py --scale pins them);
+        ``env``: variables over the tests' defaults (4 threads, maintenance every second)."""
         self.db_url, self.key, self.work, self.port, self.log = db_url, key, work, port, log
+        self.cpus, self.env = cpus, env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -29,10 +33,12 @@ class Replica:
 
     def start(self) -> Replica:
         env = {**os.environ, "EDGEREC_DB_URL": self.db_url, "EDGEREC_SYNC_THREADS": "4",
-               "EDGEREC_SYNC_MAINTENANCE_INTERVAL_S": "1"}
+               "EDGEREC_SYNC_MAINTENANCE_INTERVAL_S": "1", **self.env}
+        # taskset execs the command: same pid, and the workers and threads it starts inherit the mask
+        pin = ["taskset", "-c", ",".join(map(str, sorted(self.cpus)))] if self.cpus else []
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [EDGEREC, "sync", "serve", "--key-file", str(self.key), "--work-dir", str(self.work),
+                [*pin, EDGEREC, "sync", "serve", "--key-file", str(self.key), "--work-dir", str(self.work),
                  "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
         def up() -> bool:
