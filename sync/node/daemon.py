@@ -228,6 +228,7 @@ class NodeDaemon:
     def run_forever(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
         misses = refusals = 0
+        log.info("node %s started: a cycle every %.1f s", self.ident.node_id, self.config.interval_s)
         while not stop.is_set():
             result = CycleResult(reachable=False)
             try:

@@ -96,8 +96,9 @@ def test_response_ids_hold_a_fingerprint_per_returned_item():
     assert len(rid) <= ids.max_length
     served = ids.parse(rid)
     assert all(ids.returned(served, i) for i in items)
-    # A made-up item passes with probability 2048 / 2**32 each: none of 20,000 does.
-    assert not any(ids.returned(served, f"other-{i}") for i in range(20_000))
+    # A made-up item passes with probability 2048 / 2**32 each: 0.0095 of 20,000 expected, so one or more in
+    # about 1 run of 100 (the nonce is random); four or more in 1 of 3 billion.
+    assert sum(ids.returned(served, f"other-{i}") for i in range(20_000)) <= 3
 
 
 def test_dedup_memory_is_fixed_in_bytes_and_never_counts_twice():

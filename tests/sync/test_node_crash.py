@@ -98,7 +98,9 @@ def test_kill_9_at_random_points_never_leaves_a_bad_file(sync, node, publisher, 
     target, phases = 2, {"download"}  # the kill above
     for _ in range(KILLS):
         daemon = node.run("--download-rate", RATE, interval=0.5, health_window=0.5)
-        time.sleep(rng.uniform(0.5, 3.5))
+        # Counted from its first line, not from the fork: on a loaded machine the imports alone take seconds.
+        assert wait_for(lambda d=daemon: " started: a cycle every" in d.text(), 60), daemon.text()
+        time.sleep(rng.uniform(0.0, 3.0))
         phases.add(_phase(daemon.text(), partial))
         daemon.kill()
         current = _check_model_dir(node, trusted, seen)
