@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -40,8 +41,9 @@ def node(sync: SyncService, tmp_path: Path) -> Iterator[Node]:
     n.stop()
 
 
-def _serve(sync: SyncService, node: Node) -> None:
-    sync.admin.rollout("ctr", 1, "stable", 100, [])
+def _serve(sync: SyncService, node: Node, rollout: bool = True) -> None:
+    if rollout:
+        sync.admin.rollout("ctr", 1, "stable", 100, [])
     node.start_edge("--workers", "2")
     code, out = node.run_once()
     assert code == 0 and "installed ctr v1" in out, out
@@ -129,24 +131,34 @@ def test_events_reach_the_service_once_across_kill_9_and_forget_user(sync, node,
 
 
 def test_noise_free_releases_are_refused_by_a_service_not_started_for_tests(publisher, tmp_path):
+    """Two nodes in one window (one wait, not two): a node releasing without noise is refused and drops its
+    release; a node with noise, beside it, is accepted (below k = 5 nodes the service withholds the figures)."""
     svc = SyncService(tmp_path / "sync", publisher.key.public_key()).start()
     svc.publish(ctr_package(1, publisher.key), 1)
-    n = enroll(svc, tmp_path / "n1", "edge-1")
+    rogue, honest = enroll(svc, tmp_path / "n1", "edge-1"), enroll(svc, tmp_path / "n2", "edge-2")
     try:
-        _serve(svc, n)
-        n.run("--noise-free-for-tests", *METRICS)
+        _serve(svc, rogue)
+        _serve(svc, honest, rollout=False)
+        rogue.run("--noise-free-for-tests", *METRICS)
+        honest.run(*METRICS)
         start = _at_window_start()
-        _user_events(n, "u1", 1)
-        assert wait_for(lambda: "refused, dropped" in n.daemon.text(), WINDOW + 40, 0.5), n.daemon.text()[-3000:]
-        assert svc.admin.reports("metrics") == [] and not _cells(svc, start)
-        n.daemon.stop()
-        n.run(*METRICS)  # with noise: accepted (below k = 5 nodes the service withholds the figures)
-        nxt = start + WINDOW
-        assert wait_for(lambda: any(rel["window"]["start"] >= nxt for r in svc.admin.reports("metrics")
-                                    for rel in r["body"]["releases"]), 2 * WINDOW + 40, 0.5), n.daemon.text()[-3000:]
-        rel = next(rel for r in svc.admin.reports("metrics") for rel in r["body"]["releases"])
+        _user_events(rogue, "u1", 1)
+        _user_events(honest, "u2", 1)
+        assert wait_for(lambda: "refused, dropped" in rogue.daemon.text(), WINDOW + 40, 0.5), \
+            rogue.daemon.text()[-3000:]
+
+        def released() -> list[tuple[str, dict[str, Any]]]:
+            return [(r["node_id"], rel) for r in svc.admin.reports("metrics") for rel in r["body"]["releases"]
+                    if rel["window"]["start"] >= start]
+
+        assert wait_for(released, WINDOW + 40, 0.5), honest.daemon.text()[-3000:]
+        assert {node for node, _ in released()} == {honest.node_id}
+        assert not [r for r in svc.admin.reports("metrics") if r["node_id"] == rogue.node_id]
+        assert _cells(svc, start) == {"ctr/1/": None}  # withheld: one node, k = 5
+        rel = released()[0][1]
         assert rel["noise"]["mechanism"] == "discrete_laplace" and rel["noise"]["scale"] == 54
     finally:
-        n.stop()
+        rogue.stop()
+        honest.stop()
         svc.close()
 
