@@ -27,7 +27,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from edgerec.sdk.random_hex import random_hex
@@ -91,14 +91,24 @@ class ResponseIds:
                 self._prefixes[key] = prefix
         nonce = random_hex(6)
         payload = f'{prefix}{int(time.time())},"{nonce}","{user}"]'.encode()
-        salted = self._salted(nonce)
-        fingerprints = b"".join([self._fingerprint(salted, item_bytes(i)) for i in items])
+        fingerprints = b"".join(map(self._fingerprinter(nonce), items))
         return f"{_PREFIX}.{_b64(payload)}.{_b64(fingerprints)}.{_b64(self._tag(payload, fingerprints))}"
 
     def _salted(self, nonce: str) -> hashlib.blake2b:
         h = self._fp.copy()
         h.update(nonce.encode())
         return h
+
+    def _fingerprinter(self, nonce: str) -> Callable[[object], bytes]:
+        """Item -> its fingerprint under ``nonce`` (what :meth:`_fingerprint` gives, a call less per item)."""
+        copy = self._salted(nonce).copy
+
+        def fingerprint(item: object) -> bytes:
+            h = copy()
+            h.update(str(item).encode("utf-8", "surrogatepass"))  # item_bytes, inlined
+            return h.digest()
+
+        return fingerprint
 
     @staticmethod
     def _fingerprint(salted: hashlib.blake2b, item: bytes) -> bytes:

@@ -23,6 +23,9 @@ _FLOAT_EXACT_INT = {"float16": 2**11, "float32": 2**24, "float64": 2**53}
 # The ufuncs' own reductions: no Python wrapper per call (these run several times per request).
 _MIN, _MAX = np.minimum.reduce, np.maximum.reduce
 _ALL = np.logical_and.reduce
+# Manifest dtype names -> dtypes: np.dtype(str) parses the name on every call (several times per request).
+_DTYPES = {name: np.dtype(name) for name in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                                              "uint64", "float16", "float32", "float64")}
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,9 @@ def _fmt(shape: tuple[int | None, ...]) -> str:
 
 def cast_exact(name: str, arr: npt.NDArray[Any], dtype: str) -> npt.NDArray[Any]:
     """Cast to ``dtype`` only where no value changes; NaN and Inf are refused."""
-    target = np.dtype(dtype)
+    target = _DTYPES.get(dtype)
+    if target is None:
+        target = np.dtype(dtype)
     src = arr.dtype
     if src == target:
         if src.kind == "f" and arr.size and not _ALL(np.isfinite(arr), axis=None):
