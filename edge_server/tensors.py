@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgerec.sdk.array_checks import all_finite
+
 from .errors import BadRequestError, InferenceFailedError
 from .wire import loads_object
 
@@ -195,7 +197,7 @@ def _from_binary(buf: memoryview, datatype: str, count: int, where: str) -> npt.
             raise BadRequestError("BOOL bytes must be 0 or 1", field=field)
         return raw.astype(np.bool_)
     arr = np.frombuffer(buf, dtype=dtype.newbyteorder("<"), count=count).astype(dtype)
-    if dtype.kind == "f" and not np.isfinite(arr).all():
+    if dtype.kind == "f" and not all_finite(arr):
         raise BadRequestError("contains NaN or Inf", field=field)
     return arr
 
@@ -257,7 +259,7 @@ def encode_outputs(
             doc["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            if arr.dtype.kind == "f" and not all_finite(arr):
                 raise InferenceFailedError(f"output {name} holds NaN or Inf, which JSON cannot carry; "
                                            "ask for binary_data outputs")
             doc["data"] = arr.ravel().tolist()

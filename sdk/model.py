@@ -28,7 +28,7 @@ from .inputs import Arrays, InputEncoder
 from .keys import load_verify_key
 from .manifest import Artifact, Device, Format, Manifest
 from .package import Blob, Package, PackageLimits
-from .ranking import RankedItem, build_rank_batch
+from .ranking import ItemIndex, RankedItem, build_rank_batch
 from .runtime import BackendChoice, BackendName, Session, SessionInfo, backend_for_format, parse_backend
 
 log = logging.getLogger("edgerec.sdk")
@@ -86,10 +86,9 @@ class EdgeModel:
         self._sessions = sessions
         self._warmup = package.warmup()
         self._items: dict[str, npt.NDArray[Any]] | None = package.item_table()
-        self._item_index: dict[Any, int] | None = None
+        self._item_index: ItemIndex | None = None
         if self._items is not None:
-            ids = self._items[self.manifest.item_id_field].tolist()
-            self._item_index = {v: i for i, v in enumerate(ids)}
+            self._item_index = ItemIndex(self._items[self.manifest.item_id_field])
         self._lock = threading.Lock()
         self._idle = threading.Event()  # set once closed with no call running
         self._active = 0
