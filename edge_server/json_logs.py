@@ -173,6 +173,12 @@ class JsonLinesHandler(logging.StreamHandler[TextIO]):
         super().close()
 
 
+def _ms(seconds: float) -> float:
+    """Milliseconds to 3 decimals: what ``round(seconds * 1e3, 3)`` gives (the same for a million random
+    durations), without its decimal conversion, which costs a microsecond or two of every request."""
+    return round(seconds * 1e6) / 1000
+
+
 class AccessLog:
     """One ``edgerec.access`` record per request, built cheaply.
 
@@ -196,7 +202,7 @@ class AccessLog:
         """Log ``METHOD PATH CODE`` with the request's fields (the caller checked :meth:`enabled`)."""
         extra = {
             "request_id": st.request_id, "trace_id": st.trace.trace_id, "span_id": st.trace.span_id,
-            "endpoint": st.endpoint, "status": code, "duration_ms": round(seconds * 1e3, 3),
+            "endpoint": st.endpoint, "status": code, "duration_ms": _ms(seconds),
             "model": st.model or None, "version": st.version or None, "variant": st.variant or None,
         }
         now = time.time()
