@@ -128,16 +128,23 @@ def _header(t: dict[str, Any], where: str, max_elements: int) -> tuple[str, str,
         raise BadRequestError("expected a tensor name", field=f"{where}.name")
     if datatype not in _DATATYPE_SET:
         raise BadRequestError(f"expected one of {', '.join(DATATYPES)}", field=f"{where}.datatype")
+    if not isinstance(shape, list) or len(shape) > MAX_RANK:
+        raise _bad_shape(where, max_elements)
     # ``type(d) is int`` refuses bools (JSON numbers parse to exact ints, never another subclass). Each
-    # dimension is bounded too: [0, 10**30] has no elements, but no array has that shape.
-    if (not isinstance(shape, list) or len(shape) > MAX_RANK
-            or not all(type(d) is int and 0 <= d <= max_elements for d in shape)):
-        raise BadRequestError(f"expected a list of at most {MAX_RANK} dimensions from 0 to {max_elements}",
-                              field=f"{where}.shape")
+    # dimension is bounded too: [0, 10**30] has no elements, but no array has that shape. (A loop: all()
+    # over a generator makes a frame per tensor.)
+    for d in shape:
+        if type(d) is not int or not 0 <= d <= max_elements:
+            raise _bad_shape(where, max_elements)
     count = math.prod(shape)
     if count > max_elements:
         raise BadRequestError(f"more than {max_elements} elements", field=f"{where}.shape")
     return name, datatype, shape, count
+
+
+def _bad_shape(where: str, max_elements: int) -> BadRequestError:
+    return BadRequestError(f"expected a list of at most {MAX_RANK} dimensions from 0 to {max_elements}",
+                           field=f"{where}.shape")
 
 
 def _from_json(data: Any, datatype: str, count: int, where: str) -> npt.NDArray[Any]:

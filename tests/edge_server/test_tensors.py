@@ -50,3 +50,11 @@ def test_an_unknown_datatype_is_refused_by_name():
     with pytest.raises(BadRequestError) as err:
         _one("FP128", [1.0])
     assert err.value.field == "inputs[0].datatype"
+
+
+@pytest.mark.parametrize("shape", [[True], [-1], [1 << 21], [1] * 9, "1", [1.0]])
+def test_a_bad_shape_is_refused_by_name(shape):
+    body = json.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": "INT64", "data": [1]}]})
+    with pytest.raises(BadRequestError, match="dimensions from 0 to 1048576") as err:
+        parse_request(body.encode(), None, 1 << 20)
+    assert err.value.field == "inputs[0].shape"
