@@ -27,6 +27,7 @@ RUNS: list[tuple[str, list[str]]] = [
     ("sdk", ["sdk.py"]),
     ("converter", ["converter.py"]),
     ("edge_server", ["edge_server.py"]),
+    ("edge_server_instructions", ["edge_server_instructions.py"]),
     ("sync", ["sync.py", "--store", "both"]),
     ("sync_capacity", ["sync.py", "--capacity", "--store", "both"]),
     ("metrics", ["metrics.py", "--store", "both"]),
