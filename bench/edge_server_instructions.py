@@ -134,6 +134,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=300, help="Counted requests per case.")
     ap.add_argument("--before", type=Path, help="Source tree of an older edgerec (DIR/edgerec/...).")
+    ap.add_argument("--before-label", help="What the report calls the --before tree (e.g. its commit).")
     ap.add_argument("--no-doc", action="store_true", help="Do not write docs/benchmarks.md.")
     ap.add_argument("--child", nargs=3, metavar=("CASE", "REQUESTS", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -157,7 +158,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res: dict[str, Any] = {
-        "requests": args.requests, "before": str(args.before) if args.before else None,
+        "requests": args.requests, "before": (args.before_label or str(args.before)) if args.before else None,
         "counts": {name: {case: counted[(name, case)] for case in CASES} for name in trees},
         "run": {"machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command()},
     }
