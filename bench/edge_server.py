@@ -35,6 +35,7 @@ thread; waitress servers 16 HTTP threads, granian ones the defaults of
 raw numbers go to build/bench/edge_server.json.
 
     python bench/edge_server.py [--seconds 5] [--rounds 3] [--quick] [--before DIR] [--only-compare]
+    python bench/edge_server.py --only-compare --systems bare,edgerec-on --points infer/1,rank/32
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ LOG_FLUSH_MS = float(os.environ.get("EDGEREC_BENCH_LOG_FLUSH_MS", "200"))  # acc
 EDGEREC_SYSTEMS = ("before", "edgerec-off", "edgerec-on")
 BARE_SYSTEMS = ("bare", "bare-granian")
 HOSTILE_SOCKETS = 2000
+POINTS = ("infer/1", "infer/32", "rank/1", "rank/32")  # the comparison's points: case/clients
 
 
 # -- models ------------------------------------------------------------------------
@@ -411,6 +413,8 @@ def main() -> None:
     ap.add_argument("--only-compare", action="store_true",
                     help="Run only the raw call and the system comparison (no report).")
     ap.add_argument("--systems", help="Comma-separated systems to compare (default: all).")
+    ap.add_argument("--points", help="With --only-compare: comma-separated CASE/CLIENTS points of the comparison "
+                                     "(e.g. infer/1,rank/32; default: all four).")
     ap.add_argument("--rounds", type=int, default=3,
                     help="Comparison rounds (every system at every point each round); the report gives medians.")
     ap.add_argument("--before", type=Path, help="Source tree of an older edgerec (DIR/edgerec/...): system 'before'.")
@@ -424,6 +428,13 @@ def main() -> None:
         write_section("edge_server", report(res))
         print(report(res))
         return
+    if args.points:
+        wanted = args.points.split(",")
+        if not args.only_compare or not set(wanted) <= set(POINTS):
+            ap.error(f"--points takes some of {','.join(POINTS)}, with --only-compare")
+        args.points = [p for p in POINTS if p in wanted]
+    else:
+        args.points = list(POINTS)
     if args.quick:
         args.rounds = 1
     work = Path(tempfile.mkdtemp(prefix="edgerec-bench-"))
@@ -487,25 +498,25 @@ def run(args: argparse.Namespace, work: Path) -> None:
         for system in systems:
             servers[system] = start(system, light_onnx, dirs["light"], pub, settings=settings, before=args.before)
         for i in range(args.rounds):
-            for case in ("infer", "rank"):
-                for conns in (1, 32):
-                    order = systems[i % len(systems):] + systems[:i % len(systems)]
-                    for system in order:
-                        if system == "bentoml" and not args.bento_keep:
-                            # BentoML's adaptive batcher keeps the waits it learned in earlier phases (a fresh
-                            # server answered 1 client at p50 2 ms, one that had served 32 clients at 35-40 ms):
-                            # a fresh server for each point, warmed by measure() at that point's load.
-                            servers[system].stop()
-                            servers[system] = start(system, light_onnx, dirs["light"], pub)
-                        body = bodies("edgerec" if system in EDGEREC_SYSTEMS else system)[case]
-                        r = measure(servers[system], body, conns, secs)
-                        rounds.setdefault(f"{system}/{case}/{conns}", []).append(r)
-                        print(f"round {i + 1}", system, case, conns, _fmt(r), flush=True)
+            for point in args.points:
+                case, conns = point.split("/")[0], int(point.split("/")[1])
+                order = systems[i % len(systems):] + systems[:i % len(systems)]
+                for system in order:
+                    if system == "bentoml" and not args.bento_keep:
+                        # BentoML's adaptive batcher keeps the waits it learned in earlier phases (a fresh
+                        # server answered 1 client at p50 2 ms, one that had served 32 clients at 35-40 ms):
+                        # a fresh server for each point, warmed by measure() at that point's load.
+                        servers[system].stop()
+                        servers[system] = start(system, light_onnx, dirs["light"], pub)
+                    body = bodies("edgerec" if system in EDGEREC_SYSTEMS else system)[case]
+                    r = measure(servers[system], body, conns, secs)
+                    rounds.setdefault(f"{system}/{case}/{conns}", []).append(r)
+                    print(f"round {i + 1}", system, case, conns, _fmt(r), flush=True)
     finally:
         for srv in servers.values():
             srv.stop()
     rounds = {f"{sy}/{case}/{conns}": rounds[f"{sy}/{case}/{conns}"]
-              for sy in systems for case in ("infer", "rank") for conns in (1, 32)}
+              for sy in systems for case, conns in (p.split("/") for p in args.points)}
     results["compare_rounds"] = rounds
     results["compare"] = {k: median_point(v) for k, v in rounds.items()}
     results["bentoml_best"] = {k: best_round(v) for k, v in rounds.items() if k.startswith("bentoml/")}
@@ -765,14 +776,16 @@ def compare_targets(res: dict[str, Any]) -> list[str]:
            else ["| target | measured | met |", "|---|---|---|"])
 
     def row(name: str, value: Any, fmt: Any, ok: Any) -> None:
-        """``value(system)`` -> figure, ``fmt(figure)`` -> text, ``ok(figure)`` -> met (None: information)."""
-        mine = value("edgerec-on")
-        cells = [name, fmt(value(before)), fmt(mine)] if before else [name, fmt(mine)]
+        """``value(system)`` -> figure, ``fmt(figure)`` -> text, ``ok(figure)`` -> met (None: information).
+
+        A row whose points were not measured (``--points``, ``--systems``) is left out."""
+        try:
+            mine = value("edgerec-on")
+            cells = [name, fmt(value(before)), fmt(mine)] if before else [name, fmt(mine)]
+        except KeyError:
+            return
         met = ok(mine)
         out.append("| " + " | ".join(cells) + f" | {'n/a' if met is None else 'yes' if met else 'no'} |")
-
-    if "edgerec-on/infer/1" not in c or "bare/infer/32" not in c:
-        return [*out, ""]
 
     def ratio(case: str, conns: int, floor: str) -> Any:
         return lambda sy: c[f"{sy}/{case}/{conns}"]["rps"] / c[f"{floor}/{case}/{conns}"]["rps"]

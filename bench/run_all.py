@@ -27,6 +27,7 @@ RUNS: list[tuple[str, list[str]]] = [
     ("sdk", ["sdk.py"]),
     ("converter", ["converter.py"]),
     ("edge_server", ["edge_server.py"]),
+    ("edge_server_instructions", ["edge_server_instructions.py"]),
     ("sync", ["sync.py", "--store", "both"]),
     ("sync_capacity", ["sync.py", "--capacity", "--store", "both"]),
     # about 5 minutes: the sustained rate searched in 5 s rounds, then two 20 s steps at twice it

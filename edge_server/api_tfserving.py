@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from flask import Blueprint, Response, request
+
+from edgerec.sdk.array_checks import all_finite
 
 from .batching import Arrays
 from .context import server, state
@@ -28,7 +29,7 @@ def predict(name: str, version: str | None = None) -> Response:
 
     _, outputs = server().dataplane.infer(state(), name, version, read)
     for key, arr in outputs.items():
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        if arr.dtype.kind == "f" and not all_finite(arr):
             raise InferenceFailedError(f"output {key} holds NaN or Inf, which JSON cannot carry")
     if forms[0] == "row":
         return json_response({"predictions": _rows(outputs)})

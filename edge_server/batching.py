@@ -102,7 +102,10 @@ class Batcher:
         self._timeout = timeout_s
         self._observe = observe
         self._name = name
-        self._cond = threading.Condition(threading.Lock())
+        # The request side takes the lock itself (a Condition's ``with`` adds two Python-level calls);
+        # holding it is holding the condition, so notify() works under it.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._queue: deque[_Waiter] = deque()
         self._queued_rows = 0
         self._arriving = 0
@@ -118,13 +121,13 @@ class Batcher:
 
     def arrive(self) -> None:
         if self._enabled:  # only batching needs the count
-            with self._cond:
+            with self._lock:
                 self._arriving += 1
 
     def depart(self) -> None:
         """For a request that arrived but will not submit (bad input, an error)."""
         if self._enabled:
-            with self._cond:
+            with self._lock:
                 self._arriving -= 1
                 if self._arriving == 0 and self._queue:
                     self._cond.notify()
@@ -138,7 +141,7 @@ class Batcher:
             if self._observe is not None:
                 self._observe(rows, 1, _NO_WAIT)
             return out
-        with self._cond:
+        with self._lock:
             self._arriving -= 1
             if self._closed:
                 raise UnavailableError(f"{self._name} is being unloaded; retry")
@@ -164,7 +167,7 @@ class Batcher:
         try:
             out = self._run(arrays)
         finally:
-            with self._cond:
+            with self._lock:
                 self._busy -= 1
         if self._observe is not None:
             self._observe(rows, 1, _NO_WAIT)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from edgerec.sdk.array_checks import all_finite
 from edgerec.sdk.errors import InvalidInputError
 from edgerec.sdk.event_spool import SpooledEvent
 from edgerec.sdk.ranking import build_rank_batch
@@ -179,7 +180,7 @@ class DataPlane:
             batch, ids = build_rank_batch(mv.manifest, user, candidates, req.context, mv.item_lookup)
             out = self._run(lease, batch)
         scores = mv.model.scores(out)
-        if not np.isfinite(scores).all():
+        if not all_finite(scores):
             raise InferenceFailedError("the model produced NaN or Inf scores")
         order = (-scores).argsort(kind="stable")
         if req.top_k is not None:

@@ -18,7 +18,7 @@ class AccessLog(json_logs.AccessLog):
         """Log ``METHOD PATH CODE`` with the request's fields (the caller checked :meth:`enabled`)."""
         self.log(method, path, code, {
             "request_id": st.request_id, "trace_id": st.trace.trace_id, "span_id": st.trace.span_id,
-            "endpoint": st.endpoint, "status": code, "duration_ms": round(seconds * 1e3, 3),
+            "endpoint": st.endpoint, "status": code, "duration_ms": json_logs.duration_ms(seconds),
             "model": st.model or None, "version": st.version or None, "variant": st.variant or None,
         })
 

@@ -144,7 +144,9 @@ class Repository:
         self.settings = settings
         self.metrics = metrics
         self._pinned: Pinned = pinned or set
-        self._cond = threading.Condition(threading.Lock())
+        # The lease path takes the lock itself (a Condition's ``with`` adds two Python-level calls).
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._versions: dict[str, dict[int, ModelVersion]] = {}
         self._serving: dict[str, int] = {}
         self._retiring: list[threading.Thread] = []
@@ -154,14 +156,14 @@ class Repository:
 
     def lease(self, name: str, version: int | str | None = None) -> Lease:
         """Hold ``name`` at ``version`` (None: the serving version) for one request."""
-        with self._cond:
+        with self._lock:
             mv = self._find(name, version)
             mv.leases += 1
         mv.batcher.arrive()
         return Lease(self, mv)
 
     def _release(self, mv: ModelVersion) -> None:
-        with self._cond:
+        with self._lock:
             mv.leases -= 1
             if mv.leases == 0 and mv.retiring:
                 self._cond.notify_all()

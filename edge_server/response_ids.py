@@ -23,11 +23,12 @@ per returned item and 5.4 characters of id each (``top_k`` keeps both small).
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from edgerec.sdk.random_hex import random_hex
@@ -39,8 +40,12 @@ FINGERPRINT = 4
 _PREFIX = "r2"
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    # base64.urlsafe_b64encode's steps without its two Python-level calls (three per response id)
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode()
 
 
 def _unb64(text: str) -> bytes:
@@ -91,14 +96,24 @@ class ResponseIds:
                 self._prefixes[key] = prefix
         nonce = random_hex(6)
         payload = f'{prefix}{int(time.time())},"{nonce}","{user}"]'.encode()
-        salted = self._salted(nonce)
-        fingerprints = b"".join([self._fingerprint(salted, item_bytes(i)) for i in items])
+        fingerprints = b"".join(map(self._fingerprinter(nonce), items))
         return f"{_PREFIX}.{_b64(payload)}.{_b64(fingerprints)}.{_b64(self._tag(payload, fingerprints))}"
 
     def _salted(self, nonce: str) -> hashlib.blake2b:
         h = self._fp.copy()
         h.update(nonce.encode())
         return h
+
+    def _fingerprinter(self, nonce: str) -> Callable[[object], bytes]:
+        """Item -> its fingerprint under ``nonce`` (what :meth:`_fingerprint` gives, a call less per item)."""
+        copy = self._salted(nonce).copy
+
+        def fingerprint(item: object) -> bytes:
+            h = copy()
+            h.update(str(item).encode("utf-8", "surrogatepass"))  # item_bytes, inlined
+            return h.digest()
+
+        return fingerprint
 
     @staticmethod
     def _fingerprint(salted: hashlib.blake2b, item: bytes) -> bytes:

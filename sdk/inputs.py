@@ -6,7 +6,6 @@ where untrusted request data meets the model.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,15 +13,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .array_checks import all_finite, bounds, finite_bounds
 from .errors import InvalidInputError, RuntimeBackendError
 from .manifest import FeatureSpec, ModelSignature, TensorSpec
 from .vocab import Vocabulary
 
 Arrays = dict[str, npt.NDArray[Any]]
 _FLOAT_EXACT_INT = {"float16": 2**11, "float32": 2**24, "float64": 2**53}
-# The ufuncs' own reductions: no Python wrapper per call (these run several times per request).
-_MIN, _MAX = np.minimum.reduce, np.maximum.reduce
-_ALL = np.logical_and.reduce
+_ALL = np.logical_and.reduce  # the ufunc's own reduction: no Python wrapper per call
+# Manifest dtype names -> dtypes: np.dtype(str) parses the name on every call (several times per request).
+_DTYPES = {name: np.dtype(name) for name in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                                              "uint64", "float16", "float32", "float64")}
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,8 @@ class InputEncoder:
         arr = cast_exact(name, arr, spec.dtype)
         if feature is not None and feature.id_range is not None and arr.size:
             low, high = feature.id_range
-            if _MIN(arr, axis=None) < low or _MAX(arr, axis=None) > high:
+            lo, hi = bounds(arr)
+            if lo < low or hi > high:
                 bad = (arr < low) | (arr > high)
                 raise InvalidInputError(name, f"id {arr[bad].flat[0]} is outside the valid range [{low}, {high}]")
         return arr
@@ -140,19 +142,21 @@ def _fmt(shape: tuple[int | None, ...]) -> str:
 
 def cast_exact(name: str, arr: npt.NDArray[Any], dtype: str) -> npt.NDArray[Any]:
     """Cast to ``dtype`` only where no value changes; NaN and Inf are refused."""
-    target = np.dtype(dtype)
+    target = _DTYPES.get(dtype)
+    if target is None:
+        target = np.dtype(dtype)
     src = arr.dtype
     if src == target:
-        if src.kind == "f" and arr.size and not _ALL(np.isfinite(arr), axis=None):
+        if src.kind == "f" and arr.size and not all_finite(arr):
             raise InvalidInputError(name, "contains NaN or Inf")
         return arr
     if src.kind in "USO" or target.kind in "USO":
         raise InvalidInputError(name, f"expected {dtype} values, got {_kind(src)}")
     if src.kind == "f":
-        # min and max propagate NaN and hold any Inf: two reductions check finiteness and range.
-        lo, hi = (_MIN(arr, axis=None), _MAX(arr, axis=None)) if arr.size else (0.0, 0.0)
-        if not (math.isfinite(lo) and math.isfinite(hi)):
+        found = finite_bounds(arr) if arr.size else (0.0, 0.0)
+        if found is None:
             raise InvalidInputError(name, "contains NaN or Inf")
+        lo, hi = found
         if target.kind in "iu":
             if not _ALL(arr == np.round(arr), axis=None):
                 raise InvalidInputError(name, f"expected {dtype}; non-integer values would be truncated")
@@ -166,8 +170,9 @@ def cast_exact(name: str, arr: npt.NDArray[Any], dtype: str) -> npt.NDArray[Any]
             _check_int_range(name, arr, target)
         elif target.kind == "f":
             limit = _FLOAT_EXACT_INT[target.name]
+            lo, hi = bounds(arr) if arr.size else (0, 0)
             # float() rounds as the old float64 cast of each value did (rounding keeps the order).
-            if arr.size and float(max(-int(_MIN(arr, axis=None)), int(_MAX(arr, axis=None)))) > limit:
+            if float(max(-int(lo), int(hi))) > limit:
                 raise InvalidInputError(name, f"integers above {limit} lose precision as {dtype}")
         elif target.kind == "b" and not np.isin(arr, (0, 1)).all():
             raise InvalidInputError(name, f"expected {dtype} values (0 or 1)")
@@ -178,7 +183,7 @@ def _check_int_range(name: str, arr: npt.NDArray[Any], target: np.dtype[Any]) ->
     if not arr.size:
         return
     info = np.iinfo(target)
-    lo, hi = _MIN(arr, axis=None), _MAX(arr, axis=None)
+    lo, hi = bounds(arr)
     if lo < info.min or hi > info.max:
         raise InvalidInputError(name, f"values outside the {target.name} range [{info.min}, {info.max}]")
 

@@ -178,6 +178,12 @@ class JsonLinesHandler(logging.StreamHandler[TextIO]):
         super().close()
 
 
+def duration_ms(seconds: float) -> float:
+    """Milliseconds to 3 decimals: what ``round(seconds * 1e3, 3)`` gives (the same for a million random
+    durations), without its decimal conversion, which costs a microsecond or two of every request."""
+    return round(seconds * 1e6) / 1000
+
+
 class AccessLog:
     """One ``edgerec.access`` record per request, built cheaply.
 
@@ -308,5 +314,5 @@ def _remove_handler(logger: logging.Logger) -> bool:
     return found
 
 
-__all__ = ["LOG_FORMATS", "LOG_LEVELS", "AccessLog", "JsonFormatter", "JsonLinesHandler", "LogSettings",
+__all__ = ["LOG_FORMATS", "LOG_LEVELS", "AccessLog", "JsonFormatter", "duration_ms", "JsonLinesHandler", "LogSettings",
            "RequestFilter", "configure_logging"]

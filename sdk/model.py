@@ -28,7 +28,7 @@ from .inputs import Arrays, InputEncoder
 from .keys import load_verify_key
 from .manifest import Artifact, Device, Format, Manifest
 from .package import Blob, Package, PackageLimits
-from .ranking import RankedItem, build_rank_batch
+from .ranking import ItemIndex, RankedItem, build_rank_batch
 from .runtime import BackendChoice, BackendName, Session, SessionInfo, backend_for_format, parse_backend
 
 log = logging.getLogger("edgerec.sdk")
@@ -86,13 +86,11 @@ class EdgeModel:
         self._sessions = sessions
         self._warmup = package.warmup()
         self._items: dict[str, npt.NDArray[Any]] | None = package.item_table()
-        self._item_index: dict[Any, int] | None = None
+        self._item_index: ItemIndex | None = None
         if self._items is not None:
-            ids = self._items[self.manifest.item_id_field].tolist()
-            self._item_index = {v: i for i, v in enumerate(ids)}
+            self._item_index = ItemIndex(self._items[self.manifest.item_id_field])
         self._lock = threading.Lock()
-        self._idle = threading.Event()
-        self._idle.set()
+        self._idle = threading.Event()  # set once closed with no call running
         self._active = 0
         self._closed = False
 
@@ -245,18 +243,18 @@ class EdgeModel:
 
     # -- lifetime ------------------------------------------------------------
 
-    # A plain lock and an event: this runs twice per call on the hot path.
+    # A plain lock and a count: this runs twice per call on the hot path. The event is touched only
+    # by the last call to leave a closed model (Event.set and clear take a condition's lock each).
     def _enter(self) -> None:
         with self._lock:
             if self._closed:
                 raise ModelClosedError(f"{self.name} v{self.version} is closed")
             self._active += 1
-            self._idle.clear()
 
     def _leave(self) -> None:
         with self._lock:
             self._active -= 1
-            if self._active == 0:
+            if self._active == 0 and self._closed:
                 self._idle.set()
 
     def close(self) -> None:
@@ -265,6 +263,8 @@ class EdgeModel:
             if self._closed:
                 return
             self._closed = True
+            if self._active == 0:
+                self._idle.set()
         self._idle.wait()
         for s in self._sessions:
             s.close()

@@ -24,6 +24,37 @@ class RankedItem(NamedTuple):
     rank: int
 
 
+class ItemIndex(dict[Any, int]):
+    """Item id -> row of a package's item table, built once when the model loads.
+
+    Integer ids are also kept as sorted arrays, so a request's candidates find
+    their rows in one vectorized search (``rows``) rather than a dict lookup
+    per candidate; other ids (strings, or candidates of another integer type)
+    take the dict.
+    """
+
+    def __init__(self, ids: npt.NDArray[Any]) -> None:
+        super().__init__((v, i) for i, v in enumerate(ids.tolist()))  # a repeated id: its last row
+        self._sorted: tuple[npt.NDArray[Any], npt.NDArray[np.int64]] | None = None
+        if ids.ndim == 1 and ids.dtype.kind in "iu" and len(self):
+            keys = np.fromiter(self.keys(), dtype=ids.dtype, count=len(self))
+            rows = np.fromiter(self.values(), dtype=np.int64, count=len(self))
+            order = np.argsort(keys, kind="stable")
+            self._sorted = keys[order], rows[order]
+
+    def rows(self, ids: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+        """The row of each id in ``ids`` (1-D); KeyError names the first unknown one."""
+        if self._sorted is None or ids.dtype != self._sorted[0].dtype:
+            return np.fromiter(map(self.__getitem__, ids.tolist()), dtype=np.int64, count=ids.size)
+        keys, rows = self._sorted
+        pos = np.searchsorted(keys, ids)
+        np.minimum(pos, len(keys) - 1, out=pos)  # past the largest id: compared (and refused) below
+        hit = keys[pos] == ids
+        if not hit.all():
+            raise KeyError(ids[~hit][0].item())
+        return rows[pos]
+
+
 def build_rank_batch(
     manifest: Manifest,
     user: Mapping[str, Any] | None,
@@ -167,7 +198,8 @@ def _id_columns(arr: npt.NDArray[Any], ids: list[Any], id_field: str,
     if looked is not None:
         table, index = looked
         try:
-            rows = np.fromiter(map(index.__getitem__, ids), dtype=np.int64, count=len(ids))
+            rows = (index.rows(arr) if isinstance(index, ItemIndex)
+                    else np.fromiter(map(index.__getitem__, ids), dtype=np.int64, count=len(ids)))
         except KeyError as exc:
             raise InvalidInputError("candidates", f"unknown item id {exc.args[0]!r}") from exc
         for col, values in table.items():

@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from edgerec.sdk.errors import EdgeRecError
 from edgerec.sdk.http_errors import RequestRefusedError, bounded, classify, http_status_error
-from edgerec.sdk.json_logs import AccessLog
+from edgerec.sdk.json_logs import AccessLog, duration_ms
 from edgerec.sdk.log_bounds import bound_logger
 from edgerec.sdk.log_context import LogScope, bind_scope, request_id
 from edgerec.sdk.tracing import new_trace, open_telemetry
@@ -126,7 +126,7 @@ def _install_trace_hooks(app: Flask, metrics: Any, access: AccessLog | None) -> 
                 access.log(request.method, request.path, resp.status_code, {
                     "request_id": scope.request_id, "trace_id": scope.trace.trace_id,
                     "span_id": scope.trace.span_id, "endpoint": _endpoint(), "status": resp.status_code,
-                    "duration_ms": round(seconds * 1e3, 3)})
+                    "duration_ms": duration_ms(seconds)})
         span = g.pop("edgerec_span", None)
         if span is not None and otel is not None:
             otel.end(span[0], span[1], f"{request.method} {_endpoint()}", resp.status_code, {})

@@ -79,3 +79,13 @@ def test_log_settings_are_checked():
     for kwargs, field in (({"format": "xml"}, "format"), ({"level": "loud"}, "level"), ({"flush_ms": -1.0}, "flush")):
         with pytest.raises(ConfigurationError, match=field):
             LogSettings(**kwargs)
+
+
+def test_access_durations_are_rounded_as_round_to_three_places():
+    import random
+
+    from edgerec.sdk.json_logs import duration_ms
+
+    rng = random.Random(7)
+    for s in [0.0, 1e-7, 0.0004995, 1.0, *(rng.uniform(0, 5) for _ in range(100_000))]:
+        assert duration_ms(s) == round(s * 1e3, 3), s

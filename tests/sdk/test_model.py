@@ -112,6 +112,20 @@ def test_close_releases_and_refuses(onnx_pkg, signing_key):
         model.predict(inputs)
 
 
+def test_close_waits_for_the_call_in_flight(onnx_pkg, signing_key):
+    """close() returns only once the last running call has left (the idle event is set by that call)."""
+    model = EdgeModel.load(onnx_pkg, [signing_key.public_key()])
+    model._enter()  # a call in flight, held open deterministically
+    closer = threading.Thread(target=model.close)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive()  # still waiting for the call
+    model._leave()
+    closer.join(10)
+    assert not closer.is_alive() and model.closed
+    model.close()  # a closed model with nothing running returns at once
+
+
 def test_warmup_runs_the_package_samples(onnx_pkg, signing_key):
     assert EdgeModel.load(onnx_pkg, [signing_key.public_key()]).warmup() == 8
 
