@@ -8,6 +8,13 @@ from __future__ import annotations
 
 import os
 
+# pytest-xdist's workers start with COLUMNS=80 and LINES set; rich fixes a console's width at creation when
+# COLUMNS is there, so CLI tables would wrap at 80 whatever a test sets later. A worker sees what a plain
+# ``pytest`` process sees.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("COLUMNS", "LINES"):
+        os.environ.pop(_name, None)
+
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
