@@ -375,6 +375,11 @@ class Admission:
             slots.put(None)
 
     def _admit(self, shedding: Shedding) -> bool:
+        try:  # a free slot is taken whatever the queue's length (max_waiting 0 means "never wait", not "refuse")
+            self._slots.get_nowait()
+            return True
+        except queue.Empty:
+            pass
         with self._lock:
             if self._waiting >= shedding.max_waiting:
                 return False

@@ -78,6 +78,17 @@ def test_a_request_that_waits_too_long_is_refused_at_the_deadline():
         proc.wait(15)
 
 
+@pytest.mark.slow
+def test_with_no_queue_a_free_slot_still_serves():
+    proc, url = _serve("1,0,5,7", 1.5)  # one slot, nobody may wait
+    try:
+        assert httpx.post(url, content=b"{}", timeout=30).status_code == 200  # alone: served
+        assert sorted(a[0] for a in _burst(url, 3)) == [200, 503, 503]
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
 def test_retry_after_reads_seconds_and_dates_and_ignores_garbage():
     now = 1_700_000_000.0  # 2023-11-14 22:13:20 GMT
     assert retry_after_seconds("120", now) == 120.0
