@@ -1387,7 +1387,7 @@ def render_scale(res: dict[str, Any], args: argparse.Namespace) -> str:
                    f"{w['p99_ms']:.2f} | {w['errors']} | {sum(us.values()):,.0f} ({parts}) |")
     loads = [r["loadavg"] for r in res["rows"]]
     out.append(f"\nLoad average during the rounds: {min(loads):.1f} to {max(loads):.1f} ({os.cpu_count()} cores; "
-               "other agents' processes ran at the same time).")
+               "anything above the benchmark's own processes is other load).")
     return "\n".join(out) + "\n"
 
 
