@@ -1433,37 +1433,28 @@ def main() -> None:
     args = ap.parse_args()
     if args.scale and args.replicas < 2:
         ap.error("--replicas: at least 2")
-    if args.overload:
-        stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
-        over = [overload_store(s, args) for s in stores]
-        print(json.dumps(over, indent=2))
+    stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
+
+    def report(section: str, results: Any, render_section: Callable[[Any, argparse.Namespace], str]) -> None:
+        print(json.dumps(results, indent=2))
         if not args.no_write:
-            write_section("sync_overload", render_overload(over, args))
+            write_section(section, render_section(results, args))
+
+    if args.overload:
+        report("sync_overload", [overload_store(s, args) for s in stores], render_overload)
         return
     if args.scale:
         split_cpus(args, ap)
-        res = run_scale(args)
-        print(json.dumps(res, indent=2))
-        if not args.no_write:
-            write_section("sync_scale", render_scale(res, args))
+        report("sync_scale", run_scale(args), render_scale)
         return
     if args.capacity:
         split_cpus(args, ap)
-        stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
-        cap = [capacity_store(s, args) for s in stores]
-        print(json.dumps(cap, indent=2))
-        if not args.no_write:
-            write_section("sync_capacity", render_capacity(cap, args))
+        report("sync_capacity", [capacity_store(s, args) for s in stores], render_capacity)
         return
     args.protocols = [p for p in args.protocols.split(",") if p]
     if not args.protocols or set(args.protocols) - set(PROTOCOLS):
         ap.error(f"--protocols: choose from {', '.join(PROTOCOLS)}")
-    stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]
-    results = [run_store(s, args) for s in stores]
-    print(json.dumps(results, indent=2))
-    if not args.no_write:
-        write_section("sync", render(results, args))
-
+    report("sync", [run_store(s, args) for s in stores], render)
 
 if __name__ == "__main__":
     main()
