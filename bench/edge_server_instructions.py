@@ -64,7 +64,7 @@ def child(case: str, requests: int, work: Path) -> None:
     import edge_server as bench
     from edgerec.edge_server.app import create_app
     from edgerec.edge_server.config import ServerConfig
-    from edgerec.edge_server.json_logs import configure_logging
+    from edgerec.sdk.json_logs import configure_logging
 
     settings = ServerConfig.file_values(work / "edgerec.toml")
     config = ServerConfig(**settings, model_dir=work / "light", trusted_keys=(work / "publisher.pub",), threads=1,
