@@ -21,6 +21,11 @@ service itself); left out when the service names none. Being signed, only the
 service can move a node to another origin, and the node still checks that
 origin through TUF before it switches (:mod:`edgerec.sync.node.origin`).
 
+Fields a node does not know are ignored, so a newer service can add fields
+for newer nodes; one that an older node must not ignore is named in the
+optional ``critical`` list, and a node that does not know it refuses the
+assignment.
+
 ``serial`` grows with every change of any node's desired state, so a node
 refuses an assignment older than one it accepted (a replay). A lower version
 than installed is accepted only with ``rollback: true``. Verification here
@@ -107,9 +112,25 @@ class Assignment:
             )
         except KeyError as exc:
             raise AssignmentError(f"assignment: missing field {exc}") from exc
-        if not {"type", *asdict(out)} - set(OPTIONAL) <= set(doc) <= {"type", *asdict(out)}:
-            raise AssignmentError("assignment: unexpected fields")
+        _check_critical(doc.get("critical", []), {"type", "critical", *asdict(out)})
         return out
+
+
+def _check_critical(critical: Any, known: set[str]) -> None:
+    """Refuse an assignment whose ``critical`` list names a field this node does not know.
+
+    Other fields a node does not know are ignored: they come from a newer
+    service (the signature covers them), and an older node does what it
+    understands, as TUF clients keep unrecognised fields. A field that must
+    not be ignored (one that restricts what a node may do) is named in
+    ``critical``, so such a node refuses the assignment and keeps what it runs.
+    """
+    if not isinstance(critical, list) or len(critical) > 64 or not all(isinstance(c, str) for c in critical):
+        raise AssignmentError("assignment.critical: expected a list of field names")
+    missing = sorted(set(critical) - known)
+    if missing:
+        names = ", ".join(repr(m[:64]) for m in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise AssignmentError(f"assignment: needs fields this node does not know ({names}); upgrade the node")
 
 
 #: Fields left out of the document when empty: an assignment without them is the document it was before them.

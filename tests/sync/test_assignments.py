@@ -116,3 +116,36 @@ def test_the_repo_url_travels_signed_and_is_left_out_when_empty():
 def test_a_malformed_repo_url_is_refused(bad):
     with pytest.raises(AssignmentError, match="repo_url"):
         Assignment.from_dict({**make().to_dict(), "repo_url": bad})
+
+
+def _signed_with(**fields) -> bytes:
+    """An assignment signed by the trusted key with ``fields`` added to its signed part (a newer service)."""
+    import base64
+
+    from edgerec.sdk.manifest import canonical_json
+
+    signed = {**make().to_dict(), **fields}
+    sig = {"keyid": key_id(KEY.public_key()), "sig": base64.b64encode(KEY.sign(canonical_json(signed))).decode()}
+    return canonical_json({"signed": signed, "signatures": [sig]})
+
+
+def test_fields_from_a_newer_service_are_ignored_unless_critical():
+    got = verify_assignment(_signed_with(schedule={"window": "02:00-04:00"}), TRUSTED, "n1", None, None, NOW)
+    assert got == make()  # what this node knows, unchanged
+    # A field the node must not ignore is named critical: the node refuses rather than run without it.
+    with pytest.raises(AssignmentError, match=r"needs fields this node does not know \('schedule'\); upgrade"):
+        verify_assignment(_signed_with(schedule={}, critical=["schedule"]), TRUSTED, "n1", None, None, NOW)
+    # Critical fields the node knows are fine.
+    assert verify_assignment(_signed_with(critical=["version", "rollback"]), TRUSTED, "n1", None, None,
+                             NOW).version == 3
+    # An unsigned addition still breaks the signature: ignoring happens only after it verified.
+    doc = json.loads(sign_assignment(make(), KEY))
+    doc["signed"]["schedule"] = {}
+    with pytest.raises(AssignmentSignatureError):
+        verify_assignment(json.dumps(doc).encode(), TRUSTED, "n1", None, None, NOW)
+
+
+@pytest.mark.parametrize("bad", ["schedule", [1], ["x"] * 65])
+def test_a_malformed_critical_list_is_refused(bad):
+    with pytest.raises(AssignmentError, match="critical"):
+        Assignment.from_dict({**make().to_dict(), "critical": bad})
