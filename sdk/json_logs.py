@@ -31,7 +31,9 @@ import os
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass
+from multiprocessing import util as mp_util
 from typing import Any, TextIO
 
 from .errors import ConfigurationError
@@ -119,6 +121,10 @@ class JsonLinesHandler(logging.StreamHandler[TextIO]):
         if self.flush_s > 0:
             self._timer = threading.Thread(target=self._tick, name="edgerec-log-flush", daemon=True)
             self._timer.start()
+            # A granian worker ends through multiprocessing, which runs its finalizers but not atexit (where
+            # logging flushes): without this its last batched lines were lost. Priority 0 runs after the
+            # servers' own finalizers (which may log); in a plain process multiprocessing calls it at exit.
+            mp_util.Finalize(None, _close_at_exit, args=(weakref.ref(self),), exitpriority=0)
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.flush_s <= 0:
@@ -240,6 +246,12 @@ class AccessLog:
                 or any(type(f) is not RequestFilter for f in handler.filters)):
             return None
         return handler, formatter
+
+
+def _close_at_exit(ref: weakref.ref[JsonLinesHandler]) -> None:
+    handler = ref()
+    if handler is not None:
+        handler.close()
 
 
 def configure_logging(level: str = "info", stream: TextIO | None = None, flush_ms: float = 0.0) -> logging.Handler:

@@ -113,3 +113,22 @@ def test_log_flush_ms_is_a_checked_setting(tmp_path):
     with pytest.raises(ConfigError):
         ServerConfig(log_flush_ms=-1)
 
+
+
+def test_batched_lines_reach_the_log_when_the_server_stops(base_config, tmp_path):
+    """A worker process ends through multiprocessing (no atexit): its last batched lines are written anyway."""
+    import httpx
+
+    from edgerec.edge_server.server import RunningServer
+
+    log = tmp_path / "server.log"
+    # A flush interval no test waits for: only the exit can write these lines.
+    running = RunningServer(base_config.replace(access_log=True, log_flush_ms=10_000.0, workers=2), log_path=log)
+    try:
+        with httpx.Client(base_url=running.url) as http:
+            for i in range(3):
+                assert http.get("/v2/health/ready", headers={"X-Request-ID": f"last-{i}"}).status_code == 200
+    finally:
+        assert running.close() == 0
+    ids = {json.loads(line).get("request_id") for line in log.read_text().splitlines() if line.startswith("{")}
+    assert {"last-0", "last-1", "last-2"} <= ids
