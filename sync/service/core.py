@@ -56,7 +56,7 @@ from .datadir import DataDir
 from .db_blobs import DbBlobStore
 from .enrollment import create_token, enroll
 from .envelopes import seal_missing
-from .experiments import experiment_versions, node_experiments
+from .experiments import RUNNING_COLUMN, experiment_versions, node_experiments
 from .metrics import SyncMetrics
 from .online_keys import OnlineKeys
 from .publish import Publisher, PublishResult
@@ -457,7 +457,8 @@ class SyncService:
 
         out = []
         for a in rows:
-            docs, extra_list = node_experiments(session, node_id, a.model, a.version, a.channel)
+            docs, extra_list = (node_experiments(session, node_id, a.model, a.version, a.channel)
+                                if a.running_experiments else ([], []))
             exps, extras = tuple(docs), tuple(extra_list)
             # Keyed by everything the document says (experiments included, as JSON), so a change shows at once.
             content = (node_id, a.model, a.version, a.channel, a.target_path, a.serial, a.rollback,
@@ -559,7 +560,7 @@ def _package(session: Session, model: str, version: int) -> PackageVersion | Non
 _NODE_ID = re.compile(r"^[a-z0-9]{1,32}$")
 _NODE_KEY = select(Node.signing_key, Node.revoked_at, Node.status_digest).where(Node.id == bindparam("id"))
 _ASSIGNED = (Assignment.model, Assignment.version, Assignment.channel, Assignment.serial, Assignment.rollback,
-             ChannelTarget.target_path, ORIGIN_COLUMN)
+             ChannelTarget.target_path, ORIGIN_COLUMN, RUNNING_COLUMN)
 _PACKAGE_OF = (PackageVersion.name == Assignment.model) & (PackageVersion.version == Assignment.version)
 _TARGET_OF = (ChannelTarget.package_id == PackageVersion.id) & (ChannelTarget.channel == Assignment.channel)
 _ASSIGNMENTS = (

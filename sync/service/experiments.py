@@ -12,7 +12,7 @@ import secrets
 import time
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -94,6 +94,14 @@ def stop_experiment(session: Session, name: str) -> dict[str, Any]:
 
 
 # -- delivery to nodes (inside their signed assignments) -------------------------------------------
+
+
+# How many experiments run, as a column of the check-in's first read: when none does (the usual case), the
+# check-in makes no query of its own for them.
+RUNNING_COLUMN = (
+    select(func.count()).select_from(ExperimentRow).where(ExperimentRow.state == "running")
+    .scalar_subquery().label("running_experiments")
+)
 
 
 def _running_for(session: Session | Connection, node_id: str) -> list[Any]:

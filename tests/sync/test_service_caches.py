@@ -132,3 +132,40 @@ def test_a_checkin_whose_failure_pauses_the_rollout_answers_with_the_assignment_
     assert status["rollout"]["state"] == "paused" and status["rollout"]["paused_reason"].startswith(
         "paused automatically: 1 of 1 node(s) failed v2")
     assert status["nodes"][0]["last_failure"]["version"] == 2
+
+
+def test_a_check_in_asks_for_experiments_only_while_one_runs(sync_env):
+    """The running-experiment count rides on the check-in's first read: no statement of its own when none runs,
+    and a started one reaches the next check-in (the statement comes back with it)."""
+    from sqlalchemy import event
+
+    env = sync_env
+    state = env.enroll("edge-1")
+    env.publish(1)
+    env.publish(2)
+    env.admin().rollout("ctr", 1, "stable", 100, [])
+    # The service's own WSGI app in this process (through httpx), so its statements can be counted here.
+    from edgerec.sync.service.server import service_app
+
+    ident = state.identity()
+    http = httpx.Client(base_url=env.url, transport=httpx.WSGITransport(app=service_app(env.service)))
+    client = NodeClient(http, ident.node_id, state.signing_key())
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        seen.append(statement)
+
+    engine = env.service.db.engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        client.checkin(_report(1))
+        without = [s for s in seen if "FROM experiments" in s and "count(" not in s.lower()]
+        assert without == [] and any("running_experiments" in s for s in seen)
+        env.admin().create_experiment("ab", "ctr", [{"name": "a", "version": 1, "weight": 1},
+                                                    {"name": "b", "version": 2, "weight": 1}], [], None)
+        seen.clear()
+        docs = client.checkin(_report(2))
+        assert [e["name"] for e in json.loads(docs[0])["signed"]["experiments"]] == ["ab"]
+        assert any("FROM experiments" in s and "count(" not in s.lower() for s in seen)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
