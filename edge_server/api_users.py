@@ -36,13 +36,16 @@ def forget_user(user_id: str) -> Response:
     sync: WorkerSync | None = current_app.extensions.get(SYNC_KEY)
     workers = 1
     if sync is not None:
-        # The other workers erase it as they apply the next generation (worker_sync); the id stays in
-        # the run folder's state file (0600, removed at exit) until newer operations push it out.
+        # The other workers erase it as they apply the next generation (worker_sync); once all have, the id
+        # is blanked in the run folder's state file. A worker that did not apply it in time keeps the id
+        # there (0600, removed at exit) until newer operations push it out: the call fails, and is repeated.
         with sync.exclusive():
             with srv.control_lock:
                 sync.catch_up()
                 generation = sync.publish({"op": "forget_user", "user": user_id}, versions_doc(srv))
             outcome = sync.wait(generation, srv.config.control_timeout_s)
+            if outcome.complete:
+                sync.redact(generation, ("user",))
         if not outcome.complete:
             raise WorkersOutOfStepError(out_of_step(outcome), field="workers")
         workers = len(outcome.reached)

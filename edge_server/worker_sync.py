@@ -184,6 +184,18 @@ class WorkerSync:
         self.report()
         return generation
 
+    def redact(self, generation: int, fields: tuple[str, ...]) -> None:
+        """Blank ``fields`` of the operation of ``generation`` in the state file; caller holds :meth:`exclusive`.
+
+        For an operation that names a person (an erasure): once every worker applied it, nothing needs the id
+        again (a worker that starts later loads the state, it does not replay operations)."""
+        state = self.read_state()
+        found = [op for op in state["ops"] if op["generation"] == generation and any(op.get(f) for f in fields)]
+        for op in found:
+            op.update(dict.fromkeys(fields, ""))
+        if found:
+            write_atomic(self.state_path, json.dumps(state).encode())
+
     def wait(self, generation: int, timeout_s: float) -> Outcome:
         """Wait until every other live worker reached ``generation`` (and all configured ones run)."""
         deadline = time.monotonic() + timeout_s

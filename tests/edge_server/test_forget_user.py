@@ -96,3 +96,29 @@ def test_forget_user_with_no_daemon_running_rewrites_the_spool_itself(serve, pac
     users = [rec.user for p in state.spool_dir.iterdir() for raw in p.read_bytes().splitlines()
              for rec in [parse_line(raw)] if hasattr(rec, "user")]
     assert users == [user_fingerprint(key, "frank")] * 10
+
+
+def test_the_erased_id_does_not_stay_in_the_run_folder(serve, features_pkg, feature_db):
+    """With two workers the erasure travels through the run folder's state file; once both applied it, the id
+    is blanked there (the file outlives the call until the server stops)."""
+    import contextlib
+    import glob
+    import json
+    import tempfile
+    import uuid
+    from pathlib import Path
+
+    db, _ = feature_db
+    live = serve(model_dir=features_pkg.parent, feature_source=f"sqlite://{db}", workers=2)
+    live.running.wait_ready(workers=2)
+    user = f"erase-me-{uuid.uuid4().hex[:12]}"
+    assert live.post("/v1/rank", json={"user": {"id": user}, "candidates": [3, 4]}).status_code == 200
+    r = live.http.delete(f"/v1/users/{user}", headers=AUTH)
+    assert r.status_code == 200 and r.json()["workers"] == 2
+    texts = {}
+    for path in glob.glob(f"{tempfile.gettempdir()}/edgerec-serve-*/state.json"):
+        with contextlib.suppress(FileNotFoundError):  # another test's server may stop meanwhile
+            texts[path] = Path(path).read_text()
+    ours = [p for p, text in texts.items() if any(op.get("op") == "forget_user" for op in json.loads(text)["ops"])]
+    assert ours, "no state file records an erasure"
+    assert not [p for p, text in texts.items() if user in text]
