@@ -78,3 +78,49 @@ def test_requests_spread_and_a_killed_server_loses_none(base_config, nginx_binar
         proxy.stop()
         for b in backends:
             b.close()
+
+
+@pytest.mark.slow
+def test_behind_nginx_a_few_request_threads_are_not_starved_by_trickled_bodies(base_config, nginx_binary):
+    """docs/operations.md: behind the documented nginx an edge server may run with a small thread pool, because
+    nginx reads whole bodies before it passes a request on. Here 2 threads per server, 24 clients that send a
+    head and trickle the body (through nginx: served; straight to a server: its 2 threads are taken)."""
+    import json
+    import socket
+
+    backends = [RunningServer(base_config.replace(port=0, http_threads=2)) for _ in range(2)]
+    front = free_port()
+    snippet = doc_config("edgerec-edge.conf")
+    for documented, server in zip(("127.0.0.1:8081", "127.0.0.1:8082"), backends, strict=True):
+        snippet = snippet.replace(documented, f"127.0.0.1:{server.port}")
+    snippet = snippet.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{front};")
+    proxy = Nginx(nginx_binary, snippet, [front])
+    body = json.dumps(ROW).encode()
+    slow: list[socket.socket] = []
+
+    def trickle(port: int) -> None:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"POST /v2/models/ctr/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+        slow.append(s)
+
+    try:
+        for _ in range(24):
+            trickle(front)
+        time.sleep(0.5)
+        with httpx.Client(timeout=5) as http:
+            t0 = time.monotonic()
+            assert http.post(f"http://127.0.0.1:{front}/v2/models/ctr/infer", json=ROW).status_code == 200
+            assert time.monotonic() - t0 < 1.0
+            # The same trickle straight at one server takes both of its threads: a request there waits.
+            for _ in range(2):
+                trickle(backends[0].port)
+            time.sleep(0.5)
+            with pytest.raises(httpx.TimeoutException):
+                http.post(f"{backends[0].url}/v2/models/ctr/infer", json=ROW, timeout=2)
+    finally:
+        for s in slow:
+            s.close()
+        proxy.stop()
+        for b in backends:
+            b.close()
