@@ -3,7 +3,8 @@
 What a data directory holds besides the database (see :mod:`.datadir`): the
 online keys go into ``wrapped_keys`` wrapped with a replica key (its file is
 made when missing), the package ciphertexts into ``blobs``/``blob_chunks``
-(streamed, one chunk in memory), each checked against its name. The TUF
+(streamed, one chunk in memory), or with ``--blob-url`` into an object store
+(:mod:`.s3_blobs`), each checked against its name. The TUF
 metadata is in the database already; its files are only a rendering. Run
 again, it adds only what is missing, so it can finish an interrupted move.
 Afterwards replicas run with ``--db`` and ``--key-file`` alone.
@@ -17,11 +18,13 @@ from pathlib import Path
 
 from edgerec.sync.protocol.errors import ConfigError
 
+from .blob_url import S3Settings
 from .blobs import CHUNK, check_sha256
 from .datadir import DataDir
 from .db_blobs import DbBlobStore
 from .online_keys import OnlineKeys
 from .replica_keys import create_key_file, key_id, read_key_file, wrap_online_keys
+from .s3_blobs import S3BlobStore
 from .store import Database, migrate
 
 
@@ -36,8 +39,9 @@ class Moved:
     key_created: bool
 
 
-def move_to_database(data_dir: Path, db_url: str | None, key_file: Path) -> Moved:
-    """Copy the online keys and blobs of ``data_dir`` into its database (or ``db_url``)."""
+def move_to_database(data_dir: Path, db_url: str | None, key_file: Path, s3: S3Settings | None = None) -> Moved:
+    """Copy the online keys and blobs of ``data_dir`` into its database (or ``db_url``); the blobs into the
+    object store ``s3`` instead, when given (indexed in the database all the same)."""
     dd = DataDir(data_dir)
     db = Database(dd.db_url(db_url))
     try:
@@ -48,7 +52,12 @@ def move_to_database(data_dir: Path, db_url: str | None, key_file: Path) -> Move
             create_key_file(key_file)
         key = read_key_file(key_file)
         wrapped = wrap_online_keys(db, key, secrets)
-        store = DbBlobStore(db, dd.tmp)
+        store: DbBlobStore | S3BlobStore
+        if s3 is None:
+            store = DbBlobStore(db, dd.tmp)
+        else:
+            store = S3BlobStore(db, dd.tmp, s3)
+            store.objects.check_bucket()
         moved = present = 0
         for path in sorted((dd.blobs / "sha256").glob("*/*")):
             try:

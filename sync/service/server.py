@@ -55,6 +55,7 @@ from edgerec.sdk.tracing import configure_otlp
 
 from .config import ServiceConfig
 from .core import SyncService
+from .s3_blobs import S3BlobStore
 
 log = logging.getLogger("edgerec.sync")
 RUN_ENV = "EDGEREC_SYNC_RUN_FILE"
@@ -128,6 +129,8 @@ def serve(data_dir: Path | None, db_url: str | None, config: ServiceConfig, sett
         # Migrates, opens the keys: fails here, once, if anything is wrong.
         service = SyncService.open_any(data_dir, db_url, config, key_file, work_dir)
         try:
+            if isinstance(service.blobs, S3BlobStore):
+                service.blobs.objects.check_bucket()  # once, here: a worker starts even while the store is down
             url = service.db.url.render_as_string(hide_password=False)
             dialect = service.db.dialect
         finally:
