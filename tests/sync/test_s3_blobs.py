@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -30,7 +32,7 @@ from edgerec.sync.admin.client import AdminClient, Credentials
 from edgerec.sync.node.daemon import NodeDaemon
 from edgerec.sync.node.enroll import enroll_node
 from edgerec.sync.node.state import NodeState
-from edgerec.sync.protocol.errors import BlobUnavailableError, ConfigError
+from edgerec.sync.protocol.errors import ApiError, BlobUnavailableError, ConfigError
 from edgerec.sync.service.admin_init import init_service
 from edgerec.sync.service.blob_url import S3Settings, parse_blob_url
 from edgerec.sync.service.blobs import CHUNK, BlobStore
@@ -61,8 +63,8 @@ class Fleet:
     s3: MotoS3
     tmp: Path
 
-    def replica(self, name: str, s3: bool = True, blob_url: str = BLOB_URL) -> Replica:
-        env = {**self.s3.env, "EDGEREC_BLOB_URL": blob_url} if s3 else {"EDGEREC_BLOB_URL": ""}
+    def replica(self, name: str, s3: bool = True) -> Replica:
+        env = {**self.s3.env, "EDGEREC_BLOB_URL": BLOB_URL} if s3 else {"EDGEREC_BLOB_URL": ""}
         return Replica(self.db_url, self.key, self.tmp / f"work-{name}", free_port(), self.tmp / f"{name}.log",
                        env=env)
 
@@ -201,6 +203,10 @@ def test_store_down_answers_503_and_recovers(fleet, packages, tmp_path):
             cycle = daemon.run_once()  # a check-in needs no package bytes
             assert cycle.reachable and not cycle.overloaded and cycle.failures == {} and cycle.installed == []
             assert httpx.get(a.url + "/repository/metadata/timestamp.json").status_code == 200
+            with fleet.admin(a) as admin, pytest.raises(ApiError) as refused:
+                admin.publish(_package(tmp_path, packages, 3), "stable")
+            assert refused.value.status == 503 and refused.value.error == "unavailable"
+            assert len(fleet.rows()) == 1  # nothing listed for what could not be stored
 
             # Back (moto keeps objects in memory: the new server gets the bucket restored, as from a backup).
             fleet.s3.start()
@@ -220,7 +226,7 @@ def test_store_down_answers_503_and_recovers(fleet, packages, tmp_path):
 def test_a_replica_killed_mid_upload_lists_nothing(fleet, publisher, tmp_path):
     """(d) kill -9 while the ciphertext is being uploaded: no listed blob, no package; publishing again works."""
     b = ctr_builder(ctr_weights(7), "big", 1)
-    b.add_file("pad.bin", os.urandom(64 * 1024 * 1024))  # 8 parts: the upload takes a while
+    b.add_file("pad.bin", os.urandom(48 * 1024 * 1024))  # 6 parts: the upload takes a while
     pkg = tmp_path / "big-1.edgepkg"
     pkg.write_bytes(b.build(publisher.key))
     a = fleet.replica("a").start()
@@ -267,22 +273,34 @@ def test_a_replica_killed_mid_upload_lists_nothing(fleet, publisher, tmp_path):
 
 def test_bad_blob_urls_are_one_line_errors(tmp_path):
     """(e) a malformed --blob-url (or EDGEREC_BLOB_URL): one line naming the option, exit 1, nothing started."""
-    for url, says in (("http://bucket/x", "expected s3://bucket/prefix"),
-                      ("s3://Bad_Bucket/x", "is not an S3 bucket name"),
-                      ("s3://key:secret@bucket/x", "no user name or password"),
-                      ("s3://bucket/a/../b", "no empty, '.' or '..' segment")):
+    for args, env, says in (([], {"EDGEREC_BLOB_URL": "http://bucket/x"}, "expected s3://bucket/prefix"),
+                            (["--blob-url", "s3://key:secret@bucket/x"], {}, "no user name or password")):
         out = subprocess.run([EDGEREC, "sync", "serve", "--db", f"sqlite:///{tmp_path / 'x.db'}", "--port", "0",
-                              "--key-file", str(tmp_path / "k")], env={**os.environ, "EDGEREC_BLOB_URL": url},
+                              "--key-file", str(tmp_path / "k"), *args], env={**os.environ, **env},
                              capture_output=True, text=True, timeout=60)
         lines = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
-        assert out.returncode != 0 and len(lines) == 1, (url, lines)
-        assert "--blob-url" in lines[0] and says in lines[0] and "secret" not in lines[0], (url, lines)
+        assert out.returncode != 0 and len(lines) == 1, (args, env, lines)
+        assert "--blob-url" in lines[0] and says in lines[0] and "secret" not in lines[0], (args, env, lines)
+    for url, says in (("s3://Bad_Bucket/x", "is not an S3 bucket name"), ("s3://bucket/a/../b", "'..' segment"),
+                      ("s3://bucket:9000/x", "without query, fragment or port"), ("s3:///x", "not an S3 bucket")):
+        with pytest.raises(ConfigError, match=f"^--blob-url: .*{re.escape(says)}"):
+            parse_blob_url(url)
     assert not (tmp_path / "x.db").exists()
     with pytest.raises(ConfigError, match="stateless replica"):
         from edgerec.sync.service.core import SyncService
 
         SyncService.open(tmp_path, config=ServiceConfig(blob_url=BLOB_URL))
     assert parse_blob_url("s3://edgerec-test/") == S3Settings("edgerec-test", "")
+
+    # Without boto3 the service still imports; only a configured store asks for the extra.
+    script = ("import sys; sys.modules['boto3'] = sys.modules['botocore'] = None\n"
+              "import edgerec.sync.service.server, edgerec.sync.service.cli\n"
+              "from edgerec.sync.service.blob_url import parse_blob_url\n"
+              "from edgerec.sync.service.s3_blobs import S3Objects\n"
+              "try:\n    S3Objects(parse_blob_url('s3://bucket/x'))\n"
+              "except Exception as exc:\n    print(type(exc).__name__, exc)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ConfigError --blob-url: an S3 store needs boto3: pip install 'edgerec[s3]'", out
     assert parse_blob_url(BLOB_URL).key("ab" * 32) == f"{PREFIX}/sha256/{'ab' * 32}"
 
 
