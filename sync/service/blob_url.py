@@ -36,7 +36,8 @@ class S3Settings:
     connect_timeout_s: float = 3.0
     read_timeout_s: float = 20.0
     max_attempts: int = 2
-    # Uploads: multipart past this size, in parts of this size (memory: a few parts, never the whole package).
+    # Uploads: multipart past this size, in parts of this size, this many at once; s3transfer holds at most
+    # ten parts of a stream in memory (80 MiB), never a whole package read from a file.
     multipart_bytes: int = 8 * 1024 * 1024
     upload_threads: int = 4
 
