@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from edgerec.sdk.cli.log_options import log_options
 from edgerec.sdk.cli.output import busy, console, print_json, progress_wanted
@@ -146,7 +147,8 @@ def migrate(data_dir: Path | None, db_url: str | None, to_database: bool, key_fi
                           f"{', new file' if moved.key_created else ''}), {moved.blobs} blobs "
                           f"({moved.blobs_present} were there)", markup=False)
         return
-    if blob_url:
+    from_env = click.get_current_context().get_parameter_source("blob_url") == ParameterSource.ENVIRONMENT
+    if blob_url and not from_env:  # EDGEREC_BLOB_URL, exported for the replicas, does not stop a schema upgrade
         raise ConfigError("--blob-url goes with --to-database (where the data directory's blobs go)")
     if data_dir is None and not db_url:
         raise ConfigError("give --data-dir or --db")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from .net import free_port, wait_for
 
@@ -42,7 +43,7 @@ class MotoS3:
         return {**_ENV, "AWS_ENDPOINT_URL_S3": self.url, "AWS_CONFIG_FILE": os.devnull,
                 "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
 
-    def apply_env(self, monkeypatch: Any) -> None:
+    def apply_env(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Set :attr:`env` in this process (for boto3 and in-process services), dropping other AWS settings."""
         for name in _DROP:
             monkeypatch.delenv(name, raising=False)

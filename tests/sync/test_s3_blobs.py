@@ -21,11 +21,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import func, select
 from support.net import free_port, wait_for
 from support.s3 import MotoS3
 from support.sync_replica import EDGEREC, Replica
 
+from edgerec.sdk.cli.main import cli
 from edgerec.sdk.keys import load_verify_key
 from edgerec.sdk.testing import ctr_builder, ctr_weights
 from edgerec.sync.admin.client import AdminClient, Credentials
@@ -286,6 +288,14 @@ def test_bad_blob_urls_are_one_line_errors(tmp_path):
         with pytest.raises(ConfigError, match=f"^--blob-url: .*{re.escape(says)}"):
             parse_blob_url(url)
     assert not (tmp_path / "x.db").exists()
+    # sync migrate: --blob-url on the command line is for --to-database; exported for the replicas, it does
+    # not stop a schema upgrade.
+    runner = CliRunner()
+    wrong = runner.invoke(cli, ["sync", "migrate", "--db", f"sqlite:///{tmp_path / 'm.db'}", "--blob-url", BLOB_URL])
+    assert wrong.exit_code == 1 and "--blob-url goes with --to-database" in wrong.output
+    upgrade = runner.invoke(cli, ["sync", "migrate", "--db", f"sqlite:///{tmp_path / 'm.db'}", "--json"],
+                            env={"EDGEREC_BLOB_URL": BLOB_URL})
+    assert upgrade.exit_code == 0 and json.loads(upgrade.output) == {"before": 0}, upgrade.output
     with pytest.raises(ConfigError, match="stateless replica"):
         from edgerec.sync.service.core import SyncService
 
