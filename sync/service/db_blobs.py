@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import logging
 import secrets
 import time
 from collections.abc import Iterable
@@ -23,15 +22,12 @@ from typing import BinaryIO
 from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from edgerec.sdk.http_errors import bounded
 from edgerec.sync.protocol.errors import BlobUnavailableError
 from edgerec.sync.service.store.models import BLOB_IN_DB, BlobChunk, BlobRow
 
 from .blob_url import BLOB_URL_ENV
 from .blobs import CHUNK, BlobStore, SeekableReader, check_sha256
 from .store import Database
-
-log = logging.getLogger("edgerec.sync")
 
 _CHUNKS_PER_TRANSACTION = 8
 PENDING = "pending-"  # chunks of an upload still being written are stored under this prefix, never a digest
@@ -129,8 +125,10 @@ class DbBlobStore:
         if row is None:
             raise FileNotFoundError(f"blob {sha256} is not stored")
         if row.location != BLOB_IN_DB:
-            raise unavailable(f"blob {sha256} is stored in the object store ({row.location}) and this replica "
-                              f"has none configured: start it with --blob-url (or {BLOB_URL_ENV}) as the others")
+            # Logged once, as the refused request's warning (the alerts' manifest reads skip it quietly).
+            raise BlobUnavailableError(f"blob {sha256} is stored in the object store ({row.location}) and this "
+                                       f"replica has none configured: start it with --blob-url (or {BLOB_URL_ENV}) "
+                                       "as the others")
         return self.reader(sha256, row.size, row.chunk_size)
 
     def reader(self, sha256: str, size: int, chunk_size: int) -> io.BufferedReader:
@@ -144,15 +142,6 @@ def listed(db: Database, sha256: str) -> Row[int, int, str] | None:
     with db.read() as session:
         return session.execute(select(BlobRow.size, BlobRow.chunk_size, BlobRow.location)
                                .where(BlobRow.sha256 == sha256)).one_or_none()
-
-
-def unavailable(detail: str) -> BlobUnavailableError:
-    """A :class:`BlobUnavailableError`, logged here as the one line an operator sees (the 503 does not log it
-    again): the replica is misconfigured, or its object store is down."""
-    log.warning("package store: %s", bounded(detail))
-    exc = BlobUnavailableError(detail)
-    exc.logged = True
-    return exc
 
 
 def _started(pending: str) -> float:

@@ -36,7 +36,7 @@ from edgerec.sync.service.store.models import BLOB_IN_DB, BLOB_IN_S3, BlobRow
 
 from .blob_url import S3Settings
 from .blobs import CHUNK, SeekableReader
-from .db_blobs import DbBlobStore, listed, unavailable
+from .db_blobs import DbBlobStore, listed
 from .store import Database
 
 if TYPE_CHECKING:
@@ -94,12 +94,13 @@ class S3Objects:
         except self._errors as exc:
             raise self._unavailable("read", key, exc) from exc
         if len(data) != length:
-            raise unavailable(f"{self.settings.url}: object {key} gave {len(data)} bytes at {start}, not {length} "
-                              "(changed or truncated in the bucket)")
+            raise BlobUnavailableError(f"{self.settings.url}: object {key} gave {len(data)} bytes at {start}, "
+                                       f"not {length} (changed or truncated in the bucket)")
         return data
 
     def _unavailable(self, what: str, key: str, exc: BaseException) -> BlobUnavailableError:
-        return unavailable(f"{self.settings.url}: {what} of {key} failed: {type(exc).__name__}: {bounded(str(exc))}")
+        return BlobUnavailableError(f"{self.settings.url}: {what} of {key} failed: {type(exc).__name__}: "
+                                    f"{bounded(str(exc))}")
 
 
 class S3BlobStore:
@@ -172,7 +173,7 @@ class S3BlobStore:
         if row.location == BLOB_IN_DB:
             return self.in_db.reader(sha256, row.size, row.chunk_size)
         if row.location != BLOB_IN_S3:
-            raise unavailable(f"blob {sha256} is stored in {row.location!r}, which this replica does not know")
+            raise BlobUnavailableError(f"blob {sha256} is stored in {row.location!r}, which this replica does not know")
         return io.BufferedReader(S3Reader(self.objects, self.settings.key(sha256), row.size, row.chunk_size),
                                  CHUNK)
 

@@ -169,7 +169,8 @@ def test_replicas_keep_packages_in_the_bucket_and_serve_them_with_ranges(fleet, 
         refused = httpx.get(plain.url + _target(published))
         assert refused.status_code == 503 and refused.json()["error"] == "unavailable"
         lines = [ln for ln in plain.log.read_text().splitlines() if sha in ln and "access" not in ln]
-        assert len(lines) == 1 and lines[0].startswith("WARNING edgerec.sync: package store: "), lines
+        assert len(lines) == 1 and lines[0].startswith(
+            f"WARNING edgerec.sync: refused (blob_unavailable): GET {_target(published)}: blob {sha} "), lines
         assert "--blob-url" in lines[0] and "EDGEREC_BLOB_URL" in lines[0], lines
         assert "Traceback" not in plain.log.read_text()
         assert httpx.get(plain.url + _target(in_db)).content == old.content
@@ -202,6 +203,9 @@ def test_store_down_answers_503_and_recovers(fleet, packages, tmp_path):
             fleet.s3.kill()
             down = httpx.get(a.url + _target(published), headers={"Range": "bytes=10-"}, timeout=30)
             assert down.status_code == 503 and down.json()["error"] == "unavailable"
+            warned = [ln for ln in a.log.read_text().splitlines() if ln.startswith("WARNING edgerec.sync: refused")]
+            assert len(warned) == 1 and "read of fleet/a/sha256/" in warned[0], warned
+            assert "EndpointConnectionError" in warned[0]
             cycle = daemon.run_once()  # a check-in needs no package bytes
             assert cycle.reachable and not cycle.overloaded and cycle.failures == {} and cycle.installed == []
             assert httpx.get(a.url + "/repository/metadata/timestamp.json").status_code == 200
