@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import click
@@ -123,13 +124,29 @@ def serve(data_dir: Path | None, db_url: str | None, key_file: Path | None, work
 @click.option("--blob-url", default=None, envvar=BLOB_URL_ENV,
               help="With --to-database: move the package blobs into this object store (s3://BUCKET/PREFIX, as "
                    f"'sync serve --blob-url') instead of the database's rows. Env: {BLOB_URL_ENV}.")
+@click.option("--blobs-to-bucket", is_flag=True,
+              help="Move the blobs kept in the database's rows into the --blob-url bucket (once every replica "
+                   "has --blob-url; run again after an interruption).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
 def migrate(data_dir: Path | None, db_url: str | None, to_database: bool, key_file: Path | None,
-            blob_url: str | None, as_json: bool) -> None:
+            blob_url: str | None, blobs_to_bucket: bool, as_json: bool) -> None:
     """Create or upgrade the database schema (the service also does this at start)."""
     from .datadir import DataDir
-    from .move_state import move_to_database
+    from .move_state import move_blobs_to_bucket, move_to_database
     from .store import migrate as run_migrations
+
+    if blobs_to_bucket:
+        if to_database or data_dir is not None or not db_url or not blob_url:
+            raise ConfigError("--blobs-to-bucket needs --db and --blob-url (and no --data-dir or --to-database)")
+        store = _blob_url(blob_url)
+        with busy(f"moving the database's blobs into {store}", progress_wanted(as_json)), \
+                tempfile.TemporaryDirectory(prefix="edgerec-migrate-") as work:
+            count = move_blobs_to_bucket(db_url, parse_blob_url(store), Path(work))
+        if as_json:
+            print_json({"blobs": count, "blob_url": store})
+        else:
+            console.print(f"moved {count} blobs from the database into {store}", markup=False)
+        return
 
     if to_database:
         if data_dir is None or key_file is None:
@@ -149,7 +166,7 @@ def migrate(data_dir: Path | None, db_url: str | None, to_database: bool, key_fi
         return
     from_env = click.get_current_context().get_parameter_source("blob_url") == ParameterSource.ENVIRONMENT
     if blob_url and not from_env:  # EDGEREC_BLOB_URL, exported for the replicas, does not stop a schema upgrade
-        raise ConfigError("--blob-url goes with --to-database (where the data directory's blobs go)")
+        raise ConfigError("--blob-url goes with --to-database or --blobs-to-bucket (where the blobs go)")
     if data_dir is None and not db_url:
         raise ConfigError("give --data-dir or --db")
     db = Database(DataDir(data_dir).db_url(db_url) if data_dir else str(db_url))
@@ -175,8 +192,6 @@ def resign(data_dir: Path | None, db_url: str | None, key_file: Path | None, as_
     Run it once, with the service stopped or running, before nodes poll the restored service: they refuse
     metadata older than what they trust, so without it they stop following until it is re-signed.
     """
-    import tempfile
-
     from .core import SyncService
 
     with tempfile.TemporaryDirectory(prefix="edgerec-resign-") as work:

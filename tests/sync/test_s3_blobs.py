@@ -39,6 +39,7 @@ from edgerec.sync.service.admin_init import init_service
 from edgerec.sync.service.blob_url import S3Settings, parse_blob_url
 from edgerec.sync.service.blobs import CHUNK, BlobStore
 from edgerec.sync.service.config import ServiceConfig
+from edgerec.sync.service.db_blobs import DbBlobStore
 from edgerec.sync.service.move_state import move_to_database
 from edgerec.sync.service.s3_blobs import S3BlobStore, S3Objects
 from edgerec.sync.service.store import Database
@@ -296,7 +297,7 @@ def test_bad_blob_urls_are_one_line_errors(tmp_path):
     # not stop a schema upgrade.
     runner = CliRunner()
     wrong = runner.invoke(cli, ["sync", "migrate", "--db", f"sqlite:///{tmp_path / 'm.db'}", "--blob-url", BLOB_URL])
-    assert wrong.exit_code == 1 and "--blob-url goes with --to-database" in wrong.output
+    assert wrong.exit_code == 1 and "--blob-url goes with --to-database or --blobs-to-bucket" in wrong.output
     upgrade = runner.invoke(cli, ["sync", "migrate", "--db", f"sqlite:///{tmp_path / 'm.db'}", "--json"],
                             env={"EDGEREC_BLOB_URL": BLOB_URL})
     assert upgrade.exit_code == 0 and json.loads(upgrade.output) == {"before": 0}, upgrade.output
@@ -367,7 +368,9 @@ def test_store_is_content_addressed_and_reads_bounded_ranges(db, moto, tmp_path,
 
 
 @ON_SQLITE
-def test_migrate_moves_a_data_directory_into_the_bucket(db_url, moto, tmp_path, publisher):
+def test_migrate_moves_blobs_into_the_bucket(db_url, moto, tmp_path, publisher):
+    """``sync migrate --to-database --blob-url``: a data directory's blobs into the bucket; ``sync migrate
+    --blobs-to-bucket``: the blobs kept in the database's rows; both resumable."""
     init = init_service(tmp_path / "data", tmp_path / "rk", [load_verify_key(publisher.public_path)], db_url)
     data = os.urandom(CHUNK + 7)
     sha = BlobStore(init.data_dir / "blobs", init.data_dir / "tmp").put_bytes(data)
@@ -376,12 +379,22 @@ def test_migrate_moves_a_data_directory_into_the_bucket(db_url, moto, tmp_path, 
     out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120).stdout)
     assert (out["blobs"], out["blobs_present"], out["blob_url"]) == (1, 0, BLOB_URL)
     assert moto.client().get_object(Bucket=BUCKET, Key=f"{PREFIX}/sha256/{sha}")["Body"].read() == data
-    d = Database(db_url)
-    try:
-        with d.read() as s:
-            assert s.execute(select(BlobRow.location)).scalars().all() == ["s3"]
-            assert s.execute(select(func.count()).select_from(BlobChunk)).scalar_one() == 0
-    finally:
-        d.dispose()
     again = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120).stdout)
     assert (again["blobs"], again["blobs_present"]) == (0, 1)
+
+    d = Database(db_url)
+    try:
+        in_rows = os.urandom(2 * CHUNK + 3)
+        kept = DbBlobStore(d, tmp_path / "tmp").put_bytes(in_rows)  # stored before the fleet had a bucket
+        move = [EDGEREC, "sync", "migrate", "--db", db_url, "--blobs-to-bucket", "--json"]
+        env = {**os.environ, "EDGEREC_BLOB_URL": BLOB_URL}
+        moved = subprocess.run(move, capture_output=True, text=True, check=True, timeout=120, env=env)
+        assert json.loads(moved.stdout) == {"blobs": 1, "blob_url": BLOB_URL}
+        with d.read() as s:
+            assert dict(s.execute(select(BlobRow.sha256, BlobRow.location)).all()) == {sha: "s3", kept: "s3"}
+            assert s.execute(select(func.count()).select_from(BlobChunk)).scalar_one() == 0
+        assert S3BlobStore(d, tmp_path / "tmp", parse_blob_url(BLOB_URL)).read(kept) == in_rows
+        moved = subprocess.run(move, capture_output=True, text=True, check=True, timeout=120, env=env)
+        assert json.loads(moved.stdout) == {"blobs": 0, "blob_url": BLOB_URL}
+    finally:
+        d.dispose()
