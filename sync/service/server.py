@@ -156,8 +156,9 @@ def serve(data_dir: Path | None, db_url: str | None, config: ServiceConfig, sett
             logs.apply()  # granian's logging setup closed the handlers
             host = f"[{settings.host}]" if ":" in settings.host else settings.host
             # One line a supervisor (or a test) can wait for.
-            console.print(f"{READY_LINE} {settings.scheme}://{host}:{port} (database {dialect})",
-                          highlight=False, markup=False)
+            packages = f", packages in {config.blob_url}" if config.blob_url else ""  # no secret: bucket and prefix
+            console.print(f"{READY_LINE} {settings.scheme}://{host}:{port} (database {dialect}{packages})",
+                          highlight=False, markup=False, soft_wrap=True)  # one line, whatever the width
             server.serve()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -138,6 +138,8 @@ def test_replicas_keep_packages_in_the_bucket_and_serve_them_with_ranges(fleet, 
         with fleet.admin(a) as admin:
             published = admin.publish(_package(tmp_path, packages, 2), "stable")
         sha = str(published["sha256"])
+        assert f"(database {'postgresql' if 'postgresql' in fleet.db_url else 'sqlite'}, packages in {BLOB_URL})" \
+            in a.log.read_text()  # the ready line says where packages go
         rows = fleet.rows()
         assert rows == {in_db["sha256"]: (in_db["size"], "db"), sha: (published["size"], "s3")}
         stored = fleet.object(sha)
