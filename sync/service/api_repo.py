@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import re
 import stat
@@ -33,6 +34,8 @@ from sqlalchemy import select
 from werkzeug.exceptions import NotFound
 from werkzeug.wsgi import FileWrapper
 
+from edgerec.sdk.http_errors import bounded
+from edgerec.sync.protocol.errors import BlobUnavailableError
 from edgerec.sync.service.store.models import ChannelTarget, PackageVersion
 
 from .app import EXTENSION, service
@@ -40,6 +43,7 @@ from .blobs import CHUNK
 from .db_blobs import DbBlobStore
 from .s3_blobs import S3BlobStore
 
+log = logging.getLogger("edgerec.sync")
 bp = Blueprint("repository", __name__)
 _IMMUTABLE = "public, max-age=31536000, immutable"
 _FILES = "edgerec_metadata_files"
@@ -157,7 +161,7 @@ def _blob_response(blobs: DbBlobStore | S3BlobStore, sha: str) -> Response:
         raise NotFound() from exc
     size = reader.seek(0, io.SEEK_END)
     reader.seek(0)
-    resp = Response(FileWrapper(reader, CHUNK), mimetype="application/octet-stream", direct_passthrough=True)
+    resp = Response(_BlobStream(reader, sha), mimetype="application/octet-stream", direct_passthrough=True)
     resp.content_length = size
     resp.set_etag(sha)  # content-addressed: the digest is a strong validator
     # Werkzeug seeks the (seekable) reader to the range's start: a resumed download reads only what is left.
@@ -173,6 +177,23 @@ def _blob_response(blobs: DbBlobStore | S3BlobStore, sha: str) -> Response:
             reader.close()
             raise
     return resp
+
+
+class _BlobStream(FileWrapper):
+    """A blob's bytes for the WSGI server, a chunk at a time (seekable: werkzeug's ranges seek it). A store
+    that fails once the answer has started ends it short with one warning line, not a traceback: the client
+    sees an incomplete body and resumes with a range."""
+
+    def __init__(self, reader: io.BufferedReader, sha: str) -> None:
+        super().__init__(reader, CHUNK)
+        self.sha = sha
+
+    def __next__(self) -> bytes:
+        try:
+            return super().__next__()
+        except BlobUnavailableError as exc:
+            log.warning("package %s: download cut short: %s", self.sha, bounded(str(exc)))
+            raise StopIteration from None
 
 
 @bp.get("/api/v1/health")

@@ -185,9 +185,9 @@ def test_replicas_keep_packages_in_the_bucket_and_serve_them_with_ranges(fleet, 
 
 
 @ON_POSTGRES
-def test_store_down_answers_503_and_recovers(fleet, packages, tmp_path):
-    """(c) the object store stops: downloads answer 503 at once, check-ins go on; back: downloads work.
-    (e) a replica whose bucket cannot be reached does not start: one line, exit 1."""
+def test_store_down_answers_503_and_recovers(fleet, packages, publisher, tmp_path):
+    """(c) the object store stops: a download under way ends short, new ones answer 503 at once, check-ins
+    go on; back: downloads work. (e) a replica whose bucket cannot be reached does not start: one line, exit 1."""
     missing = subprocess.run([EDGEREC, "sync", "serve", "--key-file", str(fleet.key), "--port", "0",
                               "--blob-url", f"s3://no-such-bucket-{os.getpid()}/x"],
                              env={**os.environ, "EDGEREC_DB_URL": fleet.db_url}, capture_output=True, text=True,
@@ -198,26 +198,39 @@ def test_store_down_answers_503_and_recovers(fleet, packages, tmp_path):
 
     a = fleet.replica("a").start()
     try:
+        big = ctr_builder(ctr_weights(5), "big", 1)
+        big.add_file("pad.bin", os.urandom(3 * CHUNK))
+        (tmp_path / "big-1.edgepkg").write_bytes(big.build(publisher.key))
         with fleet.admin(a) as admin:
             published = admin.publish(_package(tmp_path, packages, 2), "stable")
+            large = admin.publish(tmp_path / "big-1.edgepkg", "stable")
             token = admin.create_enroll_token([], 600)["token"]
         stored = fleet.object(str(published["sha256"]))
         enroll_node(tmp_path / "node", a.url, token)
         daemon = NodeDaemon(NodeState(tmp_path / "node"), tmp_path / "models")
         try:
-            fleet.s3.kill()
+            got = 0
+            with pytest.raises(httpx.RemoteProtocolError), httpx.stream(
+                    "GET", a.url + f"/repository/targets/stable/big/{large['sha256']}.1.edgepkg", timeout=30) as r:
+                for piece in r.iter_bytes(64 * 1024):
+                    if got == 0:
+                        fleet.s3.kill()  # the store goes while the first chunk is on its way
+                    got += len(piece)
+            assert got == CHUNK  # the chunk read before the store went, then a short body (the node resumes)
             down = httpx.get(a.url + _target(published), headers={"Range": "bytes=10-"}, timeout=30)
             assert down.status_code == 503 and down.json()["error"] == "unavailable"
-            warned = [ln for ln in a.log.read_text().splitlines() if ln.startswith("WARNING edgerec.sync: refused")]
-            assert len(warned) == 1 and "read of fleet/a/sha256/" in warned[0], warned
-            assert "EndpointConnectionError" in warned[0]
+            warned = [ln for ln in a.log.read_text().splitlines() if ln.startswith("WARNING edgerec.sync: ")]
+            assert len(warned) == 2 and all("read of fleet/a/sha256/" in ln for ln in warned), warned
+            assert warned[0].startswith(f"WARNING edgerec.sync: package {large['sha256']}: download cut short: ")
+            assert warned[1].startswith(f"WARNING edgerec.sync: refused (blob_unavailable): GET {_target(published)}")
+            assert "EndpointConnectionError" in warned[1]
             cycle = daemon.run_once()  # a check-in needs no package bytes
             assert cycle.reachable and not cycle.overloaded and cycle.failures == {} and cycle.installed == []
             assert httpx.get(a.url + "/repository/metadata/timestamp.json").status_code == 200
             with fleet.admin(a) as admin, pytest.raises(ApiError) as refused:
                 admin.publish(_package(tmp_path, packages, 3), "stable")
             assert refused.value.status == 503 and refused.value.error == "unavailable"
-            assert len(fleet.rows()) == 1  # nothing listed for what could not be stored
+            assert len(fleet.rows()) == 2  # nothing listed for what could not be stored
 
             # Back (moto keeps objects in memory: the new server gets the bucket restored, as from a backup).
             fleet.s3.start()
