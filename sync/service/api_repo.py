@@ -35,7 +35,6 @@ from werkzeug.exceptions import NotFound
 from werkzeug.wsgi import FileWrapper
 
 from edgerec.sdk.http_errors import bounded
-from edgerec.sync.protocol.errors import BlobUnavailableError
 from edgerec.sync.service.store.models import ChannelTarget, PackageVersion
 
 from .app import EXTENSION, service
@@ -181,8 +180,9 @@ def _blob_response(blobs: DbBlobStore | S3BlobStore, sha: str) -> Response:
 
 class _BlobStream(FileWrapper):
     """A blob's bytes for the WSGI server, a chunk at a time (seekable: werkzeug's ranges seek it). A store
-    that fails once the answer has started ends it short with one warning line, not a traceback: the client
-    sees an incomplete body and resumes with a range."""
+    that fails once the answer has started (the bucket down, chunks moved by ``sync migrate
+    --blobs-to-bucket``) ends it short with one warning line, not a traceback: the client sees an
+    incomplete body and resumes with a range."""
 
     def __init__(self, reader: io.BufferedReader, sha: str) -> None:
         super().__init__(reader, CHUNK)
@@ -191,7 +191,7 @@ class _BlobStream(FileWrapper):
     def __next__(self) -> bytes:
         try:
             return super().__next__()
-        except BlobUnavailableError as exc:
+        except OSError as exc:  # BlobUnavailableError, or a chunk gone from the database
             log.warning("package %s: download cut short: %s", self.sha, bounded(str(exc)))
             raise StopIteration from None
 
