@@ -2,7 +2,7 @@
 # Two images from one file, each installing edgerec as the README does (pip, one extra):
 #
 #   docker build --target node -t edgerec-node .   # node daemon + supervised edge server ("edgerec[node,otel]")
-#   docker build --target sync -t edgerec-sync .   # sync service ("edgerec[sync,postgres,otel]")
+#   docker build --target sync -t edgerec-sync .   # sync service ("edgerec[sync,postgres,otel,s3]")
 #
 # Both run as an unprivileged user with their state under /var/lib/edgerec (a volume), take
 # secrets from files (token files, PGPASSFILE), never from the command line, and stop on SIGTERM.
@@ -30,7 +30,7 @@ ENTRYPOINT ["edgerec"]
 CMD ["node", "run", "--state-dir", "/var/lib/edgerec/node", "--model-dir", "/var/lib/edgerec/models", "--serve", "--serve-host", "0.0.0.0", "--serve-port", "8080"]
 
 FROM source AS sync
-RUN python -m pip install ".[sync,postgres,otel]" \
+RUN python -m pip install ".[sync,postgres,otel,s3]" \
  && useradd --system --uid 10001 --home-dir /var/lib/edgerec --create-home --shell /usr/sbin/nologin edgerec \
  && rm -rf /src
 USER edgerec

@@ -62,6 +62,18 @@ class UntrustedPackageError(SyncError, http.UnprocessableError):
     code = "untrusted_package"
 
 
+class UnavailableError(SyncError, http.UnavailableError):
+    """The service cannot answer this now (503); the request may succeed later."""
+
+
+class BlobUnavailableError(UnavailableError, OSError):
+    """A stored package's bytes cannot be read here now: the object store is unreachable, or this replica
+    has none configured. An OSError too, because it is raised by file-like readers, whose callers (zipfile,
+    the alerts' manifest reads) handle a failed read as the OSError the io contract names."""
+
+    reason = "blob_unavailable"
+
+
 # -- what the node daemon refuses -------------------------------------------------
 
 
@@ -134,6 +146,7 @@ __all__ = [
     "AssignmentSignatureError",
     "AuthenticationError",
     "BadRequestError",
+    "BlobUnavailableError",
     "ConfigError",
     "ConflictError",
     "DowngradeError",
@@ -149,5 +162,6 @@ __all__ = [
     "RequestRefusedError",
     "ServerUnreachableError",
     "SyncError",
+    "UnavailableError",
     "UntrustedPackageError",
 ]

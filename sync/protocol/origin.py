@@ -16,7 +16,7 @@ once the new origin serves the repository.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from .errors import ConfigError
 
@@ -25,18 +25,26 @@ MAX_URL_CHARS = 2048
 API_ORIGIN = "/repository"
 
 
-def check_repo_url(url: str, field: str = "repo_url") -> str:
-    """``url`` as a repository base (http or https, a host, no query or fragment, no trailing slash)."""
+def split_plain_url(url: str, field: str, no_credentials: str) -> SplitResult:
+    """``url`` split, once it is known to be short, printable and free of a user name or password (a URL
+    that is stored, logged or shown in errors); ConfigError naming ``field`` otherwise, ``no_credentials``
+    saying where credentials belong."""
     if len(url) > MAX_URL_CHARS:
         raise ConfigError(f"{field}: longer than {MAX_URL_CHARS} characters")
     # urlsplit drops tabs and newlines silently; a stored, logged URL must not hold them.
     if not url.isprintable() or " " in url:
         raise ConfigError(f"{field}: a URL must not hold spaces or control characters")
     parts = urlsplit(url)
-    # No credentials in a URL that is stored, logged and signed into every node's assignments (checked
-    # first: the error below shows the URL).
+    # Checked before any error that shows the URL.
     if "@" in parts.netloc:
-        raise ConfigError(f"{field}: a repository URL must not hold a user name or password")
+        raise ConfigError(f"{field}: {no_credentials}")
+    return parts
+
+
+def check_repo_url(url: str, field: str = "repo_url") -> str:
+    """``url`` as a repository base (http or https, a host, no query or fragment, no trailing slash)."""
+    # No credentials in a URL that is signed into every node's assignments.
+    parts = split_plain_url(url, field, "a repository URL must not hold a user name or password")
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise ConfigError(f"{field}: expected an http(s) URL without query or fragment, got {url!r}")
     return url.rstrip("/")

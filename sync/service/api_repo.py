@@ -5,8 +5,9 @@ add the cache headers such a front needs and byte ranges (resumable
 downloads). Versioned metadata and hash-prefixed targets never change, so
 they are immutable; ``timestamp.json`` must be revalidated. A stateless
 replica (no data directory) answers the same URLs from the database: metadata
-from ``tuf_metadata``, targets streamed chunk by chunk from ``blob_chunks``,
-with the same byte ranges (:func:`_blob_response`).
+from ``tuf_metadata``, targets streamed chunk by chunk from ``blob_chunks`` (or
+by ranged GETs from the object store of ``--blob-url``), with the same byte
+ranges (:func:`_blob_response`).
 
 Every node polls ``timestamp.json`` as often as it checks in, so with a data
 directory metadata files are answered from memory (:class:`MetadataFiles`),
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import re
 import stat
@@ -32,12 +34,15 @@ from sqlalchemy import select
 from werkzeug.exceptions import NotFound
 from werkzeug.wsgi import FileWrapper
 
+from edgerec.sdk.http_errors import bounded
 from edgerec.sync.service.store.models import ChannelTarget, PackageVersion
 
 from .app import EXTENSION, service
 from .blobs import CHUNK
 from .db_blobs import DbBlobStore
+from .s3_blobs import S3BlobStore
 
+log = logging.getLogger("edgerec.sync")
 bp = Blueprint("repository", __name__)
 _IMMUTABLE = "public, max-age=31536000, immutable"
 _FILES = "edgerec_metadata_files"
@@ -116,7 +121,7 @@ def metadata(name: str) -> Any:
 def targets(path: str) -> Any:
     svc = service()
     if svc.datadir is None:
-        assert isinstance(svc.blobs, DbBlobStore)
+        assert isinstance(svc.blobs, DbBlobStore | S3BlobStore)
         resp = _blob_response(svc.blobs, _published_blob(path))
     else:
         resp = send_from_directory(svc.datadir.targets, path, conditional=True, max_age=0)
@@ -146,20 +151,49 @@ def _published_blob(path: str) -> str:
     return sha
 
 
-def _blob_response(blobs: DbBlobStore, sha: str) -> Response:
-    """A blob from the database, streamed one chunk at a time; ``Range`` and ``If-Range`` as for a file."""
+def _blob_response(blobs: DbBlobStore | S3BlobStore, sha: str) -> Response:
+    """A blob from the database or the object store, streamed one chunk at a time; ``Range`` and ``If-Range``
+    as for a file. A store that cannot be read answers 503 (BlobUnavailableError), before any byte is sent."""
     try:
         reader = blobs.open(sha)
     except FileNotFoundError as exc:
         raise NotFound() from exc
     size = reader.seek(0, io.SEEK_END)
     reader.seek(0)
-    resp = Response(FileWrapper(reader, CHUNK), mimetype="application/octet-stream", direct_passthrough=True)
+    resp = Response(_BlobStream(reader, sha), mimetype="application/octet-stream", direct_passthrough=True)
     resp.content_length = size
     resp.set_etag(sha)  # content-addressed: the digest is a strong validator
     # Werkzeug seeks the (seekable) reader to the range's start: a resumed download reads only what is left.
     resp.make_conditional(request, accept_ranges=True, complete_length=size)
+    if request.method == "GET" and resp.status_code in (200, 206) and size:
+        # The first chunk is read now, so that a store that is down answers 503 here rather than cutting a
+        # 200 off after its headers; the lazy seek to the same place keeps the buffered chunk.
+        start = resp.content_range.start if resp.status_code == 206 and resp.content_range else None
+        reader.seek(start or 0)
+        try:
+            reader.peek(1)
+        except BaseException:
+            reader.close()
+            raise
     return resp
+
+
+class _BlobStream(FileWrapper):
+    """A blob's bytes for the WSGI server, a chunk at a time (seekable: werkzeug's ranges seek it). A store
+    that fails once the answer has started (the bucket down, chunks moved by ``sync migrate
+    --blobs-to-bucket``) ends it short with one warning line, not a traceback: the client sees an
+    incomplete body and resumes with a range."""
+
+    def __init__(self, reader: io.BufferedReader, sha: str) -> None:
+        super().__init__(reader, CHUNK)
+        self.sha = sha
+
+    def __next__(self) -> bytes:
+        try:
+            return super().__next__()
+        except OSError as exc:  # BlobUnavailableError, or a chunk gone from the database
+            log.warning("package %s: download cut short: %s", self.sha, bounded(str(exc)))
+            raise StopIteration from None
 
 
 @bp.get("/api/v1/health")

@@ -69,8 +69,9 @@ def create_app(service: SyncService, test_config: dict[str, Any] | None = None, 
         reason = err.code
         if isinstance(exc, RequestRefusedError):
             reason = exc.reason or reason
-            if not exc.logged:
-                log.info("refused (%s): %s %s: %s", reason, request.method, bounded(request.path), bounded(str(exc)))
+            if not exc.logged:  # a 5xx is the service's trouble (its package store down): a warning
+                log.log(logging.WARNING if err.status >= 500 else logging.INFO, "refused (%s): %s %s: %s", reason,
+                        request.method, bounded(request.path), bounded(str(exc)))
         else:
             log.info("refused (%s): %s", reason, bounded(str(exc)))
         if err.status < 500:

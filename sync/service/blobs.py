@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -26,8 +27,36 @@ def check_sha256(sha256: str) -> str:
     return sha256
 
 
+class SeekableReader(io.RawIOBase):
+    """A read-only raw file of ``size`` bytes that subclasses fill in :meth:`readinto` from ``tell()`` on.
+
+    Seekable, so a zip reader reads only a package's directory and an HTTP range
+    starts where it asks; wrapped in :class:`io.BufferedReader` by the stores.
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+
 class Blobs(Protocol):
-    """What the service asks of a blob store: :class:`BlobStore` (files) or :class:`.db_blobs.DbBlobStore`."""
+    """What the service asks of a blob store: :class:`BlobStore` (files), :class:`.db_blobs.DbBlobStore` or
+    :class:`.s3_blobs.S3BlobStore`."""
 
     def receive(self, chunks: Iterable[bytes], limit: int) -> tuple[Path, str, int]: ...
 

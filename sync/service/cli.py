@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from edgerec.sdk.cli.log_options import log_options
 from edgerec.sdk.cli.output import busy, console, print_json, progress_wanted
@@ -13,6 +15,7 @@ from edgerec.sdk.cli.paths import AbsolutePath
 from edgerec.sdk.cli.secret_input import db_option
 from edgerec.sync.protocol.errors import ConfigError
 
+from .blob_url import BLOB_URL_ENV, parse_blob_url
 from .config import ServiceConfig
 from .store import Database
 
@@ -28,6 +31,20 @@ _KEY_FILE = click.option(
          "with --db instead of --data-dir. Env: EDGEREC_SYNC_KEY_FILE.")
 
 
+_BLOB_URL = click.option(
+    "--blob-url", default=None, envvar=BLOB_URL_ENV,
+    help="A stateless replica's package store: s3://BUCKET/PREFIX (needs 'edgerec[s3]'); endpoint, region and "
+         "credentials from the standard AWS variables (AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, ...), a profile "
+         f"or an instance role. Default: in the database. Env: {BLOB_URL_ENV}.")
+
+
+def _blob_url(value: str | None) -> str:
+    """``--blob-url`` checked (one-line error naming the option), or "" when not given."""
+    if not value:
+        return ""
+    return parse_blob_url(value, f"--blob-url ({BLOB_URL_ENV})").url
+
+
 @sync_group.command()
 @click.option("--data-dir", type=AbsolutePath(file_okay=False, path_type=Path), default=None,
               help="Data directory made by 'edgerec admin init' (or none: a stateless replica, --db and --key-file).")
@@ -35,6 +52,7 @@ _KEY_FILE = click.option(
 @_KEY_FILE
 @click.option("--work-dir", type=AbsolutePath(file_okay=False, path_type=Path), default=None,
               help="A stateless replica's local folder for uploads in progress (default: a temporary one).")
+@_BLOB_URL
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8470, show_default=True)
 @click.option("--tls-cert", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None,
@@ -60,7 +78,8 @@ _KEY_FILE = click.option(
 @click.option("--header-timeout-s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
               help="Time a request head may take from its first byte; also an idle keep-alive connection's.")
 @log_options("text")
-def serve(data_dir: Path | None, db_url: str | None, key_file: Path | None, work_dir: Path | None, host: str,
+def serve(data_dir: Path | None, db_url: str | None, key_file: Path | None, work_dir: Path | None,
+          blob_url: str | None, host: str,
           port: int, tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None, repo_url: str | None,
           otlp_endpoint: str | None, threads: int | None, workers: int, max_connections: int,
           header_timeout_s: float, access_log: bool, log_format: str, log_level: str, log_flush_ms: float) -> None:
@@ -85,6 +104,8 @@ def serve(data_dir: Path | None, db_url: str | None, key_file: Path | None, work
         config = ServiceConfig(**{**config.__dict__, "threads": threads})
     if repo_url:
         config = ServiceConfig(**{**config.__dict__, "repo_url": repo_url})
+    if blob_url:
+        config = ServiceConfig(**{**config.__dict__, "blob_url": _blob_url(blob_url)})
     tls = (tls_cert, tls_key) if tls_cert and tls_key else None
     if tls:
         check_tls_files(*tls, tls_client_ca)
@@ -100,21 +121,42 @@ def serve(data_dir: Path | None, db_url: str | None, key_file: Path | None, work
               help="Also move the data directory's online keys and package blobs into the database, so "
                    "replicas need only --db and --key-file.")
 @_KEY_FILE
+@click.option("--blob-url", default=None, envvar=BLOB_URL_ENV,
+              help="With --to-database: move the package blobs into this object store (s3://BUCKET/PREFIX, as "
+                   f"'sync serve --blob-url') instead of the database's rows. Env: {BLOB_URL_ENV}.")
+@click.option("--blobs-to-bucket", is_flag=True,
+              help="Move the blobs kept in the database's rows into the --blob-url bucket (once every replica "
+                   "has --blob-url; run again after an interruption).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
 def migrate(data_dir: Path | None, db_url: str | None, to_database: bool, key_file: Path | None,
-            as_json: bool) -> None:
+            blob_url: str | None, blobs_to_bucket: bool, as_json: bool) -> None:
     """Create or upgrade the database schema (the service also does this at start)."""
     from .datadir import DataDir
-    from .move_state import move_to_database
+    from .move_state import move_blobs_to_bucket, move_to_database
     from .store import migrate as run_migrations
+
+    if blobs_to_bucket:
+        if to_database or data_dir is not None or not db_url or not blob_url:
+            raise ConfigError("--blobs-to-bucket needs --db and --blob-url (and no --data-dir or --to-database)")
+        store = _blob_url(blob_url)
+        with busy(f"moving the database's blobs into {store}", progress_wanted(as_json)), \
+                tempfile.TemporaryDirectory(prefix="edgerec-migrate-") as work:
+            count = move_blobs_to_bucket(db_url, parse_blob_url(store), Path(work))
+        if as_json:
+            print_json({"blobs": count, "blob_url": store})
+        else:
+            console.print(f"moved {count} blobs from the database into {store}", markup=False)
+        return
 
     if to_database:
         if data_dir is None or key_file is None:
             raise ConfigError("--to-database needs --data-dir (what to move) and --key-file (made if missing)")
-        with busy("moving the data directory's keys and blobs into the database", progress_wanted(as_json)):
-            moved = move_to_database(data_dir, db_url, key_file)
+        store = _blob_url(blob_url)
+        with busy("moving the data directory's keys and blobs into the database" + (f" and {store}" if store else ""),
+                  progress_wanted(as_json)):
+            moved = move_to_database(data_dir, db_url, key_file, parse_blob_url(store) if store else None)
         doc = {"keys": moved.keys, "blobs": moved.blobs, "blobs_present": moved.blobs_present,
-               "key_id": moved.key_id, "key_created": moved.key_created}
+               "key_id": moved.key_id, "key_created": moved.key_created, "blob_url": store or None}
         if as_json:
             print_json(doc)
         else:
@@ -122,6 +164,9 @@ def migrate(data_dir: Path | None, db_url: str | None, to_database: bool, key_fi
                           f"{', new file' if moved.key_created else ''}), {moved.blobs} blobs "
                           f"({moved.blobs_present} were there)", markup=False)
         return
+    from_env = click.get_current_context().get_parameter_source("blob_url") == ParameterSource.ENVIRONMENT
+    if blob_url and not from_env:  # EDGEREC_BLOB_URL, exported for the replicas, does not stop a schema upgrade
+        raise ConfigError("--blob-url goes with --to-database or --blobs-to-bucket (where the blobs go)")
     if data_dir is None and not db_url:
         raise ConfigError("give --data-dir or --db")
     db = Database(DataDir(data_dir).db_url(db_url) if data_dir else str(db_url))
@@ -147,8 +192,6 @@ def resign(data_dir: Path | None, db_url: str | None, key_file: Path | None, as_
     Run it once, with the service stopped or running, before nodes poll the restored service: they refuse
     metadata older than what they trust, so without it they stop following until it is re-signed.
     """
-    import tempfile
-
     from .core import SyncService
 
     with tempfile.TemporaryDirectory(prefix="edgerec-resign-") as work:

@@ -14,6 +14,8 @@ from typing import Any
 from edgerec.sync.protocol.errors import ConfigError
 from edgerec.sync.protocol.origin import check_repo_url
 
+from .blob_url import S3Settings, blob_settings, parse_blob_url
+
 ENV_PREFIX = "EDGEREC_SYNC_"
 
 
@@ -76,6 +78,9 @@ class ServiceConfig:
     # The public URL of the TUF repository's static origin (nginx or a CDN serving DIR/repository/:
     # URL/metadata/, URL/targets/), pinned in each enrollment answer; "" means this API's /repository.
     repo_url: str = ""
+    # A stateless replica's object store for package ciphertexts, s3://bucket/prefix (blob_url.py); "" keeps
+    # them in the database. Endpoint and credentials come from the standard AWS variables, never from here.
+    blob_url: str = ""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -94,6 +99,13 @@ class ServiceConfig:
             raise ConfigError("ServiceConfig: timestamp_expiry_s must not exceed snapshot_expiry_s")
         if self.repo_url:
             object.__setattr__(self, "repo_url", check_repo_url(self.repo_url, "ServiceConfig.repo_url"))
+        if self.blob_url:
+            parse_blob_url(self.blob_url, "ServiceConfig.blob_url")
+
+    @property
+    def blob_store(self) -> S3Settings | None:
+        """The object store of :attr:`blob_url`, or None (package ciphertexts in the database)."""
+        return blob_settings(self.blob_url, "ServiceConfig.blob_url")
 
     @classmethod
     def from_env(cls, base: ServiceConfig | None = None) -> ServiceConfig:

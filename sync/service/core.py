@@ -64,6 +64,7 @@ from .repo_origin import ORIGIN_COLUMN, RepoOriginSetting
 from .reports import ReportResult, store_report
 from .retention import prune_due
 from .rollout import Rollouts, RolloutSummary
+from .s3_blobs import S3BlobStore
 from .signed_cache import SignedAssignmentCache
 from .store import Database, migrate
 from .tokens import check_admin_token
@@ -115,7 +116,8 @@ class SyncService:
             if keys is None or work_dir is None:
                 raise ValueError("a service without a data directory needs its keys and a work directory")
             self.keys, self.work_dir = keys, work_dir
-            self.blobs = DbBlobStore(db, work_dir / "tmp")
+            s3 = config.blob_store  # S3BlobStore imports boto3 only when a bucket is configured
+            self.blobs = DbBlobStore(db, work_dir / "tmp") if s3 is None else S3BlobStore(db, work_dir / "tmp", s3)
         else:
             self.keys, self.work_dir = OnlineKeys(datadir.keys), datadir.root
             self.blobs = BlobStore(datadir.blobs, datadir.tmp)
@@ -134,6 +136,9 @@ class SyncService:
     @classmethod
     def open(cls, data_dir: Path, db_url: str | None = None, config: ServiceConfig | None = None) -> SyncService:
         """Open a data directory made by ``edgerec admin init``; migrate its database."""
+        if (config or ServiceConfig()).blob_url:
+            raise ConfigError("--blob-url is for a stateless replica (--db and --key-file); a data directory "
+                              "keeps its packages in DIR/blobs")
         datadir = DataDir(Path(data_dir))
         db = Database(datadir.db_url(db_url), pool_size=(config or ServiceConfig()).threads)
         migrate(db)
@@ -222,7 +227,7 @@ class SyncService:
                 break
         self.step_outcome_gates(now)
         prune_due(self.db, self.config, now)  # retention: at most once per interval over every replica
-        if isinstance(self.blobs, DbBlobStore):
+        if isinstance(self.blobs, DbBlobStore | S3BlobStore):
             self.blobs.sweep_pending(now)  # uploads a killed replica left half written
         self.db.checkpoint()
         return len(written)

@@ -19,12 +19,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from edgerec.sync.service.store.models import BlobChunk, BlobRow
+from edgerec.sync.protocol.errors import BlobUnavailableError
+from edgerec.sync.service.store.models import BLOB_IN_DB, BlobChunk, BlobRow
 
-from .blobs import CHUNK, BlobStore, check_sha256
+from .blob_url import BLOB_URL_ENV
+from .blobs import CHUNK, BlobStore, SeekableReader, check_sha256
 from .store import Database
 
 _CHUNKS_PER_TRANSACTION = 8
@@ -117,14 +119,29 @@ class DbBlobStore:
             return reader.read()
 
     def open(self, sha256: str) -> io.BufferedReader:
-        """A stored blob as a seekable binary file (reads a chunk at a time); FileNotFoundError when not stored."""
-        check_sha256(sha256)
-        with self.db.read() as session:
-            row = session.execute(
-                select(BlobRow.size, BlobRow.chunk_size).where(BlobRow.sha256 == sha256)).one_or_none()
+        """A stored blob as a seekable binary file (reads a chunk at a time); FileNotFoundError when not stored,
+        :class:`BlobUnavailableError` when its bytes are in an object store this replica was not given."""
+        row = listed(self.db, sha256)
         if row is None:
             raise FileNotFoundError(f"blob {sha256} is not stored")
-        return io.BufferedReader(BlobReader(self.db, sha256, row.size, row.chunk_size), CHUNK)
+        if row.location != BLOB_IN_DB:
+            # Logged once, as the refused request's warning (the alerts' manifest reads skip it quietly).
+            raise BlobUnavailableError(f"blob {sha256} is stored in the object store ({row.location}) and this "
+                                       f"replica has none configured: start it with --blob-url (or {BLOB_URL_ENV}) "
+                                       "as the others")
+        return self.reader(sha256, row.size, row.chunk_size)
+
+    def reader(self, sha256: str, size: int, chunk_size: int) -> io.BufferedReader:
+        """The chunks of a listed ``db`` blob as a seekable binary file."""
+        return io.BufferedReader(BlobReader(self.db, sha256, size, chunk_size), CHUNK)
+
+
+def listed(db: Database, sha256: str) -> Row[int, int, str] | None:
+    """The ``blobs`` row of a stored blob (size, chunk_size, location), or None when it is not listed."""
+    check_sha256(sha256)
+    with db.read() as session:
+        return session.execute(select(BlobRow.size, BlobRow.chunk_size, BlobRow.location)
+                               .where(BlobRow.sha256 == sha256)).one_or_none()
 
 
 def _started(pending: str) -> float:
@@ -134,28 +151,13 @@ def _started(pending: str) -> float:
         return 0.0  # not a name this module made: old enough to go
 
 
-class BlobReader(io.RawIOBase):
+class BlobReader(SeekableReader):
     """Reads a blob chunk by chunk, one short read transaction per chunk."""
 
     def __init__(self, db: Database, sha256: str, size: int, chunk_size: int) -> None:
-        super().__init__()
-        self.db, self.sha256, self.size, self.chunk_size = db, sha256, size, chunk_size
-        self._pos = 0
+        super().__init__(size)
+        self.db, self.sha256, self.chunk_size = db, sha256, chunk_size
         self._cached: tuple[int, bytes] | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
 
     def _chunk(self, seq: int) -> bytes:
         if self._cached is None or self._cached[0] != seq:

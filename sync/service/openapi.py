@@ -52,6 +52,13 @@ def _op(summary: str, tag: str, *, body: dict[str, Any] | None = None, query: di
     return op
 
 
+def _store(op: dict[str, Any]) -> dict[str, Any]:
+    """``op`` that reads or writes package bytes: 503 while an object store (``--blob-url``) cannot be used."""
+    op["responses"]["503"] = {"description": "The package store cannot be used now; try again later",
+                              "content": {JSON: {"schema": ERROR}}}
+    return op
+
+
 def _paths() -> dict[str, Any]:
     a = "/api/v1/admin"
     since = {"since": SECONDS}
@@ -94,16 +101,16 @@ def _paths() -> dict[str, Any]:
             "Key envelopes of an assigned version", "node", admin=False, path=("model",)), **signed}},
         "/repository/metadata/{name}": {"get": _op("TUF metadata (static file)", "repository", admin=False,
                                                    path=("name",))},
-        "/repository/targets/{path}": {"get": _op("TUF target (static file, byte ranges)", "repository",
-                                                  admin=False, path=("path",))},
+        "/repository/targets/{path}": {"get": _store(_op("TUF target (static file, byte ranges)", "repository",
+                                                         admin=False, path=("path",)))},
         f"{a}/whoami": {"get": _op("Check the admin token", "admin")},
         f"{a}/enroll-tokens": {"post": _op("Create a one-time enrollment token", "admin", status="201",
                                            body=_obj({"tags": TAGS, "expires_s": SECONDS}))},
         f"{a}/packages": {
             "get": _op("Published packages", "admin"),
-            "post": _op("Publish a signed package (the .edgepkg bytes)", "admin", status="201",
-                        query={"channel": NAME}, content="application/octet-stream",
-                        body={"type": "string", "format": "binary"}),
+            "post": _store(_op("Publish a signed package (the .edgepkg bytes)", "admin", status="201",
+                               query={"channel": NAME}, content="application/octet-stream",
+                               body={"type": "string", "format": "binary"})),
         },
         f"{a}/rollouts": {"post": _op("Roll a version out to a share of a channel", "admin", status="201",
                                       body=rollout)},

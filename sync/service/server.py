@@ -55,6 +55,7 @@ from edgerec.sdk.tracing import configure_otlp
 
 from .config import ServiceConfig
 from .core import SyncService
+from .s3_blobs import S3BlobStore
 
 log = logging.getLogger("edgerec.sync")
 RUN_ENV = "EDGEREC_SYNC_RUN_FILE"
@@ -128,6 +129,8 @@ def serve(data_dir: Path | None, db_url: str | None, config: ServiceConfig, sett
         # Migrates, opens the keys: fails here, once, if anything is wrong.
         service = SyncService.open_any(data_dir, db_url, config, key_file, work_dir)
         try:
+            if isinstance(service.blobs, S3BlobStore):
+                service.blobs.objects.check_bucket()  # once, here: a worker starts even while the store is down
             url = service.db.url.render_as_string(hide_password=False)
             dialect = service.db.dialect
         finally:
@@ -153,8 +156,9 @@ def serve(data_dir: Path | None, db_url: str | None, config: ServiceConfig, sett
             logs.apply()  # granian's logging setup closed the handlers
             host = f"[{settings.host}]" if ":" in settings.host else settings.host
             # One line a supervisor (or a test) can wait for.
-            console.print(f"{READY_LINE} {settings.scheme}://{host}:{port} (database {dialect})",
-                          highlight=False, markup=False)
+            packages = f", packages in {config.blob_url}" if config.blob_url else ""  # no secret: bucket and prefix
+            console.print(f"{READY_LINE} {settings.scheme}://{host}:{port} (database {dialect}{packages})",
+                          highlight=False, markup=False, soft_wrap=True)  # one line, whatever the width
             server.serve()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)

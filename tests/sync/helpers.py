@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,16 @@ from edgerec.sdk.encryption import Envelope
 from edgerec.sync.node.client import NodeClient, http_client
 from edgerec.sync.node.fetcher import HttpxFetcher
 from edgerec.sync.node.state import NodeState
+
+
+def zip_with_a_big_member(big: int) -> bytes:
+    """A zip of ``big.bin`` (``big`` random bytes) then ``small.json``: a reader of the small member that
+    reads only the directory and that member stays far below ``big``."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("big.bin", os.urandom(big))
+        zf.writestr("small.json", "{}")
+    return buf.getvalue()
 
 
 def tuf_updater(server: str, root: bytes, folder: Path) -> Updater:

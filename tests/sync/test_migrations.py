@@ -102,11 +102,28 @@ def test_a_version_4_database_gets_the_service_settings_table(db):
         conn.execute(update(SchemaInfo).values(version=4))
         conn.execute(text("INSERT INTO nodes (id, name, signing_key, recipient_key, tags, enrolled) "
                           "VALUES ('n1', 'edge-1', 'k', 'k', '[]', 1.0)"))
-    assert migrate(db) == 4 and _version(db) == SCHEMA_VERSION == 5
+    assert migrate(db) == 4 and _version(db) == SCHEMA_VERSION
     with db.engine.begin() as conn:
         conn.execute(text("INSERT INTO service_settings (name, value, updated) VALUES ('repo_url', 'x', 1.0)"))
         assert conn.execute(text("SELECT value FROM service_settings")).scalar_one() == "x"
         assert conn.execute(text("SELECT name FROM nodes")).scalars().all() == ["edge-1"]
+
+
+def test_a_version_5_database_gets_the_blob_location(db):
+    """Schema 5 steps up to 6: ``blobs.location``, 'db' for every blob stored so far (its chunks are rows)."""
+    migrate(db)
+    with db.engine.begin() as conn:
+        conn.execute(text("DROP TABLE blobs"))
+        conn.execute(text("CREATE TABLE blobs (sha256 VARCHAR(64) PRIMARY KEY, size BIGINT, chunk_size INTEGER, "
+                          "created FLOAT)"))
+        conn.execute(text("INSERT INTO blobs VALUES (:s, 5, 1048576, 1.0)"), {"s": "ab" * 32})
+        conn.execute(update(SchemaInfo).values(version=5))
+    assert migrate(db) == 5 and _version(db) == SCHEMA_VERSION == 6
+    with db.engine.begin() as conn:
+        assert conn.execute(text("SELECT sha256, location FROM blobs")).all() == [("ab" * 32, "db")]
+        conn.execute(text("INSERT INTO blobs (sha256, size, chunk_size, created, location) "
+                          "VALUES (:s, 1, 1, 1.0, 's3')"), {"s": "cd" * 32})
+        assert sorted(conn.execute(text("SELECT location FROM blobs")).scalars()) == ["db", "s3"]
 
 
 def test_a_newer_schema_is_refused(db):

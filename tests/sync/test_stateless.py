@@ -30,7 +30,7 @@ from edgerec.sync.service.server import RunningServer
 from edgerec.sync.service.store import Database
 from edgerec.sync.service.store.models import BlobChunk, BlobRow, TufMetadata, WrappedKey
 
-from .helpers import tuf_updater
+from .helpers import tuf_updater, zip_with_a_big_member
 
 
 def _edgerec(*args: str, code: int = 0) -> str:
@@ -208,14 +208,9 @@ def test_blobs_are_chunked_streamed_and_stored_once(db_url, tmp_path):
         with pytest.raises(FileNotFoundError):
             store.open("0" * 64)
         # Seekable like a file: a zip reader (the alerts' reference histograms) reads just the directory.
-        import io
         import zipfile
 
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as zf:
-            zf.writestr("big.bin", os.urandom(3 * CHUNK))
-            zf.writestr("small.json", "{}")
-        with zipfile.ZipFile(store.open(store.put_bytes(buf.getvalue()))) as zf:
+        with zipfile.ZipFile(store.open(store.put_bytes(zip_with_a_big_member(3 * CHUNK)))) as zf:
             assert zf.namelist() == ["big.bin", "small.json"] and zf.read("small.json") == b"{}"
 
         # A replica killed mid-upload leaves chunks under a pending name: never served, swept when old.

@@ -30,7 +30,7 @@ from .models import (
 
 log = logging.getLogger("edgerec.sync.service.store")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _v2_node_truth(conn: Connection) -> None:
@@ -60,9 +60,18 @@ def _add_service_settings(conn: Connection) -> None:
     Base.metadata.create_all(conn, tables=[Base.metadata.tables[ServiceSetting.__tablename__]])
 
 
+def _add_blob_location(conn: Connection) -> None:
+    """6: ``blobs.location``: 'db' (``blob_chunks``, every row so far) or 's3' (an object store)."""
+    # A database older than 4 got ``blobs`` from today's model in step 4, location included.
+    if "location" in {c["name"] for c in inspect(conn).get_columns("blobs")}:
+        return
+    conn.execute(text("ALTER TABLE blobs ADD COLUMN location VARCHAR(8) NOT NULL DEFAULT 'db'"))
+
+
 #: ``STEPS[n]`` brings a database from version ``n - 1`` to ``n``.
 STEPS: dict[int, Callable[[Connection], None]] = {
     2: _v2_node_truth, 3: _add_fleet_metrics, 4: _add_stateless_state, 5: _add_service_settings,
+    6: _add_blob_location,
 }
 COUNTERS = ("repository", "serial")
 # Any 64-bit key, the same for every process of every edgerec service.

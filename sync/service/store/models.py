@@ -248,11 +248,17 @@ class TufMetadata(Base):
 # -- stateless replicas (schema 4): what a data directory held, kept in the database --------------
 
 
-class BlobRow(Base):
-    """A stored package ciphertext, named by its SHA-256; its bytes are the rows of ``blob_chunks``.
+BLOB_IN_DB = "db"
+BLOB_IN_S3 = "s3"
 
-    The row is inserted in the transaction that inserts the last chunk, so a blob
-    listed here is complete.
+
+class BlobRow(Base):
+    """A stored package ciphertext, named by its SHA-256; ``location`` says where its bytes are.
+
+    ``db``: the rows of ``blob_chunks``, and this row is inserted in the transaction
+    that inserts the last chunk; ``s3`` (schema 6): the object ``<prefix>/sha256/<hex>``
+    of the configured object store, and this row is inserted once the upload is
+    complete. Either way a blob listed here is complete.
     """
 
     __tablename__ = "blobs"
@@ -260,6 +266,7 @@ class BlobRow(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     chunk_size: Mapped[int] = mapped_column(Integer)
     created: Mapped[float] = mapped_column(Float)
+    location: Mapped[str] = mapped_column(String(8), default=BLOB_IN_DB, server_default=BLOB_IN_DB)
 
 
 class BlobChunk(Base):
