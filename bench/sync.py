@@ -1135,6 +1135,9 @@ def render_overload(results: list[dict[str, Any]], args: argparse.Namespace) -> 
                f"to {max(loads):.1f} ({os.cpu_count()} cores, shared with other agents' work). \"Service "
                "counted\": the service's own `edgerec_sync_refusals_total{reason=\"overloaded\"}` over the step "
                "(check-ins and polls).")
+    return "\n".join(out) + "\n"
+
+
 # -- --scale: stateless replicas behind nginx over one PostgreSQL -----------------------------
 
 
