@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
+import weakref
 import zipfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,6 +35,7 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from edgerec.sync.protocol.errors import BlobUnavailableError
 from edgerec.sync.protocol.releases import LATENCY_EDGES_MS, SCORE_EDGES, OpsFigures, OpsWindow
 from edgerec.sync.service.store.models import Assignment, Node, NodeModel, PackageVersion
 
@@ -200,23 +203,38 @@ def fleet_alerts(session: Session, policy: AlertPolicy, now: float) -> list[Aler
 
 
 # Reference histograms by package blob: a published blob never changes, so each process reads each
-# package's manifest once (bounded: one entry per published version, at most _MAX_REFS).
+# package's manifest once (bounded: one entry per published version, at most _MAX_REFS). A read that
+# failed is tried again _RETRY_S later, not at every scrape: with the package store down (an S3 bucket
+# that does not answer costs a read its connect timeouts) a scrape would otherwise wait on every package.
 _REFS: dict[str, list[int] | None] = {}
+# Per store (a test process may hold several): blob (or _STORE) -> when its read failed.
+_FAILED: weakref.WeakKeyDictionary[Blobs, dict[str, float]] = weakref.WeakKeyDictionary()
 _REFS_LOCK = threading.Lock()
 _MAX_REFS = 4096
+_RETRY_S = 60.0
+_STORE = "store"  # the key in _FAILED of when a read last found the package store itself unreachable
 
 
-def _reference(blobs: Blobs, sha256: str) -> list[int] | None:
+def _reference(blobs: Blobs, sha256: str, now: float, store_down: bool = False) -> list[int] | None:
+    """The package's reference histogram (None: none, or not read now); BlobUnavailableError when its store
+    cannot be reached. ``store_down``: only what is cached."""
     with _REFS_LOCK:
         if sha256 in _REFS:
             return _REFS[sha256]
+        failed = _FAILED.setdefault(blobs, {})
+        if store_down or now - failed.get(sha256, -_RETRY_S) < _RETRY_S:
+            return None
     hist = None
     try:  # the zip's directory and manifest only, not the whole (possibly large) package
         with blobs.open(sha256) as fh, zipfile.ZipFile(fh) as zf:
             manifest = json.loads(zf.read("manifest.json"))
         hist = (manifest.get("score_distribution") or {}).get("histogram")
     except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile):
-        return None  # not cached: a blob still being written is read again next time
+        with _REFS_LOCK:
+            if len(failed) >= _MAX_REFS:
+                failed.clear()
+            failed[sha256] = now  # not cached: a blob still being written is read again later
+        raise
     if not (isinstance(hist, list) and len(hist) == len(SCORE_EDGES) and all(isinstance(h, int) for h in hist)):
         hist = None
     with _REFS_LOCK:
@@ -226,12 +244,26 @@ def _reference(blobs: Blobs, sha256: str) -> list[int] | None:
     return hist
 
 
-def reference_histograms(session: Session, blobs: Blobs) -> dict[tuple[str, int], list[int]]:
-    """The converter's reference score histogram of each published version (read from its stored package)."""
+def reference_histograms(session: Session, blobs: Blobs, now: float | None = None) -> dict[tuple[str, int], list[int]]:
+    """The converter's reference score histogram of each published version (read from its stored package).
+
+    A package that cannot be read is left out; once the store itself is unreachable the rest wait too."""
+    now = time.time() if now is None else now
+    with _REFS_LOCK:
+        failed = _FAILED.setdefault(blobs, {})
+        store_down = now - failed.get(_STORE, -_RETRY_S) < _RETRY_S
     out: dict[tuple[str, int], list[int]] = {}
     for name, version, sha in session.execute(select(PackageVersion.name, PackageVersion.version,
                                                      PackageVersion.blob_sha256)):
-        hist = _reference(blobs, sha)
+        try:
+            hist = _reference(blobs, sha, now, store_down)
+        except BlobUnavailableError:
+            with _REFS_LOCK:  # one read paid for the outage; the store is tried again _RETRY_S later
+                failed[_STORE] = now
+            store_down = True
+            continue
+        except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile):
+            continue
         if hist is not None:
             out[(name, version)] = hist
     return out
@@ -240,7 +272,7 @@ def reference_histograms(session: Session, blobs: Blobs) -> dict[tuple[str, int]
 def open_alerts(session: Session, blobs: Blobs, policy: AlertPolicy, now: float, lookback_s: float) -> list[Alert]:
     """Every open alert: from the operational windows of the last ``lookback_s`` (so an alert's "since"
     reaches back at most that far), and from the fleet view."""
-    refs = reference_histograms(session, blobs)
+    refs = reference_histograms(session, blobs, now)
     return ops_alerts(load_ops(session, since=now - lookback_s), refs, policy) + fleet_alerts(session, policy, now)
 
 

@@ -115,3 +115,38 @@ def test_alerts_through_the_service_and_cli(sync_env, tmp_path, monkeypatch):
     assert doc["thresholds"]["psi"] == 0.2
     table = CliRunner().invoke(cli, ["admin", "alerts"], catch_exceptions=False)
     assert "score_drift" in table.stdout
+
+
+class _UnreachableStore:
+    """A package store whose bucket does not answer (as S3BlobStore reports it): counts the reads tried."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def open(self, sha256: str):
+        from edgerec.sync.protocol.errors import BlobUnavailableError
+
+        self.reads += 1
+        raise BlobUnavailableError("the package store cannot be reached")
+
+
+def test_an_unreachable_store_costs_one_read_a_minute_not_one_per_package(db):
+    """Drift alerts read each package's reference histogram; with the store down a /metrics scrape or an
+    alerts call must not wait on every package's timeouts, every time."""
+    from edgerec.sync.service.alerts import reference_histograms
+    from edgerec.sync.service.store.models import PackageVersion
+
+    with db.write() as s:
+        s.add_all([PackageVersion(name="ctr", version=v, manifest_sha256="0" * 64, blob_sha256=f"{v:064x}",
+                                  size=1, signer="-", artifacts=[], created=T0) for v in range(1, 6)])
+    store = _UnreachableStore()
+    with db.read() as s:
+        assert reference_histograms(s, store, now=T0) == {}
+        assert store.reads == 1  # the first package found the store down; the other four were not tried
+        assert reference_histograms(s, store, now=T0 + 30) == {} and store.reads == 1  # within the minute
+        reference_histograms(s, store, now=T0 + 61)
+        assert store.reads == 2  # a minute later: tried again, once
+    other = _UnreachableStore()  # another store of the same process keeps its own account
+    with db.read() as s:
+        reference_histograms(s, other, now=T0 + 62)
+    assert other.reads == 1
