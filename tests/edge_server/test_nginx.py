@@ -21,6 +21,15 @@ ROW = {"inputs": [
 ]}
 
 
+def _documented_nginx(binary: str, backends: list[RunningServer]) -> tuple[Nginx, int]:
+    """nginx with docs/operations.md's edgerec-edge.conf in front of two edge servers; its port."""
+    front = free_port()
+    snippet = doc_config("edgerec-edge.conf")
+    for documented, server in zip(("127.0.0.1:8081", "127.0.0.1:8082"), backends, strict=True):
+        snippet = snippet.replace(documented, f"127.0.0.1:{server.port}")
+    snippet = snippet.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{front};")
+    return Nginx(binary, snippet, [front]), front
+
 
 def _served(server: RunningServer) -> float:
     from prometheus_client.parser import text_string_to_metric_families
@@ -33,12 +42,7 @@ def _served(server: RunningServer) -> float:
 @pytest.mark.slow
 def test_requests_spread_and_a_killed_server_loses_none(base_config, nginx_binary):
     backends = [RunningServer(base_config.replace(port=0)) for _ in range(2)]
-    front = free_port()
-    snippet = doc_config("edgerec-edge.conf")
-    for documented, server in zip(("127.0.0.1:8081", "127.0.0.1:8082"), backends, strict=True):
-        snippet = snippet.replace(documented, f"127.0.0.1:{server.port}")
-    snippet = snippet.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{front};")
-    proxy = Nginx(nginx_binary, snippet, [front])
+    proxy, front = _documented_nginx(nginx_binary, backends)
     url = f"http://127.0.0.1:{front}/v2/models/ctr/infer"
     try:
         with httpx.Client(timeout=30) as http:
@@ -89,12 +93,7 @@ def test_behind_nginx_a_few_request_threads_are_not_starved_by_trickled_bodies(b
     import socket
 
     backends = [RunningServer(base_config.replace(port=0, http_threads=2)) for _ in range(2)]
-    front = free_port()
-    snippet = doc_config("edgerec-edge.conf")
-    for documented, server in zip(("127.0.0.1:8081", "127.0.0.1:8082"), backends, strict=True):
-        snippet = snippet.replace(documented, f"127.0.0.1:{server.port}")
-    snippet = snippet.replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{front};")
-    proxy = Nginx(nginx_binary, snippet, [front])
+    proxy, front = _documented_nginx(nginx_binary, backends)
     body = json.dumps(ROW).encode()
     slow: list[socket.socket] = []
 

@@ -1,10 +1,15 @@
-"""Loopback helpers for tests and benchmarks: free ports and waiting for a condition."""
+"""Loopback helpers for tests and benchmarks: free ports, waiting for a condition or a server."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
 
 
 def free_port() -> int:
@@ -23,3 +28,16 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: f
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
+
+
+def wait_http_ok(url: str, proc: subprocess.Popen[Any], log: Path, timeout: float, interval: float = 0.05,
+                 tail: int = 3000) -> None:
+    """Wait until ``GET url`` answers 200; fail with the tail of ``log`` if ``proc`` exits first or time runs out."""
+
+    def up() -> bool:
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return proc.poll() is not None
+
+    assert wait_for(up, timeout=timeout, interval=interval) and proc.poll() is None, log.read_text()[-tail:]

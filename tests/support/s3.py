@@ -15,10 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from .net import free_port, wait_for
+from .net import free_port, wait_http_ok
 
 # Credentials of nobody: moto accepts any; they keep boto3 from looking for real ones on the machine.
 _ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -54,13 +53,7 @@ class MotoS3:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-        def up() -> bool:
-            try:
-                return httpx.get(self.url + "/moto-api/", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return self.proc is None or self.proc.poll() is not None
-        assert wait_for(up, timeout=30, interval=0.05) and self.proc.poll() is None, self.log.read_text()[-2000:]
+        wait_http_ok(self.url + "/moto-api/", self.proc, self.log, timeout=30, tail=2000)
         return self
 
     def kill(self) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from .net import wait_for
+from .net import wait_http_ok
 
 EDGEREC = str(Path(sys.executable).parent / "edgerec")
 
@@ -40,13 +40,7 @@ class Replica:
             self.proc = subprocess.Popen(
                 [*pin, EDGEREC, "sync", "serve", "--key-file", str(self.key), "--work-dir", str(self.work),
                  "--port", str(self.port)], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-        def up() -> bool:
-            try:
-                return httpx.get(self.url + "/api/v1/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return self.proc is None or self.proc.poll() is not None
-        assert wait_for(up, timeout=60, interval=0.1) and self.proc.poll() is None, self.log.read_text()[-3000:]
+        wait_http_ok(self.url + "/api/v1/health", self.proc, self.log, timeout=60, interval=0.1)
         return self
 
     def checkins(self) -> float:

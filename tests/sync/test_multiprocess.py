@@ -10,12 +10,11 @@ import sys
 import threading
 from pathlib import Path
 
-import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy import select
-from support.net import free_port, wait_for
+from support.net import free_port, wait_http_ok
 
 from edgerec.sdk.keys import load_verify_key, public_pem
 from edgerec.sync.admin.client import AdminClient, Credentials
@@ -40,13 +39,7 @@ def _serve(data_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
         proc = subprocess.Popen([EDGEREC, "sync", "serve", "--data-dir", str(data_dir), "--port", str(port)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(url + "/api/v1/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return proc.poll() is not None
-    assert wait_for(up, timeout=60, interval=0.2) and proc.poll() is None, log.read_text()
+    wait_http_ok(url + "/api/v1/health", proc, log, timeout=60, interval=0.2, tail=1_000_000)
     return proc, url
 
 
