@@ -212,6 +212,8 @@ _FAILED: weakref.WeakKeyDictionary[Blobs, dict[str, float]] = weakref.WeakKeyDic
 _REFS_LOCK = threading.Lock()
 _MAX_REFS = 4096
 _RETRY_S = 60.0
+# What reading a package's manifest may raise: the store, or a blob that is not (yet) a package.
+_READ_ERRORS = (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile)
 _STORE = "store"  # the key in _FAILED of when a read last found the package store itself unreachable
 
 
@@ -229,7 +231,7 @@ def _reference(blobs: Blobs, sha256: str, now: float, store_down: bool = False) 
         with blobs.open(sha256) as fh, zipfile.ZipFile(fh) as zf:
             manifest = json.loads(zf.read("manifest.json"))
         hist = (manifest.get("score_distribution") or {}).get("histogram")
-    except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile):
+    except _READ_ERRORS:
         with _REFS_LOCK:
             if len(failed) >= _MAX_REFS:
                 failed.clear()
@@ -262,7 +264,7 @@ def reference_histograms(session: Session, blobs: Blobs, now: float | None = Non
                 failed[_STORE] = now
             store_down = True
             continue
-        except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile):
+        except _READ_ERRORS:
             continue
         if hist is not None:
             out[(name, version)] = hist

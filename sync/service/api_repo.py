@@ -39,8 +39,7 @@ from edgerec.sync.service.store.models import ChannelTarget, PackageVersion
 
 from .app import EXTENSION, service
 from .blobs import CHUNK
-from .db_blobs import DbBlobStore
-from .s3_blobs import S3BlobStore
+from .s3_blobs import ReplicaBlobs
 
 log = logging.getLogger("edgerec.sync")
 bp = Blueprint("repository", __name__)
@@ -121,7 +120,7 @@ def metadata(name: str) -> Any:
 def targets(path: str) -> Any:
     svc = service()
     if svc.datadir is None:
-        assert isinstance(svc.blobs, DbBlobStore | S3BlobStore)
+        assert isinstance(svc.blobs, ReplicaBlobs)
         resp = _blob_response(svc.blobs, _published_blob(path))
     else:
         resp = send_from_directory(svc.datadir.targets, path, conditional=True, max_age=0)
@@ -151,7 +150,7 @@ def _published_blob(path: str) -> str:
     return sha
 
 
-def _blob_response(blobs: DbBlobStore | S3BlobStore, sha: str) -> Response:
+def _blob_response(blobs: ReplicaBlobs, sha: str) -> Response:
     """A blob from the database or the object store, streamed one chunk at a time; ``Range`` and ``If-Range``
     as for a file. A store that cannot be read answers 503 (BlobUnavailableError), before any byte is sent."""
     try:

@@ -64,7 +64,7 @@ from .repo_origin import ORIGIN_COLUMN, RepoOriginSetting
 from .reports import ReportResult, store_report
 from .retention import prune_due
 from .rollout import Rollouts, RolloutSummary
-from .s3_blobs import S3BlobStore
+from .s3_blobs import ReplicaBlobs, S3BlobStore
 from .signed_cache import SignedAssignmentCache
 from .store import Database, migrate
 from .tokens import check_admin_token
@@ -227,7 +227,7 @@ class SyncService:
                 break
         self.step_outcome_gates(now)
         prune_due(self.db, self.config, now)  # retention: at most once per interval over every replica
-        if isinstance(self.blobs, DbBlobStore | S3BlobStore):
+        if isinstance(self.blobs, ReplicaBlobs):
             self.blobs.sweep_pending(now)  # uploads a killed replica left half written
         self.db.checkpoint()
         return len(written)

@@ -30,7 +30,7 @@ from .datadir import DataDir
 from .db_blobs import DbBlobStore
 from .online_keys import OnlineKeys
 from .replica_keys import create_key_file, key_id, read_key_file, wrap_online_keys
-from .s3_blobs import S3BlobStore
+from .s3_blobs import ReplicaBlobs, S3BlobStore
 from .store import Database, migrate
 
 
@@ -58,7 +58,7 @@ def move_to_database(data_dir: Path, db_url: str | None, key_file: Path, s3: S3S
             create_key_file(key_file)
         key = read_key_file(key_file)
         wrapped = wrap_online_keys(db, key, secrets)
-        store: DbBlobStore | S3BlobStore
+        store: ReplicaBlobs
         if s3 is None:
             store = DbBlobStore(db, dd.tmp)
         else:

@@ -178,6 +178,11 @@ class S3BlobStore:
                                  CHUNK)
 
 
+#: The blob stores of a stateless replica (chunks in the database, or objects in a bucket): what it sweeps,
+#: serves targets from and migrates into.
+ReplicaBlobs = DbBlobStore | S3BlobStore
+
+
 class S3Reader(SeekableReader):
     """Reads an object with ranged GETs of at most ``chunk_size`` bytes each, from wherever it was seeked to."""
 
