@@ -358,7 +358,7 @@ def start(system: str, onnx: Path, model_dir: Path, pub: Path, *, workers: int =
     config = ["--config", str(settings)] if settings is not None else []
     config += ["--log-flush-ms", str(LOG_FLUSH_MS)]
     # The landed server ran on waitress with 16 HTTP threads (its default); the new one on granian with its
-    # defaults (a thread per connection at most).
+    # defaults (the RSGI front, 2 app threads).
     threads = ["--http-threads", str(HTTP_THREADS)] if system == "before" else []
     # The access log is on (the default): one JSON line per request into the server's log file.
     return Server([*EDGEREC, "--model-dir", str(model_dir), "--port", str(port), "-k", str(pub), "--threads", "1",
@@ -718,8 +718,9 @@ def report(res: dict[str, Any]) -> str:
         f"context, a 32-unit MLP; the MovieLens package of examples/movielens needs a TensorFlow training run, so "
         f"the same-sized synthetic model keeps every system on one identical ONNX file). Every server: 1 ONNX "
         f"Runtime thread, one worker process unless said; waitress servers (bare, the landed edgerec as `before`) "
-        f"{HTTP_THREADS} HTTP threads, granian ones (bare-granian, edgerec) the defaults of `edgerec serve` (a Python "
-        f"thread per connection at most, made on demand). {res.get('load_note', '')} Load: wrk "
+        f"{HTTP_THREADS} HTTP threads, granian ones (bare-granian, edgerec) the defaults of `edgerec serve` (granian's "
+        f"RSGI interface, bodies read on its event loop, 2 app threads: edgerec.sdk.wsgi_front). "
+        f"{res.get('load_note', '')} Load: wrk "
         f"({res['seconds']:.0f} s per point after 1 s of warm-up). The machine is a 2-core VM whose speed drifts "
         f"from minute to minute, so absolute numbers are noisy: in the comparison all systems were up at once and took "
         f"turns at each point, {res.get('rounds', 1)} rounds in a rotating order, and each figure is the median of "

@@ -7,9 +7,9 @@ Builds a service in a temporary data directory (SQLite, or a local
 PostgreSQL cluster), enrolls ``--nodes`` nodes, publishes a model and rolls
 it out to all of them, then presigns ``--requests`` check-ins (RFC 9421, each
 with its own nonce; status reports that repeat the node's last one, as a
-steady fleet sends) and hands them to the WSGI app the server runs
-(:class:`~edgerec.sdk.http_server.Admission` in front of the Flask app) one
-after the other on ``--threads`` threads, ``--rounds`` times. Reported: CPU
+steady fleet sends) and hands them to the Flask app the server runs (without
+the HTTP front, :mod:`edgerec.sdk.wsgi_front`) one after the other on
+``--threads`` threads, ``--rounds`` times. Reported: CPU
 microseconds per check-in in this process (median and minimum of the rounds;
 PostgreSQL's own CPU is not in it), wall microseconds (median), and SQL
 statements per check-in (counted on the engine in a round of their own:
@@ -51,22 +51,9 @@ from edgerec.sdk.keys import generate_keypair, load_signing_key, load_verify_key
 from edgerec.sdk.testing import build_demo_package
 from edgerec.sync.protocol.httpsig import RequestSigner
 from edgerec.sync.service.admin_init import init_service
+from edgerec.sync.service.app import create_app
 from edgerec.sync.service.config import ServiceConfig
 from edgerec.sync.service.core import SyncService
-
-try:
-    from edgerec.sync.service.server import service_app
-except ImportError:  # an older tree (PYTHONPATH=DIR with DIR/edgerec/...), for before/after numbers
-    from edgerec.sync.service.app import create_app
-
-    def service_app(service: SyncService) -> Any:
-        try:
-            from edgerec.sdk.http_server import Admission
-            from edgerec.sync.service.server import body_limit
-        except ImportError:  # the landed waitress-based tree: nothing in front of the app
-            return create_app(service).wsgi_app
-        return Admission(create_app(service).wsgi_app, service.config.threads, body_limit(service.config))
-
 
 PATH = "/api/v1/node/checkin"
 
@@ -130,7 +117,7 @@ def measure(store: str, args: argparse.Namespace) -> dict[str, Any]:
     pg = LocalPostgres(fast=False).start() if store == "postgres" else None
     try:
         service, signers = setup(work, pg.url if pg else None, args.nodes)
-        app = service_app(service)
+        app = create_app(service).wsgi_app
         # one warm-up round per node: its first status report is stored, the rest repeat it
         run(app, [environ(s, report(1)) for s in signers], 1)
         statements = [0]

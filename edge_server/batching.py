@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgerec.sdk.wsgi_front import parked
+
 from .errors import UnavailableError
 
 Arrays = dict[str, npt.NDArray[Any]]
@@ -163,7 +165,8 @@ class Batcher:
                 if len(self._queue) == 1 or self._arriving == 0 or self._queued_rows >= self._max_batch:
                     self._cond.notify()
         if not inline:
-            return waiter.wait(self._timeout)
+            with parked():  # the front runs another request meanwhile, which may join this batch
+                return waiter.wait(self._timeout)
         try:
             out = self._run(arrays)
         finally:

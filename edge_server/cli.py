@@ -33,11 +33,13 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys", "otlp_endpoint": 
                    "never closes).")
 @click.option("--max-connections", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Open connections per worker, idle ones included; more wait in the kernel's queue.")
-@click.option("--http-threads", type=click.IntRange(min=1), default=None,
-              help="Python threads per worker that run requests (default: one per connection, made on "
-                   "demand; fewer lets clients that trickle a body hold them all).")
+@click.option("--http-threads", type=click.IntRange(1, 256), default=2, show_default=True,
+              help="Python threads per worker that run requests at once (one waiting for its micro-batch "
+                   "does not count); bodies are read before, without a thread.")
 @click.option("--header-timeout-s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
               help="Time a request head may take from its first byte; also an idle keep-alive connection's.")
+@click.option("--body-timeout-s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
+              help="Time a request body may take from its first byte to its last (408 after).")
 @click.option("--tls-cert", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None,
               envvar="EDGEREC_TLS_CERT",
               help="Serve HTTPS (TLS 1.2 or later) with this certificate chain (PEM); with --tls-key.")

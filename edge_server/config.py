@@ -4,7 +4,7 @@ Settings come from a TOML or JSON file (``--config``) and from command-line
 options, which win. The file groups settings in sections::
 
     [server]    host, port, workers, http_threads, access_log, log_format, log_level, log_flush_ms,
-                max_connections, header_timeout_s, tls_cert, tls_key
+                max_connections, header_timeout_s, body_timeout_s, tls_cert, tls_key
     [auth]      api_key_file
     [model]     model_dir, accelerator, threads, backend, trusted_keys, recipient_key, recipient_id
     [batching]  max_batch, max_delay_ms
@@ -35,7 +35,8 @@ from .experiments import Experiment, parse_experiments
 
 _SECTIONS: dict[str, dict[str, str]] = {
     "server": {k: k for k in ("host", "port", "workers", "http_threads", "access_log", "log_format", "log_level",
-                              "log_flush_ms", "max_connections", "header_timeout_s", "tls_cert", "tls_key")},
+                              "log_flush_ms", "max_connections", "header_timeout_s", "body_timeout_s", "tls_cert",
+                              "tls_key")},
     "auth": {"api_key_file": "api_key_file"},
     "model": {k: k for k in ("model_dir", "accelerator", "threads", "backend", "trusted_keys",
                              "recipient_key", "recipient_id")},
@@ -67,8 +68,11 @@ class ServerConfig:
     # (None: one per connection, so slow bodies cannot starve it); a request head's time from its
     # first byte (and an idle keep-alive connection's).
     max_connections: int = 4096
-    http_threads: int | None = None
+    # Threads per worker that run requests at once (a request waiting for its micro-batch does not count):
+    # few, as the GIL serialises Python work; 2 was fastest at 32 clients on 2 cores (docs/benchmarks.md).
+    http_threads: int = 2
     header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
     # HTTPS with granian's own TLS (PEM chain and key; the key file 0600); None: plain HTTP.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -129,9 +133,10 @@ class ServerConfig:
         checks = [
             (1 <= self.port <= 65535 or self.port == 0, "port", "must be 0..65535"),
             (self.workers >= 1, "workers", "must be >= 1"),
-            (self.http_threads is None or self.http_threads >= 1, "http_threads", "must be >= 1"),
+            (1 <= self.http_threads <= 256, "http_threads", "must be 1..256"),
             (self.max_connections >= 1, "max_connections", "must be >= 1"),
             (0.1 <= self.header_timeout_s <= 3600, "header_timeout_s", "must be 0.1..3600"),
+            (0.1 <= self.body_timeout_s <= 3600, "body_timeout_s", "must be 0.1..3600"),
             (self.control_timeout_s > 0, "control_timeout_s", "must be > 0"),
             (self.threads is None or self.threads >= 1, "threads", "must be >= 1"),
             (self.max_batch >= 1, "max_batch", "must be >= 1"),
@@ -236,7 +241,7 @@ class ServerConfig:
 _INTS = ("port", "workers", "http_threads", "max_connections", "threads", "max_batch", "max_body_bytes",
          "max_rows", "max_candidates", "max_events", "cache_max_entries", "events_dedup_bytes",
          "events_spool_bytes")
-_FLOATS = ("max_delay_ms", "request_timeout_s", "header_timeout_s", "control_timeout_s",
+_FLOATS = ("max_delay_ms", "request_timeout_s", "header_timeout_s", "body_timeout_s", "control_timeout_s",
            "cache_ttl_s", "cache_negative_ttl_s", "attribution_window_s", "log_flush_ms")
 _BOOLS = ("access_log", "control_allow_remote")
 

@@ -58,8 +58,9 @@ TARGET = "edgerec.edge_server.worker:app"
 
 
 def http_settings(config: ServerConfig) -> HttpSettings:
-    return HttpSettings(host=config.host, port=config.port, workers=config.workers, threads=config.http_threads,
+    return HttpSettings(host=config.host, port=config.port, workers=config.workers,
                         max_connections=config.max_connections, header_timeout_s=config.header_timeout_s,
+                        body_timeout_s=config.body_timeout_s,
                         tls_cert=config.tls_cert, tls_key=config.tls_key)
 
 

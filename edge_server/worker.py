@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from edgerec.sdk.errors import EdgeRecError
-from edgerec.sdk.http_server import WSGIApp, exit_with_server, metrics_after_fork
+from edgerec.sdk.http_server import exit_with_server, metrics_after_fork
+from edgerec.sdk.wsgi_front import FrontSettings, WSGIFront
 
 from .config import ServerConfig
 from .server import CONFIG_FILE, RUN_ENV
@@ -27,8 +28,8 @@ log = logging.getLogger("edgerec.edge_server.worker")
 SYNC_KEY = "edgerec.workers"  # app.extensions key of this worker's WorkerSync
 
 
-def app() -> WSGIApp:
-    """The WSGI app of this worker (granian's factory target)."""
+def app() -> WSGIFront:
+    """This worker's app: the Flask app behind the front (granian's factory target)."""
     from edgerec.sdk import native_logs
     from edgerec.sdk.tracing import configure_otlp
 
@@ -64,8 +65,10 @@ def app() -> WSGIApp:
 
     # granian's worker ends through multiprocessing, which runs its finalizers but not atexit's.
     mp_util.Finalize(None, close, exitpriority=10)
-    wsgi: WSGIApp = flask_app.wsgi_app
-    return wsgi
+    limit = config.max_body_bytes  # past it the app answers 413 by the Content-Length, unread
+    return WSGIFront(flask_app.wsgi_app, lambda path: limit,
+                     FrontSettings(slots=config.http_threads, max_parked=max(64, config.max_batch * 2),
+                                   body_timeout_s=config.body_timeout_s))
 
 
 def _generation(run_dir: Path) -> int:

@@ -94,6 +94,13 @@ class ConflictError(RequestRefusedError):
     code = "conflict"
 
 
+class RequestTimeoutError(RequestRefusedError):
+    """A request body that did not arrive in time."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLargeError(RequestRefusedError):
     """A body above the route's limit."""
 
@@ -267,6 +274,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "RequestRefusedError",
+    "RequestTimeoutError",
     "SDK_ERRORS",
     "UnauthorizedError",
     "UnavailableError",

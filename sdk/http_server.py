@@ -1,46 +1,35 @@
-"""The HTTP tier both services run on: granian's WSGI server and its limits.
+"""The HTTP tier both services run on: granian, its workers and its limits.
 
 granian (Rust: hyper on tokio, epoll) accepts connections, reads request
 heads and keeps idle and slow clients in its event loop, where they cost a
-few kilobytes and no Python thread; it hands a request to a Python thread
-once its head is complete. Used here only through its public API
-(``granian.server.Server``, ``Interfaces.WSGI``, ``HTTP1Settings``): its
+few kilobytes and no Python thread. Used only through its public API
+(``granian.server.Server``, ``Interfaces.RSGI``, ``HTTP1Settings``): its
 worker processes share the port (``SO_REUSEPORT``) and a dead one is
 replaced, so with two workers or more the port never closes; TLS is its own
 (rustls; a handshake that stalls is dropped after 10 s).
+
+Each worker serves the service's WSGI app through :mod:`.wsgi_front` on
+granian's RSGI interface: bodies are read on the event loop within their
+route's limit and ``body_timeout_s``, then a few threads run the app.
 
 What granian 2.8 leaves open, and how the settings here answer it:
 
 - a request head has ``header_timeout_s`` from its first byte, and an idle
   keep-alive connection as long (hyper's header timer); a connection that
   never sends a byte is not timed out and stays until the client leaves;
-- a request body is read on demand (``wsgi.input``), so the application
-  checks sizes and credentials before a byte of it is read, but a read has
-  no deadline (hyper has no body timeout, and a WSGI read cannot be
-  interrupted): a client that sends its head and then trickles the body
-  holds the thread that reads it for as long as it keeps sending;
-- so every open connection may hold a Python thread: the thread pool is as
-  large as the connection cap (threads are made on demand and end when
-  idle), and a client that holds threads only holds its own; the cap
-  (``max_connections``, granian's backpressure) bounds idle and slow clients
-  together, and new connections wait in the kernel's accept queue when it is
-  reached;
-- where a few threads should run the application at once (the sync service:
-  its database pool), :class:`Admission` reads a request's body first, on the
-  connection's own thread and only up to the route's limit, then takes one of
-  a few slots: a slow body waits outside them.
+- hyper has no body timeout: the front's ``body_timeout_s`` is it;
+- the cap (``max_connections``, granian's backpressure) bounds idle and slow
+  clients together, and new connections wait in the kernel's accept queue
+  when it is reached.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
+import importlib.util
 import ipaddress
-import json
-import logging
 import os
-import queue
 import resource
 import signal
 import socket
@@ -68,9 +57,8 @@ class HttpSettings:
     port: int = 8080
     workers: int = 1
     max_connections: int = 4096  # open connections, idle ones included (granian's backpressure)
-    # Python threads that run requests; None: one per connection (below that, slow bodies can starve it)
-    threads: int | None = None
     header_timeout_s: float = 10.0  # a request head from its first byte; an idle keep-alive connection
+    body_timeout_s: float = 10.0  # a request body from its first byte to its last (read by the front)
     max_header_bytes: int = 64 * 1024  # a request head must fit hyper's read buffer (else 431)
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -81,9 +69,9 @@ class HttpSettings:
         checks = [
             (0 <= self.port <= 65535, "port", "must be 0..65535"),
             (self.workers >= 1, "workers", "must be >= 1"),
-            (self.threads is None or self.threads >= 1, "threads", "must be >= 1"),
             (self.max_connections >= 1, "max_connections", "must be >= 1"),
             (0.1 <= self.header_timeout_s <= 3600, "header_timeout_s", "must be 0.1..3600 seconds"),
+            (0.1 <= self.body_timeout_s <= 3600, "body_timeout_s", "must be 0.1..3600 seconds"),
             (8192 <= self.max_header_bytes <= 16 * 1024 * 1024, "max_header_bytes", "must be 8 KiB..16 MiB"),
             ((self.tls_cert is None) == (self.tls_key is None), "tls_key", "a TLS certificate and key go together"),
             (self.tls_client_ca is None or self.tls_cert is not None, "tls_client_ca",
@@ -92,10 +80,6 @@ class HttpSettings:
         for ok, name, problem in checks:
             if not ok:
                 raise ConfigurationError(f"{name} {problem}")
-
-    @property
-    def request_threads(self) -> int:
-        return self.threads or self.max_connections
 
     @property
     def scheme(self) -> str:
@@ -180,22 +164,13 @@ def drop_secret_env() -> None:
         os.environ.pop(name, None)
 
 
-class QuietGranian(logging.Filter):
-    """Drops granian's warning about many Python threads: one per connection is the design here."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Python threads, which seems quite high" not in record.getMessage()
-
-
 def granian_logging(formatter: dict[str, Any] | None = None) -> dict[str, Any]:
     """granian's own log lines (worker spawned, died, replaced) on stderr, in ``formatter`` (a dictConfig one)."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"quiet": {"()": QuietGranian}},
         "formatters": {"main": formatter or {"format": "%(levelname)s %(name)s: %(message)s"}},
-        "handlers": {"main": {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stderr",
-                              "filters": ["quiet"]}},
+        "handlers": {"main": {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stderr"}},
         "loggers": {
             "_granian": {"handlers": ["main"], "level": "INFO", "propagate": False},
             "granian.access": {"handlers": ["main"], "level": "INFO", "propagate": False},
@@ -275,14 +250,15 @@ def exit_with_server(interval_s: float = 0.5) -> None:
 
 
 def build_granian(target: str, settings: HttpSettings, log_config: dict[str, Any] | None = None) -> Any:
-    """A granian server for the WSGI app that ``target`` ("module:factory") builds in each worker.
+    """A granian server for the :class:`~.wsgi_front.WSGIFront` that ``target`` ("module:factory") builds in
+    each worker.
 
     ``serve()`` on it runs until SIGTERM or SIGINT. The factory is called
     once per worker process, after the fork; the caller hands it its
     settings through the environment or files. Constructing the server
     reconfigures logging (granian's ``dictConfig``): configure yours after.
     """
-    from granian.constants import HTTPModes, Interfaces, SSLProtocols
+    from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
     from granian.http import HTTP1Settings
     from granian.server import Server
 
@@ -292,9 +268,10 @@ def build_granian(target: str, settings: HttpSettings, log_config: dict[str, Any
         target,
         address=listen_address(settings.host),
         port=settings.port,
-        interface=Interfaces.WSGI,
+        interface=Interfaces.RSGI,
         workers=settings.workers,
-        blocking_threads=settings.request_threads,
+        # uvloop: a third less CPU a request than asyncio's loop on the RSGI path (measured; docs/benchmarks.md)
+        loop=Loops.uvloop if importlib.util.find_spec("uvloop") else Loops.asyncio,
         backpressure=settings.max_connections,
         backlog=max(1024, min(settings.max_connections, 65535)),
         http=HTTPModes.http1,
@@ -316,7 +293,7 @@ def build_granian(target: str, settings: HttpSettings, log_config: dict[str, Any
 
 @dataclass(frozen=True)
 class Shedding:
-    """When :class:`Admission` refuses work instead of queueing it (503 with ``Retry-After``).
+    """When the front (:class:`~.wsgi_front.WSGIFront`) refuses work instead of queueing it (503, ``Retry-After``).
 
     Past what the slots can serve, a queue only adds waiting: every answer
     gets later, clients time out and retry, and throughput falls. So at most
@@ -334,77 +311,6 @@ class Shedding:
             raise ConfigurationError("shedding: max_waiting >= 0, max_wait_s > 0 and retry_after_s >= 1")
 
 
-class Admission:
-    """WSGI middleware: read a request's body (within its route's limit), then run the app in one of ``slots``.
-
-    ``body_limit(path)`` is the route's limit: a body of at most that many
-    bytes (by its Content-Length) is read first, on the thread granian gave
-    the connection, so a client that trickles it holds only that thread; a
-    larger one is left unread for the application to refuse. A route whose
-    limit is 0 (an upload the application authenticates before reading)
-    bypasses the slots altogether. Slots are tokens in a C queue: a waiting
-    thread blocks in C, without a Python semaphore's condition variable.
-    With ``shedding``, overload is refused at the door (:class:`Shedding`);
-    ``on_shed(path)`` counts each refusal.
-    """
-
-    def __init__(self, app: WSGIApp, slots: int, body_limit: Callable[[str], int], shedding: Shedding | None = None,
-                 on_shed: Callable[[str], None] | None = None) -> None:
-        self.app, self.body_limit, self.shedding, self.on_shed = app, body_limit, shedding, on_shed
-        self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
-        for _ in range(slots):
-            self._slots.put(None)
-        self._waiting = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        limit = self.body_limit(environ.get("PATH_INFO", ""))
-        if limit == 0:
-            return self.app(environ, start_response)
-        length = environ.get("CONTENT_LENGTH")
-        if length and length.isdigit() and 0 < int(length) <= limit:
-            environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(int(length)))
-        slots = self._slots
-        if self.shedding is None:
-            slots.get()
-        elif not self._admit(self.shedding):
-            return self._refuse(environ, start_response, self.shedding)
-        try:
-            return self.app(environ, start_response)
-        finally:
-            slots.put(None)
-
-    def _admit(self, shedding: Shedding) -> bool:
-        try:  # a free slot is taken whatever the queue's length (max_waiting 0 means "never wait", not "refuse")
-            self._slots.get_nowait()
-            return True
-        except queue.Empty:
-            pass
-        with self._lock:
-            if self._waiting >= shedding.max_waiting:
-                return False
-            self._waiting += 1
-        try:
-            self._slots.get(timeout=shedding.max_wait_s)
-            return True
-        except queue.Empty:
-            return False
-        finally:
-            with self._lock:
-                self._waiting -= 1
-
-    def _refuse(self, environ: dict[str, Any], start_response: Callable[..., Any],
-                shedding: Shedding) -> Iterable[bytes]:
-        if self.on_shed is not None:
-            self.on_shed(environ.get("PATH_INFO", ""))
-        body = json.dumps({"error": "unavailable", "detail": f"overloaded: retry after {shedding.retry_after_s} s",
-                           "field": None}).encode()
-        start_response("503 SERVICE UNAVAILABLE", [("Content-Type", "application/json"),
-                                                   ("Content-Length", str(len(body))),
-                                                   ("Retry-After", str(shedding.retry_after_s))])
-        return [body]
-
-
 @contextlib.contextmanager
 def held(sock: socket.socket | None) -> Iterator[None]:
     """Close ``sock`` (a :func:`reserve_port` socket) when the block ends."""
@@ -419,11 +325,9 @@ __all__ = [
     "check_tls_files",
     "JSON_LOG_CONFIG",
     "LOG_CONFIG",
-    "Admission",
     "Shedding",
     "SECRET_ENV",
     "HttpSettings",
-    "QuietGranian",
     "WSGIApp",
     "build_granian",
     "drop_secret_env",

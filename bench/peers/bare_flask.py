@@ -3,8 +3,9 @@
 Usage: python bare_flask.py MODEL.onnx PORT HTTP_THREADS [waitress|granian]
 
 On waitress (the default) with HTTP_THREADS threads; on granian with the
-settings ``edgerec serve`` uses (edgerec.sdk.http_server's defaults: one
-worker, a thread per connection at most), HTTP_THREADS ignored.
+settings ``edgerec serve`` uses (one worker, the front of
+edgerec.sdk.wsgi_front with its defaults: bodies read on the event loop, 2
+app threads), HTTP_THREADS ignored.
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ def rank() -> Response:
     return Response(json.dumps({"items": out}), mimetype="application/json")
 
 
-def factory() -> Flask:
+def factory() -> object:
     """granian's target: each worker imports this module (a session of its own) and takes the app."""
-    return app
+    from edgerec.sdk.wsgi_front import WSGIFront
+
+    return WSGIFront(app.wsgi_app, lambda path: 1 << 20)
 
 
 if __name__ == "__main__":

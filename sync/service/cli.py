@@ -77,12 +77,16 @@ def _blob_url(value: str | None) -> str:
               help="Open connections per worker, idle ones included; more wait in the kernel's queue.")
 @click.option("--header-timeout-s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
               help="Time a request head may take from its first byte; also an idle keep-alive connection's.")
+@click.option("--body-timeout-s", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
+              help="Time a request body may take from its first byte to its last (408 after); for an upload, "
+                   "each read of it.")
 @log_options("text")
 def serve(data_dir: Path | None, db_url: str | None, key_file: Path | None, work_dir: Path | None,
           blob_url: str | None, host: str,
           port: int, tls_cert: Path | None, tls_key: Path | None, tls_client_ca: Path | None, repo_url: str | None,
           otlp_endpoint: str | None, threads: int | None, workers: int, max_connections: int,
-          header_timeout_s: float, access_log: bool, log_format: str, log_level: str, log_flush_ms: float) -> None:
+          header_timeout_s: float, body_timeout_s: float, access_log: bool, log_format: str, log_level: str,
+          log_flush_ms: float) -> None:
     """Serve the node and admin APIs and the TUF repository on granian."""
     from edgerec.sdk.http_server import check_tls_files
     from edgerec.sdk.json_logs import LogSettings
@@ -110,7 +114,7 @@ def serve(data_dir: Path | None, db_url: str | None, key_file: Path | None, work
     if tls:
         check_tls_files(*tls, tls_client_ca)
     settings = http_settings(config, host, port, tls, workers, tls_client_ca, max_connections=max_connections,
-                             header_timeout_s=header_timeout_s)
+                             header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s)
     run(data_dir, db_url, config, settings, key_file=key_file, work_dir=work_dir, logs=logs)
 
 

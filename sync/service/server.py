@@ -6,11 +6,11 @@ workers need to a private run file (mode 0600: it holds the database URL),
 and runs granian, whose worker processes each open the service
 (:func:`worker_app`), keep its TUF metadata fresh (:class:`Maintenance`) and
 share the port. A request's body is read first, up to its route's limit
-(:func:`body_limit`), on its connection's own thread; then at most
-``config.threads`` requests run at once (:class:`~edgerec.sdk.http_server.
-Admission`), as many as the database pool holds. An upload is read only
-after the admin token is checked (the admin blueprint's ``before_request``):
-nothing of an unauthenticated upload is read or stored.
+(:func:`body_limit`) and within ``body_timeout_s``, without a thread; then
+at most ``config.threads`` requests run at once, as many as the database
+pool holds (:class:`~edgerec.sdk.wsgi_front.WSGIFront`). An upload is read
+only after the admin token is checked (the admin blueprint's
+``before_request``): nothing of an unauthenticated upload is read or stored.
 
 :class:`RunningServer` runs the same in a child process, for tests.
 """
@@ -35,10 +35,8 @@ from typing import Any
 
 from edgerec.sdk.files import write_atomic
 from edgerec.sdk.http_server import (
-    Admission,
     HttpSettings,
     Shedding,
-    WSGIApp,
     build_granian,
     child_pids,
     drop_secret_env,
@@ -52,6 +50,7 @@ from edgerec.sdk.http_server import (
 )
 from edgerec.sdk.json_logs import LogSettings
 from edgerec.sdk.tracing import configure_otlp
+from edgerec.sdk.wsgi_front import FrontSettings, WSGIFront
 
 from .config import ServiceConfig
 from .core import SyncService
@@ -93,7 +92,8 @@ REPORT_PATHS = ("/api/v1/node/checkin", "/api/v1/node/reports")
 
 
 def body_limit(config: ServiceConfig) -> Any:
-    """The body a route reads, in bytes, for :class:`Admission`: 0 for the upload (read after the token)."""
+    """The body a route reads, in bytes, before the app runs (:class:`WSGIFront`): 0 for the upload (read by
+    the app, after the token)."""
 
     def limit(path: str) -> int:
         if path == UPLOAD_PATH:
@@ -145,7 +145,7 @@ def serve(data_dir: Path | None, db_url: str | None, config: ServiceConfig, sett
             spec = {"data_dir": str(data_dir) if data_dir else None, "db_url": url,
                     "config": dataclasses.asdict(config), "maintenance": maintenance,
                     "key_file": str(key_file) if key_file else None, "work_dir": str(work_dir) if work_dir else None,
-                    "logs": dataclasses.asdict(logs)}
+                    "logs": dataclasses.asdict(logs), "body_timeout_s": settings.body_timeout_s}
             run_file = write_atomic(run_dir / "run.json", json.dumps(spec).encode(), mode=0o600)
             os.environ[RUN_ENV] = str(run_file)
             if settings.workers > 1:
@@ -164,8 +164,8 @@ def serve(data_dir: Path | None, db_url: str | None, config: ServiceConfig, sett
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def worker_app() -> WSGIApp:
-    """One worker's WSGI app (granian's factory target): the service, its maintenance loop, body deadlines."""
+def worker_app() -> WSGIFront:
+    """One worker's app (granian's factory target): the service, its maintenance loop, the front."""
     exit_with_server()
     metrics_after_fork()
     spec = json.loads(Path(os.environ[RUN_ENV]).read_text())
@@ -186,11 +186,11 @@ def worker_app() -> WSGIApp:
 
     # granian's worker ends through multiprocessing, which runs its finalizers but not atexit's.
     mp_util.Finalize(None, close, exitpriority=10)
-    return service_app(service, logs.access)
+    return service_app(service, logs.access, float(spec.get("body_timeout_s", HttpSettings.body_timeout_s)))
 
 
-def service_app(service: SyncService, access_log: bool = True) -> WSGIApp:
-    """The WSGI app a worker serves for ``service``: :class:`Admission` in front of the Flask app."""
+def service_app(service: SyncService, access_log: bool = True, body_timeout_s: float = 10.0) -> WSGIFront:
+    """What a worker serves for ``service``: the Flask app behind the front, ``config.threads`` at once."""
     from .app import create_app
 
     c = service.config
@@ -198,8 +198,9 @@ def service_app(service: SyncService, access_log: bool = True) -> WSGIApp:
     # Past its slots and a short queue the service refuses at once (503, Retry-After) instead of letting every
     # answer get later: measured on the landed service, 2x the sustainable check-in rate dropped it to 0.65x.
     shedding = Shedding(c.shed_max_waiting, c.shed_max_wait_s, c.shed_retry_after_s)
-    return Admission(create_app(service, access_log=access_log).wsgi_app, c.threads, body_limit(c), shedding,
-                     lambda path: metrics.refusal("admission", "overloaded"))
+    front = FrontSettings(slots=c.threads, max_parked=0, body_timeout_s=body_timeout_s, shedding=shedding)
+    return WSGIFront(create_app(service, access_log=access_log).wsgi_app, body_limit(c), front,
+                     lambda path, reason: metrics.refusal("admission", reason))
 
 
 def _path(spec: dict[str, Any], name: str) -> Path | None:

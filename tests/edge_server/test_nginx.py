@@ -85,10 +85,10 @@ def test_requests_spread_and_a_killed_server_loses_none(base_config, nginx_binar
 
 
 @pytest.mark.slow
-def test_behind_nginx_a_few_request_threads_are_not_starved_by_trickled_bodies(base_config, nginx_binary):
-    """docs/operations.md: behind the documented nginx an edge server may run with a small thread pool, because
-    nginx reads whole bodies before it passes a request on. Here 2 threads per server, 24 clients that send a
-    head and trickle the body (through nginx: served; straight to a server: its 2 threads are taken)."""
+def test_trickled_bodies_take_no_request_thread_behind_nginx_or_straight(base_config, nginx_binary):
+    """2 request threads per server and 24 clients that send a head and trickle the body: through the documented
+    nginx (which reads whole bodies first) and straight at a server (whose front reads them without a thread), a
+    normal client is served within a second."""
     import json
     import socket
 
@@ -111,12 +111,13 @@ def test_behind_nginx_a_few_request_threads_are_not_starved_by_trickled_bodies(b
             t0 = time.monotonic()
             assert http.post(f"http://127.0.0.1:{front}/v2/models/ctr/infer", json=ROW).status_code == 200
             assert time.monotonic() - t0 < 1.0
-            # The same trickle straight at one server takes both of its threads: a request there waits.
-            for _ in range(2):
+            # The same trickle straight at one server.
+            for _ in range(24):
                 trickle(backends[0].port)
             time.sleep(0.5)
-            with pytest.raises(httpx.TimeoutException):
-                http.post(f"{backends[0].url}/v2/models/ctr/infer", json=ROW, timeout=2)
+            t0 = time.monotonic()
+            assert http.post(f"{backends[0].url}/v2/models/ctr/infer", json=ROW, timeout=5).status_code == 200
+            assert time.monotonic() - t0 < 1.0
     finally:
         for s in slow:
             s.close()

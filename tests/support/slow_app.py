@@ -1,4 +1,4 @@
-"""A WSGI app that takes ``SLOW_APP_SECONDS`` per request, behind :class:`Admission`, served by granian:
+"""A WSGI app that takes ``SLOW_APP_SECONDS`` per request, behind the front's shedding, served by granian:
 ``python -c 'from support.slow_app import main; main()' PORT SLOTS MAX_WAITING MAX_WAIT_S RETRY_AFTER_S``."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from edgerec.sdk.http_server import Admission, HttpSettings, Shedding, build_granian
+from edgerec.sdk.http_server import HttpSettings, Shedding, build_granian
+from edgerec.sdk.wsgi_front import FrontSettings, WSGIFront
 
 
 def app() -> Any:
@@ -22,11 +23,11 @@ def app() -> Any:
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
         return [b"ok"]
 
-    return Admission(slow, int(slots), lambda path: 1024,
-                     Shedding(int(waiting), float(wait_s), int(retry)))
+    return WSGIFront(slow, lambda path: 1024,
+                     FrontSettings(int(slots), 0, shedding=Shedding(int(waiting), float(wait_s), int(retry))))
 
 
 def main() -> None:
     port, admission = int(sys.argv[1]), sys.argv[2]
     os.environ["SLOW_APP_ADMISSION"] = admission
-    build_granian("support.slow_app:app", HttpSettings(port=port, threads=64)).serve()
+    build_granian("support.slow_app:app", HttpSettings(port=port)).serve()

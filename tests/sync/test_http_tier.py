@@ -28,6 +28,7 @@ from edgerec.sync.service.core import SyncService
 from edgerec.sync.service.server import RunningServer
 
 HEADER_S = 2.0
+BODY_S = 4.0
 ATTACK = int(os.environ.get("EDGEREC_TEST_SLOWLORIS", "2000"))
 
 
@@ -42,7 +43,7 @@ def service(tmp_path, publisher) -> Iterator[tuple[InitResult, SyncService]]:
 
 
 def _serve(svc: SyncService, **kw) -> RunningServer:
-    return RunningServer(svc, maintenance=False, header_timeout_s=HEADER_S, **kw).start()
+    return RunningServer(svc, maintenance=False, header_timeout_s=HEADER_S, body_timeout_s=BODY_S, **kw).start()
 
 
 def _stored(data_dir: Path) -> list[Path]:
@@ -59,13 +60,16 @@ def test_slow_and_idle_connections_never_keep_a_normal_client_waiting(service):
     bodies = n - idle - heads
     server = _serve(svc)
     admin = {"Authorization": f"Bearer {init.admin_token}"}
-    attack = Slowloris("127.0.0.1", server.port, "/api/v1/node/reports", idle=idle, heads=heads, bodies=bodies)
+    attack = Slowloris("127.0.0.1", server.port, "/api/v1/node/reports", idle=idle, heads=heads, bodies=bodies,
+                       body_length=1000)  # within the route's limit: read before the app runs
+    started = time.monotonic()
     try:
         time.sleep(HEADER_S + 1.0)
         fresh = timed_requests(lambda: httpx.get(server.url + "/repository/metadata/timestamp.json",
                                                  timeout=10).status_code, 30)
         with httpx.Client(base_url=server.url, timeout=10, headers=admin) as client:
             kept = timed_requests(lambda: client.get("/api/v1/admin/whoami").status_code, 30)
+        time.sleep(max(0.0, started + BODY_S + 3.0 - time.monotonic()))  # past the body timeout
         stats = attack.stats
     finally:
         attack.close()
@@ -75,6 +79,7 @@ def test_slow_and_idle_connections_never_keep_a_normal_client_waiting(service):
         assert not fresh.failures and not kept.failures, (fresh.failures, kept.failures)
         assert fresh.max_s < 1.0 and kept.max_s < 1.0, (fresh.max_s, kept.max_s)
         assert stats.closed["head"] >= heads  # cut at the header timeout, every one
+        assert stats.closed["body"] >= bodies  # trickled bodies: cut at the body timeout (or refused unread)
     finally:
         assert server.stop() == 0
 

@@ -145,10 +145,10 @@ def test_a_check_in_asks_for_experiments_only_while_one_runs(sync_env):
     env.publish(2)
     env.admin().rollout("ctr", 1, "stable", 100, [])
     # The service's own WSGI app in this process (through httpx), so its statements can be counted here.
-    from edgerec.sync.service.server import service_app
+    from edgerec.sync.service.app import create_app
 
     ident = state.identity()
-    http = httpx.Client(base_url=env.url, transport=httpx.WSGITransport(app=service_app(env.service)))
+    http = httpx.Client(base_url=env.url, transport=httpx.WSGITransport(app=create_app(env.service).wsgi_app))
     client = NodeClient(http, ident.node_id, state.signing_key())
     seen: list[str] = []
 

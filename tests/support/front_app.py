@@ -1,0 +1,51 @@
+"""A small WSGI app behind :class:`WSGIFront`, served by granian, for the front's own tests:
+``python -c 'from support.front_app import main; main()' PORT``. One app thread, bodies up to 1 KiB read
+first (``/upload``: read by the app), a body timeout of 1 s."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from edgerec.sdk.http_server import HttpSettings, build_granian
+from edgerec.sdk.wsgi_front import FrontSettings, WSGIFront, parked
+
+BIG_CHUNKS, BIG_CHUNK = 48, 64 * 1024  # a 3 MiB answer, streamed
+
+
+def _app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    path = environ["PATH_INFO"]
+    if path == "/big":
+        start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                  ("Content-Length", str(BIG_CHUNKS * BIG_CHUNK))])
+        return _big()
+    if path == "/boom":
+        raise RuntimeError("boom")
+    if path == "/park":  # waits like a request in a micro-batch: its slot serves others meanwhile
+        with parked():
+            time.sleep(float(environ["QUERY_STRING"] or 1))
+    body = environ["wsgi.input"].read()
+    doc = {"path": path, "query": environ["QUERY_STRING"], "length": len(body),
+           "content_length": environ.get("CONTENT_LENGTH"), "remote": environ["REMOTE_ADDR"],
+           "host": environ.get("HTTP_HOST"), "multi": environ.get("HTTP_X_MULTI")}
+    data = json.dumps(doc).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+def _big() -> Iterator[bytes]:
+    for i in range(BIG_CHUNKS):
+        yield bytes([i % 256]) * BIG_CHUNK
+
+
+def app() -> WSGIFront:
+    """granian's factory."""
+    return WSGIFront(_app, lambda path: 0 if path == "/upload" else 1024,
+                     FrontSettings(slots=1, max_parked=4, body_timeout_s=1.0))
+
+
+def main() -> None:
+    build_granian("support.front_app:app", HttpSettings(port=int(sys.argv[1]))).serve()
