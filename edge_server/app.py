@@ -59,6 +59,7 @@ class EdgeServer:
             max_batch=config.max_batch if config.batching else 1,
             max_delay_s=config.max_delay_ms / 1000,
             timeout_s=config.request_timeout_s,
+            min_merge_call_s=config.batch_min_call_us / 1e6,
         )
         # Experiment variants stay loaded while their experiment runs (set at start or by the control API).
         self.repo = Repository(settings, self.metrics, pinned=self._pinned)

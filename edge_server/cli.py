@@ -57,6 +57,9 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys", "otlp_endpoint": 
               help="Rows per merged runtime call; 1 turns batching off.")
 @click.option("--max-delay-ms", type=click.FloatRange(0, 1000), default=2.0, show_default=True,
               help="Longest a request waits for others to join its batch.")
+@click.option("--batch-min-call-us", type=click.FloatRange(0, 1e6), default=100.0, show_default=True,
+              help="Batch only a model whose direct call takes at least this long (a moving average); "
+                   "merging a cheaper one costs more than it saves. 0: always batch.")
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=8 * 1024 * 1024, show_default=True)
 @click.option("--cache-url", envvar="EDGEREC_CACHE_URL",
               help="redis://… for a shared feature cache (default: in-process LRU).")

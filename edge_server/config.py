@@ -7,7 +7,7 @@ options, which win. The file groups settings in sections::
                 max_connections, header_timeout_s, body_timeout_s, tls_cert, tls_key
     [auth]      api_key_file
     [model]     model_dir, accelerator, threads, backend, trusted_keys, recipient_key, recipient_id
-    [batching]  max_batch, max_delay_ms
+    [batching]  max_batch, max_delay_ms, min_call_us
     [limits]    max_body_bytes, max_rows, max_candidates, max_events, request_timeout_s
     [cache]     url, ttl_s, negative_ttl_s, max_entries
     [features]  source, user_id_field
@@ -40,7 +40,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "auth": {"api_key_file": "api_key_file"},
     "model": {k: k for k in ("model_dir", "accelerator", "threads", "backend", "trusted_keys",
                              "recipient_key", "recipient_id")},
-    "batching": {"max_batch": "max_batch", "max_delay_ms": "max_delay_ms"},
+    "batching": {"max_batch": "max_batch", "max_delay_ms": "max_delay_ms", "min_call_us": "batch_min_call_us"},
     "limits": {k: k for k in ("max_body_bytes", "max_rows", "max_candidates", "max_events",
                               "request_timeout_s")},
     "cache": {"url": "cache_url", "ttl_s": "cache_ttl_s", "negative_ttl_s": "cache_negative_ttl_s",
@@ -86,6 +86,8 @@ class ServerConfig:
     recipient_id: str | None = None
     max_batch: int = 32
     max_delay_ms: float = 2.0
+    # A model whose direct call takes less (a moving average) is not batched: merging would cost more than it saves.
+    batch_min_call_us: float = 100.0
     max_body_bytes: int = 8 * 1024 * 1024
     max_rows: int = 4096
     max_candidates: int = 2048
@@ -141,6 +143,7 @@ class ServerConfig:
             (self.threads is None or self.threads >= 1, "threads", "must be >= 1"),
             (self.max_batch >= 1, "max_batch", "must be >= 1"),
             (0 <= self.max_delay_ms <= 1000, "max_delay_ms", "must be 0..1000"),
+            (0 <= self.batch_min_call_us <= 1e6, "batch_min_call_us", "must be 0..1000000"),
             (self.max_body_bytes >= 1024, "max_body_bytes", "must be >= 1024"),
             (self.max_rows >= 1 and self.max_candidates >= 1 and self.max_events >= 1,
              "limits", "max_rows, max_candidates and max_events must be >= 1"),
@@ -241,8 +244,8 @@ class ServerConfig:
 _INTS = ("port", "workers", "http_threads", "max_connections", "threads", "max_batch", "max_body_bytes",
          "max_rows", "max_candidates", "max_events", "cache_max_entries", "events_dedup_bytes",
          "events_spool_bytes")
-_FLOATS = ("max_delay_ms", "request_timeout_s", "header_timeout_s", "body_timeout_s", "control_timeout_s",
-           "cache_ttl_s", "cache_negative_ttl_s", "attribution_window_s", "log_flush_ms")
+_FLOATS = ("max_delay_ms", "batch_min_call_us", "request_timeout_s", "header_timeout_s", "body_timeout_s",
+           "control_timeout_s", "cache_ttl_s", "cache_negative_ttl_s", "attribution_window_s", "log_flush_ms")
 _BOOLS = ("access_log", "control_allow_remote")
 
 

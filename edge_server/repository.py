@@ -63,6 +63,7 @@ class LoadSettings:
     max_batch: int = 32
     max_delay_s: float = 0.002
     timeout_s: float = 30.0
+    min_merge_call_s: float = 0.0  # models whose direct call is faster are not batched (Batcher)
 
 
 class ModelVersion:
@@ -306,6 +307,7 @@ class Repository:
             return model.run(model.encode(raw))
 
         batcher = Batcher(run, max_batch=max_batch, max_delay_s=s.max_delay_s, timeout_s=s.timeout_s,
+                          min_merge_call_s=s.min_merge_call_s,
                           observe=observe, name=f"{name}-v{label}")
         return ModelVersion(model, prepared.source, prepared.digest, batcher)
 

@@ -151,8 +151,39 @@ def test_a_crashed_batcher_fails_everything_pending_and_carries_on(model):
     b.close()
 
 
+def _cpu_bound(seconds):
+    def run(arrays):
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+        return {"score": arrays["x"] * 2}
+
+    return run
+
+
+@pytest.mark.parametrize(("call_s", "merged"), [(0.0, False), (0.003, True)])
+def test_a_model_cheaper_than_merging_is_not_batched(call_s, merged):
+    """After one direct call has measured it, a model whose call costs less CPU than ``min_merge_call_s`` runs
+    every request directly, however many arrive together; a costlier one is merged as before."""
+    rec = Recorder()
+    b = Batcher(_cpu_bound(call_s), max_batch=8, max_delay_s=1.0, observe=rec, min_merge_call_s=0.001)
+    b.arrive()
+    assert b.submit({"x": np.ones((1, 1))}, 1)["score"][0, 0] == 2  # alone: direct, and measured
+    parts = [{"x": np.full((1, 1), float(i))} for i in range(8)]
+    for _ in parts:
+        b.arrive()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda p: b.submit(p, 1), parts))
+    assert [r["score"][0, 0] for r in results] == [2.0 * i for i in range(8)]
+    if merged:
+        assert rec.calls[1:] == [(8, 8)]
+    else:
+        assert rec.calls == [(1, 1)] * 9
+    b.close()
+
+
 def test_server_merges_concurrent_requests(serve, infer_body):
-    live = serve(max_batch=32, max_delay_ms=20, http_threads=16)
+    live = serve(max_batch=32, max_delay_ms=20, http_threads=16, batch_min_call_us=0)
     n = 16
     bodies = [demo.sample_inputs(1, seed=s) for s in range(n)]
     sent = 0
