@@ -322,23 +322,23 @@ class WSGIFront:
 
         try:
             result = self.app(environ, start_response)
+            if isinstance(result, list):
+                return started[0], started[1], b"".join(result), None
+            chunks, size = [], 0
+            it = iter(result)
+            for chunk in it:
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= WHOLE_BODY_BYTES:
+                    return started[0], started[1], b"".join(chunks), _Rest(it, result)
+            _close(result)
+            return started[0], started[1], b"".join(chunks), None
         except RequestRefusedError as exc:  # e.g. a streamed body's read timed out, in an app that let it through
             answer = ErrorAnswer(exc.status, exc.code, exc.detail, exc.field)
             return answer.status, [_JSON, ("connection", "close")], answer.body(), None
         except Exception:
             log.exception("unhandled error in the application")
             return 500, [_JSON], ErrorAnswer(500, "internal", "unexpected error; see the server log").body(), None
-        if isinstance(result, list):
-            return started[0], started[1], b"".join(result), None
-        chunks, size = [], 0
-        it = iter(result)
-        for chunk in it:
-            chunks.append(chunk)
-            size += len(chunk)
-            if size >= WHOLE_BODY_BYTES:
-                return started[0], started[1], b"".join(chunks), _Rest(it, result)
-        _close(result)
-        return started[0], started[1], b"".join(chunks), None
 
     async def _stream(self, loop: asyncio.AbstractEventLoop, proto: Any, status: int,
                       headers: list[tuple[str, str]], first: bytes, rest: _Rest) -> None:

@@ -24,6 +24,9 @@ def _app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
         return _big()
     if path == "/boom":
         raise RuntimeError("boom")
+    if path == "/boom-later":  # fails while its answer is being made, after start_response
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _fail_later()
     if path == "/park":  # waits like a request in a micro-batch: its slot serves others meanwhile
         with parked():
             time.sleep(float(environ["QUERY_STRING"] or 1))
@@ -34,6 +37,11 @@ def _app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
     data = json.dumps(doc).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
     return [data]
+
+
+def _fail_later() -> Iterator[bytes]:
+    yield b"part"
+    raise RuntimeError("boom")
 
 
 def _big() -> Iterator[bytes]:
