@@ -105,6 +105,8 @@ def test_node_run_serve_gives_its_edge_server_the_log_format_it_was_given(traced
     try:
         daemon = node.run("--log-format", "text", serve=True, interval=0.5)
         assert wait_for(lambda: node.serving() == {"ctr": 1}, 90), daemon.text()
+        # The edge server serves v1 a moment before the daemon's load call returns and it says so.
+        assert wait_for(lambda: "the edge server serves ctr v1" in daemon.text(), 30), daemon.text()
         assert daemon.stop() == 0
     finally:
         node.stop()
