@@ -64,9 +64,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
-    # The HTTP tier (granian, per worker): open connections; Python threads that run requests
-    # (None: one per connection, so slow bodies cannot starve it); a request head's time from its
-    # first byte (and an idle keep-alive connection's).
+    # The HTTP tier (granian and the front, per worker): open connections; the threads that run the app;
+    # a request head's time from its first byte (and an idle keep-alive connection's); a body's.
     max_connections: int = 4096
     # Threads per worker that run requests at once (a request waiting for its micro-batch does not count):
     # few, as the GIL serialises Python work; 2 was fastest at 32 clients on 2 cores (docs/benchmarks.md).

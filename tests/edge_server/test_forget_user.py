@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from support.net import wait_for
 
 from edgerec.edge_server.experiments import Experiment, Variant
 
@@ -112,7 +113,9 @@ def test_the_erased_id_does_not_stay_in_the_run_folder(serve, features_pkg, feat
     live = serve(model_dir=features_pkg.parent, feature_source=f"sqlite://{db}", workers=2)
     live.running.wait_ready(workers=2)
     user = f"erase-me-{uuid.uuid4().hex[:12]}"
-    assert live.post("/v1/rank", json={"user": {"id": user}, "candidates": [3, 4]}).status_code == 200
+    # A worker serves before its model is loaded (404 for it until then); ready means one worker is.
+    assert wait_for(lambda: live.post("/v1/rank", json={"user": {"id": user}, "candidates": [3, 4]}).status_code
+                    == 200, 60)
     r = live.http.delete(f"/v1/users/{user}", headers=AUTH)
     assert r.status_code == 200 and r.json()["workers"] == 2
     texts = {}

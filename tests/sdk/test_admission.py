@@ -1,5 +1,6 @@
-"""Admission with shedding, through a real granian server: past its slots and queue, a request is refused at once
-with 503 and Retry-After; one that waited too long is refused at the deadline; what is admitted is served."""
+"""The front's admission with shedding, through a real granian server: past its slots and queue, a request is
+refused at once with 503 and Retry-After; one that waited too long is refused at the deadline; what is admitted
+is served."""
 
 from __future__ import annotations
 
