@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .http_errors import ErrorAnswer, RequestRefusedError, RequestTimeoutError
+from .http_errors import ErrorAnswer, PayloadTooLargeError, RequestRefusedError, RequestTimeoutError
 from .http_server import Shedding, WSGIApp
 
 log = logging.getLogger("edgerec.sdk.wsgi_front")
@@ -256,24 +256,21 @@ class WSGIFront:
                 body = await (proto() if declared is not None else _read_capped(proto, limit))
         except TimeoutError:
             return self._refuse(path, "body_timeout", RequestTimeoutError(
-                f"request body not received within {self.settings.body_timeout_s:g} s", field="body"), close=True)
+                f"request body not received within {self.settings.body_timeout_s:g} s", field="body"))
         except _TooLargeError:
-            return self._refuse(path, "body_too_large", None, close=True, limit=limit)
+            return self._refuse(path, "body_too_large", PayloadTooLargeError(
+                f"request body exceeds the limit of {limit} bytes", field="body"))
         except Exception:  # the client went away mid-body: nobody to answer
             return 400, [("connection", "close")], b""
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         return None
 
-    def _refuse(self, path: str, reason: str, error: RequestTimeoutError | None, close: bool = False,
-                limit: int = 0) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _refuse(self, path: str, reason: str, error: RequestRefusedError) -> tuple[int, list[tuple[str, str]], bytes]:
+        """The front's own refusal of a request whose body it stopped reading: counted, and the connection closed."""
         if self.on_refuse is not None:
             self.on_refuse(path, reason)
-        answer = (ErrorAnswer(error.status, error.code, error.detail, error.field) if error is not None
-                  else ErrorAnswer(413, "payload_too_large", f"request body exceeds the limit of {limit} bytes",
-                                   "body"))
-        headers = [_JSON, ("connection", "close")] if close else [_JSON]
-        return answer.status, headers, answer.body()
+        return _refusal(error)
 
     def _overloaded(self, path: str, shedding: Shedding) -> tuple[int, list[tuple[str, str]], bytes]:
         if self.on_refuse is not None:
@@ -320,6 +317,7 @@ class WSGIFront:
         def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
             started[:] = [int(status[:3]), headers]
 
+        result: Any = None
         try:
             result = self.app(environ, start_response)
             if isinstance(result, list):
@@ -334,10 +332,11 @@ class WSGIFront:
             _close(result)
             return started[0], started[1], b"".join(chunks), None
         except RequestRefusedError as exc:  # e.g. a streamed body's read timed out, in an app that let it through
-            answer = ErrorAnswer(exc.status, exc.code, exc.detail, exc.field)
-            return answer.status, [_JSON, ("connection", "close")], answer.body(), None
+            _close_quietly(result)
+            return (*_refusal(exc), None)
         except Exception:
             log.exception("unhandled error in the application")
+            _close_quietly(result)
             return 500, [_JSON], ErrorAnswer(500, "internal", "unexpected error; see the server log").body(), None
 
     async def _stream(self, loop: asyncio.AbstractEventLoop, proto: Any, status: int,
@@ -394,6 +393,18 @@ def _close(result: Iterable[bytes]) -> None:
     close = getattr(result, "close", None)
     if close is not None:
         close()
+
+
+def _close_quietly(result: Any) -> None:
+    """Close an answer that failed while it was made (its iterable's close runs the app's clean-up)."""
+    with contextlib.suppress(Exception):
+        _close(result)
+
+
+def _refusal(error: RequestRefusedError) -> tuple[int, list[tuple[str, str]], bytes]:
+    """A refusal's answer, closing the connection (a body may be left unread)."""
+    answer = ErrorAnswer(error.status, error.code, error.detail, error.field)
+    return answer.status, [_JSON, ("connection", "close")], answer.body()
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
