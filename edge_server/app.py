@@ -102,6 +102,7 @@ class EdgeServer:
         """Load the model directory (or a restarted worker's last state), then become ready."""
         if self.spool is not None:
             self.spool.start()
+        self.repo.loading = True
         if background:
             self._loader = threading.Thread(target=self._initial_load, name="initial-load", daemon=True)
             self._loader.start()
@@ -124,6 +125,7 @@ class EdgeServer:
                         log.warning("experiment %s: variant %s needs %s v%s, which is not loaded",
                                     e.name, v.name, e.model, v.version)
         finally:
+            self.repo.loading = False
             self.ready.set()
 
     def _state_file(self) -> Path | None:

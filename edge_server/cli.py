@@ -60,7 +60,10 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys", "otlp_endpoint": 
 @click.option("--batch-min-call-us", type=click.FloatRange(0, 1e6), default=100.0, show_default=True,
               help="Batch only a model whose direct call takes at least this long (a moving average); "
                    "merging a cheaper one costs more than it saves. 0: always batch.")
-@click.option("--max-body-bytes", type=click.IntRange(min=1024), default=8 * 1024 * 1024, show_default=True)
+@click.option("--max-body-bytes", type=click.IntRange(min=1024), default=8 * 1024 * 1024, show_default=True,
+              help="Largest body of a scoring request (infer, predict, rank); other routes take at most 1 MiB.")
+@click.option("--max-held-body-bytes", type=click.IntRange(min=1024), default=128 * 1024 * 1024,
+              show_default=True, help="Request bodies a worker holds in memory at once; past it 503 + Retry-After.")
 @click.option("--cache-url", envvar="EDGEREC_CACHE_URL",
               help="redis://… for a shared feature cache (default: in-process LRU).")
 @click.option("--feature-source", envvar="EDGEREC_FEATURE_SOURCE",

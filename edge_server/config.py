@@ -8,7 +8,7 @@ options, which win. The file groups settings in sections::
     [auth]      api_key_file
     [model]     model_dir, accelerator, threads, backend, trusted_keys, recipient_key, recipient_id
     [batching]  max_batch, max_delay_ms, min_call_us
-    [limits]    max_body_bytes, max_rows, max_candidates, max_events, request_timeout_s
+    [limits]    max_body_bytes, max_held_body_bytes, max_rows, max_candidates, max_events, request_timeout_s
     [cache]     url, ttl_s, negative_ttl_s, max_entries
     [features]  source, user_id_field
     [control]   token_file, allow_remote, timeout_s
@@ -41,8 +41,8 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "model": {k: k for k in ("model_dir", "accelerator", "threads", "backend", "trusted_keys",
                              "recipient_key", "recipient_id")},
     "batching": {"max_batch": "max_batch", "max_delay_ms": "max_delay_ms", "min_call_us": "batch_min_call_us"},
-    "limits": {k: k for k in ("max_body_bytes", "max_rows", "max_candidates", "max_events",
-                              "request_timeout_s")},
+    "limits": {k: k for k in ("max_body_bytes", "max_held_body_bytes", "max_rows", "max_candidates",
+                              "max_events", "request_timeout_s")},
     "cache": {"url": "cache_url", "ttl_s": "cache_ttl_s", "negative_ttl_s": "cache_negative_ttl_s",
               "max_entries": "cache_max_entries"},
     "features": {"source": "feature_source", "user_id_field": "user_id_field"},
@@ -87,7 +87,10 @@ class ServerConfig:
     max_delay_ms: float = 2.0
     # A model whose direct call takes less (a moving average) is not batched: merging would cost more than it saves.
     batch_min_call_us: float = 100.0
+    # the body of a scoring request (infer, predict, rank); the other routes take at most SMALL_BODY_BYTES
     max_body_bytes: int = 8 * 1024 * 1024
+    # request bodies one worker holds in memory at once (being read or served); past it 503 + Retry-After
+    max_held_body_bytes: int = 128 * 1024 * 1024
     max_rows: int = 4096
     max_candidates: int = 2048
     max_events: int = 1000
@@ -144,6 +147,7 @@ class ServerConfig:
             (0 <= self.max_delay_ms <= 1000, "max_delay_ms", "must be 0..1000"),
             (0 <= self.batch_min_call_us <= 1e6, "batch_min_call_us", "must be 0..1000000"),
             (self.max_body_bytes >= 1024, "max_body_bytes", "must be >= 1024"),
+            (self.max_held_body_bytes >= self.max_body_bytes, "max_held_body_bytes", "must be >= max_body_bytes"),
             (self.max_rows >= 1 and self.max_candidates >= 1 and self.max_events >= 1,
              "limits", "max_rows, max_candidates and max_events must be >= 1"),
             (self.request_timeout_s > 0, "request_timeout_s", "must be > 0"),
@@ -241,8 +245,8 @@ class ServerConfig:
 
 
 _INTS = ("port", "workers", "http_threads", "max_connections", "threads", "max_batch", "max_body_bytes",
-         "max_rows", "max_candidates", "max_events", "cache_max_entries", "events_dedup_bytes",
-         "events_spool_bytes")
+         "max_held_body_bytes", "max_rows", "max_candidates", "max_events", "cache_max_entries",
+         "events_dedup_bytes", "events_spool_bytes")
 _FLOATS = ("max_delay_ms", "batch_min_call_us", "request_timeout_s", "header_timeout_s", "body_timeout_s",
            "control_timeout_s", "cache_ttl_s", "cache_negative_ttl_s", "attribution_window_s", "log_flush_ms")
 _BOOLS = ("access_log", "control_allow_remote")

@@ -29,6 +29,7 @@ from .context import RequestState
 from .errors import (
     BadRequestError,
     InferenceFailedError,
+    ModelLoadingError,
     ModelNotFoundError,
     NotFoundError,
     UnavailableError,
@@ -222,6 +223,9 @@ class DataPlane:
         if len(names) == 1:
             return names[0]
         if not names:
+            if self.repo.loading:
+                raise ModelLoadingError("no model is loaded yet; this worker is still loading its models",
+                                        field="model")
             raise ModelNotFoundError("no model is loaded", field="model")
         raise BadRequestError(f"required: this server serves {', '.join(names)}", field="model")
 

@@ -83,6 +83,17 @@ class UnavailableError(EdgeServerError, http.UnavailableError):
     """The server cannot answer now: a variant's version is not loaded, a timeout."""
 
 
+class ModelLoadingError(UnavailableError):
+    """The worker is still loading its models (it has just started or been replaced): 503 with Retry-After.
+
+    Raised only on the scoring path; with several workers a client may reach one
+    that is not ready yet, and "not found" would be wrong for a model that will be.
+    """
+
+    code = "model_loading"
+    retry_after_s = 1
+
+
 class ConfigError(EdgeServerError, ConfigurationError):
     """A bad configuration file or option (raised at start-up, never to a client)."""
 
@@ -116,6 +127,7 @@ __all__ = [
     "InferenceFailedError",
     "LoadRefusedError",
     "MalformedBodyError",
+    "ModelLoadingError",
     "ModelNotFoundError",
     "NotFoundError",
     "PayloadTooLargeError",

@@ -26,7 +26,7 @@ from edgerec.sdk.http_errors import bounded, http_status_error
 
 from . import api_rank, api_v2
 from .context import RequestState
-from .errors import UnauthorizedError, classify
+from .errors import ModelLoadingError, UnauthorizedError, classify
 from .wire import JSON, dumps
 
 if TYPE_CHECKING:
@@ -63,6 +63,8 @@ def error_parts(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]
             log.info("refused (%s): %s", err.code, bounded(str(exc)))
         if isinstance(exc, UnauthorizedError):
             headers = {"WWW-Authenticate": 'Bearer realm="edgerec"'}
+        elif isinstance(exc, ModelLoadingError):
+            headers = {"Retry-After": str(exc.retry_after_s)}
     status, doc = err.status, err.document()
     return status, doc, headers
 

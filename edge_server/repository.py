@@ -41,6 +41,7 @@ from .errors import (
     BadRequestError,
     ConflictError,
     LoadRefusedError,
+    ModelLoadingError,
     ModelNotFoundError,
     VersionNotFoundError,
 )
@@ -152,13 +153,21 @@ class Repository:
         self._serving: dict[str, int] = {}
         self._retiring: list[threading.Thread] = []
         self.generation = 0  # bumps on every change; caches of the model list key on it
+        # True while the worker's first load runs: a model not found yet may be one still loading
+        self.loading = False
 
     # -- request path -----------------------------------------------------------
 
     def lease(self, name: str, version: int | str | None = None) -> Lease:
         """Hold ``name`` at ``version`` (None: the serving version) for one request."""
         with self._lock:
-            mv = self._find(name, version)
+            try:
+                mv = self._find(name, version)
+            except (ModelNotFoundError, VersionNotFoundError) as exc:
+                if self.loading:
+                    raise ModelLoadingError(f"{exc.detail}; this worker is still loading its models",
+                                            field=exc.field) from exc
+                raise
             mv.leases += 1
         mv.batcher.arrive()
         return Lease(self, mv)

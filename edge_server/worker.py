@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from multiprocessing import util as mp_util
 from pathlib import Path
 from typing import Any
@@ -65,10 +66,26 @@ def app() -> WSGIFront:
 
     # granian's worker ends through multiprocessing, which runs its finalizers but not atexit's.
     mp_util.Finalize(None, close, exitpriority=10)
-    limit = config.max_body_bytes  # past it the app answers 413 by the Content-Length, unread
-    return WSGIFront(flask_app.wsgi_app, lambda path: limit,
+    return WSGIFront(flask_app.wsgi_app, body_limit(config),
                      FrontSettings(slots=config.http_threads, max_parked=max(64, config.max_batch * 2),
-                                   body_timeout_s=config.body_timeout_s))
+                                   body_timeout_s=config.body_timeout_s,
+                                   max_held_body_bytes=config.max_held_body_bytes))
+
+
+# Events, control calls and the rest are small JSON documents: a body as large as a scoring request's is refused.
+SMALL_BODY_BYTES = 1024 * 1024
+
+
+def body_limit(config: ServerConfig) -> Callable[[str], int]:
+    """The body a route may have, in bytes (:class:`WSGIFront` refuses more, unread): ``max_body_bytes`` for the
+    scoring routes, :data:`SMALL_BODY_BYTES` (or less) for the others."""
+    small = min(config.max_body_bytes, SMALL_BODY_BYTES)
+
+    def limit(path: str) -> int:
+        scoring = path == "/v1/rank" or path.endswith("/infer") or path.endswith(":predict")
+        return config.max_body_bytes if scoring else small
+
+    return limit
 
 
 def _generation(run_dir: Path) -> int:

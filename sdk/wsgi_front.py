@@ -41,7 +41,13 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .http_errors import ErrorAnswer, PayloadTooLargeError, RequestRefusedError, RequestTimeoutError
+from .http_errors import (
+    ErrorAnswer,
+    PayloadTooLargeError,
+    RequestRefusedError,
+    RequestTimeoutError,
+    UnavailableError,
+)
 from .http_server import Shedding, WSGIApp
 
 log = logging.getLogger("edgerec.sdk.wsgi_front")
@@ -67,12 +73,17 @@ class FrontSettings:
     max_parked: int = 64  # threads that may wait inside the app at once (:func:`parked`)
     body_timeout_s: float = 10.0  # a body read here, from its first byte to its last; each read of a streamed one
     shedding: Shedding | None = None
+    # Request bodies held in memory at once (being read, or read and not yet answered); past it 503.
+    # Without it, every connection of the cap could hold a body of its route's limit.
+    max_held_body_bytes: int = 128 * 1024 * 1024
 
     def __post_init__(self) -> None:
         from .errors import ConfigurationError
 
         if self.slots < 1 or self.max_parked < 0 or not 0 < self.body_timeout_s <= 3600:
             raise ConfigurationError("front: slots >= 1, max_parked >= 0, body_timeout_s 0..3600")
+        if self.max_held_body_bytes < 1024:
+            raise ConfigurationError("front: max_held_body_bytes >= 1024")
 
 
 @contextlib.contextmanager
@@ -183,6 +194,7 @@ class WSGIFront:
         self.threads = AppThreads(settings.slots, settings.max_parked)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._in_app = 0  # requests given to the app threads and not answered yet (counted on the loop)
+        self._held = 0  # bytes reserved for request bodies in memory (counted on the loop)
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -191,10 +203,16 @@ class WSGIFront:
         loop = self._loop or asyncio.get_running_loop()
         environ = self._environ(scope)
         path = environ["PATH_INFO"]
-        refused = await self._read_body(environ, path, proto, loop)
-        if refused is not None:
-            proto.response_bytes(*refused)
-            return
+        refused, held = await self._read_body(environ, path, proto, loop)
+        try:
+            if refused is not None:
+                proto.response_bytes(*refused)
+                return
+            await self._answer(environ, path, proto, loop)
+        finally:
+            self._held -= held
+
+    async def _answer(self, environ: dict[str, Any], path: str, proto: Any, loop: asyncio.AbstractEventLoop) -> None:
         shedding = self.settings.shedding
         if shedding is not None and self._in_app >= self.settings.slots + shedding.max_waiting:
             proto.response_bytes(*self._overloaded(path, shedding))
@@ -238,33 +256,49 @@ class WSGIFront:
             environ["HTTP_HOST"] = scope.authority
         return environ
 
-    async def _read_body(self, environ: dict[str, Any], path: str, proto: Any,
-                         loop: asyncio.AbstractEventLoop) -> tuple[int, list[tuple[str, str]], bytes] | None:
-        """Read the body into ``wsgi.input`` (or give the app a :class:`LoopBody`); a refusal, or None."""
+    async def _read_body(self, environ: dict[str, Any], path: str, proto: Any, loop: asyncio.AbstractEventLoop
+                         ) -> tuple[tuple[int, list[tuple[str, str]], bytes] | None, int]:
+        """Read the body into ``wsgi.input`` (or give the app a :class:`LoopBody`): a refusal or None, and the
+        bytes reserved for it in ``_held``, which the caller gives back once it has answered."""
         length = environ.get("CONTENT_LENGTH")
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
         if not chunked and (not length or length == "0"):
             environ["wsgi.input"] = io.BytesIO(b"")
-            return None
+            return None, 0
         limit = self.body_limit(path)
-        declared = int(length) if length and length.isdigit() else None
-        if limit == 0 or (declared is not None and declared > limit):
+        if limit == 0:
             environ["wsgi.input"] = LoopBody(proto, loop, self.settings.body_timeout_s)
-            return None
+            return None, 0
+        declared = int(length) if length and length.isdigit() else None
+        if declared is not None and declared > limit:  # refused unread: the connection closes
+            return self._refuse(path, "body_too_large", PayloadTooLargeError(
+                f"request body of {declared} bytes exceeds the limit of {limit} bytes", field="body")), 0
+        size = declared if declared is not None else limit  # a chunked body may grow to the limit
+        if self._held + size > self.settings.max_held_body_bytes:
+            return self._busy(path), 0
+        self._held += size
         try:
             async with asyncio.timeout(self.settings.body_timeout_s):
                 body = await (proto() if declared is not None else _read_capped(proto, limit))
         except TimeoutError:
             return self._refuse(path, "body_timeout", RequestTimeoutError(
-                f"request body not received within {self.settings.body_timeout_s:g} s", field="body"))
+                f"request body not received within {self.settings.body_timeout_s:g} s", field="body")), size
         except _TooLargeError:
             return self._refuse(path, "body_too_large", PayloadTooLargeError(
-                f"request body exceeds the limit of {limit} bytes", field="body"))
+                f"request body exceeds the limit of {limit} bytes", field="body")), size
         except Exception:  # the client went away mid-body: nobody to answer
-            return 400, [("connection", "close")], b""
+            return (400, [("connection", "close")], b""), size
+        self._held -= size - len(body)  # a chunked body keeps only what it holds
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
-        return None
+        return None, len(body)
+
+    def _busy(self, path: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        """503 for a body that would take the bodies held past ``max_held_body_bytes``; unread, so closed."""
+        retry = self.settings.shedding.retry_after_s if self.settings.shedding is not None else 1
+        status, headers, body = self._refuse(path, "body_memory", UnavailableError(
+            f"overloaded: too many request bodies in memory; retry after {retry} s"))
+        return status, [*headers, ("retry-after", str(retry))], body
 
     def _refuse(self, path: str, reason: str, error: RequestRefusedError) -> tuple[int, list[tuple[str, str]], bytes]:
         """The front's own refusal of a request whose body it stopped reading: counted, and the connection closed."""

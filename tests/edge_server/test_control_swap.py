@@ -44,6 +44,23 @@ def test_control_needs_token_and_loopback(serve, base_config):
     assert local.status_code == 200 and local.json == {"models": []}
 
 
+def test_a_worker_still_loading_answers_503_with_retry_after_not_404(base_config):
+    app = create_app(base_config, start=False)
+    srv = app.extensions["edgerec"]
+    client = app.test_client()
+    srv.repo.loading = True  # as start() sets it until the worker's first load is done
+    for path, body in (("/v2/models/ctr/infer", ONE_ROW), ("/v1/rank", {"candidates": [3, 4]})):
+        r = client.post(path, json=body)
+        assert (r.status_code, r.json["error"], r.headers.get("Retry-After")) == (503, "model_loading", "1"), path
+        assert r.json["field"] == "model" and "still loading" in r.json["detail"]
+    srv.start()  # loads base_config's model directory, then clears the flag
+    assert srv.repo.loading is False
+    assert client.post("/v2/models/ctr/infer", json=ONE_ROW).status_code == 200
+    unknown = client.post("/v2/models/nope/infer", json=ONE_ROW)
+    assert (unknown.status_code, unknown.json["error"]) == (404, "model_not_found")
+    srv.close()
+
+
 def test_load_swaps_and_releases_the_old_version(serve, packages, weights_v2, ctr_weights):
     live = serve()
     (listed,) = live.control("GET", "/models").json()["models"]

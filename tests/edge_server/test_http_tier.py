@@ -136,6 +136,37 @@ def test_header_timeout_and_per_connection_caps(hostile_config):
         assert running.close() == 0
 
 
+def test_bodies_are_limited_per_route_and_in_bytes_held_at_once(hostile_config):
+    running = RunningServer(hostile_config.replace(max_body_bytes=2 * 1024 * 1024,
+                                                   max_held_body_bytes=4 * 1024 * 1024))
+    port = running.port
+    try:
+        # Events and control calls are small: 1 MiB, refused unread past it; a scoring route takes its 2 MiB.
+        for path in ("/v1/events", "/control/v1/models/load"):
+            got, took = _raw(port, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1500000\r\n\r\n".encode())
+            assert got.startswith(b"HTTP/1.1 413") and took < 1.0, (path, got)
+        big = httpx.post(running.url + INFER, content=b"{" + b" " * 1_500_000 + b"}", timeout=10)
+        assert big.status_code == 400 and big.json()["error"] != "payload_too_large"  # read, then found wrong
+        # Two trickled 1.9 MB bodies hold 3.8 of the 4 MiB: a third body is refused at once, 503 + Retry-After.
+        slow = []
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: 1900000\r\n\r\n{{".encode())
+            slow.append(s)
+        try:
+            time.sleep(0.3)
+            r = httpx.post(running.url + INFER, content=b"{" + b" " * 400_000 + b"}", timeout=10)
+            assert (r.status_code, r.json()["error"], r.headers["retry-after"]) == (503, "unavailable", "1")
+            assert httpx.post(running.url + INFER, json=ROW, timeout=10).status_code == 200  # small ones fit
+        finally:
+            for s in slow:
+                s.close()
+        time.sleep(0.5)  # the closed connections' reservations are given back
+        assert httpx.post(running.url + INFER, content=b"{" + b" " * 400_000 + b"}", timeout=10).status_code == 400
+    finally:
+        assert running.close() == 0
+
+
 def test_the_connection_cap_queues_new_connections_instead_of_dropping_them(hostile_config):
     cap = 20
     running = RunningServer(hostile_config.replace(max_connections=cap))

@@ -1,6 +1,6 @@
 """A small WSGI app behind :class:`WSGIFront`, served by granian, for the front's own tests:
 ``python -c 'from support.front_app import main; main()' PORT``. One app thread, bodies up to 1 KiB read
-first (``/upload``: read by the app), a body timeout of 1 s."""
+first (``/upload``: read by the app), a body timeout of 1 s, at most 4 KiB of bodies held at once."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def _big() -> Iterator[bytes]:
 def app() -> WSGIFront:
     """granian's factory."""
     return WSGIFront(_app, lambda path: 0 if path == "/upload" else 1024,
-                     FrontSettings(slots=1, max_parked=4, body_timeout_s=1.0))
+                     FrontSettings(slots=1, max_parked=4, body_timeout_s=1.0,
+                                   max_held_body_bytes=4096))
 
 
 def main() -> None:
