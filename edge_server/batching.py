@@ -6,6 +6,10 @@ Modelled on MLServer's adaptive batcher, with these rules:
   when its oldest request has waited ``max_delay`` (monotonic clock), or as
   soon as no other request is on its way to this model (``arriving == 0``), so
   a lone client never waits for a deadline;
+- "on its way" includes requests the HTTP front has read and that wait for an
+  app thread (:func:`edgerec.sdk.wsgi_front.backlog`): with a few app threads,
+  a request only reaches :meth:`Batcher.arrive` once it has one, so counting
+  only those would flush batches of one or two while the rest queue;
 - a request that fills a batch alone, or arrives while the model is idle and
   nobody else is coming, runs at once in its own thread (no hand-off); with
   batching off every request is a direct call, without the batcher's lock;
@@ -33,7 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgerec.sdk.wsgi_front import parked
+from edgerec.sdk.wsgi_front import backlog, parked
 
 from .errors import UnavailableError
 
@@ -77,6 +81,10 @@ class _Waiter:
             raise self.error
         assert self.result is not None
         return self.result
+
+
+def _none_waiting() -> int:
+    return 0
 
 
 def _key(arrays: Arrays) -> tuple[Any, ...]:
@@ -123,6 +131,8 @@ class Batcher:
         self._busy = 0
         self._closed = False
         self._thread: threading.Thread | None = None
+        # Requests read by the HTTP front and waiting for an app thread (set by the first submit from one).
+        self._backlog: Callable[[], int] = _none_waiting
 
     @property
     def max_batch(self) -> int:
@@ -152,6 +162,8 @@ class Batcher:
             if self._observe is not None:
                 self._observe(rows, 1, _NO_WAIT)
             return out
+        if self._backlog is _none_waiting:
+            self._backlog = backlog() or _none_waiting
         with self._lock:
             self._arriving -= 1
             if self._closed:
@@ -159,7 +171,7 @@ class Batcher:
             inline = (
                 not self._enabled
                 or rows >= self._max_batch
-                or (not self._queue and self._arriving == 0 and self._busy == 0)
+                or (not self._queue and self._arriving == 0 and self._busy == 0 and self._backlog() == 0)
                 or self._call_s < self._min_call
             )
             if inline:
@@ -215,7 +227,8 @@ class Batcher:
                     return None
                 self._cond.wait()
             deadline = self._queue[0].enqueued + self._max_delay
-            while self._queued_rows < self._max_batch and self._arriving > 0 and not self._closed:
+            while (self._queued_rows < self._max_batch and (self._arriving > 0 or self._backlog() > 0)
+                   and not self._closed):
                 left = deadline - monotonic()
                 if left <= 0:
                     break

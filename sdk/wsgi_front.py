@@ -101,6 +101,14 @@ def parked() -> Iterator[None]:
     yield  # the request finishes without a slot; its thread waits for one before it takes the next
 
 
+def backlog() -> Callable[[], int] | None:
+    """In an :class:`AppThreads` thread: a function counting the requests waiting for a thread (read, not
+    started), which are on their way to the app; None elsewhere. A micro-batcher waits for them, as a
+    request only announces itself once it has a thread."""
+    threads: AppThreads | None = getattr(_thread, "pool", None)
+    return None if threads is None else threads.backlog
+
+
 class AppThreads:
     """Threads that run jobs, at most ``slots`` at once outside :func:`parked`.
 
@@ -123,6 +131,10 @@ class AppThreads:
 
     def give_slot(self) -> None:
         self._slots.put(None)
+
+    def backlog(self) -> int:
+        """Jobs not taken by a thread yet (approximate, lock-free)."""
+        return self._jobs.qsize()
 
     def _run(self) -> None:
         _thread.pool = self

@@ -13,6 +13,7 @@ from edgerec.edge_server.batching import Batcher, BatcherCrashedError
 from edgerec.sdk import testing as demo
 from edgerec.sdk.errors import RuntimeBackendError
 from edgerec.sdk.model import EdgeModel
+from edgerec.sdk.wsgi_front import AppThreads
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +180,34 @@ def test_a_model_cheaper_than_merging_is_not_batched(call_s, merged):
         assert rec.calls[1:] == [(8, 8)]
     else:
         assert rec.calls == [(1, 1)] * 9
+    b.close()
+
+
+def test_requests_waiting_for_an_app_thread_join_the_batch():
+    """Behind the HTTP front a request reaches the batcher only once it has one of the front's few app threads.
+    Those still waiting for one count as on their way: with one app thread and eight requests queued for it,
+    the batch holds all eight (it would flush each one alone if only arrived requests counted), and the
+    first does not run directly though the model is idle."""
+    rec = Recorder()
+    b = Batcher(_cpu_bound(0.003), max_batch=8, max_delay_s=1.0, observe=rec)
+    threads = AppThreads(slots=1, spare=8)
+    results: dict[int, float] = {}
+    done = threading.Semaphore(0)
+
+    def request(i: int) -> None:
+        b.arrive()
+        results[i] = float(b.submit({"x": np.full((1, 1), float(i))}, 1)["score"][0, 0])
+        done.release()
+
+    hold = threading.Event()
+    threads.submit(hold.wait)  # the only slot is busy until all eight are queued behind it
+    for i in range(8):
+        threads.submit(lambda i=i: request(i))
+    hold.set()
+    for _ in range(8):
+        assert done.acquire(timeout=10)
+    assert results == {i: 2.0 * i for i in range(8)}
+    assert rec.calls == [(8, 8)], rec.calls
     b.close()
 
 
