@@ -164,6 +164,7 @@ class Batcher:
             return out
         if self._backlog is _none_waiting:
             self._backlog = backlog() or _none_waiting
+        mine = 0 if self._backlog is _none_waiting else 1  # this request's own slot
         with self._lock:
             self._arriving -= 1
             if self._closed:
@@ -171,7 +172,7 @@ class Batcher:
             inline = (
                 not self._enabled
                 or rows >= self._max_batch
-                or (not self._queue and self._arriving == 0 and self._busy == 0 and self._backlog() == 0)
+                or (not self._queue and self._arriving == 0 and self._busy == 0 and self._backlog() <= mine)
                 or self._call_s < self._min_call
             )
             if inline:

@@ -121,6 +121,7 @@ class AppThreads:
     def __init__(self, slots: int, spare: int) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._n_slots = slots
         for _ in range(slots):
             self._slots.put(None)
         for i in range(slots + spare):
@@ -133,8 +134,9 @@ class AppThreads:
         self._slots.put(None)
 
     def backlog(self) -> int:
-        """Jobs not taken by a thread yet (approximate, lock-free)."""
-        return self._jobs.qsize()
+        """Jobs not taken by a thread yet, and threads running one with a slot (not parked): requests
+        that may still reach a batcher (approximate, lock-free). The caller's own slot counts."""
+        return self._jobs.qsize() + self._n_slots - self._slots.qsize()
 
     def _run(self) -> None:
         _thread.pool = self
