@@ -19,7 +19,6 @@ import logging
 import secrets
 import threading
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,7 +32,7 @@ from edgerec.sdk.errors import EdgeRecError, PackageError
 from edgerec.sdk.manifest import Manifest
 from edgerec.sdk.model import Accelerator, EdgeModel
 from edgerec.sdk.modeldir import ModelDir
-from edgerec.sdk.package import MANIFEST, Package
+from edgerec.sdk.package import MANIFEST, Package, PackageLimits, read_unverified_manifest
 from edgerec.sdk.runtime import BackendChoice
 
 from .batching import Arrays, Batcher
@@ -466,16 +465,12 @@ class Repository:
 
 
 def peek_manifest(path: Path, limit: int = 4 * 1024 * 1024) -> Manifest:
-    """The (unverified) manifest of a package file, to choose which versions to verify and load."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            info = zf.getinfo(MANIFEST)
-            if info.file_size > limit:
-                raise PackageError(f"{MANIFEST} is larger than {limit} bytes")
-            data = zf.read(info)
-    except (OSError, KeyError, zipfile.BadZipFile) as exc:
-        raise PackageError(f"not a readable package ({exc})") from exc
-    return Manifest.from_bytes(data)
+    """The (unverified) manifest of a package file, to choose which versions to verify and load.
+
+    Read as :meth:`Package.open` reads before the signature: bounded end record,
+    directory and manifest, so a junk file in the model folder costs a few small reads.
+    """
+    return read_unverified_manifest(path, PackageLimits(max_manifest_size=limit))
 
 
 def _libc() -> Any:

@@ -366,6 +366,25 @@ class Package:
         return None if path is None else _load_npz(self.file_bytes(path), path)
 
 
+def read_unverified_manifest(
+    source: str | os.PathLike[str] | bytes | IO[bytes], limits: PackageLimits | None = None
+) -> Manifest:
+    """A package's manifest, NOT verified: only to choose which files to verify (an edge server's model folder).
+
+    The same bounded reading as :meth:`Package.open` before the signature is
+    checked: the end record, the central directory (under
+    ``limits.max_directory_size``), entry checks, then ``manifest.json`` alone
+    (under ``limits.max_manifest_size``). PackageError for anything else.
+    """
+    limits = limits or PackageLimits()
+    with open_source(source, limits.max_package_size) as (label, fh, size), open_zip(label, fh, size, limits) as zf:
+        info = check_infos(label, zf, limits).get(MANIFEST)
+        if info is None:
+            raise PackageError(f"{label}: no {MANIFEST}")
+        data = bytes(read_entry(zf, info, label, limits.max_manifest_size))
+    return Manifest.from_bytes(data)
+
+
 def _verified_manifest(
     label: str, zf: zipfile.ZipFile, infos: Mapping[str, zipfile.ZipInfo], trusted: Sequence[Ed25519PublicKey],
     limits: PackageLimits,

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from edgerec.sdk.cli.output import console, err_console, print_json, progress_wanted, text_row
+from edgerec.sdk.cli.output import console, err_console, plain, print_json, progress_wanted, text_row
 from edgerec.sdk.cli.paths import AbsolutePath
 from edgerec.sdk.cli.secret_input import db_option, read_secret, redact_url, refused_argument
 from edgerec.sdk.errors import PackageError
@@ -433,8 +433,10 @@ def node_cmd(ctx: click.Context, node_id: str, as_json: bool) -> None:
     flags = [f"last seen {_seen(doc)}", f"edge server {_v(doc.get('edge'))}", f"health {_v(doc.get('health'))}"]
     if doc["revoked"]:
         flags.append("revoked")
-    console.print(f"node {doc['node_id']} ({doc['name']}, tags {','.join(doc['tags']) or '-'}): {', '.join(flags)}",
-                  markup=False, highlight=False)
+    # Node-supplied strings (name, tags, edge version, health): escaped like every table cell, control
+    # characters included (markup=False alone lets ESC through to the terminal).
+    console.print(plain(f"node {doc['node_id']} ({doc['name']}, tags {','.join(doc['tags']) or '-'}): "
+                        f"{', '.join(flags)}"), highlight=False)
     t = Table("model", "desired", "current", "serving", "state", "accelerator", "failure")
     for m in doc["models"]:
         t.add_row(*text_row(m["model"], _v(m["desired_version"]) + (" (rollback)" if m["rollback"] else ""),

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.hostile import Slowloris, raise_fd_limit, timed_requests
+from support.hostile import (
+    Slowloris,
+    attack_sockets,
+    oversized_heads,
+    queued_past_the_cap,
+    raw_exchange,
+    timed_requests,
+)
 
 from edgerec.edge_server import RunningServer
 
@@ -29,8 +36,6 @@ ROW = {"inputs": [
     {"name": "item_id", "shape": [1], "datatype": "INT64", "data": [5]},
     {"name": "ctx", "shape": [1, 4], "datatype": "FP32", "data": [0.5, 0.5, 0.5, 0.5]},
 ]}
-# Sockets the slowloris test keeps open: as many as this machine lets the test process have.
-ATTACK = int(os.environ.get("EDGEREC_TEST_SLOWLORIS", "2000"))
 
 
 @pytest.fixture
@@ -38,22 +43,9 @@ def hostile_config(base_config):
     return base_config.replace(header_timeout_s=HEADER_S, body_timeout_s=BODY_S, access_log=False)
 
 
-def _raw(port: int, data: bytes, wait_s: float = 5.0) -> tuple[bytes, float]:
-    """Send ``data`` on a fresh connection; the first bytes answered (b"" if closed) and when."""
-    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as s:
-        t0 = time.monotonic()
-        try:
-            s.sendall(data)
-            got = s.recv(200)
-        except (ConnectionResetError, BrokenPipeError):
-            got = b""
-        return got, time.monotonic() - t0
-
-
 @pytest.mark.slow
 def test_slow_and_idle_connections_never_keep_a_normal_client_waiting(hostile_config):
-    limit = raise_fd_limit(ATTACK + 500)
-    n = min(ATTACK, limit - 300)
+    n = attack_sockets()  # thousands, or the test fails (skips only if the hard limit is too low)
     idle, heads = n // 2, n // 4
     bodies = n - idle - heads
     running = RunningServer(hostile_config)
@@ -122,13 +114,12 @@ def test_header_timeout_and_per_connection_caps(hostile_config):
             s.settimeout(HEADER_S + 5)
             assert s.recv(100) == b"" and time.monotonic() - t0 <= HEADER_S + 1.5
         # Per connection: a head over the cap is refused (431), whatever the route.
-        got, _ = _raw(port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n")
-        assert got == b"" or got.startswith(b"HTTP/1.1 431")
-        many = b"".join(b"X-H%d: 1\r\n" % i for i in range(200))
-        got, _ = _raw(port, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
-        assert got.startswith(b"HTTP/1.1 431")
+        big, many = oversized_heads(port, "/v2/health/live")
+        assert big == b"" or big.startswith(b"HTTP/1.1 431"), big
+        assert many.startswith(b"HTTP/1.1 431"), many
         # A body over the limit is refused from its Content-Length, before a byte of it is read.
-        got, took = _raw(port, f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n".encode())
+        head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n"
+        got, took = raw_exchange(port, head.encode())
         assert got.startswith(b"HTTP/1.1 413") and took < 1.0
         # The server answered all of it and still serves.
         assert httpx.post(running.url + INFER, json=ROW, timeout=5).status_code == 200
@@ -143,7 +134,8 @@ def test_bodies_are_limited_per_route_and_in_bytes_held_at_once(hostile_config):
     try:
         # Events and control calls are small: 1 MiB, refused unread past it; a scoring route takes its 2 MiB.
         for path in ("/v1/events", "/control/v1/models/load"):
-            got, took = _raw(port, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1500000\r\n\r\n".encode())
+            head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1500000\r\n\r\n"
+            got, took = raw_exchange(port, head.encode())
             assert got.startswith(b"HTTP/1.1 413") and took < 1.0, (path, got)
         big = httpx.post(running.url + INFER, content=b"{" + b" " * 1_500_000 + b"}", timeout=10)
         assert big.status_code == 400 and big.json()["error"] != "payload_too_large"  # read, then found wrong
@@ -170,25 +162,12 @@ def test_bodies_are_limited_per_route_and_in_bytes_held_at_once(hostile_config):
 def test_the_connection_cap_queues_new_connections_instead_of_dropping_them(hostile_config):
     cap = 20
     running = RunningServer(hostile_config.replace(max_connections=cap))
-    held = [socket.create_connection(("127.0.0.1", running.port)) for _ in range(cap)]
     try:
-        time.sleep(0.3)
-        waiting: dict[str, int] = {}
-
-        def call() -> None:
-            waiting["status"] = httpx.get(running.url + "/v2/health/live", timeout=30).status_code
-
-        t = threading.Thread(target=call)
-        t.start()
-        t.join(1.5)
-        assert t.is_alive()  # accepted by the kernel, not yet by the server: every slot is taken
-        for s in held[:5]:
-            s.close()
-        t.join(10)
-        assert waiting == {"status": 200}
+        # Accepted by the kernel, not yet by the server while every slot is taken; served once five leave.
+        waited, status = queued_past_the_cap(
+            running.port, cap, lambda: httpx.get(running.url + "/v2/health/live", timeout=30).status_code)
+        assert (waited, status) == (True, 200)
     finally:
-        for s in held:
-            s.close()
         assert running.close() == 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 from typing import Any
 
 import httpx
@@ -65,6 +66,36 @@ def test_a_broken_current_version_is_not_replaced_by_another(tmp_path, packages,
         log = running.log_text()  # each load failure is a warning in the server's log
         assert "3.edgepkg" in log, log[-2000:]
         assert "ctr-2.edgepkg: ignored, ctr is served from its pointer ctr/current" in log, log[-2000:]
+    finally:
+        running.close()
+
+
+def _huge_directory_file(path, directory: int = 512 * 1024 * 1024) -> None:
+    """A sparse file whose zip end record claims a central directory of ``directory`` bytes."""
+    size = directory + 4096
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+        fh.seek(size - 22)
+        fh.write(struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1, 1, directory, size - 22 - directory, 0))
+
+
+def test_junk_next_to_a_package_is_a_load_failure_read_within_bounds(tmp_path, packages, base_config):
+    """Before anything is verified a file is read within the package reader's bounds: a claimed 512 MiB
+    zip directory is refused from its 22-byte end record, not read; the good package is served."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(packages["v2"], models / "ctr-2.edgepkg")
+    (models / "random.edgepkg").write_bytes(os.urandom(10 * 1024 * 1024))
+    _huge_directory_file(models / "huge-directory.edgepkg")
+    running = RunningServer(base_config.replace(model_dir=models))
+    try:
+        assert _serving(running) == {"ctr": 2}
+        log = running.log_text()
+        failures = [line for line in log.splitlines() if "model not loaded" in line]
+        assert len(failures) == 2, log[-3000:]
+        assert any("random.edgepkg" in line and "not a package" in line for line in failures), failures
+        assert any("huge-directory.edgepkg" in line and "the zip directory is 536870912 bytes, over 1048576" in line
+                   for line in failures), failures
     finally:
         running.close()
 

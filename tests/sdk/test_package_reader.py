@@ -30,7 +30,7 @@ from edgerec.sdk import _zip as zip_mod
 from edgerec.sdk.cli.main import cli
 from edgerec.sdk.encryption import Envelope, add_envelopes, seal_data_key
 from edgerec.sdk.keys import public_pem
-from edgerec.sdk.package import sign_manifest
+from edgerec.sdk.package import read_unverified_manifest, sign_manifest
 
 BIG = 10 * 1024 * 1024
 # What a reader may read of a 10 MB package it does not trust: the end record, the directory
@@ -141,6 +141,28 @@ def test_large_zip_directory_is_refused_before_it_is_read(onnx_pkg, signing_key)
     with pytest.raises(OversizedEntryError, match="directory"):
         Package.open(fh, [signing_key.public_key()], PackageLimits(max_directory_size=64 * 1024))
     assert fh.read_bytes <= 22  # the end record alone
+
+
+def test_the_unverified_manifest_is_read_within_the_same_bounds(onnx_pkg, signing_key, junk):
+    """What an edge server peeks at in its model folder: the manifest alone, never an artifact."""
+    items = [(n, b) for n, b in entries(onnx_pkg) if n != "signature.json"] + [("blob.bin", junk)]
+    fh = CountingFile(rezip(items, stored=True))
+    manifest = read_unverified_manifest(fh)
+    assert manifest.to_bytes() == dict(entries(onnx_pkg))["manifest.json"]
+    assert fh.read_bytes < UNTRUSTED_BUDGET and fh.largest < UNTRUSTED_BUDGET
+    fh = CountingFile(junk)
+    with pytest.raises(PackageError, match="not a package"):
+        read_unverified_manifest(fh)
+    assert fh.read_bytes <= 22 + (64 * 1024 + 22) and not fh.touched(0, BIG - 64 * 1024 - 22)
+    fh = CountingFile(rezip([*entries(onnx_pkg)] + [(f"pad/{i:04d}-" + "x" * 200, b"") for i in range(4000)]))
+    with pytest.raises(OversizedEntryError, match="directory"):
+        read_unverified_manifest(fh, PackageLimits(max_directory_size=64 * 1024))
+    assert fh.read_bytes <= 22
+    no_manifest = rezip([(n, b) for n, b in entries(onnx_pkg) if n != "manifest.json"])
+    with pytest.raises(PackageError, match="no manifest.json"):
+        read_unverified_manifest(no_manifest)
+    with pytest.raises(OversizedEntryError, match="manifest.json"):
+        read_unverified_manifest(onnx_pkg, PackageLimits(max_manifest_size=64))
 
 
 # -- signature.json is bounded -----------------------------------------------------------

@@ -4,13 +4,17 @@
 ``heads`` that trickle a request head a byte at a time and ``bodies`` that
 send a complete head and then trickle the body; a head or body connection
 the server closes is opened again (as a real attacker would), and the
-closures and answers are counted. :func:`timed_requests` is the normal
-client whose latency the tests bound.
+closures and answers are counted. :func:`attack_sockets` says how many it
+opens (thousands, or the test fails). :func:`timed_requests` is the normal
+client whose latency the tests bound. :func:`raw_exchange`,
+:func:`oversized_heads` and :func:`queued_past_the_cap` are the per-connection
+attacks both HTTP services' tests share.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import socket
 import statistics
@@ -18,6 +22,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import pytest
+
+SLOWLORIS_ENV = "EDGEREC_TEST_SLOWLORIS"  # hostile sockets the slowloris tests open (default 2000)
+MIN_ATTACK = 1000  # fewer would not test "thousands of connections": such a run fails instead
 
 
 def raise_fd_limit(wanted: int) -> int:
@@ -27,6 +36,82 @@ def raise_fd_limit(wanted: int) -> int:
     if target > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def attack_sockets(spare: int = 300) -> int:
+    """How many hostile sockets a slowloris test opens: ``$EDGEREC_TEST_SLOWLORIS`` (2000), never fewer than
+    :data:`MIN_ATTACK`, with this process's open-file limit raised to hold them and ``spare`` more.
+
+    Fails when fewer would fit (a run with a few hundred sockets is not the test); skips, saying so, only
+    when the hard limit itself is too low, which a test process cannot raise.
+    """
+    wanted = int(os.environ.get(SLOWLORIS_ENV, "2000"))
+    if wanted < MIN_ATTACK:
+        pytest.fail(f"{SLOWLORIS_ENV}={wanted}: the slowloris tests need at least {MIN_ATTACK} hostile sockets")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < MIN_ATTACK + spare:
+        pytest.skip(f"the hard open-file limit is {hard}: {MIN_ATTACK} hostile sockets and {spare} spare "
+                    f"descriptors do not fit, and a process cannot raise it (ulimit -Hn {wanted + spare} first)")
+    try:
+        limit = raise_fd_limit(wanted + spare)
+    except (ValueError, OSError) as exc:
+        pytest.fail(f"cannot raise the open-file limit to {wanted + spare}: {exc}")
+    n = min(wanted, limit - spare)
+    if n < MIN_ATTACK:
+        pytest.fail(f"the open-file limit is {limit}: only {n} hostile sockets fit, under {MIN_ATTACK}")
+    return n
+
+
+def raw_exchange(port: int, data: bytes, wait_s: float = 5.0) -> tuple[bytes, float]:
+    """Send ``data`` on a fresh connection to 127.0.0.1:``port``; the first bytes answered (b"" if the server
+    closed or reset it) and the seconds that took."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as s:
+        t0 = time.monotonic()
+        try:
+            s.sendall(data)
+            got = s.recv(200)
+        except (ConnectionResetError, BrokenPipeError):
+            got = b""
+        return got, time.monotonic() - t0
+
+
+def oversized_heads(port: int, path: str) -> tuple[bytes, bytes]:
+    """What the server first answers to ``GET path`` with one 1 MB header, and with 200 headers (b"" if closed)."""
+    start = f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode()
+    big, _ = raw_exchange(port, start + b"X-Big: " + b"a" * 1_000_000 + b"\r\n\r\n")
+    many, _ = raw_exchange(port, start + b"".join(b"X-H%d: 1\r\n" % i for i in range(200)) + b"\r\n")
+    return big, many
+
+
+def queued_past_the_cap(port: int, cap: int, call: Callable[[], int], release: int = 5,
+                        wait_s: float = 1.5) -> tuple[bool, int | str | None]:
+    """Hold ``cap`` connections to 127.0.0.1:``port``, then run ``call`` (a request on a new connection).
+
+    Returns whether ``call`` was still waiting after ``wait_s`` with every slot taken, and what it returned
+    (a status; an error as text; None if still waiting) once ``release`` of the held connections closed.
+    """
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(cap)]
+    result: list[int | str] = []
+
+    def run() -> None:
+        try:
+            result.append(call())
+        except Exception as exc:  # reported to the test
+            result.append(f"{type(exc).__name__}: {exc}")
+
+    try:
+        time.sleep(0.3)
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        t.join(wait_s)
+        waited = t.is_alive()
+        for s in held[:release]:
+            s.close()
+        t.join(10)
+        return waited, result[0] if result else None
+    finally:
+        for s in held:
+            s.close()
 
 
 @dataclass
@@ -165,4 +250,5 @@ def timed_requests(call: Callable[[], int], n: int, pause_s: float = 0.05) -> Ti
     return out
 
 
-__all__ = ["Slowloris", "Stats", "Timings", "raise_fd_limit", "timed_requests"]
+__all__ = ["MIN_ATTACK", "SLOWLORIS_ENV", "Slowloris", "Stats", "Timings", "attack_sockets", "oversized_heads",
+           "queued_past_the_cap", "raise_fd_limit", "raw_exchange", "timed_requests"]

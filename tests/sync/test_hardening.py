@@ -286,6 +286,7 @@ def test_sqlite_database_files_are_private(sync_env, tmp_path):
 
 
 NASTY = "[bold red]pwned[/] \x1b[2J\x1b]0;title\x07 [link=http://x]y[/link]"
+HEALTH = "[red]x[/red] \x1b[31mhot"  # a node's health: markup and a colour sequence
 
 
 def test_admin_views_show_node_strings_as_data(sync_env, tmp_path, monkeypatch):
@@ -293,21 +294,29 @@ def test_admin_views_show_node_strings_as_data(sync_env, tmp_path, monkeypatch):
     state = env.enroll(NASTY)
     env.publish(1)
     env.admin().rollout("ctr", 1, "stable", 100, [])
-    report = {"report_id": "r-nasty-001", "kind": "status", "health": NASTY[:32], "accelerator": NASTY[:32],
+    report = {"report_id": "r-nasty-001", "kind": "status", "health": HEALTH, "accelerator": NASTY[:32],
               "models": [{"name": "ctr", "state": NASTY[:32], "failure": {"version": 1, "reason": NASTY}}]}
     assert _signed(env, state, "POST", "/api/v1/node/reports", json.dumps(report).encode()).status_code == 201
     save_credentials(Credentials(env.url, env.init.admin_token), tmp_path / "admin.json")
     monkeypatch.setenv("EDGEREC_ADMIN_CONFIG", str(tmp_path / "admin.json"))
     monkeypatch.setenv("COLUMNS", "400")
     runner = CliRunner()
-    for args in (["admin", "nodes"], ["admin", "status", "ctr"]):
+    node_id = state.identity().node_id
+    for args in (["admin", "nodes"], ["admin", "status", "ctr"], ["admin", "node", node_id]):
         out = runner.invoke(cli, args, catch_exceptions=False)
         assert out.exit_code == 0, out.output
         assert "\x1b" not in out.output and "\x07" not in out.output
         assert "[bold red]pwned[/]" in out.output and "\\x1b[2J" in out.output
+        if args[1] != "status":  # the views that show health: its markup and escape sequence as text
+            assert "[red]x[/red] \\x1b[31mhot" in out.output, out.output
         doc = json.loads(runner.invoke(cli, [*args, "--json"], catch_exceptions=False).stdout)
-        row = doc[0] if isinstance(doc, list) else doc["nodes"][0]
-        assert row["health"] == NASTY[:32] and row["name"] == NASTY  # the JSON carries the data unchanged
+        row = doc[0] if isinstance(doc, list) else doc["nodes"][0] if args[1] == "status" else doc
+        assert row["health"] == HEALTH and row["name"] == NASTY  # the JSON carries the data unchanged
+    out = runner.invoke(cli, ["admin", "node", node_id], catch_exceptions=False).output
+    header = out.splitlines()[0]  # node-supplied strings in the one-line header, not only in its tables
+    assert header.startswith(f"node {node_id} ([bold red]pwned[/] \\x1b[2J\\x1b]0;title\\x07 [link=http://x]y[/link], "
+                             "tags -): last seen "), header
+    assert header.endswith("health [red]x[/red] \\x1b[31mhot"), header
     nodes = json.loads(runner.invoke(cli, ["admin", "nodes", "--json"]).stdout)
     assert nodes[0]["name"] == NASTY and nodes[0]["models"][0]["last_failure"]["reason"] == NASTY
 
