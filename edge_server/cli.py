@@ -78,7 +78,8 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys", "otlp_endpoint": 
 @click.option("--recipient-id", help="This node's recipient id (with --recipient-key).")
 @click.option("--control-token-file", type=AbsolutePath(dir_okay=False, path_type=Path),
               envvar="EDGEREC_CONTROL_TOKEN_FILE",
-              help="Bearer token of the control API (or env EDGEREC_CONTROL_TOKEN); none: control off.")
+              help="File (mode 0600) holding the control API's bearer token (or env EDGEREC_CONTROL_TOKEN); "
+                   "none: control off.")
 @click.option("--control-allow-remote", is_flag=True, help="Let non-loopback callers reach the control API.")
 @click.option("--otlp-endpoint", default=None,
               help="Export traces over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318); the same as "

@@ -16,8 +16,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from ..errors import ConfigurationError, KeyFileError
-from ..keys import read_private_file
+from ..keys import read_secret_text
 
 F = Callable[..., Any]
 
@@ -37,15 +36,7 @@ def refused_argument(flag: str, instead: str) -> Callable[[F], F]:
 def read_secret(path: Path | None, env: str, what: str) -> str | None:
     """The secret in ``path`` (owner-only file, whitespace stripped), else ``$env``, else None."""
     if path is not None:
-        try:
-            text = read_private_file(path).decode("utf-8").strip()
-        except KeyFileError as exc:
-            raise ConfigurationError(str(exc).replace("private key file", f"{what} file")) from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigurationError(f"{path}: the {what} file is not text") from exc
-        if not text:
-            raise ConfigurationError(f"{path}: the {what} file is empty")
-        return text
+        return read_secret_text(path, what)
     value = os.environ.get(env, "").strip()
     return value or None
 

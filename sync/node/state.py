@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgerec.sdk.files import make_dirs, write_atomic
-from edgerec.sdk.keys import generate_keypair, load_recipient_key, load_signing_key, public_pem
+from edgerec.sdk.keys import generate_keypair, load_recipient_key, load_signing_key, public_pem, read_secret_text
 from edgerec.sync.protocol.assignments import Accepted
 from edgerec.sync.protocol.errors import ConfigError
 
@@ -450,7 +450,7 @@ class NodeState:
         path = self.control_token_file
         if not path.exists():
             write_atomic(path, secrets.token_urlsafe(32).encode(), mode=0o600)
-        token = path.read_text().strip()
+        token = read_secret_text(path, "control token")
         if len(token) < 16:
             raise ConfigError(f"{path}: the control token must be at least 16 characters")
         return token
