@@ -153,3 +153,28 @@ def test_secret_files_group_or_others_may_read_are_refused(trusted_key, tmp_path
         assert f"{path}: " in line and "accessible by group or others" in line and f"chmod 600 {path}" in line
         assert TOKEN not in line
 
+
+def test_a_cache_url_with_a_password_is_refused_on_the_command_line(trusted_key, tmp_path):
+    r = subprocess.run([*EDGEREC, "serve", "--model-dir", str(tmp_path), "-k", str(trusted_key), "--cache-url",
+                        "redis://:s3cret-pw@127.0.0.1:6379/0"], capture_output=True, text=True, timeout=60)
+    line = _one_line_error(r, 2)
+    assert "--cache-url" in line and "EDGEREC_CACHE_URL" in line and "s3cret-pw" not in r.stderr + r.stdout
+
+
+def test_a_cache_url_with_a_password_is_taken_from_the_environment_and_the_settings_file(trusted_key, tmp_path,
+                                                                                          monkeypatch):
+    from edgerec.edge_server.cli import build_config, serve
+
+    url = "redis://:s3cret-pw@127.0.0.1:6379/0"
+    args = ["--model-dir", str(tmp_path), "-k", str(trusted_key)]
+    monkeypatch.setenv("EDGEREC_CACHE_URL", url)
+    ctx = serve.make_context("serve", list(args))
+    assert build_config(ctx, ctx.params).cache_url == url
+    monkeypatch.delenv("EDGEREC_CACHE_URL")
+    settings = tmp_path / "edge.toml"
+    settings.write_text(f'[cache]\nurl = "{url}"\n')
+    ctx = serve.make_context("serve", [*args, "--config", str(settings)])
+    assert build_config(ctx, ctx.params).cache_url == url
+    # Without a password the option is fine on the command line.
+    ctx = serve.make_context("serve", [*args, "--cache-url", "redis://127.0.0.1:6379/0"])
+    assert build_config(ctx, ctx.params).cache_url == "redis://127.0.0.1:6379/0"
