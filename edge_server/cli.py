@@ -10,6 +10,7 @@ import click
 
 from edgerec.sdk.cli.log_options import log_options
 from edgerec.sdk.cli.paths import AbsolutePath
+from edgerec.sdk.cli.secret_input import no_password_argument
 from edgerec.sdk.model import ACCELERATOR_CHOICES
 from edgerec.sdk.runtime import BACKEND_CHOICES
 from edgerec.sdk.tracing import check_otlp_endpoint
@@ -65,7 +66,10 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys", "otlp_endpoint": 
 @click.option("--max-held-body-bytes", type=click.IntRange(min=1024), default=128 * 1024 * 1024,
               show_default=True, help="Request bodies a worker holds in memory at once; past it 503 + Retry-After.")
 @click.option("--cache-url", envvar="EDGEREC_CACHE_URL",
-              help="redis://… for a shared feature cache (default: in-process LRU).")
+              callback=no_password_argument("--cache-url", "set EDGEREC_CACHE_URL, or [cache] url in the --config "
+                                                           "file"),
+              help="redis://… for a shared feature cache (default: in-process LRU). A URL with a password only "
+                   "from env EDGEREC_CACHE_URL or the --config file.")
 @click.option("--feature-source", envvar="EDGEREC_FEATURE_SOURCE",
               help="sqlite:///abs/path.db with user_features and item_features tables.")
 @click.option("--config", "config_file", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path),
@@ -78,7 +82,8 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys", "otlp_endpoint": 
 @click.option("--recipient-id", help="This node's recipient id (with --recipient-key).")
 @click.option("--control-token-file", type=AbsolutePath(dir_okay=False, path_type=Path),
               envvar="EDGEREC_CONTROL_TOKEN_FILE",
-              help="Bearer token of the control API (or env EDGEREC_CONTROL_TOKEN); none: control off.")
+              help="File (mode 0600) holding the control API's bearer token (or env EDGEREC_CONTROL_TOKEN); "
+                   "none: control off.")
 @click.option("--control-allow-remote", is_flag=True, help="Let non-loopback callers reach the control API.")
 @click.option("--otlp-endpoint", default=None,
               help="Export traces over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318); the same as "

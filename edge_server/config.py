@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgerec.sdk.errors import InvalidInputError
+from edgerec.sdk.errors import InvalidInputError, KeyFileError
 from edgerec.sdk.json_logs import LOG_FORMATS, LOG_LEVELS, LogSettings
+from edgerec.sdk.keys import read_secret_text
 from edgerec.sdk.model import Accelerator, parse_accelerator
 from edgerec.sdk.runtime import BackendChoice, parse_backend
 
@@ -273,13 +274,13 @@ def _resolve(name: str, value: Any, base: Path) -> Any:
 
 
 def read_token(path: Path | None) -> str | None:
-    """The control token from a file (first line, stripped); empty files are refused."""
+    """The control token from a file (stripped); an empty file, or one group or others may access, is refused."""
     if path is None:
         return None
     try:
-        token = path.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})", field="control_token_file") from exc
+        token = read_secret_text(path, "control token")
+    except KeyFileError as exc:
+        raise ConfigError(str(exc), field="control_token_file") from exc
     if len(token) < 16:
         raise ConfigError("the control token must be at least 16 characters", field="control_token_file")
     return token

@@ -9,11 +9,14 @@ the directory, not with the file.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
+log = logging.getLogger("edgerec.sdk")
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -99,3 +102,25 @@ def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
     if removed:
         fsync_dir(base)
     return removed
+
+
+def private_sqlite_file(database: str | None) -> None:
+    """Create the SQLite file (and its -wal and -shm files, which SQLite gives the same mode)
+    with mode 0600, or tighten existing ones: the service's holds node reports, keys and token
+    hashes; a node's, its state and privacy ledger (user fingerprints in erasure requests)."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = os.path.abspath(database)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    # Never open (and close) an existing database file: closing any descriptor of it drops every POSIX
+    # lock this process holds on it, including those of SQLite connections open here (which corrupts it).
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+        try:
+            mode = os.stat(name).st_mode
+        except FileNotFoundError:
+            continue
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("%s: was mode %04o; now 0600", name, stat.S_IMODE(mode))
+            os.chmod(name, 0o600)

@@ -46,7 +46,8 @@ from .errors import ConfigurationError
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # Environment variables a worker must not keep: granian copies os.environ into every request's environ.
-SECRET_ENV = ("EDGEREC_CONTROL_TOKEN", "EDGEREC_ADMIN_TOKEN", "EDGEREC_ENROLL_TOKEN", "EDGEREC_DB_URL")
+SECRET_ENV = ("EDGEREC_CONTROL_TOKEN", "EDGEREC_ADMIN_TOKEN", "EDGEREC_ENROLL_TOKEN", "EDGEREC_DB_URL",
+              "EDGEREC_CACHE_URL")
 
 
 @dataclass(frozen=True)

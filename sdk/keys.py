@@ -86,20 +86,32 @@ def _read(path: str | os.PathLike[str]) -> bytes:
         raise KeyFileError(f"{path}: cannot read key file ({exc.strerror})") from exc
 
 
-def read_private_file(path: str | os.PathLike[str]) -> bytes:
-    """The bytes of a secret file (private key, key-encryption key) only if no one but its owner has access.
+def read_private_file(path: str | os.PathLike[str], what: str = "private key") -> bytes:
+    """The bytes of a secret file (private key, key-encryption key, token) only if no one but its owner has access.
 
-    The mode is checked on the opened file, so the file read is the file checked.
+    The mode is checked on the opened file, so the file read is the file checked. ``what`` names the
+    file in the one-line error ("control token" -> "control token file is accessible ...").
     """
     try:
         with open(path, "rb") as fh:
             mode = os.fstat(fh.fileno()).st_mode
             if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise KeyFileError(f"{path}: private key file is accessible by group or others "
+                raise KeyFileError(f"{path}: {what} file is accessible by group or others "
                                    f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}")
             return fh.read()
     except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read key file ({exc.strerror})") from exc
+        raise KeyFileError(f"{path}: cannot read {what} file ({exc.strerror})") from exc
+
+
+def read_secret_text(path: str | os.PathLike[str], what: str) -> str:
+    """The text of an owner-only secret file (a token), whitespace stripped; an empty or binary one is refused."""
+    try:
+        text = read_private_file(path, what).decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise KeyFileError(f"{path}: the {what} file is not text") from exc
+    if not text:
+        raise KeyFileError(f"{path}: the {what} file is empty")
+    return text
 
 
 def load_private_key(path: str | os.PathLike[str], kind: KeyKind | None = None) -> PrivateKey:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import ConfigurationError
 from .files import write_atomic
+from .keys import read_secret_text
 
 KEY_BYTES = 32
 _CONTEXT = b"edgerec/user-fingerprint/v1\0"
@@ -30,11 +31,10 @@ def user_fingerprint(key: bytes, user_id: str) -> str:
 
 
 def read_user_key(path: Path) -> bytes:
-    """The key in ``path`` (hex); a one-line error when it is missing or malformed."""
+    """The key in ``path`` (hex); a one-line error when it is missing, malformed, or group or others may access it
+    (whoever reads it can fingerprint any user id and so tell whose events a spool file holds)."""
     try:
-        key = bytes.fromhex(path.read_text().strip())
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot read the user key ({exc.strerror})") from exc
+        key = bytes.fromhex(read_secret_text(path, "user key"))
     except ValueError as exc:
         raise ConfigurationError(f"{path}: the user key is not hex") from exc
     if len(key) != KEY_BYTES:

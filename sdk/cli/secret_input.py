@@ -16,8 +16,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from ..errors import ConfigurationError, KeyFileError
-from ..keys import read_private_file
+from ..keys import read_secret_text
 
 F = Callable[..., Any]
 
@@ -37,30 +36,28 @@ def refused_argument(flag: str, instead: str) -> Callable[[F], F]:
 def read_secret(path: Path | None, env: str, what: str) -> str | None:
     """The secret in ``path`` (owner-only file, whitespace stripped), else ``$env``, else None."""
     if path is not None:
-        try:
-            text = read_private_file(path).decode("utf-8").strip()
-        except KeyFileError as exc:
-            raise ConfigurationError(str(exc).replace("private key file", f"{what} file")) from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigurationError(f"{path}: the {what} file is not text") from exc
-        if not text:
-            raise ConfigurationError(f"{path}: the {what} file is empty")
-        return text
+        return read_secret_text(path, what)
     value = os.environ.get(env, "").strip()
     return value or None
 
 
-def db_option(f: F) -> F:
-    """``--db URL`` (env ``EDGEREC_DB_URL``); a URL with a password only from the environment."""
+def no_password_argument(flag: str, instead: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A callback for a URL option that refuses a URL with a password typed on the command line (``instead``
+    says where it goes); the same URL from the option's environment variable passes. The URL is not echoed."""
 
     def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
         source = ctx.get_parameter_source(param.name or "")
         if value and url_password(value) and source == click.core.ParameterSource.COMMANDLINE:
-            raise click.UsageError("--db: this URL holds a password, which other users and the shell history "
-                                   "would see; set EDGEREC_DB_URL, or leave the password to PGPASSWORD or "
-                                   "~/.pgpass")
+            raise click.UsageError(f"{flag}: this URL holds a password, which other users and the shell history "
+                                   f"would see; {instead}")
         return value
 
+    return check
+
+
+def db_option(f: F) -> F:
+    """``--db URL`` (env ``EDGEREC_DB_URL``); a URL with a password only from the environment."""
+    check = no_password_argument("--db", "set EDGEREC_DB_URL, or leave the password to PGPASSWORD or ~/.pgpass")
     return click.option("--db", "db_url", default=None, envvar="EDGEREC_DB_URL", callback=check,
                         help="Database URL (default: the data dir's). Env: EDGEREC_DB_URL, the place for a "
                              "URL with a password.")(f)
@@ -86,4 +83,5 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=f"{parts.username or ''}:***@{netloc[-1]}").geturl()
 
 
-__all__ = ["db_option", "read_secret", "redact_url", "refused_argument", "url_password"]
+__all__ = ["db_option", "no_password_argument", "read_secret", "redact_url", "refused_argument",
+           "url_password"]

@@ -99,7 +99,7 @@ def enroll(server: str, token_file: Path | None, state_dir: Path, name: str | No
               help="Where models are installed (NAME/VERSION.edgepkg, NAME/current); remembered for later runs.")
 @click.option("--edge-server", default=None, help="URL of an edge server this daemon drives (not with --serve).")
 @click.option("--control-token-file", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), default=None,
-              help="File holding that edge server's control token.")
+              help="File holding that edge server's control token (mode 0600).")
 @click.option("--serve", is_flag=True, help="Run the edge server on the model directory as a supervised child.")
 @click.option("--serve-host", default="127.0.0.1", show_default=True, help="With --serve: listen address.")
 @click.option("--serve-port", type=click.IntRange(1, 65535), default=8080, show_default=True,
@@ -213,6 +213,8 @@ def _given_log_flags(ctx: click.Context) -> list[str]:
 def _edge(state: Any, model_dir: Path, edge_server: str | None, control_token_file: Path | None, serve: bool,
           host: str, port: int, serve_config: Path | None, metrics: bool, log_flags: list[str]) -> tuple[Any, Any]:
     """The supervised edge server (with --serve) and the control client of the edge server, if any."""
+    from edgerec.sdk.keys import read_secret_text
+
     from .edge_control import EdgeControl
     from .supervise import EdgeChild, edge_argv, edge_flags, make_token_env
 
@@ -227,7 +229,7 @@ def _edge(state: Any, model_dir: Path, edge_server: str | None, control_token_fi
         return EdgeChild(argv, make_token_env()), EdgeControl(f"http://{_connect_host(host)}:{port}", token)
     if edge_server:
         assert control_token_file is not None
-        return None, EdgeControl(edge_server, control_token_file.read_text().strip())
+        return None, EdgeControl(edge_server, read_secret_text(control_token_file, "control token"))
     return None, None
 
 

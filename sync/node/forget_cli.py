@@ -22,6 +22,7 @@ import click
 
 from edgerec.sdk.cli.output import console, print_json
 from edgerec.sdk.cli.paths import AbsolutePath
+from edgerec.sdk.keys import read_secret_text
 from edgerec.sdk.user_keys import read_user_key, user_fingerprint
 from edgerec.sync.protocol.errors import ConfigError
 
@@ -34,7 +35,7 @@ from .state import NodeState
 @click.argument("user_id")
 @click.option("--edge-server", required=True, help="Edge server URL (its control API).")
 @click.option("--control-token-file", type=AbsolutePath(dir_okay=False, exists=True, path_type=Path), required=True,
-              help="File holding the edge server's control token.")
+              help="File holding the edge server's control token (mode 0600).")
 @click.option("--state-dir", type=AbsolutePath(file_okay=False, exists=True, path_type=Path), default=None,
               help="The node's state directory: erase the user's spooled and windowed events too.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True,
@@ -45,10 +46,7 @@ def forget_user(user_id: str, edge_server: str, control_token_file: Path, state_
     """Erase USER_ID's cached profile, experiment assignments and (with --state-dir) events on this node."""
     if not 1 <= len(user_id) <= 256:
         raise ConfigError("USER_ID: expected 1 to 256 characters")
-    try:
-        token = control_token_file.read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"--control-token-file: cannot read {control_token_file} ({exc.strerror})") from exc
+    token = read_secret_text(control_token_file, "control token")  # refused when group or others may read it
     edge = EdgeControl(edge_server, token, timeout=60)
     try:
         doc = edge.forget_user(user_id)

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgerec.sdk.files import private_sqlite_file
 from edgerec.sync.protocol.errors import ConfigError
 from edgerec.sync.protocol.releases import KINDS, Key, Noise, Release, discrete_laplace_variance, parse_release
 
@@ -226,7 +227,8 @@ class SqliteBudgetLedger:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 before SQLite opens it (its -wal and -shm files take the same mode): what the node released when.
+        private_sqlite_file(str(self.path))
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -42,8 +42,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edgerec.sdk.files import make_dirs, write_atomic
-from edgerec.sdk.keys import generate_keypair, load_recipient_key, load_signing_key, public_pem
+from edgerec.sdk.files import make_dirs, private_sqlite_file, write_atomic
+from edgerec.sdk.keys import generate_keypair, load_recipient_key, load_signing_key, public_pem, read_secret_text
 from edgerec.sync.protocol.assignments import Accepted
 from edgerec.sync.protocol.errors import ConfigError
 
@@ -125,15 +125,13 @@ class NodeDB:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         make_dirs(self.path.parent)
-        existed = self.path.exists()
+        private_sqlite_file(str(self.path))  # 0600 before SQLite opens it: it holds erasure requests
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         self._lock = threading.RLock()
         self._conn.execute("PRAGMA synchronous=FULL")
         # Erasure: deleted rows (a user's fingerprint in a forget request) are overwritten, not left in free pages.
         self._conn.execute("PRAGMA secure_delete=ON")
         self._conn.executescript(_TABLES)
-        if not existed:
-            os.chmod(self.path, 0o600)
         with self.tx() as c:
             c.execute("INSERT OR IGNORE INTO settings VALUES ('schema', ?)", (str(SCHEMA),))
             found = int(c.execute("SELECT value FROM settings WHERE key='schema'").fetchone()[0])
@@ -450,7 +448,7 @@ class NodeState:
         path = self.control_token_file
         if not path.exists():
             write_atomic(path, secrets.token_urlsafe(32).encode(), mode=0o600)
-        token = path.read_text().strip()
+        token = read_secret_text(path, "control token")
         if len(token) < 16:
             raise ConfigError(f"{path}: the control token must be at least 16 characters")
         return token

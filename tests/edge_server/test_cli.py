@@ -126,3 +126,55 @@ def test_serve_writes_plain_lines_with_log_format_text(packages, trusted_key, tm
     assert "INFO edgerec.access: POST /v2/models/ctr/infer 200" in text
     assert "INFO _granian: Spawning worker-1" in text
     assert not [line for line in text.splitlines() if line.startswith("{")]
+
+
+def _one_line_error(r: subprocess.CompletedProcess[str], code: int) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == code and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    return lines[0]
+
+
+def test_secret_files_group_or_others_may_read_are_refused(trusted_key, tmp_path):
+    """A control token or user key file that is not 0600 stops the server before it starts, in one line."""
+    token = tmp_path / "control.token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o644)
+    user_key = tmp_path / "user.key"
+    user_key.write_text(os.urandom(32).hex())
+    user_key.chmod(0o640)
+    env = {k: v for k, v in os.environ.items() if k not in ("EDGEREC_CONTROL_TOKEN", "EDGEREC_CONTROL_TOKEN_FILE")}
+    base = [*EDGEREC, "serve", "--model-dir", str(tmp_path), "-k", str(trusted_key), "--port", "0"]
+    spool = ["--events-spool", str(tmp_path / "events")]
+    for args, path in ((["--control-token-file", str(token)], token),
+                       (["--user-key-file", str(user_key), *spool], user_key)):
+        r = subprocess.run([*base, *args], capture_output=True, text=True, env=env, timeout=60)
+        line = _one_line_error(r, 1)
+        assert f"{path}: " in line and "accessible by group or others" in line and f"chmod 600 {path}" in line
+        assert TOKEN not in line
+
+
+def test_a_cache_url_with_a_password_is_refused_on_the_command_line(trusted_key, tmp_path):
+    r = subprocess.run([*EDGEREC, "serve", "--model-dir", str(tmp_path), "-k", str(trusted_key), "--cache-url",
+                        "redis://:s3cret-pw@127.0.0.1:6379/0"], capture_output=True, text=True, timeout=60)
+    line = _one_line_error(r, 2)
+    assert "--cache-url" in line and "EDGEREC_CACHE_URL" in line and "s3cret-pw" not in r.stderr + r.stdout
+
+
+def test_a_cache_url_with_a_password_is_taken_from_the_environment_and_the_settings_file(trusted_key, tmp_path,
+                                                                                          monkeypatch):
+    from edgerec.edge_server.cli import build_config, serve
+
+    url = "redis://:s3cret-pw@127.0.0.1:6379/0"
+    args = ["--model-dir", str(tmp_path), "-k", str(trusted_key)]
+    monkeypatch.setenv("EDGEREC_CACHE_URL", url)
+    ctx = serve.make_context("serve", list(args))
+    assert build_config(ctx, ctx.params).cache_url == url
+    monkeypatch.delenv("EDGEREC_CACHE_URL")
+    settings = tmp_path / "edge.toml"
+    settings.write_text(f'[cache]\nurl = "{url}"\n')
+    ctx = serve.make_context("serve", [*args, "--config", str(settings)])
+    assert build_config(ctx, ctx.params).cache_url == url
+    # Without a password the option is fine on the command line.
+    ctx = serve.make_context("serve", [*args, "--cache-url", "redis://127.0.0.1:6379/0"])
+    assert build_config(ctx, ctx.params).cache_url == "redis://127.0.0.1:6379/0"

@@ -54,6 +54,7 @@ def test_node_forget_user_command_erases_on_the_edge_server(serve, features_pkg,
     live.post("/v1/rank", json={"user": {"id": "bob"}, "candidates": [3]})
     token = tmp_path / "control.token"
     token.write_text(TOKEN + "\n")
+    token.chmod(0o600)  # a token file group or others may read is refused
     runner = CliRunner()
     out = runner.invoke(cli, ["node", "forget-user", "bob", "--edge-server", live.url, "--control-token-file",
                               str(token), "--json"])
@@ -86,6 +87,7 @@ def test_forget_user_with_no_daemon_running_rewrites_the_spool_itself(serve, pac
         assert r.status_code == 200 and r.json()["accepted"] == 1
     token = tmp_path / "control.token"
     token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
     out = CliRunner().invoke(cli, ["node", "forget-user", "erin", "--state-dir", str(state.dir), "--edge-server",
                                    live.url, "--control-token-file", str(token), "--json"])
     assert out.exit_code == 0, out.output
@@ -125,3 +127,18 @@ def test_the_erased_id_does_not_stay_in_the_run_folder(serve, features_pkg, feat
     ours = [p for p, text in texts.items() if any(op.get("op") == "forget_user" for op in json.loads(text)["ops"])]
     assert ours, "no state file records an erasure"
     assert not [p for p, text in texts.items() if user in text]
+
+
+def test_forget_user_refuses_a_control_token_file_others_may_read(tmp_path):
+    from click.testing import CliRunner
+
+    from edgerec.sdk.cli.main import cli
+
+    token = tmp_path / "control.token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o644)
+    out = CliRunner().invoke(cli, ["node", "forget-user", "bob", "--edge-server", "http://127.0.0.1:1",
+                                   "--control-token-file", str(token)])
+    assert out.exit_code == 1 and out.output.count("\n") == 1, out.output
+    assert f"{token}: control token file is accessible by group or others" in out.output
+    assert TOKEN not in out.output and "Traceback" not in out.output

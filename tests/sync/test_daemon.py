@@ -11,11 +11,14 @@ import pytest
 from support.tls import self_signed
 from tuf.ngclient import Updater
 
+from edgerec.sdk.errors import ConfigurationError
+from edgerec.sdk.user_keys import ensure_user_key, read_user_key
 from edgerec.sync.node.daemon import NodeDaemon
 from edgerec.sync.node.edge_control import EdgeControl
 from edgerec.sync.node.enroll import enroll_node
 from edgerec.sync.node.fetcher import HttpxFetcher
 from edgerec.sync.node.health import HealthPolicy
+from edgerec.sync.node.privacy import SqliteBudgetLedger
 from edgerec.sync.node.state import NodeState
 from edgerec.sync.protocol.tls import client_verify
 from edgerec.sync.service.server import RunningServer
@@ -90,9 +93,30 @@ def test_keeps_the_previous_version_and_prunes_older(sync_env):
 
 def test_state_files_are_private(sync_env):
     state = sync_env.enroll("edge-1")
-    for f in ("keys/signing.key", "keys/recipient.key", "node.json", "root.json"):
+    # Made on first use: the databases (0600 before SQLite opens them), the control token, the user key.
+    state.db.enqueue({"report_id": "r1"})
+    ledger = SqliteBudgetLedger(state.ledger_file)
+    token = state.control_token()
+    ensure_user_key(state.user_key_file)
+    files = ["keys/signing.key", "keys/recipient.key", "node.json", "root.json", "node.db", "privacy.sqlite",
+             "control.token", "keys/user.key"]
+    files += [p.name for p in state.dir.glob("*.sqlite-*")] + [p.name for p in state.dir.glob("node.db-*")]
+    for f in files:
         assert (os.stat(state.dir / f).st_mode & 0o777) == 0o600, f
     assert (os.stat(state.dir).st_mode & 0o777) == 0o700
+    ledger.close()
+    state.close()
+    # A database made wider (by hand, by an older version) is tightened when opened.
+    state.db_file.chmod(0o644)
+    assert state.db.pending() and (state.db_file.stat().st_mode & 0o777) == 0o600
+    state.close()
+    # A control token or user key file that group or others may read is refused, naming the file.
+    assert state.control_token() == token
+    for path, read in ((state.control_token_file, state.control_token),
+                       (state.user_key_file, lambda: read_user_key(state.user_key_file))):
+        path.chmod(0o644)
+        with pytest.raises(ConfigurationError, match=f"{path}: .* file is accessible by group or others"):
+            read()
 
 
 def test_unreachable_service_is_survived(sync_env):

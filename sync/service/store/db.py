@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import os
-import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,33 +24,12 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
+from edgerec.sdk.files import private_sqlite_file
 from edgerec.sync.protocol.errors import ConfigError
 
 from .models import Counter
 
 _SQLITE_BUSY_MS = 30_000
-log = logging.getLogger("edgerec.sync")
-
-
-def private_sqlite_file(database: str | None) -> None:
-    """Create the SQLite file (and its -wal and -shm files, which SQLite gives the same mode)
-    with mode 0600, or tighten existing ones: it holds node reports, keys and token hashes."""
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return
-    path = os.path.abspath(database)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    # Never open (and close) an existing database file: closing any descriptor of it drops every POSIX
-    # lock this process holds on it, including those of SQLite connections open here (which corrupts it).
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
-        try:
-            mode = os.stat(name).st_mode
-        except FileNotFoundError:
-            continue
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("%s: was mode %04o; now 0600", name, stat.S_IMODE(mode))
-            os.chmod(name, 0o600)
 
 
 class Database:
