@@ -88,7 +88,7 @@ class ServerConfig:
     max_delay_ms: float = 2.0
     # A model whose direct call takes less (a moving average) is not batched: merging would cost more than it saves.
     batch_min_call_us: float = 100.0
-    # the body of a scoring request (infer, predict, rank); the other routes take at most SMALL_BODY_BYTES
+    # the body of a scoring request (infer, predict, rank); the other routes take at most small_body_bytes
     max_body_bytes: int = 8 * 1024 * 1024
     # request bodies one worker holds in memory at once (being read or served); past it 503 + Retry-After
     max_held_body_bytes: int = 128 * 1024 * 1024
@@ -186,6 +186,11 @@ class ServerConfig:
 
     # -- files ---------------------------------------------------------------
 
+    @property
+    def small_body_bytes(self) -> int:
+        """The body of a request to any route but scoring (events, control calls): JSON documents of a few KB."""
+        return min(self.max_body_bytes, SMALL_BODY_BYTES)
+
     @classmethod
     def file_values(cls, path: str | Path) -> dict[str, Any]:
         """Field values from a TOML or JSON settings file (relative paths: from its folder)."""
@@ -245,6 +250,8 @@ class ServerConfig:
         return cls(**doc)
 
 
+# Events, control calls and the rest are small documents: a body as large as a scoring request's is refused.
+SMALL_BODY_BYTES = 1024 * 1024
 _INTS = ("port", "workers", "http_threads", "max_connections", "threads", "max_batch", "max_body_bytes",
          "max_held_body_bytes", "max_rows", "max_candidates", "max_events", "cache_max_entries",
          "events_dedup_bytes", "events_spool_bytes")

@@ -72,14 +72,11 @@ def app() -> WSGIFront:
                                    max_held_body_bytes=config.max_held_body_bytes))
 
 
-# Events, control calls and the rest are small JSON documents: a body as large as a scoring request's is refused.
-SMALL_BODY_BYTES = 1024 * 1024
-
-
 def body_limit(config: ServerConfig) -> Callable[[str], int]:
-    """The body a route may have, in bytes (:class:`WSGIFront` refuses more, unread): ``max_body_bytes`` for the
-    scoring routes, :data:`SMALL_BODY_BYTES` (or less) for the others."""
-    small = min(config.max_body_bytes, SMALL_BODY_BYTES)
+    """The body the front reads for a route before the app runs: ``max_body_bytes`` for the scoring routes,
+    ``small_body_bytes`` for the others. A larger one goes to the app unread, which refuses it (413) by its
+    Content-Length after its own checks (API key, control token)."""
+    small = config.small_body_bytes
 
     def limit(path: str) -> int:
         scoring = path == "/v1/rank" or path.endswith("/infer") or path.endswith(":predict")

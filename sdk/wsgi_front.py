@@ -280,13 +280,11 @@ class WSGIFront:
             environ["wsgi.input"] = io.BytesIO(b"")
             return None, 0
         limit = self.body_limit(path)
-        if limit == 0:
+        declared = int(length) if length and length.isdigit() else None
+        if limit == 0 or (declared is not None and declared > limit):
+            # The app refuses it by its Content-Length, unread, after its own checks (credentials first).
             environ["wsgi.input"] = LoopBody(proto, loop, self.settings.body_timeout_s)
             return None, 0
-        declared = int(length) if length and length.isdigit() else None
-        if declared is not None and declared > limit:  # refused unread: the connection closes
-            return self._refuse(path, "body_too_large", PayloadTooLargeError(
-                f"request body of {declared} bytes exceeds the limit of {limit} bytes", field="body")), 0
         size = declared if declared is not None else limit  # a chunked body may grow to the limit
         if self._held + size > self.settings.max_held_body_bytes:
             return self._busy(path), 0

@@ -133,8 +133,9 @@ def test_bodies_are_limited_per_route_and_in_bytes_held_at_once(hostile_config):
     port = running.port
     try:
         # Events and control calls are small: 1 MiB, refused unread past it; a scoring route takes its 2 MiB.
+        token = f"Authorization: Bearer {hostile_config.control_token}\r\n"  # credentials come first
         for path in ("/v1/events", "/control/v1/models/load"):
-            head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1500000\r\n\r\n"
+            head = f"POST {path} HTTP/1.1\r\nHost: x\r\n{token}Content-Length: 1500000\r\n\r\n"
             got, took = raw_exchange(port, head.encode())
             assert got.startswith(b"HTTP/1.1 413") and took < 1.0, (path, got)
         big = httpx.post(running.url + INFER, content=b"{" + b" " * 1_500_000 + b"}", timeout=10)
