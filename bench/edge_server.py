@@ -36,6 +36,7 @@ raw numbers go to build/bench/edge_server.json.
 
     python bench/edge_server.py [--seconds 5] [--rounds 3] [--quick] [--before DIR] [--only-compare]
     python bench/edge_server.py --only-compare --systems bare,edgerec-on --points infer/1,rank/32
+    python bench/edge_server.py --only-sweep [--rounds 2]   # the batching sweep alone, printed
 """
 
 from __future__ import annotations
@@ -410,6 +411,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="Shorter runs, fewer points (a smoke test).")
     ap.add_argument("--no-doc", action="store_true", help="Do not write docs/benchmarks.md.")
     ap.add_argument("--only-swap", action="store_true", help="Run only the hot-swap part (no report).")
+    ap.add_argument("--only-sweep", action="store_true",
+                    help="Run only the batching sweep (off and on side by side; printed, no report).")
     ap.add_argument("--only-compare", action="store_true",
                     help="Run only the raw call and the system comparison (no report).")
     ap.add_argument("--systems", help="Comma-separated systems to compare (default: all).")
@@ -471,6 +474,13 @@ def run(args: argparse.Namespace, work: Path) -> None:
         package(onnx.read_bytes(), spec, "ctr", 1, key, dirs[name] / "ctr-1.edgepkg")
         package(ctr_onnx(**spec, seed=1), spec, "ctr", 2, key, dirs[name] / "ctr-2.edgepkg")  # the B variant
     settings = features_config(work, LIGHT["users"])
+    if args.only_sweep:
+        sweep = batching_sweep(dirs, pub, secs, args.quick, settings, min(args.rounds, 2))
+        for key, r in sweep.items():
+            best = r["best"]
+            print("sweep", key, " ".join(f"{p['conns']}:{p['rps']:.0f}/{p['p99']:.1f}" for p in r["points"]),
+                  "best", "-" if best is None else f"{best['rps']:.0f} req/s at {best['conns']}", flush=True)
+        return
     results["model_bytes"] = {"light": light_onnx.stat().st_size, "heavy": heavy_onnx.stat().st_size}
     print(f"models: light {light_onnx.stat().st_size / 1e3:.0f} KB, heavy {heavy_onnx.stat().st_size / 1e6:.1f} MB",
           flush=True)
