@@ -172,8 +172,8 @@ class Batcher:
             inline = (
                 not self._enabled
                 or rows >= self._max_batch
-                or (not self._queue and self._arriving == 0 and self._busy == 0 and self._backlog() <= mine)
                 or self._call_s < self._min_call
+                or (not self._queue and self._arriving == 0 and self._busy == 0 and self._backlog() <= mine)
             )
             if inline:
                 self._busy += 1

@@ -97,6 +97,7 @@ def parked() -> Iterator[None]:
         yield
         return
     _thread.slot = False
+    threads.running[_thread.index] = False
     threads.give_slot()
     yield  # the request finishes without a slot; its thread waits for one before it takes the next
 
@@ -121,11 +122,12 @@ class AppThreads:
     def __init__(self, slots: int, spare: int) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self._n_slots = slots
         for _ in range(slots):
             self._slots.put(None)
+        # Per thread: running a job with a slot (each entry written only by its own thread, so no lock).
+        self.running = [False] * (slots + spare)
         for i in range(slots + spare):
-            threading.Thread(target=self._run, name=f"edgerec-app-{i}", daemon=True).start()
+            threading.Thread(target=self._run, args=(i,), name=f"edgerec-app-{i}", daemon=True).start()
 
     def submit(self, job: Callable[[], None]) -> None:
         self._jobs.put(job)
@@ -136,20 +138,23 @@ class AppThreads:
     def backlog(self) -> int:
         """Jobs not taken by a thread yet, and threads running one with a slot (not parked): requests
         that may still reach a batcher (approximate, lock-free). The caller's own slot counts."""
-        return self._jobs.qsize() + self._n_slots - self._slots.qsize()
+        return self._jobs.qsize() + sum(self.running)
 
-    def _run(self) -> None:
-        _thread.pool = self
+    def _run(self, index: int) -> None:
+        _thread.pool, _thread.index = self, index
+        running = self.running
         take_slot, take_job = self._slots.get, self._jobs.get
         while True:
             take_slot()
             _thread.slot = True
             while _thread.slot:
                 job = take_job()
+                running[index] = True
                 try:
                     job()
                 except BaseException:  # a job reports its own errors; this keeps the thread alive
                     log.exception("request thread: unexpected error")
+                running[index] = False  # parked() cleared it already if the job gave its slot away
 
 
 class LoopBody(io.RawIOBase):

@@ -211,6 +211,31 @@ def test_requests_waiting_for_an_app_thread_join_the_batch():
     b.close()
 
 
+def test_a_lone_request_behind_the_front_runs_at_once():
+    """Idle app threads (waiting for work with a slot) are not requests on their way: a lone request runs
+    directly, without waiting out the batch delay."""
+    rec = Recorder()
+    b = Batcher(_cpu_bound(0.002), max_batch=8, max_delay_s=1.0, observe=rec)
+    threads = AppThreads(slots=2, spare=4)
+    time.sleep(0.1)  # both slots taken by idle threads
+    took: list[float] = []
+    done = threading.Event()
+
+    def request() -> None:
+        t0 = time.monotonic()
+        b.arrive()
+        b.submit({"x": np.ones((1, 1))}, 1)
+        took.append(time.monotonic() - t0)
+        done.set()
+
+    for _ in range(3):
+        done.clear()
+        threads.submit(request)
+        assert done.wait(10)
+    assert rec.calls == [(1, 1)] * 3 and max(took) < 0.5, (rec.calls, took)
+    b.close()
+
+
 def test_server_merges_concurrent_requests(serve, infer_body):
     live = serve(max_batch=32, max_delay_ms=20, http_threads=16, batch_min_call_us=0)
     n = 16
