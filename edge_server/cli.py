@@ -15,7 +15,8 @@ from edgerec.sdk.model import ACCELERATOR_CHOICES
 from edgerec.sdk.runtime import BACKEND_CHOICES
 from edgerec.sdk.tracing import check_otlp_endpoint
 
-from .config import ServerConfig
+from .config import ServerConfig, file_key
+from .errors import ConfigError
 from .server import serve as run_server
 
 # CLI option -> ServerConfig field, where the names differ.
@@ -106,8 +107,11 @@ def serve(**options: Any) -> None:
 def build_config(ctx: click.Context, options: dict[str, Any]) -> ServerConfig:
     """Settings file values, overridden by options the user actually gave."""
     values: dict[str, Any] = {}
+    named: dict[str, str] = {}  # field -> how the user set it (an option, a file key), for errors
     if options["config_file"] is not None:
         values.update(ServerConfig.file_values(options["config_file"]))
+        named.update({f: key for f in values if (key := file_key(f))})
+    flags = {p.name: p.opts[0] for p in ctx.command.params if isinstance(p, click.Option) and p.opts}
     for name, value in options.items():
         field = _FIELDS.get(name, name)
         if field is None:
@@ -115,6 +119,8 @@ def build_config(ctx: click.Context, options: dict[str, Any]) -> ServerConfig:
         given = ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
         if given or field not in values:
             values[field] = tuple(value) if name == "trusted_key" else value
+            if given and name in flags:
+                named[field] = flags[name]
     if not values.get("trusted_keys"):
         raise click.UsageError("at least one --trusted-key (or EDGEREC_TRUSTED_KEYS) is needed")
     token = os.environ.get("EDGEREC_CONTROL_TOKEN")
@@ -122,7 +128,13 @@ def build_config(ctx: click.Context, options: dict[str, Any]) -> ServerConfig:
         if len(token) < 16:
             raise click.UsageError("EDGEREC_CONTROL_TOKEN must be at least 16 characters")
         values["control_token"] = token
-    return ServerConfig(**values)
+    try:
+        return ServerConfig(**values)
+    except ConfigError as exc:
+        where = named.get(exc.field or "")
+        if where is None:
+            raise
+        raise ConfigError(exc.detail, field=where) from None
 
 
 __all__ = ["build_config", "serve"]

@@ -218,7 +218,10 @@ class ServerConfig:
                 if key not in keys:
                     raise ConfigError(f"unknown setting (expected {', '.join(keys)})",
                                       field=f"{section}.{key}")
-                values[keys[key]] = _resolve(keys[key], value, p.parent)
+                try:
+                    values[keys[key]] = _resolve(keys[key], value, p.parent)
+                except ConfigError as exc:  # named as the file names it
+                    raise ConfigError(exc.detail, field=f"{section}.{key}") from None
         return values
 
     # -- hand-over to worker processes ----------------------------------------
@@ -260,6 +263,15 @@ _FLOATS = ("max_delay_ms", "batch_min_call_us", "request_timeout_s", "header_tim
 _BOOLS = ("access_log", "control_allow_remote")
 
 
+def file_key(field: str) -> str | None:
+    """Where a settings file sets ``field`` ("section.key"), to name it in errors; None if no file key does."""
+    for section, keys in _SECTIONS.items():
+        for key, name in keys.items():
+            if name == field:
+                return f"{section}.{key}"
+    return None
+
+
 def _resolve(name: str, value: Any, base: Path) -> Any:
     if name in _INTS and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError("expected an integer", field=name)
@@ -275,7 +287,7 @@ def _resolve(name: str, value: Any, base: Path) -> Any:
         return base / value
     if name == "trusted_keys":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError("expected a list of key file paths", field="model.trusted_keys")
+            raise ConfigError("expected a list of key file paths", field=name)
         return tuple(base / v for v in value)
     return value
 

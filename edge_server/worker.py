@@ -66,10 +66,13 @@ def app() -> WSGIFront:
 
     # granian's worker ends through multiprocessing, which runs its finalizers but not atexit's.
     mp_util.Finalize(None, close, exitpriority=10)
+    metrics = srv.metrics
     return WSGIFront(flask_app.wsgi_app, body_limit(config),
                      FrontSettings(slots=config.http_threads, max_parked=max(64, config.max_batch * 2),
                                    body_timeout_s=config.body_timeout_s,
-                                   max_held_body_bytes=config.max_held_body_bytes))
+                                   max_held_body_bytes=config.max_held_body_bytes),
+                     # answered before routing: counted under the "front" endpoint, by reason
+                     lambda path, reason: metrics.error("front", reason))
 
 
 def body_limit(config: ServerConfig) -> Callable[[str], int]:

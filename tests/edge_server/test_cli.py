@@ -178,3 +178,29 @@ def test_a_cache_url_with_a_password_is_taken_from_the_environment_and_the_setti
     # Without a password the option is fine on the command line.
     ctx = serve.make_context("serve", [*args, "--cache-url", "redis://127.0.0.1:6379/0"])
     assert build_config(ctx, ctx.params).cache_url == "redis://127.0.0.1:6379/0"
+
+
+def test_setting_errors_name_the_file_key_or_the_option_the_user_wrote(trusted_key, tmp_path):
+    from edgerec.edge_server.cli import build_config, serve
+    from edgerec.edge_server.errors import ConfigError
+
+    args = ["--model-dir", str(tmp_path), "-k", str(trusted_key)]
+    settings = tmp_path / "edge.toml"
+
+    def error(*extra: str) -> str:
+        ctx = serve.make_context("serve", [*args, *extra])
+        with pytest.raises(ConfigError) as exc:
+            build_config(ctx, ctx.params)
+        return str(exc.value)
+
+    settings.write_text("[batching]\nmin_call_us = -1\n")
+    assert error("--config", str(settings)) == "batching.min_call_us: must be 0..1000000"
+    settings.write_text('[limits]\nmax_body_bytes = "big"\n')
+    assert error("--config", str(settings)) == "limits.max_body_bytes: expected an integer"
+    assert error("--max-held-body-bytes", "2048") == "--max-held-body-bytes: must be >= max_body_bytes"
+    # A file value the command line replaced is named as the option that replaced it.
+    settings.write_text("[limits]\nmax_held_body_bytes = 2048\n")
+    assert error("--config", str(settings)) == "limits.max_held_body_bytes: must be >= max_body_bytes"
+    settings.write_text("[limits]\nmax_held_body_bytes = 16777216\n")
+    assert error("--config", str(settings), "--max-held-body-bytes", "4096") == \
+        "--max-held-body-bytes: must be >= max_body_bytes"

@@ -150,6 +150,8 @@ def test_bodies_are_limited_per_route_and_in_bytes_held_at_once(hostile_config):
             time.sleep(0.3)
             r = httpx.post(running.url + INFER, content=b"{" + b" " * 400_000 + b"}", timeout=10)
             assert (r.status_code, r.json()["error"], r.headers["retry-after"]) == (503, "unavailable", "1")
+            metrics = httpx.get(running.url + "/metrics", timeout=10).text
+            assert 'edgerec_errors_total{endpoint="front",kind="body_memory"} 1.0' in metrics
             assert httpx.post(running.url + INFER, json=ROW, timeout=10).status_code == 200  # small ones fit
         finally:
             for s in slow:
