@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from edgerec.sdk.errors import EdgeRecError
@@ -84,6 +85,17 @@ def create_app(service: SyncService, test_config: dict[str, Any] | None = None, 
         if err.status < 500:
             metrics.refusal(_endpoint(), err.code)
         return jsonify(err.document()), err.status
+
+    @app.errorhandler(DBAPIError)
+    def _database(exc: DBAPIError) -> Any:
+        if not exc.connection_invalidated:
+            return _internal(exc)
+        # The database went away (a restart, a failover): the pool is invalidated and reconnects on next use.
+        log.warning("refused (database_unavailable): %s %s: the database connection was lost",
+                    request.method, bounded(request.path))
+        metrics.refusal(_endpoint(), "database_unavailable")
+        answer = jsonify(error="unavailable", detail="the database connection was lost; retry")
+        return answer, 503, {"Retry-After": "1"}
 
     @app.errorhandler(Exception)
     def _internal(exc: Exception) -> Any:

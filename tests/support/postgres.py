@@ -58,13 +58,22 @@ class LocalPostgres:
     def start(self) -> LocalPostgres:
         data = self.dir / "data"
         self._run("initdb", "-D", str(data), "-U", "edgerec", "-A", "trust", "-E", "UTF8", "--no-sync")
+        self._start_server()
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "edgerec", "edgerec")
+        return self
+
+    def _start_server(self) -> None:
         opts = [f"-p {self.port}", "-c listen_addresses=127.0.0.1", f"-k {self.dir}", "-c max_connections=200"]
         if self.fast:
             # A test cluster: losing the last transactions in a crash does not matter.
             opts += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
-        self._run("pg_ctl", "-D", str(data), "-l", str(self.dir / "log"), "-o", " ".join(opts), "-w", "start")
-        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "edgerec", "edgerec")
-        return self
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-o", " ".join(opts), "-w",
+                  "start")
+
+    def restart(self) -> None:
+        """Stop the server (closing every client connection) and start it again on the same port and data."""
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
+        self._start_server()
 
     def stop(self) -> None:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
