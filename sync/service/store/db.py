@@ -51,7 +51,9 @@ class Database:
             # No pre-ping: it made a heartbeat check-in wait on the database 7 times instead of 4 (psycopg's
             # socket waits), to spare one failed request after the database restarts. SQLAlchemy invalidates the
             # whole pool on the first disconnect it sees; that request gets 503 + Retry-After (app.py).
-            self.engine = create_engine(parsed, pool_size=pool_size, max_overflow=pool_size)
+            # Recycled before the idle timeouts of common middleboxes (an AWS NLB drops a flow idle for 350 s),
+            # which would otherwise cost such a request after every quiet spell.
+            self.engine = create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_recycle=240)
         else:
             raise ConfigError(f"database {self.dialect!r} is not supported (use sqlite or postgresql)")
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
