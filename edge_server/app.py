@@ -31,7 +31,7 @@ from .context import STATE_KEY
 from .dataplane import DataPlane
 from .event_dedup import EventDedup
 from .event_spool import EventSpool
-from .fastpath import SCORING_ENDPOINTS, FastRoutes, error_parts
+from .fastpath import FastRoutes, error_parts
 from .features import FeatureStore, open_source
 from .metrics import Metrics
 from .middleware import RequestMiddleware
@@ -173,13 +173,12 @@ def create_app(config: ServerConfig | None = None, *, tracer_provider: Any = Non
 
 def _install_hooks(app: Flask, srv: EdgeServer) -> None:
     # The request's endpoint, for the middleware's metrics (url preprocessors are cheaper than hooks).
-    small = srv.config.small_body_bytes
+    body_limit = srv.config.body_limit
 
     @app.url_value_preprocessor
     def label(endpoint: str | None, values: dict[str, Any] | None) -> None:
         request.environ[STATE_KEY].endpoint = endpoint or "unmatched"
-        if endpoint not in SCORING_ENDPOINTS:
-            request.max_content_length = small  # Flask >= 3.1: this request's limit (413 by Content-Length)
+        request.max_content_length = body_limit(request.path)  # Flask >= 3.1: this request's limit (413)
 
     keys = ApiKeys(srv.config.api_key_file) if srv.config.api_key_file is not None else None
     middleware = RequestMiddleware(app.wsgi_app, srv.metrics, srv.otel, srv.config.access_log, FastRoutes(srv),

@@ -88,7 +88,7 @@ class ServerConfig:
     max_delay_ms: float = 2.0
     # A model whose direct call takes less (a moving average) is not batched: merging would cost more than it saves.
     batch_min_call_us: float = 100.0
-    # the body of a scoring request (infer, predict, rank); the other routes take at most small_body_bytes
+    # the body of a scoring request (infer, predict, rank); the other routes take at most small_body_bytes (body_limit)
     max_body_bytes: int = 8 * 1024 * 1024
     # request bodies one worker holds in memory at once (being read or served); past it 503 + Retry-After
     max_held_body_bytes: int = 128 * 1024 * 1024
@@ -190,6 +190,13 @@ class ServerConfig:
     def small_body_bytes(self) -> int:
         """The body of a request to any route but scoring (events, control calls): JSON documents of a few KB."""
         return min(self.max_body_bytes, SMALL_BODY_BYTES)
+
+    def body_limit(self, path: str) -> int:
+        """The largest body a route takes: ``max_body_bytes`` for scoring (infer, predict, rank),
+        :attr:`small_body_bytes` for the others. The front reads no more of it; the app refuses more (413)
+        by the Content-Length, unread, after its own checks (API key, control token)."""
+        scoring = path == "/v1/rank" or path.endswith("/infer") or path.endswith(":predict")
+        return self.max_body_bytes if scoring else self.small_body_bytes
 
     @classmethod
     def file_values(cls, path: str | Path) -> dict[str, Any]:

@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgerec.edge_server")
 INFER_ENDPOINT, RANK_ENDPOINT = "v2.infer", "rank.rank"  # Flask's endpoint names for the same views
-# The routes whose body may be up to max_body_bytes; every other route's is small (ServerConfig.small_body_bytes).
-SCORING_ENDPOINTS = frozenset({INFER_ENDPOINT, RANK_ENDPOINT, "tfserving.predict"})
 _PREFIX, _SUFFIX = "/v2/models/", "/infer"
 Answer = tuple[str, list[tuple[str, str]], bytes]  # status line, headers, body
 
@@ -127,4 +125,4 @@ def _reader(environ: dict[str, Any], n: int) -> Callable[[], bytes]:
     return read
 
 
-__all__ = ["INFER_ENDPOINT", "RANK_ENDPOINT", "SCORING_ENDPOINTS", "FastRoutes", "error_parts", "status_line"]
+__all__ = ["INFER_ENDPOINT", "RANK_ENDPOINT", "FastRoutes", "error_parts", "status_line"]

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
 from multiprocessing import util as mp_util
 from pathlib import Path
 from typing import Any
@@ -67,25 +66,12 @@ def app() -> WSGIFront:
     # granian's worker ends through multiprocessing, which runs its finalizers but not atexit's.
     mp_util.Finalize(None, close, exitpriority=10)
     metrics = srv.metrics
-    return WSGIFront(flask_app.wsgi_app, body_limit(config),
+    return WSGIFront(flask_app.wsgi_app, config.body_limit,
                      FrontSettings(slots=config.http_threads, max_parked=max(64, config.max_batch * 2),
                                    body_timeout_s=config.body_timeout_s,
                                    max_held_body_bytes=config.max_held_body_bytes),
                      # answered before routing: counted under the "front" endpoint, by reason
                      lambda path, reason: metrics.error("front", reason))
-
-
-def body_limit(config: ServerConfig) -> Callable[[str], int]:
-    """The body the front reads for a route before the app runs: ``max_body_bytes`` for the scoring routes,
-    ``small_body_bytes`` for the others. A larger one goes to the app unread, which refuses it (413) by its
-    Content-Length after its own checks (API key, control token)."""
-    small = config.small_body_bytes
-
-    def limit(path: str) -> int:
-        scoring = path == "/v1/rank" or path.endswith("/infer") or path.endswith(":predict")
-        return config.max_body_bytes if scoring else small
-
-    return limit
 
 
 def _generation(run_dir: Path) -> int:
