@@ -22,11 +22,11 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
 from edgerec.sdk.errors import EdgeRecError
-from edgerec.sdk.http_errors import bounded, http_status_error
+from edgerec.sdk.http_errors import RequestRefusedError, bounded, http_status_error
 
 from . import api_rank, api_v2
 from .context import RequestState
-from .errors import ModelLoadingError, UnauthorizedError, classify
+from .errors import UnauthorizedError, classify
 from .wire import JSON, dumps
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def error_parts(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]
             log.info("refused (%s): %s", err.code, bounded(str(exc)))
         if isinstance(exc, UnauthorizedError):
             headers = {"WWW-Authenticate": 'Bearer realm="edgerec"'}
-        elif isinstance(exc, ModelLoadingError):
+        elif isinstance(exc, RequestRefusedError) and exc.retry_after_s is not None:
             headers = {"Retry-After": str(exc.retry_after_s)}
     status, doc = err.status, err.document()
     return status, doc, headers

@@ -49,6 +49,8 @@ class RequestRefusedError(UntrustedDataError):
     # refusal was logged already where it was raised.
     reason: str | None = None
     logged: bool = False
+    # Seconds to wait before trying again, sent as ``Retry-After`` (a refusal that will pass later).
+    retry_after_s: int | None = None
 
     def __init__(self, detail: str, field: str | None = None) -> None:
         super().__init__(f"{field}: {detail}" if field else detail)

@@ -74,6 +74,13 @@ class BlobUnavailableError(UnavailableError, OSError):
     reason = "blob_unavailable"
 
 
+class DatabaseUnavailableError(UnavailableError):
+    """The service's database connection was lost (a restart, a failover); the next request reconnects."""
+
+    reason = "database_unavailable"
+    retry_after_s = 1
+
+
 # -- what the node daemon refuses -------------------------------------------------
 
 
@@ -149,6 +156,7 @@ __all__ = [
     "BlobUnavailableError",
     "ConfigError",
     "ConflictError",
+    "DatabaseUnavailableError",
     "DowngradeError",
     "EdgeControlError",
     "EdgeServerError",

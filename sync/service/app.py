@@ -23,6 +23,7 @@ from edgerec.sdk.json_logs import AccessLog, duration_ms
 from edgerec.sdk.log_bounds import bound_logger
 from edgerec.sdk.log_context import LogScope, bind_scope, request_id
 from edgerec.sdk.tracing import new_trace, open_telemetry
+from edgerec.sync.protocol.errors import DatabaseUnavailableError
 
 from .core import SyncService
 
@@ -77,7 +78,8 @@ def create_app(service: SyncService, test_config: dict[str, Any] | None = None, 
             log.info("refused (%s): %s", reason, bounded(str(exc)))
         if err.status < 500:
             metrics.refusal(_endpoint(), reason)
-        return jsonify(err.document()), err.status
+        retry = exc.retry_after_s if isinstance(exc, RequestRefusedError) else None
+        return jsonify(err.document()), err.status, {} if retry is None else {"Retry-After": str(retry)}
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Any:
@@ -91,11 +93,9 @@ def create_app(service: SyncService, test_config: dict[str, Any] | None = None, 
         if not exc.connection_invalidated:
             return _internal(exc)
         # The database went away (a restart, a failover): the pool is invalidated and reconnects on next use.
-        log.warning("refused (database_unavailable): %s %s: the database connection was lost",
-                    request.method, bounded(request.path))
+        # Counted, unlike other 5xx refusals: it says how often clients had to retry for it.
         metrics.refusal(_endpoint(), "database_unavailable")
-        answer = jsonify(error="unavailable", detail="the database connection was lost; retry")
-        return answer, 503, {"Retry-After": "1"}
+        return _refused(DatabaseUnavailableError("the database connection was lost; retry"))
 
     @app.errorhandler(Exception)
     def _internal(exc: Exception) -> Any:
