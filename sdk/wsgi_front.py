@@ -313,9 +313,8 @@ class WSGIFront:
     def _busy(self, path: str) -> tuple[int, list[tuple[str, str]], bytes]:
         """503 for a body that would take the bodies held past ``max_held_body_bytes``; unread, so closed."""
         retry = self.settings.shedding.retry_after_s if self.settings.shedding is not None else 1
-        status, headers, body = self._refuse(path, "body_memory", UnavailableError(
-            f"overloaded: too many request bodies in memory; retry after {retry} s"))
-        return status, [*headers, ("retry-after", str(retry))], body
+        detail = f"overloaded: too many request bodies in memory; retry after {retry} s"
+        return self._refuse(path, "body_memory", _unavailable(detail, retry))
 
     def _refuse(self, path: str, reason: str, error: RequestRefusedError) -> tuple[int, list[tuple[str, str]], bytes]:
         """The front's own refusal of a request whose body it stopped reading: counted, and the connection closed."""
@@ -326,8 +325,8 @@ class WSGIFront:
     def _overloaded(self, path: str, shedding: Shedding) -> tuple[int, list[tuple[str, str]], bytes]:
         if self.on_refuse is not None:
             self.on_refuse(path, "overloaded")
-        answer = ErrorAnswer(503, "unavailable", f"overloaded: retry after {shedding.retry_after_s} s")
-        return 503, [_JSON, ("retry-after", str(shedding.retry_after_s))], answer.body()
+        retry = shedding.retry_after_s  # the body was read: the connection stays open
+        return _refusal(_unavailable(f"overloaded: retry after {retry} s", retry), close=False)
 
     def _in_thread(self, loop: asyncio.AbstractEventLoop, fn: Callable[[], Any],
                    expired: Callable[[], Any] | None = None, wait_s: float = 0.0) -> Awaitable[Any]:
@@ -452,10 +451,19 @@ def _close_quietly(result: Any) -> None:
         _close(result)
 
 
-def _refusal(error: RequestRefusedError) -> tuple[int, list[tuple[str, str]], bytes]:
-    """A refusal's answer, closing the connection (a body may be left unread)."""
+def _refusal(error: RequestRefusedError, close: bool = True) -> tuple[int, list[tuple[str, str]], bytes]:
+    """A refusal's answer, with its Retry-After; ``close``: the connection too (a body may be left unread)."""
     answer = ErrorAnswer(error.status, error.code, error.detail, error.field)
-    return answer.status, [_JSON, ("connection", "close")], answer.body()
+    headers = [_JSON, ("connection", "close")] if close else [_JSON]
+    if error.retry_after_s is not None:
+        headers.append(("retry-after", str(error.retry_after_s)))
+    return answer.status, headers, answer.body()
+
+
+def _unavailable(detail: str, retry_after_s: int) -> UnavailableError:
+    error = UnavailableError(detail)
+    error.retry_after_s = retry_after_s
+    return error
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
