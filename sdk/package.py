@@ -23,6 +23,7 @@ import io
 import json
 import os
 import re
+import threading
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -274,9 +275,16 @@ def _npz(arrays: Mapping[str, npt.NDArray[Any]]) -> bytes:
     return buf.getvalue()
 
 
+# numpy parses each .npy header with ast.literal_eval, and CPython 3.11 keeps the AST converter's
+# recursion depth in interpreter-wide state (see gh-106905): two threads converting at once can
+# fail with "SystemError: AST constructor recursion depth mismatch". Nodes and servers load packages
+# from several threads, so the reads take turns; the arrays here are small.
+_NPZ_READ = threading.Lock()
+
+
 def _load_npz(data: bytes, where: str) -> dict[str, npt.NDArray[Any]]:
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        with _NPZ_READ, np.load(io.BytesIO(data), allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise PackageError(f"{where}: not a readable .npz file ({exc})") from exc

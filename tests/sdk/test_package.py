@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import gc
 import io
 import json
+import sys
+import threading
 import zipfile
 
 import pytest
@@ -224,3 +229,44 @@ def test_bad_package_names(name):
 
     with pytest.raises(PackageError, match="name"):
         PackageBuilder(name, 1, ctr_signature())
+
+
+def test_threads_reading_a_packages_arrays_at_once(onnx_pkg, signing_key):
+    """numpy parses .npy headers with ast.literal_eval; CPython 3.11 keeps the AST converter's
+    depth in interpreter-wide state (gh-106905), so two threads converting at once fail with a
+    SystemError (seen with twenty node daemons in one process). Here the two conversions are made
+    to overlap for sure: a collection inside one parks it until the other is inside too, from
+    another stack depth. Reads that take turns never overlap: the wait times out, both succeed."""
+    pkg = Package.open(onnx_pkg, [signing_key.public_key()])
+    overlap = threading.Barrier(2, timeout=1.0)
+    parked = threading.local()
+
+    def park_inside_the_parse(phase: str, info: dict) -> None:
+        if phase == "start" and not getattr(parked, "done", False) and sys._getframe(1).f_code is ast.parse.__code__:
+            parked.done = True
+            with contextlib.suppress(threading.BrokenBarrierError):
+                overlap.wait()
+
+    def read_at_depth(depth: int, out: list) -> None:
+        if depth:
+            read_at_depth(depth - 1, out)
+            return
+        try:
+            out.append(pkg.warmup()["item_id"].tolist())
+        except Exception as exc:  # recorded for the assertion below
+            out.append(f"{type(exc).__name__}: {exc}")
+
+    results: list[list] = [[], []]
+    threshold = gc.get_threshold()
+    gc.callbacks.append(park_inside_the_parse)
+    gc.set_threshold(1)
+    try:
+        threads = [threading.Thread(target=read_at_depth, args=(d, results[i])) for i, d in enumerate((0, 12))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(park_inside_the_parse)
+    assert results == [[list(range(8))], [list(range(8))]]
