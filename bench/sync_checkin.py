@@ -13,7 +13,8 @@ the HTTP front, :mod:`edgerec.sdk.wsgi_front`) one after the other on
 microseconds per check-in in this process (median and minimum of the rounds;
 PostgreSQL's own CPU is not in it), wall microseconds (median), and SQL
 statements per check-in (counted on the engine in a round of their own:
-what goes through a cursor, so BEGIN on SQLite but not COMMIT); then the
+what goes through a cursor, so BEGIN on SQLite but not COMMIT) and, on
+PostgreSQL, the round trips a check-in waits for (libpq's trace); then the
 CPU of the ``timestamp.json`` poll a node sends with each check-in. ``--profile N`` prints cProfile's N most expensive
 functions (cumulative) of one run. This isolates the service's own cost
 from the HTTP server and the load generator, which share the machine in
@@ -24,6 +25,7 @@ measured with (docs/benchmarks.md, "Check-in cost").
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import json
@@ -35,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +115,35 @@ def run(app: Any, envs: list[dict[str, Any]], threads: int) -> list[str]:
     return statuses
 
 
+@contextlib.contextmanager
+def round_trips(engine: Any) -> Iterator[list[int]]:
+    """Waits on PostgreSQL: the ReadyForQuery messages in libpq's protocol trace of every connection used.
+
+    Each statement, BEGIN and COMMIT ends with one, so this counts what a check-in waits for.
+    """
+    found = [0]
+    if engine is None:
+        yield found
+        return
+    with tempfile.TemporaryFile("w+") as trace:
+
+        def on(dbapi_conn: Any, *_: Any) -> None:
+            dbapi_conn.pgconn.trace(trace.fileno())
+
+        def off(dbapi_conn: Any, *_: Any) -> None:
+            dbapi_conn.pgconn.untrace()
+
+        event.listen(engine, "checkout", on)
+        event.listen(engine, "checkin", off)
+        try:
+            yield found
+        finally:
+            event.remove(engine, "checkout", on)
+            event.remove(engine, "checkin", off)
+            trace.seek(0)
+            found[0] = sum("ReadyForQuery" in line for line in trace)
+
+
 def measure(store: str, args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"edgerec-checkin-{store}-"))
     pg = LocalPostgres(fast=False).start() if store == "postgres" else None
@@ -125,9 +157,11 @@ def measure(store: str, args: argparse.Namespace) -> dict[str, Any]:
         def count(*_: Any) -> None:
             statements[0] += 1
 
-        # statements counted in a round of their own: the listener is not in the timed rounds
+        # statements (and, on PostgreSQL, round trips) counted in a round of their own: the listeners
+        # are not in the timed rounds
         event.listen(service.db.engine, "before_cursor_execute", count)
-        run(app, [environ(s, report(1)) for s in signers], 1)
+        with round_trips(service.db.engine if pg else None) as trips:
+            run(app, [environ(s, report(1)) for s in signers], 1)
         event.remove(service.db.engine, "before_cursor_execute", count)
         cpu_us, wall_us = [], []
         prof = cProfile.Profile() if args.profile else None
@@ -158,6 +192,7 @@ def measure(store: str, args: argparse.Namespace) -> dict[str, Any]:
                "timestamp_cpu_us_median": statistics.median(poll_us),
                "cpu_us_median": statistics.median(cpu_us), "cpu_us_min": min(cpu_us),
                "wall_us_median": statistics.median(wall_us), "statements": statements[0] / len(signers),
+               **({"round_trips": trips[0] / len(signers)} if pg else {}),
                "loadavg": os.getloadavg()[0]}
         if prof:
             text = io.StringIO()

@@ -511,24 +511,26 @@ class SyncService:
                 parse: Callable[[bytes], dict[str, Any]]) -> Checkin:
         """A node's check-in: its signed status report in (``parse`` reads the body), its signed assignments out.
 
-        One write transaction on a bare connection, three statements when the
-        status repeats the stored one (a heartbeat, the usual case): the node's
-        key with its assignments, the nonce, the commit. An ORM session joins
-        the transaction only when a reported failure may pause a rollout (and
-        the assignments are read again after it).
+        Two statements when the status repeats the stored one (a heartbeat, the
+        usual case): the node's key with its assignments, then the nonce, each
+        committing on its own on PostgreSQL (:meth:`.Database.statement_connection`;
+        one write transaction on SQLite). A changed status is stored in a
+        transaction of its own; an ORM session joins it only when a reported
+        failure may pause a rollout (and the assignments are read again after it).
         """
-        with self.db.write_connection() as conn:
+        with self.db.statement_connection() as conn:
             node = self.authenticate_node(conn, method, url, headers, body, with_assignments=True)
             doc = parse(body)
             if doc.get("kind") != "status":
                 raise BadRequestError("a check-in carries a status report (kind 'status')", field="kind")
-            result = store_report(self.db, conn, node.id, node.status_digest, doc)
             rows = node.assignments
-            if result.new_bad:
-                with Session(bind=conn) as session:  # joins conn's transaction; commits nothing itself
-                    self._failures_reported(session, result)
-                    session.flush()
-                rows = None
+            with self.db.together(conn):
+                result = store_report(self.db, conn, node.id, node.status_digest, doc)
+                if result.new_bad:
+                    with Session(bind=conn) as session:  # joins conn's transaction; commits nothing itself
+                        self._failures_reported(session, result)
+                        session.flush()
+                    rows = None
             return Checkin(node.id, self.signed_assignments(conn, node.id, rows), result)
 
 

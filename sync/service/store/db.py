@@ -144,6 +144,34 @@ class Database:
             with conn.begin():
                 yield conn
 
+    @contextmanager
+    def statement_connection(self) -> Iterator[Connection]:
+        """A connection for a hot path that reads, then writes a row or two: on PostgreSQL each statement
+        commits on its own (autocommit), so a check-in waits on the database for its statements only, not
+        also for BEGIN and COMMIT (two round trips of four). Group writes that must commit together with
+        :meth:`together`. On SQLite it is :meth:`write_connection`'s transaction (writers queue on its mutex)."""
+        if self.dialect == "sqlite":
+            with self.write_connection() as conn:
+                yield conn
+            return
+        with self.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+
+    @contextmanager
+    def together(self, conn: Connection) -> Iterator[None]:
+        """On a :meth:`statement_connection`: the statements run inside commit together or not at all.
+
+        PostgreSQL begins the transaction at its first statement, so a block that runs none costs no round trip.
+        """
+        if self.dialect == "sqlite":
+            yield  # already inside the write transaction
+            return
+        conn.commit()  # ends SQLAlchemy's own record of the autocommit statements; nothing reaches the server
+        conn.execution_options(isolation_level=conn.default_isolation_level)
+        with conn.begin():
+            yield
+
     def lock(self, session: Session, name: str) -> int:
         """Take (and hold to the end of the transaction) the named lock; returns its counter.
 
