@@ -30,14 +30,14 @@ def split_plain_url(url: str, field: str, no_credentials: str) -> SplitResult:
     that is stored, logged or shown in errors); ConfigError naming ``field`` otherwise, ``no_credentials``
     saying where credentials belong."""
     if len(url) > MAX_URL_CHARS:
-        raise ConfigError(f"{field}: longer than {MAX_URL_CHARS} characters")
+        raise ConfigError(f"longer than {MAX_URL_CHARS} characters", field=field)
     # urlsplit drops tabs and newlines silently; a stored, logged URL must not hold them.
     if not url.isprintable() or " " in url:
-        raise ConfigError(f"{field}: a URL must not hold spaces or control characters")
+        raise ConfigError("a URL must not hold spaces or control characters", field=field)
     parts = urlsplit(url)
     # Checked before any error that shows the URL.
     if "@" in parts.netloc:
-        raise ConfigError(f"{field}: {no_credentials}")
+        raise ConfigError(no_credentials, field=field)
     return parts
 
 
@@ -46,7 +46,7 @@ def check_repo_url(url: str, field: str = "repo_url") -> str:
     # No credentials in a URL that is signed into every node's assignments.
     parts = split_plain_url(url, field, "a repository URL must not hold a user name or password")
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-        raise ConfigError(f"{field}: expected an http(s) URL without query or fragment, got {url!r}")
+        raise ConfigError(f"expected an http(s) URL without query or fragment, got {url!r}", field=field)
     return url.rstrip("/")
 
 

@@ -56,17 +56,17 @@ def parse_blob_url(url: str, field: str = "--blob-url") -> S3Settings:
     parts = split_plain_url(url, field, "no user name or password in the URL; credentials come from the "
                                         "standard AWS variables, a profile or an instance role")
     if parts.scheme != "s3":
-        raise ConfigError(f"{field}: expected s3://bucket/prefix, got {url!r}")
+        raise ConfigError(f"expected s3://bucket/prefix, got {url!r}", field=field)
     if parts.query or parts.fragment or parts.port is not None:
-        raise ConfigError(f"{field}: expected s3://bucket/prefix without query, fragment or port (the endpoint "
-                          f"comes from AWS_ENDPOINT_URL_S3), got {url!r}")
+        raise ConfigError(f"expected s3://bucket/prefix without query, fragment or port (the endpoint "
+                          f"comes from AWS_ENDPOINT_URL_S3), got {url!r}", field=field)
     if not _BUCKET.fullmatch(parts.netloc) or ".." in parts.netloc:
-        raise ConfigError(f"{field}: {parts.netloc!r} is not an S3 bucket name (3-63 lowercase letters, digits, "
-                          "dots and hyphens)")
+        raise ConfigError(f"{parts.netloc!r} is not an S3 bucket name (3-63 lowercase letters, digits, "
+                          "dots and hyphens)", field=field)
     prefix = parts.path.strip("/")
     if prefix and not all(_PREFIX_PART.fullmatch(p) and p not in (".", "..") for p in prefix.split("/")):
-        raise ConfigError(f"{field}: the prefix {prefix!r} must be path segments of letters, digits and "
-                          "!_.*'()=+- (no empty, '.' or '..' segment)")
+        raise ConfigError(f"the prefix {prefix!r} must be path segments of letters, digits and "
+                          "!_.*'()=+- (no empty, '.' or '..' segment)", field=field)
     return S3Settings(parts.netloc, prefix)
 
 

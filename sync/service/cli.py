@@ -103,13 +103,9 @@ def serve(data_dir: Path | None, db_url: str | None, key_file: Path | None, work
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = check_otlp_endpoint(otlp_endpoint)
     logs = LogSettings(log_format, log_level, log_flush_ms, access_log)
     logs.apply()
-    config = ServiceConfig.from_env()
-    if threads:
-        config = ServiceConfig(**{**config.__dict__, "threads": threads})
-    if repo_url:
-        config = ServiceConfig(**{**config.__dict__, "repo_url": repo_url})
-    if blob_url:
-        config = ServiceConfig(**{**config.__dict__, "blob_url": _blob_url(blob_url)})
+    given = {"threads": threads, "repo_url": repo_url, "blob_url": blob_url and _blob_url(blob_url)}
+    config = ServiceConfig.from_env().with_changes({k: v for k, v in given.items() if v},
+                                                   lambda name: "--" + name.replace("_", "-"))
     tls = (tls_cert, tls_key) if tls_cert and tls_key else None
     if tls:
         check_tls_files(*tls, tls_client_ca)

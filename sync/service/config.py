@@ -8,6 +8,7 @@ can be set from the environment as ``EDGEREC_SYNC_<FIELD>`` (Flask's
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -83,29 +84,40 @@ class ServiceConfig:
     blob_url: str = ""
 
     def __post_init__(self) -> None:
+        # Errors carry the field's name; from_env and the CLI rename it to what the user wrote.
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type in ("str", str):
                 continue
             if f.type in ("bool", bool):
                 if not isinstance(value, bool):
-                    raise ConfigError(f"ServiceConfig.{f.name} must be true or false, got {value!r}")
+                    raise ConfigError(f"must be true or false, got {value!r}", field=f.name)
                 continue
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"ServiceConfig.{f.name} must be a number > 0, got {value!r}")
+                raise ConfigError(f"must be a number > 0, got {value!r}", field=f.name)
         if not self.metrics_alpha < 1:
-            raise ConfigError(f"ServiceConfig.metrics_alpha must be in (0, 1), got {self.metrics_alpha!r}")
+            raise ConfigError(f"must be in (0, 1), got {self.metrics_alpha!r}", field="metrics_alpha")
         if self.timestamp_expiry_s > self.snapshot_expiry_s:
-            raise ConfigError("ServiceConfig: timestamp_expiry_s must not exceed snapshot_expiry_s")
+            raise ConfigError(f"must not exceed snapshot_expiry_s ({self.snapshot_expiry_s})",
+                              field="timestamp_expiry_s")
         if self.repo_url:
-            object.__setattr__(self, "repo_url", check_repo_url(self.repo_url, "ServiceConfig.repo_url"))
+            object.__setattr__(self, "repo_url", check_repo_url(self.repo_url, "repo_url"))
         if self.blob_url:
-            parse_blob_url(self.blob_url, "ServiceConfig.blob_url")
+            parse_blob_url(self.blob_url, "blob_url")
 
     @property
     def blob_store(self) -> S3Settings | None:
         """The object store of :attr:`blob_url`, or None (package ciphertexts in the database)."""
-        return blob_settings(self.blob_url, "ServiceConfig.blob_url")
+        return blob_settings(self.blob_url, "blob_url")
+
+    def with_changes(self, changes: dict[str, Any], names: Callable[[str], str]) -> ServiceConfig:
+        """A copy with ``changes``; an error about one of them names it as ``names(field)`` says (its source)."""
+        try:
+            return replace(self, **changes)
+        except ConfigError as exc:
+            if exc.field in changes:
+                raise ConfigError(exc.detail, field=names(exc.field)) from None
+            raise
 
     @classmethod
     def from_env(cls, base: ServiceConfig | None = None) -> ServiceConfig:
@@ -128,4 +140,4 @@ class ServiceConfig:
                 changes[f.name] = float(raw) if f.type in ("float", float) else int(raw)
             except ValueError as exc:
                 raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}: {raw!r} is not a number") from exc
-        return replace(base, **changes)
+        return base.with_changes(changes, lambda name: ENV_PREFIX + name.upper())

@@ -155,10 +155,13 @@ def test_metrics_settings_from_the_environment(monkeypatch, env, field, value):
 
 
 @pytest.mark.parametrize(("env", "message"), [
-    ({"EDGEREC_SYNC_METRICS_ACCEPT_NOISE_FREE": "maybe"}, "EDGEREC_SYNC_METRICS_ACCEPT_NOISE_FREE"),
-    ({"EDGEREC_SYNC_METRICS_ALPHA": "1.5"}, "metrics_alpha"),
+    ({"EDGEREC_SYNC_METRICS_ACCEPT_NOISE_FREE": "maybe"}, "^EDGEREC_SYNC_METRICS_ACCEPT_NOISE_FREE: 'maybe' is not"),
+    ({"EDGEREC_SYNC_METRICS_ALPHA": "1.5"}, r"^EDGEREC_SYNC_METRICS_ALPHA: must be in \(0, 1\), got 1.5$"),
+    ({"EDGEREC_SYNC_THREADS": "0"}, "^EDGEREC_SYNC_THREADS: must be a number > 0, got 0$"),
+    ({"EDGEREC_SYNC_REPO_URL": "ftp://x"}, "^EDGEREC_SYNC_REPO_URL: expected an http"),
+    ({"EDGEREC_SYNC_TIMESTAMP_EXPIRY_S": "99999999"}, "^EDGEREC_SYNC_TIMESTAMP_EXPIRY_S: must not exceed"),
 ])
-def test_bad_metrics_settings_name_the_field(monkeypatch, env, message):
+def test_bad_service_settings_name_the_variable(monkeypatch, env, message):
     from edgerec.sync.protocol.errors import ConfigError
     from edgerec.sync.service.config import ServiceConfig
 
@@ -166,3 +169,22 @@ def test_bad_metrics_settings_name_the_field(monkeypatch, env, message):
         monkeypatch.setenv(k, v)
     with pytest.raises(ConfigError, match=message):
         ServiceConfig.from_env()
+
+
+@pytest.mark.parametrize(("args", "env", "says"), [
+    (["--repo-url", "ftp://x"], {}, "error: --repo-url: expected an http(s) URL"),
+    ([], {"EDGEREC_SYNC_THREADS": "0"}, "error: EDGEREC_SYNC_THREADS: must be a number > 0, got 0"),
+])
+def test_sync_serve_setting_errors_name_what_the_user_wrote(tmp_path, args, env, says):
+    """Not the dataclass field (``ServiceConfig.repo_url``): the option or the variable, one line, exit 1."""
+    import os
+    import subprocess
+
+    from support.sync_replica import EDGEREC
+
+    out = subprocess.run([EDGEREC, "sync", "serve", "--db", f"sqlite:///{tmp_path / 'x.db'}", "--port", "0",
+                          "--key-file", str(tmp_path / "k"), *args], env={**os.environ, **env},
+                         capture_output=True, text=True, timeout=60)
+    lines = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
+    assert out.returncode == 1 and len(lines) == 1 and lines[0].startswith(says), lines
+    assert not (tmp_path / "x.db").exists()  # refused before anything was made
