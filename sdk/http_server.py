@@ -136,17 +136,41 @@ def reserve_port(address: str, port: int) -> tuple[int, socket.socket]:
     Every worker binds the port itself with ``SO_REUSEPORT``; the socket
     returned here joins that group without listening, so it takes no
     connections, and keeps port 0's pick from going to another program.
+
+    ``SO_REUSEPORT`` would also let a second server of the same user join a
+    running one's group and silently take a share of its connections (two
+    ``edgerec serve --port 8080``, an old version and a new). So a port that
+    something listens on is refused first, by binding it without
+    ``SO_REUSEPORT``; and the socket held here has no ``SO_REUSEADDR`` (unless
+    a program without ``SO_REUSEPORT`` left TIME_WAIT connections on the port),
+    so that check fails for another server while this one's workers start.
     """
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((address, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigurationError(f"cannot listen on {address}:{port} ({exc.strerror})") from exc
-    return int(sock.getsockname()[1]), sock
+    if port:
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            # SO_REUSEADDR: the TIME_WAIT connections a stopped server leaves do not count as "in use".
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((address, port))
+        except OSError as exc:
+            raise ConfigurationError(f"cannot listen on {address}:{port} ({exc.strerror}; is another server "
+                                     "running there?)") from exc
+        finally:
+            probe.close()
+    error: OSError | None = None
+    for reuse_address in (False, True) if port else (False,):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse_address))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((address, port))
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        return int(sock.getsockname()[1]), sock
+    assert error is not None
+    raise ConfigurationError(f"cannot listen on {address}:{port} ({error.strerror})") from error
 
 
 def raise_fd_limit(wanted: int) -> int:

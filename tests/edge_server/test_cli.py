@@ -204,3 +204,26 @@ def test_setting_errors_name_the_file_key_or_the_option_the_user_wrote(trusted_k
     settings.write_text("[limits]\nmax_held_body_bytes = 16777216\n")
     assert error("--config", str(settings), "--max-held-body-bytes", "4096") == \
         "--max-held-body-bytes: must be >= max_body_bytes"
+
+
+@pytest.mark.slow
+def test_a_second_server_on_a_port_in_use_is_refused(packages, trusted_key, tmp_path, unused_port):
+    """Every worker binds with SO_REUSEPORT, which would let a second ``edgerec serve`` on the same port join the
+    first and silently take a share of its connections (seen as a stray 400 in CI): it is refused in one line."""
+    url = f"http://127.0.0.1:{unused_port}"
+    args = ["--model-dir", str(packages["dir"]), "--port", str(unused_port), "-k", str(trusted_key)]
+    proc, log = _start(args, tmp_path)
+    try:
+        _wait_ready(url, proc, log)
+        r = subprocess.run([*EDGEREC, "serve", *args], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "EDGEREC_CONTROL_TOKEN": TOKEN})
+        line = _one_line_error(r, 1)
+        assert f"cannot listen on 127.0.0.1:{unused_port}" in line and "another server running there" in line
+        assert all(httpx.get(f"{url}/v2/health/ready").status_code == 200 for _ in range(20))
+    finally:
+        assert _stop(proc) == 0
+    again, log = _start(args, tmp_path)  # the port is free again once the first has stopped
+    try:
+        _wait_ready(url, again, log)
+    finally:
+        assert _stop(again) == 0
