@@ -20,6 +20,7 @@ import numpy as np
 from rich.markup import escape
 
 from edgerec.sdk.cli.output import busy
+from edgerec.sdk.keys import read_secret_text
 from edgerec.sync.node.simulator import Arm, drive_edge
 
 from .fleet import Fleet, FleetError, Say, free_port
@@ -104,7 +105,7 @@ def _wait_experiment(name: str, edge: str, state: Path, timeout: float = 90) -> 
         if token_file.exists():
             try:
                 r = httpx.get(f"{edge}/control/v1/experiments", timeout=2,
-                              headers={"Authorization": f"Bearer {token_file.read_text().strip()}"})
+                              headers={"Authorization": f"Bearer {read_secret_text(token_file, 'control token')}"})
                 if r.status_code == 200 and [e["name"] for e in r.json()["experiments"]] == ["ab"]:
                     return
             except httpx.HTTPError:
