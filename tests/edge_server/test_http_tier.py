@@ -206,14 +206,14 @@ def test_a_killed_worker_is_replaced_and_the_port_never_closes(hostile_config, p
         assert len(before) == 2
         refused: list[str] = []
         other: list[str] = []
-        served = [0]
+        served: list[float] = []  # when each answer came
         stop = threading.Event()
 
         def client() -> None:
             while not stop.is_set():
                 try:  # a new connection every time: each goes through the listening sockets
-                    r = httpx.post(running.url + INFER, json=ROW, timeout=10)
-                    served[0] += r.status_code == 200
+                    if httpx.post(running.url + INFER, json=ROW, timeout=10).status_code == 200:
+                        served.append(time.monotonic())
                 except httpx.ConnectError as exc:
                     refused.append(str(exc))
                 except httpx.HTTPError as exc:  # a request the dead worker had taken: reset
@@ -223,6 +223,7 @@ def test_a_killed_worker_is_replaced_and_the_port_never_closes(hostile_config, p
         for t in threads:
             t.start()
         time.sleep(1.0)
+        killed = time.monotonic()
         os.kill(before[0], signal.SIGKILL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -237,7 +238,9 @@ def test_a_killed_worker_is_replaced_and_the_port_never_closes(hostile_config, p
         after = running.worker_pids()
         assert len(after) == 2 and before[0] not in after and before[1] in after
         assert refused == []  # the port never closed
-        assert len(other) <= 3 and served[0] > 20, (other, served)
+        # served before and after the kill (counts, not rates: a loaded CI machine answers a few a second)
+        after_kill = sum(t > killed for t in served)
+        assert len(other) <= 3 and len(served) > after_kill >= 3, (other, len(served), after_kill)
         # The replacement serves, and takes part in the next swap like the others.
         r = httpx.post(running.url + "/control/v1/models/load", json={"path": str(packages["v2"])},
                        headers={"Authorization": "Bearer test-control-token-0123456789"}, timeout=120)

@@ -229,13 +229,14 @@ def test_a_killed_worker_is_replaced_and_the_port_never_closes(service):
         before = server.worker_pids()
         refused: list[str] = []
         other: list[str] = []
-        served = [0]
+        served: list[float] = []  # when each answer came
         stop = threading.Event()
 
         def client() -> None:
             while not stop.is_set():
                 try:
-                    served[0] += httpx.get(server.url + "/api/v1/health", timeout=10).status_code == 200
+                    if httpx.get(server.url + "/api/v1/health", timeout=10).status_code == 200:
+                        served.append(time.monotonic())
                 except httpx.ConnectError as exc:
                     refused.append(str(exc))
                 except httpx.HTTPError as exc:
@@ -245,6 +246,7 @@ def test_a_killed_worker_is_replaced_and_the_port_never_closes(service):
         for t in threads:
             t.start()
         time.sleep(1.0)
+        killed = time.monotonic()
         os.kill(before[0], signal.SIGKILL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (len(server.worker_pids()) == 2
@@ -257,6 +259,8 @@ def test_a_killed_worker_is_replaced_and_the_port_never_closes(service):
         after = server.worker_pids()
         assert len(after) == 2 and before[0] not in after
         assert refused == []
-        assert len(other) <= 3 and served[0] > 20, (other, served)
+        # served before and after the kill (counts, not rates: a loaded CI machine answers a few a second)
+        after_kill = sum(t > killed for t in served)
+        assert len(other) <= 3 and len(served) > after_kill >= 3, (other, len(served), after_kill)
     finally:
         assert server.stop() == 0
