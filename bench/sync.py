@@ -766,6 +766,13 @@ def capacity_store(store: str, args: argparse.Namespace) -> dict[str, Any]:
                 admin.rollout("ctr", 1, "stable", 100, [])
         if args.client_cpus:  # PostgreSQL (started above) keeps every CPU; the servers were started on theirs
             os.sched_setaffinity(0, args.client_cpus)
+        # Each node's first status report is stored (later ones repeat it: heartbeats). Sent here, one round
+        # per server in which every node checks in once, so the search measures the steady state and a first
+        # step that failed on those writes cannot cap it.
+        for name, url in urls.items():
+            warm = capacity_round(name, url, procs[name], nodes[name], max(1, round(args.nodes / args.step)), args)
+            print(f"[{store}] warm-up {name}: each node's first status report sent, errors {warm['errors']}",
+                  file=sys.stderr, flush=True)
         rows, verdicts, searches = search_side_by_side(
             list(urls), args, f"[{store}]",
             lambda name, rate: capacity_round(name, urls[name], procs[name], nodes[name], rate, args))
@@ -796,7 +803,9 @@ def render_capacity(results: list[dict[str, Any]], args: argparse.Namespace) -> 
            "of the run, each request with its own nonce) and poll TUF `timestamp.json`, spread evenly over the "
            "interval that gives each rate. Two `edgerec sync serve` processes, each on its own data directory and "
            "database (initialised by its own code; on PostgreSQL two databases of one local cluster with default "
-           "durability) with the same nodes enrolled and v1 rolled out: this tree (granian, one worker) and the "
+           "durability) with the same nodes enrolled and v1 rolled out, and each node's first status report sent "
+           "(a warm-up round: first reports are stored, later ones are heartbeats): this tree (granian, one worker) "
+           "and the "
            f"landed server (`--before {args.before}`: waitress, {args.threads} threads). Each server's sustained "
            "rate is searched on its own: offered load doubles "
            f"from {args.start}/s to a first failure, then bisection between the highest rate that passed and the "
