@@ -239,17 +239,29 @@ class WSGIFront:
         self._in_app += 1
         try:
             if shedding is None or self._in_app <= self.settings.slots:  # a thread is free: no wait to bound
-                answer = await self._in_thread(loop, lambda: self._call(environ))
+                answer = await self._in_thread(loop, lambda: self._respond(environ, proto))
             else:
-                answer = await self._in_thread(loop, lambda: self._call(environ),
+                answer = await self._in_thread(loop, lambda: self._respond(environ, proto),
                                                lambda: (*self._overloaded(path, shedding), None), shedding.max_wait_s)
         finally:
             self._in_app -= 1
+        if answer is None:
+            return  # sent by the app thread
         status, headers, body, rest = answer
         if rest is None:
             proto.response_bytes(status, headers, body)
             return
         await self._stream(loop, proto, status, headers, body, rest)
+
+    def _respond(self, environ: dict[str, Any], proto: Any) -> tuple[int, list[tuple[str, str]], bytes, Any] | None:
+        """Run the app (in an app thread) and send a whole answer from that thread: granian's protocol hands it
+        to its Rust side through a channel, so the client need not wait for this worker's event loop to come
+        round (busy with other requests' heads and bodies under load). A streamed answer comes back to the loop."""
+        status, headers, body, rest = self._call(environ)
+        if rest is not None:
+            return status, headers, body, rest
+        proto.response_bytes(status, headers, body)
+        return None
 
     def _environ(self, scope: Any) -> dict[str, Any]:
         environ = dict(_BASE_ENVIRON)

@@ -158,3 +158,14 @@ def test_a_parked_request_lends_its_thread(url):
     t.join(10)
     assert r.status_code == 200 and json.loads(r.text)["length"] == 2
     assert answers["echo"] < 0.5 and answers["park"] >= 1.5, answers
+
+
+def test_a_whole_answer_is_sent_by_the_app_thread_without_waiting_for_the_event_loop(url):
+    """The app stalls the worker's event loop for 1 s just before it answers (as a flood of request heads and
+    bodies would keep it busy): its answer still arrives at once, and the loop serves again after."""
+    t0 = time.monotonic()
+    r = httpx.get(f"{url}/stall-loop", timeout=10)
+    took = time.monotonic() - t0
+    assert r.status_code == 200 and r.json()["path"] == "/stall-loop"
+    assert took < 0.7, took  # 1.1 s or more when the answer waited for the loop
+    assert httpx.get(f"{url}/echo", timeout=10).status_code == 200

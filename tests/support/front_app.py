@@ -4,6 +4,7 @@ first (``/upload``: read by the app), a body timeout of 1 s, at most 4 KiB of bo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -27,6 +28,9 @@ def _app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterabl
     if path == "/boom-later":  # fails while its answer is being made, after start_response
         start_response("200 OK", [("Content-Type", "text/plain")])
         return _fail_later()
+    if path == "/stall-loop":  # the worker's event loop is busy for a second (as under a flood of heads)
+        LOOP[0].call_soon_threadsafe(time.sleep, 1.0)
+        time.sleep(0.1)  # the loop is inside that call now
     if path == "/park":  # waits like a request in a micro-batch: its slot serves others meanwhile
         with parked():
             time.sleep(float(environ["QUERY_STRING"] or 1))
@@ -49,11 +53,28 @@ def _big() -> Iterator[bytes]:
         yield bytes([i % 256]) * BIG_CHUNK
 
 
-def app() -> WSGIFront:
+LOOP: list[asyncio.AbstractEventLoop] = []  # the worker's event loop, for /stall-loop
+
+
+class _LoopRecorder:
+    """The front as granian sees it, recording the event loop granian gives it."""
+
+    def __init__(self, front: WSGIFront) -> None:
+        self.front = front
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        LOOP[:] = [loop]
+        self.front.__rsgi_init__(loop)
+
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        await self.front.__rsgi__(scope, proto)
+
+
+def app() -> _LoopRecorder:
     """granian's factory."""
-    return WSGIFront(_app, lambda path: 0 if path == "/upload" else 1024,
-                     FrontSettings(slots=1, max_parked=4, body_timeout_s=1.0,
-                                   max_held_body_bytes=4096))
+    return _LoopRecorder(WSGIFront(_app, lambda path: 0 if path == "/upload" else 1024,
+                                   FrontSettings(slots=1, max_parked=4, body_timeout_s=1.0,
+                                                 max_held_body_bytes=4096)))
 
 
 def main() -> None:
