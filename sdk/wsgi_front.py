@@ -154,6 +154,9 @@ class AppThreads:
                     job()
                 except BaseException:  # a job reports its own errors; this keeps the thread alive
                     log.exception("request thread: unexpected error")
+                # Let go of the request now, not when the next job comes: its protocol object owns the
+                # connection's body, and hyper closes a connection whose body is unread only once that goes.
+                job = None  # type: ignore[assignment]
                 running[index] = False  # parked() cleared it already if the job gave its slot away
 
 
@@ -256,11 +259,10 @@ class WSGIFront:
     def _respond(self, environ: dict[str, Any], proto: Any) -> tuple[int, list[tuple[str, str]], bytes, Any] | None:
         """Run the app (in an app thread) and send a whole answer from that thread: granian's protocol hands it
         to its Rust side through a channel, so the client need not wait for this worker's event loop to come
-        round (busy with other requests' heads and bodies under load). A streamed answer comes back to the loop,
-        and so does the answer to a body the app read itself: a read it gave up on is dropped on the loop, and
-        hyper closes the connection only if that happens before the answer (a 408 to a trickled body)."""
+        round (busy with other requests' heads and bodies under load). A streamed answer comes back to the
+        loop."""
         status, headers, body, rest = self._call(environ)
-        if rest is not None or isinstance(environ["wsgi.input"], LoopBody):
+        if rest is not None:
             return status, headers, body, rest
         proto.response_bytes(status, headers, body)
         return None

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import httpx
 import pytest
 from support.front_app import BIG_CHUNK, BIG_CHUNKS
 from support.net import free_port, wait_http_ok
+
+from edgerec.sdk.wsgi_front import AppThreads
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -169,3 +172,23 @@ def test_a_whole_answer_is_sent_by_the_app_thread_without_waiting_for_the_event_
     assert r.status_code == 200 and r.json()["path"] == "/stall-loop"
     assert took < 0.7, took  # 1.1 s or more when the answer waited for the loop
     assert httpx.get(f"{url}/echo", timeout=10).status_code == 200
+
+
+def test_an_idle_app_thread_holds_nothing_of_the_request_it_served():
+    """A finished job goes with its request's protocol object, which owns the connection's body: an idle thread
+    that kept its last job would keep a refused upload's connection open until the next request came."""
+
+    class Request:
+        pass
+
+    threads = AppThreads(slots=1, spare=0)
+    request = Request()
+    gone = weakref.ref(request)
+    served = threading.Event()
+    threads.submit(lambda request=request: served.set())
+    del request
+    assert served.wait(5)
+    deadline = time.monotonic() + 5
+    while gone() is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gone() is None  # no gc.collect(): freed by reference counting as soon as the job is done
