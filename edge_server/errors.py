@@ -95,12 +95,7 @@ class ModelLoadingError(UnavailableError):
 
 
 class ConfigError(EdgeServerError, ConfigurationError):
-    """A bad configuration file or option (raised at start-up, never to a client)."""
-
-    def __init__(self, detail: str, field: str | None = None) -> None:
-        super().__init__(f"{field}: {detail}" if field else detail)
-        self.detail = detail
-        self.field = field
+    """A bad configuration file or option (raised at start-up, never to a client; ``field``: the setting)."""
 
 
 # SDK errors that escape a view: loading a package is where they come from here.

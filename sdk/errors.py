@@ -92,7 +92,16 @@ class LocalEnvironmentError(EdgeRecError):
 
 
 class ConfigurationError(LocalEnvironmentError):
-    """Missing or invalid configuration: an option, a file, a data directory."""
+    """Missing or invalid configuration: an option, a file, a data directory.
+
+    ``field``: the setting at fault, as its source names it (a variable, an option, a file's key), when one is;
+    the message then starts with it.
+    """
+
+    def __init__(self, detail: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {detail}" if field else detail)
+        self.detail = detail
+        self.field = field
 
 
 class KeyFileError(ConfigurationError):

@@ -124,15 +124,7 @@ EdgeServerError = EdgeControlError
 
 
 class ConfigError(SyncError, ConfigurationError):
-    """Missing or invalid configuration: data dir, keys, credentials.
-
-    ``field``: the setting at fault, as its source names it (a variable, an option), when one is.
-    """
-
-    def __init__(self, detail: str, field: str | None = None) -> None:
-        super().__init__(f"{field}: {detail}" if field else detail)
-        self.detail = detail
-        self.field = field
+    """Missing or invalid configuration: data dir, keys, credentials (``field``: the setting at fault)."""
 
 
 class ServerUnreachableError(SyncError, ServiceUnreachableError):

@@ -50,6 +50,12 @@ def test_every_package_hangs_its_errors_on_the_tree():
     assert issubclass(sync_errors.NotFoundError, http_errors.NotFoundError)
     assert sync_errors.EdgeServerError is sync_errors.EdgeControlError
     assert not issubclass(sync_errors.EdgeControlError, edge_errors.EdgeServerError)
+    # a setting error names its setting the same way in every package
+    for config_error in (sdk.ConfigurationError, edge_errors.ConfigError, sync_errors.ConfigError):
+        e = config_error("must be a number > 0, got 0", field="EDGEREC_SYNC_THREADS")
+        assert (str(e), e.field, e.detail) == ("EDGEREC_SYNC_THREADS: must be a number > 0, got 0",
+                                               "EDGEREC_SYNC_THREADS", "must be a number > 0, got 0")
+        assert (str(config_error("no data dir")), config_error("no data dir").field) == ("no data dir", None)
 
 
 def test_wire_documents_are_one_shape():
