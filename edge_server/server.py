@@ -107,7 +107,7 @@ def serve(config: ServerConfig) -> None:
     port, holder = reserve_port(address, config.port)
     run_dir = Path(tempfile.mkdtemp(prefix="edgerec-serve-"))
     try:
-        with held(holder):
+        with held(holder, config.workers):
             write_atomic(run_dir / CONFIG_FILE, config.replace(port=port, run_dir=run_dir).to_json().encode(),
                          mode=0o600)
             os.environ[RUN_ENV] = str(run_dir)

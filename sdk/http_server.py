@@ -5,7 +5,9 @@ heads and keeps idle and slow clients in its event loop, where they cost a
 few kilobytes and no Python thread. Used only through its public API
 (``granian.server.Server``, ``Interfaces.RSGI``, ``HTTP1Settings``): its
 worker processes share the port (``SO_REUSEPORT``) and a dead one is
-replaced, so with two workers or more the port never closes; TLS is its own
+replaced, its siblings taking its share meanwhile; a lone worker's port is
+kept by the socket that reserved it (:mod:`.port_keeper`), so the port never
+closes; TLS is its own
 (rustls; a handshake that stalls is dropped after 10 s).
 
 Each worker serves the service's WSGI app through :mod:`.wsgi_front` on
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigurationError
+from .port_keeper import PortKeeper
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # Environment variables a worker must not keep: granian copies os.environ into every request's environ.
@@ -134,8 +137,8 @@ def reserve_port(address: str, port: int) -> tuple[int, socket.socket]:
     """A port the workers can bind (a free one for 0), held by a bound, not listening socket.
 
     Every worker binds the port itself with ``SO_REUSEPORT``; the socket
-    returned here joins that group without listening, so it takes no
-    connections, and keeps port 0's pick from going to another program.
+    returned here is in that group and keeps port 0's pick from going to
+    another program; :func:`held` has it listen for the gaps between workers.
 
     ``SO_REUSEPORT`` would also let a second server of the same user join a
     running one's group and silently take a share of its connections (two
@@ -337,13 +340,17 @@ class Shedding:
 
 
 @contextlib.contextmanager
-def held(sock: socket.socket | None) -> Iterator[None]:
-    """Close ``sock`` (a :func:`reserve_port` socket) when the block ends."""
+def held(sock: socket.socket | None, workers: int = 1) -> Iterator[None]:
+    """Close ``sock`` (a :func:`reserve_port` socket) when the block ends. With one worker, it takes the
+    port's new connections while granian replaces the worker (:mod:`.port_keeper`; enter before it starts)."""
+    keeper = PortKeeper(sock) if sock is not None else None
+    if keeper is not None and workers == 1:
+        keeper.start()
     try:
         yield
     finally:
-        if sock is not None:
-            sock.close()
+        if keeper is not None:
+            keeper.close()
 
 
 __all__ = [

@@ -141,7 +141,7 @@ def serve(data_dir: Path | None, db_url: str | None, config: ServiceConfig, sett
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     try:
-        with held(holder):
+        with held(holder, settings.workers):
             spec = {"data_dir": str(data_dir) if data_dir else None, "db_url": url,
                     "config": dataclasses.asdict(config), "maintenance": maintenance,
                     "key_file": str(key_file) if key_file else None, "work_dir": str(work_dir) if work_dir else None,

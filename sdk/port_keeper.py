@@ -1,0 +1,169 @@
+"""Keeps a one-worker service's port taking connections while granian replaces its worker.
+
+granian on Linux has every worker listen on a socket of its own in one
+``SO_REUSEPORT`` group. With two workers or more a dead one's siblings take
+its share at once; with one, nothing listens until the replacement has started
+(about a second) and new connections are refused. So with one worker the
+socket :func:`~.http_server.reserve_port` holds listens too, as the group's
+first member, and a classic BPF program on the group sends every new
+connection to the second member, the worker. While there is none (the worker
+is being replaced, or has not started yet) the kernel falls back to its hash
+over the members left, which is this socket alone. What it accepts then it
+relays, byte for byte (TLS included), to the port once the worker listens
+again: the client waits instead of being refused. Connections the dead worker
+had already taken are lost with it.
+
+Linux only (elsewhere granian shares one socket between its workers, which
+outlives them). Where the program cannot be attached (an old kernel, a
+seccomp filter) the socket stays bound and not listening, as before, and one
+line says that the port closes while the worker is replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ipaddress
+import logging
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+
+log = logging.getLogger("edgerec.http")
+
+# linux/filter.h and asm-generic/socket.h: "return 1", the group's member after this socket.
+_SO_ATTACH_REUSEPORT_CBPF = 51
+_TO_THE_WORKER = struct.pack("HBBI", 0x06, 0, 0, 1)  # BPF_RET | BPF_K, 1
+
+MAX_RELAYED = 256  # connections relayed at once; past it a new one is closed (it can retry)
+WAIT_S = 10.0  # how long a relayed client waits for the worker before it is closed
+_IDLE_S = 60.0  # a relayed connection with no byte either way for this long is closed
+_POLL_S = 0.02
+
+
+def _listeners(address: str, port: int) -> int:
+    """Listening sockets on ``address:port`` in this network namespace (/proc/net/tcp), or -1 if unknown."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    packed = socket.inet_pton(family, address)
+    # /proc writes each 32-bit word of the address as a number in host byte order.
+    order = slice(None, None, -1 if sys.byteorder == "little" else 1)
+    words = [packed[i:i + 4][order].hex().upper() for i in range(0, len(packed), 4)]
+    wanted = f"{''.join(words)}:{port:04X}"
+    try:
+        with open("/proc/net/tcp6" if family == socket.AF_INET6 else "/proc/net/tcp") as f:
+            return sum(1 for line in f if (cols := line.split())[1:2] == [wanted] and cols[3] == "0A")
+    except OSError:
+        return -1
+
+
+class PortKeeper:
+    """Listens on a :func:`~.http_server.reserve_port` socket and relays what reaches it (see the module)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        host, self._port = sock.getsockname()[:2]
+        self._host = str(host)
+        unspecified = ipaddress.ip_address(self._host).is_unspecified  # listening on every address
+        self._target = ("::1" if ":" in self._host else "127.0.0.1") if unspecified else self._host
+        self._relays = threading.BoundedSemaphore(MAX_RELAYED)
+        self._mine: set[tuple[str, int]] = set()  # our own connections to the port, by local address
+        self._lock = threading.Lock()
+        self.listening = False
+
+    def start(self) -> bool:
+        """Listen and steer; False (and the socket left as it was) where this system cannot."""
+        if not sys.platform.startswith("linux"):
+            return False
+        code = ctypes.create_string_buffer(_TO_THE_WORKER, len(_TO_THE_WORKER))
+        program = struct.pack("HP", 1, ctypes.addressof(code))  # struct sock_fprog; the kernel copies it
+        try:
+            self._sock.listen(128)
+            self._sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_REUSEPORT_CBPF, program)
+        except OSError as exc:
+            log.warning("the port closes while the worker is replaced: cannot steer its connections (%s)",
+                        exc.strerror)
+            self._sock.close()  # listening without the program would take connections from the worker
+            return False
+        self.listening = True
+        threading.Thread(target=self._accept, name="edgerec-port-keeper", daemon=True).start()
+        return True
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, peer = self._sock.accept()
+            except OSError:
+                return  # closed: the server is stopping
+            with self._lock:
+                looped = (str(peer[0]), int(peer[1])) in self._mine
+            if looped or not self._relays.acquire(blocking=False):
+                client.close()  # our own relay came back to us (the worker died meanwhile), or too many at once
+                continue
+            try:
+                threading.Thread(target=self._relay, args=(client,), name="edgerec-port-relay", daemon=True).start()
+            except RuntimeError:  # no thread to be had: the client can retry
+                client.close()
+                self._relays.release()
+
+    def close(self) -> None:
+        """Stop taking connections and let go of the port (relays under way finish on their own)."""
+        if self.listening:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread; close alone would not
+        self._sock.close()
+
+    def _relay(self, client: socket.socket) -> None:
+        upstream: socket.socket | None = None
+        mine: tuple[str, int] | None = None
+        try:
+            deadline = time.monotonic() + WAIT_S
+            # The worker listening: the program's pick is it, never this socket.
+            while _listeners(self._host, self._port) < 2:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(_POLL_S)
+            upstream = socket.socket(client.family, socket.SOCK_STREAM)
+            upstream.bind((self._target, 0))
+            name = upstream.getsockname()
+            mine = (str(name[0]), int(name[1]))
+            with self._lock:
+                self._mine.add(mine)
+            upstream.settimeout(max(0.1, deadline - time.monotonic()))
+            upstream.connect((self._target, self._port))
+            _pump(client, upstream)
+        except OSError:
+            pass  # either side went away: both are closed below
+        finally:
+            if mine is not None:
+                with self._lock:
+                    self._mine.discard(mine)
+            for s in (client, upstream):
+                if s is not None:
+                    s.close()
+            self._relays.release()
+
+
+def _pump(a: socket.socket, b: socket.socket) -> None:
+    """Copy bytes both ways until either side closes or nothing moves for ``_IDLE_S``."""
+    peer = {a.fileno(): (a, b), b.fileno(): (b, a)}
+    poller = select.poll()  # not select(): descriptors above 1023 are fine
+    for fd in peer:
+        poller.register(fd, select.POLLIN)
+    for s in (a, b):
+        s.settimeout(_IDLE_S)  # a side that stops reading does not hold the relay for ever
+    while True:
+        ready = poller.poll(_IDLE_S * 1000)
+        if not ready:
+            return
+        for fd, _ in ready:
+            src, dst = peer[fd]
+            data = src.recv(65536)
+            if not data:
+                return
+            dst.sendall(data)
+
+
+__all__ = ["MAX_RELAYED", "PortKeeper", "WAIT_S"]

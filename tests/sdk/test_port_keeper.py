@@ -1,0 +1,125 @@
+"""The port keeper with real sockets: workers stand in as plain SO_REUSEPORT listeners that answer which of
+them served and the client port they saw (the client's own when the connection came straight to them)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from edgerec.sdk.http_server import reserve_port
+from edgerec.sdk.port_keeper import PortKeeper
+
+
+class Worker:
+    """A stand-in worker: listens on the port in the group and answers every connection with one line."""
+
+    def __init__(self, name: str, port: int) -> None:
+        self.name = name
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(64)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(100)
+                conn.sendall(f"{self.name} {peer[1]}".encode())
+
+    def die(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept; the listener leaves the group
+        self.sock.close()
+
+
+def ask(port: int) -> tuple[str, bool]:
+    """Which worker answered, and whether the connection reached it directly (not relayed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as c:
+        c.sendall(b"ping")
+        name, seen = c.recv(100).decode().split()
+        return name, int(seen) == c.getsockname()[1]
+
+
+@pytest.fixture
+def kept() -> Iterator[tuple[int, PortKeeper]]:
+    port, sock = reserve_port("127.0.0.1", 0)
+    keeper = PortKeeper(sock)
+    assert keeper.start() and keeper.listening
+    try:
+        yield port, keeper
+    finally:
+        keeper.close()
+
+
+def test_with_its_worker_up_every_connection_goes_straight_to_it(kept):
+    port, _ = kept
+    worker = Worker("a", port)
+    try:
+        assert [ask(port) for _ in range(30)] == [("a", True)] * 30
+    finally:
+        worker.die()
+
+
+def test_a_connection_while_the_worker_is_replaced_waits_and_is_relayed_to_the_new_one(kept):
+    port, _ = kept
+    Worker("a", port).die()
+    answers: list[tuple[str, bool]] = []
+    t = threading.Thread(target=lambda: answers.append(ask(port)))
+    t.start()  # would be refused without the keeper: nothing else listens now
+    time.sleep(0.5)
+    assert answers == []  # held until a worker listens
+    replacement = Worker("b", port)
+    try:
+        t.join(10)
+        assert answers == [("b", False)]  # relayed: the worker saw the keeper's connection
+        assert [ask(port) for _ in range(10)] == [("b", True)] * 10  # then straight to it again
+    finally:
+        replacement.die()
+
+
+def test_a_relayed_client_is_closed_when_no_worker_comes(kept, monkeypatch):
+    from edgerec.sdk import port_keeper
+
+    monkeypatch.setattr(port_keeper, "WAIT_S", 0.5)
+    port, _ = kept
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as c:  # accepted, not refused
+        c.sendall(b"ping")
+        try:
+            data = c.recv(100)
+        except ConnectionResetError:  # closed with the request unread
+            data = b""
+        assert data == b""
+    assert time.monotonic() - t0 < 5
+
+
+def test_the_kept_port_still_refuses_a_second_server(kept):
+    port, _ = kept
+    from edgerec.sdk.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="is another server running there"):
+        reserve_port("127.0.0.1", port)
+
+
+def test_closing_stops_taking_connections_and_frees_the_port():
+    port, sock = reserve_port("127.0.0.1", 0)
+    keeper = PortKeeper(sock)
+    assert keeper.start()
+    keeper.close()
+    deadline = time.monotonic() + 5
+    while any(t.name == "edgerec-port-keeper" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name == "edgerec-port-keeper" for t in threading.enumerate())
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
+    again, sock = reserve_port("127.0.0.1", port)
+    assert again == port
+    sock.close()
