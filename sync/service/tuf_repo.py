@@ -7,7 +7,10 @@ the new versions are written to ``repository/metadata`` as static files
 (consistent snapshots: ``N.role.json``; only ``timestamp.json`` is
 unversioned, and it is written last and never replaced by an older one), so a
 CDN or object store can serve them. A stateless replica (no data directory)
-writes no files: it serves every version from the table (:meth:`TufRepository.file`).
+writes no files: it serves every version from the table (:meth:`TufRepository.file`),
+keeping what it read: a versioned file never changes, and ``timestamp.json``
+and ``root.json`` (which every node polls with each check-in) are read again
+at most once a second, or at once after this process changed them.
 
 Roles: root (offline, threshold of admin keys), targets, snapshot and
 timestamp (online keys), and one delegated role per channel,
@@ -23,7 +26,9 @@ import fcntl
 import json
 import logging
 import re
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,6 +64,8 @@ log = logging.getLogger("edgerec.sync.tuf")
 CHANNEL_PREFIX = "channel-"
 TOP_LEVEL = (Root.type, Targets.type, Snapshot.type, Timestamp.type)
 Written = list[tuple[str, int, bytes]]
+POLLED_TTL_S = 1.0  # how stale a replica's timestamp.json and root.json may be (another process's change)
+VERSIONED_CACHE_BYTES = 16 << 20  # versioned metadata a replica keeps in memory
 
 
 def channel_role(channel: str) -> str:
@@ -168,6 +175,11 @@ class TufRepository:
         self.datadir = datadir
         self.keys = keys
         self.config = config
+        # A replica's reads of the table (see the module): name -> (read at, bytes or None), name -> bytes.
+        self._polled: dict[str, tuple[float, bytes | None]] = {}
+        self._versioned: OrderedDict[str, bytes] = OrderedDict()
+        self._versioned_bytes = 0
+        self._cache_lock = threading.Lock()
 
     def _repo(self, session: Session, now: float | None = None) -> _DbRepository:
         self.db.lock(session, "repository")
@@ -298,7 +310,29 @@ class TufRepository:
 
     def file(self, name: str) -> bytes | None:
         """The bytes of one metadata file as the static folder names it (``N.role.json``,
-        ``timestamp.json``, ``root.json``), read from the database; None if there is none."""
+        ``timestamp.json``, ``root.json``), from the database (or what this process read of it, see the
+        module); None if there is none."""
+        now = time.monotonic()
+        with self._cache_lock:
+            polled = self._polled.get(name)
+            if polled is not None and now - polled[0] < POLLED_TTL_S:
+                return polled[1]
+            kept = self._versioned.get(name)
+            if kept is not None:
+                self._versioned.move_to_end(name)
+                return kept
+        data = self._read_file(name)
+        with self._cache_lock:
+            if name in ("timestamp.json", "root.json"):
+                self._polled[name] = (now, data)
+            elif data is not None and len(data) <= VERSIONED_CACHE_BYTES // 4 and name not in self._versioned:
+                self._versioned[name] = data
+                self._versioned_bytes += len(data)
+                while self._versioned_bytes > VERSIONED_CACHE_BYTES:
+                    self._versioned_bytes -= len(self._versioned.popitem(last=False)[1])
+        return data
+
+    def _read_file(self, name: str) -> bytes | None:
         if name in ("timestamp.json", "root.json"):
             role, version = name.removesuffix(".json"), None
         else:
@@ -329,7 +363,11 @@ class TufRepository:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def materialize(self, written: Written) -> None:
-        """Write committed metadata versions as files; timestamp last, never backwards (no-op without files)."""
+        """Write committed metadata versions as files; timestamp last, never backwards (without files: serve
+        them from the table at once)."""
+        if written and self.datadir is None:
+            with self._cache_lock:
+                self._polled.clear()
         if not written or self.datadir is None:
             return
         folder = self.datadir.metadata

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, event, func, select
 
 from edgerec.sdk.cli.main import cli
 from edgerec.sdk.keys import generate_keypair, load_verify_key
@@ -70,6 +70,40 @@ def moved(db_url, tmp_path, publisher, packages):
 def _replica(db_url: str, key: Path, work: Path) -> tuple[SyncService, RunningServer]:
     service = SyncService.open_replica(db_url, key, work, ServiceConfig(threads=4))
     return service, RunningServer(service, maintenance=False).start()
+
+
+def test_a_replica_reads_polled_metadata_at_most_once_a_second_and_its_own_changes_at_once(moved, db_url, tmp_path,
+                                                                                            packages):
+    """Every node polls timestamp.json with each check-in: a replica answers it from the table at most once a
+    second (versioned files, which never change, once), and serves a change it made itself at once."""
+    init, key_a = moved
+    svc, server = _replica(db_url, key_a, tmp_path / "work")
+    statements: list[str] = []
+    event.listen(svc.db.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    try:
+        # What the replica's views call, in this process (the server's worker keeps its own).
+        first = json.loads(svc.repo.file("timestamp.json") or b"")["signed"]["version"]
+        assert all(json.loads(svc.repo.file("timestamp.json") or b"")["signed"]["version"] == first
+                   for _ in range(10))
+        assert len({svc.repo.file("1.root.json") for _ in range(3)}) == 1
+        assert svc.repo.file("9.root.json") is None and svc.repo.file("9.root.json") is None
+        reads = [q for q in statements if "tuf_metadata" in q]
+        assert len(reads) == 4, reads  # the timestamp once, 1.root.json once, 9.root.json each time
+        time.sleep(1.1)
+        assert json.loads(svc.repo.file("timestamp.json") or b"")["signed"]["version"] == first
+        assert len([q for q in statements if "tuf_metadata" in q]) == 5  # read again after a second
+
+        # Through the server: a publish through the replica that served the old timestamp shows at once.
+        url = server.url + "/repository/metadata/timestamp.json"
+        assert httpx.get(url).json()["signed"]["version"] == first
+        pkg = tmp_path / "ctr-2.edgepkg"
+        pkg.write_bytes(packages[2])
+        with AdminClient(Credentials(server.url, init.admin_token)) as admin:
+            assert admin.publish(pkg, "stable")["new_version"]
+        assert httpx.get(url).json()["signed"]["version"] > first
+    finally:
+        server.stop()
+        svc.close()
 
 
 def test_two_replicas_serve_everything_from_the_database(moved, db_url, tmp_path, packages):
