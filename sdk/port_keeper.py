@@ -147,23 +147,27 @@ class PortKeeper:
 
 
 def _pump(a: socket.socket, b: socket.socket) -> None:
-    """Copy bytes both ways until either side closes or nothing moves for ``_IDLE_S``."""
+    """Copy bytes both ways until both sides have finished sending (a side that ends passes its end on: a
+    client may half-close after its request and still read the answer), or nothing moves for ``_IDLE_S``."""
     peer = {a.fileno(): (a, b), b.fileno(): (b, a)}
     poller = select.poll()  # not select(): descriptors above 1023 are fine
     for fd in peer:
         poller.register(fd, select.POLLIN)
     for s in (a, b):
         s.settimeout(_IDLE_S)  # a side that stops reading does not hold the relay for ever
-    while True:
+    while peer:
         ready = poller.poll(_IDLE_S * 1000)
         if not ready:
             return
         for fd, _ in ready:
             src, dst = peer[fd]
             data = src.recv(65536)
-            if not data:
-                return
-            dst.sendall(data)
+            if data:
+                dst.sendall(data)
+                continue
+            poller.unregister(fd)
+            del peer[fd]
+            dst.shutdown(socket.SHUT_WR)
 
 
 __all__ = ["MAX_RELAYED", "PortKeeper", "WAIT_S"]

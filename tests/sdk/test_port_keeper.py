@@ -123,3 +123,27 @@ def test_closing_stops_taking_connections_and_frees_the_port():
     again, sock = reserve_port("127.0.0.1", port)
     assert again == port
     sock.close()
+
+
+def test_a_relayed_client_that_half_closes_after_its_request_still_gets_the_answer(kept):
+    port, _ = kept
+    got: list[bytes] = []
+
+    def client() -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as c:
+            c.sendall(b"ping")
+            c.shutdown(socket.SHUT_WR)  # done sending, as `nc -N` or a one-shot client does
+            data = b""
+            while chunk := c.recv(100):
+                data += chunk
+            got.append(data)
+
+    t = threading.Thread(target=client)
+    t.start()
+    time.sleep(0.3)  # relayed: no worker yet
+    worker = Worker("c", port)
+    try:
+        t.join(10)
+        assert len(got) == 1 and got[0].startswith(b"c ")
+    finally:
+        worker.die()
