@@ -134,7 +134,7 @@ def listen_address(host: str) -> str:
 
 
 def reserve_port(address: str, port: int) -> tuple[int, socket.socket]:
-    """A port the workers can bind (a free one for 0), held by a bound, not listening socket.
+    """A port the workers can bind (a free one for 0), held by a bound socket (listening only in :func:`held`).
 
     Every worker binds the port itself with ``SO_REUSEPORT``; the socket
     returned here is in that group and keeps port 0's pick from going to
