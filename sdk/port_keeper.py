@@ -3,7 +3,7 @@
 granian on Linux has every worker listen on a socket of its own in one
 ``SO_REUSEPORT`` group. With two workers or more a dead one's siblings take
 its share at once; with one, nothing listens until the replacement has started
-(about a second) and new connections are refused. So with one worker the
+(a second or more) and new connections are refused. So with one worker the
 socket :func:`~.http_server.reserve_port` holds listens too, as the group's
 first member, and a classic BPF program on the group sends every new
 connection to the second member, the worker. While there is none (the worker
@@ -80,13 +80,13 @@ class PortKeeper:
         code = ctypes.create_string_buffer(_TO_THE_WORKER, len(_TO_THE_WORKER))
         program = struct.pack("HP", 1, ctypes.addressof(code))  # struct sock_fprog; the kernel copies it
         try:
-            self._sock.listen(128)
+            # The program first: listening without it would take a share of the worker's connections.
             self._sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_REUSEPORT_CBPF, program)
+            self._sock.listen(128)
         except OSError as exc:
             log.warning("the port closes while the worker is replaced: cannot steer its connections (%s)",
                         exc.strerror)
-            self._sock.close()  # listening without the program would take connections from the worker
-            return False
+            return False  # still bound: the port stays reserved
         self.listening = True
         threading.Thread(target=self._accept, name="edgerec-port-keeper", daemon=True).start()
         return True

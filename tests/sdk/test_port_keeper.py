@@ -147,3 +147,18 @@ def test_a_relayed_client_that_half_closes_after_its_request_still_gets_the_answ
         assert len(got) == 1 and got[0].startswith(b"c ")
     finally:
         worker.die()
+
+
+def test_where_the_program_cannot_be_attached_the_port_stays_reserved_and_not_listening(caplog):
+    sock = socket.socket()  # no SO_REUSEPORT: the kernel refuses a reuseport program on it
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    try:
+        keeper = PortKeeper(sock)
+        assert keeper.start() is False and not keeper.listening
+        assert "cannot steer its connections" in caplog.text
+        assert sock.fileno() != -1  # still held: another program cannot take the port meanwhile
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+    finally:
+        sock.close()
