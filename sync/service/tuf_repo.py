@@ -179,6 +179,7 @@ class TufRepository:
         self._polled: dict[str, tuple[float, bytes | None]] = {}
         self._versioned: OrderedDict[str, bytes] = OrderedDict()
         self._versioned_bytes = 0
+        self._changes = 0  # this process's changes so far: a read begun before one is not kept
         self._cache_lock = threading.Lock()
 
     def _repo(self, session: Session, now: float | None = None) -> _DbRepository:
@@ -314,6 +315,7 @@ class TufRepository:
         module); None if there is none."""
         now = time.monotonic()
         with self._cache_lock:
+            changes = self._changes
             polled = self._polled.get(name)
             if polled is not None and now - polled[0] < POLLED_TTL_S:
                 return polled[1]
@@ -324,7 +326,8 @@ class TufRepository:
         data = self._read_file(name)
         with self._cache_lock:
             if name in ("timestamp.json", "root.json"):
-                self._polled[name] = (now, data)
+                if changes == self._changes:  # else it may predate this process's change: not kept
+                    self._polled[name] = (now, data)
             elif data is not None and len(data) <= VERSIONED_CACHE_BYTES // 4 and name not in self._versioned:
                 self._versioned[name] = data
                 self._versioned_bytes += len(data)
@@ -365,10 +368,12 @@ class TufRepository:
     def materialize(self, written: Written) -> None:
         """Write committed metadata versions as files; timestamp last, never backwards (without files: serve
         them from the table at once)."""
-        if written and self.datadir is None:
+        if not written:
+            return
+        if self.datadir is None:
             with self._cache_lock:
+                self._changes += 1
                 self._polled.clear()
-        if not written or self.datadir is None:
             return
         folder = self.datadir.metadata
         folder.mkdir(parents=True, exist_ok=True)
