@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import gc
 import hashlib
 import logging
 import secrets
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgerec.sdk.errors import EdgeRecError, PackageError
+from edgerec.sdk.heap import collect_all
 from edgerec.sdk.manifest import Manifest
 from edgerec.sdk.model import Accelerator, EdgeModel
 from edgerec.sdk.modeldir import ModelDir
@@ -496,8 +496,9 @@ def pin_mmap_threshold(size: int = 1 << 20) -> None:
 
 
 def release_memory() -> None:
-    """Collect garbage and return freed heap pages to the OS (glibc's malloc_trim)."""
-    gc.collect()
+    """Collect garbage (frozen objects included: :mod:`edgerec.sdk.heap`) and return freed heap pages to the
+    OS (glibc's malloc_trim)."""
+    collect_all()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerec.sdk.errors import EdgeRecError
+from edgerec.sdk.heap import freeze_long_lived
 from edgerec.sdk.http_server import exit_with_server, metrics_after_fork
 from edgerec.sdk.wsgi_front import FrontSettings, WSGIFront
 
@@ -55,6 +56,7 @@ def app() -> WSGIFront:
 
     def follow() -> None:
         srv.ready.wait()
+        freeze_long_lived()  # the first load's objects, the rest were frozen before serving
         sync.start(generation)
 
     threading.Thread(target=follow, name="edgerec-worker-start", daemon=True).start()
@@ -66,12 +68,14 @@ def app() -> WSGIFront:
     # granian's worker ends through multiprocessing, which runs its finalizers but not atexit's.
     mp_util.Finalize(None, close, exitpriority=10)
     metrics = srv.metrics
-    return WSGIFront(flask_app.wsgi_app, config.body_limit,
+    front = WSGIFront(flask_app.wsgi_app, config.body_limit,
                      FrontSettings(slots=config.http_threads, max_parked=max(64, config.max_batch * 2),
                                    body_timeout_s=config.body_timeout_s,
                                    max_held_body_bytes=config.max_held_body_bytes),
                      # answered before routing: counted under the "front" endpoint, by reason
                      lambda path, reason: metrics.error("front", reason))
+    freeze_long_lived()  # before serving: this collection delays no request
+    return front
 
 
 def _generation(run_dir: Path) -> int:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from edgerec.sdk.files import write_atomic
+from edgerec.sdk.heap import freeze_long_lived
 from edgerec.sdk.http_server import (
     HttpSettings,
     Shedding,
@@ -186,7 +187,9 @@ def worker_app() -> WSGIFront:
 
     # granian's worker ends through multiprocessing, which runs its finalizers but not atexit's.
     mp_util.Finalize(None, close, exitpriority=10)
-    return service_app(service, logs.access, float(spec.get("body_timeout_s", HttpSettings.body_timeout_s)))
+    app = service_app(service, logs.access, float(spec.get("body_timeout_s", HttpSettings.body_timeout_s)))
+    freeze_long_lived()  # before serving: this collection delays no request
+    return app
 
 
 def service_app(service: SyncService, access_log: bool = True, body_timeout_s: float = 10.0) -> WSGIFront:
