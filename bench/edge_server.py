@@ -55,8 +55,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import httpx
 import numpy as np
@@ -79,14 +80,25 @@ TOKEN = "bench-control-token-0123456789"
 N_CTX = 4
 HTTP_THREADS = 16
 CANDIDATES = 100
-LIGHT = {"users": 2000, "items": 1000, "dim": 16, "hidden": [32]}
-HEAVY = {"users": 2000, "items": 1000, "dim": 16, "hidden": [1536, 1536, 1536]}  # ~0.9 ms a row
-HEAVIER = {"users": 2000, "items": 1000, "dim": 16, "hidden": [2560, 2560, 2560]}  # ~2.3 ms a row
+
+
+class ModelSpec(TypedDict):
+    """ctr_onnx's arguments; package() reads the id ranges from them."""
+
+    users: int
+    items: int
+    dim: int
+    hidden: list[int]
+
+
+LIGHT: ModelSpec = {"users": 2000, "items": 1000, "dim": 16, "hidden": [32]}
+HEAVY: ModelSpec = {"users": 2000, "items": 1000, "dim": 16, "hidden": [1536, 1536, 1536]}  # ~0.9 ms a row
+HEAVIER: ModelSpec = {"users": 2000, "items": 1000, "dim": 16, "hidden": [2560, 2560, 2560]}  # ~2.3 ms a row
 # Batching sweep: (label, model, worker processes).
 SWEEP = (("light", "light", 1), ("heavy", "heavy", 1), ("heavy, 2 workers", "heavy", 2),
          ("heavier", "heavier", 1))
 BUDGET_MS = 50.0
-BIG = {"users": 210_000, "items": 1000, "dim": 64, "hidden": []}  # 54 MB of embeddings
+BIG: ModelSpec = {"users": 210_000, "items": 1000, "dim": 64, "hidden": []}  # 54 MB of embeddings
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 LOG_FLUSH_MS = float(os.environ.get("EDGEREC_BENCH_LOG_FLUSH_MS", "200"))  # access log lines batched this long
 EDGEREC_SYSTEMS = ("before", "edgerec-off", "edgerec-on")
@@ -129,7 +141,7 @@ def ctr_onnx(users: int, items: int, dim: int, hidden: list[int], seed: int = 0)
     return bytes(model.SerializeToString())
 
 
-def package(onnx: bytes, spec: dict[str, Any], name: str, version: int, key: Ed25519PrivateKey, path: Path) -> Path:
+def package(onnx: bytes, spec: ModelSpec, name: str, version: int, key: Ed25519PrivateKey, path: Path) -> Path:
     b = PackageBuilder(name, version, ModelSignature(
         inputs=(TensorSpec("user_id", "int64", (None,)), TensorSpec("item_id", "int64", (None,)),
                 TensorSpec("ctx", "float32", (None, N_CTX))),
@@ -337,7 +349,7 @@ def measure(server: Server, case_body: tuple[str, str], conns: int, seconds: flo
 # -- systems --------------------------------------------------------------------------
 
 
-def start(system: str, onnx: Path, model_dir: Path, pub: Path, *, workers: int = 1, extra: list[str] = (),
+def start(system: str, onnx: Path, model_dir: Path, pub: Path, *, workers: int = 1, extra: Sequence[str] = (),
           settings: Path | None = None, before: Path | None = None) -> Server:
     """A server under test; edgerec systems with ``settings`` (the measured configuration's file)."""
     port = free_port()
@@ -476,9 +488,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
     settings = features_config(work, LIGHT["users"])
     if args.only_sweep:
         sweep = batching_sweep(dirs, pub, secs, args.quick, settings, min(args.rounds, 2))
-        for key, r in sweep.items():
+        for label, r in sweep.items():
             best = r["best"]
-            print("sweep", key, " ".join(f"{p['conns']}:{p['rps']:.0f}/{p['p99']:.1f}" for p in r["points"]),
+            print("sweep", label, " ".join(f"{p['conns']}:{p['rps']:.0f}/{p['p99']:.1f}" for p in r["points"]),
                   "best", "-" if best is None else f"{best['rps']:.0f} req/s at {best['conns']}", flush=True)
         return
     results["model_bytes"] = {"light": light_onnx.stat().st_size, "heavy": heavy_onnx.stat().st_size}

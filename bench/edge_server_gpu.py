@@ -242,9 +242,10 @@ def device_name() -> str:
 
 
 def check(folder: Path, accelerator: str, threads: int, requests: int, rounds: int, log_dir: Path,
-          working_tree: bool = False) -> dict:
+          working_tree: bool = False) -> dict[str, Any]:
     folder = folder.resolve()
     src = folder / "src"
+    path: str | None
     if src.is_dir() and not working_tree:
         use_source(src)
         ns: str | None = None

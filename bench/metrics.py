@@ -35,6 +35,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -117,7 +118,17 @@ def http_path(db_url: str, nodes: int, tmp: Path, spread_s: float) -> dict[str, 
         svc.close()
 
 
-def aggregation(db_url: str, nodes: int, windows: int) -> dict[str, float]:
+class Aggregation(TypedDict):
+    """Seconds to store the releases and to build the A/B report, and the report's treatment row."""
+
+    stored_s: float
+    report_s: float
+    verdict: str
+    lift: float
+    p: float
+
+
+def aggregation(db_url: str, nodes: int, windows: int) -> Aggregation:
     from edgerec.sync.service.store import Database, migrate
 
     db = Database(db_url)

@@ -39,7 +39,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -104,6 +104,15 @@ class Traffic:
         self._thread.join(10)
 
 
+class RolloutRow(TypedDict):
+    """One node's v2 rollout: seconds from the rollout to serving, load (download to serving), commit."""
+
+    node: str
+    serving_s: float | None
+    load_s: float | None
+    committed_s: float | None
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="edgerec-bench-node-"))
     key = Ed25519PrivateKey.generate()
@@ -135,15 +144,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sync.admin.rollout("ctr", 2, "stable", 100, [])
         ok = wait_for(lambda: all((n.model_dir / "ctr" / "current").resolve().name == "2.edgepkg" for n in nodes),
                       4 * args.interval + args.health_window + 120, 0.5)
-        rows = []
+        rows: list[RolloutRow] = []
         for n in nodes:
             log = n.daemon.text() if n.daemon else ""
             served = first_after(stamps(log, "the edge server serves ctr v2"), start)
             fetched = first_after(stamps(log, "downloaded stable/ctr/2.edgepkg"), start)
-            committed = first_after(stamps(log, "installed ctr version 2"), start)
+            installed = first_after(stamps(log, "installed ctr version 2"), start)
             rows.append({"node": n.name, "serving_s": None if served is None else served - start,
                          "load_s": None if served is None or fetched is None else served - fetched,
-                         "committed_s": None if committed is None else committed - start})
+                         "committed_s": None if installed is None else installed - start})
         serving = [r["serving_s"] for r in rows if r["serving_s"] is not None]
         loads = [r["load_s"] for r in rows if r["load_s"] is not None]
         committed = [r["committed_s"] for r in rows if r["committed_s"] is not None]

@@ -14,6 +14,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -24,7 +25,7 @@ from edgerec.sdk import testing as demo
 from edgerec.sdk.cli.bench import run_bench
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict[str, Any]]) -> str:
     out = ["| model | backend | precision | batch | p50 ms | p99 ms | rows/s |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['model']} | {r['backend']} | {r['precision']} | {r['batch']} | {r['p50_ms']:.3f} | "

@@ -13,15 +13,33 @@ median latencies per batch size, GPU and CPU side by side in one run.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 
 N_USERS, N_ITEMS, DIM, N_DENSE = 5000, 5000, 32, 16
 BUCKETS = (16, 256)
+
+
+class CheckRow(TypedDict):
+    batch: int
+    max_abs_diff: float
+    gpu_p50_ms: float
+    cpu8_p50_ms: float
+
+
+class CheckDoc(TypedDict):
+    """What ``check`` prints (bench/sdk.py --gpu-json reads it)."""
+
+    gpu_info: dict[str, Any]
+    cpu_info: dict[str, Any]
+    rows: list[CheckRow]
 
 
 def build_heavy_tflite(scratch: Path, batch: int | None, seed: int = 0) -> bytes:
@@ -77,7 +95,7 @@ def build(out: Path) -> None:
     shutil.rmtree(scratch)
 
 
-def _median_ms(fn, repeats: int = 50) -> float:
+def _median_ms(fn: Callable[[], object], repeats: int = 50) -> float:
     for _ in range(5):
         fn()
     times = []
@@ -88,22 +106,22 @@ def _median_ms(fn, repeats: int = 50) -> float:
     return statistics.median(times)
 
 
-def check(folder: Path) -> dict:
+def check(folder: Path) -> CheckDoc:
     from edgerec.sdk import EdgeModel, load_verify_key
 
     trusted = [load_verify_key(folder / "publisher.pub")]
     rng = np.random.default_rng(0)
     gpu = EdgeModel.load(folder / "heavy.edgepkg", trusted, accelerator="gpu", backend="litert")
     cpu = EdgeModel.load(folder / "heavy.edgepkg", trusted, accelerator="cpu", backend="litert", threads=8)
-    rows = []
+    rows: list[CheckRow] = []
     for n in (1, 16, 200, 256):
         inputs = {"user_id": rng.integers(0, N_USERS, n).astype(np.int32),
                   "item_id": rng.integers(0, N_ITEMS, n).astype(np.int32),
                   "dense": rng.random((n, N_DENSE)).astype(np.float32)}
         g, c = gpu.predict(inputs)["score"], cpu.predict(inputs)["score"]
         rows.append({"batch": n, "max_abs_diff": float(np.abs(g - c).max()),
-                     "gpu_p50_ms": _median_ms(lambda i=inputs: gpu.predict(i)),
-                     "cpu8_p50_ms": _median_ms(lambda i=inputs: cpu.predict(i))})
+                     "gpu_p50_ms": _median_ms(functools.partial(gpu.predict, inputs)),
+                     "cpu8_p50_ms": _median_ms(functools.partial(cpu.predict, inputs))})
     return {"gpu_info": gpu.info.__dict__, "cpu_info": cpu.info.__dict__, "rows": rows}
 
 

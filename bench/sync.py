@@ -430,7 +430,7 @@ def cpu_seconds(pid: int, reaped: bool = False) -> float:
 
 
 def serve(data_dir: Path, log: Path, threads: int, source: Path | None = None,
-          cpus: set[int] | None = None) -> tuple[subprocess.Popen, str]:
+          cpus: set[int] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """``edgerec sync serve`` on a free port; ``source``: an older tree to run instead (DIR/edgerec/...);
     ``cpus``: the CPUs it and every process and thread it starts may run on."""
     port = free_port()
@@ -458,7 +458,7 @@ def serve(data_dir: Path, log: Path, threads: int, source: Path | None = None,
 def run_store(store: str, args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"edgerec-bench-{store}-"))
     pg = LocalPostgres(fast=False).start() if store == "postgres" else None
-    procs: list[subprocess.Popen] = []
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         pub = generate_keypair(work, "publisher")
         key = load_signing_key(pub.private_path)
@@ -671,7 +671,7 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-def capacity_round(name: str, url: str, proc: subprocess.Popen, nodes: list[SimNode], rate: int,
+def capacity_round(name: str, url: str, proc: subprocess.Popen[bytes], nodes: list[SimNode], rate: int,
                    args: argparse.Namespace) -> dict[str, Any]:
     """One round at ``rate`` check-ins a second against one server; passes when every request succeeded, the p99
     of all requests stayed within 100 ms (check-ins from their scheduled time) and >= 97 % of the offered
@@ -744,7 +744,7 @@ def capacity_store(store: str, args: argparse.Namespace) -> dict[str, Any]:
     """
     work = Path(tempfile.mkdtemp(prefix=f"edgerec-capacity-{store}-"))
     pg = LocalPostgres(fast=False).start() if store == "postgres" else None
-    procs: dict[str, subprocess.Popen] = {}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     everything = os.sched_getaffinity(0)
     try:
         pub = generate_keypair(work, "publisher")
@@ -965,7 +965,7 @@ def refusals_counted(url: str) -> float:
                if line.startswith("edgerec_sync_refusals_total{") and 'reason="overloaded"' in line)
 
 
-def overload_row(shedding: bool, url: str, proc: subprocess.Popen, nodes: list[SimNode], sustained: int,
+def overload_row(shedding: bool, url: str, proc: subprocess.Popen[bytes], nodes: list[SimNode], sustained: int,
                  args: argparse.Namespace) -> dict[str, Any]:
     """One overload step at twice ``sustained`` against one server, measured from both sides."""
     counted0, cpu0 = refusals_counted(url), tree_cpu_seconds(proc.pid)
@@ -999,7 +999,7 @@ def warm(url: str, nodes: list[SimNode], rate: int) -> None:
         n.signed.clear()
 
 
-def stop_server(proc: subprocess.Popen) -> None:
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(30)
@@ -1029,7 +1029,7 @@ def overload_store(store: str, args: argparse.Namespace) -> dict[str, Any]:
     database)."""
     work = Path(tempfile.mkdtemp(prefix=f"edgerec-overload-{store}-"))
     pg = LocalPostgres(fast=False).start() if store == "postgres" else None
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
     raise_fd_limit(4 * OVERLOAD_POOL)
     try:
         pub = generate_keypair(work, "publisher")
@@ -1226,7 +1226,7 @@ class ScaleRig:
         return out
 
 
-def scale_round(name: str, url: str, proc: subprocess.Popen, rig: ScaleRig, nodes: list[SimNode], rate: int,
+def scale_round(name: str, url: str, proc: subprocess.Popen[bytes], rig: ScaleRig, nodes: list[SimNode], rate: int,
                 args: argparse.Namespace) -> dict[str, Any]:
     """:func:`capacity_round` with each process's CPU seconds and the database's counters around it."""
     cpu0, db0 = rig.cpu(), pg_counters(rig.pg.url.replace("+psycopg", ""))
@@ -1287,7 +1287,7 @@ def run_scale(args: argparse.Namespace) -> dict[str, Any]:
             n.signed.clear()
         first = rig.replicas[0].proc
         assert first is not None
-        setups: dict[str, tuple[str, subprocess.Popen]] = {
+        setups: dict[str, tuple[str, subprocess.Popen[bytes]]] = {
             "1 replica, direct": (direct, first),
             "1 replica, nginx": (f"http://127.0.0.1:{fronts[0]}", rig.proxies[0].proc),
             f"{args.replicas} replicas, nginx": (f"http://127.0.0.1:{fronts[1]}", rig.proxies[1].proc)}
@@ -1334,9 +1334,9 @@ def at_sustained(res: dict[str, Any], name: str) -> list[dict[str, Any]]:
     return [r for r in mine if r["rate"] == rate]
 
 
-def per_checkin(rows: list[dict[str, Any]], get: Any) -> float:
+def per_checkin(rows: list[dict[str, Any]], get: Callable[[dict[str, Any]], float]) -> float:
     """Median over ``rows`` of ``get(row)`` divided by that round's check-ins."""
-    return statistics.median(get(r) / max(1, r["checkins"]) for r in rows)
+    return statistics.median(get(r) / max(1, int(r["checkins"])) for r in rows)
 
 
 def render_scale(res: dict[str, Any], args: argparse.Namespace) -> str:
@@ -1373,9 +1373,12 @@ def render_scale(res: dict[str, Any], args: argparse.Namespace) -> str:
         def cores(key: str, rows: list[dict[str, Any]] = rs) -> str:
             return f"{statistics.median(r['cpu_s'][key] for r in rows) / args.step:.2f}"
 
+        def replicas_s(r: dict[str, Any], keys: list[str] = reps) -> float:
+            return float(sum(r["cpu_s"][k] for k in keys))
+
         out.append(
             f"| {name} | {v:,} | {res['failed'][name] or '-'} | {ratio} | {meets} | "
-            f"{per_checkin(rs, lambda r, ks=reps: sum(r['cpu_s'][k] for k in ks)) * 1e6:,.0f} | "
+            f"{per_checkin(rs, replicas_s) * 1e6:,.0f} | "
             f"{per_checkin(rs, lambda r: r['cpu_s']['nginx']) * 1e6:,.0f} | "
             f"{per_checkin(rs, lambda r: r['cpu_s']['postgres']) * 1e6:,.0f} | "
             f"{' + '.join(cores(k) for k in reps)} | {cores('nginx')} | {cores('postgres')} | "

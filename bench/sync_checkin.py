@@ -70,7 +70,7 @@ def report(installed: int) -> bytes:
 
 def environ(signer: RequestSigner, body: bytes) -> dict[str, Any]:
     headers = signer.sign("POST", "http://edgerec" + PATH, body, {"Content-Type": "application/json"})
-    return EnvironBuilder(path=PATH, method="POST", data=body, headers=headers).get_environ()
+    return EnvironBuilder(path=PATH, method="POST", data=body, headers=headers.items()).get_environ()
 
 
 def setup(work: Path, db_url: str | None, nodes: int) -> tuple[SyncService, list[RequestSigner]]:
