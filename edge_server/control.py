@@ -14,12 +14,13 @@ worker serves the result, or answers 503 naming the workers that did not
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, request
+
+from edgerec.sdk.port_keeper import is_local_caller
 
 from .context import server
 from .errors import BadRequestError, ForbiddenError, NotFoundError, UnauthorizedError, UnavailableError
@@ -39,17 +40,10 @@ class WorkersOutOfStepError(UnavailableError):
     code = "workers_out_of_step"
 
 
-def is_loopback(addr: str | None) -> bool:
-    try:
-        return addr is not None and ipaddress.ip_address(addr.split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
 @bp.before_request
 def authorize() -> None:
     srv = server()
-    if not srv.config.control_allow_remote and not is_loopback(request.remote_addr):
+    if not srv.config.control_allow_remote and not is_local_caller(request.remote_addr):
         raise ForbiddenError("the control API answers loopback callers only", field="remote_addr")
     if srv.control_token is None:
         raise ForbiddenError("the control API is off: start the server with --control-token-file "
@@ -162,4 +156,4 @@ def out_of_step(outcome: Outcome) -> str:
             "the others keep what they served; repeat the call to retry")
 
 
-__all__ = ["WorkersOutOfStepError", "bp", "is_loopback"]
+__all__ = ["WorkersOutOfStepError", "bp"]

@@ -13,6 +13,14 @@ relays, byte for byte (TLS included), to the port once the worker listens
 again: the client waits instead of being refused. Connections the dead worker
 had already taken are lost with it.
 
+A relayed connection reaches the worker from this process, so the worker
+sees this end's address as its client. On a wildcard address that end is
+:data:`RELAYED_FROM` (127.0.0.2), never 127.0.0.1: a remote client relayed
+from 127.0.0.1 would look local, and the edge server's control API answers
+loopback callers only (:func:`is_local_caller` tells them apart). On an IPv6
+wildcard it is the same address IPv4-mapped, where the worker's socket takes
+IPv4; where it does not (``IPV6_V6ONLY``) nothing is relayed.
+
 Linux only (elsewhere granian shares one socket between its workers, which
 outlives them). Where the program cannot be attached (an old kernel, a
 seccomp filter) the socket stays bound and not listening, as before, and one
@@ -38,6 +46,8 @@ log = logging.getLogger("edgerec.http")
 _SO_ATTACH_REUSEPORT_CBPF = 51
 _TO_THE_WORKER = struct.pack("HBBI", 0x06, 0, 0, 1)  # BPF_RET | BPF_K, 1
 
+# Where relays to a wildcard listener come from: loopback, but not the address local callers use.
+RELAYED_FROM = "127.0.0.2"
 MAX_RELAYED = 256  # connections relayed at once; past it a new one is closed (it can retry)
 WAIT_S = 10.0  # how long a relayed client waits for the worker before it is closed
 _IDLE_S = 60.0  # a relayed connection with no byte either way for this long is closed
@@ -66,8 +76,15 @@ class PortKeeper:
         self._sock = sock
         host, self._port = sock.getsockname()[:2]
         self._host = str(host)
-        unspecified = ipaddress.ip_address(self._host).is_unspecified  # listening on every address
-        self._target = ("::1" if ":" in self._host else "127.0.0.1") if unspecified else self._host
+        # Where a relay connects, and from: the listening address itself (its callers' own addresses are
+        # what the worker would see anyway), or for a wildcard, loopback from RELAYED_FROM.
+        self._target: str | None = self._host
+        self._source = self._host
+        if ipaddress.ip_address(self._host).is_unspecified:
+            self._target, self._source = "127.0.0.1", RELAYED_FROM
+            if sock.family == socket.AF_INET6:
+                dual = sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+                self._target, self._source = ("::ffff:127.0.0.1", "::ffff:" + RELAYED_FROM) if dual else (None, "")
         self._relays = threading.BoundedSemaphore(MAX_RELAYED)
         self._mine: set[tuple[str, int]] = set()  # our own connections to the port, by local address
         self._lock = threading.Lock()
@@ -76,6 +93,10 @@ class PortKeeper:
     def start(self) -> bool:
         """Listen and steer; False (and the socket left as it was) where this system cannot."""
         if not sys.platform.startswith("linux"):
+            return False
+        if self._target is None:
+            log.warning("the port closes while the worker is replaced: an IPv6-only wildcard listener has no "
+                        "loopback address to relay from that local callers do not use")
             return False
         code = ctypes.create_string_buffer(_TO_THE_WORKER, len(_TO_THE_WORKER))
         program = struct.pack("HP", 1, ctypes.addressof(code))  # struct sock_fprog; the kernel copies it
@@ -125,8 +146,9 @@ class PortKeeper:
                 if time.monotonic() > deadline:
                     return
                 time.sleep(_POLL_S)
+            assert self._target is not None  # start() refused otherwise
             upstream = socket.socket(client.family, socket.SOCK_STREAM)
-            upstream.bind((self._target, 0))
+            upstream.bind((self._source, 0))
             name = upstream.getsockname()
             mine = (str(name[0]), int(name[1]))
             with self._lock:
@@ -144,6 +166,29 @@ class PortKeeper:
                 if s is not None:
                     s.close()
             self._relays.release()
+
+
+def _client_ip(address: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A client address as a worker sees it (IPv4-mapped ones as IPv4), or None if it is not an address."""
+    try:
+        ip = ipaddress.ip_address((address or "").split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def is_relayed(address: str | None) -> bool:
+    """Whether a worker's client ``address`` is a port keeper's relay from a wildcard listener (any client)."""
+    return _client_ip(address) == ipaddress.IPv4Address(RELAYED_FROM)
+
+
+def is_local_caller(address: str | None) -> bool:
+    """Whether a worker's client ``address`` is a caller on this machine: loopback, and not a relay, which
+    carries remote clients' connections too."""
+    ip = _client_ip(address)
+    return ip is not None and ip.is_loopback and not is_relayed(address)
 
 
 def _pump(a: socket.socket, b: socket.socket) -> None:
@@ -170,4 +215,4 @@ def _pump(a: socket.socket, b: socket.socket) -> None:
             dst.shutdown(socket.SHUT_WR)
 
 
-__all__ = ["MAX_RELAYED", "PortKeeper", "WAIT_S"]
+__all__ = ["MAX_RELAYED", "RELAYED_FROM", "PortKeeper", "WAIT_S", "is_local_caller", "is_relayed"]

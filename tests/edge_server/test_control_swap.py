@@ -15,6 +15,7 @@ from edgerec.edge_server import create_app
 from edgerec.sdk import testing as demo
 from edgerec.sdk.encryption import encrypt_package
 from edgerec.sdk.package import Package
+from edgerec.sdk.port_keeper import RELAYED_FROM
 
 ONE_ROW = {"inputs": [
     {"name": "user_id", "shape": [1], "datatype": "BYTES", "data": ["u3"]},
@@ -42,6 +43,10 @@ def test_control_needs_token_and_loopback(serve, base_config):
     assert remote.status_code == 403 and remote.json["field"] == "remote_addr"
     local = client.get("/control/v1/models", headers=headers, environ_base={"REMOTE_ADDR": "127.0.0.1"})
     assert local.status_code == 200 and local.json == {"models": []}
+    # The port keeper's relay (any client, while a lone worker is replaced; sdk/port_keeper.py) is not local.
+    for relayed in (RELAYED_FROM, "::ffff:" + RELAYED_FROM):
+        r = client.get("/control/v1/models", headers=headers, environ_base={"REMOTE_ADDR": relayed})
+        assert r.status_code == 403 and r.json["field"] == "remote_addr"
 
 
 def test_a_worker_still_loading_answers_503_with_retry_after_not_404(base_config):

@@ -11,17 +11,17 @@ from collections.abc import Iterator
 import pytest
 
 from edgerec.sdk.http_server import reserve_port
-from edgerec.sdk.port_keeper import PortKeeper
+from edgerec.sdk.port_keeper import RELAYED_FROM, PortKeeper, is_local_caller, is_relayed
 
 
 class Worker:
     """A stand-in worker: listens on the port in the group and answers every connection with one line."""
 
-    def __init__(self, name: str, port: int) -> None:
+    def __init__(self, name: str, port: int, address: str = "127.0.0.1") -> None:
         self.name = name
-        self.sock = socket.socket()
+        self.sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self.sock.bind(("127.0.0.1", port))
+        self.sock.bind((address, port))
         self.sock.listen(64)
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -33,19 +33,25 @@ class Worker:
                 return
             with conn:
                 conn.recv(100)
-                conn.sendall(f"{self.name} {peer[1]}".encode())
+                conn.sendall(f"{self.name} {peer[1]} {peer[0]}".encode())
 
     def die(self) -> None:
         self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept; the listener leaves the group
         self.sock.close()
 
 
-def ask(port: int) -> tuple[str, bool]:
+def ask(port: int, host: str = "127.0.0.1") -> tuple[str, bool]:
     """Which worker answered, and whether the connection reached it directly (not relayed)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=15) as c:
+    name, direct, _ = ask_peer(port, host)
+    return name, direct
+
+
+def ask_peer(port: int, host: str = "127.0.0.1") -> tuple[str, bool, str]:
+    """:func:`ask`, and the client address the worker saw."""
+    with socket.create_connection((host, port), timeout=15) as c:
         c.sendall(b"ping")
-        name, seen = c.recv(100).decode().split()
-        return name, int(seen) == c.getsockname()[1]
+        name, seen, peer = c.recv(200).decode().split()
+        return name, int(seen) == c.getsockname()[1], peer
 
 
 @pytest.fixture
@@ -162,3 +168,41 @@ def test_where_the_program_cannot_be_attached_the_port_stays_reserved_and_not_li
             socket.create_connection(("127.0.0.1", port), timeout=5)
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("wildcard", ["0.0.0.0", "::"])
+def test_on_a_wildcard_address_a_relayed_client_is_not_taken_for_a_local_caller(wildcard):
+    # The edge server's control API answers loopback callers only: a remote client relayed from 127.0.0.1
+    # would pass for one. Relays to a wildcard listener come from RELAYED_FROM instead.
+    if wildcard == "::" and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    port, sock = reserve_port(wildcard, 0)
+    keeper = PortKeeper(sock)
+    assert keeper.start()
+    try:
+        worker = Worker("a", port, wildcard)
+        name, direct, peer = ask_peer(port)
+        assert (name, direct) == ("a", True) and is_local_caller(peer)  # a local caller, straight to the worker
+        worker.die()
+        answers: list[tuple[str, bool, str]] = []
+        t = threading.Thread(target=lambda: answers.append(ask_peer(port)))
+        t.start()
+        time.sleep(0.3)
+        replacement = Worker("b", port, wildcard)
+        try:
+            t.join(10)
+            assert len(answers) == 1
+            name, direct, peer = answers[0]
+            assert (name, direct) == ("b", False)
+            assert peer in (RELAYED_FROM, "::ffff:" + RELAYED_FROM)
+            assert is_relayed(peer) and not is_local_caller(peer)
+        finally:
+            replacement.die()
+    finally:
+        keeper.close()
+
+
+def test_local_callers_are_loopback_addresses_other_than_the_relay():
+    assert [is_local_caller(a) for a in ("127.0.0.1", "::1", "::ffff:127.0.0.1", "127.0.0.2", "::ffff:127.0.0.2",
+                                         "10.1.2.3", "fe80::1%eth0", "", None, "not an address")] == \
+        [True, True, True, False, False, False, False, False, False, False]
