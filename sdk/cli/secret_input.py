@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import click
 
@@ -63,24 +63,40 @@ def db_option(f: F) -> F:
                              "URL with a password.")(f)
 
 
+# Query keys that carry a password: libpq's (password, sslpassword; psycopg and SQLAlchemy pass them on) and
+# redis-py's (password).
+_SECRET_KEYS = frozenset({"password", "sslpassword"})
+
+
+def _secret_query(query: str) -> bool:
+    return any(k.lower() in _SECRET_KEYS and v for k, v in parse_qsl(query, keep_blank_values=True))
+
+
 def url_password(url: str) -> bool:
-    """Whether a URL (a database URL, say) carries a password."""
+    """Whether a URL (a database URL, say) carries a password: ``user:password@``, or ``?password=``."""
     try:
-        return bool(urlsplit(url).password)
+        parts = urlsplit(url)
+        return bool(parts.password) or _secret_query(parts.query)
     except ValueError:
         return False
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password shown as ``***``."""
+    """``url`` with its password shown as ``***`` (in the user part and the query)."""
     try:
         parts = urlsplit(url)
-        if not parts.password:
+        if not (parts.password or _secret_query(parts.query)):
             return url
     except ValueError:
         return url
-    netloc = parts.netloc.rsplit("@", 1)
-    return parts._replace(netloc=f"{parts.username or ''}:***@{netloc[-1]}").geturl()
+    if parts.password:
+        host = parts.netloc.rsplit("@", 1)[-1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    if _secret_query(parts.query):
+        pairs = [(k, "***" if k.lower() in _SECRET_KEYS and v else v)
+                 for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+        parts = parts._replace(query=urlencode(pairs, safe="*"))
+    return parts.geturl()
 
 
 __all__ = ["db_option", "no_password_argument", "read_secret", "redact_url", "refused_argument",

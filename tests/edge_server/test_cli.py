@@ -154,9 +154,10 @@ def test_secret_files_group_or_others_may_read_are_refused(trusted_key, tmp_path
         assert TOKEN not in line
 
 
-def test_a_cache_url_with_a_password_is_refused_on_the_command_line(trusted_key, tmp_path):
+@pytest.mark.parametrize("url", ["redis://:s3cret-pw@127.0.0.1:6379/0", "redis://127.0.0.1:6379/0?password=s3cret-pw"])
+def test_a_cache_url_with_a_password_is_refused_on_the_command_line(trusted_key, tmp_path, url):
     r = subprocess.run([*EDGEREC, "serve", "--model-dir", str(tmp_path), "-k", str(trusted_key), "--cache-url",
-                        "redis://:s3cret-pw@127.0.0.1:6379/0"], capture_output=True, text=True, timeout=60)
+                        url], capture_output=True, text=True, timeout=60)
     line = _one_line_error(r, 2)
     assert "--cache-url" in line and "EDGEREC_CACHE_URL" in line and "s3cret-pw" not in r.stderr + r.stdout
 

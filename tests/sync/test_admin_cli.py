@@ -171,8 +171,13 @@ def test_token_files_must_be_private(run, sync_env, tmp_path):
     assert "enrollment token file is accessible by group or others" in line and "chmod 600" in line
 
 
-def test_database_password_never_on_the_command_line_nor_printed(run, tmp_path, publisher, monkeypatch):
-    url = "postgresql://edgerec:s3cret-pw@127.0.0.1:1/edgerec"
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://edgerec:s3cret-pw@127.0.0.1:1/edgerec", "postgresql://edgerec:***@127.0.0.1:1/edgerec"),
+    # libpq (through psycopg and SQLAlchemy) takes a password from the query too
+    ("postgresql+psycopg://edgerec@127.0.0.1:1/edgerec?sslmode=disable&password=s3cret-pw",
+     "postgresql+psycopg://edgerec@127.0.0.1:1/edgerec?sslmode=disable&password=***"),
+])
+def test_database_password_never_on_the_command_line_nor_printed(run, tmp_path, publisher, monkeypatch, url, shown):
     line = _one_line_error(run("admin", "init", "--data-dir", str(tmp_path / "d"), "--keys-dir", str(tmp_path / "k"),
                                "--publisher-key", str(publisher.public_path), "--db", url, code=2))
     assert "EDGEREC_DB_URL" in line and "s3cret-pw" not in line
@@ -191,7 +196,7 @@ def test_database_password_never_on_the_command_line_nor_printed(run, tmp_path, 
     args = ("admin", "init", "--data-dir", str(tmp_path / "d"), "--keys-dir", str(tmp_path / "k"),
             "--publisher-key", str(publisher.public_path), "--threshold", "1")
     doc = json.loads(run(*args, "--json").stdout)
-    assert seen["db"] == url and doc["db"] == "postgresql://edgerec:***@127.0.0.1:1/edgerec"
+    assert seen["db"] == url and doc["db"] == shown
     text = run(*args).output
     for out in (json.dumps(doc), text):
         assert "s3cret-pw" not in out and "era_not-shown" not in out
