@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,12 @@ _SECTIONS: dict[str, dict[str, str]] = {
 }
 _PATHS = ("model_dir", "recipient_key", "control_token_file", "events_dedup_path", "tls_cert", "tls_key",
           "api_key_file", "events_spool_dir", "user_key_file")
+
+
+# The scoring routes, as Flask matches them (a <name> or <version> is one path segment): any other path,
+# "/anything/infer" included, gets the small limit.
+_SCORING = re.compile(r"/v1/rank|/v2/models/[^/]+(?:/versions/[^/]+)?/infer"
+                      r"|/v1/models/[^/]+(?:/versions/[^/]+)?:predict")
 
 
 @dataclass(frozen=True)
@@ -195,8 +202,7 @@ class ServerConfig:
         """The largest body a route takes: ``max_body_bytes`` for scoring (infer, predict, rank),
         :attr:`small_body_bytes` for the others. The front reads no more of it; the app refuses more (413)
         by the Content-Length, unread, after its own checks (API key, control token)."""
-        scoring = path == "/v1/rank" or path.endswith("/infer") or path.endswith(":predict")
-        return self.max_body_bytes if scoring else self.small_body_bytes
+        return self.max_body_bytes if _SCORING.fullmatch(path) else self.small_body_bytes
 
     @classmethod
     def file_values(cls, path: str | Path) -> dict[str, Any]:
