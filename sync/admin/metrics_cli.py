@@ -16,7 +16,7 @@ from edgerec.sync.protocol.gates import check_gates
 
 from .client import AdminClient
 from .ops_cli import register_ops
-from .plots import pyplot, save_png, show
+from .plots import legend, pyplot, save_png, set_title, show
 
 
 def _pct(e: dict[str, Any] | None, digits: int = 2) -> str:
@@ -48,18 +48,21 @@ def render_report(doc: dict[str, Any]) -> None:
 def plot_report(doc: dict[str, Any], path: Path) -> None:
     """CTR per variant over time with its intervals, as a PNG (matplotlib, the [plot] extra)."""
     fig, ax = pyplot().subplots(figsize=(8, 4.5))
+    entries: list[tuple[Any, str]] = []
     for variant in [r["variant"] for r in doc["variants"]]:
         pts = [s for s in doc["series"] if s["variant"] == variant and s["ctr"] is not None]
         if not pts:
             continue
         x = [(s["window_start"] - pts[0]["window_start"]) / 3600 for s in pts]
         y = [s["ctr"] * 100 for s in pts]
-        ax.plot(x, y, marker="o", label=variant)
+        (line,) = ax.plot(x, y, marker="o")
+        entries.append((line, variant))
         ax.fill_between(x, [s["low"] * 100 for s in pts], [s["high"] * 100 for s in pts], alpha=0.2)
     ax.set_xlabel("hours since the first released window")
     ax.set_ylabel(f"CTR % ({(1 - doc['alpha']) * 100:g}% interval, noise included)")
-    ax.set_title(f"experiment {doc['experiment']}")
-    ax.legend()
+    # the experiment's and the variants' names are admin-supplied: plain text ("$", a leading "_")
+    set_title(ax, f"experiment {doc['experiment']}")
+    legend(ax, entries)
     save_png(fig, path)
 
 

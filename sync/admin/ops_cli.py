@@ -14,7 +14,7 @@ from edgerec.sdk.cli.output import console, plain, text_row
 from edgerec.sdk.cli.paths import AbsolutePath
 
 from .client import AdminClient
-from .plots import pyplot, save_png, show
+from .plots import legend, pyplot, save_png, show
 
 # The bounds the service enforces too (sync/service/ops_figures.py), checked here first for a clear flag error.
 MAX_WINDOWS = 288
@@ -61,19 +61,22 @@ def plot_ops(doc: dict[str, Any], path: Path) -> None:
     lines: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         (r["node"] if r["name"] in (None, r["node"]) else f"{r['name']} ({r['node']})", r, {}) for r in doc["nodes"]]
     lines.append(("fleet", doc["fleet"], {"color": "black", "linewidth": 2.5}))
+    entries: list[tuple[Any, str]] = []
     for ax, p in zip(axes[0], _PERCENTILES, strict=True):
+        entries = []
         for label, row, style in lines:
             pts = row["series"]
             x = [(s["window_start"] - t0) / 60 for s in pts]
             # past the last bucket: drawn on its edge; no requests: a gap
             y = [s[p] if s[p] is not None else (over if s["requests"] else math.nan) for s in pts]
-            ax.plot(x, y, marker=".", label=label, **style)
+            (line,) = ax.plot(x, y, marker=".", **style)
+            entries.append((line, label))
         ax.set_yscale("log")
         ax.set_title(f"{p.removesuffix('_ms')} latency")
         ax.set_xlabel("minutes since the first window")
     axes[0][0].set_ylabel("ms (upper edge of the histogram bucket)")
-    if len(lines) <= 12:
-        axes[0][-1].legend(fontsize="small")
+    if len(lines) <= 12:  # node names are node-supplied: plain text ("$", a leading "_")
+        legend(axes[0][-1], entries, fontsize="small")
     save_png(fig, path)
 
 

@@ -22,6 +22,31 @@ def pyplot() -> Any:
     return plt
 
 
+def as_text(text: Any) -> Any:
+    """A matplotlib ``Text`` drawn as written: no math text (``$...$``), no TeX; returns it."""
+    text.set_parse_math(False)
+    text.set_usetex(False)
+    return text
+
+
+def set_title(ax: Any, title: str) -> None:
+    """``ax``'s title as plain text: it may hold node- or admin-supplied names (a ``$`` is no math text)."""
+    as_text(ax.set_title(title))
+
+
+def legend(ax: Any, entries: list[tuple[Any, str]], **kwargs: Any) -> Any:
+    """A legend of these (artist, label) pairs, each label plain text whatever it holds: a node- or
+    admin-supplied ``$`` is no math text (``$\\foo{$`` would make savefig raise), and a leading ``_`` is
+    kept (matplotlib leaves such labels out only when it gathers the artists itself, not when they are given)."""
+    if not entries:
+        return None
+    handles, labels = [h for h, _ in entries], [label for _, label in entries]
+    box = ax.legend(handles, labels, **kwargs)
+    for text in box.get_texts():
+        as_text(text)
+    return box
+
+
 def save_png(fig: Any, path: Path) -> None:
     """Write ``fig`` to ``path`` as a PNG and close it; ConfigError naming --plot if it cannot be written."""
     plt = pyplot()
@@ -45,4 +70,4 @@ def show(doc: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], 
         render(doc)
 
 
-__all__ = ["pyplot", "save_png", "show"]
+__all__ = ["as_text", "legend", "pyplot", "save_png", "set_title", "show"]

@@ -8,6 +8,8 @@ wire format both services speak. No web framework is imported here.
 
 from __future__ import annotations
 
+import re
+
 from edgerec.sdk import http_errors as http
 from edgerec.sdk.errors import (
     ConfigurationError,
@@ -26,8 +28,21 @@ class SyncError(EdgeRecError):
 # -- requests the service refuses (4xx), on the wire format of edgerec.sdk.http_errors ---------
 
 
+# A field path at the start of a refusal's text ("max_failure_percent: ...", "releases[0].format: ...").
+_FIELD_PATH = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\[\d+\]|\.[A-Za-z_][A-Za-z0-9_]*)*): ")
+
+
 class BadRequestError(SyncError, http.BadRequestError):
-    """Malformed or invalid request data."""
+    """Malformed or invalid request data.
+
+    Without ``field``, a text that starts with a field path and ": " names that field: the answer's
+    ``field`` is the path and ``detail`` the rest, so the message (and the answer's text) is as written.
+    """
+
+    def __init__(self, detail: str, field: str | None = None) -> None:
+        if field is None and (m := _FIELD_PATH.match(detail)):
+            field, detail = m.group(1), detail[m.end():]
+        super().__init__(detail, field)
 
 
 class AuthenticationError(SyncError, http.UnauthorizedError):

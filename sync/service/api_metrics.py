@@ -6,6 +6,7 @@ views grow without touching the fleet and rollout views.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -37,9 +38,12 @@ def _admin_only() -> None:
 
 def _since() -> float:
     try:
-        return float(request.args.get("since", 0))
+        since = float(request.args.get("since", 0))
     except ValueError as exc:
-        raise BadRequestError("since: expected a UNIX time in seconds") from exc
+        raise BadRequestError("expected a UNIX time in seconds", field="since") from exc
+    if not math.isfinite(since):  # nan compares false with every window start: refused, as /admin/reports does
+        raise BadRequestError("expected a finite UNIX time in seconds", field="since")
+    return since
 
 
 @bp.get("/experiments/<name>/report")

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from edgerec.sdk.cli.main import cli
 from edgerec.sync.admin.client import Credentials, save_credentials
+from edgerec.sync.admin.plots import save_png
 from edgerec.sync.node.fleet_metrics import OpsRecorder, metrics_report
 
 from .helpers import node_client
@@ -105,3 +106,44 @@ def test_bad_query_parameters_are_400_naming_the_field_and_the_token_is_checked(
         assert (resp.status_code, resp.json()["field"]) == (400, field), query
     assert httpx.get(url, headers={"Authorization": "Bearer nope"}).status_code == 401
     assert httpx.get(url).status_code == 401
+
+
+MATH = "$\\foo{$"  # math text to matplotlib: an unknown symbol made savefig raise
+
+
+def _captured(monkeypatch, module) -> list:
+    """The figures ``module`` saves (still written by the real save_png)."""
+    figs: list = []
+
+    def capture(fig, path):
+        figs.append(fig)
+        save_png(fig, path)
+
+    monkeypatch.setattr(module, "save_png", capture)
+    return figs
+
+
+def test_plots_draw_node_and_admin_strings_as_plain_text(monkeypatch, tmp_path):
+    from edgerec.sync.admin import metrics_cli, ops_cli
+
+    series = [{"window_start": T0 + 300 * i, "requests": 10, "p50_ms": 5.0, "p95_ms": 20.0, "p99_ms": None}
+              for i in range(2)]
+    doc = {"windows": [T0, T0 + 300], "latency_overflow_ms": 5000.0, "fleet": {"series": series},
+           "nodes": [{"node": "n-1", "name": MATH, "series": series},
+                     {"node": "n-2", "name": "_hidden", "series": series}]}
+    figs = _captured(monkeypatch, ops_cli)
+    ops_cli.plot_ops(doc, tmp_path / "ops.png")
+    assert (tmp_path / "ops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    texts = [t.get_text() for t in figs[0].axes[-1].get_legend().get_texts()]
+    assert texts == [f"{MATH} (n-1)", "_hidden (n-2)", "fleet"]  # as given, none left out
+
+    pts = [{"variant": v, "window_start": T0 + 3600 * i, "ctr": 0.05, "low": 0.04, "high": 0.06}
+           for v in (MATH, "_control") for i in range(2)]
+    report = {"experiment": "exp_$x$", "alpha": 0.05, "variants": [{"variant": "_control"}, {"variant": MATH}],
+              "series": pts}
+    figs = _captured(monkeypatch, metrics_cli)
+    metrics_cli.plot_report(report, tmp_path / "ab.png")
+    assert (tmp_path / "ab.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ax = figs[0].axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["_control", MATH]
+    assert ax.get_title() == "experiment exp_$x$" and not ax.title.get_parse_math()

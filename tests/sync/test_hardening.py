@@ -100,6 +100,13 @@ def test_hostile_json_on_enroll_reports_checkin_and_admin_is_a_4xx(sync_env, cas
     ("/api/v1/admin/enroll-tokens", {"expires_s": 10**400}, "expires_s"),
     ("/api/v1/admin/enroll-tokens", {"tags": ["ok", "Not A Tag"]}, "tag"),
     ("/api/v1/admin/models/ctr/rollback", {"version": 2**63}, "version"),
+    # refusals whose text starts with the field path name that field too
+    ("/api/v1/admin/rollouts", {"model": "ctr", "version": 1, "channel": "stable", "max_failure_percent": 150},
+     "max_failure_percent"),
+    ("/api/v1/admin/experiments", {"name": "exp", "model": "ctr", "variants": [
+        {"name": "a", "version": 1}, {"name": "b", "version": 1, "weight": 0}]}, "variants[1].weight"),
+    ("/api/v1/admin/gated-rollouts", {"model": "ctr", "version": 1, "channel": "stable", "phases": [5, 100],
+                                      "gates": ["ctr>=-1%"], "max_windows": 0}, "max_windows"),
 ])
 def test_admin_numbers_and_names_out_of_range_are_a_4xx(sync_env, path, doc, field):
     env = sync_env
@@ -107,6 +114,32 @@ def test_admin_numbers_and_names_out_of_range_are_a_4xx(sync_env, path, doc, fie
     r = httpx.post(env.url + path, content=json.dumps(doc).encode(),
                    headers={"Authorization": f"Bearer {env.init.admin_token}"})
     assert r.status_code == 400 and r.json()["field"] == field, r.text
+    assert r.json()["detail"].startswith(field + ": "), r.text  # the text as it was
+
+
+@pytest.mark.parametrize(("doc", "field"), [
+    ({"kind": "status", "interval_s": -1}, "interval_s"),
+    ({"kind": "status", "edge": "melting"}, "edge"),
+    ({"kind": "metrics", "releases": [{"format": "edgerec.release/0"}]}, "releases[0].format"),
+    ({"kind": "metrics", "ops": [{"format": "edgerec.ops/0"}]}, "ops[0].format"),
+])
+def test_node_report_refusals_name_the_field(sync_env, doc, field):
+    env = sync_env
+    state = env.enroll("edge-1")
+    r = _signed(env, state, "POST", "/api/v1/node/reports",
+                json.dumps({"report_id": "r-000001", **doc}).encode())
+    assert (r.status_code, r.json()["field"]) == (400, field), r.text
+    assert r.json()["detail"].startswith(field + ": "), r.text
+    assert _count(env, Report) == 0
+
+
+@pytest.mark.parametrize("path", ["/api/v1/admin/fleet-metrics", "/api/v1/admin/experiments/exp/report",
+                                  "/api/v1/admin/reports"])
+@pytest.mark.parametrize("since", ["nan", "inf", "-inf", "NaN", "soon"])
+def test_since_that_is_not_a_finite_time_is_a_400_naming_it(sync_env, path, since):
+    r = httpx.get(f"{sync_env.url}{path}?since={since}",
+                  headers={"Authorization": f"Bearer {sync_env.init.admin_token}"})
+    assert (r.status_code, r.json()["field"]) == (400, "since"), r.text
 
 
 def test_node_numbers_and_paths_out_of_range_are_a_4xx(sync_env):
