@@ -179,16 +179,19 @@ def _client_ip(address: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Add
     return ip
 
 
+_RELAYED_IP = ipaddress.IPv4Address(RELAYED_FROM)
+
+
 def is_relayed(address: str | None) -> bool:
     """Whether a worker's client ``address`` is a port keeper's relay from a wildcard listener (any client)."""
-    return _client_ip(address) == ipaddress.IPv4Address(RELAYED_FROM)
+    return _client_ip(address) == _RELAYED_IP
 
 
 def is_local_caller(address: str | None) -> bool:
     """Whether a worker's client ``address`` is a caller on this machine: loopback, and not a relay, which
     carries remote clients' connections too."""
     ip = _client_ip(address)
-    return ip is not None and ip.is_loopback and not is_relayed(address)
+    return ip is not None and ip.is_loopback and ip != _RELAYED_IP
 
 
 def _pump(a: socket.socket, b: socket.socket) -> None:
