@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigurationError
-from .port_keeper import PortKeeper
+from .port_keeper import PortKeeper, warn_unless_migrating
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 # Environment variables a worker must not keep: granian copies os.environ into every request's environ.
@@ -347,6 +347,8 @@ def held(sock: socket.socket | None, workers: int = 1) -> Iterator[None]:
     keeper = PortKeeper(sock) if sock is not None else None
     if keeper is not None and workers == 1:
         keeper.start()
+    if keeper is not None and sys.platform.startswith("linux"):
+        warn_unless_migrating()
     try:
         yield
     finally:

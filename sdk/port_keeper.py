@@ -52,6 +52,7 @@ MAX_RELAYED = 256  # connections relayed at once; past it a new one is closed (i
 WAIT_S = 10.0  # how long a relayed client waits for the worker before it is closed
 _IDLE_S = 60.0  # a relayed connection with no byte either way for this long is closed
 _POLL_S = 0.02
+_MIGRATE_SYSCTL = "/proc/sys/net/ipv4/tcp_migrate_req"
 
 
 def _listeners(address: str, port: int) -> int:
@@ -67,6 +68,24 @@ def _listeners(address: str, port: int) -> int:
             return sum(1 for line in f if (cols := line.split())[1:2] == [wanted] and cols[3] == "0A")
     except OSError:
         return -1
+
+
+def queued_connections_migrate(sysctl: str = _MIGRATE_SYSCTL) -> bool | None:
+    """Whether Linux moves the connections queued at a closing listener to another of its group
+    (``net.ipv4.tcp_migrate_req``); None where it cannot be read (not Linux, or a kernel before 5.14)."""
+    try:
+        with open(sysctl) as f:
+            return f.read().strip() != "0"
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def warn_unless_migrating(sysctl: str = _MIGRATE_SYSCTL) -> None:
+    """One line when a dying worker's queued connections would be reset rather than moved (the sysctl is
+    the operator's to set, namespace-wide; the service asks for no privileges to set it)."""
+    if queued_connections_migrate(sysctl) is False:
+        log.warning("net.ipv4.tcp_migrate_req is 0: connections queued at a worker when it dies are reset, "
+                    "not moved to another listener; set it to 1 (docs/operations.md)")
 
 
 class PortKeeper:
@@ -218,4 +237,7 @@ def _pump(a: socket.socket, b: socket.socket) -> None:
             dst.shutdown(socket.SHUT_WR)
 
 
-__all__ = ["MAX_RELAYED", "RELAYED_FROM", "PortKeeper", "WAIT_S", "is_local_caller", "is_relayed"]
+__all__ = [
+    "MAX_RELAYED", "RELAYED_FROM", "PortKeeper", "WAIT_S", "is_local_caller", "is_relayed",
+    "queued_connections_migrate", "warn_unless_migrating",
+]

@@ -11,7 +11,14 @@ from collections.abc import Iterator
 import pytest
 
 from edgerec.sdk.http_server import reserve_port
-from edgerec.sdk.port_keeper import RELAYED_FROM, PortKeeper, is_local_caller, is_relayed
+from edgerec.sdk.port_keeper import (
+    RELAYED_FROM,
+    PortKeeper,
+    is_local_caller,
+    is_relayed,
+    queued_connections_migrate,
+    warn_unless_migrating,
+)
 
 
 class Worker:
@@ -206,3 +213,22 @@ def test_local_callers_are_loopback_addresses_other_than_the_relay():
     assert [is_local_caller(a) for a in ("127.0.0.1", "::1", "::ffff:127.0.0.1", "127.0.0.2", "::ffff:127.0.0.2",
                                          "10.1.2.3", "fe80::1%eth0", "", None, "not an address")] == \
         [True, True, True, False, False, False, False, False, False, False]
+
+
+@pytest.mark.parametrize(("content", "migrates", "warned"), [("0\n", False, True), ("1\n", True, False)])
+def test_the_migrate_sysctl_is_read_and_a_zero_is_warned_about_once(tmp_path, caplog, content, migrates, warned):
+    sysctl = tmp_path / "tcp_migrate_req"
+    sysctl.write_text(content)
+    assert queued_connections_migrate(str(sysctl)) is migrates
+    with caplog.at_level("WARNING", logger="edgerec.http"):
+        warn_unless_migrating(str(sysctl))
+    lines = [r.getMessage() for r in caplog.records if "tcp_migrate_req" in r.getMessage()]
+    assert len(lines) == (1 if warned else 0)
+
+
+def test_an_unreadable_migrate_sysctl_is_unknown_and_not_warned_about(tmp_path, caplog):
+    missing = str(tmp_path / "absent")
+    assert queued_connections_migrate(missing) is None
+    with caplog.at_level("WARNING", logger="edgerec.http"):
+        warn_unless_migrating(missing)
+    assert not caplog.records
