@@ -350,7 +350,7 @@ def measure(server: Server, case_body: tuple[str, str], conns: int, seconds: flo
 
 
 def start(system: str, onnx: Path, model_dir: Path, pub: Path, *, workers: int = 1, extra: Sequence[str] = (),
-          settings: Path | None = None, before: Path | None = None) -> Server:
+          settings: Path | None = None, before: Path | None = None, before_threads: int = HTTP_THREADS) -> Server:
     """A server under test; edgerec systems with ``settings`` (the measured configuration's file)."""
     port = free_port()
     if system in BARE_SYSTEMS:
@@ -371,8 +371,9 @@ def start(system: str, onnx: Path, model_dir: Path, pub: Path, *, workers: int =
     config = ["--config", str(settings)] if settings is not None else []
     config += ["--log-flush-ms", str(LOG_FLUSH_MS)]
     # The landed server ran on waitress with 16 HTTP threads (its default); the new one on granian with its
-    # defaults (the RSGI front, 2 app threads).
-    threads = ["--http-threads", str(HTTP_THREADS)] if system == "before" else []
+    # defaults (the RSGI front, 2 app threads); a granian-era tree is compared at its defaults too
+    # (--before-http-threads 0): there the option sets the front's app threads, not waitress's.
+    threads = ["--http-threads", str(before_threads)] if system == "before" and before_threads > 0 else []
     # The access log is on (the default): one JSON line per request into the server's log file.
     return Server([*EDGEREC, "--model-dir", str(model_dir), "--port", str(port), "-k", str(pub), "--threads", "1",
                    *threads, "--log-level", "info", *config,
@@ -433,6 +434,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3,
                     help="Comparison rounds (every system at every point each round); the report gives medians.")
     ap.add_argument("--before", type=Path, help="Source tree of an older edgerec (DIR/edgerec/...): system 'before'.")
+    ap.add_argument("--before-http-threads", type=int, default=HTTP_THREADS,
+                    help="--http-threads for the 'before' system (the landed waitress server's 16; 0: the tree's "
+                         "default, for a tree on granian, where the option sets the front's app threads).")
     ap.add_argument("--bento-keep", action="store_true",
                     help="Keep one BentoML server for the whole comparison (default: a fresh one for each point).")
     ap.add_argument("--from-json", type=Path,
@@ -518,7 +522,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     rounds: dict[str, list[dict[str, float]]] = {}
     try:
         for system in systems:
-            servers[system] = start(system, light_onnx, dirs["light"], pub, settings=settings, before=args.before)
+            servers[system] = start(system, light_onnx, dirs["light"], pub, settings=settings, before=args.before,
+                                    before_threads=args.before_http_threads)
         for i in range(args.rounds):
             for point in args.points:
                 case, conns = point.split("/")[0], int(point.split("/")[1])
