@@ -13,8 +13,8 @@ Modelled on MLServer's adaptive batcher, with these rules:
 - a request that fills a batch alone, or arrives while the model is idle and
   nobody else is coming, runs at once in its own thread (no hand-off); with
   batching off every request is a direct call, without the batcher's lock;
-- a model whose call takes less than ``min_merge_call_s`` of CPU (a moving
-  average of its calls, direct and merged) is not merged at all: waiting for a
+- a model whose direct call takes less than ``min_merge_call_s`` of CPU (a
+  moving average of the calls made directly) is not merged at all: waiting for a
   batch costs a few thread hand-offs per request (60-130 us of CPU measured
   on the light bench model, whose call takes 11 us), more than merging saves;
 - only requests whose arrays agree in dtype and trailing shape are merged;
@@ -113,9 +113,7 @@ class Batcher:
     ) -> None:
         self._run = run
         self._min_call = min_merge_call_s
-        # A moving average of the model calls' CPU seconds, direct and merged; unknown (infinite) until the
-        # first. Merged calls count too: counted from direct calls alone, one slow call under load (which
-        # merges everything after it) could only be outlived in an idle moment, and a busy server has none.
+        # A moving average of the direct calls' seconds; unknown (infinite) until the first one.
         self._call_s = math.inf
         self._max_batch = max(1, max_batch)
         self._max_delay = max(0.0, max_delay_s)
@@ -199,14 +197,10 @@ class Batcher:
             took = thread_time() - started
             with self._lock:
                 self._busy -= 1
-                self._measured(took)
+                self._call_s = took if self._call_s == math.inf else self._call_s + 0.2 * (took - self._call_s)
         if self._observe is not None:
             self._observe(rows, 1, _NO_WAIT)
         return out
-
-    def _measured(self, took: float) -> None:
-        """One model call's CPU seconds into the moving average (lock held)."""
-        self._call_s = took if self._call_s == math.inf else self._call_s + 0.2 * (took - self._call_s)
 
     # -- batcher thread --------------------------------------------------------
 
@@ -263,7 +257,6 @@ class Batcher:
         started = monotonic()
         waits = [started - w.enqueued for w in batch]
         rows = sum(w.rows for w in batch)
-        cpu = thread_time()
         if len(batch) == 1:
             self._run_one(batch[0])
         else:
@@ -283,9 +276,6 @@ class Batcher:
                     end = start + w.rows
                     w.resolve({k: v[start:end] for k, v in out.items()})
                     start = end
-        took = thread_time() - cpu
-        with self._lock:
-            self._measured(took)
         if self._observe is not None:
             self._observe(rows, len(batch), waits)
 

@@ -183,36 +183,6 @@ def test_a_model_cheaper_than_merging_is_not_batched(call_s, merged):
     b.close()
 
 
-def test_one_slow_call_under_load_does_not_merge_a_light_model_for_good():
-    """The cost estimate learns from merged calls too: after one slow call (a cold cache, a page fault) a light
-    model is merged while it stays busy, and runs directly again within a few batches, with no idle moment
-    between (counted from direct calls only, merging lasted as long as the load did)."""
-    rec = Recorder()
-    slow = _cpu_bound(0.01)
-    calls = [0]
-
-    def run(arrays):
-        calls[0] += 1
-        return slow(arrays) if calls[0] == 2 else {"score": arrays["x"] * 2}
-
-    b = Batcher(run, max_batch=8, max_delay_s=1.0, observe=rec, min_merge_call_s=0.001)
-    b.arrive()
-    b.submit({"x": np.ones((1, 1))}, 1)  # measured light
-    b.arrive()
-    b.submit({"x": np.ones((1, 1))}, 1)  # the slow one: 10 ms into the average
-    with ThreadPoolExecutor(8) as pool:
-        for _ in range(12):  # groups that all arrive before any submits: never idle
-            parts = [{"x": np.full((1, 1), float(i))} for i in range(8)]
-            for _ in parts:
-                b.arrive()
-            results = list(pool.map(lambda p: b.submit(p, 1), parts))
-            assert [r["score"][0, 0] for r in results] == [2.0 * i for i in range(8)]
-    merged = [c for c in rec.calls[2:] if c[1] > 1]
-    assert merged, rec.calls  # merged at first, after the slow call
-    assert rec.calls[-8:] == [(1, 1)] * 8  # and direct again by the last group
-    b.close()
-
-
 def test_requests_waiting_for_an_app_thread_join_the_batch():
     """Behind the HTTP front a request reaches the batcher only once it has one of the front's few app threads.
     Those still waiting for one count as on their way: with one app thread and eight requests queued for it,
