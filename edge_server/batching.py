@@ -13,8 +13,8 @@ Modelled on MLServer's adaptive batcher, with these rules:
 - a request that fills a batch alone, or arrives while the model is idle and
   nobody else is coming, runs at once in its own thread (no hand-off); with
   batching off every request is a direct call, without the batcher's lock;
-- a model whose direct call takes less than ``min_merge_call_s`` of CPU (a
-  moving average of the calls made directly) is not merged at all: waiting for a
+- a model whose call takes less than ``min_merge_call_s`` of CPU (the least
+  of its last few calls, direct or merged) is not merged at all: waiting for a
   batch costs a few thread hand-offs per request (60-130 us of CPU measured
   on the light bench model, whose call takes 11 us), more than merging saves;
 - only requests whose arrays agree in dtype and trailing shape are merged;
@@ -48,6 +48,7 @@ Observer = Callable[[int, int, Sequence[float]], None]
 
 log = logging.getLogger("edgerec.edge_server.batching")
 _NO_WAIT = (0.0,)
+_CALLS_KEPT = 16  # calls the cost estimate looks back on
 
 
 class BatcherCrashedError(UnavailableError):
@@ -113,7 +114,12 @@ class Batcher:
     ) -> None:
         self._run = run
         self._min_call = min_merge_call_s
-        # A moving average of the direct calls' seconds; unknown (infinite) until the first one.
+        # What a model call costs: the least CPU time of its last few calls, direct or merged (the call
+        # alone, not the hand-offs around a merged one); unknown (infinite) until the first. The least,
+        # not an average: under load a light model's calls cost 5-40x their quiet median now and then
+        # (the GIL's hand-offs and the caches count as the call's CPU), and an average lifted over the
+        # line merged every request after it. Merged calls count, or nothing would lower it under load.
+        self._recent: deque[float] = deque(maxlen=_CALLS_KEPT)
         self._call_s = math.inf
         self._max_batch = max(1, max_batch)
         self._max_delay = max(0.0, max_delay_s)
@@ -197,10 +203,15 @@ class Batcher:
             took = thread_time() - started
             with self._lock:
                 self._busy -= 1
-                self._call_s = took if self._call_s == math.inf else self._call_s + 0.2 * (took - self._call_s)
+                self._measured(took)
         if self._observe is not None:
             self._observe(rows, 1, _NO_WAIT)
         return out
+
+    def _measured(self, took: float) -> None:
+        """One model call's CPU seconds (lock held)."""
+        self._recent.append(took)
+        self._call_s = min(self._recent)
 
     # -- batcher thread --------------------------------------------------------
 
@@ -257,12 +268,15 @@ class Batcher:
         started = monotonic()
         waits = [started - w.enqueued for w in batch]
         rows = sum(w.rows for w in batch)
+        took = 0.0
         if len(batch) == 1:
-            self._run_one(batch[0])
+            took = self._run_one(batch[0])
         else:
             try:
                 merged = {k: np.concatenate([w.arrays[k] for w in batch]) for k in batch[0].arrays}
+                cpu = thread_time()
                 out = self._run(merged)
+                took = thread_time() - cpu
                 if any(v.ndim == 0 or v.shape[0] != rows for v in out.values()):
                     raise ValueError("an output is not batch-major; cannot split it")
             except Exception:
@@ -276,16 +290,23 @@ class Batcher:
                     end = start + w.rows
                     w.resolve({k: v[start:end] for k, v in out.items()})
                     start = end
+        if took:
+            with self._lock:
+                self._measured(took)
         if self._observe is not None:
             self._observe(rows, len(batch), waits)
 
-    def _run_one(self, w: _Waiter) -> None:
+    def _run_one(self, w: _Waiter) -> float:
+        """Run one request's call and settle it; the call's CPU seconds (0 if it failed)."""
+        cpu = thread_time()
         try:
             out = self._run(w.arrays)
         except Exception as exc:
             w.reject(exc)
-        else:
-            w.resolve(out)
+            return 0.0
+        took = thread_time() - cpu
+        w.resolve(out)
+        return took
 
     def _fail_pending(self, batch: list[_Waiter], error: BaseException) -> None:
         with self._cond:

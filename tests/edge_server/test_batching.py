@@ -183,6 +183,58 @@ def test_a_model_cheaper_than_merging_is_not_batched(call_s, merged):
     b.close()
 
 
+def _groups(b, n_groups, size=8):
+    """Groups of concurrent requests that all arrive before any submits: the batcher is never idle."""
+    with ThreadPoolExecutor(size) as pool:
+        for _ in range(n_groups):
+            parts = [{"x": np.full((1, 1), float(i))} for i in range(size)]
+            for _ in parts:
+                b.arrive()
+            results = list(pool.map(lambda p: b.submit(p, 1), parts))
+            assert [r["score"][0, 0] for r in results] == [2.0 * i for i in range(size)]
+
+
+def test_one_slow_call_under_load_does_not_start_merging_a_light_model():
+    """The estimate is the least of the last calls: a light model's occasional slow call (a cold cache, the
+    GIL's hand-offs counted as its CPU) does not make it look heavy; with a moving average it did, and
+    every request after it under load was merged."""
+    rec = Recorder()
+    slow, calls = _cpu_bound(0.01), [0]
+
+    def run(arrays):
+        calls[0] += 1
+        return slow(arrays) if calls[0] == 2 else {"score": arrays["x"] * 2}
+
+    b = Batcher(run, max_batch=8, max_delay_s=1.0, observe=rec, min_merge_call_s=0.001)
+    for _ in range(2):  # measured light, then the slow one
+        b.arrive()
+        b.submit({"x": np.ones((1, 1))}, 1)
+    _groups(b, 4)
+    assert rec.calls == [(1, 1)] * (2 + 4 * 8)
+    b.close()
+
+
+def test_merged_calls_tell_the_batcher_that_a_model_became_light():
+    """Merged calls feed the estimate too (the model call alone): a model merged while heavy runs directly
+    again once its calls are cheap, with no idle moment needed (nothing else would measure it under load)."""
+    rec = Recorder()
+    heavy, calls = _cpu_bound(0.003), [0]
+
+    def run(arrays):
+        calls[0] += 1
+        return heavy(arrays) if calls[0] <= 20 else {"score": arrays["x"] * 2}
+
+    b = Batcher(run, max_batch=8, max_delay_s=1.0, observe=rec, min_merge_call_s=0.001)
+    for _ in range(16):  # heavy, measured directly
+        b.arrive()
+        b.submit({"x": np.ones((1, 1))}, 1)
+    _groups(b, 24)
+    later = rec.calls[16:]
+    assert later[:4] == [(8, 8)] * 4  # merged while its calls cost 3 ms
+    assert later[-8:] == [(1, 1)] * 8  # direct again by the end
+    b.close()
+
+
 def test_requests_waiting_for_an_app_thread_join_the_batch():
     """Behind the HTTP front a request reaches the batcher only once it has one of the front's few app threads.
     Those still waiting for one count as on their way: with one app thread and eight requests queued for it,
