@@ -347,8 +347,8 @@ def held(sock: socket.socket | None, workers: int = 1) -> Iterator[None]:
     keeper = PortKeeper(sock) if sock is not None else None
     if keeper is not None and workers == 1:
         keeper.start()
-    if keeper is not None and sys.platform.startswith("linux"):
-        warn_unless_migrating()
+    if keeper is not None:
+        warn_unless_migrating()  # silent where the sysctl cannot be read (not Linux, an old kernel)
     try:
         yield
     finally:

@@ -162,27 +162,6 @@ def _cpu_bound(seconds):
     return run
 
 
-@pytest.mark.parametrize(("call_s", "merged"), [(0.0, False), (0.003, True)])
-def test_a_model_cheaper_than_merging_is_not_batched(call_s, merged):
-    """After one direct call has measured it, a model whose call costs less CPU than ``min_merge_call_s`` runs
-    every request directly, however many arrive together; a costlier one is merged as before."""
-    rec = Recorder()
-    b = Batcher(_cpu_bound(call_s), max_batch=8, max_delay_s=1.0, observe=rec, min_merge_call_s=0.001)
-    b.arrive()
-    assert b.submit({"x": np.ones((1, 1))}, 1)["score"][0, 0] == 2  # alone: direct, and measured
-    parts = [{"x": np.full((1, 1), float(i))} for i in range(8)]
-    for _ in parts:
-        b.arrive()
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda p: b.submit(p, 1), parts))
-    assert [r["score"][0, 0] for r in results] == [2.0 * i for i in range(8)]
-    if merged:
-        assert rec.calls[1:] == [(8, 8)]
-    else:
-        assert rec.calls == [(1, 1)] * 9
-    b.close()
-
-
 def _groups(b, n_groups, size=8):
     """Groups of concurrent requests that all arrive before any submits: the batcher is never idle."""
     with ThreadPoolExecutor(size) as pool:
@@ -192,6 +171,22 @@ def _groups(b, n_groups, size=8):
                 b.arrive()
             results = list(pool.map(lambda p: b.submit(p, 1), parts))
             assert [r["score"][0, 0] for r in results] == [2.0 * i for i in range(size)]
+
+
+@pytest.mark.parametrize(("call_s", "merged"), [(0.0, False), (0.003, True)])
+def test_a_model_cheaper_than_merging_is_not_batched(call_s, merged):
+    """After one direct call has measured it, a model whose call costs less CPU than ``min_merge_call_s`` runs
+    every request directly, however many arrive together; a costlier one is merged as before."""
+    rec = Recorder()
+    b = Batcher(_cpu_bound(call_s), max_batch=8, max_delay_s=1.0, observe=rec, min_merge_call_s=0.001)
+    b.arrive()
+    assert b.submit({"x": np.ones((1, 1))}, 1)["score"][0, 0] == 2  # alone: direct, and measured
+    _groups(b, 1)
+    if merged:
+        assert rec.calls[1:] == [(8, 8)]
+    else:
+        assert rec.calls == [(1, 1)] * 9
+    b.close()
 
 
 def test_one_slow_call_under_load_does_not_start_merging_a_light_model():
