@@ -456,6 +456,8 @@ def main() -> None:
         args.points = list(POINTS)
     if args.quick:
         args.rounds = 1
+    if shutil.which("wrk") is None:
+        ap.error("wrk is not installed (Debian: apt-get install wrk); it drives every measured point")
     work = Path(tempfile.mkdtemp(prefix="edgerec-bench-"))
     try:
         run(args, work)

@@ -14,9 +14,10 @@ Modelled on MLServer's adaptive batcher, with these rules:
   nobody else is coming, runs at once in its own thread (no hand-off); with
   batching off every request is a direct call, without the batcher's lock;
 - a model whose call takes less than ``min_merge_call_s`` of CPU (the least
-  of its last few calls, direct or merged) is not merged at all: waiting for a
-  batch costs a few thread hand-offs per request (60-130 us of CPU measured
-  on the light bench model, whose call takes 11 us), more than merging saves;
+  of its last few calls, direct or merged, and of the calls :meth:`Batcher.calibrate`
+  timed when the version was loaded) is not merged at all: waiting for a batch
+  costs a few thread hand-offs per request (60-130 us of CPU measured on the
+  light bench model, whose call takes 11 us), more than merging saves;
 - only requests whose arrays agree in dtype and trailing shape are merged;
 - a failed merged batch is retried request by request, so every waiter gets
   its own result or its own error and one bad request does not fail its
@@ -49,6 +50,8 @@ Observer = Callable[[int, int, Sequence[float]], None]
 log = logging.getLogger("edgerec.edge_server.batching")
 _NO_WAIT = (0.0,)
 _CALLS_KEPT = 16  # calls the cost estimate looks back on
+_CALIBRATION_CALLS = 5
+_CALIBRATION_BUDGET_S = 0.05  # a heavy model is known by its first call; don't spend a second on it
 
 
 class BatcherCrashedError(UnavailableError):
@@ -120,6 +123,7 @@ class Batcher:
         # (the GIL's hand-offs and the caches count as the call's CPU), and an average lifted over the
         # line merged every request after it. Merged calls count, or nothing would lower it under load.
         self._recent: deque[float] = deque(maxlen=_CALLS_KEPT)
+        self._floor = math.inf  # the least a one-request call cost when it was timed alone (calibrate)
         self._call_s = math.inf
         self._max_batch = max(1, max_batch)
         self._max_delay = max(0.0, max_delay_s)
@@ -143,6 +147,32 @@ class Batcher:
     @property
     def max_batch(self) -> int:
         return self._max_batch
+
+    @property
+    def call_s(self) -> float:
+        """The model call's cost as the batcher judges it (CPU seconds; infinite before any call)."""
+        return self._call_s
+
+    def calibrate(self, arrays: Arrays) -> float:
+        """Time a few calls on one request's ``arrays`` before serving; returns the least CPU seconds.
+
+        The result bounds the estimate from below for the batcher's lifetime: a model version's cost does
+        not change, but its calls under load look 5-40x dearer (the GIL's hand-offs and cold caches count
+        as their CPU), and merged calls are dearer still, so an estimate made only under load can hold a
+        light model above the line and merge it for as long as the load lasts.
+        """
+        spent = 0.0
+        for _ in range(_CALIBRATION_CALLS):
+            started, cpu = monotonic(), thread_time()
+            self._run(arrays)
+            took = thread_time() - cpu
+            spent += monotonic() - started
+            self._floor = min(self._floor, took)
+            if spent > _CALIBRATION_BUDGET_S:
+                break
+        with self._lock:
+            self._call_s = min(self._floor, self._call_s)
+        return self._floor
 
     # -- request side ----------------------------------------------------------
 
@@ -211,7 +241,7 @@ class Batcher:
     def _measured(self, took: float) -> None:
         """One model call's CPU seconds (lock held)."""
         self._recent.append(took)
-        self._call_s = min(self._recent)
+        self._call_s = min(self._floor, *self._recent)
 
     # -- batcher thread --------------------------------------------------------
 

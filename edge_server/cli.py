@@ -60,8 +60,9 @@ _FIELDS = {"config_file": None, "trusted_key": "trusted_keys", "otlp_endpoint": 
 @click.option("--max-delay-ms", type=click.FloatRange(0, 1000), default=2.0, show_default=True,
               help="Longest a request waits for others to join its batch.")
 @click.option("--batch-min-call-us", type=click.FloatRange(0, 1e6), default=100.0, show_default=True,
-              help="Batch only a model whose direct call takes at least this long (a moving average); "
-                   "merging a cheaper one costs more than it saves. 0: always batch.")
+              help="Batch only a model whose call takes at least this much CPU (timed on a warm-up row at load, "
+                   "then the least of its recent calls); merging a cheaper one costs more than it saves. "
+                   "0: always batch.")
 @click.option("--max-body-bytes", type=click.IntRange(min=1024), default=8 * 1024 * 1024, show_default=True,
               help="Largest body of a scoring request (infer, predict, rank); other routes take at most 1 MiB.")
 @click.option("--max-held-body-bytes", type=click.IntRange(min=1024), default=128 * 1024 * 1024,

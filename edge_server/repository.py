@@ -317,6 +317,16 @@ class Repository:
         batcher = Batcher(run, max_batch=max_batch, max_delay_s=s.max_delay_s, timeout_s=s.timeout_s,
                           min_merge_call_s=s.min_merge_call_s,
                           observe=observe, name=f"{name}-v{label}")
+        samples = model.warmup_samples()
+        if max_batch > 1 and s.min_merge_call_s > 0 and samples:
+            try:  # one request's cost, timed before any load can inflate it
+                took = batcher.calibrate({k: v[:1] for k, v in samples.items()})
+            except Exception as exc:  # the warm-up passed whole; a one-row slice failing is worth a line
+                log.warning("%s v%s: timing one warm-up row failed (%s); the batcher measures it under load",
+                            name, label, type(exc).__name__)
+            else:
+                log.info("%s v%s: one request costs %.0f us of CPU; %s", name, label, took * 1e6,
+                         "merged under load" if took >= s.min_merge_call_s else "never merged")
         return ModelVersion(model, prepared.source, prepared.digest, batcher)
 
     def discard(self, prepared: Prepared | ModelVersion) -> None:

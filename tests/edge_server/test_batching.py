@@ -230,6 +230,46 @@ def test_merged_calls_tell_the_batcher_that_a_model_became_light():
     b.close()
 
 
+def test_a_light_model_timed_at_load_is_never_merged_however_dear_its_calls_under_load():
+    """``calibrate`` times one request alone before serving; that floor holds: calls that look dear under
+    load (every one of them here, merged or not) do not make a light model look heavy."""
+    rec = Recorder()
+    slow, calls = _cpu_bound(0.003), [0]
+
+    def run(arrays):
+        calls[0] += 1
+        return {"score": arrays["x"] * 2} if calls[0] <= 5 else slow(arrays)
+
+    b = Batcher(run, max_batch=8, max_delay_s=1.0, observe=rec, min_merge_call_s=0.001)
+    assert b.call_s == float("inf")
+    floor = b.calibrate({"x": np.ones((1, 1))})
+    assert calls[0] == 5 and floor < 0.001 and b.call_s == floor
+    assert rec.calls == []  # timing is not serving
+    _groups(b, 3)
+    assert rec.calls == [(1, 1)] * 24
+    assert b.call_s == floor
+    b.close()
+
+
+def test_a_heavy_model_timed_at_load_is_merged_and_timed_briefly():
+    """A model dearer than the line is merged from the first group; calibration stops once it has spent
+    its budget, so a heavy model costs one or two calls at load, not five."""
+    rec = Recorder()
+    calls = [0]
+    heavy = _cpu_bound(0.03)
+
+    def run(arrays):
+        calls[0] += 1
+        return heavy(arrays)
+
+    b = Batcher(run, max_batch=8, max_delay_s=1.0, observe=rec, min_merge_call_s=0.001)
+    assert b.calibrate({"x": np.ones((1, 1))}) >= 0.03
+    assert 1 <= calls[0] <= 2
+    _groups(b, 2)
+    assert (8, 8) in rec.calls
+    b.close()
+
+
 def test_requests_waiting_for_an_app_thread_join_the_batch():
     """Behind the HTTP front a request reaches the batcher only once it has one of the front's few app threads.
     Those still waiting for one count as on their way: with one app thread and eight requests queued for it,
@@ -305,3 +345,24 @@ def test_server_merges_concurrent_requests(serve, infer_body):
                 break
     requests = live.metric("edgerec_batch_size_requests_sum", model="ctr", version="1")
     assert requests == sent and batches < requests  # some runtime calls carried several requests
+
+
+def test_server_never_merges_a_model_timed_light_at_load(serve, infer_body):
+    """With the default line (100 us), the demo model is timed at load on a warm-up row and found light:
+    even 16 requests released together run as 16 calls (before, the first burst was merged, since no
+    call had measured the model yet, and merged calls under load kept it merged)."""
+    live = serve(max_batch=32, max_delay_ms=20, http_threads=16)
+    n = 16
+    bodies = [demo.sample_inputs(1, seed=s) for s in range(n)]
+    with ThreadPoolExecutor(n) as pool:
+        for _ in range(5):
+            start = threading.Barrier(n)
+
+            def call(i, start=start):
+                start.wait()
+                return live.http.post("/v2/models/ctr/infer", json=infer_body(bodies[i][0])).json()
+
+            for (_, ref), doc in zip(bodies, pool.map(call, range(n)), strict=True):
+                np.testing.assert_allclose(doc["outputs"][0]["data"], ref, atol=1e-5)
+    calls = live.metric("edgerec_batch_size_requests_count", model="ctr", version="1")
+    assert calls == live.metric("edgerec_batch_size_requests_sum", model="ctr", version="1") == 5 * n
