@@ -15,7 +15,8 @@ Modelled on MLServer's adaptive batcher, with these rules:
   batching off every request is a direct call, without the batcher's lock;
 - a model whose call takes less than ``min_merge_call_s`` of CPU (the least
   of its last few calls, direct or merged, and of the calls :meth:`Batcher.calibrate`
-  timed when the version was loaded) is not merged at all: waiting for a batch
+  timed when the version was loaded; one found light then is served as with
+  batching off, without the batcher's lock) is not merged at all: waiting for a batch
   costs a few thread hand-offs per request (60-130 us of CPU measured on the
   light bench model, whose call takes 11 us), more than merging saves;
 - only requests whose arrays agree in dtype and trailing shape are merged;
@@ -159,7 +160,9 @@ class Batcher:
         The result bounds the estimate from below for the batcher's lifetime: a model version's cost does
         not change, but its calls under load look 5-40x dearer (the GIL's hand-offs and cold caches count
         as their CPU), and merged calls are dearer still, so an estimate made only under load can hold a
-        light model above the line and merge it for as long as the load lasts.
+        light model above the line and merge it for as long as the load lasts. A model found light here
+        is then served as with batching off (no lock, no arrival count, no timing): call this before the
+        batcher serves.
         """
         spent = 0.0
         for _ in range(_CALIBRATION_CALLS):
@@ -172,6 +175,8 @@ class Batcher:
                 break
         with self._lock:
             self._call_s = min(self._floor, self._call_s)
+            if self._call_s < self._min_call:
+                self._enabled = False  # for good: the floor only ever lowers the estimate
         return self._floor
 
     # -- request side ----------------------------------------------------------

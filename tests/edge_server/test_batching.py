@@ -248,6 +248,11 @@ def test_a_light_model_timed_at_load_is_never_merged_however_dear_its_calls_unde
     _groups(b, 3)
     assert rec.calls == [(1, 1)] * 24
     assert b.call_s == floor
+    # Served as with batching off: a request takes no batcher lock (one held elsewhere does not stall it).
+    done = threading.Event()
+    with b._lock:
+        threading.Thread(target=lambda: (b.arrive(), b.submit({"x": np.ones((1, 1))}, 1), done.set())).start()
+        assert done.wait(5)
     b.close()
 
 
