@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import hashlib
 import logging
 import secrets
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edgerec.sdk.errors import EdgeRecError, PackageError
-from edgerec.sdk.heap import collect_all
+from edgerec.sdk.heap import collect_all, freezes
 from edgerec.sdk.manifest import Manifest
 from edgerec.sdk.model import Accelerator, EdgeModel
 from edgerec.sdk.modeldir import ModelDir
@@ -69,8 +70,12 @@ class LoadSettings:
 class ModelVersion:
     """One loaded version: its model, its batcher and its leases."""
 
-    def __init__(self, model: EdgeModel, source: str, digest: str, batcher: Batcher) -> None:
+    def __init__(self, model: EdgeModel, source: str, digest: str, batcher: Batcher,
+                 heap_freezes: int | None = None) -> None:
         self.model = model
+        # Made after this many heap freezes: if the worker froze its heap since, the version's objects
+        # are frozen and only a collection that unfreezes can free their cycles.
+        self.heap_freezes = freezes() if heap_freezes is None else heap_freezes
         self.name = model.name
         self.version = model.version
         self.label = str(model.version)
@@ -136,6 +141,7 @@ class Prepared:
     source: str
     digest: str
     id: str = field(default_factory=lambda: secrets.token_hex(8))
+    heap_freezes: int = field(default_factory=freezes)  # made after this many freezes (edgerec.sdk.heap)
 
 
 class Repository:
@@ -327,7 +333,7 @@ class Repository:
             else:
                 log.info("%s v%s: one request costs %.0f us of CPU; %s", name, label, took * 1e6,
                          "merged under load" if took >= s.min_merge_call_s else "never merged")
-        return ModelVersion(model, prepared.source, prepared.digest, batcher)
+        return ModelVersion(model, prepared.source, prepared.digest, batcher, prepared.heap_freezes)
 
     def discard(self, prepared: Prepared | ModelVersion) -> None:
         """Drop a prepared version that will not be committed."""
@@ -443,8 +449,11 @@ class Repository:
         t.start()
 
     def _finish(self, box: list[ModelVersion]) -> None:
-        self._close(box.pop())
-        release_memory()  # after _close returned, nothing here refers to the version
+        mv = box.pop()
+        frozen = mv.heap_freezes < freezes()
+        self._close(mv)
+        del mv
+        release_memory(frozen)  # after _close returned, nothing here refers to the version
 
     def _close(self, mv: ModelVersion) -> None:
         with self._cond:
@@ -505,10 +514,17 @@ def pin_mmap_threshold(size: int = 1 << 20) -> None:
         mallopt(_M_MMAP_THRESHOLD, size)
 
 
-def release_memory() -> None:
-    """Collect garbage (frozen objects included: :mod:`edgerec.sdk.heap`) and return freed heap pages to the
-    OS (glibc's malloc_trim)."""
-    collect_all()
+def release_memory(frozen: bool = True) -> None:
+    """Collect garbage and return freed heap pages to the OS (glibc's malloc_trim).
+
+    ``frozen``: what was dropped may be among the objects the worker froze (:mod:`edgerec.sdk.heap`), so
+    the collection unfreezes and scans the whole heap (25-60 ms with the GIL held in a serving worker);
+    otherwise only what was made since the freeze is scanned.
+    """
+    if frozen:
+        collect_all()
+    else:
+        gc.collect()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
 

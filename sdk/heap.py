@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import gc
 
+# One entry per freeze_long_lived call (a list, so counting needs no global statement).
+_freezes: list[None] = []
+
 
 def freeze_long_lived() -> None:
     """Collect, then keep every object alive now out of later collections (in a worker, once it has loaded).
@@ -22,6 +25,12 @@ def freeze_long_lived() -> None:
     """
     gc.collect()
     gc.freeze()
+    _freezes.append(None)
+
+
+def freezes() -> int:
+    """How many times this process froze its heap: an object made before the latest freeze is frozen."""
+    return len(_freezes)
 
 
 def collect_all() -> None:
@@ -38,4 +47,4 @@ def collect_all() -> None:
         gc.freeze()
 
 
-__all__ = ["collect_all", "freeze_long_lived"]
+__all__ = ["collect_all", "freeze_long_lived", "freezes"]

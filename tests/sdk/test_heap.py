@@ -61,3 +61,17 @@ def test_collect_all_does_not_freeze_a_process_that_never_froze():
         print(alive() is None, gc.get_freeze_count())
     """)
     assert out == "True 0"
+
+
+def test_freezes_counts_each_freeze():
+    """What the edge server compares a model version's birth against, to know if its objects are frozen."""
+    out = _run("""
+        from edgerec.sdk.heap import freezes
+        counts = [freezes()]
+        freeze_long_lived()
+        counts.append(freezes())
+        freeze_long_lived()
+        counts.append(freezes())
+        print(counts)
+    """)
+    assert out == "[0, 1, 2]"
